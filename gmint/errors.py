@@ -1,0 +1,27 @@
+"""Errors a user can cause. The CLI prints their message as one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class GmintError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug in gmint."""
+
+
+class InputError(GmintError):
+    """Bad argument, file or data (missing path, wrong layout, label out of range, empty split)."""
+
+
+class UnknownNameError(InputError):
+    """A name not found in a registry (reduction, engine, dataset, architecture, layer)."""
+
+
+class UnsupportedModelError(GmintError):
+    """The audited model cannot be audited as given (train mode, unsupported layer, bad checkpoint)."""
+
+
+class StoreMismatchError(GmintError):
+    """A feature store does not match what the caller expects (other model, layers or reduction)."""
+
+
+class IncompleteStoreError(GmintError):
+    """A feature store whose extraction did not finish; it can be continued with --resume."""
