@@ -1,0 +1,5 @@
+"""`python -m gmint_cli ...` — the same app as the `gmint` console script (used under torchrun)."""
+
+from gmint_cli.app import main
+
+main()

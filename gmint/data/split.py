@@ -1,0 +1,199 @@
+"""Membership splits: which rows trained the audited model, which are external, which the auditor may use.
+
+One seeded manifest decides everything downstream, so it is saved as JSON with a content hash that
+feature stores and classifiers record. Splits are class-balanced and, under the `grouped` protocol,
+group-aware: all frames of one GTSRB track land on the same side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gmint.data.base import ImageSet
+from gmint.errors import InputError
+
+FRACTIONS = {"D100": 1.0, "D10": 0.1, "D1": 0.01}
+PROTOCOLS = ("paper", "grouped")
+MEMBER, EXTERNAL = 1, 0
+POOL, HOLDOUT = 0, 1
+
+
+@dataclass(frozen=True)
+class MembershipSplit:
+    """Row indices (into the ImageSet) of each role, plus how they were drawn.
+
+    `members` trained the audited model; `external` never did. `pool` is the part of both the auditor
+    may fit a MINT classifier on; `holdout` is only ever scored, with as many members as externals.
+    `subpools` holds the nested, class-balanced D10/D1 subsets of the pool.
+    """
+
+    dataset: str
+    protocol: str
+    seed: int
+    members: list[int]
+    external: list[int]
+    pool: list[int]
+    holdout: list[int]
+    subpools: dict[str, list[int]] = field(default_factory=dict)
+    options: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the manifest's content: what stores and classifiers record to detect mix-ups."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+    def rows(self, fraction: str = "D100") -> list[int]:
+        """Rows of the store to extract: the (sub)pool and the holdout, pool first."""
+        pool = self.pool if fraction == "D100" else self.subpools[fraction]
+        return sorted(pool) + sorted(self.holdout)
+
+    def membership_of(self, rows: np.ndarray) -> np.ndarray:
+        """(N,) int8: 1 for members, 0 for external."""
+        return np.isin(rows, self.members).astype(np.int8)
+
+    def role_of(self, rows: np.ndarray) -> np.ndarray:
+        """(N,) int8: 0 for the auditor's pool, 1 for the held-out evaluation rows."""
+        return np.isin(rows, self.holdout).astype(np.int8)
+
+    def save(self, path: Path) -> None:
+        payload = {**asdict(self), "sha256": self.sha256}
+        Path(path).write_text(json.dumps(payload))
+
+    @classmethod
+    def load(cls, path: Path) -> MembershipSplit:
+        try:
+            payload = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise InputError(f"split manifest {path} not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"split manifest {path} is not valid JSON ({exc})") from None
+        recorded = payload.pop("sha256", None)
+        try:
+            split = cls(**payload)
+        except TypeError as exc:
+            raise InputError(f"split manifest {path} has the wrong fields ({exc})") from None
+        if recorded != split.sha256:
+            raise InputError(f"split manifest {path} was modified after it was written (hash mismatch)")
+        return split
+
+    @classmethod
+    def from_json(cls, text: str) -> MembershipSplit:
+        payload = json.loads(text)
+        payload.pop("sha256", None)
+        return cls(**payload)
+
+
+def make_split(data: ImageSet, *, members: float | int = 0.5, external: float | int = 0.5,
+               holdout: float = 0.5, protocol: str = "grouped", seed: int = 0) -> MembershipSplit:
+    """Draw a seeded, class-balanced membership split of `data`.
+
+    Args:
+        data: the dataset; members and external come from its official `train` part.
+        members, external: a fraction (≤ 1.0) of the train part or a row count (int > 1).
+        holdout: fraction of the smaller side held out for evaluation, the same number on both sides.
+        protocol: `paper` (rows drawn independently; where the dataset has an official `test` part,
+            the held-out externals come from it, as the authors did) or `grouped` (the same, but
+            drawn by group so no group straddles members and external).
+        seed: seeds every random choice; recorded in the manifest.
+
+    Raises:
+        InputError: unknown protocol, sizes that do not fit, or an empty side.
+    """
+    if protocol not in PROTOCOLS:
+        raise InputError(f"unknown protocol '{protocol}'; choose from {list(PROTOCOLS)}")
+    if not 0.0 < holdout < 1.0:
+        raise InputError(f"holdout must be a fraction in (0, 1), got {holdout}")
+    rng = np.random.default_rng(seed)
+    train = np.flatnonzero(data.part == "train")
+    test = np.flatnonzero(data.part == "test")
+    n_members, n_external = _count(members, len(train), "members"), _count(external, len(train), "external")
+    if n_members + n_external > len(train):
+        raise InputError(f"{n_members} members + {n_external} external exceed the {len(train)} rows of "
+                         f"{data.name}'s train part")
+    units = data.groups if (protocol == "grouped" and data.groups is not None) else None
+    member_rows, rest = _stratified_take(train, data.labels, units, n_members / len(train), rng)
+    share = n_external / max(len(rest), 1)
+    external_rows, _ = _stratified_take(rest, data.labels, units, min(1.0, share), rng)
+    if len(member_rows) == 0 or len(external_rows) == 0:
+        raise InputError(f"empty split: {len(member_rows)} members, {len(external_rows)} external")
+
+    n_hold = int(round(holdout * min(len(member_rows), len(external_rows))))
+    held_members, pool_members = _take_count(member_rows, data.labels, units, n_hold, rng)
+    if protocol == "paper" and len(test):
+        held_external, _ = _take_count(test, data.labels, None, n_hold, rng)
+        pool_external = external_rows
+    else:
+        held_external, pool_external = _take_count(external_rows, data.labels, units, n_hold, rng)
+    if min(len(held_members), len(held_external), len(pool_members), len(pool_external)) == 0:
+        raise InputError("empty split: too few rows to give both the pool and the holdout members and "
+                         "external samples")
+    n = min(len(held_members), len(held_external))  # group rounding can leave the sides unequal
+    held = np.concatenate([rng.permutation(held_members)[:n], rng.permutation(held_external)[:n]])
+    pool = np.concatenate([pool_members, pool_external])
+    external_all = np.concatenate([external_rows, held_external[:n] if protocol == "paper" and len(test)
+                                   else np.empty(0, np.int64)])
+    pool = np.sort(pool)
+    membership = np.isin(pool, member_rows).astype(np.int64)
+    subpools = {name: pool[subpool_mask(membership, data.labels[pool], FRACTIONS[name], seed)]
+                for name in FRACTIONS if FRACTIONS[name] < 1.0}
+    return MembershipSplit(
+        dataset=data.name, protocol=protocol, seed=seed,
+        members=sorted(map(int, member_rows)), external=sorted(map(int, np.unique(external_all))),
+        pool=sorted(map(int, pool)), holdout=sorted(map(int, held)),
+        subpools={k: sorted(map(int, v)) for k, v in subpools.items()},
+        options={"members": members, "external": external, "holdout": holdout,
+                 "grouped_by": "group" if units is not None else "row"},
+    )
+
+
+def _count(size: float | int, total: int, what: str) -> int:
+    if isinstance(size, float) and size <= 1.0:
+        if size <= 0:
+            raise InputError(f"{what} must be positive, got {size}")
+        return int(round(size * total))
+    if int(size) <= 0:
+        raise InputError(f"{what} must be positive, got {size}")
+    return int(size)
+
+
+def _stratified_take(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, fraction: float,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, a `fraction` of the units (rows or groups) → (taken rows, remaining rows)."""
+    taken: list[np.ndarray] = []
+    for cls in np.unique(labels[rows]):
+        in_class = rows[labels[rows] == cls]
+        units = np.unique(groups[in_class]) if groups is not None else in_class
+        k = int(round(fraction * len(units)))
+        chosen = rng.permutation(units)[:k]
+        taken.append(in_class[np.isin(groups[in_class], chosen)] if groups is not None else chosen)
+    took = np.sort(np.concatenate(taken)) if taken else np.empty(0, np.int64)
+    return took, np.setdiff1d(rows, took)
+
+
+def _take_count(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, count: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """About `count` rows, class-balanced (and by group when given) → (taken, remaining)."""
+    return _stratified_take(rows, labels, groups, min(1.0, count / max(len(rows), 1)), rng)
+
+
+def subpool_mask(membership: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask over the (sorted) pool rows: a `fraction` balanced over (membership, class).
+
+    Nested (D1 ⊂ D10) because every fraction takes a prefix of the same seeded permutation of each
+    stratum; at least one row per stratum. Used by the split and again by MINT training, from the
+    store's columns, so both agree without the store carrying the manifest.
+    """
+    rng = np.random.default_rng([seed, 1])
+    mask = np.zeros(len(membership), dtype=bool)
+    for side in (MEMBER, EXTERNAL):
+        for cls in np.unique(labels):
+            stratum = np.flatnonzero((membership == side) & (labels == cls))
+            if len(stratum):
+                k = max(1, int(round(fraction * len(stratum))))
+                mask[rng.permutation(stratum)[:k]] = True
+    return mask

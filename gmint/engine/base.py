@@ -1,0 +1,78 @@
+"""What every Weight Modifier engine shares: its result type, the per-sample losses, model checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gmint.errors import UnsupportedModelError
+from gmint.registry import Registry
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """Reduced Weight Modifiers of one batch, with the audited model's own view of each sample.
+
+    Attributes:
+        features: parameter name → (B, d) reduced Weight Modifier.
+        loss: (B,) the sample's loss (the quantity whose gradient is the Weight Modifier).
+        pred: (B,) the audited model's predicted class.
+    """
+
+    features: dict[str, Tensor]
+    loss: Tensor
+    pred: Tensor
+
+
+# A loss maps (B, K) model outputs and (B,) integer labels to the SUM of per-sample losses, so the
+# gradient of one sample's term is that sample's own update (no 1/B factor).
+LossFn = Callable[[Tensor, Tensor], Tensor]
+LOSSES: Registry[LossFn] = Registry("loss")
+
+
+@LOSSES.register("cross_entropy")
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Softmax cross-entropy on logits with the true label — the default, as in the paper."""
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
+@LOSSES.register("nll")
+def nll(log_probs: Tensor, y: Tensor) -> Tensor:
+    """Negative log-likelihood, for models whose last layer is already a log-softmax."""
+    return F.nll_loss(log_probs, y, reduction="sum")
+
+
+@LOSSES.register("bce")
+def binary_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Binary cross-entropy on one logit per sample (B, 1) or (B,), labels 0/1."""
+    return F.binary_cross_entropy_with_logits(logits.reshape(-1), y.to(logits.dtype), reduction="sum")
+
+
+def predictions(outputs: Tensor) -> Tensor:
+    """(B,) predicted class: argmax over classes, or the sign of a single logit."""
+    if outputs.dim() == 1 or outputs.shape[-1] == 1:
+        return (outputs.reshape(-1) > 0).long()
+    return outputs.argmax(dim=-1)
+
+
+def check_auditable(model: nn.Module, layers: list[str]) -> None:
+    """Refuse models whose Weight Modifiers would depend on batch-mates or on randomness.
+
+    Raises:
+        UnsupportedModelError: listing every module still in training mode, or unknown layers.
+    """
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        shown = ", ".join(training[:5]) + (f" and {len(training) - 5} more" if len(training) > 5 else "")
+        raise UnsupportedModelError(
+            f"modules in training mode ({shown}); call model.eval() so BatchNorm and dropout do not mix "
+            "samples")
+    params = dict(model.named_parameters())
+    missing = [n for n in layers if n not in params]
+    if missing:
+        raise UnsupportedModelError(f"the model has no parameters {missing}")
+    if not layers:
+        raise UnsupportedModelError("no layers selected")

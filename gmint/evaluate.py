@@ -1,0 +1,68 @@
+"""Scoring a store's held-out rows with a MINT classifier, beside what explains or bounds the result.
+
+Next to the MINT metrics every evaluation reports the audited model's own accuracy and loss on the
+same members and externals (its generalisation gap) and a loss-threshold baseline whose threshold
+is fitted on the auditor's pool — never on the rows being scored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gmint.data.split import HOLDOUT, POOL
+from gmint.errors import InputError
+from gmint.metrics import balance, best_threshold, membership_metrics
+from gmint.mint.base import TrainedMint
+from gmint.store import FeatureStore
+
+
+def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, seed: int = 0) -> dict[str, object]:
+    """Metrics of `mint` on the held-out rows of a complete store (balanced by subsampling if needed).
+
+    Raises:
+        StoreMismatchError: the store was made from another model, reduction, dataset or layer dims.
+        InputError: the evaluated rows include rows the classifier was fitted on, or one side is empty.
+    """
+    with FeatureStore.open(store_path) as store:
+        store.require_complete()
+        prov = store.provenance
+        mint.spec.check(prov, store.dims, str(store_path))
+        role, membership = store.column("role"), store.column("membership")
+        ids, loss = store.column("sample_id"), store.column("loss").astype(np.float64)
+        correct = store.column("pred") == store.column("label")
+        held = np.flatnonzero((role == HOLDOUT) & np.isin(membership, (0, 1)))
+        if len(held) == 0:
+            raise InputError(f"{store_path} has no held-out rows (role 1) labelled member/external")
+        same_split = prov.get("split_sha256") == mint.spec.split_sha256
+        overlap = np.isin(ids[held], mint.fitted_ids) if same_split else np.zeros(len(held), bool)
+        if overlap.any():
+            raise InputError(f"{int(overlap.sum())} evaluation rows were used to fit the MINT classifier; "
+                             "evaluate on held-out rows only")
+        held = held[balance(membership[held], seed)]
+        y = membership[held]
+        features = store.features(mint.spec.layers, np.isin(np.arange(len(role)), held))
+        pool = role == POOL
+    score = mint.predict_proba(features)
+    threshold = best_threshold(membership[pool], -loss[pool]) if len(np.unique(membership[pool])) == 2 else 0.0
+    members, external = y == 1, y == 0
+    return {
+        "store": str(store_path),
+        "rows": {"members": int(members.sum()), "external": int(external.sum())},
+        "protocol": {"split_sha256": prov.get("split_sha256"), "dataset": prov.get("dataset"),
+                     "architecture": prov.get("architecture"), "reduction": prov.get("reduction"),
+                     "engine": prov.get("engine"), "layers": mint.spec.layers, "setup": mint.spec.setup,
+                     "classifier": mint.kind, "fraction": mint.record.get("fraction")},
+        "mint": {k: v.as_dict() for k, v in membership_metrics(y, score, n_boot=n_boot, seed=seed).items()},
+        "loss_threshold": {k: v.as_dict() for k, v in membership_metrics(
+            y, -loss[held], threshold=threshold, n_boot=n_boot, seed=seed).items()},
+        "audited_model": {
+            "members_accuracy": float(correct[held][members].mean()),
+            "external_accuracy": float(correct[held][external].mean()),
+            "members_loss": float(loss[held][members].mean()),
+            "external_loss": float(loss[held][external].mean()),
+            "accuracy_gap": float(correct[held][members].mean() - correct[held][external].mean()),
+        },
+        "scores": {"sample_id": ids[held].tolist(), "membership": y.tolist(), "score": score.tolist()},
+    }

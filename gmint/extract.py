@@ -1,0 +1,123 @@
+"""Extraction: dataset rows → audited model → Weight Modifiers → reduction → feature store.
+
+Rows stream through in batches; each batch is written and flushed before the next is computed, so
+memory holds one batch and a killed run resumes where it stopped (`resume=True`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+import gmint
+from gmint.data.base import ImageSet
+from gmint.data.split import MembershipSplit
+from gmint.data.transforms import Transform
+from gmint.engine import ENGINES
+from gmint.errors import InputError
+from gmint.layers import preset_layers, resolve_layers
+from gmint.models.io import AuditedModel
+from gmint.progress import progress_bar
+from gmint.reduce import parse_reduction
+from gmint.store import FeatureStore
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Which dataset rows to extract and what is known about each (see store.py for the codes)."""
+
+    index: np.ndarray        # (N,) row positions in the ImageSet
+    membership: np.ndarray   # (N,) 1 member, 0 external, -1 unknown
+    role: np.ndarray         # (N,) 0 pool, 1 holdout, -1 n/a
+
+    def __post_init__(self) -> None:
+        if len(self.index) == 0:
+            raise InputError("nothing to extract: the selected rows are empty")
+        if not (len(self.index) == len(self.membership) == len(self.role)):
+            raise InputError("rows, membership and role must have the same length")
+
+
+def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, layers: str = "combined",
+            reduction: str = "mean", engine: str = "vmap", transform: Transform | None = None,
+            loss: str = "cross_entropy", batch_size: int = 128, chunk_size: int | None = 64,
+            seed: int = 0, split: MembershipSplit | None = None, resume: bool = False, overwrite: bool = False,
+            device: str = "cpu", show_progress: bool = False) -> Path:
+    """Compute reduced Weight Modifiers of `rows` and stream them into the HDF5 store `out`.
+
+    Args:
+        audited: the audited model (eval mode) and its metadata.
+        data, rows: the dataset and the rows to extract, with membership and role.
+        layers: a layer setup (preset, names or globs) — see `gmint.layers.resolve_layers`.
+        reduction: a name in `gmint.reduce.REDUCTIONS`, optionally `name:arg`.
+        engine: a name in `gmint.engine.ENGINES`.
+        transform: preprocessing; defaults to the one recorded with the audited model.
+        seed: seeds seeded reductions; recorded in the store.
+        split: the membership split the rows come from; its hash and seed are recorded.
+        resume: continue a partial store with the same provenance instead of refusing to touch it.
+
+    Returns:
+        The path of the complete store.
+    """
+    transform = transform or Transform.from_dict(audited.meta["transform"])  # type: ignore[arg-type]
+    if int(rows.index.max()) >= len(data) or int(rows.index.min()) < 0:
+        raise InputError(f"row index outside the {len(data)} rows of {data.name}")
+    labels = data.labels[rows.index]
+    num_classes = audited.meta.get("num_classes")
+    if num_classes is not None and int(labels.max()) >= int(num_classes):  # type: ignore[arg-type]
+        raise InputError(f"label {int(labels.max())} is outside the audited model's {num_classes} classes")
+    model = audited.module.to(device).eval()
+    example = transform(data.images[rows.index[:1]]).to(device)
+    names = resolve_layers(model, layers, example)
+    reduce = parse_reduction(reduction, seed)
+    run = ENGINES.get(engine)
+
+    provenance = {
+        "gmint_version": gmint.__version__, "torch_version": torch.__version__,
+        "h5py_version": h5py.__version__, "python": platform.python_version(),
+        "model_fingerprint": audited.fingerprint, "architecture": str(audited.meta.get("arch", "unknown")),
+        "layers": names, "layer_setup": layers, "layer_shapes": {n: list(p.shape) for n, p in
+                                                                 model.named_parameters() if n in names},
+        "reduction": reduction, "engine": engine, "loss_function": loss, "dataset": data.name,
+        "layer_presets": preset_layers(model, example),
+        "split_sha256": split.sha256 if split else "", "split_seed": split.seed if split else -1, "transform": transform.to_dict(), "seed": seed,
+        "n_rows": len(rows.index), "rows_sha256": hashlib.sha256(rows.index.astype(np.int64).tobytes()).hexdigest(),
+        "batch_size": batch_size, "chunk_size": chunk_size or 0, "device": device,
+    }
+    out = Path(out)
+    if resume and out.exists():
+        store = FeatureStore.resume(out, provenance)
+    else:
+        store = FeatureStore.create(out, overwrite=overwrite, provenance=provenance, columns={
+            "membership": rows.membership, "role": rows.role, "label": labels,
+            "sample_id": data.sample_ids[rows.index]})
+    with store:
+        done = store.done_mask()
+        t0 = time.perf_counter()
+        with progress_bar(f"extract {engine}/{reduction}", len(done), enabled=show_progress,
+                          completed=int(done.sum())) as bar:
+            for start in range(0, len(done), batch_size):
+                stop = min(start + batch_size, len(done))
+                if done[start:stop].all():
+                    continue
+                idx = rows.index[start:stop]
+                x = transform(data.images[idx]).to(device)
+                y = torch.from_numpy(data.labels[idx]).to(device)
+                result = run(model, names, reduce, x, y, loss=loss, chunk_size=chunk_size)
+                store.write(start, {n: f.float().cpu().numpy() for n, f in result.features.items()},
+                            loss=result.loss.float().cpu().numpy(), pred=result.pred.cpu().numpy())
+                bar.advance(stop - start)
+        store.mark_complete(extract_seconds=round(time.perf_counter() - t0, 3))
+    return out
+
+
+def split_rows(split: MembershipSplit) -> Rows:
+    """All rows of a membership split (auditor's pool, then the holdout) with their codes."""
+    index = np.asarray(split.pool + split.holdout, dtype=np.int64)
+    return Rows(index, split.membership_of(index), split.role_of(index))

@@ -1,0 +1,128 @@
+"""What every MINT classifier shares: the feature spec it was fitted on, standardisation, save/load.
+
+A classifier file is a dict of tensors plus one JSON string, loaded with `torch.load(weights_only=True)`.
+It records its feature spec (layers, dims, reduction, audited model, split) so `eval` can refuse a
+store it does not fit, and the sample ids it was fitted on so no fitted row is ever scored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from gmint.errors import InputError, StoreMismatchError
+from gmint.registry import Registry
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a classifier's input columns mean; a store must match it to be scored."""
+
+    layers: list[str]
+    dims: list[int]
+    reduction: str
+    model_fingerprint: str
+    split_sha256: str
+    dataset: str
+    setup: str = ""
+
+    def check(self, provenance: dict[str, object], dims: dict[str, int], where: str) -> None:
+        """Raise StoreMismatchError naming the first difference between this spec and a store."""
+        expected = {"reduction": self.reduction, "model_fingerprint": self.model_fingerprint,
+                    "dataset": self.dataset}
+        for key, value in expected.items():
+            if provenance.get(key) != value:
+                raise StoreMismatchError(f"{where} has {key}={str(provenance.get(key))[:16]!r}, the MINT "
+                                         f"classifier was trained on {str(value)[:16]!r}")
+        missing = [n for n in self.layers if n not in dims]
+        if missing:
+            raise StoreMismatchError(f"{where} has no features for layers {missing}")
+        for name, d in zip(self.layers, self.dims, strict=True):
+            if dims[name] != d:
+                raise StoreMismatchError(f"{where}: layer {name} has {dims[name]} features, the classifier "
+                                         f"expects {d}")
+
+
+@dataclass
+class Standardiser:
+    """Per-column (x - mean) / std, fitted on the classifier's training rows only."""
+
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    std: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32))
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> Standardiser:
+        std = x.std(axis=0)
+        # Constant columns (e.g. a filter that never receives gradient) would divide by zero.
+        std = np.where(std > 0, std, 1.0)
+        return cls(x.mean(axis=0).astype(np.float32), std.astype(np.float32))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+
+class MintClassifier(Protocol):
+    """fit on features + membership; predict P(member); state as tensors + JSON config."""
+
+    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int) -> dict[str, object]: ...
+    def predict_proba(self, x: np.ndarray) -> np.ndarray: ...
+    def state(self) -> dict[str, torch.Tensor]: ...
+    def config(self) -> dict[str, object]: ...
+
+
+# name → builder(input_dim, **config) and loader(input_dim, config, state)
+MintBuilder = Callable[..., MintClassifier]
+MINT_MODELS: Registry[MintBuilder] = Registry("MINT classifier")
+
+
+@dataclass
+class TrainedMint:
+    """A fitted classifier with the spec, scaler and record of how it was fitted."""
+
+    kind: str
+    model: MintClassifier
+    spec: FeatureSpec
+    scaler: Standardiser
+    fitted_ids: np.ndarray
+    record: dict[str, object]
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """(n,) P(member) for raw (unstandardised) features in the spec's column order."""
+        return self.model.predict_proba(self.scaler(features))
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"kind": self.kind, "config": self.model.config(), "spec": asdict(self.spec),
+                "record": self.record, "format": "gmint-mint/1"}
+        payload = {"meta": json.dumps(meta), "state": self.model.state(),
+                   "scaler_mean": torch.from_numpy(self.scaler.mean),
+                   "scaler_std": torch.from_numpy(self.scaler.std),
+                   "fitted_ids": torch.from_numpy(self.fitted_ids.astype(np.int64))}
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainedMint:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"MINT classifier {path} not found")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            meta = json.loads(payload["meta"])
+        except Exception as exc:  # corrupt or foreign file: many exception types
+            raise InputError(f"{path} is not a gmint MINT classifier ({type(exc).__name__})") from None
+        if meta.get("format") != "gmint-mint/1":
+            raise InputError(f"{path} is not a gmint MINT classifier")
+        spec = FeatureSpec(**meta["spec"])
+        model = MINT_MODELS.get(meta["kind"])(sum(spec.dims), **meta["config"])
+        model.load_state(payload["state"])  # type: ignore[attr-defined]
+        scaler = Standardiser(payload["scaler_mean"].numpy(), payload["scaler_std"].numpy())
+        return cls(meta["kind"], model, spec, scaler, payload["fitted_ids"].numpy(), meta["record"])

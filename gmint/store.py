@@ -1,0 +1,208 @@
+"""Feature stores: one HDF5 file per extraction, written in appended batches, readable by any HDF5 tool.
+
+Layout:
+    /features/<parameter name>   (N, d) float32, chunked, gzip — one dataset per selected layer
+    /membership (N,) int8        1 member, 0 external, -1 unknown (samples being scored)
+    /role       (N,) int8        0 auditor's pool (may fit a MINT classifier), 1 held out, -1 n/a
+    /label      (N,) int64       true class; /sample_id (N,) int64 row of the dataset
+    /loss       (N,) float32     the audited model's loss; /pred (N,) int64 its predicted class
+    /done       (N,) bool        row written and flushed (resume skips these)
+    attrs: provenance (one attribute per key, JSON for lists/dicts), rows_written, complete
+
+A crash loses at most the batch in flight: features are written and flushed before `done` is set,
+and `complete` is set only after the last row. Every reader refuses an incomplete store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import h5py
+import numpy as np
+
+from gmint.errors import IncompleteStoreError, InputError, StoreMismatchError
+
+FORMAT = "gmint-feature-store/1"
+ROW_COLUMNS = {"membership": np.int8, "role": np.int8, "label": np.int64, "sample_id": np.int64}
+COMPUTED_COLUMNS = {"loss": np.float32, "pred": np.int64}
+# Provenance keys that must agree for a resumed extraction to continue the same store.
+SPEC_KEYS = ("model_fingerprint", "layers", "reduction", "engine", "loss_function", "dataset",
+             "split_sha256", "transform", "seed", "n_rows", "rows_sha256")
+CHUNK_BYTES = 1 << 20
+
+
+class FeatureStore:
+    """An open feature store. Use `create`, `resume` or `open` (read-only); close or use `with`."""
+
+    def __init__(self, path: Path, handle: h5py.File) -> None:
+        self.path = Path(path)
+        self._h5 = handle
+
+    # -- opening ---------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, *, columns: Mapping[str, np.ndarray], provenance: Mapping[str, object],
+               overwrite: bool = False) -> FeatureStore:
+        """A new, empty store for len(columns['sample_id']) rows. Refuses to replace a file unless asked."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise InputError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = len(columns["sample_id"])
+        h5 = h5py.File(path, "w", libver="latest")
+        for name, dtype in ROW_COLUMNS.items():
+            h5.create_dataset(name, data=np.asarray(columns[name], dtype=dtype))
+        for name, dtype in COMPUTED_COLUMNS.items():
+            h5.create_dataset(name, shape=(n,), dtype=dtype, fillvalue=0)
+        h5.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False)
+        h5.create_group("features")
+        h5.attrs["format"] = FORMAT
+        for key, value in provenance.items():
+            h5.attrs[key] = _encode(value)
+        h5.attrs["rows_written"] = 0
+        h5.attrs["complete"] = False
+        h5.flush()
+        return cls(path, h5)
+
+    @classmethod
+    def resume(cls, path: Path, provenance: Mapping[str, object]) -> FeatureStore:
+        """Reopen a partial store for writing after checking it belongs to the same extraction."""
+        store = cls(Path(path), _open_h5(Path(path), "r+"))
+        theirs = store.provenance
+        diff = [k for k in SPEC_KEYS if k in provenance and theirs.get(k) != _roundtrip(provenance[k])]
+        if diff:
+            store.close()
+            raise StoreMismatchError(f"{path} was written by a different extraction (differs in "
+                                     f"{', '.join(diff)}); use a new --out or --overwrite")
+        return store
+
+    @classmethod
+    def open(cls, path: Path) -> FeatureStore:
+        """Read-only access (complete or not; readers call `require_complete`)."""
+        return cls(Path(path), _open_h5(Path(path), "r"))
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def write(self, start: int, features: Mapping[str, np.ndarray], *, loss: np.ndarray,
+              pred: np.ndarray) -> None:
+        """Write rows [start, start + B) and mark them done, in that order, flushing in between."""
+        b = len(loss)
+        group = self._h5["features"]
+        for name, values in features.items():
+            if name not in group:
+                d = values.shape[1]
+                rows_per_chunk = int(max(1, min(len(self), CHUNK_BYTES // (4 * d))))
+                group.create_dataset(name, shape=(len(self), d), dtype=np.float32,
+                                     chunks=(rows_per_chunk, d), compression="gzip", compression_opts=4,
+                                     shuffle=True)
+            group[name][start:start + b] = values
+        self._h5["loss"][start:start + b] = loss
+        self._h5["pred"][start:start + b] = pred
+        self._h5.flush()
+        self._h5["done"][start:start + b] = True
+        self._h5.attrs["rows_written"] = int(np.count_nonzero(self._h5["done"][:]))
+        self._h5.flush()
+
+    def mark_complete(self, **extra: object) -> None:
+        """Set the complete flag (and final provenance such as timing) once every row is done."""
+        if not self.done_mask().all():
+            raise IncompleteStoreError(f"{self.path}: {int((~self.done_mask()).sum())} rows not written")
+        for key, value in extra.items():
+            self._h5.attrs[key] = _encode(value)
+        self._h5.attrs["complete"] = True
+        self._h5.flush()
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._h5["sample_id"].shape[0])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._h5.attrs.get("complete", False))
+
+    @property
+    def provenance(self) -> dict[str, object]:
+        return {k: _decode(v) for k, v in self._h5.attrs.items()}
+
+    @property
+    def layers(self) -> list[str]:
+        """Layer datasets in extraction order (the order recorded in provenance)."""
+        return list(self.provenance.get("layers", []))  # type: ignore[arg-type]
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """Features per layer, for the layers written so far (all of them once a row is done)."""
+        group = self._h5["features"]
+        return {name: int(group[name].shape[1]) for name in self.layers if name in group}
+
+    def done_mask(self) -> np.ndarray:
+        return self._h5["done"][:]
+
+    def require_complete(self) -> None:
+        if not self.complete:
+            raise IncompleteStoreError(
+                f"{self.path} is incomplete ({self._h5.attrs.get('rows_written', 0)} of {len(self)} rows); "
+                "finish it with `gmint extract ... --resume`")
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in ROW_COLUMNS and name not in COMPUTED_COLUMNS and name != "done":
+            raise InputError(f"no column '{name}' in {self.path}")
+        return self._h5[name][:]
+
+    def features(self, layers: Sequence[str] | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        """(n, Σ d) float32: the chosen layers' features side by side, for all rows or a boolean mask."""
+        names = list(layers) if layers is not None else self.layers
+        unknown = [n for n in names if n not in self._h5["features"]]
+        if unknown:
+            raise StoreMismatchError(f"{self.path} has no features for {unknown}; it holds {self.layers}")
+        parts = [self._h5["features"][n][:] if rows is None else self._h5["features"][n][:][rows]
+                 for n in names]
+        return np.concatenate(parts, axis=1)
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    if not path.exists():
+        raise InputError(f"feature store {path} not found")
+    try:
+        h5 = h5py.File(path, mode)
+    except OSError as exc:
+        raise InputError(f"{path} is not a readable HDF5 feature store ({exc.__class__.__name__})") from None
+    if h5.attrs.get("format") != FORMAT:
+        h5.close()
+        raise InputError(f"{path} is not a gmint feature store (format attribute missing or different)")
+    return h5
+
+
+def _encode(value: object) -> object:
+    if isinstance(value, str):
+        return str(value)  # np.str_ would be stored as a fixed-width array h5py cannot convert
+    if isinstance(value, (int, float, bool, np.integer, np.floating, np.bool_)):
+        return value
+    return json.dumps(value)
+
+
+def _decode(value: object) -> object:
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _roundtrip(value: object) -> object:
+    """The value as it reads back from HDF5 attributes (tuples become lists, etc.)."""
+    return _decode(_encode(value))
