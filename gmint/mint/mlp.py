@@ -41,12 +41,15 @@ class MlpMint:
         self.hparams = {"hidden": list(hidden), "dropout": dropout, "lr": lr, "weight_decay": weight_decay,
                         "batch_size": batch_size, "max_epochs": max_epochs, "patience": patience,
                         "val_fraction": val_fraction}
+        self.net = self._build()
+
+    def _build(self) -> nn.Sequential:
         layers: list[nn.Module] = []
-        width = input_dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+        width = self.input_dim
+        for h in self.hparams["hidden"]:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(self.hparams["dropout"])]
             width = h
-        self.net = nn.Sequential(*layers, nn.Linear(width, 1))
+        return nn.Sequential(*layers, nn.Linear(width, 1))
 
     def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int) -> dict[str, object]:
         """Train on (x, y) with y = 1 for members; return the training record (epochs, best val loss)."""
@@ -56,6 +59,7 @@ class MlpMint:
     def _fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, object]:
         hp = self.hparams
         torch.manual_seed(seed)
+        self.net = self._build()  # initialised under the fit's seed, so one seed gives one classifier
         rng = np.random.default_rng(seed)
         val = np.zeros(len(y), dtype=bool)
         for side in (0, 1):  # stratified validation rows

@@ -1,0 +1,44 @@
+"""Shared fixtures: a small audited model on digits and its feature store, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gmint.data.base import DATASETS, ImageSet
+from gmint.data.split import MembershipSplit, make_split
+from gmint.data.transforms import Transform
+from gmint.extract import extract, split_rows
+from gmint.models.io import AuditedModel
+from gmint.models.train import TrainConfig, train_audited
+
+torch.set_num_threads(1)  # small models: one thread is faster and deterministic
+
+
+@pytest.fixture(scope="session")
+def digits() -> ImageSet:
+    return DATASETS.get("digits")()
+
+
+@pytest.fixture(scope="session")
+def digits_split(digits: ImageSet) -> MembershipSplit:
+    return make_split(digits, members=0.5, external=0.5, holdout=0.5, seed=0)
+
+
+@pytest.fixture(scope="session")
+def audited_digits(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet,
+                   digits_split: MembershipSplit) -> tuple[AuditedModel, Path]:
+    path = tmp_path_factory.mktemp("audited") / "audited.pt"
+    model = train_audited(digits, digits_split, arch="small_cnn", transform=Transform(),
+                          config=TrainConfig(epochs=8, batch_size=32), out=path, arch_options={"width": 0.5})
+    return model, path
+
+
+@pytest.fixture(scope="session")
+def digits_store(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet, digits_split: MembershipSplit,
+                 audited_digits: tuple[AuditedModel, Path]) -> Path:
+    out = tmp_path_factory.mktemp("store") / "features.h5"
+    return extract(audited_digits[0], digits, split_rows(digits_split), out=out, layers="combined",
+                   reduction="mean", split=digits_split, batch_size=200)

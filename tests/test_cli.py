@@ -1,0 +1,120 @@
+"""The command line as a user runs it: extract → train → eval on digits, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gmint_cli.app import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args], env={"GMINT_NO_PROGRESS": "1", "COLUMNS": "200"})
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def model(workdir: Path) -> Path:
+    code, out = invoke("split", "--data", "digits", "--seed", "1", "--out", workdir / "split.json")
+    assert code == 0, out
+    code, out = invoke("audited", "train", "--arch", "small_cnn", "--data", "digits", "--split",
+                       workdir / "split.json", "--epochs", "3", "--width", "0.5", "--out", workdir / "model.pt")
+    assert code == 0, out
+    assert "members_accuracy" in out
+    return workdir / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def store(workdir: Path, model: Path) -> Path:
+    code, out = invoke("extract", "--model", model, "--layers", "combined", "--reduction", "mean",
+                       "--out", workdir / "f.h5")
+    assert code == 0, out
+    return workdir / "f.h5"
+
+
+def test_extract_train_eval_produces_metrics(workdir: Path, store: Path) -> None:
+    code, out = invoke("train", store, "--setup", "combined", "--kind", "mlp", "--out", workdir / "mint.pt")
+    assert code == 0, out
+    code, out = invoke("eval", workdir / "mint.pt", store, "--json", "--n-boot", "50")
+    assert code == 0, out
+    result = json.loads(out)
+    assert set(result["mint"]) >= {"accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"}
+    assert 0.0 <= result["mint"]["auc"]["value"] <= 1.0
+    assert "members_accuracy" in result["audited_model"]
+    code, out = invoke("eval", workdir / "mint.pt", store, "--report", workdir / "report", "--n-boot", "20")
+    assert code == 0, out
+    assert "loss threshold" in out and "gap" in out
+    for name in ("report.json", "report.md", "scores.csv", "roc.png", "roc_log.png"):
+        assert (workdir / "report" / name).stat().st_size > 0
+
+
+def test_info_describes_the_store(store: Path) -> None:
+    code, out = invoke("info", store)
+    assert code == 0, out
+    assert "complete" in out and "model_fingerprint" in out and "mean" in out
+
+
+def test_layers_lists_presets(model: Path) -> None:
+    code, out = invoke("layers", "--model", model)
+    assert code == 0, out
+    assert "entry" in out and "output" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["extract", "--model", "missing.pt"], "not found"),
+    (["extract", "--model", "{model}", "--layers", "nonexistent.weight", "--out", "{tmp}/x.h5"], "matches no parameter"),
+    (["extract", "--model", "{model}", "--reduction", "maen", "--out", "{tmp}/x.h5"], "unknown reduction"),
+    (["extract", "--model", "{model}", "--engine", "fast", "--out", "{tmp}/x.h5"], "unknown engine"),
+    (["eval", "{tmp}/nothing.pt", "{store}"], "not found"),
+    (["train", "{tmp}/nothing.h5"], "not found"),
+    (["info", "{model}"], "not a readable HDF5"),
+])
+def test_user_mistakes_give_one_line_and_nonzero_exit(tmp_path: Path, model: Path, store: Path,
+                                                      args: list[str], message: str) -> None:
+    filled = [a.format(model=model, store=store, tmp=tmp_path) for a in args]
+    code, out = invoke(*filled)
+    assert code != 0
+    assert message in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "x.h5").exists()  # no half-written store left behind
+
+
+def test_incompatible_store_is_refused(workdir: Path, model: Path, store: Path) -> None:
+    code, out = invoke("extract", "--model", model, "--layers", "entry", "--reduction", "l2",
+                       "--out", workdir / "l2.h5")
+    assert code == 0, out
+    code, out = invoke("train", store, "--setup", "entry", "--kind", "logreg", "--out", workdir / "m2.pt")
+    assert code == 0, out
+    code, out = invoke("eval", workdir / "m2.pt", workdir / "l2.h5")
+    assert code == 1
+    assert "reduction" in out
+
+
+def test_existing_store_needs_resume_or_overwrite(model: Path, store: Path) -> None:
+    before = store.stat().st_mtime_ns
+    code, out = invoke("extract", "--model", model, "--out", store)
+    assert code == 1 and "--resume" in out
+    assert store.stat().st_mtime_ns == before
+
+
+def test_console_script_runs_as_a_subprocess() -> None:
+    proc = subprocess.run([sys.executable, "-m", "gmint_cli", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("gmint ")
+    proc = subprocess.run([sys.executable, "-m", "gmint_cli", "info", "/nonexistent.h5"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "not found" in proc.stderr

@@ -1,0 +1,118 @@
+"""Feature stores: chunked writes read back exactly; incomplete or foreign stores are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from gmint.errors import IncompleteStoreError, InputError, StoreMismatchError
+from gmint.store import FeatureStore
+
+PROVENANCE = {"model_fingerprint": "abc", "layers": ["a.weight", "b.weight"], "reduction": "mean",
+              "engine": "vmap", "dataset": "toy", "seed": 3, "split_sha256": "s", "n_rows": 10,
+              "layer_shapes": {"a.weight": [4, 2, 3, 3]}}
+
+
+def make_columns(n: int) -> dict[str, np.ndarray]:
+    return {"membership": np.arange(n) % 2, "role": (np.arange(n) >= n // 2).astype(int),
+            "label": np.arange(n) % 3, "sample_id": np.arange(100, 100 + n)}
+
+
+def write_in_chunks(path: Path, feats: dict[str, np.ndarray], chunk: int, stop_after: int | None = None) -> None:
+    n = len(next(iter(feats.values())))
+    with FeatureStore.create(path, columns=make_columns(n), provenance=PROVENANCE) as store:
+        for start in range(0, n, chunk):
+            if stop_after is not None and start >= stop_after:
+                return
+            store.write(start, {k: v[start:start + chunk] for k, v in feats.items()},
+                        loss=np.arange(start, min(n, start + chunk), dtype=np.float32),
+                        pred=np.zeros(min(chunk, n - start), np.int64))
+        store.mark_complete(extract_seconds=1.5)
+
+
+@pytest.fixture
+def features() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"a.weight": rng.normal(size=(10, 4)).astype(np.float32),
+            "b.weight": rng.normal(size=(10, 7)).astype(np.float32)}
+
+
+def test_chunked_writes_read_back_exactly(tmp_path: Path, features: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.h5"
+    write_in_chunks(path, features, chunk=3)
+    with FeatureStore.open(path) as store:
+        store.require_complete()
+        assert store.complete and len(store) == 10
+        assert store.layers == ["a.weight", "b.weight"]
+        assert store.dims == {"a.weight": 4, "b.weight": 7}
+        np.testing.assert_array_equal(store.features(), np.concatenate(list(features.values()), axis=1))
+        np.testing.assert_array_equal(store.features(["b.weight"]), features["b.weight"])
+        mask = store.column("role") == 1
+        np.testing.assert_array_equal(store.features(["a.weight"], mask), features["a.weight"][mask])
+        np.testing.assert_array_equal(store.column("sample_id"), np.arange(100, 110))
+        np.testing.assert_array_equal(store.column("loss"), np.arange(10, dtype=np.float32))
+        prov = store.provenance
+        assert prov["layer_shapes"] == {"a.weight": [4, 2, 3, 3]}
+        assert prov["seed"] == 3 and prov["rows_written"] == 10 and prov["extract_seconds"] == 1.5
+    with h5py.File(path) as h5:  # readable by plain h5py, compressed and chunked
+        ds = h5["features/a.weight"]
+        assert ds.compression == "gzip" and ds.chunks is not None
+
+
+def test_incomplete_store_is_refused_and_resumable(tmp_path: Path, features: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.h5"
+    write_in_chunks(path, features, chunk=3, stop_after=6)
+    with FeatureStore.open(path) as store:
+        assert not store.complete
+        assert store.done_mask().tolist() == [True] * 6 + [False] * 4
+        with pytest.raises(IncompleteStoreError, match="--resume"):
+            store.require_complete()
+    with FeatureStore.resume(path, PROVENANCE) as store:
+        store.write(6, {k: v[6:] for k, v in features.items()}, loss=np.arange(6, 10, dtype=np.float32),
+                    pred=np.zeros(4, np.int64))
+        store.mark_complete()
+    with FeatureStore.open(path) as store:
+        np.testing.assert_array_equal(store.features(["a.weight"]), features["a.weight"])
+
+
+def test_mark_complete_refuses_missing_rows(tmp_path: Path, features: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.h5"
+    write_in_chunks(path, features, chunk=3, stop_after=3)
+    with FeatureStore.resume(path, PROVENANCE) as store, pytest.raises(IncompleteStoreError):
+        store.mark_complete()
+
+
+def test_resume_with_other_provenance_is_refused(tmp_path: Path, features: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.h5"
+    write_in_chunks(path, features, chunk=3, stop_after=3)
+    with pytest.raises(StoreMismatchError, match="reduction"):
+        FeatureStore.resume(path, {**PROVENANCE, "reduction": "l2"})
+
+
+def test_existing_file_is_not_overwritten(tmp_path: Path, features: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.h5"
+    write_in_chunks(path, features, chunk=5)
+    before = path.read_bytes()
+    with pytest.raises(InputError, match="--overwrite"):
+        FeatureStore.create(path, columns=make_columns(10), provenance=PROVENANCE)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("content", [b"", b"not an hdf5 file at all", None])
+def test_unreadable_files_give_one_clear_error(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "bad.h5"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match="bad.h5"):
+        FeatureStore.open(path)
+
+
+def test_foreign_hdf5_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as h5:
+        h5["x"] = np.zeros(3)
+    with pytest.raises(InputError, match="not a gmint feature store"):
+        FeatureStore.open(path)
