@@ -86,8 +86,10 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
                                                                  model.named_parameters() if n in names},
         "reduction": reduction, "engine": engine, "loss_function": loss, "dataset": data.name,
         "layer_presets": preset_layers(model, example),
-        "split_sha256": split.sha256 if split else "", "split_seed": split.seed if split else -1, "transform": transform.to_dict(), "seed": seed,
-        "n_rows": len(rows.index), "rows_sha256": hashlib.sha256(rows.index.astype(np.int64).tobytes()).hexdigest(),
+        "split_sha256": split.sha256 if split else "", "split_seed": split.seed if split else -1,
+        "transform": transform.to_dict(), "seed": seed,
+        "n_rows": len(rows.index),
+        "rows_sha256": hashlib.sha256(rows.index.astype(np.int64).tobytes()).hexdigest(),
         "batch_size": batch_size, "chunk_size": chunk_size or 0, "device": device,
     }
     out = Path(out)

@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from gmint.errors import InputError
 
+
 def _check(membership: np.ndarray, score: np.ndarray) -> None:
     if membership.shape != score.shape or membership.ndim != 1:
         raise InputError(f"membership {membership.shape} and scores {score.shape} must be equal 1-D arrays")

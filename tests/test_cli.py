@@ -76,7 +76,7 @@ def test_layers_lists_presets(model: Path) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["extract", "--model", "missing.pt"], "not found"),
-    (["extract", "--model", "{model}", "--layers", "nonexistent.weight", "--out", "{tmp}/x.h5"], "matches no parameter"),
+    (["extract", "--model", "{model}", "--layers", "no.weight", "--out", "{tmp}/x.h5"], "matches no parameter"),
     (["extract", "--model", "{model}", "--reduction", "maen", "--out", "{tmp}/x.h5"], "unknown reduction"),
     (["extract", "--model", "{model}", "--engine", "fast", "--out", "{tmp}/x.h5"], "unknown engine"),
     (["eval", "{tmp}/nothing.pt", "{store}"], "not found"),

@@ -7,8 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from gmint.errors import InputError
-from gmint.metrics import (accuracy, auc, balance, balanced_accuracy, best_threshold, membership_metrics,
-                           tpr_at_fpr)
+from gmint.metrics import accuracy, auc, balance, balanced_accuracy, best_threshold, membership_metrics, tpr_at_fpr
 
 # 4 members, 6 externals.
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])

@@ -21,7 +21,7 @@ def naive_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: T
     for i in range(len(x)):
         out = model(x[i:i + 1])
         value = loss_fn(out, y[i:i + 1])
-        for name, g in zip(layers, torch.autograd.grad(value, params)):
+        for name, g in zip(layers, torch.autograd.grad(value, params), strict=True):
             grads[name].append(g)
         losses.append(value.detach())
         preds.append(predictions(out.detach()))
