@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import typer
-from gmint_cli import audited, demo, evaluate, extract, info, split, train
 
 import gmint
+from gmint_cli import audited, demo, evaluate, extract, info, split, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Membership Inference Test from per-sample Weight Modifiers (gMINT): was this "

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import typer
-from gmint_cli.common import cli_errors, console, load_data, show_progress
 
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
 from gmint.models.train import TrainConfig, train_audited
+from gmint_cli.common import cli_errors, console, load_data, show_progress
 
 app = typer.Typer(no_args_is_help=True)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from gmint_cli.common import cli_errors, console, show_progress
 from rich.table import Table
 
 from gmint.demo import SETUPS, run_demo
 from gmint.report import print_result
+from gmint_cli.common import cli_errors, console, show_progress
 
 
 @cli_errors

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import typer
-from gmint_cli.common import cli_errors, console
 
 from gmint.evaluate import evaluate_store
 from gmint.mint import TrainedMint
 from gmint.report import print_result, write_report
+from gmint_cli.common import cli_errors, console
 
 
 @cli_errors

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from gmint_cli.common import cli_errors, console, load_data, show_progress
 from rich.table import Table
 
 from gmint.data.split import MembershipSplit
@@ -17,6 +16,7 @@ from gmint.extract import Rows, split_rows
 from gmint.extract import extract as run_extract
 from gmint.layers import preset_layers, weight_layers
 from gmint.models.io import AuditedModel, load_audited
+from gmint_cli.common import cli_errors, console, load_data, show_progress
 
 MODEL_HELP = "Audited model: a gmint checkpoint, a state dict (with --arch) or TorchScript (--torchscript)."
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from gmint_cli.common import cli_errors, console
 from rich.table import Table
 
 from gmint.store import FeatureStore
+from gmint_cli.common import cli_errors, console
 
 
 @cli_errors

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from gmint_cli.common import cli_errors, console, load_data
 
 from gmint.data.split import make_split
+from gmint_cli.common import cli_errors, console, load_data
 
 
 def parse_size(text: str) -> float | int:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from gmint_cli.common import cli_errors, console
 
 from gmint.mint import train_mint
+from gmint_cli.common import cli_errors, console
 
 
 @cli_errors
