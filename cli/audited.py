@@ -30,6 +30,8 @@ def train(arch: str = typer.Option("small_cnn", help="Architecture from the zoo.
           augment: str = typer.Option("none", help="none | crop | flip-crop"),
           seed: int = typer.Option(0), device: str = typer.Option("cpu"),
           resume: bool = typer.Option(False, help="Continue from the checkpoint at --out."),
+          negative_control: bool = typer.Option(False, help="Train on the split's control rows (saw neither "
+                                                "members nor externals): audits of it must give chance."),
           out: Path = typer.Option(Path("audited.pt"), help="Checkpoint (written every epoch).")) -> None:
     """Train an audited model on the members of a membership split; checkpoint every epoch."""
     images = load_data(data, data_root)
@@ -39,7 +41,8 @@ def train(arch: str = typer.Option("small_cnn", help="Architecture from the zoo.
                           config=TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                                              weight_decay=weight_decay, schedule=schedule, augment=augment,
                                              seed=seed),
-                          out=out, arch_options=options, resume=resume, device=device,
+                          out=out, arch_options=options, resume=resume, negative_control=negative_control,
+                          device=device,
                           show_progress=show_progress())
     rec = model.meta["record"]
     console.print(f"{out}: {arch} on {data}, {model.meta['epochs_done']} epochs in {model.meta['train_seconds']} s")

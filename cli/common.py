@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from gmint.data.base import ImageSet
+from gmint.data.readers import load_dataset
 from gmint.errors import GmintError
 
 console = Console()
@@ -39,11 +40,5 @@ def show_progress() -> bool:
 
 
 def load_data(name: str, root: Path | None) -> ImageSet:
-    """A dataset by name from the data root (digits needs none)."""
-    from gmint.data.base import DATASETS
-
-    if name == "digits":
-        return DATASETS.get("digits")()
-    from gmint.data.readers import load_dataset
-
+    """A dataset by name from the data root (digits needs none), decoded once and cached."""
     return load_dataset(name, root)

@@ -36,6 +36,7 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
             layers: str = typer.Option("combined", help="entry | middle | output | combined, or names/globs."),
             reduction: str = typer.Option("mean", help="mean | abs_mean | std | l2 | max | flat"),
             engine: str = typer.Option("vmap", help="vmap | naive"),
+            source: str = typer.Option("gradient", help="gradient (gMINT) | activation (MINT) | output (signals)."),
             loss: str = typer.Option("cross_entropy", help="cross_entropy | nll | bce"),
             image_size: int = typer.Option(None, help="Resize images (default: the model's recorded transform)."),
             batch_size: int = typer.Option(128), chunk_size: int = typer.Option(64, help="Samples per vmap call."),
@@ -60,11 +61,11 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
         raise InputError(f"the split is for '{manifest.dataset}', the data is '{images.name}'")
     transform = Transform(size=image_size) if image_size or "transform" not in audited.meta else None
     path = run_extract(audited, images, split_rows(manifest), out=out, layers=layers, reduction=reduction,
-                       engine=engine, transform=transform, loss=loss, batch_size=batch_size,
+                       engine=engine, source=source, transform=transform, loss=loss, batch_size=batch_size,
                        chunk_size=chunk_size, seed=seed, split=manifest, resume=resume, overwrite=overwrite,
                        device=device, show_progress=show_progress())
     console.print(f"{path}: complete ({len(manifest.pool) + len(manifest.holdout)} rows, layers {layers}, "
-                  f"{reduction}, {engine})")
+                  f"{source}, {reduction}, {engine})")
 
 
 @cli_errors

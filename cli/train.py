@@ -15,7 +15,7 @@ from gmint_cli.common import cli_errors, console
 def train(store: Path = typer.Argument(..., help="A complete feature store."),
           setup: str = typer.Option("all", help="all | entry | middle | output | combined | layer names/globs."),
           fraction: str = typer.Option("D100", help="D100 | D10 | D1 of the auditor's pool."),
-          kind: str = typer.Option("mlp", help="mlp | logreg"),
+          kind: str = typer.Option("mlp", help="mlp | logreg | threshold (one signal)"),
           options: str = typer.Option("{}", help='Classifier options as JSON, e.g. {"hidden": [256, 64]}.'),
           seed: int = typer.Option(0),
           out: Path = typer.Option(Path("mint.pt"), help="Classifier file to write.")) -> None:

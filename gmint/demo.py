@@ -16,32 +16,48 @@ SETUPS = ("entry", "middle", "output", "combined")
 
 
 def run_demo(workdir: Path, *, seed: int = 0, epochs: int = 40, show_progress: bool = True) -> dict[str, object]:
-    """Split digits, train a small CNN on the members, extract MEAN Weight Modifiers of the combined
-    layers, fit an MLP MINT classifier per layer setup on the auditor's pool, evaluate on held-out rows.
+    """Audit a small CNN trained on 40% of digits, with every comparison a reader needs.
+
+    Steps: a seeded split (40% members, 40% external, 20% for a negative control); the audited CNN on
+    the members and a control CNN on the control rows; MEAN Weight Modifiers of the combined layers;
+    an MLP MINT classifier per layer setup fitted on the auditor's pool; activation-MINT and the
+    loss threshold on the same rows; the same gMINT pipeline on the control model (must be chance).
 
     Returns:
-        {"split": sizes, "audited": the model's record, "results": setup → evaluation, "paths": files}.
+        {"split": sizes, "audited"/"control": the models' records, "results": name → evaluation,
+        "paths": files}.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data = DATASETS.get("digits")()
-    split = make_split(data, members=0.5, external=0.5, holdout=0.5, seed=seed)
+    split = make_split(data, members=0.4, external=0.4, control=0.2, holdout=0.5, seed=seed)
     split.save(workdir / "split.json")
-    audited = train_audited(data, split, arch="small_cnn", transform=Transform(),
-                            config=TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, seed=seed),
-                            out=workdir / "audited.pt", resume=True, show_progress=show_progress)
-    store = extract(audited, data, split_rows(split), out=workdir / "features.h5", layers="combined",
-                    reduction="mean", engine="vmap", split=split, seed=seed, overwrite=True,
-                    show_progress=show_progress)
-    results = {}
-    for setup in SETUPS:
-        mint = train_mint(store, kind="mlp", setup=setup, seed=seed)
-        mint.save(workdir / f"mint-{setup}.pt")
-        results[setup] = evaluate_store(mint, store, seed=seed)
+    config = TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, seed=seed)
+    models = {role: train_audited(data, split, arch="small_cnn", transform=Transform(), config=config,
+                                  out=workdir / f"{role}.pt", resume=True, negative_control=role == "control",
+                                  show_progress=show_progress)
+              for role in ("audited", "control")}
+    rows = split_rows(split)
+
+    def store(role: str, source: str) -> Path:
+        return extract(models[role], data, rows, out=workdir / f"{role}-{source}.h5", layers="combined",
+                       reduction="mean", source=source, split=split, seed=seed, overwrite=True,
+                       show_progress=show_progress)
+
+    def audit(path: Path, name: str, setup: str, kind: str = "mlp") -> dict[str, object]:
+        mint = train_mint(path, kind=kind, setup=setup, seed=seed)
+        mint.save(workdir / f"mint-{name}.pt")
+        return evaluate_store(mint, path, seed=seed)
+
+    gradients = store("audited", "gradient")
+    results = {f"gMINT {setup}": audit(gradients, setup, setup) for setup in SETUPS}
+    results["activation-MINT combined"] = audit(store("audited", "activation"), "activation", "combined")
+    results["negative control (gMINT combined)"] = audit(store("control", "gradient"), "control", "combined")
     return {
-        "split": {"members": len(split.members), "external": len(split.external), "pool": len(split.pool),
-                  "holdout": len(split.holdout)},
-        "audited": audited.meta["record"],
+        "split": {"members": len(split.members), "external": len(split.external), "control": len(split.control),
+                  "pool": len(split.pool), "holdout": len(split.holdout)},
+        "audited": models["audited"].meta["record"],
+        "control": models["control"].meta["record"],
         "results": results,
-        "paths": {"workdir": str(workdir), "store": str(store)},
+        "paths": {"workdir": str(workdir), "store": str(gradients)},
     }

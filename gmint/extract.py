@@ -26,6 +26,7 @@ from gmint.layers import preset_layers, resolve_layers
 from gmint.models.io import AuditedModel
 from gmint.progress import progress_bar
 from gmint.reduce import parse_reduction
+from gmint.sources import SOURCES, feature_names
 from gmint.store import FeatureStore
 
 
@@ -45,7 +46,8 @@ class Rows:
 
 
 def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, layers: str = "combined",
-            reduction: str = "mean", engine: str = "vmap", transform: Transform | None = None,
+            reduction: str = "mean", engine: str = "vmap", source: str = "gradient",
+            transform: Transform | None = None,
             loss: str = "cross_entropy", batch_size: int = 128, chunk_size: int | None = 64,
             seed: int = 0, split: MembershipSplit | None = None, resume: bool = False, overwrite: bool = False,
             device: str = "cpu", show_progress: bool = False) -> Path:
@@ -57,6 +59,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         layers: a layer setup (preset, names or globs) — see `gmint.layers.resolve_layers`.
         reduction: a name in `gmint.reduce.REDUCTIONS`, optionally `name:arg`.
         engine: a name in `gmint.engine.ENGINES`.
+        source: what the features are — `gradient` (gMINT), `activation` or `output` (see gmint.sources).
         transform: preprocessing; defaults to the one recorded with the audited model.
         seed: seeds seeded reductions; recorded in the store.
         split: the membership split the rows come from; its hash and seed are recorded.
@@ -76,16 +79,18 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     example = transform(data.images[rows.index[:1]]).to(device)
     names = resolve_layers(model, layers, example)
     reduce = parse_reduction(reduction, seed)
-    run = ENGINES.get(engine)
+    ENGINES.get(engine)  # unknown engine names fail here, before a store is created
+    run = SOURCES.get(source)
+    presets = {p: feature_names(source, n) for p, n in preset_layers(model, example).items()}
 
     provenance = {
         "gmint_version": gmint.__version__, "torch_version": torch.__version__,
         "h5py_version": h5py.__version__, "python": platform.python_version(),
         "model_fingerprint": audited.fingerprint, "architecture": str(audited.meta.get("arch", "unknown")),
-        "layers": names, "layer_setup": layers, "layer_shapes": {n: list(p.shape) for n, p in
-                                                                 model.named_parameters() if n in names},
+        "layers": feature_names(source, names), "parameters": names, "layer_setup": layers, "source": source,
+        "layer_shapes": {n: list(p.shape) for n, p in model.named_parameters() if n in names},
         "reduction": reduction, "engine": engine, "loss_function": loss, "dataset": data.name,
-        "layer_presets": preset_layers(model, example),
+        "layer_presets": presets,
         "split_sha256": split.sha256 if split else "", "split_seed": split.seed if split else -1,
         "transform": transform.to_dict(), "seed": seed,
         "n_rows": len(rows.index),
@@ -111,7 +116,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
                 idx = rows.index[start:stop]
                 x = transform(data.images[idx]).to(device)
                 y = torch.from_numpy(data.labels[idx]).to(device)
-                result = run(model, names, reduce, x, y, loss=loss, chunk_size=chunk_size)
+                result = run(model, names, reduce, x, y, engine=engine, loss=loss, chunk_size=chunk_size)
                 store.write(start, {n: f.float().cpu().numpy() for n, f in result.features.items()},
                             loss=result.loss.float().cpu().numpy(), pred=result.pred.cpu().numpy())
                 bar.advance(stop - start)

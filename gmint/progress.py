@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,8 +32,8 @@ class Bar:
 
 @contextmanager
 def progress_bar(description: str, total: int, *, enabled: bool = True, completed: int = 0) -> Iterator[Bar]:
-    """A bar for `total` steps (starting at `completed`, for resumed runs)."""
-    if not enabled:
+    """A bar for `total` steps (starting at `completed`, for resumed runs); off under $GMINT_NO_PROGRESS."""
+    if not enabled or os.environ.get("GMINT_NO_PROGRESS"):
         yield Bar(None, None)
         return
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

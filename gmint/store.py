@@ -29,7 +29,7 @@ FORMAT = "gmint-feature-store/1"
 ROW_COLUMNS = {"membership": np.int8, "role": np.int8, "label": np.int64, "sample_id": np.int64}
 COMPUTED_COLUMNS = {"loss": np.float32, "pred": np.int64}
 # Provenance keys that must agree for a resumed extraction to continue the same store.
-SPEC_KEYS = ("model_fingerprint", "layers", "reduction", "engine", "loss_function", "dataset",
+SPEC_KEYS = ("model_fingerprint", "layers", "source", "reduction", "engine", "loss_function", "dataset",
              "split_sha256", "transform", "seed", "n_rows", "rows_sha256")
 CHUNK_BYTES = 1 << 20
 

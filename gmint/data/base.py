@@ -12,7 +12,7 @@ from gmint.errors import InputError
 from gmint.registry import Registry
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageSet:
     """Decoded images of one dataset, all official parts together.
 
@@ -29,7 +29,8 @@ class ImageSet:
         classes: class names, index = label.
         groups: (N,) int64 group of each row (GTSRB: one physical sign's track), or None when rows are
             independent. Membership splits never put one group on both sides.
-        files: (N,) str source file of each row, relative to the dataset root ("" for array sources).
+        files: (N,) str source file of each row, relative to the dataset root (for IDX and pickle rows,
+            the container file, e.g. `data_batch_3`).
     """
 
     name: str

@@ -29,7 +29,8 @@ class MembershipSplit:
 
     `members` trained the audited model; `external` never did. `pool` is the part of both the auditor
     may fit a MINT classifier on; `holdout` is only ever scored, with as many members as externals.
-    `subpools` holds the nested, class-balanced D10/D1 subsets of the pool.
+    `subpools` holds the nested, class-balanced D10/D1 subsets of the pool. `control` rows are in
+    neither set: they train a negative-control model that saw neither members nor externals.
     """
 
     dataset: str
@@ -41,6 +42,7 @@ class MembershipSplit:
     holdout: list[int]
     subpools: dict[str, list[int]] = field(default_factory=dict)
     options: dict[str, object] = field(default_factory=dict)
+    control: list[int] = field(default_factory=list)
 
     @property
     def sha256(self) -> str:
@@ -89,13 +91,16 @@ class MembershipSplit:
 
 
 def make_split(data: ImageSet, *, members: float | int = 0.5, external: float | int = 0.5,
-               holdout: float = 0.5, protocol: str = "grouped", seed: int = 0) -> MembershipSplit:
+               holdout: float = 0.5, control: float | int = 0, protocol: str = "grouped",
+               seed: int = 0) -> MembershipSplit:
     """Draw a seeded, class-balanced membership split of `data`.
 
     Args:
         data: the dataset; members and external come from its official `train` part.
         members, external: a fraction (≤ 1.0) of the train part or a row count (int > 1).
         holdout: fraction of the smaller side held out for evaluation, the same number on both sides.
+        control: rows (fraction or count of the train part) reserved, before anything else is drawn,
+            for a negative-control model; 0 for none.
         protocol: `paper` (rows drawn independently; where the dataset has an official `test` part,
             the held-out externals come from it, as the authors did) or `grouped` (the same, but
             drawn by group so no group straddles members and external).
@@ -112,10 +117,12 @@ def make_split(data: ImageSet, *, members: float | int = 0.5, external: float | 
     train = np.flatnonzero(data.part == "train")
     test = np.flatnonzero(data.part == "test")
     n_members, n_external = _count(members, len(train), "members"), _count(external, len(train), "external")
-    if n_members + n_external > len(train):
-        raise InputError(f"{n_members} members + {n_external} external exceed the {len(train)} rows of "
-                         f"{data.name}'s train part")
+    n_control = _count(control, len(train), "control") if control else 0
+    if n_members + n_external + n_control > len(train):
+        raise InputError(f"{n_members} members + {n_external} external + {n_control} control exceed the "
+                         f"{len(train)} rows of {data.name}'s train part")
     units = data.groups if (protocol == "grouped" and data.groups is not None) else None
+    control_rows, train = _stratified_take(train, data.labels, units, n_control / len(train), rng)
     member_rows, rest = _stratified_take(train, data.labels, units, n_members / len(train), rng)
     share = n_external / max(len(rest), 1)
     external_rows, _ = _stratified_take(rest, data.labels, units, min(1.0, share), rng)
@@ -146,8 +153,9 @@ def make_split(data: ImageSet, *, members: float | int = 0.5, external: float | 
         members=sorted(map(int, member_rows)), external=sorted(map(int, np.unique(external_all))),
         pool=sorted(map(int, pool)), holdout=sorted(map(int, held)),
         subpools={k: sorted(map(int, v)) for k, v in subpools.items()},
-        options={"members": members, "external": external, "holdout": holdout,
+        options={"members": members, "external": external, "holdout": holdout, "control": control,
                  "grouped_by": "group" if units is not None else "row"},
+        control=sorted(map(int, control_rows)),
     )
 
 

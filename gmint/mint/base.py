@@ -31,11 +31,12 @@ class FeatureSpec:
     split_sha256: str
     dataset: str
     setup: str = ""
+    source: str = "gradient"
 
     def check(self, provenance: dict[str, object], dims: dict[str, int], where: str) -> None:
         """Raise StoreMismatchError naming the first difference between this spec and a store."""
-        expected = {"reduction": self.reduction, "model_fingerprint": self.model_fingerprint,
-                    "dataset": self.dataset}
+        expected = {"source": self.source, "reduction": self.reduction,
+                    "model_fingerprint": self.model_fingerprint, "dataset": self.dataset}
         for key, value in expected.items():
             if provenance.get(key) != value:
                 raise StoreMismatchError(f"{where} has {key}={str(provenance.get(key))[:16]!r}, the MINT "

@@ -90,5 +90,5 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
     spec = FeatureSpec(layers=layers, dims=[dims[n] for n in layers], reduction=str(prov["reduction"]),
                        model_fingerprint=str(prov["model_fingerprint"]),
                        split_sha256=str(prov.get("split_sha256", "")), dataset=str(prov["dataset"]),
-                       setup=setup)
+                       setup=setup, source=str(prov.get("source", "gradient")))
     return TrainedMint(kind, model, spec, scaler, ids, record)

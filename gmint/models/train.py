@@ -76,8 +76,13 @@ class TrainConfig:
 
 def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transform: Transform,
                   config: TrainConfig, out: Path, arch_options: dict[str, object] | None = None,
-                  resume: bool = False, device: str = "cpu", show_progress: bool = False) -> AuditedModel:
-    """Train `arch` on the split's members, checkpointing to `out` every epoch; return it with its record."""
+                  resume: bool = False, negative_control: bool = False, device: str = "cpu",
+                  show_progress: bool = False) -> AuditedModel:
+    """Train `arch` on the split's members, checkpointing to `out` every epoch; return it with its record.
+
+    With `negative_control=True` the model is trained on the split's `control` rows instead: it saw
+    neither the members nor the externals, so auditing it with the same pipeline must give chance.
+    """
     if split.dataset != data.name:
         raise InputError(f"the split is for '{split.dataset}', the data is '{data.name}'")
     if config.schedule not in ("constant", "cosine"):
@@ -95,7 +100,7 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
         "arch": arch, "arch_args": {k: v for k, v in arch_args.items() if k != "arch"},
         "dataset": data.name, "transform": transform.to_dict(), "split": json.loads(_split_json(split)),
         "split_sha256": split.sha256, "train_config": asdict(config), "num_classes": len(data.classes),
-        "classes": list(data.classes),
+        "classes": list(data.classes), "trained_on": "control" if negative_control else "members",
     }
     start_epoch, elapsed = 0, 0.0
     out = Path(out)
@@ -104,7 +109,9 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
     elif out.exists() and not resume:
         raise InputError(f"{out} exists; pass --resume to continue training or choose another --out")
 
-    members = np.asarray(split.members)
+    members = np.asarray(split.control if negative_control else split.members)
+    if len(members) == 0:
+        raise InputError("the split has no control rows; draw it with --control to train a negative control")
     history: list[dict[str, float]] = list(meta.get("history", []))  # type: ignore[arg-type]
     with progress_bar(f"train {arch}", config.epochs, enabled=show_progress, completed=start_epoch) as bar:
         for epoch in range(start_epoch, config.epochs):
@@ -200,7 +207,7 @@ def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
              scheduler: torch.optim.lr_scheduler.LRScheduler, meta: dict[str, object]) -> tuple[int, float]:
     payload = read_checkpoint(out)
     saved = json.loads(payload["meta"])  # type: ignore[arg-type]
-    for key in ("arch", "arch_args", "dataset", "split_sha256", "train_config", "transform"):
+    for key in ("arch", "arch_args", "dataset", "split_sha256", "train_config", "transform", "trained_on"):
         if saved.get(key) != json.loads(json.dumps(meta[key])):
             raise InputError(f"{out} was trained with a different {key}; cannot resume it with these settings")
     model.load_state_dict(payload["state_dict"])  # type: ignore[arg-type]

@@ -1,0 +1,47 @@
+"""Threshold classifier: the classic one-signal attack (loss, confidence, entropy, gradient norm).
+
+Fitted on the auditor's pool like any MINT classifier: it learns which direction means "member"
+(larger or smaller) and the threshold of best balanced accuracy, so the 0.5 decision of
+`predict_proba` is that threshold. Needs exactly one feature column (`--setup loss`, ...).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from gmint.errors import InputError
+from gmint.metrics import best_threshold
+from gmint.mint.base import MINT_MODELS
+
+
+@MINT_MODELS.register("threshold")
+class ThresholdMint:
+    """P(member) = sigmoid(direction · (x − threshold)) on one standardised signal."""
+
+    def __init__(self, input_dim: int) -> None:
+        if input_dim != 1:
+            raise InputError(f"the threshold classifier takes one signal, got {input_dim} feature columns; "
+                             "choose one with --setup (e.g. loss, confidence, entropy, grad_norm)")
+        self.direction, self.threshold = 1.0, 0.0
+
+    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int) -> dict[str, object]:
+        signal = x[:, 0].astype(np.float64)
+        self.direction = 1.0 if roc_auc_score(y, signal) >= 0.5 else -1.0
+        self.threshold = best_threshold(y, self.direction * signal)
+        return {"direction": "larger is member" if self.direction > 0 else "smaller is member",
+                "threshold": self.threshold, "train_rows": len(y)}
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        z = self.direction * np.asarray(x, np.float64)[:, 0] - self.threshold
+        return (1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))).astype(np.float32)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"direction": torch.tensor(self.direction), "threshold": torch.tensor(self.threshold)}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.direction, self.threshold = float(state["direction"]), float(state["threshold"])
+
+    def config(self) -> dict[str, object]:
+        return {}

@@ -1,0 +1,88 @@
+"""Feature sources: what a store's features are. All write the same store format, so every MINT
+classifier, metric and report works on each of them and results compare like with like.
+
+- `gradient` (gMINT): reduced per-sample Weight Modifiers of the selected layers, from an engine.
+- `activation` (the original MINT): the selected layers' output activations, reduced per channel
+  by the same reductions (`mean` = one number per output filter), stored as `<module>.output`.
+- `output` (classic membership signals): per-sample `loss`, `confidence` (max softmax), `entropy`
+  of the softmax, and `grad_norm` (L2 norm of the Weight Modifier over the selected layers); one
+  column each, for threshold baselines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from gmint.engine import ENGINES, LOSSES, EngineResult, check_auditable
+from gmint.engine.base import predictions
+from gmint.reduce import Reduction, parse_reduction
+from gmint.registry import Registry
+
+Source = Callable[..., EngineResult]
+SOURCES: Registry[Source] = Registry("feature source")
+OUTPUT_SIGNALS = ("loss", "confidence", "entropy", "grad_norm")
+
+
+@SOURCES.register("gradient")
+def gradient_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+                    engine: str = "vmap", loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+    """Reduced Weight Modifiers (gMINT)."""
+    return ENGINES.get(engine)(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+
+
+@SOURCES.register("activation")
+def activation_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+                      engine: str = "vmap", loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+    """Reduced output activations of the modules owning `layers` (activation-MINT)."""
+    check_auditable(model, layers)
+    modules = dict(model.named_modules())
+    captured: dict[str, Tensor] = {}
+    handles = []
+    for name in layers:
+        owner = name.rpartition(".")[0]
+        handles.append(modules[owner].register_forward_hook(
+            lambda _m, _i, out, key=activation_name(name): captured.__setitem__(key, out.detach())))
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    features = {key: reduction(act, key) for key, act in captured.items()}
+    return EngineResult(features, _per_sample_loss(out, y, loss), predictions(out))
+
+
+@SOURCES.register("output")
+def output_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+                  engine: str = "vmap", loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+    """Loss, confidence, entropy and Weight-Modifier norm, one column each (threshold baselines)."""
+    grads = ENGINES.get(engine)(model, layers, parse_reduction("l2"), x, y, loss=loss, chunk_size=chunk_size)
+    with torch.no_grad():
+        out = model(x)
+    probs = torch.softmax(out, dim=-1)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=-1)
+    grad_norm = torch.sqrt(sum(g.pow(2).sum(dim=1) for g in grads.features.values()))
+    columns = {"loss": grads.loss, "confidence": probs.amax(dim=-1), "entropy": entropy, "grad_norm": grad_norm}
+    return EngineResult({k: v.reshape(-1, 1) for k, v in columns.items()}, grads.loss, grads.pred)
+
+
+def activation_name(parameter: str) -> str:
+    """Store name of the activation of the module owning `parameter` (`features.0.weight` → `features.0.output`)."""
+    return parameter.rpartition(".")[0] + ".output"
+
+
+def feature_names(source: str, layers: list[str]) -> list[str]:
+    """The store's layer names for a source and the selected parameters."""
+    if source == "activation":
+        return list(dict.fromkeys(activation_name(n) for n in layers))
+    if source == "output":
+        return list(OUTPUT_SIGNALS)
+    return list(layers)
+
+
+def _per_sample_loss(out: Tensor, y: Tensor, loss: str) -> Tensor:
+    fn = LOSSES.get(loss)
+    return torch.vmap(lambda o, t: fn(o.unsqueeze(0), t.unsqueeze(0)))(out, y)
