@@ -101,7 +101,11 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     if resume and out.exists():
         store = FeatureStore.resume(out, provenance)
     else:
-        store = FeatureStore.create(out, overwrite=overwrite, provenance=provenance, columns={
+        # A one-row dry run gives every layer's feature width, so the store is laid out before writing.
+        y0 = torch.from_numpy(labels[:1]).to(device)
+        dry = run(model, names, reduce, example, y0, engine=engine, loss=loss, chunk_size=chunk_size)
+        store = FeatureStore.create(out, overwrite=overwrite, provenance=provenance,
+                                    dims={n: f.shape[1] for n, f in dry.features.items()}, columns={
             "membership": rows.membership, "role": rows.role, "label": labels,
             "sample_id": data.sample_ids[rows.index]})
     with store:

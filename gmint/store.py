@@ -7,8 +7,13 @@ Layout:
     /label      (N,) int64       true class; /sample_id (N,) int64 row of the dataset
     /loss       (N,) float32     the audited model's loss; /pred (N,) int64 its predicted class
     /done       (N,) bool        row written and flushed (resume skips these)
-    attrs: provenance (one attribute per key, JSON for lists/dicts), rows_written, complete
+    attrs: provenance (one attribute per key, JSON for lists/dicts), complete (and, once complete,
+           rows_written and timing)
 
+Writing happens in HDF5 single-writer/multiple-reader (SWMR) mode, so `gmint info` can read a store
+while extraction is still writing it, and the file stays consistent if the writer dies. SWMR forbids
+creating objects or attributes while writing, so every dataset is created up front (the extraction
+knows each layer's width from a one-row dry run) and the final attributes are set after SWMR ends.
 A crash loses at most the batch in flight: features are written and flushed before `done` is set,
 and `complete` is set only after the last row. Every reader refuses an incomplete store.
 """
@@ -43,9 +48,10 @@ class FeatureStore:
 
     # -- opening ---------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, *, columns: Mapping[str, np.ndarray], provenance: Mapping[str, object],
-               overwrite: bool = False) -> FeatureStore:
-        """A new, empty store for len(columns['sample_id']) rows. Refuses to replace a file unless asked."""
+    def create(cls, path: Path, *, columns: Mapping[str, np.ndarray], dims: Mapping[str, int],
+               provenance: Mapping[str, object], overwrite: bool = False) -> FeatureStore:
+        """A new, empty store for len(columns['sample_id']) rows with one (N, dims[name]) dataset per layer,
+        open for writing in SWMR mode. Refuses to replace a file unless asked."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise InputError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
@@ -57,30 +63,49 @@ class FeatureStore:
         for name, dtype in COMPUTED_COLUMNS.items():
             h5.create_dataset(name, shape=(n,), dtype=dtype, fillvalue=0)
         h5.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False)
-        h5.create_group("features")
+        group = h5.create_group("features")
+        for name, d in dims.items():
+            rows_per_chunk = int(max(1, min(n, CHUNK_BYTES // (4 * d))))
+            group.create_dataset(name, shape=(n, d), dtype=np.float32, chunks=(rows_per_chunk, d),
+                                 compression="gzip", compression_opts=4, shuffle=True)
         h5.attrs["format"] = FORMAT
         for key, value in provenance.items():
             h5.attrs[key] = _encode(value)
-        h5.attrs["rows_written"] = 0
         h5.attrs["complete"] = False
         h5.flush()
+        h5.swmr_mode = True
         return cls(path, h5)
 
     @classmethod
     def resume(cls, path: Path, provenance: Mapping[str, object]) -> FeatureStore:
-        """Reopen a partial store for writing after checking it belongs to the same extraction."""
-        store = cls(Path(path), _open_h5(Path(path), "r+"))
-        theirs = store.provenance
-        diff = [k for k in SPEC_KEYS if k in provenance and theirs.get(k) != _roundtrip(provenance[k])]
-        if diff:
-            store.close()
-            raise StoreMismatchError(f"{path} was written by a different extraction (differs in "
-                                     f"{', '.join(diff)}); use a new --out or --overwrite")
-        return store
+        """Reopen a partial store for writing after checking it belongs to the same extraction.
+
+        A writer that died in SWMR mode leaves the file flagged "open for write"; HDF5 then refuses
+        to reopen it for writing (only its own h5clear tool resets the flag), although SWMR readers
+        see every flushed row. Such a store is salvaged: its rows are copied into a fresh file that
+        atomically replaces it.
+        """
+        path = Path(path)
+        with cls.open(path) as old:
+            theirs = old.provenance
+            diff = [k for k in SPEC_KEYS if k in provenance and theirs.get(k) != _roundtrip(provenance[k])]
+            if diff:
+                raise StoreMismatchError(f"{path} was written by a different extraction (differs in "
+                                         f"{', '.join(diff)}); use a new --out or --overwrite")
+            if old.complete:
+                raise InputError(f"{path} is already complete; nothing to resume")
+        try:
+            h5 = h5py.File(path, "r+", libver="latest")
+        except OSError:
+            _salvage(path)
+            h5 = h5py.File(path, "r+", libver="latest")
+        h5.swmr_mode = True
+        return cls(path, h5)
 
     @classmethod
     def open(cls, path: Path) -> FeatureStore:
-        """Read-only access (complete or not; readers call `require_complete`)."""
+        """Read-only access (complete or not, also while a writer is still at work; readers call
+        `require_complete`)."""
         return cls(Path(path), _open_h5(Path(path), "r"))
 
     def close(self) -> None:
@@ -99,27 +124,31 @@ class FeatureStore:
         """Write rows [start, start + B) and mark them done, in that order, flushing in between."""
         b = len(loss)
         group = self._h5["features"]
+        unknown = set(features) - set(group)
+        if unknown:
+            raise StoreMismatchError(f"{self.path} has no datasets for {sorted(unknown)}")
         for name, values in features.items():
-            if name not in group:
-                d = values.shape[1]
-                rows_per_chunk = int(max(1, min(len(self), CHUNK_BYTES // (4 * d))))
-                group.create_dataset(name, shape=(len(self), d), dtype=np.float32,
-                                     chunks=(rows_per_chunk, d), compression="gzip", compression_opts=4,
-                                     shuffle=True)
             group[name][start:start + b] = values
         self._h5["loss"][start:start + b] = loss
         self._h5["pred"][start:start + b] = pred
         self._h5.flush()
         self._h5["done"][start:start + b] = True
-        self._h5.attrs["rows_written"] = int(np.count_nonzero(self._h5["done"][:]))
         self._h5.flush()
 
     def mark_complete(self, **extra: object) -> None:
-        """Set the complete flag (and final provenance such as timing) once every row is done."""
-        if not self.done_mask().all():
-            raise IncompleteStoreError(f"{self.path}: {int((~self.done_mask()).sum())} rows not written")
+        """Set the complete flag (and final provenance such as timing) once every row is done.
+
+        Attributes cannot change in SWMR mode, so the file is closed and reopened normally for this;
+        the store stays open (read-write) afterwards.
+        """
+        done = self.done_mask()
+        if not done.all():
+            raise IncompleteStoreError(f"{self.path}: {int((~done).sum())} rows not written")
+        self._h5.close()
+        self._h5 = h5py.File(self.path, "r+", libver="latest")
         for key, value in extra.items():
             self._h5.attrs[key] = _encode(value)
+        self._h5.attrs["rows_written"] = int(done.sum())
         self._h5.attrs["complete"] = True
         self._h5.flush()
 
@@ -133,7 +162,12 @@ class FeatureStore:
 
     @property
     def provenance(self) -> dict[str, object]:
-        return {k: _decode(v) for k, v in self._h5.attrs.items()}
+        """File attributes, decoded, with `rows_written` counted from the done flags."""
+        return {**{k: _decode(v) for k, v in self._h5.attrs.items()}, "rows_written": self.rows_written}
+
+    @property
+    def rows_written(self) -> int:
+        return int(np.count_nonzero(self.done_mask()))
 
     @property
     def layers(self) -> list[str]:
@@ -147,12 +181,15 @@ class FeatureStore:
         return {name: int(group[name].shape[1]) for name in self.layers if name in group}
 
     def done_mask(self) -> np.ndarray:
-        return self._h5["done"][:]
+        done = self._h5["done"]
+        if self._h5.mode == "r" and self._h5.swmr_mode:
+            done.refresh()  # see rows a concurrent SWMR writer flushed since we opened
+        return done[:]
 
     def require_complete(self) -> None:
         if not self.complete:
             raise IncompleteStoreError(
-                f"{self.path} is incomplete ({self._h5.attrs.get('rows_written', 0)} of {len(self)} rows); "
+                f"{self.path} is incomplete ({self.rows_written} of {len(self)} rows); "
                 "finish it with `gmint extract ... --resume`")
 
     def column(self, name: str) -> np.ndarray:
@@ -171,13 +208,36 @@ class FeatureStore:
         return np.concatenate(parts, axis=1)
 
 
+def _salvage(path: Path) -> None:
+    """Copy a crashed store's rows into a new file and put it in the old one's place."""
+    tmp = path.with_name(path.name + ".salvage")
+    with h5py.File(path, "r", swmr=True) as old:
+        done = old["done"][:]
+        with FeatureStore.create(tmp, overwrite=True,
+                                 columns={name: old[name][:] for name in ROW_COLUMNS},
+                                 dims={name: ds.shape[1] for name, ds in old["features"].items()},
+                                 provenance={k: _decode(v) for k, v in old.attrs.items()
+                                             if k not in ("format", "complete", "rows_written")}) as new:
+            for name, ds in old["features"].items():
+                new._h5["features"][name][:] = ds[:]
+            for name in COMPUTED_COLUMNS:
+                new._h5[name][:] = old[name][:]
+            new._h5.flush()
+            new._h5["done"][:] = done
+            new._h5.flush()
+    tmp.replace(path)
+
+
 def _open_h5(path: Path, mode: str) -> h5py.File:
     if not path.exists():
         raise InputError(f"feature store {path} not found")
     try:
-        h5 = h5py.File(path, mode)
-    except OSError as exc:
-        raise InputError(f"{path} is not a readable HDF5 feature store ({exc.__class__.__name__})") from None
+        h5 = h5py.File(path, mode, swmr=True) if mode == "r" else h5py.File(path, mode, libver="latest")
+    except OSError:
+        try:  # an HDF5 file without the SWMR-capable format: still open it, to say what it is
+            h5 = h5py.File(path, mode)
+        except OSError as exc:
+            raise InputError(f"{path} is not a readable HDF5 feature store ({exc.__class__.__name__})") from None
     if h5.attrs.get("format") != FORMAT:
         h5.close()
         raise InputError(f"{path} is not a gmint feature store (format attribute missing or different)")

@@ -23,7 +23,8 @@ def make_columns(n: int) -> dict[str, np.ndarray]:
 
 def write_in_chunks(path: Path, feats: dict[str, np.ndarray], chunk: int, stop_after: int | None = None) -> None:
     n = len(next(iter(feats.values())))
-    with FeatureStore.create(path, columns=make_columns(n), provenance=PROVENANCE) as store:
+    dims = {k: v.shape[1] for k, v in feats.items()}
+    with FeatureStore.create(path, columns=make_columns(n), dims=dims, provenance=PROVENANCE) as store:
         for start in range(0, n, chunk):
             if stop_after is not None and start >= stop_after:
                 return
@@ -97,7 +98,7 @@ def test_existing_file_is_not_overwritten(tmp_path: Path, features: dict[str, np
     write_in_chunks(path, features, chunk=5)
     before = path.read_bytes()
     with pytest.raises(InputError, match="--overwrite"):
-        FeatureStore.create(path, columns=make_columns(10), provenance=PROVENANCE)
+        FeatureStore.create(path, columns=make_columns(10), dims={"a.weight": 4}, provenance=PROVENANCE)
     assert path.read_bytes() == before
 
 
