@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 import gmint
-from gmint_cli import audited, demo, evaluate, extract, info, split, train
+from gmint_cli import audited, demo, evaluate, extract, info, score, split, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Membership Inference Test from per-sample Weight Modifiers (gMINT): was this "
@@ -18,6 +18,7 @@ app.command("layers")(extract.layers)
 app.command("train")(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command("info")(info.info)
+app.command("score")(score.score)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,78 @@
+"""`gmint score`: membership scores of candidate samples and a set-level verdict with a p-value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from gmint.audit import ROW_CHOICES, audit_set, load_image_folder, select_rows, subsample, write_scores
+from gmint.data.split import MembershipSplit
+from gmint.errors import InputError
+from gmint.mint import TrainedMint
+from gmint.models.io import load_audited
+from gmint_cli.common import cli_errors, console, load_data, show_progress
+from gmint_cli.extract import MODEL_HELP
+
+
+@cli_errors
+def score(model: Path = typer.Option(..., help=MODEL_HELP),
+          arch: str = typer.Option(None, help="package.module:factory building the model for a state dict."),
+          torchscript: bool = typer.Option(False, help="--model is a TorchScript file."),
+          mint: Path = typer.Option(..., help="A MINT classifier from `gmint train`."),
+          store: Path = typer.Option(..., help="Calibration: the classifier's feature store; its held-out "
+                                               "external rows (never fitted) are the reference scores."),
+          images: Path = typer.Option(None, help="Candidates: a folder of <class name>/ folders of images."),
+          data: str = typer.Option(None, help="Candidates from a dataset (with --rows) instead of --images."),
+          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets."),
+          rows: str = typer.Option(None, help=f"{' | '.join(ROW_CHOICES)} of the model's split, or a JSON "
+                                              "file listing row ids of --data."),
+          split: Path = typer.Option(None, help="Split manifest for --rows; default: the one stored with the model."),
+          sample: int = typer.Option(None, help="Audit a seeded random subset of this many candidates."),
+          seed: int = typer.Option(0, help="Seed of --sample."),
+          to_grey: bool = typer.Option(False, help="Convert colour candidates to grey for a greyscale model."),
+          alpha: float = typer.Option(0.05, help="Significance level of the verdict."),
+          out: Path = typer.Option(Path("scores.csv"), help="Per-sample scores: CSV (sample_id, file, score), "
+                                                           "or JSON with the verdict if it ends in .json."),
+          features: Path = typer.Option(None, help="Keep the candidates' feature store here (a new file)."),
+          json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead."),
+          batch_size: int = typer.Option(128), device: str = typer.Option("cpu")) -> None:
+    """Score candidate samples and test "these samples were not in training" as a set."""
+    if (images is None) == (data is None):
+        raise InputError("give the candidates with either --images FOLDER or --data NAME --rows ...")
+    if not 0.0 < alpha < 1.0:
+        raise InputError(f"--alpha must be in (0, 1), got {alpha}")
+    classifier = TrainedMint.load(mint)
+    audited = load_audited(model, arch=arch, torchscript=torchscript)
+    if images is not None:
+        candidates, source = load_image_folder(images, audited), str(images)
+        index = np.arange(len(candidates))
+    else:
+        if rows is None:
+            raise InputError("--data needs --rows (holdout-members, holdout-external or a JSON file of row ids)")
+        manifest = MembershipSplit.load(split) if split else (
+            MembershipSplit.from_json(json.dumps(audited.meta["split"])) if "split" in audited.meta else None)
+        candidates, source = load_data(data, data_root), f"{data} --rows {rows}"
+        index = select_rows(rows, manifest)
+    if sample is not None:
+        index = subsample(index, sample, seed)
+    result = audit_set(audited, classifier, candidates, index, calibration=store, out=features, to_grey=to_grey,
+                       batch_size=batch_size, device=device, show_progress=show_progress())
+    write_scores(result, out, alpha=alpha)
+    v, cal = result.verdict, result.calibration
+    if json_out:
+        typer.echo(json.dumps({"candidates": source, "calibration_store": str(store),
+                               "calibration_excluded": cal.excluded, "verdict": v.as_dict(alpha),
+                               "out": str(out)}, indent=2, ensure_ascii=False))
+        return
+    console.print(f"candidates: {v.n_candidates} from {source}; mean score {v.mean_candidate:.3f}")
+    console.print(f"calibration: {v.n_calibration} held-out external rows of {store} (never used to fit the "
+                  f"classifier{f'; {cal.excluded} left out as candidates' if cal.excluded else ''}); mean score "
+                  f"{v.mean_calibration:.3f}")
+    decision = f"[bold]H0 rejected[/] at α = {alpha}" if v.rejects(alpha) else f"H0 not rejected at α = {alpha}"
+    console.print(f"verdict: {v.test}: U = {v.statistic:.1f}, p = {v.p_value:.3g} → {decision} "
+                  f"(P(candidate > external) = {v.effect:.3f})", highlight=False)
+    console.print(v.conclusion(alpha), highlight=False)
+    console.print(f"wrote {out}")

@@ -1,0 +1,229 @@
+"""The set-level verdict: its false-positive rate on external-only sets, its power on an overfit model, and
+the checks that keep a verdict honest (unfitted calibration, candidates as the model expects them)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gmint.audit import (
+    calibration_scores,
+    false_positive_rate,
+    load_image_folder,
+    match_channels,
+    power,
+    score_samples,
+    set_test,
+)
+from gmint.data.base import ImageSet
+from gmint.data.split import MembershipSplit
+from gmint.data.transforms import Transform
+from gmint.errors import InputError
+from gmint.extract import Rows, extract
+from gmint.mint import TrainedMint, train_mint
+from gmint.models.io import AuditedModel
+from gmint.models.train import TrainConfig, train_audited
+
+ALPHA, N_SETS = 0.05, 400
+MARGIN = ALPHA + 2 * math.sqrt(ALPHA * (1 - ALPHA) / N_SETS)  # binomial allowance of the simulation
+
+
+@pytest.fixture(scope="module")
+def mint(digits_store: Path) -> TrainedMint:
+    return train_mint(digits_store, kind="mlp", setup="combined", seed=0)
+
+
+def _holdout(split: MembershipSplit, side: list[int]) -> np.ndarray:
+    return np.intersect1d(split.holdout, side)
+
+
+# -- the test itself -------------------------------------------------------------------------------------
+
+
+def test_set_test_matches_hand_computed_values() -> None:
+    v = set_test([3.0, 4.0], [1.0, 2.0])  # U = 4 of 4 pairs; exact P(U >= 4) = 1 / C(4, 2)
+    assert v.statistic == 4.0 and v.p_value == pytest.approx(1 / 6) and "exact" in v.test
+    assert v.effect == 1.0 and v.mean_candidate == 3.5 and v.mean_calibration == 1.5
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(0.3, 1, 40), rng.normal(0, 1, 400)  # n·m too large for the exact distribution
+    v = set_test(x, y)
+    u = float((x[:, None] > y[None, :]).sum())
+    z = (u - 0.5 * 40 * 400 - 0.5) / math.sqrt(40 * 400 * (40 + 400 + 1) / 12)
+    assert v.statistic == u and v.p_value == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)))
+    assert "normal approximation" in v.test and "one-sided" in v.test and "Mann-Whitney U" in v.test
+    assert v.rejects(0.05) == (v.p_value <= 0.05)
+    assert "small samples with ties" in set_test([0.5, 1.0, 1.0], [0.5, 0.0, 0.0, 1.0]).test
+
+
+def test_conclusion_never_claims_absence() -> None:
+    assert "Evidence that these samples were used" in set_test(np.arange(10, 20), np.arange(10)).conclusion(0.05)
+    text = set_test(np.arange(10), np.arange(10, 20)).conclusion(0.05)
+    assert text.startswith("No evidence") and "not proof of absence" in text
+    with pytest.raises(InputError, match="alpha"):
+        set_test([1.0], [0.0]).rejects(1.5)
+    with pytest.raises(InputError, match="NaN"):
+        set_test([np.nan], [0.0])
+
+
+def _continuous(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.beta(2, 5, n)
+
+
+def _tied(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Scores of a saturated classifier: a few distinct values, half of them exactly 0 or 1."""
+    return np.clip(np.round(rng.normal(0.5, 0.6, n), 1), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("draw, n, m, method", [
+    (_continuous, 50, 300, "normal approximation"),
+    (_continuous, 5, 8, "exact"),
+    (_tied, 40, 200, "normal approximation"),
+    (_tied, 4, 6, "permutation"),
+])
+def test_false_positive_rate_at_most_alpha_on_synthetic_external_sets(draw, n: int, m: int, method: str) -> None:
+    """Candidates and calibration drawn afresh from one distribution every time: the marginal rate."""
+    rng = np.random.default_rng(n * 1000 + m)
+    verdicts = [set_test(draw(rng, n), draw(rng, m)) for _ in range(N_SETS)]
+    assert method in verdicts[0].test
+    assert np.mean([v.rejects(ALPHA) for v in verdicts]) <= MARGIN
+
+
+def test_false_positive_rate_function_and_what_a_biased_calibration_does() -> None:
+    rng = np.random.default_rng(1)
+    external, calibration = _tied(rng, 2000), _tied(rng, 300)
+    assert false_positive_rate(external, calibration, 50, N_SETS, ALPHA, 0, resplit=True) <= MARGIN
+    # Calibration rows the classifier learnt as external score lower than fresh externals: every fresh
+    # external set then looks like members. This is why fitted rows are refused as calibration.
+    fitted = np.clip(calibration - 0.15, 0.0, 1.0)
+    assert false_positive_rate(external, fitted, 50, 200, ALPHA, 0) > 0.5
+    assert power(external + 0.3, calibration, 50, 200, ALPHA, 0) > 0.9
+    with pytest.raises(InputError, match="set size"):
+        false_positive_rate(external[:10], calibration, 50, 10, ALPHA, 0)
+
+
+def test_false_positive_rate_at_most_alpha_on_real_digits_scores(mint: TrainedMint, digits_store: Path) -> None:
+    """External-only sets from the digits audit's held-out external scores (never fitted), re-split at random
+    into candidates and calibration for every set: the rate the verdict's guarantee is about."""
+    cal = calibration_scores(mint, digits_store)
+    half = len(cal.score) // 2
+    assert false_positive_rate(cal.score[:half], cal.score[half:], 50, N_SETS, ALPHA, 0, resplit=True) <= MARGIN
+
+
+# -- power on an overfit audited model -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overfit(digits: ImageSet, tmp_path_factory: pytest.TempPathFactory) -> tuple[AuditedModel, TrainedMint, Path,
+                                                                                   np.ndarray]:
+    """A small CNN trained 100 epochs on 200 digits (memorised: loss ~1e-3 vs ~0.1 on the rest); 100 members
+    and 100 externals fit the MINT classifier, the other 100 members and 1,497 externals are held out."""
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(digits))
+    members, external = np.sort(order[:200]), np.sort(order[200:])
+    pool = np.sort(np.r_[members[:100], external[:100]])
+    holdout = np.sort(np.r_[members[100:], external[100:]])
+    split = MembershipSplit("digits", "paper", 0, members.tolist(), external.tolist(), pool.tolist(),
+                            holdout.tolist())
+    work = tmp_path_factory.mktemp("overfit")
+    model = train_audited(digits, split, arch="small_cnn", transform=Transform(), out=work / "audited.pt",
+                          config=TrainConfig(epochs=100, batch_size=16), arch_options={"width": 0.5})
+    assert model.meta["record"]["members_loss"] < 0.01  # memorised
+    index = np.r_[pool, holdout]
+    rows = Rows(index, np.isin(index, members).astype(np.int8), np.isin(index, holdout).astype(np.int8))
+    store = extract(model, digits, rows, out=work / "features.h5", layers="combined", split=split, batch_size=256)
+    return model, train_mint(store, kind="mlp", setup="combined", seed=0), store, members[100:]
+
+
+def test_power_on_member_sets_of_an_overfit_model(overfit, digits: ImageSet) -> None:
+    model, classifier, store, held_members = overfit
+    cal = calibration_scores(classifier, store)
+    members = score_samples(model, classifier, digits, held_members, like=cal.provenance).score
+    assert power(members, cal.score, 50, N_SETS, ALPHA, 0) > 0.9
+    # ... while external-only sets of the same audit stay at α.
+    assert false_positive_rate(cal.score[:700], cal.score[700:], 50, N_SETS, ALPHA, 0, resplit=True) <= MARGIN
+
+
+# -- what keeps a verdict honest -------------------------------------------------------------------------
+
+
+def test_calibration_rows_used_for_fitting_are_refused(mint: TrainedMint, digits_store: Path,
+                                                       digits_split: MembershipSplit) -> None:
+    leaked = replace(mint, fitted_ids=np.r_[mint.fitted_ids, _holdout(digits_split, digits_split.external)[:3]])
+    with pytest.raises(InputError, match="3 calibration rows .* were used to fit"):
+        calibration_scores(leaked, digits_store)
+
+
+def test_candidates_the_classifier_was_fitted_on_or_listed_twice_are_refused(
+        mint: TrainedMint, audited_digits: tuple[AuditedModel, Path], digits: ImageSet) -> None:
+    with pytest.raises(InputError, match="used to fit the MINT classifier"):
+        score_samples(audited_digits[0], mint, digits, mint.fitted_ids[:5])
+    with pytest.raises(InputError, match="more than once"):
+        score_samples(audited_digits[0], mint, digits, np.array([1, 1]))
+
+
+def _write_folder(root: Path, digits: ImageSet, rows: np.ndarray, *, size: int = 8, colour: bool = False) -> Path:
+    for i in rows:
+        pixels = digits.images[i, :, :, 0]
+        img = Image.fromarray(np.stack([pixels, pixels // 2, pixels // 3], -1) if colour else pixels)
+        if size != pixels.shape[0]:
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        folder = root / str(digits.labels[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        img.save(folder / f"{i}.png")
+    return root
+
+
+def test_image_folder_scores_equal_the_dataset_rows(tmp_path: Path, mint: TrainedMint, digits: ImageSet,
+                                                    audited_digits: tuple[AuditedModel, Path],
+                                                    digits_split: MembershipSplit) -> None:
+    rows = _holdout(digits_split, digits_split.members)[:30]
+    folder = load_image_folder(_write_folder(tmp_path / "same", digits, rows), audited_digits[0])
+    assert set(np.unique(folder.labels)) <= set(range(10)) and folder.classes[3] == "3"
+    by_file = {int(Path(f).stem): s for f, s in zip(folder.files, score_samples(audited_digits[0], mint,
+                                                                                folder).score, strict=True)}
+    from_data = score_samples(audited_digits[0], mint, digits, rows).score
+    np.testing.assert_allclose([by_file[int(i)] for i in rows], from_data, atol=1e-5)
+
+
+def test_wrong_size_images_are_resized_to_the_model_input(tmp_path: Path, mint: TrainedMint, digits: ImageSet,
+                                                          audited_digits: tuple[AuditedModel, Path]) -> None:
+    _write_folder(tmp_path / "mixed", digits, np.arange(10), size=16)
+    _write_folder(tmp_path / "mixed", digits, np.arange(10, 20), size=8)
+    folder = load_image_folder(tmp_path / "mixed", audited_digits[0])
+    assert folder.images.shape == (20, 8, 8, 1)
+    scores = score_samples(audited_digits[0], mint, folder)
+    assert len(scores) == 20 and np.isfinite(scores.score).all()
+
+
+def test_colour_images_for_a_grey_model_need_an_explicit_conversion(
+        tmp_path: Path, mint: TrainedMint, digits: ImageSet, audited_digits: tuple[AuditedModel, Path]) -> None:
+    folder = load_image_folder(_write_folder(tmp_path / "rgb", digits, np.arange(8), colour=True),
+                               audited_digits[0])
+    assert folder.images.shape[-1] == 3
+    with pytest.raises(InputError, match="--to-grey") as err:
+        score_samples(audited_digits[0], mint, folder)
+    assert "\n" not in str(err.value)
+    assert len(score_samples(audited_digits[0], mint, folder, to_grey=True)) == 8
+    # Grey pixels stored as RGB are taken as they are; grey → RGB repeats the channel.
+    grey = replace(digits, images=np.repeat(digits.images[:4], 3, -1), labels=digits.labels[:4],
+                   sample_ids=digits.sample_ids[:4], part=digits.part[:4])
+    assert np.array_equal(match_channels(grey, 1).images, digits.images[:4])
+    assert match_channels(replace(grey, images=digits.images[:4]), 3).images.shape == (4, 8, 8, 3)
+    with pytest.raises(InputError, match="4 channels"):
+        match_channels(replace(grey, images=np.zeros((4, 8, 8, 4), np.uint8)), 3)
+
+
+def test_folder_classes_must_be_classes_of_the_model(tmp_path: Path, digits: ImageSet,
+                                                     audited_digits: tuple[AuditedModel, Path]) -> None:
+    _write_folder(tmp_path / "cls", digits, np.arange(3))
+    (tmp_path / "cls" / "cat").mkdir()
+    Image.fromarray(digits.images[0, :, :, 0]).save(tmp_path / "cls" / "cat" / "a.png")
+    with pytest.raises(InputError, match="'cat' is not a class"):
+        load_image_folder(tmp_path / "cls", audited_digits[0])
+    with pytest.raises(InputError, match="not found"):
+        load_image_folder(tmp_path / "nowhere", audited_digits[0])

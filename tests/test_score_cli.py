@@ -1,0 +1,138 @@
+"""`gmint score` as a data owner runs it: an image folder or dataset rows in, scores and a verdict out."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from gmint.data.base import ImageSet
+from gmint.data.split import MembershipSplit
+from gmint.extract import Rows, extract
+from gmint.mint import train_mint
+from gmint.models.io import AuditedModel, load_audited, save_checkpoint
+from gmint_cli.app import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args], env={"GMINT_NO_PROGRESS": "1", "COLUMNS": "300"})
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, digits_store: Path,
+          audited_digits: tuple[AuditedModel, Path]) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("score")
+    train_mint(digits_store, kind="logreg", setup="combined", seed=0).save(work / "mint.pt")
+    return {"model": audited_digits[1], "mint": work / "mint.pt", "store": digits_store, "work": work}
+
+
+def _base(s: dict[str, Path]) -> list[str | Path]:
+    return ["score", "--model", s["model"], "--mint", s["mint"], "--store", s["store"]]
+
+
+def _folder(root: Path, digits: ImageSet, rows: np.ndarray) -> Path:
+    for i in rows:
+        (root / str(digits.labels[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits.images[i, :, :, 0]).save(root / str(digits.labels[i]) / f"digit{i}.png")
+    return root
+
+
+def test_scores_an_image_folder(setup: dict[str, Path], digits: ImageSet, digits_split: MembershipSplit) -> None:
+    rows = np.intersect1d(digits_split.holdout, digits_split.members)[:40]
+    folder = _folder(setup["work"] / "images", digits, rows)
+    out = setup["work"] / "folder.csv"
+    code, text = invoke(*_base(setup), "--images", folder, "--out", out)
+    assert code == 0, text
+    n_cal = len(np.intersect1d(digits_split.holdout, digits_split.external))
+    assert "candidates: 40 from" in text and f"calibration: {n_cal} held-out external rows" in text
+    assert "verdict: Mann-Whitney U, one-sided" in text and "U = " in text and "p = " in text
+    assert "evidence that these samples were used in training" in text.lower()
+    with out.open() as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 40 and set(table[0]) == {"sample_id", "file", "score"}
+    assert {Path(r["file"]).name for r in table} == {f"digit{i}.png" for i in rows}
+    assert all(0.0 <= float(r["score"]) <= 1.0 for r in table)
+
+
+def test_scores_dataset_rows_with_a_json_verdict(setup: dict[str, Path], digits_split: MembershipSplit) -> None:
+    out = setup["work"] / "members.json"
+    code, text = invoke(*_base(setup), "--data", "digits", "--rows", "holdout-members", "--sample", "50",
+                        "--json", "--alpha", "0.01", "--out", out)
+    assert code == 0, text
+    verdict = json.loads(text)["verdict"]
+    n_cal = len(np.intersect1d(digits_split.holdout, digits_split.external))
+    assert verdict["n_candidates"] == 50 and verdict["n_calibration"] == n_cal and verdict["alpha"] == 0.01
+    assert verdict["rejects_h0"] == (verdict["p_value"] <= 0.01) and "Mann-Whitney U" in verdict["test"]
+    written = json.loads(out.read_text())
+    assert len(written["scores"]) == 50 and written["verdict"]["p_value"] == verdict["p_value"]
+
+
+def test_external_candidates_are_left_out_of_the_calibration(setup: dict[str, Path],
+                                                              digits_split: MembershipSplit) -> None:
+    code, text = invoke(*_base(setup), "--data", "digits", "--rows", "holdout-external",
+                        "--out", setup["work"] / "x.csv")
+    assert code == 1 and "leaving nothing to calibrate on" in text
+    code, text = invoke(*_base(setup), "--data", "digits", "--rows", "holdout-external", "--sample", "60",
+                        "--json", "--out", setup["work"] / "ext.csv")
+    assert code == 0, text
+    result = json.loads(text)
+    n_cal = len(np.intersect1d(digits_split.holdout, digits_split.external))
+    assert result["calibration_excluded"] == 60 and result["verdict"]["n_calibration"] == n_cal - 60
+    ids = setup["work"] / "ids.json"
+    ids.write_text(json.dumps(np.intersect1d(digits_split.holdout, digits_split.external)[:30].tolist()))
+    code, text = invoke(*_base(setup), "--data", "digits", "--rows", ids, "--json", "--out", setup["work"] / "f.csv")
+    assert code == 0, text
+    assert json.loads(text)["verdict"]["n_candidates"] == 30 and json.loads(text)["calibration_excluded"] == 30
+
+
+@pytest.fixture(scope="module")
+def other_store(setup: dict[str, Path], digits: ImageSet, digits_split: MembershipSplit) -> Path:
+    """A store of held-out externals extracted from another model (one weight changed)."""
+    audited = load_audited(setup["model"])
+    with torch.no_grad():
+        next(audited.module.parameters()).add_(0.01)
+    save_checkpoint(setup["work"] / "other.pt", audited.module, audited.meta)
+    rows = np.intersect1d(digits_split.holdout, digits_split.external)[:20]
+    zeros, ones = np.zeros(len(rows), np.int8), np.ones(len(rows), np.int8)
+    return extract(load_audited(setup["work"] / "other.pt"), digits, Rows(rows, zeros, ones),
+                   out=setup["work"] / "other.h5", split=digits_split)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--images", "{work}/no-such-folder"], "not found"),
+    (["--images", "{work}/images", "--data", "digits"], "either --images"),
+    (["--data", "digits"], "needs --rows"),
+    (["--data", "digits", "--rows", "{work}/nothing.json"], "not found"),
+    (["--data", "digits", "--rows", "holdout-members", "--sample", "5000"], "between 1 and"),
+    (["--data", "digits", "--rows", "holdout-members", "--store", "{other}"], "model_fingerprint"),
+    (["--data", "digits", "--rows", "holdout-members", "--mint", "{work}/nothing.pt"], "not found"),
+])
+def test_bad_inputs_give_one_line_and_exit_1(setup: dict[str, Path], other_store: Path, args: list[str],
+                                             message: str) -> None:
+    filled = [a.format(work=setup["work"], other=other_store) for a in args]
+    code, text = invoke(*_base(setup), *filled, "--out", setup["work"] / "bad.csv")
+    assert code == 1, text
+    assert message in text and text.strip().count("\n") == 0 and "Traceback" not in text
+    assert not (setup["work"] / "bad.csv").exists()
+
+
+def test_colour_folder_for_a_grey_model_is_refused(setup: dict[str, Path], digits: ImageSet) -> None:
+    folder = setup["work"] / "colour" / "3"
+    folder.mkdir(parents=True)
+    pixels = digits.images[3, :, :, 0]
+    Image.fromarray(np.stack([pixels, pixels // 2, pixels // 4], -1)).save(folder / "a.png")
+    code, text = invoke(*_base(setup), "--images", folder.parent, "--out", setup["work"] / "c.csv")
+    assert code == 1 and "--to-grey" in text and text.strip().count("\n") == 0
+    code, text = invoke(*_base(setup), "--images", folder.parent, "--to-grey", "--out", setup["work"] / "c.csv")
+    assert code == 0, text
