@@ -7,13 +7,23 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from gmint.store import FeatureStore
+from gmint.store import FeatureStore, verify
 from gmint_cli.common import cli_errors, console
 
 
 @cli_errors
-def info(store: Path = typer.Argument(..., help="A feature store.")) -> None:
-    """Show a store's rows, layers and provenance."""
+def info(store: Path = typer.Argument(..., help="A feature store."),
+         check: bool = typer.Option(False, "--verify", help="Check schema, row counts, NaN/Inf, provenance "
+                                    "and completeness; exit 1 on any problem.")) -> None:
+    """Show a store's rows, layers and provenance (or verify it)."""
+    if check:
+        problems = verify(store)
+        for problem in problems:
+            console.print(f"[red]✗[/] {problem}", highlight=False)
+        if problems:
+            raise typer.Exit(1)
+        console.print(f"[green]✓[/] {store}: schema, row counts, values, provenance and completeness check out")
+        return
     with FeatureStore.open(store) as fs:
         prov = fs.provenance
         membership, role = fs.column("membership"), fs.column("role")

@@ -7,6 +7,7 @@ is fitted on the auditor's pool — never on the rows being scored.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,12 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
         role, membership = store.column("role"), store.column("membership")
         ids, loss = store.column("sample_id"), store.column("loss").astype(np.float64)
         correct = store.column("pred") == store.column("label")
-        held = np.flatnonzero((role == HOLDOUT) & np.isin(membership, (0, 1)))
+        finite = store.column("finite")
+        nonfinite = int(((role == HOLDOUT) & ~finite).sum())
+        if nonfinite:
+            warnings.warn(f"{nonfinite} held-out rows of {store_path} have NaN/Inf features and are not scored",
+                          stacklevel=2)
+        held = np.flatnonzero((role == HOLDOUT) & np.isin(membership, (0, 1)) & finite)
         if len(held) == 0:
             raise InputError(f"{store_path} has no held-out rows (role 1) labelled member/external")
         same_split = prov.get("split_sha256") == mint.spec.split_sha256
@@ -49,7 +55,7 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
     members, external = y == 1, y == 0
     return {
         "store": str(store_path),
-        "rows": {"members": int(members.sum()), "external": int(external.sum())},
+        "rows": {"members": int(members.sum()), "external": int(external.sum()), "excluded_nonfinite": nonfinite},
         "protocol": {"split_sha256": prov.get("split_sha256"), "dataset": prov.get("dataset"),
                      "architecture": prov.get("architecture"), "reduction": prov.get("reduction"),
                      "engine": prov.get("engine"), "layers": mint.spec.layers, "setup": mint.spec.setup,

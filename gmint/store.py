@@ -6,6 +6,8 @@ Layout:
     /role       (N,) int8        0 auditor's pool (may fit a MINT classifier), 1 held out, -1 n/a
     /label      (N,) int64       true class; /sample_id (N,) int64 row of the dataset
     /loss       (N,) float32     the audited model's loss; /pred (N,) int64 its predicted class
+    /finite     (N,) bool        every feature and the loss are finite (NaN/Inf rows are kept, flagged,
+                                 and left out of training and evaluation with a warning)
     /done       (N,) bool        row written and flushed (resume skips these)
     attrs: provenance (one attribute per key, JSON for lists/dicts), complete (and, once complete,
            rows_written and timing)
@@ -32,7 +34,7 @@ from gmint.errors import IncompleteStoreError, InputError, StoreMismatchError
 
 FORMAT = "gmint-feature-store/1"
 ROW_COLUMNS = {"membership": np.int8, "role": np.int8, "label": np.int64, "sample_id": np.int64}
-COMPUTED_COLUMNS = {"loss": np.float32, "pred": np.int64}
+COMPUTED_COLUMNS = {"loss": np.float32, "pred": np.int64, "finite": bool}
 # Provenance keys that must agree for a resumed extraction to continue the same store.
 SPEC_KEYS = ("model_fingerprint", "layers", "source", "reduction", "engine", "loss_function", "dataset",
              "split_sha256", "transform", "seed", "n_rows", "rows_sha256")
@@ -127,10 +129,13 @@ class FeatureStore:
         unknown = set(features) - set(group)
         if unknown:
             raise StoreMismatchError(f"{self.path} has no datasets for {sorted(unknown)}")
+        finite = np.isfinite(loss)
         for name, values in features.items():
             group[name][start:start + b] = values
+            finite &= np.isfinite(values).all(axis=1)
         self._h5["loss"][start:start + b] = loss
         self._h5["pred"][start:start + b] = pred
+        self._h5["finite"][start:start + b] = finite
         self._h5.flush()
         self._h5["done"][start:start + b] = True
         self._h5.flush()
@@ -184,7 +189,7 @@ class FeatureStore:
         done = self._h5["done"]
         if self._h5.mode == "r" and self._h5.swmr_mode:
             done.refresh()  # see rows a concurrent SWMR writer flushed since we opened
-        return done[:]
+        return self._read(done)
 
     def require_complete(self) -> None:
         if not self.complete:
@@ -192,10 +197,13 @@ class FeatureStore:
                 f"{self.path} is incomplete ({self.rows_written} of {len(self)} rows); "
                 "finish it with `gmint extract ... --resume`")
 
+    def _read(self, dataset: h5py.Dataset) -> np.ndarray:
+        return _read_all(self.path, dataset)
+
     def column(self, name: str) -> np.ndarray:
         if name not in ROW_COLUMNS and name not in COMPUTED_COLUMNS and name != "done":
             raise InputError(f"no column '{name}' in {self.path}")
-        return self._h5[name][:]
+        return self._read(self._h5[name])
 
     def features(self, layers: Sequence[str] | None = None, rows: np.ndarray | None = None) -> np.ndarray:
         """(n, Σ d) float32: the chosen layers' features side by side, for all rows or a boolean mask."""
@@ -203,9 +211,65 @@ class FeatureStore:
         unknown = [n for n in names if n not in self._h5["features"]]
         if unknown:
             raise StoreMismatchError(f"{self.path} has no features for {unknown}; it holds {self.layers}")
-        parts = [self._h5["features"][n][:] if rows is None else self._h5["features"][n][:][rows]
-                 for n in names]
+        parts = [self._read(self._h5["features"][n]) for n in names]
+        if rows is not None:
+            parts = [p[rows] for p in parts]
         return np.concatenate(parts, axis=1)
+
+
+REQUIRED_PROVENANCE = ("gmint_version", "torch_version", "model_fingerprint", "layers", "source", "reduction",
+                       "engine", "dataset", "split_sha256", "seed", "n_rows")
+
+
+def verify(path: Path) -> list[str]:
+    """Every problem found in a store (empty when sound): schema, row counts, values, provenance, completeness."""
+    problems: list[str] = []
+    with FeatureStore.open(path) as store:
+        h5, n = store._h5, len(store)
+        for name in (*ROW_COLUMNS, *COMPUTED_COLUMNS, "done"):
+            if name not in h5:
+                problems.append(f"dataset /{name} is missing")
+            elif h5[name].shape != (n,):
+                problems.append(f"/{name} has shape {h5[name].shape}, expected ({n},)")
+        prov = store.provenance
+        problems += [f"provenance attribute '{k}' is missing" for k in REQUIRED_PROVENANCE if k not in prov]
+        if prov.get("n_rows", n) != n:
+            problems.append(f"provenance says {prov.get('n_rows')} rows, the store has {n}")
+        for name in store.layers:
+            if name not in h5["features"]:
+                problems.append(f"layer {name} has no dataset under /features")
+            elif h5["features"][name].shape[0] != n:
+                problems.append(f"/features/{name} has {h5['features'][name].shape[0]} rows, expected {n}")
+        if problems:
+            return problems
+        for name, allowed in (("membership", (-1, 0, 1)), ("role", (-1, 0, 1))):
+            bad = int(np.isin(store.column(name), allowed, invert=True).sum())
+            if bad:
+                problems.append(f"{bad} rows have a {name} outside {allowed}")
+        done = store.done_mask()
+        nonfinite = int((done & ~store.column("finite")).sum())
+        if nonfinite:
+            problems.append(f"{nonfinite} rows have NaN or Inf features or loss (flagged; excluded from fits)")
+        for name in store.layers:  # read every value once: corrupt chunks only show when read
+            ds, unflagged, finite = h5["features"][name], 0, store.column("finite")
+            for start in range(0, n, 65536):
+                block = _read_all(store.path, ds, start, start + 65536)
+                flagged = finite[start:start + 65536]
+                unflagged += int((~np.isfinite(block).all(axis=1) & flagged).sum())
+            if unflagged:
+                problems.append(f"layer {name}: {unflagged} rows hold NaN/Inf without being flagged")
+        if not store.complete:
+            problems.append(f"incomplete: {int(done.sum())} of {n} rows written (continue with --resume)")
+        elif not done.all():
+            problems.append(f"marked complete but {int((~done).sum())} rows are not written")
+    return problems
+
+
+def _read_all(path: Path, dataset: h5py.Dataset, start: int = 0, stop: int | None = None) -> np.ndarray:
+    try:
+        return dataset[start:stop]
+    except OSError as exc:  # truncated or corrupt chunks surface only when read
+        raise InputError(f"{path} is damaged: reading {dataset.name} failed ({exc})") from None
 
 
 def _salvage(path: Path) -> None:

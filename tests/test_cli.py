@@ -118,3 +118,17 @@ def test_console_script_runs_as_a_subprocess() -> None:
                           text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "not found" in proc.stderr
+
+
+def test_verify_passes_a_sound_store_and_fails_an_incomplete_one(tmp_path: Path, store: Path) -> None:
+    code, out = invoke("info", "--verify", store)
+    assert code == 0 and "check out" in out
+    import h5py
+
+    partial = tmp_path / "partial.h5"
+    partial.write_bytes(store.read_bytes())
+    with h5py.File(partial, "r+") as h5:
+        h5.attrs["complete"] = False
+        h5["done"][5:] = False
+    code, out = invoke("info", "--verify", partial)
+    assert code == 1 and "incomplete: 5 of" in out and "--resume" in out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,19 +74,23 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
         layers = resolve_setup(store, setup)
         prov = store.provenance
         rows = pool_rows(store, fraction, int(prov.get("split_seed", 0)))  # type: ignore[arg-type]
+        nonfinite = rows & ~store.column("finite")
+        if nonfinite.any():
+            warnings.warn(f"{int(nonfinite.sum())} pool rows of {store_path} have NaN/Inf features and are left "
+                          "out of the fit", stacklevel=2)
+        rows &= ~nonfinite
         x = store.features(layers, rows)
         y = store.column("membership")[rows].astype(np.int64)
         ids = store.column("sample_id")[rows]
         dims = store.dims
     if len(np.unique(y)) < 2:
         raise InputError(f"the {fraction} pool has only one class (members or external); cannot fit")
-    if not np.isfinite(x).all():
-        raise InputError(f"{store_path}: the training rows contain NaN or Inf features")
     scaler = Standardiser.fit(x)
     model = builder(x.shape[1], **(options or {}))
     t0 = time.perf_counter()
     record = model.fit(scaler(x), y, seed=seed)
-    record.update(fraction=fraction, seed=seed, members=int(y.sum()), external=int((y == 0).sum()),
+    record.update(fraction=fraction, seed=seed, excluded_nonfinite=int(nonfinite.sum()), members=int(y.sum()),
+                  external=int((y == 0).sum()),
                   fit_seconds=round(time.perf_counter() - t0, 3), store=str(store_path))
     spec = FeatureSpec(layers=layers, dims=[dims[n] for n in layers], reduction=str(prov["reduction"]),
                        model_fingerprint=str(prov["model_fingerprint"]),
