@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from gmint.data.base import DATASETS, ImageSet
+from gmint.data.readers import load_dataset
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
 from gmint.extract import extract, split_rows
@@ -15,6 +18,27 @@ from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig, train_audited
 
 torch.set_num_threads(1)  # small models: one thread is faster and deterministic
+
+_env_root = os.environ.get("GMINT_DATA")
+REAL_ROOT = Path(_env_root) if _env_root else Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_FOLDERS = {"mnist": "MNIST", "cifar10": "cifar-10-images", "gtsrb": "GTSRB",
+                "tiny_imagenet": "tiny-imagenet-200"}
+
+
+@pytest.fixture(scope="session")
+def real() -> Callable[[str], ImageSet]:
+    """Each real dataset decoded once per session (no cache: the point is to exercise the readers);
+    tests using it skip when the data is absent."""
+    loaded: dict[str, ImageSet] = {}
+
+    def get(name: str) -> ImageSet:
+        if not (REAL_ROOT / REAL_FOLDERS[name]).is_dir():
+            pytest.skip(f"{REAL_ROOT / REAL_FOLDERS[name]} is absent")
+        if name not in loaded:
+            loaded[name] = load_dataset(name, REAL_ROOT, cache=False)
+        return loaded[name]
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from gmint.data import cache, readers
 from gmint.data.base import ImageSet
 from gmint.data.readers import CIFAR10_CLASSES, load_dataset, resolve_root
 from gmint.errors import InputError, UnknownNameError
+from tests.conftest import REAL_ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -694,27 +695,6 @@ def test_cache_round_trips_every_column(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # Real data (README of ../shared/data): counts and a few known facts per dataset
-
-_env_root = os.environ.get("GMINT_DATA")
-REAL_ROOT = Path(_env_root) if _env_root else Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_FOLDERS = {"mnist": "MNIST", "cifar10": "cifar-10-images", "gtsrb": "GTSRB",
-                "tiny_imagenet": "tiny-imagenet-200"}
-
-
-@pytest.fixture(scope="session")
-def real() -> Callable[[str], ImageSet]:
-    """Each real dataset decoded once per session (no cache: the point is to exercise the readers)."""
-    loaded: dict[str, ImageSet] = {}
-
-    def get(name: str) -> ImageSet:
-        if not (REAL_ROOT / REAL_FOLDERS[name]).is_dir():
-            pytest.skip(f"{REAL_ROOT / REAL_FOLDERS[name]} is absent")
-        if name not in loaded:
-            loaded[name] = load_dataset(name, REAL_ROOT, cache=False)
-        return loaded[name]
-
-    return get
-
 
 def _counts(data: ImageSet, part: str) -> list[int]:
     return np.bincount(data.labels[data.part == part], minlength=len(data.classes)).tolist()

@@ -62,6 +62,13 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.images)
 
+    def take(self, rows: np.ndarray) -> ImageSet:
+        """The given rows as a new ImageSet, keeping their sample ids (for subsets in experiments)."""
+        pick = (lambda a: None if a is None else a[rows])
+        return ImageSet(name=self.name, images=self.images[rows], labels=self.labels[rows],
+                        sample_ids=self.sample_ids[rows], part=self.part[rows], classes=self.classes,
+                        groups=pick(self.groups), files=pick(self.files))
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one image as a model sees it."""

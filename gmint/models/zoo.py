@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from gmint.errors import InputError
 from gmint.registry import Registry
 
 Factory = Callable[..., nn.Module]
@@ -57,5 +58,9 @@ def mlp(in_channels: int, num_classes: int, image_size: int, *, width: float = 1
 
 
 def build(arch: str, in_channels: int, num_classes: int, image_size: int, **options: object) -> nn.Module:
-    """Instantiate a registered architecture by name."""
-    return ARCHITECTURES.get(arch)(in_channels, num_classes, image_size, **options)
+    """Instantiate a registered architecture by name; bad sizes or options become one-line InputErrors."""
+    factory = ARCHITECTURES.get(arch)
+    try:
+        return factory(in_channels, num_classes, image_size, **options)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"cannot build {arch} for {in_channels}x{image_size}x{image_size} inputs: {exc}") from None
