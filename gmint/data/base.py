@@ -63,11 +63,14 @@ class ImageSet:
         return len(self.images)
 
     def take(self, rows: np.ndarray) -> ImageSet:
-        """The given rows as a new ImageSet, keeping their sample ids (for subsets in experiments)."""
-        pick = (lambda a: None if a is None else a[rows])
+        """The given rows as a new ImageSet, keeping their sample ids (for subsets in experiments).
+
+        Splits of the subset index its own row positions; stores record the kept sample ids.
+        """
         return ImageSet(name=self.name, images=self.images[rows], labels=self.labels[rows],
                         sample_ids=self.sample_ids[rows], part=self.part[rows], classes=self.classes,
-                        groups=pick(self.groups), files=pick(self.files))
+                        groups=None if self.groups is None else self.groups[rows],
+                        files=None if self.files is None else self.files[rows])
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
