@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,10 @@ from rich.table import Table
 
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
+from gmint.distributed import merge_shards, run_distributed, world
 from gmint.errors import InputError
-from gmint.extract import Rows, split_rows
 from gmint.extract import extract as run_extract
+from gmint.extract import rows_sha256, split_rows
 from gmint.layers import preset_layers, weight_layers
 from gmint.models.io import AuditedModel, load_audited
 from gmint_cli.common import cli_errors, console, load_data, show_progress
@@ -60,12 +62,27 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     if manifest.dataset != images.name:
         raise InputError(f"the split is for '{manifest.dataset}', the data is '{images.name}'")
     transform = Transform(size=image_size) if image_size or "transform" not in audited.meta else None
-    path = run_extract(audited, images, split_rows(manifest), out=out, layers=layers, reduction=reduction,
-                       engine=engine, source=source, transform=transform, loss=loss, batch_size=batch_size,
-                       chunk_size=chunk_size, seed=seed, split=manifest, resume=resume, overwrite=overwrite,
-                       device=device, show_progress=show_progress())
-    console.print(f"{path}: complete ({len(manifest.pool) + len(manifest.holdout)} rows, layers {layers}, "
-                  f"{source}, {reduction}, {engine})")
+    rows = split_rows(manifest)
+    rank, world_size = world()
+
+    def run(shard: tuple[int, int], on_device: str) -> Path:
+        return run_extract(audited, images, rows, out=out, layers=layers, reduction=reduction, engine=engine,
+                           source=source, transform=transform, loss=loss, batch_size=batch_size,
+                           chunk_size=chunk_size, seed=seed, split=manifest, resume=resume, overwrite=overwrite,
+                           device=on_device, shard=shard, show_progress=show_progress() and shard[0] == 0)
+
+    if world_size > 1:  # under torchrun: this rank's shard, then rank 0 joins them
+        local = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if device == "cuda" else device
+        run_distributed(lambda r, w: run((r, w), local),
+                        lambda w: merge_shards(out, w, rows_sha256=rows_sha256(rows), overwrite=overwrite),
+                        device=local)
+        if rank != 0:
+            return
+        path = out
+    else:
+        path = run((0, 1), device)
+    console.print(f"{path}: complete ({len(rows.index)} rows{f' in {world_size} shards' if world_size > 1 else ''}, "
+                  f"layers {layers}, {source}, {reduction}, {engine})")
 
 
 @cli_errors
@@ -89,5 +106,3 @@ def layers(model: Path = typer.Option(..., help=MODEL_HELP),
                       ", ".join(p for p, names in presets.items() if n in names))
     console.print(table)
 
-
-__all__ = ["Rows", "extract", "layers"]

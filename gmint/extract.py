@@ -20,6 +20,7 @@ import gmint
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
+from gmint.distributed import shard_bounds, shard_path
 from gmint.engine import ENGINES
 from gmint.errors import InputError
 from gmint.layers import preset_layers, resolve_layers
@@ -50,7 +51,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
             transform: Transform | None = None,
             loss: str = "cross_entropy", batch_size: int = 128, chunk_size: int | None = 64,
             seed: int = 0, split: MembershipSplit | None = None, resume: bool = False, overwrite: bool = False,
-            device: str = "cpu", show_progress: bool = False) -> Path:
+            device: str = "cpu", shard: tuple[int, int] = (0, 1), show_progress: bool = False) -> Path:
     """Compute reduced Weight Modifiers of `rows` and stream them into the HDF5 store `out`.
 
     Args:
@@ -64,11 +65,18 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         seed: seeds seeded reductions; recorded in the store.
         split: the membership split the rows come from; its hash and seed are recorded.
         resume: continue a partial store with the same provenance instead of refusing to touch it.
+        shard: (rank, world size): extract only this rank's block of whole batches into its shard file
+            (see gmint.distributed, which joins the shards).
 
     Returns:
-        The path of the complete store.
+        The path of the complete store (the shard's path when sharded).
     """
     transform = transform or Transform.from_dict(audited.meta["transform"])  # type: ignore[arg-type]
+    rank, world_size = shard
+    if world_size > 1:
+        lo, hi = shard_bounds(len(rows.index), batch_size, rank, world_size)
+        rows = Rows(rows.index[lo:hi], rows.membership[lo:hi], rows.role[lo:hi])
+        out = shard_path(Path(out), rank, world_size)
     if int(rows.index.max()) >= len(data) or int(rows.index.min()) < 0:
         raise InputError(f"row index outside the {len(data)} rows of {data.name}")
     labels = data.labels[rows.index]
@@ -94,8 +102,9 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         "split_sha256": split.sha256 if split else "", "split_seed": split.seed if split else -1,
         "transform": transform.to_dict(), "seed": seed,
         "n_rows": len(rows.index),
-        "rows_sha256": hashlib.sha256(rows.index.astype(np.int64).tobytes()).hexdigest(),
+        "rows_sha256": rows_sha256(rows),
         "batch_size": batch_size, "chunk_size": chunk_size or 0, "device": device,
+        **({"shard": [rank, world_size]} if world_size > 1 else {}),
     }
     out = Path(out)
     if resume and out.exists():
@@ -126,6 +135,11 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
                 bar.advance(stop - start)
         store.mark_complete(extract_seconds=round(time.perf_counter() - t0, 3))
     return out
+
+
+def rows_sha256(rows: Rows) -> str:
+    """Hash of the row positions: a store's `rows_sha256`, so a resume or a join checks it has the same rows."""
+    return hashlib.sha256(rows.index.astype(np.int64).tobytes()).hexdigest()
 
 
 def split_rows(split: MembershipSplit) -> Rows:

@@ -72,7 +72,7 @@ class FeatureStore:
                                  compression="gzip", compression_opts=4, shuffle=True)
         h5.attrs["format"] = FORMAT
         for key, value in provenance.items():
-            h5.attrs[key] = _encode(value)
+            h5.attrs[key] = encode_attribute(value)
         h5.attrs["complete"] = False
         h5.flush()
         h5.swmr_mode = True
@@ -152,7 +152,7 @@ class FeatureStore:
         self._h5.close()
         self._h5 = h5py.File(self.path, "r+", libver="latest")
         for key, value in extra.items():
-            self._h5.attrs[key] = _encode(value)
+            self._h5.attrs[key] = encode_attribute(value)
         self._h5.attrs["rows_written"] = int(done.sum())
         self._h5.attrs["complete"] = True
         self._h5.flush()
@@ -168,7 +168,7 @@ class FeatureStore:
     @property
     def provenance(self) -> dict[str, object]:
         """File attributes, decoded, with `rows_written` counted from the done flags."""
-        return {**{k: _decode(v) for k, v in self._h5.attrs.items()}, "rows_written": self.rows_written}
+        return {**{k: decode_attribute(v) for k, v in self._h5.attrs.items()}, "rows_written": self.rows_written}
 
     @property
     def rows_written(self) -> int:
@@ -280,7 +280,7 @@ def _salvage(path: Path) -> None:
         with FeatureStore.create(tmp, overwrite=True,
                                  columns={name: old[name][:] for name in ROW_COLUMNS},
                                  dims={name: ds.shape[1] for name, ds in old["features"].items()},
-                                 provenance={k: _decode(v) for k, v in old.attrs.items()
+                                 provenance={k: decode_attribute(v) for k, v in old.attrs.items()
                                              if k not in ("format", "complete", "rows_written")}) as new:
             for name, ds in old["features"].items():
                 new._h5["features"][name][:] = ds[:]
@@ -308,7 +308,7 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
     return h5
 
 
-def _encode(value: object) -> object:
+def encode_attribute(value: object) -> object:
     if isinstance(value, str):
         return str(value)  # np.str_ would be stored as a fixed-width array h5py cannot convert
     if isinstance(value, (int, float, bool, np.integer, np.floating, np.bool_)):
@@ -316,7 +316,7 @@ def _encode(value: object) -> object:
     return json.dumps(value)
 
 
-def _decode(value: object) -> object:
+def decode_attribute(value: object) -> object:
     if isinstance(value, str) and value[:1] in "[{":
         try:
             return json.loads(value)
@@ -329,4 +329,4 @@ def _decode(value: object) -> object:
 
 def _roundtrip(value: object) -> object:
     """The value as it reads back from HDF5 attributes (tuples become lists, etc.)."""
-    return _decode(_encode(value))
+    return decode_attribute(encode_attribute(value))
