@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
@@ -21,14 +20,7 @@ from gmint.mint import train_mint
 from gmint.mint.base import FeatureSpec
 from gmint.models.io import AuditedModel, load_audited
 from gmint.store import FeatureStore, verify
-from gmint_cli.app import app
-
-
-def cli(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"GMINT_NO_PROGRESS": "1", "COLUMNS": "300"})
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
+from tests.cli_runner import invoke
 
 
 def one_line_error(code: int, out: str, needle: str) -> None:
@@ -50,7 +42,7 @@ def test_truncated_store(tmp_path: Path, digits_store: Path, trained_mint: Path)
     broken.write_bytes(digits_store.read_bytes()[: digits_store.stat().st_size // 3])
     before = broken.read_bytes()
     for args in (("eval", trained_mint, broken), ("info", "--verify", broken), ("train", broken)):
-        code, out = cli(*args)
+        code, out = invoke(*args)
         one_line_error(code, out, "truncated.h5")
         assert "damaged" in out or "not a readable HDF5" in out
     assert broken.read_bytes() == before
@@ -61,7 +53,7 @@ def test_store_of_another_reduction(tmp_path: Path, digits_store: Path, trained_
     shutil.copy(digits_store, other)
     with h5py.File(other, "r+") as h5:
         h5.attrs["reduction"] = "l2"
-    one_line_error(*cli("eval", trained_mint, other), "reduction")
+    one_line_error(*invoke("eval", trained_mint, other), "reduction")
 
 
 def test_mismatched_layer_dims(digits_store: Path) -> None:
@@ -115,8 +107,8 @@ def test_checkpoint_keys_do_not_match_the_architecture(tmp_path: Path) -> None:
     torch.save(nn.Linear(4, 2).state_dict(), path)
     with pytest.raises(UnsupportedModelError, match="does not match the architecture"):
         load_audited(path, arch="torch.nn:Identity")
-    one_line_error(*cli("extract", "--model", path, "--arch", "tests.test_bad_input:wide_linear", "--data", "digits"),
-                   "does not match the architecture")
+    code, out = invoke("extract", "--model", path, "--arch", "tests.test_bad_input:wide_linear", "--data", "digits")
+    one_line_error(code, out, "does not match the architecture")
 
 
 def wide_linear() -> nn.Module:
@@ -126,8 +118,8 @@ def wide_linear() -> nn.Module:
 def test_pickled_module_needs_the_trust_flag(tmp_path: Path, digits_split: MembershipSplit) -> None:
     path = tmp_path / "module.pt"
     torch.save(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), path)
-    one_line_error(*cli("layers", "--model", path), "--trust-pickle")
-    code, out = cli("layers", "--model", path, "--trust-pickle")
+    one_line_error(*invoke("layers", "--model", path), "--trust-pickle")
+    code, out = invoke("layers", "--model", path, "--trust-pickle")
     assert code == 0 and "1.weight" in out
 
 
@@ -135,6 +127,6 @@ def test_split_for_another_dataset(tmp_path: Path, audited_digits: tuple[Audited
                                    digits_split: MembershipSplit) -> None:
     other = MembershipSplit(**{**digits_split.__dict__, "dataset": "mnist"})
     other.save(tmp_path / "split.json")
-    one_line_error(*cli("extract", "--model", audited_digits[1], "--split", tmp_path / "split.json",
+    one_line_error(*invoke("extract", "--model", audited_digits[1], "--split", tmp_path / "split.json",
                         "--out", tmp_path / "x.h5"), "the split is for 'mnist'")
     assert not (tmp_path / "x.h5").exists()

@@ -8,18 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from gmint_cli.app import app
-
-runner = CliRunner()
-
-
-def invoke(*args: str | Path) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args], env={"GMINT_NO_PROGRESS": "1", "COLUMNS": "200"})
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
+from tests.cli_runner import invoke
 
 
 @pytest.fixture(scope="module")

@@ -10,23 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.extract import Rows, extract
 from gmint.mint import train_mint
 from gmint.models.io import AuditedModel, load_audited, save_checkpoint
-from gmint_cli.app import app
-
-runner = CliRunner()
-
-
-def invoke(*args: str | Path) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args], env={"GMINT_NO_PROGRESS": "1", "COLUMNS": "300"})
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
+from tests.cli_runner import invoke
 
 
 @pytest.fixture(scope="module")
