@@ -120,6 +120,8 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     with store:
         done = store.done_mask()
         t0 = time.perf_counter()
+        if store.complete:
+            return out
         with progress_bar(f"extract {engine}/{reduction}", len(done), enabled=show_progress,
                           completed=int(done.sum())) as bar:
             for start in range(0, len(done), batch_size):

@@ -80,7 +80,8 @@ class FeatureStore:
 
     @classmethod
     def resume(cls, path: Path, provenance: Mapping[str, object]) -> FeatureStore:
-        """Reopen a partial store for writing after checking it belongs to the same extraction.
+        """Reopen a store for writing after checking it belongs to the same extraction (a complete one
+        simply has nothing left to write).
 
         A writer that died in SWMR mode leaves the file flagged "open for write"; HDF5 then refuses
         to reopen it for writing (only its own h5clear tool resets the flag), although SWMR readers
@@ -94,8 +95,6 @@ class FeatureStore:
             if diff:
                 raise StoreMismatchError(f"{path} was written by a different extraction (differs in "
                                          f"{', '.join(diff)}); use a new --out or --overwrite")
-            if old.complete:
-                raise InputError(f"{path} is already complete; nothing to resume")
         try:
             h5 = h5py.File(path, "r+", libver="latest")
         except OSError:
