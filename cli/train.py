@@ -15,7 +15,8 @@ from gmint_cli.common import cli_errors, console
 def train(store: Path = typer.Argument(..., help="A complete feature store."),
           setup: str = typer.Option("all", help="all | entry | middle | output | combined | layer names/globs."),
           fraction: str = typer.Option("D100", help="D100 | D10 | D1 of the auditor's pool."),
-          kind: str = typer.Option("mlp", help="mlp | logreg | threshold (one signal)"),
+          kind: str = typer.Option("mlp", help="mlp | cnn (flat features) | logreg | threshold (one signal) | "
+                                               "per_class (one classifier per class; options {\"base\": \"mlp\"})"),
           options: str = typer.Option("{}", help='Classifier options as JSON, e.g. {"hidden": [256, 64]}.'),
           seed: int = typer.Option(0),
           out: Path = typer.Option(Path("mint.pt"), help="Classifier file to write.")) -> None:

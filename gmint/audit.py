@@ -395,7 +395,8 @@ def calibration_scores(mint: TrainedMint, store_path: Path, *, exclude: np.ndarr
             raise InputError(f"every held-out external row of {store_path} is a candidate, leaving nothing to "
                              "calibrate on; audit a subset of them (--sample N)")
         features = store.features(mint.spec.layers, rows)[keep]
-    return Calibration(Path(store_path), ids[keep], mint.predict_proba(features).astype(np.float64),
+        labels = store.column("label")[rows][keep]
+    return Calibration(Path(store_path), ids[keep], mint.predict_proba(features, labels).astype(np.float64),
                        int((~keep).sum()), prov)
 
 
@@ -472,7 +473,7 @@ def score_samples(audited: AuditedModel, mint: TrainedMint, data: ImageSet, inde
         raise InputError("the candidates' Weight Modifiers contain NaN or Inf")
     files = data.files[index] if data.files is not None else np.full(len(index), "")
     return SampleScores(data.name, ids, files, data.labels[index],
-                        mint.predict_proba(features).astype(np.float64))
+                        mint.predict_proba(features, data.labels[index]).astype(np.float64))
 
 
 def audit_set(audited: AuditedModel, mint: TrainedMint, data: ImageSet, index: np.ndarray | None = None, *,

@@ -32,6 +32,7 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
         mint.spec.check(prov, store.dims, str(store_path))
         role, membership = store.column("role"), store.column("membership")
         ids, loss = store.column("sample_id"), store.column("loss").astype(np.float64)
+        labels = store.column("label")
         correct = store.column("pred") == store.column("label")
         finite = store.column("finite")
         nonfinite = int(((role == HOLDOUT) & ~finite).sum())
@@ -50,7 +51,7 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
         y = membership[held]
         features = store.features(mint.spec.layers, np.isin(np.arange(len(role)), held))
         pool = role == POOL
-    score = mint.predict_proba(features)
+    score = mint.predict_proba(features, labels[held])
     threshold = best_threshold(membership[pool], -loss[pool]) if len(np.unique(membership[pool])) == 2 else 0.0
     members, external = y == 1, y == 0
     return {

@@ -92,3 +92,58 @@ def test_unknown_setup_and_kind(digits_store: Path) -> None:
         train_mint(digits_store, setup="nonexistent.weight")
     with pytest.raises(UnknownNameError, match="MINT classifier"):
         train_mint(digits_store, kind="forest")
+
+
+@pytest.fixture(scope="module")
+def flat_store(tmp_path_factory: pytest.TempPathFactory, digits, digits_split, audited_digits) -> Path:
+    from gmint.extract import extract, split_rows
+
+    return extract(audited_digits[0], digits, split_rows(digits_split), out=tmp_path_factory.mktemp("flat") / "f.h5",
+                   layers="entry,output", reduction="flat", split=digits_split)
+
+
+def test_cnn_reads_the_filter_structure_of_flat_features(tmp_path: Path, flat_store: Path) -> None:
+    mint = train_mint(flat_store, kind="cnn", setup="all", seed=0, options={"max_epochs": 5})
+    assert mint.model.config()["shapes"] == [[8, 1, 3, 3], [10, 32]]
+    mint.save(tmp_path / "cnn.pt")
+    loaded = TrainedMint.load(tmp_path / "cnn.pt")
+    with FeatureStore.open(flat_store) as store:
+        x = store.features(mint.spec.layers)
+    np.testing.assert_allclose(loaded.predict_proba(x), mint.predict_proba(x), rtol=1e-6)
+    result = evaluate_store(loaded, flat_store, n_boot=0)
+    assert 0.0 <= result["mint"]["auc"]["value"] <= 1.0
+
+
+def test_cnn_does_not_depend_on_filter_order() -> None:
+    import torch
+
+    from gmint.mint.cnn import FilterEncoder
+
+    torch.manual_seed(0)
+    encoder = FilterEncoder([[4, 2, 3, 3]], channels=5)
+    x = torch.randn(3, 4, 18)
+    permuted = x[:, torch.tensor([2, 0, 3, 1])]
+    torch.testing.assert_close(encoder(x.reshape(3, -1)), encoder(permuted.reshape(3, -1)))
+
+
+def test_cnn_needs_flat_features(digits_store: Path) -> None:
+    with pytest.raises(InputError, match="--reduction flat"):
+        train_mint(digits_store, kind="cnn", setup="combined")
+
+
+def test_class_specific_mint_routes_rows_by_class(tmp_path: Path, digits_store: Path) -> None:
+    mint = train_mint(digits_store, kind="per_class", setup="combined", seed=0, options={"base": "logreg"})
+    assert mint.record["classes"] == 10 and mint.record["shared_classes"] == []
+    mint.save(tmp_path / "pc.pt")
+    loaded = TrainedMint.load(tmp_path / "pc.pt")
+    with FeatureStore.open(digits_store) as store:
+        x, labels = store.features(mint.spec.layers), store.column("label")
+    got = loaded.predict_proba(x, labels)
+    np.testing.assert_allclose(got, mint.predict_proba(x, labels), rtol=1e-6)
+    # Row i is scored by the classifier of its own class.
+    three = labels == 3
+    expected = mint.model.models["3"].predict_proba(mint.scaler(x[three]))
+    np.testing.assert_allclose(got[three], expected, rtol=1e-6)
+    assert 0.0 <= evaluate_store(loaded, digits_store, n_boot=0)["mint"]["auc"]["value"] <= 1.0
+    with pytest.raises(InputError, match="class label"):
+        loaded.predict_proba(x)

@@ -69,10 +69,15 @@ class Standardiser:
 
 
 class MintClassifier(Protocol):
-    """fit on features + membership; predict P(member); state as tensors + JSON config."""
+    """fit on features + membership; predict P(member); state as tensors + JSON config.
 
-    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int) -> dict[str, object]: ...
-    def predict_proba(self, x: np.ndarray) -> np.ndarray: ...
+    `labels` (the audited model's true class of each row) are passed to every call; only class-specific
+    classifiers use them.
+    """
+
+    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None
+            ) -> dict[str, object]: ...
+    def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray: ...
     def state(self) -> dict[str, torch.Tensor]: ...
     def config(self) -> dict[str, object]: ...
 
@@ -93,9 +98,10 @@ class TrainedMint:
     fitted_ids: np.ndarray
     record: dict[str, object]
 
-    def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """(n,) P(member) for raw (unstandardised) features in the spec's column order."""
-        return self.model.predict_proba(self.scaler(features))
+    def predict_proba(self, features: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """(n,) P(member) for raw (unstandardised) features in the spec's column order, and the rows'
+        true classes (needed by class-specific classifiers)."""
+        return self.model.predict_proba(self.scaler(features), labels)
 
     def save(self, path: Path) -> None:
         path = Path(path)

@@ -1,117 +1,23 @@
-"""The dense MINT model: an MLP on standardised Weight-Modifier features, trained with Adam + BCE.
-
-Early stopping watches the loss on a seeded, stratified validation part of the training rows and
-keeps the best weights, so the number of epochs is not tuned on evaluation data.
-"""
+"""The dense MINT model (the paper's): an MLP on standardised Weight-Modifier features."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gmint.mint.base import MINT_MODELS
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run a small dense net on one thread: faster than intra-op parallelism at these sizes (no
-    synchronisation, no oversubscription when other processes share the cores) and bit-reproducible
-    whatever the machine's core count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from gmint.mint.neural import NeuralMint
 
 
 @MINT_MODELS.register("mlp")
-class MlpMint:
-    """MLP MINT classifier: Linear-ReLU-Dropout blocks, one logit."""
+class MlpMint(NeuralMint):
+    """Linear-ReLU-Dropout blocks of widths `hidden`, one logit."""
 
-    def __init__(self, input_dim: int, *, hidden: tuple[int, ...] | list[int] = (128, 64), dropout: float = 0.1,
-                 lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 256, max_epochs: int = 200,
-                 patience: int = 15, val_fraction: float = 0.2) -> None:
-        self.input_dim = input_dim
-        self.hparams = {"hidden": list(hidden), "dropout": dropout, "lr": lr, "weight_decay": weight_decay,
-                        "batch_size": batch_size, "max_epochs": max_epochs, "patience": patience,
-                        "val_fraction": val_fraction}
-        self.net = self._build()
+    NETWORK = {"hidden": [128, 64], "dropout": 0.1}
 
-    def _build(self) -> nn.Sequential:
+    def _build(self) -> nn.Module:
         layers: list[nn.Module] = []
         width = self.input_dim
-        for h in self.hparams["hidden"]:
-            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(self.hparams["dropout"])]
+        for h in self.hparams["hidden"]:  # type: ignore[union-attr]
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(self.hparams["dropout"])]  # type: ignore[arg-type]
             width = h
         return nn.Sequential(*layers, nn.Linear(width, 1))
-
-    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int) -> dict[str, object]:
-        """Train on (x, y) with y = 1 for members; return the training record (epochs, best val loss)."""
-        with single_thread():
-            return self._fit(x, y, seed)
-
-    def _fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, object]:
-        hp = self.hparams
-        torch.manual_seed(seed)
-        self.net = self._build()  # initialised under the fit's seed, so one seed gives one classifier
-        rng = np.random.default_rng(seed)
-        val = np.zeros(len(y), dtype=bool)
-        for side in (0, 1):  # stratified validation rows
-            idx = np.flatnonzero(y == side)
-            val[rng.permutation(idx)[: int(round(hp["val_fraction"] * len(idx)))]] = True
-        if val.all() or not val.any():
-            val[:] = False
-        xt, yt = torch.from_numpy(x[~val]), torch.from_numpy(y[~val].astype(np.float32))
-        xv, yv = torch.from_numpy(x[val]), torch.from_numpy(y[val].astype(np.float32))
-        # Members and externals are often unequal in the pool: weight the positive class to balance.
-        pos_weight = torch.tensor((yt == 0).sum().item() / max((yt == 1).sum().item(), 1))
-        opt = torch.optim.Adam(self.net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-        best, best_state, best_epoch, stale = float("inf"), None, 0, 0
-        gen = torch.Generator().manual_seed(seed)
-        for epoch in range(hp["max_epochs"]):
-            self.net.train()
-            for batch in torch.randperm(len(yt), generator=gen).split(hp["batch_size"]):
-                loss = F.binary_cross_entropy_with_logits(self.net(xt[batch]).squeeze(1), yt[batch],
-                                                          pos_weight=pos_weight)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            if not len(yv):
-                continue
-            self.net.eval()
-            with torch.no_grad():
-                val_loss = F.binary_cross_entropy_with_logits(self.net(xv).squeeze(1), yv,
-                                                              pos_weight=pos_weight).item()
-            if val_loss < best - 1e-6:
-                best, best_epoch, stale = val_loss, epoch + 1, 0
-                best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= hp["patience"]:
-                    break
-        if best_state is not None:
-            self.net.load_state_dict(best_state)
-        self.net.eval()
-        return {"epochs_run": epoch + 1, "best_epoch": best_epoch, "best_val_loss": best,
-                "train_rows": int((~val).sum()), "val_rows": int(val.sum())}
-
-    @torch.no_grad()
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        self.net.eval()
-        with single_thread():
-            return torch.sigmoid(self.net(torch.from_numpy(np.asarray(x, np.float32))).squeeze(1)).numpy()
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return self.net.state_dict()
-
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.net.load_state_dict(state)
-
-    def config(self) -> dict[str, object]:
-        return dict(self.hparams)

@@ -21,14 +21,14 @@ class LogRegMint:
         self.coef = np.zeros(input_dim, np.float64)
         self.intercept = 0.0
 
-    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int) -> dict[str, object]:
+    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None) -> dict[str, object]:
         clf = LogisticRegression(C=self.hparams["c"], max_iter=self.hparams["max_iter"],
                                  class_weight="balanced", random_state=seed)
         clf.fit(x, y)
         self.coef, self.intercept = clf.coef_[0].astype(np.float64), float(clf.intercept_[0])
         return {"iterations": int(clf.n_iter_[0]), "train_rows": len(y)}
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         z = np.asarray(x, np.float64) @ self.coef + self.intercept
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 

@@ -26,14 +26,14 @@ class ThresholdMint:
                              "choose one with --setup (e.g. loss, confidence, entropy, grad_norm)")
         self.direction, self.threshold = 1.0, 0.0
 
-    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int) -> dict[str, object]:
+    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None) -> dict[str, object]:
         signal = x[:, 0].astype(np.float64)
         self.direction = 1.0 if roc_auc_score(y, signal) >= 0.5 else -1.0
         self.threshold = best_threshold(y, self.direction * signal)
         return {"direction": "larger is member" if self.direction > 0 else "smaller is member",
                 "threshold": self.threshold, "train_rows": len(y)}
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         z = self.direction * np.asarray(x, np.float64)[:, 0] - self.threshold
         return (1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))).astype(np.float32)
 

@@ -81,14 +81,22 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
         rows &= ~nonfinite
         x = store.features(layers, rows)
         y = store.column("membership")[rows].astype(np.int64)
+        labels = store.column("label")[rows]
         ids = store.column("sample_id")[rows]
         dims = store.dims
+        store_layers = store.layers
     if len(np.unique(y)) < 2:
         raise InputError(f"the {fraction} pool has only one class (members or external); cannot fit")
     scaler = Standardiser.fit(x)
-    model = builder(x.shape[1], **(options or {}))
+    options = dict(options or {})
+    if getattr(builder, "needs_shapes", False):  # classifiers that read each layer's filter structure
+        shapes = prov.get("layer_shapes", {})
+        params = prov.get("parameters", layers)
+        by_feature = dict(zip(store_layers, params, strict=True))  # type: ignore[arg-type]
+        options.setdefault("shapes", [shapes[by_feature[n]] for n in layers])  # type: ignore[index]
+    model = builder(x.shape[1], **options)
     t0 = time.perf_counter()
-    record = model.fit(scaler(x), y, seed=seed)
+    record = model.fit(scaler(x), y, seed=seed, labels=labels)
     record.update(fraction=fraction, seed=seed, excluded_nonfinite=int(nonfinite.sum()), members=int(y.sum()),
                   external=int((y == 0).sum()),
                   fit_seconds=round(time.perf_counter() - t0, 3), store=str(store_path))
