@@ -49,7 +49,7 @@ def weight_layers(model: nn.Module, example_input: torch.Tensor | None = None) -
     """Names of the `weight` parameters of all weight layers, in forward order when possible."""
     modules = [(name, m) for name, m in model.named_modules()
                if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() >= 2]
-    if example_input is not None:
+    if example_input is not None and not isinstance(model, torch.jit.ScriptModule):  # no hooks on TorchScript
         modules = _forward_order(model, modules, example_input)
     return [f"{name}.weight" if name else "weight" for name, _ in modules]
 

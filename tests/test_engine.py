@@ -88,3 +88,16 @@ def test_presets_follow_forward_order() -> None:
     assert resolve_layers(model, "combined", x) == ["stem.weight", "body.weight", "head.weight"]
     assert resolve_layers(model, "*.bias,head.weight", x) == ["head.weight", "head.bias", "body.bias",
                                                               "stem.bias"]
+
+
+def test_torchscript_models_run_on_the_naive_engine_and_vmap_says_why_not() -> None:
+    model, x, y = PROBLEMS[2].make()
+    scripted = torch.jit.script(model)
+    layers = resolve_layers(scripted, "combined", x)
+    assert layers == resolve_layers(model, "combined", x)
+    got = ENGINES.get("naive")(scripted, layers, parse_reduction("mean"), x, y)
+    ref = ENGINES.get("naive")(model, layers, parse_reduction("mean"), x, y)
+    for name in layers:
+        torch.testing.assert_close(got.features[name], ref.features[name])
+    with pytest.raises(UnsupportedModelError, match="engine naive"):
+        ENGINES.get("vmap")(scripted, layers, parse_reduction("mean"), x, y)

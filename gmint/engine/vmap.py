@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from gmint.engine.base import LOSSES, EngineResult, check_auditable, predictions
+from gmint.errors import UnsupportedModelError
 from gmint.reduce import Reduction
 
 
@@ -27,6 +28,9 @@ def vmap_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Te
         chunk_size: samples per vmap call (bounds memory); None for the whole batch at once.
     """
     check_auditable(model, layers)
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UnsupportedModelError("torch.func cannot run TorchScript models; use --engine naive for them "
+                                    "(or load the model from its Python code with --arch)")
     loss_fn = LOSSES.get(loss)
     params = {n: p.detach() for n, p in model.named_parameters() if n in set(layers)}
 
