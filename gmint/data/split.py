@@ -122,20 +122,19 @@ def make_split(data: ImageSet, *, members: float | int = 0.5, external: float | 
         raise InputError(f"{n_members} members + {n_external} external + {n_control} control exceed the "
                          f"{len(train)} rows of {data.name}'s train part")
     units = data.groups if (protocol == "grouped" and data.groups is not None) else None
-    control_rows, train = _stratified_take(train, data.labels, units, n_control / len(train), rng)
-    member_rows, rest = _stratified_take(train, data.labels, units, n_members / len(train), rng)
-    share = n_external / max(len(rest), 1)
-    external_rows, _ = _stratified_take(rest, data.labels, units, min(1.0, share), rng)
+    control_rows, train = _take(train, data.labels, units, n_control, rng)
+    member_rows, rest = _take(train, data.labels, units, n_members, rng)
+    external_rows, _ = _take(rest, data.labels, units, n_external, rng)
     if len(member_rows) == 0 or len(external_rows) == 0:
         raise InputError(f"empty split: {len(member_rows)} members, {len(external_rows)} external")
 
     n_hold = int(round(holdout * min(len(member_rows), len(external_rows))))
-    held_members, pool_members = _take_count(member_rows, data.labels, units, n_hold, rng)
+    held_members, pool_members = _take(member_rows, data.labels, units, n_hold, rng)
     if protocol == "paper" and len(test):
-        held_external, _ = _take_count(test, data.labels, None, n_hold, rng)
+        held_external, _ = _take(test, data.labels, None, n_hold, rng)
         pool_external = external_rows
     else:
-        held_external, pool_external = _take_count(external_rows, data.labels, units, n_hold, rng)
+        held_external, pool_external = _take(external_rows, data.labels, units, n_hold, rng)
     if min(len(held_members), len(held_external), len(pool_members), len(pool_external)) == 0:
         raise InputError("empty split: too few rows to give both the pool and the holdout members and "
                          "external samples")
@@ -169,24 +168,32 @@ def _count(size: float | int, total: int, what: str) -> int:
     return int(size)
 
 
-def _stratified_take(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, fraction: float,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, a `fraction` of the units (rows or groups) → (taken rows, remaining rows)."""
-    taken: list[np.ndarray] = []
-    for cls in np.unique(labels[rows]):
-        in_class = rows[labels[rows] == cls]
-        units = np.unique(groups[in_class]) if groups is not None else in_class
-        k = int(round(fraction * len(units)))
-        chosen = rng.permutation(units)[:k]
-        taken.append(in_class[np.isin(groups[in_class], chosen)] if groups is not None else chosen)
-    took = np.sort(np.concatenate(taken)) if taken else np.empty(0, np.int64)
-    return took, np.setdiff1d(rows, took)
+def _take(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, count: int,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """About `count` of `rows`, class-balanced, whole groups when given → (taken rows, remaining rows).
 
-
-def _take_count(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, count: int,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """About `count` rows, class-balanced (and by group when given) → (taken, remaining)."""
-    return _stratified_take(rows, labels, groups, min(1.0, count / max(len(rows), 1)), rng)
+    Units (rows, or groups of rows) are shuffled within their class and interleaved across classes by
+    their relative rank, so any prefix holds each class in proportion; the prefix whose row count is
+    closest to `count` is taken. Per-class rounding would starve classes with few groups (GTSRB has
+    classes of two tracks).
+    """
+    if count <= 0:
+        return np.empty(0, np.int64), rows
+    unit_of = groups[rows] if groups is not None else rows
+    units, first = np.unique(unit_of, return_index=True)
+    unit_class = labels[rows[first]]
+    keys = np.empty(len(units))
+    for cls in np.unique(unit_class):
+        members = np.flatnonzero(unit_class == cls)
+        order = rng.permutation(len(members))
+        keys[members[order]] = (np.arange(len(members)) + rng.random(len(members))) / len(members)
+    ranked = units[np.argsort(keys, kind="stable")]
+    sizes = np.array([np.count_nonzero(unit_of == u) for u in ranked]) if groups is not None else \
+        np.ones(len(ranked), np.int64)
+    cumulative = np.cumsum(sizes)
+    k = int(np.argmin(np.abs(cumulative - count))) + 1
+    taken = np.isin(unit_of, ranked[:k])
+    return np.sort(rows[taken]), rows[~taken]
 
 
 def subpool_mask(membership: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
