@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,17 @@ def _model(model: Path, arch: str | None, torchscript: bool, trust_pickle: bool)
     return load_audited(model, arch=arch, torchscript=torchscript, trust_pickle=trust_pickle)
 
 
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(text: str) -> int:
+    """'512MiB' → 536870912; plain numbers are bytes."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).lower() not in UNITS:
+        raise InputError(f"--max-memory must look like 512MiB, 2GiB or a number of bytes, got '{text}'")
+    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+
+
 @cli_errors
 def extract(model: Path = typer.Option(..., help=MODEL_HELP),
             arch: str = typer.Option(None, help="package.module:factory building the model for a state dict."),
@@ -36,8 +48,10 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
             data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets."),
             split: Path = typer.Option(None, help="Split manifest; default: the one stored with the model."),
             layers: str = typer.Option("combined", help="entry | middle | output | combined, or names/globs."),
-            reduction: str = typer.Option("mean", help="mean | abs_mean | std | l2 | max | flat"),
-            engine: str = typer.Option("vmap", help="vmap | naive"),
+            reduction: str = typer.Option("mean", help="mean | abs_mean | std | l2 | max | flat | project:<d>"),
+            engine: str = typer.Option("auto", help="auto | hooks | vmap | naive"),
+            max_memory: str = typer.Option(None, "--max-memory", help="Working-memory budget, e.g. 512MiB or 2GiB; "
+                                           "lowers the batch (vmap: the chunk) to fit."),
             source: str = typer.Option("gradient", help="gradient (gMINT) | activation (MINT) | output (signals)."),
             loss: str = typer.Option("cross_entropy", help="cross_entropy | nll | bce"),
             image_size: int = typer.Option(None, help="Resize images (default: the model's recorded transform)."),
@@ -69,7 +83,8 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
         return run_extract(audited, images, rows, out=out, layers=layers, reduction=reduction, engine=engine,
                            source=source, transform=transform, loss=loss, batch_size=batch_size,
                            chunk_size=chunk_size, seed=seed, split=manifest, resume=resume, overwrite=overwrite,
-                           device=on_device, shard=shard, show_progress=show_progress() and shard[0] == 0)
+                           device=on_device, shard=shard, max_memory=parse_bytes(max_memory) if max_memory else None,
+                           show_progress=show_progress() and shard[0] == 0)
 
     if world_size > 1:  # under torchrun: this rank's shard, then rank 0 joins them
         local = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if device == "cuda" else device

@@ -41,7 +41,7 @@ def run_demo(workdir: Path, *, seed: int = 0, epochs: int = 40, show_progress: b
 
     def store(role: str, source: str) -> Path:
         return extract(models[role], data, rows, out=workdir / f"{role}-{source}.h5", layers="combined",
-                       reduction="mean", source=source, split=split, seed=seed, overwrite=True,
+                       reduction="mean", source=source, engine="auto", split=split, seed=seed, overwrite=True,
                        show_progress=show_progress)
 
     def audit(path: Path, name: str, setup: str, kind: str = "mlp") -> dict[str, object]:

@@ -21,7 +21,8 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.distributed import shard_bounds, shard_path
-from gmint.engine import ENGINES
+from gmint.engine import ENGINES, choose_engine
+from gmint.engine.memory import max_batch_for_memory
 from gmint.errors import InputError
 from gmint.layers import preset_layers, resolve_layers
 from gmint.models.io import AuditedModel
@@ -47,11 +48,12 @@ class Rows:
 
 
 def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, layers: str = "combined",
-            reduction: str = "mean", engine: str = "vmap", source: str = "gradient",
+            reduction: str = "mean", engine: str = "auto", source: str = "gradient",
             transform: Transform | None = None,
             loss: str = "cross_entropy", batch_size: int = 128, chunk_size: int | None = 64,
             seed: int = 0, split: MembershipSplit | None = None, resume: bool = False, overwrite: bool = False,
-            device: str = "cpu", shard: tuple[int, int] = (0, 1), show_progress: bool = False) -> Path:
+            device: str = "cpu", shard: tuple[int, int] = (0, 1), max_memory: int | None = None,
+            show_progress: bool = False) -> Path:
     """Compute reduced Weight Modifiers of `rows` and stream them into the HDF5 store `out`.
 
     Args:
@@ -59,12 +61,14 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         data, rows: the dataset and the rows to extract, with membership and role.
         layers: a layer setup (preset, names or globs) — see `gmint.layers.resolve_layers`.
         reduction: a name in `gmint.reduce.REDUCTIONS`, optionally `name:arg`.
-        engine: a name in `gmint.engine.ENGINES`.
+        engine: a name in `gmint.engine.ENGINES`; `auto` picks `hooks` when every selected parameter is a
+            Linear/Conv2d weight or bias, else `vmap` (the choice is recorded as `engine_used`).
         source: what the features are — `gradient` (gMINT), `activation` or `output` (see gmint.sources).
         transform: preprocessing; defaults to the one recorded with the audited model.
         seed: seeds seeded reductions; recorded in the store.
         split: the membership split the rows come from; its hash and seed are recorded.
         resume: continue a partial store with the same provenance instead of refusing to touch it.
+        max_memory: working-memory budget in bytes; lowers the batch (for vmap/naive: the chunk) to fit.
         shard: (rank, world size): extract only this rank's block of whole batches into its shard file
             (see gmint.distributed, which joins the shards).
 
@@ -87,6 +91,12 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     example = transform(data.images[rows.index[:1]]).to(device)
     names = resolve_layers(model, layers, example)
     reduce = parse_reduction(reduction, seed)
+    if max_memory is not None:
+        fit = max_batch_for_memory(model, names, reduce, example, max_memory, chunk_size=chunk_size)
+        if engine in ("vmap", "naive"):
+            chunk_size = min(chunk_size or batch_size, fit)  # vmap's memory scales with the chunk
+        else:
+            batch_size = min(batch_size, fit)
     ENGINES.get(engine)  # unknown engine names fail here, before a store is created
     run = SOURCES.get(source)
     presets = {p: feature_names(source, n) for p, n in preset_layers(model, example).items()}
@@ -98,6 +108,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         "layers": feature_names(source, names), "parameters": names, "layer_setup": layers, "source": source,
         "layer_shapes": {n: list(p.shape) for n, p in model.named_parameters() if n in names},
         "reduction": reduction, "engine": engine, "loss_function": loss, "dataset": data.name,
+        "engine_used": choose_engine(model, names) if engine == "auto" else engine, "max_memory": max_memory or 0,
         "layer_presets": presets,
         "split_sha256": split.sha256 if split else "", "split_seed": split.seed if split else -1,
         "transform": transform.to_dict(), "seed": seed,

@@ -122,3 +122,16 @@ def test_verify_passes_a_sound_store_and_fails_an_incomplete_one(tmp_path: Path,
         h5["done"][5:] = False
     code, out = invoke("info", "--verify", partial)
     assert code == 1 and "incomplete: 5 of" in out and "--resume" in out
+
+
+def test_auto_engine_and_memory_budget_are_recorded(tmp_path: Path, model: Path) -> None:
+    code, out = invoke("extract", "--model", model, "--max-memory", "2MiB", "--out", tmp_path / "m.h5")
+    assert code == 0, out
+    from gmint.store import FeatureStore
+
+    with FeatureStore.open(tmp_path / "m.h5") as fs:
+        prov = fs.provenance
+    assert prov["engine"] == "auto" and prov["engine_used"] == "hooks"
+    assert prov["max_memory"] == 2 * 2**20 and prov["batch_size"] < 128
+    code, out = invoke("extract", "--model", model, "--max-memory", "lots", "--out", tmp_path / "n.h5")
+    assert code == 1 and "--max-memory must look like" in out

@@ -1,0 +1,361 @@
+"""Fast engine: one batched forward and backward; reductions computed from activations and output gradients.
+
+Per sample b, with a the layer's input and g = ∂L_b/∂(layer output) (in eval mode samples do not
+interact, so the gradient of the summed loss w.r.t. a sample's own output is that sample's g):
+
+- Linear, input (B, T, I) (T = 1 for 2-D input; middle dims flattened): WM_b = Σ_t g_bt a_btᵀ (O × I).
+  `mean`: MEAN_bo = Σ_t g_bto · mean_i(a_bti). On 2-D input that is the bias gradient g_bo times
+  mean(a_b) — nearly redundant, and rounding noise when a comes out of a zero-mean LayerNorm (warned).
+  `l2`: ‖WM_bo‖² = Σ_{t,t'} g_bto g_bt'o (a_bt·a_bt') (Gram trick; |g_bo|·‖a_b‖ for T = 1), used when
+  T·(I + O) < O·I, else the WM is materialised.
+- Conv2d with G groups (C_g = C/G inputs and F_g = F/G filters per group), U = unfold(a) (B, C·kh·kw, P):
+  WM_b[f] = Σ_p g_bfp U_b[group(f)]p. `mean`: MEAN_bf = Σ_p g_bfp · m_b,group(f),p where m is the mean of
+  U over a group's C_g·kh·kw rows = the group's channel-mean input averaged over each kernel window —
+  a depthwise conv of (B, G, H, W) with a ones/(kh·kw) kernel; the unfold never exists.
+  `l2`: the per-group P × P Gram of U when P·(C_g·kh·kw + F_g) < F_g·C_g·kh·kw (small late maps),
+  else the WM is materialised.
+- Biases: the per-sample bias gradient is g summed over positions (tokens, pixels); any reduction.
+- Every other (layer, reduction) pair — abs_mean, std, max, flat, project:<d>, user reductions —
+  materialises that layer's WM only, batched (einsum), `chunk_size` samples at a time.
+
+Output gradients are taken at each layer's gradient edge recorded when it ran, so an in-place op on the
+output afterwards (ReLU(inplace=True)) cannot change them. Captured inputs are checked with version
+counters. Parameters that are not a Linear/Conv2d weight or bias, or whose layer's input was modified in
+place, ran more than once, or lacked the batch on dim 0, are computed by the `vmap` engine (one warning
+per layer). Not detected: a Linear/Conv2d weight also used functionally elsewhere in the forward.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.func import functional_call, vmap
+
+from gmint.engine.base import LOSSES, EngineResult, check_auditable, predictions
+from gmint.engine.vmap import vmap_engine
+from gmint.reduce import NamedReduction, Reduction
+
+
+class HooksFallbackWarning(UserWarning):
+    """A selected parameter is computed by the slower `vmap` engine instead."""
+
+
+class DegenerateReductionWarning(UserWarning):
+    """A reduction is numerically meaningless for a layer (e.g. MEAN of a Linear fed by a LayerNorm)."""
+
+
+# (layer, a, g) → (B, *param.shape): a parameter's per-sample gradient from its layer's input a and
+# output gradient g.
+Gradient = Callable[[nn.Module, Tensor, Tensor], Tensor]
+# (layer, a, g) → (B, d): a weight's reduced Weight Modifier without materialising it, or None where
+# materialising is cheaper.
+HookReducer = Callable[[nn.Module, Tensor, Tensor], Tensor | None]
+# a → why a reduction is meaningless for a layer fed with a, or None.
+Degeneracy = Callable[[Tensor], str | None]
+
+GRADIENTS: dict[tuple[type[nn.Module], str], Gradient] = {}         # keyed by (layer type, parameter)
+HOOK_REDUCERS: dict[tuple[type[nn.Module], str], HookReducer] = {}  # keyed by (layer type, reduction)
+DEGENERATE: dict[tuple[type[nn.Module], str], Degeneracy] = {}      # keyed by (layer type, reduction)
+# Whether a layer's input is batched the way its formulas assume.
+BATCHED: dict[type[nn.Module], Callable[[Tensor], bool]] = {
+    nn.Linear: lambda a: a.dim() >= 2,
+    nn.Conv2d: lambda a: a.dim() == 4,
+}
+
+Fn = TypeVar("Fn", bound=Callable)
+
+
+def _register(table: dict[tuple[type[nn.Module], str], Fn], layer_type: type[nn.Module],
+              name: str) -> Callable[[Fn], Fn]:
+    def add(fn: Fn) -> Fn:
+        if (layer_type, name) in table:
+            raise ValueError(f"({layer_type.__name__}, {name}) is already registered")
+        table[(layer_type, name)] = fn
+        return fn
+
+    return add
+
+
+def _tokens(t: Tensor) -> Tensor:
+    """(B, ..., n) → (B, T, n): a Linear's positions (1 for 2-D input) as one axis."""
+    return t.reshape(t.shape[0], -1, t.shape[-1])
+
+
+@_register(GRADIENTS, nn.Linear, "weight")
+def _linear_weight(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+    """(B, O, I) = Σ_t g_t a_tᵀ."""
+    return torch.einsum("bto,bti->boi", _tokens(g), _tokens(a))
+
+
+@_register(GRADIENTS, nn.Linear, "bias")
+def _linear_bias(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+    """(B, O) = Σ_t g_t."""
+    return _tokens(g).sum(dim=1)
+
+
+@_register(HOOK_REDUCERS, nn.Linear, "mean")
+def _linear_mean(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+    """(B, O) = Σ_t g_to · mean_i(a_ti)."""
+    return torch.einsum("bto,bt->bo", _tokens(g), _tokens(a).mean(dim=-1))
+
+
+@_register(HOOK_REDUCERS, nn.Linear, "l2")
+def _linear_l2(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor | None:
+    """(B, O) = sqrt(Σ_{t,t'} g_to g_t'o a_t·a_t'), when the T × T Gram is cheaper than the WM."""
+    a, g = _tokens(a), _tokens(g)
+    tokens, inputs, outputs = a.shape[1], a.shape[2], g.shape[2]
+    if tokens * (inputs + outputs) >= inputs * outputs:
+        return None
+    gram = a @ a.transpose(1, 2)                                   # (B, T, T)
+    return ((gram @ g) * g).sum(dim=1).clamp_min(0).sqrt()
+
+
+@_register(DEGENERATE, nn.Linear, "mean")
+def _zero_mean_input(a: Tensor) -> str | None:
+    """MEAN = Σ_t g_t · mean(a_t) is rounding noise when every position's input has mean ≈ 0 relative
+    to its scale (a LayerNorm output without bias)."""
+    a = _tokens(a)
+    rms = a.pow(2).mean(dim=-1).sqrt()
+    if (a.mean(dim=-1).abs() <= 1e-5 * rms).all() and (rms > 0).any():
+        return ("its input has zero mean at every position (e.g. a LayerNorm output), so MEAN = bias "
+                "gradient × mean(input) is rounding noise; use 'flat', 'project:<d>' or 'l2' for this layer")
+    return None
+
+
+def _conv_padded(layer: nn.Conv2d, a: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """The input padded as the conv pads it when F.unfold cannot ('same'/'valid', reflect, ...)."""
+    if layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
+        return a, layer.padding  # type: ignore[return-value]
+    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    return F.pad(a, layer._reversed_padding_repeated_twice, mode=mode), (0, 0)
+
+
+def _unfold(layer: nn.Conv2d, a: Tensor) -> Tensor:
+    """(B, G, C_g·kh·kw, P): each group's input patches, rows in the weight's (c, kh, kw) order."""
+    a, padding = _conv_padded(layer, a)
+    u = F.unfold(a, layer.kernel_size, layer.dilation, padding, layer.stride)
+    return u.reshape(u.shape[0], layer.groups, -1, u.shape[2])
+
+
+def _per_group(layer: nn.Conv2d, g: Tensor) -> Tensor:
+    """(B, F, Ho, Wo) → (B, G, F_g, P)."""
+    return g.reshape(g.shape[0], layer.groups, -1, g.shape[2] * g.shape[3])
+
+
+@_register(GRADIENTS, nn.Conv2d, "weight")
+def _conv2d_weight(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+    """(B, F, C_g, kh, kw) = Σ_p g_fp U_p, per group."""
+    wm = torch.einsum("bgfp,bgkp->bgfk", _per_group(layer, g), _unfold(layer, a))
+    return wm.reshape(a.shape[0], *layer.weight.shape)
+
+
+@_register(GRADIENTS, nn.Conv2d, "bias")
+def _conv2d_bias(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+    """(B, F) = Σ_p g_fp."""
+    return g.sum(dim=(2, 3))
+
+
+@_register(HOOK_REDUCERS, nn.Conv2d, "mean")
+def _conv2d_mean(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+    """(B, F) = Σ_p g_fp · (window average of the group's channel-mean input)_p."""
+    batch, groups = a.shape[0], layer.groups
+    m, padding = _conv_padded(layer, a.reshape(batch, groups, -1, *a.shape[2:]).mean(dim=2))
+    kh, kw = layer.kernel_size
+    window = m.new_full((groups, 1, kh, kw), 1.0 / (kh * kw))
+    m = F.conv2d(m, window, None, layer.stride, padding, layer.dilation, groups)   # (B, G, Ho, Wo)
+    return torch.einsum("bgfp,bgp->bgf", _per_group(layer, g), m.flatten(2)).reshape(batch, -1)
+
+
+@_register(HOOK_REDUCERS, nn.Conv2d, "l2")
+def _conv2d_l2(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor | None:
+    """(B, F) = sqrt(Σ_{p,p'} g_fp g_fp' U_p·U_p'), when the P × P Gram is cheaper than the WM."""
+    g = _per_group(layer, g)
+    filters, positions = g.shape[2], g.shape[3]
+    rows = layer.weight[0].numel()                                   # C_g·kh·kw
+    if positions * (rows + filters) >= filters * rows:
+        return None
+    u = _unfold(layer, a)
+    gram = u.transpose(2, 3) @ u                                      # (B, G, P, P)
+    return ((g @ gram) * g).sum(dim=3).clamp_min(0).sqrt().reshape(a.shape[0], -1)
+
+
+def unsupported_parameters(model: nn.Module, layers: list[str]) -> dict[str, str]:
+    """Selected parameters the hooks engine cannot compute exactly, with the reason (known before running)."""
+    owners = _owners(model)
+    holders: dict[int, set[int]] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        for p in module.parameters(recurse=False):
+            holders.setdefault(id(p), set()).add(id(module))
+    reasons = {}
+    for name in layers:
+        module = owners[name][1]
+        kind = owners[name][2]
+        if (type(module), kind) not in GRADIENTS:
+            reasons[name] = f"{type(module).__name__}.{kind} has no hook formula"
+        elif len(holders[id(getattr(module, kind))]) > 1:
+            reasons[name] = "the parameter is shared with another module"
+    return reasons
+
+
+def _owners(model: nn.Module) -> dict[str, tuple[str, nn.Module, str]]:
+    """Parameter name → (module name, module holding it directly, its attribute name)."""
+    return {f"{module_name}.{attr}" if module_name else attr: (module_name, module, attr)
+            for module_name, module in model.named_modules()
+            for attr, _ in module.named_parameters(recurse=False)}
+
+
+@dataclass
+class Capture:
+    """What one selected layer saw in the forward pass."""
+
+    calls: int = 0
+    a: Tensor | None = None
+    a_version: int = 0
+    edge: GradientEdge | None = None
+    zero_grad: Tensor | None = None       # (0-stride) zeros shaped like the output, for unused outputs
+    view_out: Tensor | None = None        # the output when it is a view: in-place ops on it re-route grads
+    out_version: int = 0
+
+    def problem(self, layer: nn.Module, batch: int) -> str | None:
+        """Why the hook formulas would be wrong for this layer, or None."""
+        if self.calls != 1:
+            return f"it ran {self.calls} times in one forward pass"
+        assert self.a is not None
+        if self.edge is None:
+            return "its output does not require grad (computed under no_grad?)"
+        if not BATCHED[type(layer)](self.a) or self.a.shape[0] != batch:
+            return f"its input {tuple(self.a.shape)} does not carry the batch of {batch} on dim 0"
+        if self.a._version != self.a_version:
+            return "its input was modified in place after the layer ran"
+        # An in-place op on a plain output keeps the recorded gradient edge exact; on a view it rebases
+        # the view's history onto its base and the edge receives no gradient.
+        if self.view_out is not None and self.view_out._version != self.out_version:
+            return "its output (a view) was modified in place"
+        return None
+
+    def record(self, a: Tensor, out: Tensor) -> None:
+        self.calls += 1
+        self.a, self.a_version = a, a._version
+        self.edge = get_gradient_edge(out) if out.requires_grad else None
+        self.zero_grad = out.new_zeros(()).expand(out.shape)
+        self.view_out, self.out_version = (out if out._is_view() else None), out._version
+
+
+def _requires_grad_input(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: give a selected layer an input that requires grad, so its output has a gradient
+    edge while every parameter stays detached (no graph upstream, no parameter gradients)."""
+    a = args[0]
+    if torch.is_grad_enabled() and a.is_floating_point() and not a.requires_grad:
+        return (a.detach().requires_grad_(), *args[1:])
+    return None
+
+
+def traced_forward(model: nn.Module, modules: dict[str, nn.Module], captures: dict[str, Capture],
+                   x: Tensor) -> Tensor:
+    """The model's output, every parameter detached, recording each of `modules` into `captures`.
+
+    Autograd records from the first of `modules` on only: the graph of a plain backward to those
+    layers, without parameter gradients.
+    """
+    handles = []
+    for module_name, module in modules.items():
+        handles.append(module.register_forward_pre_hook(_requires_grad_input))
+        handles.append(module.register_forward_hook(
+            lambda m, args, out, capture=captures[module_name]: capture.record(args[0], out)))
+    try:
+        return functional_call(model, {n: p.detach() for n, p in model.named_parameters()}, (x,),
+                               strict=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _fallback_notice(name: str, reason: str) -> None:
+    warnings.warn(f"hooks engine: {name} computed with the vmap engine: {reason}", HooksFallbackWarning,
+                  stacklevel=3)
+
+
+def hooks_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+                 loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+    """Same contract as `vmap_engine`: reduced per-sample Weight Modifiers of `layers` for (x, y).
+
+    Args:
+        model: audited model in eval mode.
+        layers: parameter names; Linear/Conv2d weights and biases take the fast path, others `vmap`.
+        reduction: a `NamedReduction` (from `parse_reduction`) enables the exact shortcuts for its name;
+            any other callable is applied to materialised Weight Modifiers.
+        x: (B, ...) inputs; y: (B,) labels.
+        loss: name in LOSSES (summed over the batch; samples do not interact in eval mode).
+        chunk_size: samples per materialised Weight Modifier block (and per vmap chunk in fallbacks).
+    """
+    check_auditable(model, layers)
+    loss_fn = LOSSES.get(loss)
+    owners = _owners(model)
+    fallback = unsupported_parameters(model, layers)
+    hooked = {owners[n][0]: owners[n][1] for n in layers if n not in fallback}
+    captures = {module_name: Capture() for module_name in hooked}
+    with torch.enable_grad():
+        out = traced_forward(model, hooked, captures, x)
+        total = loss_fn(out, y)
+
+    problems = {m: captures[m].problem(module, len(x)) for m, module in hooked.items()}
+    for name in layers:
+        if name not in fallback and (reason := problems[owners[name][0]]):
+            fallback[name] = reason
+    ready = [m for m in hooked if problems[m] is None]
+    edges = [captures[m].edge for m in ready]
+    grads = torch.autograd.grad(total, edges, allow_unused=True) if edges and total.requires_grad \
+        else (None,) * len(ready)
+
+    features = {}
+    with torch.no_grad():
+        for m, g in zip(ready, grads, strict=True):
+            capture = captures[m]
+            assert capture.a is not None and capture.zero_grad is not None
+            for name in layers:
+                if owners[name][0] == m and name not in fallback:
+                    features[name] = _reduce(name, hooked[m], owners[name][2], capture.a.detach(),
+                                             capture.zero_grad if g is None else g, reduction, chunk_size)
+        sample_losses = vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(out.detach(), y)
+    if fallback:
+        for name, reason in fallback.items():
+            _fallback_notice(name, reason)
+        features.update(vmap_engine(model, list(fallback), reduction, x, y, loss=loss,
+                                    chunk_size=chunk_size).features)
+    return EngineResult({n: features[n] for n in layers}, sample_losses, predictions(out.detach()))
+
+
+def _reduce(name: str, layer: nn.Module, kind: str, a: Tensor, g: Tensor, reduction: Reduction,
+            chunk_size: int | None) -> Tensor:
+    """One parameter's (B, d) features: an exact shortcut where registered, else materialise and reduce."""
+    key = (type(layer), reduction.name) if isinstance(reduction, NamedReduction) else None
+    if kind == "weight" and key is not None:
+        if key in DEGENERATE and (why := DEGENERATE[key](a)):
+            warnings.warn(f"reduction '{key[1]}' is degenerate for {name}: {why}", DegenerateReductionWarning,
+                          stacklevel=3)
+        if key in HOOK_REDUCERS and (reduced := HOOK_REDUCERS[key](layer, a, g)) is not None:
+            return reduced
+    gradient = GRADIENTS[(type(layer), kind)]
+    step = chunk_size or len(a)
+    return torch.cat([reduction(gradient(layer, a[i:i + step], g[i:i + step]), name)
+                      for i in range(0, len(a), step)])
+
+
+def choose_engine(model: nn.Module, layers: list[str]) -> str:
+    """`hooks` when every selected parameter is a Linear/Conv2d weight or bias, else `vmap`: one vmap pass
+    is faster than hooks plus a vmap fallback, whose cost barely depends on how many layers it covers."""
+    return "vmap" if unsupported_parameters(model, layers) else "hooks"
+
+
+def auto_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+                loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+    """The engine `choose_engine` picks for these layers (same contract as `vmap_engine`)."""
+    engine = {"hooks": hooks_engine, "vmap": vmap_engine}[choose_engine(model, layers)]
+    return engine(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
