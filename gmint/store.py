@@ -53,13 +53,18 @@ class FeatureStore:
     def create(cls, path: Path, *, columns: Mapping[str, np.ndarray], dims: Mapping[str, int],
                provenance: Mapping[str, object], overwrite: bool = False) -> FeatureStore:
         """A new, empty store for len(columns['sample_id']) rows with one (N, dims[name]) dataset per layer,
-        open for writing in SWMR mode. Refuses to replace a file unless asked."""
+        open for writing in SWMR mode. Refuses to replace a file unless asked.
+
+        The layout is written to a temporary file that then takes `path`'s place, so a crash never
+        leaves a half-created store behind.
+        """
         path = Path(path)
         if path.exists() and not overwrite:
             raise InputError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
         n = len(columns["sample_id"])
-        h5 = h5py.File(path, "w", libver="latest")
+        tmp = path.with_name(path.name + ".new")
+        h5 = h5py.File(tmp, "w", libver="latest")
         for name, dtype in ROW_COLUMNS.items():
             h5.create_dataset(name, data=np.asarray(columns[name], dtype=dtype))
         for name, dtype in COMPUTED_COLUMNS.items():
@@ -74,7 +79,9 @@ class FeatureStore:
         for key, value in provenance.items():
             h5.attrs[key] = encode_attribute(value)
         h5.attrs["complete"] = False
-        h5.flush()
+        h5.close()
+        tmp.replace(path)
+        h5 = h5py.File(path, "r+", libver="latest")
         h5.swmr_mode = True
         return cls(path, h5)
 
@@ -295,12 +302,13 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
     if not path.exists():
         raise InputError(f"feature store {path} not found")
     try:
-        h5 = h5py.File(path, mode, swmr=True) if mode == "r" else h5py.File(path, mode, libver="latest")
-    except OSError:
-        try:  # an HDF5 file without the SWMR-capable format: still open it, to say what it is
-            h5 = h5py.File(path, mode)
-        except OSError as exc:
+        h5 = h5py.File(path, mode) if mode == "r" else h5py.File(path, mode, libver="latest")
+    except OSError as exc:
+        # A store being written (or whose writer died) is flagged "open for write": read it as an SWMR
+        # reader. Only then: for a damaged file an SWMR reader retries each failing read with back-off.
+        if mode != "r" or "already open for write" not in str(exc):
             raise InputError(f"{path} is not a readable HDF5 feature store ({exc.__class__.__name__})") from None
+        h5 = h5py.File(path, mode, swmr=True)
     if h5.attrs.get("format") != FORMAT:
         h5.close()
         raise InputError(f"{path} is not a gmint feature store (format attribute missing or different)")
