@@ -122,6 +122,17 @@ def set_test(candidate_scores: Sequence[float] | np.ndarray, external_scores: Se
     x = _scores(candidate_scores, "candidate scores")
     y = _scores(external_scores, "calibration scores")
     n, m = len(x), len(y)
+    sides = "one-sided" if alternative != "two-sided" else "two-sided"
+    if n == 1:  # one candidate: its rank among m + 1 exchangeable scores is uniform under H0
+        above, below = int((y >= x[0]).sum()), int((y <= x[0]).sum())
+        p_greater, p_less = (1 + above) / (m + 1), (1 + below) / (m + 1)
+        p = {"greater": p_greater, "less": p_less, "two-sided": min(1.0, 2 * min(p_greater, p_less))}[alternative]
+        u = float((y < x[0]).sum() + 0.5 * (y == x[0]).sum())
+        return SetVerdict(
+            test=f"Mann-Whitney U, {sides} ({ALTERNATIVES[alternative]} calibration), exact rank p-value "
+                 "(one candidate; ties counted against rejection)",
+            alternative=alternative, statistic=u, p_value=float(p), n_candidates=1, n_calibration=m,
+            mean_candidate=float(x[0]), mean_calibration=float(y.mean()))
     ties = len(np.unique(np.concatenate([x, y]))) < n + m
     method: str | stats.PermutationMethod
     if not ties and n * m <= EXACT_MAX_CELLS:
@@ -132,7 +143,6 @@ def set_test(candidate_scores: Sequence[float] | np.ndarray, external_scores: Se
     else:
         method, how = "asymptotic", "normal approximation, tie- and continuity-corrected"
     result = stats.mannwhitneyu(x, y, alternative=alternative, method=method)
-    sides = "one-sided" if alternative != "two-sided" else "two-sided"
     return SetVerdict(
         test=f"Mann-Whitney U, {sides} ({ALTERNATIVES[alternative]} calibration), {how}",
         alternative=alternative, statistic=float(result.statistic), p_value=float(result.pvalue),

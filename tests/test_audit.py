@@ -227,3 +227,12 @@ def test_folder_classes_must_be_classes_of_the_model(tmp_path: Path, digits: Ima
         load_image_folder(tmp_path / "cls", audited_digits[0])
     with pytest.raises(InputError, match="not found"):
         load_image_folder(tmp_path / "nowhere", audited_digits[0])
+
+
+def test_one_candidate_gets_its_exact_rank_p_value() -> None:
+    calibration = np.array([0.1, 0.2, 0.2, 0.4, 0.9])
+    verdict = set_test([0.2], calibration)
+    # 4 calibration scores are >= 0.2 (ties count against rejection): p = (1 + 4) / 6.
+    assert verdict.p_value == pytest.approx(5 / 6)
+    assert set_test([0.95], calibration).p_value == pytest.approx(1 / 6)
+    assert "one candidate" in verdict.test
