@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         # A one-row dry run gives every layer's feature width, so the store is laid out before writing.
         y0 = torch.from_numpy(labels[:1]).to(device)
         dry = run(model, names, reduce, example, y0, engine=engine, loss=loss, chunk_size=chunk_size)
-        store = FeatureStore.create(out, overwrite=overwrite, provenance=provenance,
+        store = FeatureStore.create(out, overwrite=overwrite, provenance=provenance, chunk_rows=batch_size,
                                     dims={n: f.shape[1] for n, f in dry.features.items()}, columns={
             "membership": rows.membership, "role": rows.role, "label": labels,
             "sample_id": data.sample_ids[rows.index]})
@@ -133,19 +134,31 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         t0 = time.perf_counter()
         if store.complete:
             return out
+        todo = [s for s in range(0, len(done), batch_size) if not done[s:s + batch_size].all()]
+
+        def load(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = rows.index[start:start + batch_size]
+            return transform(data.images[idx]).to(device), torch.from_numpy(data.labels[idx]).to(device)
+
+        # Two helper threads overlap I/O with the engine: one prepares the next batch, one writes the
+        # previous one (torch kernels and HDF5's compression both run outside the GIL for the most part).
+        # One write in flight at a time keeps the store's rows in order.
         with progress_bar(f"extract {engine}/{reduction}", len(done), enabled=show_progress,
-                          completed=int(done.sum())) as bar:
-            for start in range(0, len(done), batch_size):
-                stop = min(start + batch_size, len(done))
-                if done[start:stop].all():
-                    continue
-                idx = rows.index[start:stop]
-                x = transform(data.images[idx]).to(device)
-                y = torch.from_numpy(data.labels[idx]).to(device)
+                          completed=int(done.sum())) as bar, ThreadPoolExecutor(2) as pool:
+            pending: Future[None] | None = None
+            batch = pool.submit(load, todo[0]) if todo else None
+            for i, start in enumerate(todo):
+                x, y = batch.result()  # type: ignore[union-attr]
+                batch = pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
                 result = run(model, names, reduce, x, y, engine=engine, loss=loss, chunk_size=chunk_size)
-                store.write(start, {n: f.float().cpu().numpy() for n, f in result.features.items()},
-                            loss=result.loss.float().cpu().numpy(), pred=result.pred.cpu().numpy())
-                bar.advance(stop - start)
+                features = {n: f.float().cpu().numpy() for n, f in result.features.items()}
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(store.write, start, features, loss=result.loss.float().cpu().numpy(),
+                                      pred=result.pred.cpu().numpy())
+                bar.advance(len(y))
+            if pending is not None:
+                pending.result()
         store.mark_complete(extract_seconds=round(time.perf_counter() - t0, 3))
     return out
 

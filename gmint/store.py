@@ -51,9 +51,11 @@ class FeatureStore:
     # -- opening ---------------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: Path, *, columns: Mapping[str, np.ndarray], dims: Mapping[str, int],
-               provenance: Mapping[str, object], overwrite: bool = False) -> FeatureStore:
+               provenance: Mapping[str, object], overwrite: bool = False, chunk_rows: int = 1024) -> FeatureStore:
         """A new, empty store for len(columns['sample_id']) rows with one (N, dims[name]) dataset per layer,
-        open for writing in SWMR mode. Refuses to replace a file unless asked.
+        open for writing in SWMR mode. Refuses to replace a file unless asked. Feature chunks hold
+        `chunk_rows` rows (the writer's batch size), so each batch fills whole chunks: a compressed chunk
+        written in pieces would be decompressed and recompressed at every piece.
 
         The layout is written to a temporary file that then takes `path`'s place, so a crash never
         leaves a half-created store behind.
@@ -72,7 +74,7 @@ class FeatureStore:
         h5.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False)
         group = h5.create_group("features")
         for name, d in dims.items():
-            rows_per_chunk = int(max(1, min(n, CHUNK_BYTES // (4 * d))))
+            rows_per_chunk = int(max(1, min(n, chunk_rows, CHUNK_BYTES // (4 * d))))
             group.create_dataset(name, shape=(n, d), dtype=np.float32, chunks=(rows_per_chunk, d),
                                  compression="gzip", compression_opts=4, shuffle=True)
         h5.attrs["format"] = FORMAT
