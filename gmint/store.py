@@ -32,7 +32,7 @@ import numpy as np
 
 from gmint.errors import IncompleteStoreError, InputError, StoreMismatchError
 
-FORMAT = "gmint-feature-store/1"
+FORMAT = "gmint-feature-store/2"  # /2: per-row `finite` flags
 ROW_COLUMNS = {"membership": np.int8, "role": np.int8, "label": np.int64, "sample_id": np.int64}
 COMPUTED_COLUMNS = {"loss": np.float32, "pred": np.int64, "finite": bool}
 # Provenance keys that must agree for a resumed extraction to continue the same store.
@@ -311,8 +311,11 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
         if mode != "r" or "already open for write" not in str(exc):
             raise InputError(f"{path} is not a readable HDF5 feature store ({exc.__class__.__name__})") from None
         h5 = h5py.File(path, mode, swmr=True)
-    if h5.attrs.get("format") != FORMAT:
+    found = h5.attrs.get("format")
+    if found != FORMAT:
         h5.close()
+        if isinstance(found, str) and found.startswith(FORMAT.split("/")[0]):
+            raise InputError(f"{path} is a {found} store; this gmint reads {FORMAT}: extract it again")
         raise InputError(f"{path} is not a gmint feature store (format attribute missing or different)")
     return h5
 
