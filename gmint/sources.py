@@ -28,14 +28,14 @@ OUTPUT_SIGNALS = ("loss", "confidence", "entropy", "grad_norm")
 
 @SOURCES.register("gradient")
 def gradient_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
-                    engine: str = "vmap", loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+                    engine: str = "auto", loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
     """Reduced Weight Modifiers (gMINT)."""
     return ENGINES.get(engine)(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
 
 
 @SOURCES.register("activation")
 def activation_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
-                      engine: str = "vmap", loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+                      engine: str = "auto", loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
     """Reduced output activations of the modules owning `layers` (activation-MINT)."""
     check_auditable(model, layers)
     modules = dict(model.named_modules())
@@ -57,7 +57,7 @@ def activation_source(model: nn.Module, layers: list[str], reduction: Reduction,
 
 @SOURCES.register("output")
 def output_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
-                  engine: str = "vmap", loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+                  engine: str = "auto", loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
     """Loss, confidence, entropy and Weight-Modifier norm, one column each (threshold baselines)."""
     grads = ENGINES.get(engine)(model, layers, parse_reduction("l2"), x, y, loss=loss, chunk_size=chunk_size)
     with torch.no_grad():
