@@ -1,0 +1,131 @@
+"""The speed benchmark's harness on a tiny model (one timed round; no timing is asserted) and the
+threshold gate's logic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.check import MEMORY, Limit, check, main, ratio
+from benchmarks.speed import Config, load_config, refresh, run
+
+
+def _tiny(**overrides: object) -> Config:
+    settings: dict[str, object] = {
+        "models": [{"arch": "small_cnn", "options": {"width": 0.25}}], "setups": ["entry", "output"],
+        "methods": ["floor", "naive", "vmap", "hooks", "auto", "opacus", "backpack"], "batch_size": 4,
+        "chunk_size": 2, "threads": 1, "image_size": 8, "warmup": 1, "repeats": 1, "naive_samples": 2,
+        "extract_rows": 8, "extract_repeats": 1, "min_round_s": 0.0,
+        "targets": {"hooks/floor": 1.1, "extract/floor": 1.25}, "memory_targets": {"hooks/floor": 1.0}, **overrides}
+    return Config(**settings)  # type: ignore[arg-type]
+
+
+def test_speed_rows_reports_and_resume(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    results = run(_tiny(), out)
+    rows = results["rows"]
+    assert [(r["model"], r["setup"]) for r in rows] == [("small_cnn", "entry"), ("small_cnn", "output")]
+    for row in rows:
+        methods = row["methods"]
+        assert methods["floor"]["ratio"] == 1.0 and methods["floor"]["samples"] == 4
+        assert methods["naive"]["samples"] == 2
+        assert methods["extract"]["samples"] == 8 and methods["extract"]["engine"] == "auto"
+        for name, result in methods.items():
+            assert "error" not in result, (name, result)
+            if "unsupported" not in result:
+                assert result["per_sample_s"] > 0 and result["ratio"] > 0
+            if "max_rel_err" in result:   # every method's MEAN features agree with vmap's
+                assert result["max_rel_err"] < 1e-4, (name, result)
+    assert json.loads(out.read_text()) == results
+    report = out.with_suffix(".md").read_text()
+    assert "## small_cnn" in report and "## Targets" in report and "| entry | 0.weight |" in report
+
+    again = run(_tiny(), out)                      # resumable: done rows are kept, not re-measured
+    assert again["rows"] == rows and len(again["runs"]) == 2
+    forced = run(_tiny(), out, force=True, only=["small_cnn/output"])
+    assert [r["run"] for r in forced["rows"]] == [0, 2]
+    out.with_suffix(".md").unlink()
+    refresh(out)                                   # --report-only: same numbers, report rewritten
+    assert json.loads(out.read_text()) == forced and out.with_suffix(".md").exists()
+
+    with pytest.raises(SystemExit, match="other settings"):
+        run(_tiny(batch_size=8), out)
+
+
+def test_unavailable_methods_are_recorded_not_fatal(tmp_path: Path) -> None:
+    results = run(_tiny(setups=["output"], methods=["floor", "no_such_engine"], extract_rows=0), tmp_path / "s.json")
+    assert "extract" not in results["rows"][0]["methods"]
+    assert "unknown benchmark method" in results["rows"][0]["methods"]["no_such_engine"]["error"]
+
+
+def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
+    path = tmp_path / "speed.toml"
+    path.write_text('models = [{ arch = "small_cnn" }]\nrepeat = 3\n')
+    with pytest.raises(SystemExit, match="unknown keys \\['repeat'\\]"):
+        load_config(path)
+    path.write_text('models = [{ arch = "small_cnn" }]\nstatistic = "mean"\n')
+    with pytest.raises(SystemExit, match="statistic must be one of"):
+        load_config(path)
+    path.write_text('models = [{ arch = "small_cnn" }]\nrepeats = 3\nstatistic = "min"\n')
+    assert load_config(path).repeats == 3 and load_config(path).statistic == "min"
+
+
+def _row(setup: str, **seconds: float | None) -> dict[str, object]:
+    methods: dict[str, dict[str, object]] = {
+        m: {"unsupported": "no"} if s is None else {"per_sample_s": s, "peak_mib": 10 * s}
+        for m, s in seconds.items()}
+    return {"model": "m", "setup": setup, "methods": methods}
+
+
+ROWS = [_row("entry", floor=1.0, hooks=1.05, vmap=1.6, opacus=1.2, backpack=None),
+        _row("output", floor=1.0, hooks=1.3, vmap=1.2, opacus=None, backpack=1.25),
+        _row("middle", floor=1.0, vmap=1.4, opacus=None, backpack=None)]
+
+
+def test_limits_parse_and_groups() -> None:
+    assert Limit.parse(" hooks/floor = 1.10") == Limit("hooks", "floor", 1.1)
+    for bad in ("hooks/floor", "hooks=1.1", "hooks/floor=fast", "hooks/floor=0", "/floor=1"):
+        with pytest.raises(ValueError, match="looks like"):
+            Limit.parse(bad)
+    best = Limit.parse("gmint/competitors=1.0")
+    assert ratio(ROWS[0], best) == pytest.approx(1.05 / 1.2)      # fastest engine over the faster competitor
+    assert ratio(ROWS[1], best) == pytest.approx(1.2 / 1.25)
+    assert ratio(ROWS[2], best) is None                             # no competitor ran: not judged
+    assert ratio(ROWS[0], Limit.parse("hooks/floor=1", MEMORY)) == pytest.approx(1.05)
+
+
+def test_time_ratios_pair_the_rounds() -> None:
+    """Methods timed in the same rounds are compared round by round: a load spike that slowed one round
+    of both methods cancels out; a group takes its fastest member in each round."""
+    def timed(*seconds: float) -> dict[str, object]:
+        return {"samples": 2, "times": list(seconds), "calls_per_round": 1, "per_sample_s": min(seconds) / 2}
+
+    row = {"model": "m", "setup": "s", "methods": {
+        "floor": timed(1.0, 4.0, 1.0), "hooks": timed(1.1, 4.4, 1.1), "vmap": timed(1.5, 1.0, 1.5),
+        "extract": {"samples": 4, "times": [5.0], "per_sample_s": 1.25}}}
+    assert ratio(row, Limit.parse("hooks/floor=1")) == pytest.approx(1.1)     # min/min would say 1.1 too ...
+    assert ratio(row, Limit.parse("vmap/floor=1")) == pytest.approx(1.5)      # ... but 1.0 here
+    assert ratio(row, Limit.parse("gmint/floor=1")) == pytest.approx(1.1)     # per round: 1.1, 0.25, 1.1
+    assert ratio(row, Limit.parse("extract/floor=1")) == pytest.approx(2.5)   # not in the rounds: plain
+
+
+def test_check_status_and_listing() -> None:
+    status, lines = check(ROWS, [Limit.parse("hooks/floor=1.10")])
+    assert status == 1 and lines[0] == "hooks/floor ≤ 1.1: 1/2 rows pass (1 not judged)"
+    assert lines[1:] == ["  FAIL m/output: 1.300"]
+    assert check(ROWS, [Limit.parse("vmap/floor=1.6")])[0] == 0
+    status, lines = check(ROWS, [Limit.parse("extract/floor=1.25")])   # nothing to judge: never a pass
+    assert status == 2 and "no row has both" in lines[0]
+
+
+def test_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "speed.json"
+    results.write_text(json.dumps({"rows": ROWS}))
+    assert main(["--results", str(results), "--max", "vmap/floor=1.6", "--max-memory", "hooks/floor=1.5"]) == 0
+    assert main(["--results", str(results), "--max", "hooks/floor=1.1", "--max", "vmap/floor=1.5"]) == 1
+    assert "FAIL m/output: 1.300" in capsys.readouterr().out
+    assert main(["--results", str(results), "--max", "hooks/floor"]) == 2
+    assert main(["--results", str(tmp_path / "missing.json"), "--max", "hooks/floor=1"]) == 2
+    assert main(["--results", str(results)]) == 2
