@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from gmint.data.split import HOLDOUT, POOL
-from gmint.errors import InputError
+from gmint.errors import InputError, StoreMismatchError
 from gmint.metrics import balance, best_threshold, membership_metrics
 from gmint.mint.base import TrainedMint
+from gmint.mint.train import train_mint
 from gmint.store import FeatureStore
 
 
@@ -73,3 +74,28 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
         },
         "scores": {"sample_id": ids[held].tolist(), "membership": y.tolist(), "score": score.tolist()},
     }
+
+
+def evaluate_with_control(mint: TrainedMint, store_path: Path, control_store: Path, *, n_boot: int = 1000,
+                          seed: int = 0) -> dict[str, object]:
+    """`evaluate_store`, plus the negative control: the same recipe (classifier kind, options, layer
+    setup, data fraction, seed) fitted and scored on a store extracted from a model that saw neither
+    members nor externals, on the same split. It must come out near chance.
+
+    Raises:
+        StoreMismatchError: the control store is from another split, or from the audited model itself.
+    """
+    result = evaluate_store(mint, store_path, n_boot=n_boot, seed=seed)
+    with FeatureStore.open(control_store) as store:
+        prov = store.provenance
+    if prov.get("split_sha256") != mint.spec.split_sha256:
+        raise StoreMismatchError(f"{control_store} was extracted on another split; the negative control must "
+                                 "use the audited model's split")
+    if prov.get("model_fingerprint") == mint.spec.model_fingerprint:
+        raise StoreMismatchError(f"{control_store} comes from the audited model itself, not from a control model")
+    control = train_mint(control_store, kind=mint.kind, setup=mint.spec.setup,
+                         fraction=str(mint.record.get("fraction", "D100")),
+                         seed=int(mint.record.get("seed", seed)), options=mint.model.config())  # type: ignore[arg-type]
+    checked = evaluate_store(control, control_store, n_boot=n_boot, seed=seed)
+    return {**result, "negative_control": checked["mint"], "negative_control_model": checked["audited_model"],
+            "negative_control_store": str(control_store)}

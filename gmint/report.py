@@ -18,14 +18,25 @@ def _cell(est: dict[str, float]) -> str:
     return f"{est['value']:.3f} [{est['ci95_low']:.3f}, {est['ci95_high']:.3f}]"
 
 
+# Result sections shown side by side, where present: the classifier, the baseline, the negative control.
+COLUMNS = {"mint": "MINT classifier", "loss_threshold": "loss threshold (baseline)",
+           "negative_control": "negative control (must be ~chance)"}
+
+
+def _columns(result: dict[str, object]) -> dict[str, str]:
+    return {key: label for key, label in COLUMNS.items() if key in result}
+
+
 def result_table(result: dict[str, object], title: str = "membership inference test") -> Table:
-    """MINT beside the loss-threshold baseline, each metric with its bootstrap 95% interval."""
+    """The classifier beside the loss-threshold baseline (and the negative control when evaluated), each
+    metric with its bootstrap 95% interval."""
     table = Table(title=title)
     table.add_column("metric")
-    table.add_column("gMINT", justify="right")
-    table.add_column("loss threshold (baseline)", justify="right")
+    columns = _columns(result)
+    for label in columns.values():
+        table.add_column(label, justify="right")
     for key, label in METRIC_LABELS.items():
-        table.add_row(label, _cell(result["mint"][key]), _cell(result["loss_threshold"][key]))  # type: ignore[index]
+        table.add_row(label, *(_cell(result[c][key]) for c in columns))  # type: ignore[index]
     return table
 
 
@@ -59,8 +70,10 @@ def write_report(result: dict[str, object], out_dir: Path) -> list[Path]:
         writer = csv.writer(fh)
         writer.writerow(["sample_id", "membership", "score"])
         writer.writerows(zip(scores["sample_id"], scores["membership"], scores["score"], strict=True))
-    lines = ["# Membership inference test report", "", "| metric | gMINT | loss threshold |", "|---|---|---|"]
-    lines += [f"| {label} | {_cell(result['mint'][k])} | {_cell(result['loss_threshold'][k])} |"  # type: ignore[index]
+    columns = _columns(result)
+    lines = ["# Membership inference test report", "", f"| metric | {' | '.join(columns.values())} |",
+             "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {label} | {' | '.join(_cell(result[c][k]) for c in columns)} |"  # type: ignore[index]
               for k, label in METRIC_LABELS.items()]
     lines += ["", *(f"- {line}" for line in gap_lines(result)), "",
               "Protocol: " + ", ".join(f"{k}={v}" for k, v in result["protocol"].items()), ""]  # type: ignore[union-attr]

@@ -135,3 +135,28 @@ def test_auto_engine_and_memory_budget_are_recorded(tmp_path: Path, model: Path)
     assert prov["max_memory"] == 2 * 2**20 and prov["batch_size"] < 128
     code, out = invoke("extract", "--model", model, "--max-memory", "lots", "--out", tmp_path / "n.h5")
     assert code == 1 and "--max-memory must look like" in out
+
+
+def test_eval_reports_the_negative_control_beside_the_result(tmp_path: Path) -> None:
+    steps = [
+        ("split", "--data", "digits", "--members", "0.4", "--external", "0.4", "--control", "0.2",
+         "--out", tmp_path / "split.json"),
+        ("audited", "train", "--data", "digits", "--split", tmp_path / "split.json", "--epochs", "2",
+         "--width", "0.25", "--out", tmp_path / "audited.pt"),
+        ("audited", "train", "--data", "digits", "--split", tmp_path / "split.json", "--epochs", "2",
+         "--width", "0.25", "--negative-control", "--out", tmp_path / "control.pt"),
+        ("extract", "--model", tmp_path / "audited.pt", "--out", tmp_path / "a.h5"),
+        ("extract", "--model", tmp_path / "control.pt", "--out", tmp_path / "c.h5"),
+        ("train", tmp_path / "a.h5", "--kind", "logreg", "--out", tmp_path / "m.pt"),
+    ]
+    for args in steps:
+        code, out = invoke(*args)
+        assert code == 0, out
+    code, out = invoke("eval", tmp_path / "m.pt", tmp_path / "a.h5", "--negative-control", tmp_path / "c.h5",
+                       "--json", "--n-boot", "0")
+    assert code == 0, out
+    result = json.loads(out)
+    assert 0.0 <= result["negative_control"]["auc"]["value"] <= 1.0
+    assert result["negative_control_model"]["members_accuracy"] <= 1.0
+    code, out = invoke("eval", tmp_path / "m.pt", tmp_path / "a.h5", "--negative-control", tmp_path / "a.h5")
+    assert code == 1 and "not from a control model" in out
