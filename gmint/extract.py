@@ -92,13 +92,15 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     example = transform(data.images[rows.index[:1]]).to(device)
     names = resolve_layers(model, layers, example)
     reduce = parse_reduction(reduction, seed)
+    ENGINES.get(engine)  # unknown engine names fail here, before a store is created
+    # `auto` is resolved once here, not per batch (its choice depends only on the model and the layers).
+    engine_used = choose_engine(model, names) if engine == "auto" else engine
     if max_memory is not None:
         fit = max_batch_for_memory(model, names, reduce, example, max_memory, chunk_size=chunk_size)
-        if engine in ("vmap", "naive"):
+        if engine_used in ("vmap", "naive"):
             chunk_size = min(chunk_size or batch_size, fit)  # vmap's memory scales with the chunk
         else:
             batch_size = min(batch_size, fit)
-    ENGINES.get(engine)  # unknown engine names fail here, before a store is created
     run = SOURCES.get(source)
     presets = {p: feature_names(source, n) for p, n in preset_layers(model, example).items()}
 
@@ -109,7 +111,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         "layers": feature_names(source, names), "parameters": names, "layer_setup": layers, "source": source,
         "layer_shapes": {n: list(p.shape) for n, p in model.named_parameters() if n in names},
         "reduction": reduction, "engine": engine, "loss_function": loss, "dataset": data.name,
-        "engine_used": choose_engine(model, names) if engine == "auto" else engine, "max_memory": max_memory or 0,
+        "engine_used": engine_used, "max_memory": max_memory or 0,
         "layer_presets": presets,
         "split_sha256": split.sha256 if split else "", "split_seed": split.seed if split else -1,
         "transform": transform.to_dict(), "seed": seed,
@@ -124,7 +126,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     else:
         # A one-row dry run gives every layer's feature width, so the store is laid out before writing.
         y0 = torch.from_numpy(labels[:1]).to(device)
-        dry = run(model, names, reduce, example, y0, engine=engine, loss=loss, chunk_size=chunk_size)
+        dry = run(model, names, reduce, example, y0, engine=engine_used, loss=loss, chunk_size=chunk_size)
         store = FeatureStore.create(out, overwrite=overwrite, provenance=provenance, chunk_rows=batch_size,
                                     dims={n: f.shape[1] for n, f in dry.features.items()}, columns={
             "membership": rows.membership, "role": rows.role, "label": labels,
@@ -150,7 +152,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
             for i, start in enumerate(todo):
                 x, y = batch.result()  # type: ignore[union-attr]
                 batch = pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
-                result = run(model, names, reduce, x, y, engine=engine, loss=loss, chunk_size=chunk_size)
+                result = run(model, names, reduce, x, y, engine=engine_used, loss=loss, chunk_size=chunk_size)
                 features = {n: f.float().cpu().numpy() for n, f in result.features.items()}
                 if pending is not None:
                     pending.result()
