@@ -101,3 +101,16 @@ def test_torchscript_models_run_on_the_naive_engine_and_vmap_says_why_not() -> N
         torch.testing.assert_close(got.features[name], ref.features[name])
     with pytest.raises(UnsupportedModelError, match="engine naive"):
         ENGINES.get("vmap")(scripted, layers, parse_reduction("mean"), x, y)
+
+
+def test_auto_engine_takes_the_naive_loop_for_torchscript() -> None:
+    from gmint.engine import choose_engine
+
+    model, x, y = PROBLEMS[1].make()
+    layers = resolve_layers(model, "combined", x)
+    assert choose_engine(model, layers) == "hooks"
+    assert choose_engine(torch.jit.script(model), layers) == "naive"
+    got = ENGINES.get("auto")(torch.jit.script(model), layers, parse_reduction("mean"), x, y)
+    ref = ENGINES.get("naive")(model, layers, parse_reduction("mean"), x, y)
+    for name in layers:
+        torch.testing.assert_close(got.features[name], ref.features[name])

@@ -39,6 +39,7 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.func import functional_call, vmap
 
 from gmint.engine.base import LOSSES, EngineResult, check_auditable, predictions
+from gmint.engine.naive import naive_engine
 from gmint.engine.vmap import vmap_engine
 from gmint.reduce import NamedReduction, Reduction
 
@@ -350,12 +351,15 @@ def _reduce(name: str, layer: nn.Module, kind: str, a: Tensor, g: Tensor, reduct
 
 def choose_engine(model: nn.Module, layers: list[str]) -> str:
     """`hooks` when every selected parameter is a Linear/Conv2d weight or bias, else `vmap`: one vmap pass
-    is faster than hooks plus a vmap fallback, whose cost barely depends on how many layers it covers."""
+    is faster than hooks plus a vmap fallback, whose cost barely depends on how many layers it covers.
+    TorchScript models take `naive`, the only engine that can differentiate them per sample."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return "naive"
     return "vmap" if unsupported_parameters(model, layers) else "hooks"
 
 
 def auto_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                 loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
     """The engine `choose_engine` picks for these layers (same contract as `vmap_engine`)."""
-    engine = {"hooks": hooks_engine, "vmap": vmap_engine}[choose_engine(model, layers)]
+    engine = {"hooks": hooks_engine, "vmap": vmap_engine, "naive": naive_engine}[choose_engine(model, layers)]
     return engine(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
