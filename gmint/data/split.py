@@ -49,11 +49,6 @@ class MembershipSplit:
         """Hash of the manifest's content: what stores and classifiers record to detect mix-ups."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
-    def rows(self, fraction: str = "D100") -> list[int]:
-        """Rows of the store to extract: the (sub)pool and the holdout, pool first."""
-        pool = self.pool if fraction == "D100" else self.subpools[fraction]
-        return sorted(pool) + sorted(self.holdout)
-
     def membership_of(self, rows: np.ndarray) -> np.ndarray:
         """(N,) int8: 1 for members, 0 for external."""
         return np.isin(rows, self.members).astype(np.int8)
