@@ -60,7 +60,8 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
         "rows": {"members": int(members.sum()), "external": int(external.sum()), "excluded_nonfinite": nonfinite},
         "protocol": {"split_sha256": prov.get("split_sha256"), "dataset": prov.get("dataset"),
                      "architecture": prov.get("architecture"), "reduction": prov.get("reduction"),
-                     "engine": prov.get("engine"), "layers": mint.spec.layers, "setup": mint.spec.setup,
+                     "engine": prov.get("engine"), "source": prov.get("source"), "layers": mint.spec.layers,
+                     "setup": mint.spec.setup,
                      "classifier": mint.kind, "fraction": mint.record.get("fraction")},
         "mint": {k: v.as_dict() for k, v in membership_metrics(y, score, n_boot=n_boot, seed=seed).items()},
         "loss_threshold": {k: v.as_dict() for k, v in membership_metrics(

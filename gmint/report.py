@@ -79,10 +79,12 @@ def write_report(result: dict[str, object], out_dir: Path) -> list[Path]:
               "Protocol: " + ", ".join(f"{k}={v}" for k, v in result["protocol"].items()), ""]  # type: ignore[union-attr]
     (out_dir / "report.md").write_text("\n".join(lines))
     paths = [out_dir / n for n in ("report.json", "report.md", "scores.csv")]
-    return paths + _roc_plots(np.asarray(scores["membership"]), np.asarray(scores["score"]), out_dir)
+    protocol = result["protocol"]  # type: ignore[index]
+    label = f"{protocol.get('classifier')} MINT on {protocol.get('source', 'gradient')} features"
+    return paths + _roc_plots(np.asarray(scores["membership"]), np.asarray(scores["score"]), out_dir, label)
 
 
-def _roc_plots(membership: np.ndarray, score: np.ndarray, out_dir: Path) -> list[Path]:
+def _roc_plots(membership: np.ndarray, score: np.ndarray, out_dir: Path, label: str) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,7 +95,7 @@ def _roc_plots(membership: np.ndarray, score: np.ndarray, out_dir: Path) -> list
     paths = []
     for name, log in (("roc.png", False), ("roc_log.png", True)):
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.plot(fpr, tpr, label="gMINT")
+        ax.plot(fpr, tpr, label=label)
         ax.plot([1e-4, 1], [1e-4, 1], "--", color="grey", label="chance")
         if log:
             ax.set_xscale("log")
