@@ -16,8 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from gmint.engine import ENGINES, LOSSES, EngineResult, check_auditable
-from gmint.engine.base import predictions
+from gmint.engine import ENGINES, EngineResult, check_auditable
+from gmint.engine.base import per_sample_losses, predictions
 from gmint.reduce import Reduction, parse_reduction
 from gmint.registry import Registry
 
@@ -52,7 +52,7 @@ def activation_source(model: nn.Module, layers: list[str], reduction: Reduction,
         for h in handles:
             h.remove()
     features = {key: reduction(act, key) for key, act in captured.items()}
-    return EngineResult(features, _per_sample_loss(out, y, loss), predictions(out))
+    return EngineResult(features, per_sample_losses(out, y, loss), predictions(out))
 
 
 @SOURCES.register("output")
@@ -82,7 +82,3 @@ def feature_names(source: str, layers: list[str]) -> list[str]:
         return list(OUTPUT_SIGNALS)
     return list(layers)
 
-
-def _per_sample_loss(out: Tensor, y: Tensor, loss: str) -> Tensor:
-    fn = LOSSES.get(loss)
-    return torch.vmap(lambda o, t: fn(o.unsqueeze(0), t.unsqueeze(0)))(out, y)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import vmap
 
 from gmint.errors import UnsupportedModelError
 from gmint.registry import Registry
@@ -49,6 +50,12 @@ def nll(log_probs: Tensor, y: Tensor) -> Tensor:
 def binary_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     """Binary cross-entropy on one logit per sample (B, 1) or (B,), labels 0/1."""
     return F.binary_cross_entropy_with_logits(logits.reshape(-1), y.to(logits.dtype), reduction="sum")
+
+
+def per_sample_losses(outputs: Tensor, y: Tensor, loss: str) -> Tensor:
+    """(B,) each sample's own loss, from a batch of model outputs (the LOSSES are sums over the batch)."""
+    fn = LOSSES.get(loss)
+    return vmap(lambda o, t: fn(o.unsqueeze(0), t.unsqueeze(0)))(outputs, y)
 
 
 def predictions(outputs: Tensor) -> Tensor:

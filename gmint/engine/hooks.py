@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
-from gmint.engine.base import LOSSES, EngineResult, check_auditable, predictions
+from gmint.engine.base import LOSSES, EngineResult, check_auditable, per_sample_losses, predictions
 from gmint.engine.naive import naive_engine
 from gmint.engine.vmap import vmap_engine
 from gmint.reduce import NamedReduction, Reduction
@@ -324,7 +324,7 @@ def hooks_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: T
                 if owners[name][0] == m and name not in fallback:
                     features[name] = _reduce(name, hooked[m], owners[name][2], capture.a.detach(),
                                              capture.zero_grad if g is None else g, reduction, chunk_size)
-        sample_losses = vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(out.detach(), y)
+        sample_losses = per_sample_losses(out.detach(), y, loss)
     if fallback:
         for name, reason in fallback.items():
             _fallback_notice(name, reason)

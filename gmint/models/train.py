@@ -98,7 +98,7 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     meta: dict[str, object] = {
         "arch": arch, "arch_args": {k: v for k, v in arch_args.items() if k != "arch"},
-        "dataset": data.name, "transform": transform.to_dict(), "split": json.loads(_split_json(split)),
+        "dataset": data.name, "transform": transform.to_dict(), "split": asdict(split),
         "split_sha256": split.sha256, "train_config": asdict(config), "num_classes": len(data.classes),
         "classes": list(data.classes), "trained_on": "control" if negative_control else "members",
     }
@@ -191,10 +191,6 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
     if config.schedule == "cosine":
         return lambda epoch: 0.5 * (1 + float(np.cos(np.pi * epoch / config.epochs)))
     return lambda epoch: 1.0
-
-
-def _split_json(split: MembershipSplit) -> str:
-    return json.dumps(asdict(split))
 
 
 def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
