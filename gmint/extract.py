@@ -22,8 +22,10 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.distributed import shard_bounds, shard_path
-from gmint.engine import ENGINES, choose_engine
+from gmint.engine import ENGINES
+from gmint.engine.base import check_chunk_size
 from gmint.engine.memory import max_batch_for_memory
+from gmint.engine.selfcheck import ProvenEngine
 from gmint.errors import InputError
 from gmint.layers import preset_layers, resolve_layers
 from gmint.models.io import AuditedModel
@@ -62,8 +64,9 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         data, rows: the dataset and the rows to extract, with membership and role.
         layers: a layer setup (preset, names or globs) — see `gmint.layers.resolve_layers`.
         reduction: a name in `gmint.reduce.REDUCTIONS`, optionally `name:arg`.
-        engine: a name in `gmint.engine.ENGINES`; `auto` picks `hooks` when every selected parameter is a
-            Linear/Conv2d weight or bias, else `vmap` (the choice is recorded as `engine_used`).
+        engine: a name in `gmint.engine.ENGINES`: where the search starts. The first batch decides the
+            engine that runs (the fastest candidate that agrees with the naive loop on a few of its rows,
+            see `gmint.engine.selfcheck`); the choice and the check are recorded in the provenance.
         source: what the features are — `gradient` (gMINT), `activation` or `output` (see gmint.sources).
         transform: preprocessing; defaults to the one recorded with the audited model.
         seed: seeds seeded reductions; recorded in the store.
@@ -93,16 +96,21 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     names = resolve_layers(model, layers, example)
     reduce = parse_reduction(reduction, seed)
     ENGINES.get(engine)  # unknown engine names fail here, before a store is created
-    # `auto` is resolved once here, not per batch (its choice depends only on the model and the layers).
-    engine_used = choose_engine(model, names) if engine == "auto" else engine
-    if max_memory is not None:
-        fit = max_batch_for_memory(model, names, reduce, example, max_memory, chunk_size=chunk_size)
-        if engine_used in ("vmap", "naive"):
-            chunk_size = min(chunk_size or batch_size, fit)  # vmap's memory scales with the chunk
-        else:
-            batch_size = min(batch_size, fit)
+    check_chunk_size(chunk_size)
+    if batch_size < 1:
+        raise InputError(f"batch size must be a positive number of rows, got {batch_size}")
+    fit = max_batch_for_memory(model, names, reduce, example, max_memory, chunk_size=chunk_size) \
+        if max_memory is not None else None
+    # The engine is chosen on the first batch (see gmint.engine.selfcheck), sized so that any candidate
+    # fits the memory budget: hooks' memory scales with the batch, vmap's with the chunk.
+    probe_batch = min(batch_size, fit) if fit else batch_size
+    probe_chunk = min(chunk_size or batch_size, fit) if fit else chunk_size
     run = SOURCES.get(source)
-    presets = {p: feature_names(source, n) for p, n in preset_layers(model, example).items()}
+    proven = ProvenEngine(engine)
+
+    def load(start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = rows.index[start:start + size]
+        return transform(data.images[idx]).to(device), torch.from_numpy(data.labels[idx]).to(device)
 
     provenance = {
         "gmint_version": gmint.__version__, "torch_version": torch.__version__,
@@ -111,36 +119,47 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         "layers": feature_names(source, names), "parameters": names, "layer_setup": layers, "source": source,
         "layer_shapes": {n: list(p.shape) for n, p in model.named_parameters() if n in names},
         "reduction": reduction, "engine": engine, "loss_function": loss, "dataset": data.name,
-        "engine_used": engine_used, "max_memory": max_memory or 0,
-        "layer_presets": presets,
+        "max_memory": max_memory or 0,
+        "layer_presets": {p: feature_names(source, n) for p, n in preset_layers(model, example).items()},
         "split_sha256": split.sha256 if split else "", "split_seed": split.seed if split else -1,
         "transform": transform.to_dict(), "seed": seed,
         "n_rows": len(rows.index),
         "rows_sha256": rows_sha256(rows),
-        "batch_size": batch_size, "chunk_size": chunk_size or 0, "device": device,
+        "device": device,
         **({"shard": [rank, world_size]} if world_size > 1 else {}),
     }
     out = Path(out)
-    if resume and out.exists():
+    resuming = resume and out.exists()
+    if resuming:
+        with FeatureStore.resume(out, provenance) as store:
+            if store.complete:
+                return out
+            recorded = store.provenance
+    first = run(model, names, reduce, *load(0, probe_batch), engine=proven, loss=loss, chunk_size=probe_chunk)
+    choice = proven.choice
+    engine_used = choice.engine if choice else "none"  # the activation source runs no engine
+    if fit and engine_used in ("vmap", "naive"):
+        chunk_size = probe_chunk
+    elif fit:
+        batch_size = probe_batch
+    chosen = choice.provenance() if choice else {"engine_used": engine_used}
+    provenance.update(batch_size=batch_size, chunk_size=chunk_size or 0, **chosen)
+    resumed_with: dict[str, object] = {}
+    if resuming:
         store = FeatureStore.resume(out, provenance)
+        if recorded.get("engine_used") != engine_used:  # both proven on this model; the record says so
+            resumed_with = {"engine_used": f"{recorded.get('engine_used')}+{engine_used}",
+                            "engine_check_resumed": chosen.get("engine_check", {})}
     else:
-        # A one-row dry run gives every layer's feature width, so the store is laid out before writing.
-        y0 = torch.from_numpy(labels[:1]).to(device)
-        dry = run(model, names, reduce, example, y0, engine=engine_used, loss=loss, chunk_size=chunk_size)
         store = FeatureStore.create(out, overwrite=overwrite, provenance=provenance, chunk_rows=batch_size,
-                                    dims={n: f.shape[1] for n, f in dry.features.items()}, columns={
+                                    dims={n: f.shape[1] for n, f in first.features.items()}, columns={
             "membership": rows.membership, "role": rows.role, "label": labels,
             "sample_id": data.sample_ids[rows.index]})
     with store:
         done = store.done_mask()
         t0 = time.perf_counter()
-        if store.complete:
-            return out
         todo = [s for s in range(0, len(done), batch_size) if not done[s:s + batch_size].all()]
-
-        def load(start: int) -> tuple[torch.Tensor, torch.Tensor]:
-            idx = rows.index[start:start + batch_size]
-            return transform(data.images[idx]).to(device), torch.from_numpy(data.labels[idx]).to(device)
+        reusable = first if probe_batch == batch_size or len(rows.index) <= probe_batch else None
 
         # Two helper threads overlap I/O with the engine: one prepares the next batch, one writes the
         # previous one (torch kernels and HDF5's compression both run outside the GIL for the most part).
@@ -148,11 +167,14 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         with progress_bar(f"extract {engine}/{reduction}", len(done), enabled=show_progress,
                           completed=int(done.sum())) as bar, ThreadPoolExecutor(2) as pool:
             pending: Future[None] | None = None
-            batch = pool.submit(load, todo[0]) if todo else None
+            batch = pool.submit(load, todo[0], batch_size) if todo else None
             for i, start in enumerate(todo):
                 x, y = batch.result()  # type: ignore[union-attr]
-                batch = pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
-                result = run(model, names, reduce, x, y, engine=engine_used, loss=loss, chunk_size=chunk_size)
+                batch = pool.submit(load, todo[i + 1], batch_size) if i + 1 < len(todo) else None
+                if start == 0 and reusable is not None:  # the batch the engine was chosen on
+                    result = reusable
+                else:
+                    result = run(model, names, reduce, x, y, engine=proven, loss=loss, chunk_size=chunk_size)
                 features = {n: f.float().cpu().numpy() for n, f in result.features.items()}
                 if pending is not None:
                     pending.result()
@@ -161,7 +183,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
                 bar.advance(len(y))
             if pending is not None:
                 pending.result()
-        store.mark_complete(extract_seconds=round(time.perf_counter() - t0, 3))
+        store.mark_complete(extract_seconds=round(time.perf_counter() - t0, 3), **resumed_with)
     return out
 
 

@@ -1,8 +1,9 @@
 """Layer setups: which weights' Weight Modifiers are extracted.
 
 A *weight layer* is a module whose `weight` parameter has two or more dimensions (Conv, Linear): the
-layers whose per-sample update gMINT reads. Presets pick them by depth, in forward-execution order
-when an example input is given (registration order can differ, e.g. a ViT head defined first).
+layers whose per-sample update gMINT reads. Presets pick them by depth, in the order the forward pass
+first uses each weight when an example input is given (registration order can differ, e.g. a ViT head
+defined first); a weight the forward never uses is never picked by a preset.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from gmint.errors import UnknownNameError
 from gmint.registry import Registry
+from gmint.tracing import ParameterUses
 
 # A preset chooses parameter names from the ordered list of weight-layer weights.
 Preset = Callable[[list[str]], list[str]]
@@ -46,33 +48,32 @@ def _combined(weights: list[str]) -> list[str]:
 
 
 def weight_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
-    """Names of the `weight` parameters of all weight layers, in forward order when possible."""
-    modules = [(name, m) for name, m in model.named_modules()
-               if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() >= 2]
-    if example_input is not None and not isinstance(model, torch.jit.ScriptModule):  # no hooks on TorchScript
-        modules = _forward_order(model, modules, example_input)
-    return [f"{name}.weight" if name else "weight" for name, _ in modules]
+    """Names of the `weight` parameters of all weight layers, in forward order when possible (weights the
+    forward never uses come last)."""
+    used, unused = _split_by_use(model, example_input)
+    return used + unused
 
 
-def _forward_order(model: nn.Module, modules: list[tuple[str, nn.Module]],
-                   example_input: torch.Tensor) -> list[tuple[str, nn.Module]]:
-    """Sort modules by first call in one forward pass; modules never called keep their place at the end."""
-    first_call: dict[str, int] = {}
+def _weights(model: nn.Module) -> list[str]:
+    """Weight-layer weights in registration order."""
+    return [f"{name}.weight" if name else "weight" for name, m in model.named_modules()
+            if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() >= 2]
 
-    def record(name: str) -> Callable[..., None]:
-        def hook(*_: object) -> None:  # returns None: a forward hook's return value replaces the output
-            first_call.setdefault(name, len(first_call))
-        return hook
 
-    handles = [m.register_forward_hook(record(name)) for name, m in modules]
-    try:
-        with torch.no_grad():
-            model(example_input[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    never = len(modules)
-    return sorted(modules, key=lambda item: first_call.get(item[0], never))
+def _split_by_use(model: nn.Module, example_input: torch.Tensor | None) -> tuple[list[str], list[str]]:
+    """(weights the forward uses, ordered by first use; weights it never uses). A weight is ordered by its
+    own first use, not its module's first call: `nn.MultiheadAttention` uses `out_proj.weight` without ever
+    calling `out_proj`. Without an example input (or for TorchScript, which runs outside Python) every
+    weight counts as used, in registration order."""
+    weights = _weights(model)
+    if example_input is None or isinstance(model, torch.jit.ScriptModule):
+        return weights, []
+    params = dict(model.named_parameters())
+    uses = ParameterUses({n: params[n] for n in weights})
+    with torch.no_grad(), uses:
+        model(example_input[:1])
+    used = sorted(uses.first_use, key=uses.first_use.__getitem__)
+    return used, [n for n in weights if n not in uses.first_use]
 
 
 def resolve_layers(model: nn.Module, setup: str | Sequence[str],
@@ -92,7 +93,7 @@ def resolve_layers(model: nn.Module, setup: str | Sequence[str],
         UnknownNameError: a name or glob that matches no parameter, or a model without weight layers.
     """
     items = [s.strip() for s in setup.split(",")] if isinstance(setup, str) else list(setup)
-    weights = weight_layers(model, example_input)
+    weights, unused = _split_by_use(model, example_input)
     if not weights:
         raise UnknownNameError("the model has no weight layers (Conv/Linear) to audit")
     params = dict(model.named_parameters())
@@ -109,7 +110,7 @@ def resolve_layers(model: nn.Module, setup: str | Sequence[str],
                     f"layer '{item}' matches no parameter; use a preset {LAYER_PRESETS.names()} or a "
                     f"parameter name such as {weights[0]!r} (see `gmint layers`)")
             chosen += matches
-    order = {n: i for i, n in enumerate(weights)}
+    order = {n: i for i, n in enumerate(weights + unused)}
     names = list(dict.fromkeys(chosen))
     return sorted(names, key=lambda n: order.get(n, len(order)))
 
@@ -117,5 +118,5 @@ def resolve_layers(model: nn.Module, setup: str | Sequence[str],
 def preset_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> dict[str, list[str]]:
     """Every preset's parameter names for this model; stores record it so a MINT classifier can pick
     `entry`, `middle`, ... out of a store extracted with more layers."""
-    weights = weight_layers(model, example_input)
+    weights, _ = _split_by_use(model, example_input)
     return {name: LAYER_PRESETS.get(name)(weights) for name in LAYER_PRESETS.names()} if weights else {}

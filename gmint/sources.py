@@ -16,8 +16,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from gmint.engine import ENGINES, EngineResult, check_auditable
-from gmint.engine.base import per_sample_losses, predictions
+from gmint.engine import Engine, EngineResult, auto_engine, check_auditable
+from gmint.engine.base import per_sample_losses, predictions, sample_mixing_modules
+from gmint.errors import UnsupportedModelError
 from gmint.reduce import Reduction, parse_reduction
 from gmint.registry import Registry
 
@@ -28,16 +29,19 @@ OUTPUT_SIGNALS = ("loss", "confidence", "entropy", "grad_norm")
 
 @SOURCES.register("gradient")
 def gradient_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
-                    engine: str = "auto", loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+                    engine: Engine = auto_engine, loss: str = "cross_entropy",
+                    chunk_size: int | None = 64) -> EngineResult:
     """Reduced Weight Modifiers (gMINT)."""
-    return ENGINES.get(engine)(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+    return engine(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
 
 
 @SOURCES.register("activation")
 def activation_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
-                      engine: str = "auto", loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+                      engine: Engine = auto_engine, loss: str = "cross_entropy",
+                      chunk_size: int | None = 64) -> EngineResult:
     """Reduced output activations of the modules owning `layers` (activation-MINT)."""
     check_auditable(model, layers)
+    _refuse_sample_mixing(model)
     modules = dict(model.named_modules())
     captured: dict[str, Tensor] = {}
     handles = []
@@ -57,9 +61,11 @@ def activation_source(model: nn.Module, layers: list[str], reduction: Reduction,
 
 @SOURCES.register("output")
 def output_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
-                  engine: str = "auto", loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+                  engine: Engine = auto_engine, loss: str = "cross_entropy",
+                  chunk_size: int | None = 64) -> EngineResult:
     """Loss, confidence, entropy and Weight-Modifier norm, one column each (threshold baselines)."""
-    grads = ENGINES.get(engine)(model, layers, parse_reduction("l2"), x, y, loss=loss, chunk_size=chunk_size)
+    _refuse_sample_mixing(model)
+    grads = engine(model, layers, parse_reduction("l2"), x, y, loss=loss, chunk_size=chunk_size)
     with torch.no_grad():
         out = model(x)
     probs = torch.softmax(out, dim=-1)
@@ -67,6 +73,13 @@ def output_source(model: nn.Module, layers: list[str], reduction: Reduction, x: 
     grad_norm = torch.sqrt(sum(g.pow(2).sum(dim=1) for g in grads.features.values()))
     columns = {"loss": grads.loss, "confidence": probs.amax(dim=-1), "entropy": entropy, "grad_norm": grad_norm}
     return EngineResult({k: v.reshape(-1, 1) for k, v in columns.items()}, grads.loss, grads.pred)
+
+
+def _refuse_sample_mixing(model: nn.Module) -> None:
+    """Sources that read a whole batch's forward pass cannot serve a model whose samples mix in it."""
+    if mixing := sample_mixing_modules(model):
+        raise UnsupportedModelError(f"{', '.join(mixing[:3])} mix samples in eval mode (BatchNorm without running "
+                                    "statistics): this source reads a batched forward pass; use the gradient source")
 
 
 def activation_name(parameter: str) -> str:

@@ -107,9 +107,9 @@ def test_auto_engine_takes_the_naive_loop_for_torchscript() -> None:
     from gmint.engine import choose_engine
 
     model, x, y = PROBLEMS[1].make()
-    layers = resolve_layers(model, "combined", x)
-    assert choose_engine(model, layers) == "hooks"
-    assert choose_engine(torch.jit.script(model), layers) == "naive"
+    layers, mean = resolve_layers(model, "combined", x), parse_reduction("mean")
+    assert choose_engine(model, layers, mean, x, y)[0].engine == "hooks"
+    assert choose_engine(torch.jit.script(model), layers, mean, x, y)[0].engine == "naive"
     got = ENGINES.get("auto")(torch.jit.script(model), layers, parse_reduction("mean"), x, y)
     ref = ENGINES.get("naive")(model, layers, parse_reduction("mean"), x, y)
     for name in layers:

@@ -241,8 +241,8 @@ def test_auto_takes_vmap_for_unsupported_layers_and_hooks_otherwise() -> None:
         warnings.simplefilter("error", HooksFallbackWarning)
         got = ENGINES.get("auto")(model, ["norm.weight", "head.weight"], reduce, x, y)
         fast = ENGINES.get("auto")(model, ["head.weight", "head.bias"], reduce, x, y)
-    assert choose_engine(model, ["norm.weight", "head.weight"]) == "vmap"
-    assert choose_engine(model, ["head.weight", "head.bias"]) == "hooks"
+    assert choose_engine(model, ["norm.weight", "head.weight"], reduce, x, y)[0].engine == "vmap"
+    assert choose_engine(model, ["head.weight", "head.bias"], reduce, x, y)[0].engine == "hooks"
     ref = ENGINES.get("naive")(model, ["norm.weight", "head.weight", "head.bias"], reduce, x, y)
     _assert_same(got.features, {n: ref.features[n] for n in ["norm.weight", "head.weight"]})
     _assert_same(fast.features, {n: ref.features[n] for n in ["head.weight", "head.bias"]})

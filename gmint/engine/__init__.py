@@ -1,8 +1,9 @@
 """Weight Modifier engines, by name. Every engine has the signature of `vmap_engine`.
 
-`vmap` is the reference (exact for any model), `naive` the ground truth for tests, `hooks` the fast path
-for Linear/Conv2d layers (falls back to `vmap` per layer), `auto` picks `hooks` when every selected
-parameter is a Linear/Conv2d weight or bias and `vmap` otherwise.
+`vmap` is the reference (exact for any model torch.func can run), `naive` the definition (the model run
+on each sample alone), `hooks` the fast path for Linear/Conv2d layers (falls back to `vmap` per layer where
+its conditions fail on the model), `auto` the fastest of them that agrees with the naive loop on the batch
+(see `selfcheck`; an extraction chooses once, on its first batch, with `choose_engine`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gmint.engine.base import LOSSES, EngineResult, check_auditable
-from gmint.engine.hooks import auto_engine, choose_engine, hooks_engine
+from gmint.engine.hooks import hooks_engine
 from gmint.engine.naive import naive_engine
+from gmint.engine.selfcheck import EngineChoice, auto_engine, choose_engine
 from gmint.engine.vmap import vmap_engine
 from gmint.registry import Registry
 
@@ -22,5 +24,5 @@ ENGINES.register("naive")(naive_engine)
 ENGINES.register("hooks")(hooks_engine)
 ENGINES.register("auto")(auto_engine)
 
-__all__ = ["ENGINES", "LOSSES", "Engine", "EngineResult", "auto_engine", "check_auditable", "choose_engine",
-           "hooks_engine", "naive_engine", "vmap_engine"]
+__all__ = ["ENGINES", "LOSSES", "Engine", "EngineChoice", "EngineResult", "auto_engine", "check_auditable",
+           "choose_engine", "hooks_engine", "naive_engine", "vmap_engine"]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 
-from gmint.errors import UnsupportedModelError
+from gmint.errors import InputError, UnsupportedModelError
 from gmint.registry import Registry
 
 
@@ -63,6 +65,48 @@ def predictions(outputs: Tensor) -> Tensor:
     if outputs.dim() == 1 or outputs.shape[-1] == 1:
         return (outputs.reshape(-1) > 0).long()
     return outputs.argmax(dim=-1)
+
+
+def labels(y: Tensor) -> Tensor:
+    """(B,) class labels as int64, whatever integer type they came in (uint8 from image readers, int32)."""
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise InputError(f"labels must be integers, got {y.dtype}")
+    return y.long()
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+    """`chunk_size` is a positive number of samples, or None for the whole batch at once."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
+        raise InputError(f"chunk size must be a positive number of samples, got {chunk_size}")
+
+
+def sample_mixing_modules(model: nn.Module) -> list[str]:
+    """Modules whose output for one sample depends on its batch-mates even in eval mode: BatchNorm
+    without running statistics normalises with the batch's own. Engines that run a whole batch at once
+    (hooks, the activation and output sources) would store every row's value for the wrong input."""
+    return [name or type(model).__name__ for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None]
+
+
+@contextmanager
+def model_unchanged(model: nn.Module) -> Iterator[None]:
+    """Leave the user's model exactly as it was: every module's parameter and buffer slots are put back
+    afterwards. `functional_call` swaps tensors in and out of modules, and with a module registered under
+    two names it restores a plain tensor in place of the Parameter (torch 2.x), silently freezing it."""
+    if isinstance(model, torch.jit.ScriptModule):  # nothing swaps a TorchScript model's tensors
+        yield
+        return
+    slots = [(m, dict(m._parameters), dict(m._buffers)) for _, m in model.named_modules(remove_duplicate=False)]
+    try:
+        yield
+    finally:
+        for module, parameters, buffers in slots:
+            for name, value in parameters.items():
+                if module._parameters.get(name) is not value:
+                    module._parameters[name] = value
+            for name, value in buffers.items():
+                if module._buffers.get(name) is not value:
+                    module._buffers[name] = value
 
 
 def check_auditable(model: nn.Module, layers: list[str]) -> None:

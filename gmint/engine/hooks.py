@@ -18,11 +18,20 @@ interact, so the gradient of the summed loss w.r.t. a sample's own output is tha
 - Every other (layer, reduction) pair — abs_mean, std, max, flat, project:<d>, user reductions —
   materialises that layer's WM only, batched (einsum), `chunk_size` samples at a time.
 
-Output gradients are taken at each layer's gradient edge recorded when it ran, so an in-place op on the
-output afterwards (ReLU(inplace=True)) cannot change them. Captured inputs are checked with version
-counters. Parameters that are not a Linear/Conv2d weight or bias, or whose layer's input was modified in
-place, ran more than once, or lacked the batch on dim 0, are computed by the `vmap` engine (one warning
-per layer). Not detected: a Linear/Conv2d weight also used functionally elsewhere in the forward.
+The formulas hold under conditions `plan_hooks` checks on the model at hand, with two small probe
+batches: each selected parameter is a Linear/Conv2d weight or bias used exactly once, by its own module
+(a weight also used functionally elsewhere is not); the module runs once per forward with the batch on
+dimension 0 of its input and output (found by running two batch sizes, so a sequence-first layout whose
+length happens to equal the batch is not mistaken for it); no module mixes samples in eval mode
+(BatchNorm without running statistics) and no global forward hook may rewrite outputs. Parameters that
+fail are computed by the `vmap` engine (one warning each); a model that mixes samples is handed to it
+whole. Per batch, output gradients are taken at each layer's gradient edge recorded before any user
+forward hook ran (our capture hook is prepended), so hooks that replace the output and in-place ops on it
+afterwards (ReLU(inplace=True)) cannot change them; captured inputs are checked with version counters.
+
+Reductions that cancel (MEAN, and L2 by the Gram trick) are accumulated in float64 from the layer's own
+float32 inputs and output gradients, so their error stays at the naive loop's level, not above it where a
+filter's mean is small beside its entries.
 """
 
 from __future__ import annotations
@@ -38,10 +47,20 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.func import functional_call
 
-from gmint.engine.base import LOSSES, EngineResult, check_auditable, per_sample_losses, predictions
-from gmint.engine.naive import naive_engine
+from gmint.engine.base import (
+    LOSSES,
+    EngineResult,
+    check_auditable,
+    check_chunk_size,
+    labels,
+    model_unchanged,
+    per_sample_losses,
+    predictions,
+    sample_mixing_modules,
+)
 from gmint.engine.vmap import vmap_engine
 from gmint.reduce import NamedReduction, Reduction
+from gmint.tracing import ParameterUses
 
 
 class HooksFallbackWarning(UserWarning):
@@ -71,6 +90,8 @@ BATCHED: dict[type[nn.Module], Callable[[Tensor], bool]] = {
 }
 
 Fn = TypeVar("Fn", bound=Callable)
+# Where a reduction sums terms that cancel, it is accumulated in this type (see the module docstring).
+ACCUMULATE = torch.float64
 
 
 def _register(table: dict[tuple[type[nn.Module], str], Fn], layer_type: type[nn.Module],
@@ -103,8 +124,9 @@ def _linear_bias(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
 
 @_register(HOOK_REDUCERS, nn.Linear, "mean")
 def _linear_mean(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
-    """(B, O) = Σ_t g_to · mean_i(a_ti)."""
-    return torch.einsum("bto,bt->bo", _tokens(g), _tokens(a).mean(dim=-1))
+    """(B, O) = Σ_t g_to · mean_i(a_ti), accumulated in float64."""
+    wide = torch.einsum("bto,bt->bo", _tokens(g).to(ACCUMULATE), _tokens(a).mean(dim=-1, dtype=ACCUMULATE))
+    return wide.to(g.dtype)
 
 
 @_register(HOOK_REDUCERS, nn.Linear, "l2")
@@ -114,8 +136,9 @@ def _linear_l2(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor | None:
     tokens, inputs, outputs = a.shape[1], a.shape[2], g.shape[2]
     if tokens * (inputs + outputs) >= inputs * outputs:
         return None
+    a, wide = a.to(ACCUMULATE), g.to(ACCUMULATE)
     gram = a @ a.transpose(1, 2)                                   # (B, T, T)
-    return ((gram @ g) * g).sum(dim=1).clamp_min(0).sqrt()
+    return ((gram @ wide) * wide).sum(dim=1).clamp_min(0).sqrt().to(g.dtype)
 
 
 @_register(DEGENERATE, nn.Linear, "mean")
@@ -165,13 +188,15 @@ def _conv2d_bias(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
 
 @_register(HOOK_REDUCERS, nn.Conv2d, "mean")
 def _conv2d_mean(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
-    """(B, F) = Σ_p g_fp · (window average of the group's channel-mean input)_p."""
+    """(B, F) = Σ_p g_fp · (window average of the group's channel-mean input)_p, accumulated in float64."""
     batch, groups = a.shape[0], layer.groups
-    m, padding = _conv_padded(layer, a.reshape(batch, groups, -1, *a.shape[2:]).mean(dim=2))
+    m = a.reshape(batch, groups, -1, *a.shape[2:]).mean(dim=2, dtype=ACCUMULATE)
+    m, padding = _conv_padded(layer, m)
     kh, kw = layer.kernel_size
     window = m.new_full((groups, 1, kh, kw), 1.0 / (kh * kw))
     m = F.conv2d(m, window, None, layer.stride, padding, layer.dilation, groups)   # (B, G, Ho, Wo)
-    return torch.einsum("bgfp,bgp->bgf", _per_group(layer, g), m.flatten(2)).reshape(batch, -1)
+    wide = torch.einsum("bgfp,bgp->bgf", _per_group(layer, g).to(ACCUMULATE), m.flatten(2))
+    return wide.reshape(batch, -1).to(g.dtype)
 
 
 @_register(HOOK_REDUCERS, nn.Conv2d, "l2")
@@ -182,9 +207,9 @@ def _conv2d_l2(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor | None:
     rows = layer.weight[0].numel()                                   # C_g·kh·kw
     if positions * (rows + filters) >= filters * rows:
         return None
-    u = _unfold(layer, a)
+    u, wide = _unfold(layer, a.to(ACCUMULATE)), g.to(ACCUMULATE)
     gram = u.transpose(2, 3) @ u                                      # (B, G, P, P)
-    return ((g @ gram) * g).sum(dim=3).clamp_min(0).sqrt().reshape(a.shape[0], -1)
+    return ((wide @ gram) * wide).sum(dim=3).clamp_min(0).sqrt().reshape(a.shape[0], -1).to(g.dtype)
 
 
 def unsupported_parameters(model: nn.Module, layers: list[str]) -> dict[str, str]:
@@ -212,6 +237,11 @@ def _owners(model: nn.Module) -> dict[str, tuple[str, nn.Module, str]]:
             for attr, _ in module.named_parameters(recurse=False)}
 
 
+def _layer_input(args: tuple, kwargs: dict) -> Tensor:
+    """A Linear/Conv2d's input, passed positionally or as `input=`."""
+    return args[0] if args else kwargs["input"]
+
+
 @dataclass
 class Capture:
     """What one selected layer saw in the forward pass."""
@@ -225,7 +255,7 @@ class Capture:
     out_version: int = 0
 
     def problem(self, layer: nn.Module, batch: int) -> str | None:
-        """Why the hook formulas would be wrong for this layer, or None."""
+        """Why the hook formulas would be wrong for this layer in this batch, or None."""
         if self.calls != 1:
             return f"it ran {self.calls} times in one forward pass"
         assert self.a is not None
@@ -249,33 +279,125 @@ class Capture:
         self.view_out, self.out_version = (out if out._is_view() else None), out._version
 
 
-def _requires_grad_input(module: nn.Module, args: tuple) -> tuple | None:
+def _requires_grad_input(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     """Forward pre-hook: give a selected layer an input that requires grad, so its output has a gradient
     edge while every parameter stays detached (no graph upstream, no parameter gradients)."""
-    a = args[0]
-    if torch.is_grad_enabled() and a.is_floating_point() and not a.requires_grad:
-        return (a.detach().requires_grad_(), *args[1:])
-    return None
+    a = _layer_input(args, kwargs)
+    if not (torch.is_grad_enabled() and a.is_floating_point() and not a.requires_grad):
+        return None
+    a = a.detach().requires_grad_()
+    return ((a, *args[1:]), kwargs) if args else (args, {**kwargs, "input": a})
 
 
 def traced_forward(model: nn.Module, modules: dict[str, nn.Module], captures: dict[str, Capture],
-                   x: Tensor) -> Tensor:
+                   x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
     """The model's output, every parameter detached, recording each of `modules` into `captures`.
 
     Autograd records from the first of `modules` on only: the graph of a plain backward to those
-    layers, without parameter gradients.
+    layers, without parameter gradients. The capture hook runs before any forward hook of the user's
+    (which may replace the output), so it records the layer's own output.
+
+    Args:
+        params: the detached parameters to run with (default: the model's own, detached).
     """
     handles = []
     for module_name, module in modules.items():
-        handles.append(module.register_forward_pre_hook(_requires_grad_input))
+        handles.append(module.register_forward_pre_hook(_requires_grad_input, with_kwargs=True))
         handles.append(module.register_forward_hook(
-            lambda m, args, out, capture=captures[module_name]: capture.record(args[0], out)))
+            lambda m, args, kwargs, out, capture=captures[module_name]: capture.record(
+                _layer_input(args, kwargs), out), with_kwargs=True, prepend=True))
+    if params is None:
+        params = {n: p.detach() for n, p in model.named_parameters()}
     try:
-        return functional_call(model, {n: p.detach() for n, p in model.named_parameters()}, (x,),
-                               strict=False)
+        with model_unchanged(model):
+            return functional_call(model, params, (x,), strict=False)
     finally:
         for h in handles:
             h.remove()
+
+
+@dataclass(frozen=True)
+class HooksPlan:
+    """What the hook formulas may compute on one model: the selected parameters that must come from the
+    `vmap` engine instead (with why), or, when the whole model breaks a condition, why hooks cannot run."""
+
+    fallback: dict[str, str]
+    unusable: str | None = None
+
+
+def _probe(model: nn.Module, modules: dict[str, nn.Module], layers: list[str], x: Tensor
+           ) -> tuple[dict[str, Capture], ParameterUses]:
+    """One traced forward of `x` watching the selected parameters' uses."""
+    owners = _owners(model)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    running: set[int] = set()
+    handles = []
+    for module in modules.values():
+        handles.append(module.register_forward_pre_hook(lambda m, args: running.add(id(m))))
+        handles.append(module.register_forward_hook(lambda m, args, out: running.discard(id(m)), always_call=True))
+    uses = ParameterUses({n: params[n] for n in layers}, lambda n: id(owners[n][1]) in running)
+    captures = {name: Capture() for name in modules}
+    try:
+        with torch.enable_grad(), uses:
+            traced_forward(model, modules, captures, x, params)
+    finally:
+        for h in handles:
+            h.remove()
+    return captures, uses
+
+
+def _batch_pair(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Two batches of different sizes (2 and 3 samples) from `x`, repeating samples if it has fewer."""
+    index = torch.arange(3, device=x.device) % len(x)
+    return x[index[:2]], x[index]
+
+
+def plan_hooks(model: nn.Module, layers: list[str], x: Tensor) -> HooksPlan:
+    """Check the conditions the hook formulas need on this model, with two probe batches drawn from `x`.
+
+    Returns:
+        The parameters to compute with `vmap` and why; `unusable` when no parameter may use the formulas
+        (samples mix, or global forward hooks may rewrite any output).
+    """
+    mixing = sample_mixing_modules(model)
+    if mixing:
+        return HooksPlan({}, f"{', '.join(mixing[:3])} mix samples in eval mode (BatchNorm without running "
+                             "statistics), so a batch's Weight Modifiers differ from each sample's own")
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return HooksPlan({}, "global module forward hooks are registered and may rewrite any layer's output")
+    owners = _owners(model)
+    fallback = unsupported_parameters(model, layers)
+    hooked = {owners[n][0]: owners[n][1] for n in layers if n not in fallback}
+    if not hooked:
+        return HooksPlan(fallback)
+    small, large = _batch_pair(x)
+    (shapes_small, _), (shapes_large, uses) = _probe(model, hooked, layers, small), \
+        _probe(model, hooked, layers, large)
+    for name in layers:
+        if name in fallback:
+            continue
+        module_name, module, _ = owners[name]
+        a, b = shapes_small[module_name], shapes_large[module_name]
+        if a.calls != 1 or b.calls != 1:
+            fallback[name] = f"it ran {b.calls} times in one forward pass"
+        elif not _batch_first(a, b, 2, 3):
+            assert a.a is not None and b.a is not None
+            fallback[name] = (f"its input {tuple(a.a.shape)} / {tuple(b.a.shape)} at batch 2 / 3 does not carry "
+                              "the batch on dimension 0 alone")
+        elif uses.foreign[name] or uses.own[name] != 1:
+            outside = ", ".join(dict.fromkeys(uses.foreign[name])) or "none"
+            fallback[name] = (f"the parameter is used {uses.own[name]} time(s) by {module_name} and also outside "
+                              f"it ({outside})")
+    return HooksPlan(fallback)
+
+
+def _batch_first(small: Capture, large: Capture, n_small: int, n_large: int) -> bool:
+    """The layer's input and output have the batch on dimension 0 and nowhere else: shapes (n, *rest)
+    with the same rest at both batch sizes."""
+    if small.a is None or large.a is None or small.zero_grad is None or large.zero_grad is None:
+        return False
+    pairs = [(small.a.shape, large.a.shape), (small.zero_grad.shape, large.zero_grad.shape)]
+    return all(len(s) >= 1 and s[0] == n_small and b[0] == n_large and s[1:] == b[1:] for s, b in pairs)
 
 
 def _fallback_notice(name: str, reason: str) -> None:
@@ -284,22 +406,32 @@ def _fallback_notice(name: str, reason: str) -> None:
 
 
 def hooks_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
-                 loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+                 loss: str = "cross_entropy", chunk_size: int | None = 64,
+                 plan: HooksPlan | None = None) -> EngineResult:
     """Same contract as `vmap_engine`: reduced per-sample Weight Modifiers of `layers` for (x, y).
 
     Args:
         model: audited model in eval mode.
-        layers: parameter names; Linear/Conv2d weights and biases take the fast path, others `vmap`.
+        layers: parameter names; Linear/Conv2d weights and biases take the fast path where `plan_hooks`
+            allows it, others `vmap`.
         reduction: a `NamedReduction` (from `parse_reduction`) enables the exact shortcuts for its name;
             any other callable is applied to materialised Weight Modifiers.
         x: (B, ...) inputs; y: (B,) labels.
         loss: name in LOSSES (summed over the batch; samples do not interact in eval mode).
         chunk_size: samples per materialised Weight Modifier block (and per vmap chunk in fallbacks).
+        plan: the result of `plan_hooks` for this model and layers (an extraction plans once); planned
+            here when not given.
     """
     check_auditable(model, layers)
+    check_chunk_size(chunk_size)
+    y = labels(y)
+    plan = plan or plan_hooks(model, layers, x)
+    if plan.unusable:
+        _fallback_notice(", ".join(layers), plan.unusable)
+        return vmap_engine(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
     loss_fn = LOSSES.get(loss)
     owners = _owners(model)
-    fallback = unsupported_parameters(model, layers)
+    fallback = dict(plan.fallback)
     hooked = {owners[n][0]: owners[n][1] for n in layers if n not in fallback}
     captures = {module_name: Capture() for module_name in hooked}
     with torch.enable_grad():
@@ -347,19 +479,3 @@ def _reduce(name: str, layer: nn.Module, kind: str, a: Tensor, g: Tensor, reduct
     step = chunk_size or len(a)
     return torch.cat([reduction(gradient(layer, a[i:i + step], g[i:i + step]), name)
                       for i in range(0, len(a), step)])
-
-
-def choose_engine(model: nn.Module, layers: list[str]) -> str:
-    """`hooks` when every selected parameter is a Linear/Conv2d weight or bias, else `vmap`: one vmap pass
-    is faster than hooks plus a vmap fallback, whose cost barely depends on how many layers it covers.
-    TorchScript models take `naive`, the only engine that can differentiate them per sample."""
-    if isinstance(model, torch.jit.ScriptModule):
-        return "naive"
-    return "vmap" if unsupported_parameters(model, layers) else "hooks"
-
-
-def auto_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
-                loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
-    """The engine `choose_engine` picks for these layers (same contract as `vmap_engine`)."""
-    engine = {"hooks": hooks_engine, "vmap": vmap_engine, "naive": naive_engine}[choose_engine(model, layers)]
-    return engine(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)

@@ -10,7 +10,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from gmint.engine.base import LOSSES, EngineResult, check_auditable, predictions
+from gmint.engine.base import (
+    LOSSES,
+    EngineResult,
+    check_auditable,
+    check_chunk_size,
+    labels,
+    model_unchanged,
+    predictions,
+)
 from gmint.errors import UnsupportedModelError
 from gmint.reduce import Reduction
 
@@ -28,6 +36,8 @@ def vmap_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Te
         chunk_size: samples per vmap call (bounds memory); None for the whole batch at once.
     """
     check_auditable(model, layers)
+    check_chunk_size(chunk_size)
+    y = labels(y)
     if isinstance(model, torch.jit.ScriptModule):
         raise UnsupportedModelError("torch.func cannot run TorchScript models; use --engine naive for them "
                                     "(or load the model from its Python code with --arch)")
@@ -45,7 +55,7 @@ def vmap_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Te
     losses, preds = [], []
     # Outer no_grad: frozen parameters read from the module must not build an autograd graph;
     # torch.func.grad tracks the selected ones regardless.
-    with torch.no_grad():
+    with torch.no_grad(), model_unchanged(model):
         for start in range(0, len(x), step):
             grads, (sample_losses, outputs) = per_sample(params, x[start:start + step], y[start:start + step])
             for name in layers:

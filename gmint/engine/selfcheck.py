@@ -1,0 +1,242 @@
+"""The engine an extraction runs: the fastest one that proves itself on the model at hand.
+
+Candidates are tried fastest first (`hooks`, then `vmap`, then the naive loop). Each computes the first
+batch; a few of its rows (the first, the last and the highest-loss ones, where cancellation bites) are
+recomputed by the naive loop — the definition of a Weight Modifier: the gradient of one sample's loss
+with the model run on that sample alone — and compared. The first candidate that agrees computes every
+batch; one that disagrees or fails is passed over with one warning line. The trials are recorded in the
+store's provenance.
+
+Agreement is measured per checked row and layer as ‖got − ref‖ / (‖ref‖ + ‖WM‖), with WM the row's full,
+unreduced Weight Modifier: a reduction that cancels (MEAN of a filter whose entries sum to almost nothing)
+is judged against the size of what it summed, not against its own rounding noise. The tolerance is
+√ε of the features' dtype (3.5e-4 in float32, 1.5e-8 in float64), far above rounding and far below the
+40-130% a wrong formula gives.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from gmint.engine.base import EngineResult, labels
+from gmint.engine.hooks import HooksPlan, hooks_engine, plan_hooks
+from gmint.engine.naive import naive_engine, naive_gradients
+from gmint.engine.vmap import vmap_engine
+from gmint.errors import InputError, UnknownNameError, UnsupportedModelError
+from gmint.reduce import Reduction
+
+# Which engines a request may end up on, fastest first; the naive loop is the definition and ends every list.
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "auto": ("hooks", "vmap", "naive"),
+    "hooks": ("hooks", "vmap", "naive"),
+    "vmap": ("vmap", "naive"),
+    "naive": ("naive",),
+}
+CHECK_ROWS = 4
+
+
+class EngineCheckWarning(UserWarning):
+    """An engine disagreed with the naive loop on the first batch (or failed) and was passed over."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One candidate's self-check: its worst relative error on the checked rows (None when it failed to
+    run or was not checked) and, when it was passed over, why."""
+
+    engine: str
+    passed: bool
+    max_error: float | None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine that computes every batch of an extraction, and the evidence for it."""
+
+    requested: str
+    engine: str
+    rows: tuple[int, ...]
+    tolerance: float
+    trials: tuple[Trial, ...]
+    hooks_plan: HooksPlan | None = None
+    fallbacks: dict[str, str] = field(default_factory=dict)
+
+    def run(self, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+            loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+        """One batch on the chosen engine (hooks with the plan made when it was chosen)."""
+        if self.engine == "hooks":
+            return hooks_engine(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size,
+                                plan=self.hooks_plan)
+        return _ENGINES[self.engine](model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+
+    def provenance(self) -> dict[str, object]:
+        """The record a store keeps: which engine ran, which were tried, how well each agreed."""
+        trials = [{**vars(t), "max_error": t.max_error if t.max_error is not None and math.isfinite(t.max_error)
+                   else None} for t in self.trials]
+        return {"engine_used": self.engine, "engine_fallbacks": self.fallbacks,
+                "engine_check": {"reference": "naive", "rows": list(self.rows), "tolerance": self.tolerance,
+                                 "trials": trials}}
+
+
+_ENGINES: dict[str, Callable[..., EngineResult]] = {"vmap": vmap_engine, "naive": naive_engine}
+
+
+def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+                  requested: str = "auto", loss: str = "cross_entropy", chunk_size: int | None = 64,
+                  check_rows: int = CHECK_ROWS) -> tuple[EngineChoice, EngineResult]:
+    """Try the candidates for `requested` on the batch (x, y) and keep the first that agrees with the
+    naive loop on `check_rows` of its rows.
+
+    Returns:
+        The choice, and the chosen engine's result for (x, y) (an extraction writes it as its first batch).
+
+    Raises:
+        UnsupportedModelError: the naive loop itself cannot run the model on one sample.
+    """
+    if requested not in CANDIDATES:
+        raise UnknownNameError(f"unknown engine '{requested}'; choose from {sorted(CANDIDATES)}")
+    y = labels(y)
+    candidates = CANDIDATES[requested]
+    if isinstance(model, torch.jit.ScriptModule):  # torch.func and module hooks cannot run TorchScript
+        candidates = ("naive",)
+    plan = plan_hooks(model, layers, x) if "hooks" in candidates else None
+    if requested == "auto" and plan is not None and (plan.unusable or plan.fallback):
+        # One vmap pass is faster than hooks plus a vmap fallback, whose cost barely depends on how many
+        # parameters it covers.
+        candidates = candidates[1:]
+    trials: list[Trial] = []
+    reference: _Reference | None = None
+    rows: tuple[int, ...] = ()
+    tolerance = 0.0
+    for position, engine in enumerate(candidates):
+        last = position == len(candidates) - 1
+        try:
+            result = _run(engine, plan, model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+        except InputError:
+            raise
+        except Exception as exc:
+            if last:
+                raise UnsupportedModelError(f"the {engine} engine cannot run this model: "
+                                            f"{_one_line(exc)}") from exc
+            trials.append(Trial(engine, False, None, f"failed: {_one_line(exc)}"))
+            _notice(engine, candidates[position + 1], trials[-1].note)
+            continue
+        if engine == "naive":
+            trials.append(Trial(engine, True, 0.0, "the definition"))
+        else:
+            if reference is None:
+                rows = _check_rows(result.loss, check_rows)
+                reference = _Reference.compute(model, layers, reduction, x[list(rows)], y[list(rows)], loss)
+                tolerance = math.sqrt(torch.finfo(reference.dtype).eps)
+            error = reference.error(result, rows)
+            passed = error <= tolerance
+            trials.append(Trial(engine, passed, error,
+                                "" if passed else f"differs from the naive loop by {error:.2g} (tolerance "
+                                                  f"{tolerance:.2g})"))
+            if not passed:
+                _notice(engine, candidates[position + 1], trials[-1].note)
+                continue
+        fallbacks = dict(plan.fallback) if engine == "hooks" and plan is not None else {}
+        return EngineChoice(requested, engine, rows, tolerance, tuple(trials),
+                            plan if engine == "hooks" else None, fallbacks), result
+    raise AssertionError("the naive loop ends every candidate list")  # pragma: no cover
+
+
+def _run(engine: str, plan: HooksPlan | None, model: nn.Module, layers: list[str], reduction: Reduction,
+         x: Tensor, y: Tensor, *, loss: str, chunk_size: int | None) -> EngineResult:
+    if engine == "hooks":
+        return hooks_engine(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size, plan=plan)
+    return _ENGINES[engine](model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+
+
+def _check_rows(losses: Tensor, count: int) -> tuple[int, ...]:
+    """The first and last rows and the highest-loss ones, at most `count`, in order."""
+    order = torch.argsort(torch.nan_to_num(losses.detach().float().cpu(), nan=-math.inf), descending=True)
+    chosen = list(dict.fromkeys([0, len(losses) - 1, *order.tolist()]))[:count]
+    return tuple(sorted(chosen))
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The naive loop's reduced features, losses and full Weight Modifier norms for the checked rows."""
+
+    features: dict[str, Tensor]
+    wm_norms: dict[str, Tensor]
+    loss: Tensor
+    dtype: torch.dtype
+
+    @classmethod
+    def compute(cls, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor,
+                loss: str) -> _Reference:
+        try:
+            grads, losses, _ = naive_gradients(model, layers, x, y, loss=loss)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise UnsupportedModelError(f"the model cannot be run on one sample alone, so its per-sample "
+                                        f"Weight Modifiers are not defined: {_one_line(exc)}") from exc
+        dtype = next(iter(grads.values())).dtype
+        with torch.no_grad():
+            return cls({n: reduction(g, n) for n, g in grads.items()},
+                       {n: g.flatten(1).double().norm(dim=1) for n, g in grads.items()}, losses, dtype)
+
+    def error(self, result: EngineResult, rows: tuple[int, ...]) -> float:
+        """Worst relative error of `result`'s checked rows against this reference."""
+        worst = _relative(result.loss[list(rows)].unsqueeze(1), self.loss.unsqueeze(1),
+                          self.loss.double().abs() + 1.0)
+        for name, ref in self.features.items():
+            got = result.features[name][list(rows)]
+            scale = ref.flatten(1).double().norm(dim=1) + self.wm_norms[name]
+            worst = max(worst, _relative(got, ref, scale))
+        return worst
+
+
+def _relative(got: Tensor, ref: Tensor, scale: Tensor) -> float:
+    """max over rows of ‖got − ref‖ / scale; rows non-finite in both count as equal, in one as inf."""
+    got, ref = got.detach().flatten(1).double().cpu(), ref.detach().flatten(1).double().cpu()
+    scale = scale.detach().double().cpu().nan_to_num(nan=0.0, posinf=0.0)
+    finite = ref.isfinite()
+    diff = (got.where(finite, 0.0) - ref.where(finite, 0.0)).norm(dim=1)
+    rel = torch.where(scale > 0, diff / scale.clamp_min(1e-300), torch.where(diff > 0, math.inf, 0.0))
+    rel = torch.where((finite == got.isfinite()).all(dim=1), rel, math.inf)
+    return float(rel.nan_to_num(nan=math.inf).max()) if len(rel) else 0.0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _notice(engine: str, replacement: str, why: str) -> None:
+    warnings.warn(f"{engine} engine passed over for {replacement}: {why}", EngineCheckWarning, stacklevel=3)
+
+
+class ProvenEngine:
+    """An engine (same call as `vmap_engine`) that chooses itself with `choose_engine` on its first batch
+    and runs that choice on every later one: what an extraction hands to its feature source."""
+
+    def __init__(self, requested: str = "auto") -> None:
+        self.requested = requested
+        self.choice: EngineChoice | None = None
+
+    def __call__(self, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+                 loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+        if self.choice is None:
+            self.choice, result = choose_engine(model, layers, reduction, x, y, requested=self.requested,
+                                                loss=loss, chunk_size=chunk_size)
+            return result
+        return self.choice.run(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+
+
+def auto_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+                loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+    """The fastest engine that agrees with the naive loop on this batch (same contract as `vmap_engine`).
+    Checks every call; an extraction calls `choose_engine` once and reuses the choice."""
+    return choose_engine(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)[1]

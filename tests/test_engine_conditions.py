@@ -1,0 +1,367 @@
+"""Model shapes where a fast path would store wrong Weight Modifiers: `auto` and `hooks` must equal the naive
+loop (the per-sample definition) on each, by checking their conditions on the model or by falling back,
+and every engine must leave the user's model exactly as it was."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gmint.engine import ENGINES, choose_engine
+from gmint.engine.hooks import HOOK_REDUCERS, HooksFallbackWarning, plan_hooks
+from gmint.engine.selfcheck import EngineCheckWarning
+from gmint.errors import InputError, UnsupportedModelError
+from gmint.layers import preset_layers, resolve_layers, weight_layers
+from gmint.reduce import parse_reduction
+from gmint.sources import SOURCES
+
+
+class FunctionalReuseLinear(nn.Module):
+    """fc's weight is applied by fc and again through F.linear: a hook on fc sees only the first use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.fc(x))
+        return self.head(torch.tanh(F.linear(h, self.fc.weight)))
+
+
+class FunctionalReuseConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3 * 5 * 5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.conv(x))
+        return self.head(torch.tanh(F.conv2d(h, self.conv.weight, padding=1)).flatten(1))
+
+
+class SequenceFirst(nn.Module):
+    """nn.TransformerEncoderLayer in its default (tokens, batch, features) layout, 6 tokens: with a batch of
+    6, dimension 0 of every encoder Linear's input has the batch size without being the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.encoder = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.view(x.shape[0], 6, 4)).transpose(0, 1)
+        return self.head(self.encoder(h).mean(dim=0))
+
+
+class BatchStatistics(nn.Module):
+    """BatchNorm without running statistics normalises with the batch's own, in eval mode too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4, track_running_stats=False)
+        self.head = nn.Linear(4 * 5 * 5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.norm(self.conv(x))).flatten(1))
+
+
+class OutputHook(nn.Module):
+    """A user's forward hook replaces fc's output (×2 + 1) before the rest of the model sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+        self.fc.register_forward_hook(lambda module, args, out: out * 2 + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.fc(x)))
+
+
+class KeywordInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.fc(input=x)))
+
+
+class ChannelsLastInside(nn.Module):
+    """Converts its input to channels_last, which torch.func's vmap cannot do; a LayerNorm on the conv
+    output has no hook formula, so selecting it forces a per-sample fallback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 4)
+        self.head = nn.Linear(4 * 5 * 5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x.contiguous(memory_format=torch.channels_last))
+        return self.head(torch.relu(self.norm(h)).flatten(1))
+
+
+class Aliased(nn.Module):
+    """One Linear registered under two names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+        self.alias = self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.fc(x)))
+
+
+class Attention(nn.Module):
+    """nn.MultiheadAttention uses out_proj.weight without calling out_proj; the head comes last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.view(x.shape[0], 3, 4))
+        h, _ = self.attn(h, h, h)
+        return self.head(h.mean(dim=1))
+
+
+def _make(build: Callable[[], nn.Module], shape: tuple[int, ...], batch: int = 6
+          ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = build().double().eval()
+    x = torch.randn(batch, *shape, dtype=torch.float64)
+    return model, x, torch.randint(0, 3, (batch,))
+
+
+def _weights(model: nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.dim() >= 2 and "in_proj" not in n]
+
+
+def _assert_equal_to_naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, engine: str, layers: list[str],
+                           reduction: str = "abs_mean") -> None:
+    reduce = parse_reduction(reduction)
+    ref = ENGINES.get("naive")(model, layers, reduce, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HooksFallbackWarning)
+        got = ENGINES.get(engine)(model, layers, reduce, x, y)
+    for name in layers:
+        torch.testing.assert_close(got.features[name], ref.features[name], rtol=1e-9, atol=1e-12, msg=name)
+    torch.testing.assert_close(got.loss, ref.loss, rtol=1e-9, atol=1e-12)
+
+
+CASES = [
+    ("functional-reuse-linear", FunctionalReuseLinear, (6,), "outside it"),
+    ("functional-reuse-conv", FunctionalReuseConv, (3, 5, 5), "outside it"),
+    ("sequence-first-tokens-equal-batch", SequenceFirst, (24,), "does not carry the batch on dimension 0"),
+    ("batchnorm-without-running-stats", BatchStatistics, (3, 5, 5), "mix samples"),
+]
+
+
+@pytest.mark.parametrize("engine", ["auto", "hooks"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c[0])
+def test_fast_path_conditions_are_checked_on_the_model(case: tuple, engine: str) -> None:
+    _, build, shape, _ = case
+    model, x, y = _make(build, shape)
+    _assert_equal_to_naive(model, x, y, engine, _weights(model))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c[0])
+def test_hooks_says_why_it_falls_back(case: tuple) -> None:
+    _, build, shape, reason = case
+    model, x, y = _make(build, shape)
+    plan = plan_hooks(model, _weights(model), x)
+    assert reason in (plan.unusable or "") + " ".join(plan.fallback.values())
+    with pytest.warns(HooksFallbackWarning, match=reason):
+        ENGINES.get("hooks")(model, _weights(model), parse_reduction("mean"), x, y)
+
+
+def test_batch_dimension_is_found_by_two_batch_sizes_not_by_one() -> None:
+    """Batch 6 = 6 tokens passed the old single-size check; the two probe sizes tell them apart, and a
+    batch-first model keeps the fast path."""
+    model, x, _ = _make(SequenceFirst, (24,))
+    plan = plan_hooks(model, ["encoder.linear1.weight", "embed.weight", "head.weight"], x)
+    assert set(plan.fallback) == {"encoder.linear1.weight"}
+
+
+def test_mixing_model_stores_each_samples_own_loss() -> None:
+    model, x, y = _make(BatchStatistics, (3, 5, 5))
+    reduce = parse_reduction("mean")
+    ref = ENGINES.get("naive")(model, ["conv.weight"], reduce, x, y)
+    choice, got = choose_engine(model, ["conv.weight"], reduce, x, y)
+    assert choice.engine == "vmap"
+    torch.testing.assert_close(got.loss, ref.loss)
+    for source in ("activation", "output"):
+        with pytest.raises(UnsupportedModelError, match="mix samples"):
+            SOURCES.get(source)(model, ["conv.weight"], reduce, x, y)
+
+
+@pytest.mark.parametrize("engine", ["auto", "hooks"])
+def test_forward_hook_replacing_the_output_keeps_the_fast_path_exact(engine: str) -> None:
+    model, x, y = _make(OutputHook, (6,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HooksFallbackWarning)
+        _assert_equal_to_naive(model, x, y, engine, ["fc.weight", "fc.bias", "head.weight"], "mean")
+
+
+@pytest.mark.parametrize("engine", ["auto", "hooks", "vmap", "naive"])
+def test_layer_called_with_input_keyword(engine: str) -> None:
+    model, x, y = _make(KeywordInput, (6,))
+    _assert_equal_to_naive(model, x, y, engine, ["fc.weight", "head.weight"], "mean")
+
+
+def test_channels_last_inside_forward_falls_back_to_the_naive_loop() -> None:
+    model, x, y = _make(ChannelsLastInside, (3, 5, 5))
+    layers = ["conv.weight", "norm.weight", "head.weight"]
+    reduce = parse_reduction("mean")
+    with pytest.raises(RuntimeError, match="memory_format"):
+        ENGINES.get("vmap")(model, layers, reduce, x, y)
+    with pytest.warns(EngineCheckWarning, match="vmap engine passed over for naive: failed"):
+        choice, got = choose_engine(model, layers, reduce, x, y)
+    assert choice.engine == "naive"
+    assert [(t.engine, t.passed) for t in choice.trials] == [("vmap", False), ("naive", True)]
+    _assert_equal_to_naive(model, x, y, "auto", layers, "mean")
+    _assert_equal_to_naive(model, x, y, "auto", ["conv.weight", "head.weight"], "mean")  # hooks can
+
+
+@pytest.mark.parametrize("engine", ["auto", "hooks", "vmap", "naive"])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.int64])
+def test_integer_labels_of_any_width(engine: str, dtype: torch.dtype) -> None:
+    model, x, y = _make(KeywordInput, (6,))
+    reduce = parse_reduction("mean")
+    ref = ENGINES.get("naive")(model, ["fc.weight"], reduce, x, y)
+    got = ENGINES.get(engine)(model, ["fc.weight"], reduce, x, y.to(dtype))
+    torch.testing.assert_close(got.features["fc.weight"], ref.features["fc.weight"])
+
+
+@pytest.mark.parametrize("engine", ["auto", "hooks", "vmap", "naive"])
+def test_float_labels_are_refused(engine: str) -> None:
+    model, x, y = _make(KeywordInput, (6,))
+    with pytest.raises(InputError, match="labels must be integers"):
+        ENGINES.get(engine)(model, ["fc.weight"], parse_reduction("mean"), x, y.double())
+
+
+@pytest.mark.parametrize("engine", ["auto", "hooks", "vmap", "naive"])
+def test_frozen_layers_are_audited_and_stay_frozen(engine: str) -> None:
+    model, x, y = _make(KeywordInput, (6,))
+    reference = ENGINES.get("naive")(model, ["fc.weight"], parse_reduction("flat"), x, y)
+    model.requires_grad_(False)
+    got = ENGINES.get(engine)(model, ["fc.weight"], parse_reduction("flat"), x, y)
+    torch.testing.assert_close(got.features["fc.weight"], reference.features["fc.weight"])
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("engine", ["auto", "hooks", "vmap"])
+@pytest.mark.parametrize("chunk_size", [0, -1])
+def test_chunk_size_must_be_positive(engine: str, chunk_size: int) -> None:
+    model, x, y = _make(KeywordInput, (6,))
+    with pytest.raises(InputError, match="chunk size must be a positive"):
+        ENGINES.get(engine)(model, ["fc.weight"], parse_reduction("flat"), x, y, chunk_size=chunk_size)
+
+
+def _snapshot(model: nn.Module) -> list[tuple]:
+    """Everything an engine could disturb: each module slot's tensor object, flags, values and hooks."""
+    rows: list[tuple] = []
+    for name, module in model.named_modules(remove_duplicate=False):
+        rows.append((name, module.training, tuple(module._forward_hooks.items()),
+                     tuple(module._forward_pre_hooks.items()), tuple(module._backward_hooks.items())))
+        for slot, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            rows.append((name, slot, id(tensor), type(tensor), tensor is not None and tensor.requires_grad,
+                         None if tensor is None else tensor.detach().clone(), None if tensor is None else tensor.grad))
+    return rows
+
+
+def _same(before: list[tuple], after: list[tuple]) -> bool:
+    if len(before) != len(after):
+        return False
+    for a, b in zip(before, after, strict=True):
+        for u, v in zip(a, b, strict=True):
+            if isinstance(u, torch.Tensor) or isinstance(v, torch.Tensor):
+                if not (isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and torch.equal(u, v)):
+                    return False
+            elif u != v:
+                return False
+    return True
+
+
+@pytest.mark.parametrize("engine", ["auto", "hooks", "vmap", "naive"])
+@pytest.mark.parametrize("build", [Aliased, OutputHook, BatchStatistics, SequenceFirst], ids=lambda b: b.__name__)
+def test_model_is_bit_identical_after_extraction(engine: str, build: Callable[[], nn.Module]) -> None:
+    model, x, y = _make(build, (24,) if build is SequenceFirst else (3, 5, 5) if build is BatchStatistics else (6,))
+    model.get_submodule(_weights(model)[0].rpartition(".")[0]).weight.requires_grad_(False)  # one frozen layer
+    before = _snapshot(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ENGINES.get(engine)(model, _weights(model), parse_reduction("mean"), x, y)
+    assert _same(before, _snapshot(model))
+    assert all(isinstance(p, nn.Parameter) for p in model.parameters())
+
+
+def test_aliased_module_keeps_its_trainable_parameters() -> None:
+    model, x, y = _make(Aliased, (6,))
+    ENGINES.get("hooks")(model, ["fc.weight", "head.weight"], parse_reduction("mean"), x, y)
+    assert [(n, type(p), p.requires_grad) for n, p in model.named_parameters()] == [
+        ("fc.weight", nn.Parameter, True), ("fc.bias", nn.Parameter, True),
+        ("head.weight", nn.Parameter, True), ("head.bias", nn.Parameter, True)]
+
+
+def test_presets_order_weights_by_first_use_not_by_module_call() -> None:
+    model, x, y = _make(Attention, (12,))
+    assert weight_layers(model, x) == ["embed.weight", "attn.out_proj.weight", "head.weight"]
+    assert resolve_layers(model, "output", x) == ["head.weight"]
+    assert preset_layers(model, x)["middle"] == ["attn.out_proj.weight"]
+    _assert_equal_to_naive(model, x, y, "auto", resolve_layers(model, "combined", x), "mean")
+
+
+def test_presets_skip_weights_the_forward_never_uses() -> None:
+    class Spare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 3)
+            self.unused = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(x))
+
+    model, x = Spare(), torch.randn(2, 4)
+    assert weight_layers(model, x) == ["body.weight", "head.weight", "unused.weight"]
+    assert resolve_layers(model, "output", x) == ["head.weight"]
+
+
+def test_self_check_catches_a_wrong_formula_and_records_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever goes wrong in the fast path, the first batch's check against the naive loop notices."""
+    model, x, y = _make(KeywordInput, (6,))
+    reduce = parse_reduction("mean")
+    right = HOOK_REDUCERS[(nn.Linear, "mean")]
+    monkeypatch.setitem(HOOK_REDUCERS, (nn.Linear, "mean"), lambda layer, a, g: right(layer, a, g) * 1.01)
+    with pytest.warns(EngineCheckWarning, match="hooks engine passed over for vmap: differs from the naive loop"):
+        choice, got = choose_engine(model, ["fc.weight", "head.weight"], reduce, x, y)
+    assert choice.engine == "vmap"
+    hooks_trial = choice.provenance()["engine_check"]["trials"][0]  # type: ignore[index]
+    assert hooks_trial["engine"] == "hooks" and not hooks_trial["passed"]
+    assert 1e-3 < hooks_trial["max_error"] < 0.1
+    ref = ENGINES.get("naive")(model, ["fc.weight", "head.weight"], reduce, x, y)
+    torch.testing.assert_close(got.features["fc.weight"], ref.features["fc.weight"])
+
+
+def test_self_check_passes_a_correct_engine_with_room_to_spare() -> None:
+    model, x, y = _make(SequenceFirst, (24,))
+    choice, _ = choose_engine(model, ["embed.weight", "head.weight"], parse_reduction("mean"), x, y)
+    assert choice.engine == "hooks"
+    (trial,) = choice.trials
+    assert trial.passed and trial.max_error is not None and trial.max_error < 1e-12 < choice.tolerance
+    assert choice.rows[0] == 0 and choice.rows[-1] == len(x) - 1 and len(choice.rows) == 4
