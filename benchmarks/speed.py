@@ -22,9 +22,10 @@ through a transform giving that same layout.
 - `opacus_all`, `backpack_all` (optional): the same with every parameter trainable, as the libraries are
   used by default (Opacus refuses BatchNorm models then).
 - `extract`: the whole `gmint.extract.extract` (in-memory ImageSet → transform → engine → reduction →
-  HDF5 writes to a temporary file, with its one-row dry run and provenance) on `extract_rows` rows,
-  with the fastest exact engine (`auto`, else `hooks`, else `vmap`); its per-sample time is compared
-  with the floor's.
+  HDF5 writes to a temporary file, with its provenance) on `extract_rows` rows, with the fastest exact
+  engine (`auto`, else `hooks`, else `vmap`), which it proves on its first batch against the naive loop
+  (`gmint.engine.selfcheck`); its per-sample time is compared with the floor's. `extract_unchecked` is
+  the same extraction without that proof, alternating with it in each round: the check's cost.
 
 Every method's features are checked against `vmap`'s (largest error relative to the largest value).
 
@@ -82,10 +83,13 @@ import torch
 from torch import Tensor, nn
 
 import gmint
+import gmint.extract
 from benchmarks.check import MEMORY, Limit, judge, ratio
 from gmint.data.base import ImageSet
 from gmint.data.transforms import Transform
-from gmint.engine import ENGINES, LOSSES
+from gmint.engine import ENGINES, LOSSES, EngineChoice, EngineResult
+from gmint.engine.hooks import HooksPlan, unsupported_parameters
+from gmint.engine.selfcheck import ProvenEngine
 from gmint.extract import Rows, extract
 from gmint.layers import resolve_layers
 from gmint.models.architectures import CPU_SCALE
@@ -410,25 +414,46 @@ def summarise(times: list[float], samples: int, statistic: str) -> Json:
             "spread": (max(times) - min(times)) / median}
 
 
+class UncheckedEngine(ProvenEngine):
+    """`extract`'s engine without its first-batch proof (no probe batches, no naive-loop check): what an
+    extraction cost before the self-check, timed beside it to measure what the check adds."""
+
+    def __call__(self, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+                 loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+        if self.choice is None:
+            fallback = unsupported_parameters(model, layers)
+            engine = "hooks" if not fallback else "vmap"
+            self.choice = EngineChoice(self.requested, engine, (), 0.0, (), HooksPlan(fallback))
+        return self.choice.run(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+
+
 def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: str, arch: str,
-                    batch_size: int, rows: int, repeats: int, statistic: str) -> Json:
-    """Seconds of the whole `extract` on the first `rows` rows of `data`, with the fastest exact engine."""
+                    batch_size: int, rows: int, repeats: int, statistic: str) -> dict[str, Json]:
+    """Seconds of the whole `extract` on the first `rows` rows of `data`, with the fastest exact engine, as
+    shipped (`extract`: engine chosen and checked on the first batch) and without the check
+    (`extract_unchecked`), alternating in each round."""
     engine = next((e for e in EXTRACT_ENGINES if e in ENGINES), None)
     if engine is None:
-        return {"unsupported": "no exact engine registered"}
+        return {"extract": {"unsupported": "no exact engine registered"}}
     audited = AuditedModel(case.model, {"arch": arch, "num_classes": len(data.classes)})
     index = np.arange(rows, dtype=np.int64)
     selection = Rows(index, np.full(rows, -1, dtype=np.int8), np.full(rows, -1, dtype=np.int8))
-    times = []
+    times: dict[str, list[float]] = {"extract": [], "extract_unchecked": []}
+    engines = {"extract": gmint.extract.ProvenEngine, "extract_unchecked": UncheckedEngine}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            extract(audited, data, selection, out=Path(tmp) / "speed.h5", layers=setup, reduction="mean",
-                    engine=engine, transform=transform, loss=case.loss, batch_size=batch_size,
-                    chunk_size=case.chunk_size, overwrite=True, device=str(case.x.device))
-            times.append(time.perf_counter() - t0)
-    return {"engine": engine, "samples": rows, **summarise(times, rows, statistic)}
+        for round_ in range(repeats):
+            for name in sorted(times, reverse=bool(round_ % 2)):
+                gmint.extract.ProvenEngine = engines[name]  # type: ignore[misc]
+                try:
+                    t0 = time.perf_counter()
+                    extract(audited, data, selection, out=Path(tmp) / "speed.h5", layers=setup, reduction="mean",
+                            engine=engine, transform=transform, loss=case.loss, batch_size=batch_size,
+                            chunk_size=case.chunk_size, overwrite=True, device=str(case.x.device))
+                    times[name].append(time.perf_counter() - t0)
+                finally:
+                    gmint.extract.ProvenEngine = engines["extract"]  # type: ignore[misc]
+    return {name: {"engine": engine, "samples": rows, **summarise(t, rows, statistic)} for name, t in times.items()}
 
 
 def add_ratios(methods: dict[str, Json]) -> None:
@@ -545,7 +570,7 @@ def run(config: Config, out: Path, *, force: bool = False, only: list[str] | Non
                 methods = measure(case, config.methods, warmup=config.warmup, repeats=config.repeats,
                                   min_round_s=config.min_round_s, statistic=config.statistic, device=device)
                 if config.extract_rows:
-                    methods["extract"] = measure_extract(case, data, transform, setup=setup, arch=arch,
+                    methods |= measure_extract(case, data, transform, setup=setup, arch=arch,
                                                          batch_size=config.batch_size, rows=config.extract_rows,
                                                          repeats=config.extract_repeats, statistic=config.statistic)
                 add_ratios(methods)
@@ -659,7 +684,7 @@ def markdown(results: Json) -> str:
     rows: list[Json] = results["rows"]
     runs: list[Json] = results["runs"]
     methods = [m for m in results["methods"] if any(m in r["methods"] for r in rows)]
-    methods += ["extract"] if any("extract" in r["methods"] for r in rows) else []
+    methods += [m for m in ("extract", "extract_unchecked") if any(m in r["methods"] for r in rows)]
     loads = [f"{r['load_start'][0]:.1f}→{r.get('load_end', r['load_start'])[0]:.1f}" for r in runs]
     lines = [
         "# Per-sample Weight Modifier speed", "",

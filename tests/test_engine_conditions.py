@@ -6,19 +6,26 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gmint.data.base import ImageSet
+from gmint.data.transforms import Transform
 from gmint.engine import ENGINES, choose_engine
 from gmint.engine.hooks import HOOK_REDUCERS, HooksFallbackWarning, plan_hooks
 from gmint.engine.selfcheck import EngineCheckWarning
 from gmint.errors import InputError, UnsupportedModelError
+from gmint.extract import Rows, extract
 from gmint.layers import preset_layers, resolve_layers, weight_layers
+from gmint.models.io import AuditedModel
 from gmint.reduce import parse_reduction
 from gmint.sources import SOURCES
+from gmint.store import FeatureStore
 
 
 class FunctionalReuseLinear(nn.Module):
@@ -365,3 +372,67 @@ def test_self_check_passes_a_correct_engine_with_room_to_spare() -> None:
     (trial,) = choice.trials
     assert trial.passed and trial.max_error is not None and trial.max_error < 1e-12 < choice.tolerance
     assert choice.rows[0] == 0 and choice.rows[-1] == len(x) - 1 and len(choice.rows) == 4
+
+
+class DigitsFunctionalReuse(nn.Module):
+    """A digits classifier (1×8×8) whose hidden weight is also applied functionally."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.fc(torch.relu(self.conv(x)).flatten(1)))
+        return self.head(torch.tanh(h + 0.1 * F.linear(h, self.fc.weight[:, :16])))
+
+
+PLAIN = {"size": None, "mean": [0.0], "std": [1.0]}
+
+
+def _extract_digits(out: Path, digits: ImageSet, module: nn.Module, engine: str, layers: str
+                    ) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+    """Extract 40 digits rows with a user model; the store's provenance and features."""
+    rows = Rows(np.arange(40, dtype=np.int64), np.zeros(40, np.int8), np.zeros(40, np.int8))
+    audited = AuditedModel(module.eval(), {"arch": "custom", "num_classes": 10, "transform": PLAIN})
+    extract(audited, digits, rows, out=out, layers=layers, engine=engine, batch_size=16)
+    with FeatureStore.open(out) as store:
+        return store.provenance, {n: store.features([n]) for n in store.layers}
+
+
+@pytest.mark.parametrize("engine", ["auto", "hooks"])
+def test_extraction_records_its_self_check_and_stores_exact_numbers(tmp_path: Path, digits: ImageSet,
+                                                                    engine: str) -> None:
+    torch.manual_seed(0)
+    module = DigitsFunctionalReuse().eval()
+    layers = ["fc.weight", "head.weight"]
+    x = Transform.from_dict(PLAIN)(digits.images[:40])
+    ref = ENGINES.get("naive")(module, layers, parse_reduction("mean"), x, torch.from_numpy(digits.labels[:40]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HooksFallbackWarning)
+        provenance, features = _extract_digits(tmp_path / "s.h5", digits, module, engine, ",".join(layers))
+    check = provenance["engine_check"]
+    assert isinstance(check, dict) and provenance["engine"] == engine and check["reference"] == "naive"
+    assert len(check["rows"]) == 4 and check["rows"][0] == 0 and check["tolerance"] > 0
+    assert check["trials"][-1]["passed"] and check["trials"][-1]["engine"] == provenance["engine_used"]
+    if engine == "hooks":  # hooks ran, with fc.weight from vmap, and says so
+        assert provenance["engine_used"] == "hooks"
+        assert "outside it" in provenance["engine_fallbacks"]["fc.weight"]  # type: ignore[index]
+    else:                  # auto prefers one vmap pass to hooks plus a vmap fallback
+        assert provenance["engine_used"] == "vmap"
+    for name in layers:
+        np.testing.assert_allclose(features[name], ref.features[name].numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_extraction_passes_over_an_engine_that_fails_its_check(tmp_path: Path, digits: ImageSet,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    right = HOOK_REDUCERS[(nn.Linear, "mean")]
+    monkeypatch.setitem(HOOK_REDUCERS, (nn.Linear, "mean"), lambda layer, a, g: right(layer, a, g) + 1e-3)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
+    with pytest.warns(EngineCheckWarning, match="hooks engine passed over for vmap"):
+        provenance, _ = _extract_digits(tmp_path / "s.h5", digits, module, "auto", "combined")
+    trials = provenance["engine_check"]["trials"]  # type: ignore[index]
+    assert provenance["engine_used"] == "vmap"
+    assert [(t["engine"], t["passed"]) for t in trials] == [("hooks", False), ("vmap", True)]
