@@ -107,6 +107,8 @@ for _name, _fn in {"mean": _mean, "abs_mean": _abs_mean, "std": _std, "l2": _l2,
 # The projection matrix R (D × d) is generated in blocks of rows, each at most this many entries (32 MiB
 # in float64), so a dense d × D matrix never exists for a large layer.
 _BLOCK_ENTRIES = 1 << 22
+# A projection may widen a layer smaller than this (e.g. a bias) up to this many numbers, never more.
+_SMALL_PROJECTION = 4096
 # Projections with at most this many entries (a single block) are cached per (seed, layer, shape, dtype,
 # device): small layers are projected every batch and regenerating them would dominate.
 _CACHE_ENTRIES = 1 << 20
@@ -139,6 +141,10 @@ def project(wm: Tensor, layer: str, d: int, seed: int) -> Tensor:
     """
     flat = wm.reshape(wm.shape[0], -1)
     size = flat.shape[1]
+    if d > max(size, _SMALL_PROJECTION):  # bounds what a request may allocate: about the WM's own size
+        raise InputError(f"project:{d} asks for {d:,} numbers per sample from {layer}, which has {size:,}; "
+                         f"a projection shrinks (at most {max(size, _SMALL_PROJECTION):,} here): use a smaller d "
+                         "or 'flat'")
     rows = max(1, _BLOCK_ENTRIES // d)
     make = _cached_sign_block if size * d <= _CACHE_ENTRIES else _sign_block
     out = flat.new_zeros(flat.shape[0], d)

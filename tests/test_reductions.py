@@ -129,3 +129,10 @@ def test_project_preserves_norms_approximately() -> None:
     ratio = parse_reduction("project:256", seed=11)(x, "w").pow(2).sum(1) / x.pow(2).sum(1)
     assert float((ratio - 1).abs().max()) < 0.5
     assert abs(float(ratio.mean()) - 1) < 0.1
+
+
+def test_projection_larger_than_the_layer_is_refused_before_allocating() -> None:
+    wm = torch.randn(2, 100, 100)
+    assert parse_reduction("project:4096")(torch.randn(2, 5), "bias").shape == (2, 4096)  # small layers widen
+    with pytest.raises(InputError, match="asks for 1,000,000,000 numbers per sample from w, which has 10,000"):
+        parse_reduction("project:1000000000")(wm, "w")
