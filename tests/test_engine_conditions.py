@@ -4,6 +4,7 @@ and every engine must leave the user's model exactly as it was."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -436,3 +437,23 @@ def test_extraction_passes_over_an_engine_that_fails_its_check(tmp_path: Path, d
     trials = provenance["engine_check"]["trials"]  # type: ignore[index]
     assert provenance["engine_used"] == "vmap"
     assert [(t["engine"], t["passed"]) for t in trials] == [("hooks", False), ("vmap", True)]
+
+
+@pytest.mark.parametrize("engine", ["hooks", "vmap", "naive"])
+def test_memorised_rows_keep_their_weight_modifiers_in_float32(engine: str) -> None:
+    """A sample the model has memorised (loss ~1e-9) has p_y within float32's rounding of 1: a float32 loss
+    rounds its output gradient to zero in the true class. Its Weight Modifier in float32 must still match
+    a float64 model's to float32 precision."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        model[2].weight.mul_(30.0)
+    x = torch.randn(8, 6)
+    y = model(x).argmax(dim=1)                                 # every row "memorised"
+    reduce, layers = parse_reduction("mean"), ["0.weight", "2.weight"]
+    wide = ENGINES.get("naive")(copy.deepcopy(model).double(), layers, reduce, x.double(), y)
+    assert (wide.loss < 1e-6).sum() >= 3
+    got = ENGINES.get(engine)(model, layers, reduce, x, y)
+    for name in layers:
+        torch.testing.assert_close(got.features[name].double(), wide.features[name], rtol=1e-3, atol=0.0)
+    torch.testing.assert_close(got.loss.double(), wide.loss, rtol=1e-3, atol=0.0)
