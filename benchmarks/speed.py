@@ -9,7 +9,9 @@ through a transform giving that same layout.
 - `floor`: one batched forward + backward of the summed loss, `torch.autograd.grad` w.r.t. the selected
   parameters only (every other parameter frozen, so autograd records and computes nothing it does not
   need) — the cost of a plain backward, with no per-sample work.
-- `naive`, `vmap` (chunked, `chunk_size`), `hooks`, `auto`: gmint's engines (`gmint.engine.ENGINES`).
+- `naive`, `vmap` (chunked, `chunk_size`), `hooks`, `auto`: gmint's engines (`gmint.engine.ENGINES`), as an
+  extraction runs them: chosen once with `choose_engine` (auto: proven on the batch; hooks: its conditions
+  checked), then timed per call.
   `naive` is timed on the first `naive_samples` samples only (a per-sample loop: its time is linear).
 - `opacus`: `GradSampleModule` (hooks, `loss_reduction="sum"`) then MEAN of each selected `grad_sample`.
   Only the selected parameters require grad — the fastest way to get them from Opacus, which also lets
@@ -62,6 +64,7 @@ import ctypes.util
 import datetime
 import gc
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -83,13 +86,12 @@ import torch
 from torch import Tensor, nn
 
 import gmint
-import gmint.extract
 from benchmarks.check import MEMORY, Limit, judge, ratio
 from gmint.data.base import ImageSet
 from gmint.data.transforms import Transform
 from gmint.engine import ENGINES, LOSSES, EngineChoice, EngineResult
 from gmint.engine.hooks import HooksPlan, unsupported_parameters
-from gmint.engine.selfcheck import ProvenEngine
+from gmint.engine.selfcheck import ProvenEngine, choose_engine
 from gmint.extract import Rows, extract
 from gmint.layers import resolve_layers
 from gmint.models.architectures import CPU_SCALE
@@ -208,11 +210,16 @@ def _engine_method(name: str) -> Callable[[Case], Runner]:
     def prepare(case: Case) -> Runner:
         if name not in ENGINES:
             raise Unsupported(f"engine '{name}' is not registered in this gmint")
-        engine = ENGINES.get(name)
         n = case.naive_samples if name == "naive" else len(case.x)
         x, y = case.x[:n], case.y[:n]
-        return Runner(lambda: engine(case.model, case.layers, case.reduction, x, y, loss=case.loss,
-                                     chunk_size=case.chunk_size).features, n)
+        # As an extraction runs them: the engine is chosen (auto: proven on the batch) and hooks' conditions
+        # checked once, then every call runs the choice.
+        choice, _ = choose_engine(case.model, case.layers, case.reduction, x, y, requested=name, loss=case.loss,
+                                  chunk_size=case.chunk_size)
+        if choice.engine != name and name != "auto":
+            raise Unsupported(f"engine '{name}' did not pass its check on this model ({choice.engine} would run)")
+        return Runner(lambda: choice.run(case.model, case.layers, case.reduction, x, y, loss=case.loss,
+                                         chunk_size=case.chunk_size).features, n)
 
     return prepare
 
@@ -439,12 +446,13 @@ def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: 
     index = np.arange(rows, dtype=np.int64)
     selection = Rows(index, np.full(rows, -1, dtype=np.int8), np.full(rows, -1, dtype=np.int8))
     times: dict[str, list[float]] = {"extract": [], "extract_unchecked": []}
-    engines = {"extract": gmint.extract.ProvenEngine, "extract_unchecked": UncheckedEngine}
+    engines = {"extract": ProvenEngine, "extract_unchecked": UncheckedEngine}
+    module = importlib.import_module("gmint.extract")  # the module (gmint.extract is also the function)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for round_ in range(repeats):
             for name in sorted(times, reverse=bool(round_ % 2)):
-                gmint.extract.ProvenEngine = engines[name]  # type: ignore[misc]
+                module.ProvenEngine = engines[name]  # type: ignore[misc]
                 try:
                     t0 = time.perf_counter()
                     extract(audited, data, selection, out=Path(tmp) / "speed.h5", layers=setup, reduction="mean",
@@ -452,7 +460,7 @@ def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: 
                             chunk_size=case.chunk_size, overwrite=True, device=str(case.x.device))
                     times[name].append(time.perf_counter() - t0)
                 finally:
-                    gmint.extract.ProvenEngine = engines["extract"]  # type: ignore[misc]
+                    module.ProvenEngine = ProvenEngine  # type: ignore[misc]
     return {name: {"engine": engine, "samples": rows, **summarise(t, rows, statistic)} for name, t in times.items()}
 
 
