@@ -22,6 +22,8 @@ def run_demo(workdir: Path, *, seed: int = 0, epochs: int = 40, show_progress: b
     the members and a control CNN on the control rows; MEAN Weight Modifiers of the combined layers;
     an MLP MINT classifier per layer setup fitted on the auditor's pool; activation-MINT and the
     loss threshold on the same rows; the same gMINT pipeline on the control model (must be chance).
+    Run again in the same folder, it reuses the finished models as they are (resuming a finished run
+    writes nothing) and prints the same figures; so does any other machine, whatever its core count.
 
     Returns:
         {"split": sizes, "audited"/"control": the models' records, "results": name → evaluation,

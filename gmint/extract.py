@@ -19,7 +19,7 @@ import torch
 
 import gmint
 from gmint.data.base import ImageSet
-from gmint.data.split import MembershipSplit
+from gmint.data.split import MembershipSplit, check_model_split
 from gmint.data.transforms import Transform
 from gmint.distributed import shard_bounds, shard_path
 from gmint.engine import ENGINES
@@ -54,7 +54,8 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
             reduction: str = "mean", engine: str = "auto", source: str = "gradient",
             transform: Transform | None = None,
             loss: str = "cross_entropy", batch_size: int = 128, chunk_size: int | None = 64,
-            seed: int = 0, split: MembershipSplit | None = None, resume: bool = False, overwrite: bool = False,
+            seed: int = 0, split: MembershipSplit | None = None, trained_outside: bool = False,
+            resume: bool = False, overwrite: bool = False,
             device: str = "cpu", shard: tuple[int, int] = (0, 1), max_memory: int | None = None,
             show_progress: bool = False) -> Path:
     """Compute reduced Weight Modifiers of `rows` and stream them into the HDF5 store `out`.
@@ -70,7 +71,10 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         source: what the features are — `gradient` (gMINT), `activation` or `output` (see gmint.sources).
         transform: preprocessing; defaults to the one recorded with the audited model.
         seed: seeds seeded reductions; recorded in the store.
-        split: the membership split the rows come from; its hash and seed are recorded.
+        split: the membership split the rows come from; its hash and seed are recorded. It must be the
+            split recorded with the audited model, if any.
+        trained_outside: the audited model was trained outside gmint: accept a split other than the one
+            its metadata records (see `gmint.data.split.check_model_split`).
         resume: continue a partial store with the same provenance instead of refusing to touch it.
         max_memory: working-memory budget in bytes; lowers the batch (for vmap/naive: the chunk) to fit.
         shard: (rank, world size): extract only this rank's block of whole batches into its shard file
@@ -79,6 +83,8 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     Returns:
         The path of the complete store (the shard's path when sharded).
     """
+    if split is not None:
+        check_model_split(audited.meta, split, trained_outside=trained_outside)
     transform = transform or Transform.from_dict(audited.meta["transform"])  # type: ignore[arg-type]
     rank, world_size = shard
     if world_size > 1:

@@ -1,11 +1,13 @@
 """Membership metrics on scores where members are the positive class (1) and external samples 0.
 
 Every metric comes with a stratified bootstrap 95% interval: resampling members and externals
-separately keeps the evaluation balanced in every replicate.
+separately keeps the evaluation balanced in every replicate. A TPR at a target FPR is reported only where
+the externals resolve that FPR; otherwise it has no value and says how many externals it needs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +43,23 @@ def auc(membership: np.ndarray, score: np.ndarray) -> float:
 
 def tpr_at_fpr(membership: np.ndarray, score: np.ndarray, max_fpr: float) -> float:
     """Highest true-positive rate over thresholds whose false-positive rate is ≤ max_fpr."""
-    fpr, tpr, _ = roc_curve(membership, score)
+    fpr, tpr = _roc(np.asarray(membership), np.asarray(score, np.float64))
     return _tpr_at(fpr, tpr, max_fpr)
+
+
+def _roc(membership: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of sklearn's `roc_curve` (drop_intermediate=True), the same points bit for bit (tested),
+    without its input validation, which costs ~2 ms a call and dominated the bootstrap."""
+    order = np.argsort(score, kind="stable")[::-1]
+    ranked, y = score[order], membership[order].astype(np.float64)
+    ends = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]  # last row of each run of tied scores
+    tps = np.cumsum(y)[ends]
+    fps = 1 + ends - tps
+    if len(fps) > 2:  # drop points collinear with their neighbours, as sklearn does
+        corner = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+        fps, tps = fps[corner], tps[corner]
+    fps, tps = np.r_[0.0, fps], np.r_[0.0, tps]
+    return fps / fps[-1], tps / tps[-1]
 
 
 def _tpr_at(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float) -> float:
@@ -50,43 +67,84 @@ def _tpr_at(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float) -> float:
 
 
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+TARGET_FPR = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
+# A collapsed classifier: this share of the scored rows on one value (rounded to COLLAPSE_DECIMALS).
+COLLAPSE_SHARE, COLLAPSE_DECIMALS = 0.9, 6
+
+
+def externals_needed(max_fpr: float) -> int:
+    """Externals needed before `max_fpr` is a false-positive rate the evaluation can reach.
+
+    With n externals the FPR moves in steps of 1/n: below n = 1/max_fpr not even one false positive fits
+    under the target, so "TPR at max_fpr" would be TPR at zero false positives, labelled as something else.
+    """
+    return math.ceil(round(1 / max_fpr, 9))
 
 
 def _all_metrics(membership: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, ...]:
     """Every metric from one ROC curve (bootstrap replicates call this thousands of times)."""
-    fpr, tpr, _ = roc_curve(membership, score)
+    fpr, tpr = _roc(membership, score)
     return (accuracy(membership, score, threshold), balanced_accuracy(membership, score, threshold),
             float(np.trapezoid(tpr, fpr)), _tpr_at(fpr, tpr, 0.01), _tpr_at(fpr, tpr, 0.001))
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A metric's value on the evaluation rows and its bootstrap percentile interval."""
+    """A metric's value on the evaluation rows and its bootstrap percentile interval; all None, with the
+    reason in `unresolved`, where the evaluation rows cannot measure it."""
 
-    value: float
-    low: float
-    high: float
+    value: float | None
+    low: float | None
+    high: float | None
+    unresolved: str = ""
 
-    def as_dict(self) -> dict[str, float]:
-        return {"value": self.value, "ci95_low": self.low, "ci95_high": self.high}
+    def as_dict(self) -> dict[str, object]:
+        values: dict[str, object] = {"value": self.value, "ci95_low": self.low, "ci95_high": self.high}
+        return {**values, "unresolved": self.unresolved} if self.unresolved else values
 
 
 def membership_metrics(membership: np.ndarray, score: np.ndarray, *, threshold: float = 0.5,
                        n_boot: int = 1000, seed: int = 0) -> dict[str, Estimate]:
-    """All METRIC_NAMES with stratified-bootstrap 95% intervals (n_boot = 0 gives point estimates only)."""
+    """All METRIC_NAMES with stratified-bootstrap 95% intervals (n_boot = 0 gives point estimates only).
+
+    A TPR whose target FPR needs more externals than there are (see `externals_needed`) is unresolved:
+    value and interval None. Replicates keep the number of externals, so they resolve the same targets.
+    """
     membership, score = np.asarray(membership), np.asarray(score, np.float64)
     _check(membership, score)
     point = _all_metrics(membership, score, threshold)
-    if n_boot <= 0:
-        return {name: Estimate(v, v, v) for name, v in zip(METRIC_NAMES, point, strict=True)}
-    rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(membership == 1), np.flatnonzero(membership == 0)
-    samples = np.empty((n_boot, len(METRIC_NAMES)))
-    for b in range(n_boot):
-        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-        samples[b] = _all_metrics(membership[idx], score[idx], threshold)
-    low, high = np.percentile(samples, [2.5, 97.5], axis=0)
-    return {name: Estimate(point[i], float(low[i]), float(high[i])) for i, name in enumerate(METRIC_NAMES)}
+    low, high = point, point
+    if n_boot > 0:
+        rng = np.random.default_rng(seed)
+        samples = np.empty((n_boot, len(METRIC_NAMES)))
+        for b in range(n_boot):
+            idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+            samples[b] = _all_metrics(membership[idx], score[idx], threshold)
+        low, high = np.percentile(samples, [2.5, 97.5], axis=0)
+    result: dict[str, Estimate] = {}
+    for i, name in enumerate(METRIC_NAMES):
+        needed = externals_needed(TARGET_FPR[name]) if name in TARGET_FPR else 0
+        result[name] = (Estimate(None, None, None, f"needs ≥ {needed:,} externals, has {len(neg):,}")
+                        if len(neg) < needed else Estimate(point[i], float(low[i]), float(high[i])))
+    return result
+
+
+def score_collapse(score: np.ndarray) -> str | None:
+    """A warning when the scores have (nearly) stopped ranking rows, else None.
+
+    When most rows share one score, AUC and TPR come from how ties are broken, not from the classifier
+    (a net stuck at a constant, or saturated to 0/1): the figures must not be read as a membership signal.
+    """
+    values, counts = np.unique(np.round(np.asarray(score, np.float64), COLLAPSE_DECIMALS), return_counts=True)
+    top = int(np.argmax(counts))
+    if len(values) == 1:
+        return f"all {len(score)} scores are {values[0]:.6g}: the classifier does not rank the rows at all"
+    share = counts[top] / len(score)
+    if share >= COLLAPSE_SHARE:
+        return (f"{share:.1%} of the {len(score)} scores are {values[top]:.6g}: the classifier hardly ranks the "
+                "rows; its AUC and TPR reflect ties")
+    return None
 
 
 def best_threshold(membership: np.ndarray, score: np.ndarray) -> float:

@@ -14,7 +14,10 @@ METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy
                  "tpr_at_1pct_fpr": "TPR @ 1% FPR", "tpr_at_0.1pct_fpr": "TPR @ 0.1% FPR"}
 
 
-def _cell(est: dict[str, float]) -> str:
+def cell(est: dict[str, object]) -> str:
+    """'0.571 [0.530, 0.612]', or 'n/a (needs ≥ 1,000 externals, has 360)' for a metric the rows cannot resolve."""
+    if est["value"] is None:
+        return f"n/a ({est['unresolved']})"
     return f"{est['value']:.3f} [{est['ci95_low']:.3f}, {est['ci95_high']:.3f}]"
 
 
@@ -36,7 +39,7 @@ def result_table(result: dict[str, object], title: str = "membership inference t
     for label in columns.values():
         table.add_column(label, justify="right")
     for key, label in METRIC_LABELS.items():
-        table.add_row(label, *(_cell(result[c][key]) for c in columns))  # type: ignore[index]
+        table.add_row(label, *(cell(result[c][key]) for c in columns))  # type: ignore[index]
     return table
 
 
@@ -57,6 +60,8 @@ def print_result(result: dict[str, object], console: Console | None = None) -> N
     console.print(result_table(result))
     for line in gap_lines(result):
         console.print(line)
+    for warning in result.get("warnings", []):  # type: ignore[attr-defined]
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
 
 
 def write_report(result: dict[str, object], out_dir: Path) -> list[Path]:
@@ -73,11 +78,12 @@ def write_report(result: dict[str, object], out_dir: Path) -> list[Path]:
     columns = _columns(result)
     lines = ["# Membership inference test report", "", f"| metric | {' | '.join(columns.values())} |",
              "|---" * (len(columns) + 1) + "|"]
-    lines += [f"| {label} | {' | '.join(_cell(result[c][k]) for c in columns)} |"  # type: ignore[index]
+    lines += [f"| {label} | {' | '.join(cell(result[c][k]) for c in columns)} |"  # type: ignore[index]
               for k, label in METRIC_LABELS.items()]
-    lines += ["", *(f"- {line}" for line in gap_lines(result)), "",
+    lines += ["", *(f"- **Warning:** {w}" for w in result.get("warnings", [])),  # type: ignore[attr-defined]
+              *(f"- {line}" for line in gap_lines(result)), "",
               "Protocol: " + ", ".join(f"{k}={v}" for k, v in result["protocol"].items()), ""]  # type: ignore[union-attr]
-    (out_dir / "report.md").write_text("\n".join(lines))
+    (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
     paths = [out_dir / n for n in ("report.json", "report.md", "scores.csv")]
     protocol = result["protocol"]  # type: ignore[index]
     label = f"{protocol.get('classifier')} MINT on {protocol.get('source', 'gradient')} features"

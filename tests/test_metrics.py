@@ -1,13 +1,25 @@
-"""Metrics against hand-computed values, and the bootstrap interval's coverage."""
+"""Metrics against hand-computed values, the bootstrap interval's coverage, what the rows can resolve."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from gmint.errors import InputError
-from gmint.metrics import accuracy, auc, balance, balanced_accuracy, best_threshold, membership_metrics, tpr_at_fpr
+from gmint.metrics import (
+    Estimate,
+    _roc,
+    accuracy,
+    auc,
+    balance,
+    balanced_accuracy,
+    best_threshold,
+    externals_needed,
+    membership_metrics,
+    score_collapse,
+    tpr_at_fpr,
+)
 
 # 4 members, 6 externals.
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
@@ -29,12 +41,57 @@ def test_hand_computed_values() -> None:
 
 
 def test_point_estimates_agree_with_the_functions() -> None:
-    got = membership_metrics(Y, S, n_boot=50, seed=0)
-    assert got["auc"].value == pytest.approx(roc_auc_score(Y, S))
-    assert got["accuracy"].value == pytest.approx(0.7)
-    assert got["tpr_at_1pct_fpr"].value == pytest.approx(0.75)
-    for est in got.values():
-        assert est.low <= est.value <= est.high
+    y, s = np.r_[Y, np.zeros(100, int)], np.r_[S, np.linspace(0, 0.3, 100)]  # 106 externals resolve 1%
+    got = membership_metrics(y, s, n_boot=50, seed=0)
+    assert got["auc"].value == pytest.approx(roc_auc_score(y, s))
+    assert got["accuracy"].value == pytest.approx(accuracy(y, s))
+    assert got["tpr_at_1pct_fpr"].value == pytest.approx(tpr_at_fpr(y, s, 0.01)) == pytest.approx(0.75)
+    for name, est in got.items():
+        if name != "tpr_at_0.1pct_fpr":
+            assert est.low <= est.value <= est.high
+
+
+@pytest.mark.parametrize("externals, resolved", [(99, set()), (100, {"tpr_at_1pct_fpr"}), (360, {"tpr_at_1pct_fpr"}),
+                                                 (1000, {"tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"})])
+def test_tpr_is_reported_only_at_an_fpr_the_externals_resolve(externals: int, resolved: set[str]) -> None:
+    """With n externals the FPR moves in steps of 1/n: 360 externals cannot show a 0.1% FPR."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(50, int), np.zeros(externals, int)]
+    got = membership_metrics(y, rng.normal(size=len(y)) + y, n_boot=20, seed=0)
+    for name, fpr in (("tpr_at_1pct_fpr", 0.01), ("tpr_at_0.1pct_fpr", 0.001)):
+        if name in resolved:
+            assert got[name].value is not None and got[name].low is not None and not got[name].unresolved
+        else:
+            needed = f"{round(1 / fpr):,}"
+            assert got[name] == Estimate(None, None, None, f"needs ≥ {needed} externals, has {externals:,}")
+            assert got[name].as_dict() == {"value": None, "ci95_low": None, "ci95_high": None,
+                                           "unresolved": f"needs ≥ {needed} externals, has {externals:,}"}
+    assert externals_needed(0.01) == 100 and externals_needed(0.001) == 1000
+
+
+def test_fast_roc_is_sklearns_curve_exactly() -> None:
+    rng = np.random.default_rng(1)
+    for trial in range(300):
+        n = int(rng.integers(2, 300))
+        y = rng.integers(0, 2, n)
+        y[:2] = (0, 1)
+        s = [rng.normal(size=n), np.round(rng.normal(size=n), 1), rng.integers(0, 3, n).astype(float)][trial % 3]
+        fpr, tpr, _ = roc_curve(y, s)
+        got = _roc(y, s)
+        assert np.array_equal(got[0], fpr) and np.array_equal(got[1], tpr)
+
+
+@pytest.mark.parametrize("score, flagged", [
+    (np.full(200, 0.5), "all 200 scores are 0.5"),
+    (np.r_[np.full(190, 1.0), np.linspace(0, 0.5, 10)], "95.0% of the 200 scores are 1"),
+    (np.r_[np.full(180, 0.3) + np.random.default_rng(0).normal(0, 1e-9, 180), np.linspace(0, 1, 20)],
+     "90.0% of the 200 scores are 0.3"),  # identical up to rounding noise
+    (np.r_[np.zeros(100), np.ones(100)], None),  # saturated but ranking: a perfect separation
+    (np.linspace(0, 1, 200), None),
+])
+def test_collapsed_scores_are_flagged(score: np.ndarray, flagged: str | None) -> None:
+    message = score_collapse(score)
+    assert (message is None) if flagged is None else (message is not None and message.startswith(flagged))
 
 
 def test_bootstrap_interval_covers_the_true_auc() -> None:

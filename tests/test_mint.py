@@ -56,9 +56,15 @@ def test_evaluation_reports_baseline_and_gap(digits_store: Path) -> None:
     mint = train_mint(digits_store, kind="logreg", setup="combined", seed=0)
     result = evaluate_store(mint, digits_store, n_boot=20)
     assert result["rows"]["members"] == result["rows"]["external"] > 0
-    for key in ("accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy"):
+    for key in ("accuracy", "auc", "tpr_at_1pct_fpr", "balanced_accuracy"):
         assert 0.0 <= result["mint"][key]["value"] <= 1.0
         assert 0.0 <= result["loss_threshold"][key]["value"] <= 1.0
+    # Fewer than 1,000 held-out externals cannot show a 0.1% FPR: no figure, and why.
+    externals = result["rows"]["external"]
+    assert externals < 1000
+    for column in ("mint", "loss_threshold"):
+        assert result[column]["tpr_at_0.1pct_fpr"] == {"value": None, "ci95_low": None, "ci95_high": None,
+                                                       "unresolved": f"needs ≥ 1,000 externals, has {externals}"}
     gap = result["audited_model"]
     assert gap["accuracy_gap"] == pytest.approx(gap["members_accuracy"] - gap["external_accuracy"])
 
@@ -85,6 +91,55 @@ def test_rows_used_for_fitting_are_never_scored(tmp_path: Path, digits_store: Pa
         h5["role"][:] = 1  # pretend every row is held out, including the fitted ones
     with pytest.raises(InputError, match="used to fit"):
         evaluate_store(mint, leaky)
+
+
+def test_fitted_rows_are_refused_whatever_split_the_store_was_extracted_with(
+        tmp_path: Path, digits_store: Path, digits, audited_digits) -> None:
+    """The same model extracted with another split holds out other rows, some of which the classifier was
+    fitted on: they are found by sample id, not trusted to differ because the split hash does."""
+    from gmint.data.split import make_split
+    from gmint.extract import extract, split_rows
+    from gmint.models.io import AuditedModel
+
+    mint = train_mint(digits_store, kind="logreg", setup="combined")
+    other = make_split(digits, members=0.2, external=0.2, holdout=0.5, seed=7)
+    unrecorded = AuditedModel(audited_digits[0].module, {k: v for k, v in audited_digits[0].meta.items()
+                                                         if k not in ("split", "split_sha256")})
+    store = extract(unrecorded, digits, split_rows(other), out=tmp_path / "other.h5", layers="combined",
+                    reduction="mean", split=other, batch_size=400)
+    overlap = int(np.isin(other.holdout, mint.fitted_ids).sum())
+    assert overlap > 0
+    with pytest.raises(InputError, match=f"^{overlap} of the {len(other.holdout)} evaluation rows of .* were used "
+                                         "to fit the MINT classifier"):
+        evaluate_store(mint, store, n_boot=0)
+
+
+def test_report_shows_unresolved_tpr_and_collapsed_scores(tmp_path: Path, digits_store: Path) -> None:
+    """JSON, Markdown and the printed table say 'n/a' where the externals cannot resolve the FPR, and a
+    classifier whose held-out scores are all one value is flagged in all three."""
+    import json
+
+    from rich.console import Console
+
+    from gmint.report import print_result, write_report
+
+    mint = train_mint(digits_store, kind="logreg", setup="combined")
+    assert evaluate_store(mint, digits_store, n_boot=0)["warnings"] == []
+    mint.predict_proba = lambda features, labels=None: np.full(len(features), 0.5, np.float32)  # type: ignore[method-assign]
+    result = evaluate_store(mint, digits_store, n_boot=0)
+    n = result["rows"]["members"] + result["rows"]["external"]
+    assert result["warnings"] == [f"MINT classifier: all {n} scores are 0.5: the classifier does not rank the "
+                                  "rows at all"]
+    write_report(result, tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["mint"]["tpr_at_0.1pct_fpr"]["value"] is None and saved["warnings"] == result["warnings"]
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| TPR @ 0.1% FPR | n/a (needs ≥ 1,000 externals, has" in markdown
+    assert f"- **Warning:** {result['warnings'][0]}" in markdown
+    console = Console(record=True, width=300)
+    print_result(result, console)
+    printed = console.export_text()
+    assert "n/a (needs ≥ 1,000 externals, has" in printed and f"warning: {result['warnings'][0]}" in printed
 
 
 def test_unknown_setup_and_kind(digits_store: Path) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gmint.data.base import ImageSet
-from gmint.data.split import MembershipSplit, make_split, subpool_mask
+from gmint.data.split import MembershipSplit, check_model_split, make_split, subpool_mask
 from gmint.errors import InputError
 
 
@@ -100,3 +103,36 @@ def test_bad_split_requests_are_refused(digits: ImageSet, kwargs: dict[str, obje
 def test_too_small_data_gives_an_empty_split_error() -> None:
     with pytest.raises(InputError, match="empty split"):
         make_split(toy(n_groups=2, frames=1, classes=2), members=0.5, external=0.5, seed=0)
+
+
+@pytest.mark.parametrize("into, taken_from, message", [
+    ("external", "members", "members and external share 1 rows"),
+    ("holdout", "pool", "pool and holdout share 1 rows"),
+    ("control", "members", "control and members share 1 rows"),
+    ("control", "external", "control and external share 1 rows"),
+    ("pool", "control", "control and pool share 1 rows.*1 pool/holdout rows are neither members nor external"),
+])
+def test_overlapping_roles_are_refused_even_with_a_valid_hash(tmp_path: Path, digits: ImageSet, into: str,
+                                                              taken_from: str, message: str) -> None:
+    """A hand-edited manifest re-hashed to fit: a row on two sides would be labelled, fitted and scored
+    as both, so loading it fails and names the roles."""
+    payload = asdict(make_split(digits, members=0.4, external=0.4, control=0.2, seed=0))
+    payload[into] = sorted(payload[into] + payload[taken_from][:1])
+    payload["sha256"] = hashlib.sha256(json.dumps({k: v for k, v in payload.items() if k != "sha256"},
+                                                  sort_keys=True).encode()).hexdigest()
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(InputError, match=f"split manifest {path}: split roles overlap: {message}"):
+        MembershipSplit.load(path)
+
+
+def test_a_split_other_than_the_models_is_refused_naming_both_hashes(digits: ImageSet) -> None:
+    trained = make_split(digits, members=0.5, external=0.5, seed=0)
+    meta = json.loads(json.dumps({"split": asdict(trained), "split_sha256": trained.sha256}))  # as a checkpoint
+    check_model_split(meta, trained)
+    other = make_split(digits, members=0.5, external=0.5, seed=1)
+    with pytest.raises(InputError, match=f"split {other.sha256} is not the one the audited model was trained on "
+                                         rf"\({trained.sha256}\)"):
+        check_model_split(meta, other)
+    check_model_split(meta, other, trained_outside=True)  # the caller vouches for it
+    check_model_split({"format": "state-dict"}, other)     # nothing recorded: the manifest is all there is

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,3 +66,113 @@ def test_existing_checkpoint_needs_resume(tmp_path: Path, digits: ImageSet, digi
     with pytest.raises(UnknownNameError, match="augmentation"):
         train_audited(digits, digits_split, arch="small_cnn", transform=Transform(),
                       config=replace(CONFIG, augment="mixup"), out=tmp_path / "n.pt")
+
+
+COMMON = {"arch": "small_cnn", "transform": Transform(), "arch_options": {"width": 0.25}}
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path: Path, digits: ImageSet,
+                                                 digits_split: MembershipSplit) -> None:
+    """The demo resumes every run: a finished checkpoint must come back as it is, however often."""
+    path, config = tmp_path / "m.pt", replace(CONFIG, epochs=2)
+    first = train_audited(digits, digits_split, config=config, out=path, **COMMON)
+    written = path.read_bytes()
+    for _ in range(2):
+        again = train_audited(digits, digits_split, config=config, out=path, resume=True, **COMMON)
+        assert path.read_bytes() == written
+        assert again.meta["epochs_done"] == 2 and [h["epoch"] for h in again.meta["history"]] == [1, 2]
+        assert again.meta["record"] == first.meta["record"] and not again.module.training
+        for a, b in zip(first.module.state_dict().values(), again.module.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_cli_resume_of_a_finished_checkpoint_is_a_no_op(tmp_path: Path) -> None:
+    from tests.cli_runner import invoke
+
+    path = tmp_path / "m.pt"
+
+    def train(epochs: int, *extra: str) -> tuple[int, str]:
+        return invoke("audited", "train", "--data", "digits", "--epochs", epochs, "--width", "0.25", "--out", path,
+                      *extra)
+
+    assert train(1)[0] == 0
+    written = path.read_bytes()
+    for _ in range(2):
+        code, out = train(1, "--resume")
+        assert code == 0 and "1 epochs" in out
+        assert path.read_bytes() == written
+    code, out = train(2, "--resume")
+    assert code == 1 and "different train_config (epochs 1 → 2)" in out
+    assert path.read_bytes() == written
+
+
+@pytest.mark.parametrize("epochs", [0, -3])
+def test_no_epochs_is_refused_before_any_file_is_written(tmp_path: Path, digits: ImageSet,
+                                                         digits_split: MembershipSplit, epochs: int) -> None:
+    with pytest.raises(InputError, match=f"epochs must be at least 1, got {epochs}"):
+        train_audited(digits, digits_split, config=replace(CONFIG, epochs=epochs), out=tmp_path / "m.pt", **COMMON)
+    assert not list(tmp_path.iterdir())
+
+
+def test_resume_on_another_split_or_a_corrupt_history_is_refused(tmp_path: Path, digits: ImageSet,
+                                                                 digits_split: MembershipSplit) -> None:
+    from gmint.data.split import make_split
+
+    path, config = tmp_path / "m.pt", replace(CONFIG, epochs=1)
+    train_audited(digits, digits_split, config=config, out=path, **COMMON)
+    other = make_split(digits, members=0.5, external=0.5, holdout=0.5, seed=1)
+    with pytest.raises(InputError, match="different split_sha256"):
+        train_audited(digits, other, config=config, out=path, resume=True, **COMMON)
+    # What the old resume left behind: a finished run trained once more on top ([1, 1] for one epoch).
+    payload = torch.load(path, weights_only=True)
+    meta = json.loads(payload["meta"])
+    meta["history"] = meta["history"] * 2
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, path)
+    written = path.read_bytes()
+    with pytest.raises(InputError, match="training progress"):
+        train_audited(digits, digits_split, config=config, out=path, resume=True, **COMMON)
+    assert path.read_bytes() == written
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path: Path, digits: ImageSet,
+                                                           digits_split: MembershipSplit,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash while the second epoch's checkpoint is written (here: the disk fills up half-way) must leave
+    the first epoch's checkpoint byte for byte, and nothing else; resuming then finishes the run."""
+    path, config = tmp_path / "m.pt", replace(CONFIG, epochs=2)
+    real_save, saved = torch.save, {"n": 0, "before": b""}
+
+    def save_dying_halfway(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        saved["n"] += 1
+        if saved["n"] < 2:
+            return real_save(obj, f, *args, **kwargs)
+        saved["before"] = path.read_bytes()
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        half = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+        if isinstance(f, (str, os.PathLike)):
+            Path(f).write_bytes(half)
+        else:
+            f.write(half)  # type: ignore[attr-defined]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_dying_halfway)
+    with pytest.raises(OSError, match="No space"):
+        train_audited(digits, digits_split, config=config, out=path, **COMMON)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert path.read_bytes() == saved["before"] and sorted(tmp_path.iterdir()) == [path]
+    assert load_audited(path).meta["epochs_done"] == 1
+    resumed = train_audited(digits, digits_split, config=config, out=path, resume=True, **COMMON)
+    assert [h["epoch"] for h in resumed.meta["history"]] == [1, 2]
+
+
+def test_a_checkpoint_reaches_the_disk_before_it_replaces_the_old_one(
+        tmp_path: Path, digits: ImageSet, digits_split: MembershipSplit, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(f"replace {Path(b).name}"), real_replace(a, b))[1])
+    train_audited(digits, digits_split, config=replace(CONFIG, epochs=1), out=tmp_path / "m.pt", **COMMON)
+    # Per checkpoint (after the epoch, then with the record): the file's data, the rename, the folder entry.
+    assert events == ["fsync", "replace m.pt", "fsync"] * 2

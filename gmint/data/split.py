@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from gmint.data.base import ImageSet
 from gmint.errors import InputError
 
 FRACTIONS = {"D100": 1.0, "D10": 0.1, "D1": 0.01}
+# Roles that must never share a row: a row on both sides would be labelled, fitted or scored as both.
+DISJOINT = (("members", "external"), ("pool", "holdout"), ("control", "members"), ("control", "external"),
+            ("control", "pool"), ("control", "holdout"))
 PROTOCOLS = ("paper", "grouped")
 MEMBER, EXTERNAL = 1, 0
 POOL, HOLDOUT = 0, 1
@@ -43,6 +47,21 @@ class MembershipSplit:
     subpools: dict[str, list[int]] = field(default_factory=dict)
     options: dict[str, object] = field(default_factory=dict)
     control: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Refuse roles that overlap, and pool/holdout rows that are neither member nor external (they
+        would be labelled external): a hand-edited manifest can carry a valid hash and still be wrong."""
+        problems = []
+        for a, b in DISJOINT:
+            common = np.intersect1d(getattr(self, a), getattr(self, b))
+            if len(common):
+                problems.append(f"{a} and {b} share {len(common)} rows (e.g. {', '.join(map(str, common[:3]))})")
+        unlabelled = np.setdiff1d(self.pool + self.holdout, self.members + self.external)
+        if len(unlabelled):
+            problems.append(f"{len(unlabelled)} pool/holdout rows are neither members nor external (e.g. "
+                            f"{', '.join(map(str, unlabelled[:3]))})")
+        if problems:
+            raise InputError("split roles overlap: " + "; ".join(problems))
 
     @property
     def sha256(self) -> str:
@@ -74,6 +93,8 @@ class MembershipSplit:
             split = cls(**payload)
         except TypeError as exc:
             raise InputError(f"split manifest {path} has the wrong fields ({exc})") from None
+        except InputError as exc:
+            raise InputError(f"split manifest {path}: {exc}") from None
         if recorded != split.sha256:
             raise InputError(f"split manifest {path} was modified after it was written (hash mismatch)")
         return split
@@ -83,6 +104,27 @@ class MembershipSplit:
         payload = json.loads(text)
         payload.pop("sha256", None)
         return cls(**payload)
+
+
+def check_model_split(meta: Mapping[str, object], split: MembershipSplit, *, trained_outside: bool = False) -> None:
+    """Refuse to label rows with a split other than the one the audited model was trained on.
+
+    The split decides each row's membership label; another split's labels call members external and
+    back, and the audit still runs to the end. A gmint checkpoint records its split (`meta["split"]`);
+    a model trained elsewhere records none (nothing to check) or one that no longer describes it, which
+    the caller states with `trained_outside=True`.
+
+    Raises:
+        InputError: the hashes differ; the message names both.
+    """
+    recorded = meta.get("split")
+    if recorded is None or trained_outside:
+        return
+    trained = MembershipSplit.from_json(json.dumps(recorded)).sha256
+    if trained != split.sha256:
+        raise InputError(f"the split {split.sha256} is not the one the audited model was trained on ({trained}): "
+                         "its membership labels would be wrong; use the model's own split, or pass "
+                         "--model-trained-outside-gmint if the model was trained outside gmint on this split")
 
 
 def make_split(data: ImageSet, *, members: float | int = 0.5, external: float | int = 0.5,

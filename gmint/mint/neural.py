@@ -7,28 +7,13 @@ which network to build (`_build`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gmint.errors import InputError
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run a small dense net on one thread: faster than intra-op parallelism at these sizes (no
-    synchronisation, no oversubscription when other processes share the cores) and bit-reproducible
-    whatever the machine's core count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from gmint.threads import torch_threads
 
 
 class NeuralMint:
@@ -55,7 +40,7 @@ class NeuralMint:
 
     def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None) -> dict[str, object]:
         """Train on (x, y) with y = 1 for members; return the training record (epochs, best val loss)."""
-        with single_thread():
+        with torch_threads(1):  # bit-reproducible whatever the core count, and fastest for a small net
             return self._fit(x, y, seed)
 
     def _fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, object]:
@@ -106,7 +91,7 @@ class NeuralMint:
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         self.net.eval()
-        with single_thread():
+        with torch_threads(1):
             return torch.sigmoid(self.net(torch.from_numpy(np.asarray(x, np.float32))).squeeze(1)).numpy()
 
     def state(self) -> dict[str, torch.Tensor]:

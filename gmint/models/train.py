@@ -1,13 +1,16 @@
 """Training audited models for experiments: a zoo architecture fitted on the members of a split.
 
 Checkpoints every epoch (atomically) and resumes from the last one; shuffling is seeded per epoch, so a
-resumed run takes the same path as an uninterrupted one. The final record states the model's own
-member/external accuracy and loss: the generalisation gap that every membership result sits beside.
+resumed run takes the same path as an uninterrupted one, and resuming a finished run changes nothing. Training
+runs on a fixed, recorded number of CPU threads: the weights depend on it (see TrainConfig.threads). The final
+record states the model's own member/external accuracy and loss: the generalisation gap that every membership
+result sits beside.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,10 +25,11 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
-from gmint.models.io import AuditedModel, read_checkpoint, save_checkpoint
+from gmint.models.io import AuditedModel, read_checkpoint
 from gmint.models.zoo import build
 from gmint.progress import progress_bar
 from gmint.registry import Registry
+from gmint.threads import torch_threads
 
 Augmentation = Callable[[Tensor, torch.Generator], Tensor]
 AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
@@ -72,6 +76,16 @@ class TrainConfig:
     schedule: str = "constant"   # or "cosine"
     augment: str = "none"
     seed: int = 0
+    # Summing a batch's gradients is split across CPU threads, so the thread count changes the rounding and
+    # with it the weights and every figure after them: it is fixed here and recorded, never the machine's.
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "threads"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.schedule not in ("constant", "cosine"):
+            raise InputError(f"unknown schedule '{self.schedule}'; choose from ['constant', 'cosine']")
 
 
 def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transform: Transform,
@@ -82,12 +96,22 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
 
     With `negative_control=True` the model is trained on the split's `control` rows instead: it saw
     neither the members nor the externals, so auditing it with the same pipeline must give chance.
+    With `resume=True` an interrupted run continues from its last epoch and a finished one is returned
+    as it is, its file untouched.
+
+    Raises:
+        InputError: before any file is written, for an existing `out` without `resume`, or a checkpoint
+            trained with another recipe (architecture, data, split, transform, TrainConfig).
     """
     if split.dataset != data.name:
         raise InputError(f"the split is for '{split.dataset}', the data is '{data.name}'")
-    if config.schedule not in ("constant", "cosine"):
-        raise InputError(f"unknown schedule '{config.schedule}'; choose from ['constant', 'cosine']")
     augment = AUGMENTATIONS.get(config.augment)
+    members = np.asarray(split.control if negative_control else split.members)
+    if len(members) == 0:
+        raise InputError("the split has no control rows; draw it with --control to train a negative control")
+    out = Path(out)
+    if out.exists() and not resume:
+        raise InputError(f"{out} exists; pass --resume to continue training or choose another --out")
     c, h, _ = data.image_shape
     size = transform.size or h
     arch_args = {"arch": arch, "in_channels": c, "num_classes": len(data.classes), "image_size": size,
@@ -102,18 +126,17 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
         "split_sha256": split.sha256, "train_config": asdict(config), "num_classes": len(data.classes),
         "classes": list(data.classes), "trained_on": "control" if negative_control else "members",
     }
+    history: list[dict[str, float]] = []
     start_epoch, elapsed = 0, 0.0
-    out = Path(out)
     if resume and out.exists():
-        start_epoch, elapsed = _restore(out, model, optimizer, scheduler, meta)
-    elif out.exists() and not resume:
-        raise InputError(f"{out} exists; pass --resume to continue training or choose another --out")
-
-    members = np.asarray(split.control if negative_control else split.members)
-    if len(members) == 0:
-        raise InputError("the split has no control rows; draw it with --control to train a negative control")
-    history: list[dict[str, float]] = list(meta.get("history", []))  # type: ignore[arg-type]
-    with progress_bar(f"train {arch}", config.epochs, enabled=show_progress, completed=start_epoch) as bar:
+        saved = _restore(out, model, optimizer, scheduler, meta)
+        if saved["epochs_done"] == config.epochs and "record" in saved:
+            return AuditedModel(model.eval(), saved)  # a finished run: nothing to do, the file stays as it is
+        history, start_epoch = saved["history"], saved["epochs_done"]  # type: ignore[assignment]
+        elapsed = float(saved.get("train_seconds", 0.0))  # type: ignore[arg-type]
+    meta.update(history=history, epochs_done=start_epoch, train_seconds=round(elapsed, 2))
+    with torch_threads(config.threads), progress_bar(f"train {arch}", config.epochs, enabled=show_progress,
+                                                     completed=start_epoch) as bar:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
             loss, acc = _epoch(model, data, members, transform, optimizer, augment, config, epoch, device)
@@ -123,9 +146,8 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
             meta.update(history=history, epochs_done=epoch + 1, train_seconds=round(elapsed, 2))
             _save(out, model, optimizer, scheduler, meta)
             bar.advance(1, f"loss {loss:.3f} acc {acc:.3f}")
-
-    model.eval()
-    meta["record"] = audited_record(model, data, split, transform, device=device, show_progress=show_progress)
+        model.eval()
+        meta["record"] = audited_record(model, data, split, transform, device=device, show_progress=show_progress)
     meta.update(train_seconds=round(elapsed, 2), seed=config.seed)
     _save(out, model, optimizer, scheduler, meta)
     return AuditedModel(model, meta)
@@ -195,19 +217,65 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
 
 def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
           scheduler: torch.optim.lr_scheduler.LRScheduler, meta: dict[str, object]) -> None:
-    save_checkpoint(out, model, meta, {"optimizer": optimizer.state_dict(),
-                                       "scheduler": scheduler.state_dict()})
+    """Write the checkpoint whole or not at all: into a temporary file beside `out`, forced to disk (fsync),
+    then renamed over `out` (os.replace is atomic), so a crash or a kill at any moment leaves either the
+    previous checkpoint or the new one. The format is gmint.models.io's: state dict, JSON meta, extras."""
+    payload = {"state_dict": model.state_dict(), "meta": json.dumps(meta), "optimizer": optimizer.state_dict(),
+               "scheduler": scheduler.state_dict()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if os.name == "posix":  # make the rename itself durable
+        folder = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+RECIPE = ("arch", "arch_args", "dataset", "split_sha256", "train_config", "transform", "trained_on")
 
 
 def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler, meta: dict[str, object]) -> tuple[int, float]:
+             scheduler: torch.optim.lr_scheduler.LRScheduler, meta: dict[str, object]) -> dict[str, object]:
+    """Load a checkpoint's weights and optimiser state into the fresh run; return its meta.
+
+    Raises:
+        InputError: it was trained with another recipe (a resume would silently mix two), it is not a
+            training checkpoint, or its progress record is inconsistent.
+    """
     payload = read_checkpoint(out)
+    missing = [k for k in ("meta", "state_dict", "optimizer", "scheduler") if k not in payload]
+    if missing:
+        raise InputError(f"{out} is not a gmint training checkpoint (no {', '.join(missing)}); it cannot be "
+                         "resumed")
     saved = json.loads(payload["meta"])  # type: ignore[arg-type]
-    for key in ("arch", "arch_args", "dataset", "split_sha256", "train_config", "transform", "trained_on"):
-        if saved.get(key) != json.loads(json.dumps(meta[key])):
-            raise InputError(f"{out} was trained with a different {key}; cannot resume it with these settings")
+    for key in RECIPE:
+        wanted = json.loads(json.dumps(meta[key]))
+        if saved.get(key) != wanted:
+            raise InputError(f"{out} was trained with a different {key} ({_difference(saved.get(key), wanted)}); "
+                             "it cannot be resumed with these settings: choose another --out")
+    done, history = saved.get("epochs_done"), saved.get("history", [])
+    if not isinstance(done, int) or [h.get("epoch") for h in history] != list(range(1, done + 1)):
+        raise InputError(f"{out} does not record its training progress consistently (epochs_done {done}, "
+                         f"{len(history)} epochs of history); it cannot be resumed: train again with another --out")
     model.load_state_dict(payload["state_dict"])  # type: ignore[arg-type]
     optimizer.load_state_dict(payload["optimizer"])  # type: ignore[arg-type]
     scheduler.load_state_dict(payload["scheduler"])  # type: ignore[arg-type]
-    meta["history"] = saved.get("history", [])
-    return int(saved.get("epochs_done", 0)), float(saved.get("train_seconds", 0.0))
+    return saved
+
+
+def _difference(saved: object, wanted: object) -> str:
+    """'epochs 40 → 10' for the fields of two dicts that differ; 'old → new' otherwise."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        keys = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+        return ", ".join(f"{k} {saved.get(k, '—')} → {wanted.get(k, '—')}" for k in keys)
+    return f"{saved} → {wanted}"
