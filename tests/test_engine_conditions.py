@@ -410,9 +410,11 @@ def test_extraction_records_its_self_check_and_stores_exact_numbers(tmp_path: Pa
     layers = ["fc.weight", "head.weight"]
     x = Transform.from_dict(PLAIN)(digits.images[:40])
     ref = ENGINES.get("naive")(module, layers, parse_reduction("mean"), x, torch.from_numpy(digits.labels[:40]))
+    before = _snapshot(module)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HooksFallbackWarning)
         provenance, features = _extract_digits(tmp_path / "s.h5", digits, module, engine, ",".join(layers))
+    assert _same(before, _snapshot(module))
     check = provenance["engine_check"]
     assert isinstance(check, dict) and provenance["engine"] == engine and check["reference"] == "naive"
     assert len(check["rows"]) == 4 and check["rows"][0] == 0 and check["tolerance"] > 0
