@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import typer
+from typer.core import TyperGroup
 
 import gmint
 from gmint_cli import audited, demo, evaluate, extract, info, score, split, train
+from gmint_cli.common import print_error
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# click's exception family, reached through typer's public BadParameter (typer ≥ 0.26 vendors click).
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(TyperGroup):
+    """A usage mistake (unknown option, bad or missing value) is reported like every other bad input: one
+    line on stderr and exit code 1, instead of click's usage block, error box and exit code 2."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _CLICK_ERROR as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # the help is printed already
+                sys.exit(exc.exit_code)
+            print_error(exc.format_message())
+            sys.exit(1)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)  # a command returns None; typer.Exit(n) returns n
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Membership Inference Test from per-sample Weight Modifiers (gMINT): was this "
                        "data used to train this image model?")
 app.command("demo")(demo.demo)
@@ -28,7 +57,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
                                        help="Print the version and exit.")) -> None:
     """Membership Inference Test from per-sample Weight Modifiers."""
 

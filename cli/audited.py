@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
+from gmint.errors import InputError
 from gmint.models.train import TrainConfig, train_audited
-from gmint_cli.common import cli_errors, console, load_data, show_progress
+from gmint_cli.common import (
+    check_output,
+    cli_errors,
+    console,
+    device_option,
+    flag,
+    json_object,
+    load_data,
+    positive,
+    show_progress,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -19,31 +29,52 @@ app = typer.Typer(no_args_is_help=True)
 @cli_errors
 def train(arch: str = typer.Option("small_cnn", help="Architecture from the zoo."),
           data: str = typer.Option("digits", help="Dataset name."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets."),
-          split: Path = typer.Option(None, help="Split manifest; default: a new grouped split, seed --seed."),
-          width: float = typer.Option(1.0, help="Channel width multiplier."),
-          arch_options: str = typer.Option("{}", help='Extra architecture options as JSON, e.g. {"depth": 4}.'),
-          image_size: int = typer.Option(None, help="Resize images to this side (default: as stored)."),
-          epochs: int = typer.Option(30), batch_size: int = typer.Option(64),
-          optimizer: str = typer.Option("adam", help="adam | sgd"), lr: float = typer.Option(1e-3),
-          weight_decay: float = typer.Option(0.0), schedule: str = typer.Option("constant", help="constant | cosine"),
+          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
+                                         "(default: $GMINT_DATA; digits needs none)."),
+          split: Path = typer.Option(None, help="Split manifest (default: a new grouped split, seed --seed)."),
+          width: float = typer.Option(1.0, callback=positive, help="Channel width multiplier (> 0)."),
+          arch_options: str = typer.Option("{}", help='Extra architecture options as a JSON object, e.g. '
+                                                      '{"depth": 4}.'),
+          image_size: int = typer.Option(None, min=1, help="Resize images to this side (default: as stored)."),
+          epochs: int = typer.Option(30, min=1, help="Training epochs."),
+          batch_size: int = typer.Option(64, min=1, help="Training batch size."),
+          optimizer: str = typer.Option("adam", help="adam | sgd"),
+          lr: float = typer.Option(1e-3, callback=positive, help="Learning rate (> 0)."),
+          weight_decay: float = typer.Option(0.0, min=0.0, help="L2 weight decay."),
+          schedule: str = typer.Option("constant", help="constant | cosine"),
           augment: str = typer.Option("none", help="none | crop | flip-crop"),
-          seed: int = typer.Option(0), device: str = typer.Option("cpu"),
-          resume: bool = typer.Option(False, help="Continue from the checkpoint at --out."),
-          negative_control: bool = typer.Option(False, help="Train on the split's control rows (saw neither "
-                                                "members nor externals): audits of it must give chance."),
+          seed: int = typer.Option(0, help="Seed of the initialisation, the shuffling and a new split."),
+          device: str = device_option(),
+          resume: bool = flag("--resume", "Continue from the checkpoint at --out."),
+          overwrite: bool = flag("--overwrite", "Replace an existing --out (kept until the new model is trained)."),
+          negative_control: bool = flag("--negative-control", "Train on the split's control rows (saw neither "
+                                                              "members nor externals): audits of it must give chance."),
           out: Path = typer.Option(Path("audited.pt"), help="Checkpoint (written every epoch).")) -> None:
     """Train an audited model on the members of a membership split; checkpoint every epoch."""
-    images = load_data(data, data_root)
+    check_output(out, "--out", inputs={"--split": split}, overwrite=overwrite, resume=resume)
+    options = {"width": width, **json_object(arch_options, "--arch-options")}
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                         weight_decay=weight_decay, schedule=schedule, augment=augment, seed=seed)
+    images = load_data(data, data_root, size=image_size, size_option="--image-size")
     manifest = MembershipSplit.load(split) if split else make_split(images, seed=seed)
-    options = {"width": width, **json.loads(arch_options)}
-    model = train_audited(images, manifest, arch=arch, transform=Transform(size=image_size),
-                          config=TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                                             weight_decay=weight_decay, schedule=schedule, augment=augment,
-                                             seed=seed),
-                          out=out, arch_options=options, resume=resume, negative_control=negative_control,
-                          device=device,
-                          show_progress=show_progress())
+    if negative_control and not manifest.control:  # the library's own message names split's option as if ours
+        raise InputError("the split has no control rows to train a negative control on; draw one with "
+                         "`gmint split --control 0.2` (or another fraction or count)")
+    # train_audited refuses an existing --out it does not resume: the old file steps aside, and comes back if
+    # training fails (bad settings, a crash), so --overwrite never loses a model without making a new one.
+    replaced = out.with_name(out.name + ".replaced") if overwrite and out.exists() else None
+    if replaced is not None:
+        out.replace(replaced)
+    try:
+        model = train_audited(images, manifest, arch=arch, transform=Transform(size=image_size), config=config,
+                              out=out, arch_options=options, resume=resume, negative_control=negative_control,
+                              device=device, show_progress=show_progress())
+    except Exception:
+        if replaced is not None:
+            replaced.replace(out)
+        raise
+    if replaced is not None:
+        replaced.unlink()
     rec = model.meta["record"]
     console.print(f"{out}: {arch} on {data}, {model.meta['epochs_done']} epochs in {model.meta['train_seconds']} s")
     console.print("  " + ", ".join(f"{k} {v:.4f}" for k, v in rec.items()))

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from gmint.demo import run_demo
 from gmint.report import gap_lines
-from gmint_cli.common import cli_errors, console, show_progress
+from gmint_cli.common import check_output, cli_errors, console, flag, show_progress
 
 
 def _cell(est: dict[str, float]) -> str:
@@ -18,10 +18,13 @@ def _cell(est: dict[str, float]) -> str:
 
 @cli_errors
 def demo(out: Path = typer.Option(Path("gmint-demo"), help="Working folder for the demo's files."),
+         overwrite: bool = flag("--overwrite", "Write into an existing, non-empty --out folder (models trained "
+                                               "there with the same settings are reused)."),
          seed: int = typer.Option(0, help="Seed of every random choice."),
-         epochs: int = typer.Option(40, help="Training epochs of the audited model.")) -> None:
+         epochs: int = typer.Option(40, min=1, help="Training epochs of the audited model.")) -> None:
     """Run the whole audit on scikit-learn's digits: split, train, extract, fit MINT, evaluate."""
-    console.rule("gmint demo: was this digit in the training set?")
+    check_output(out, "--out", folder=True, overwrite=overwrite)
+    console.print("[bold]gmint demo: was this digit in the training set?[/]")
     r = run_demo(out, seed=seed, epochs=epochs, show_progress=show_progress())
     s, a, c = r["split"], r["audited"], r["control"]
     console.print(f"Data: scikit-learn's 1,797 8x8 digits. {s['members']} members trained the audited CNN, "

@@ -11,6 +11,8 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from gmint.audit import model_input
+from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.distributed import merge_shards, run_distributed, world
@@ -18,55 +20,96 @@ from gmint.errors import InputError
 from gmint.extract import extract as run_extract
 from gmint.extract import rows_sha256, split_rows
 from gmint.layers import preset_layers, weight_layers
-from gmint.models.io import AuditedModel, load_audited
-from gmint_cli.common import cli_errors, console, load_data, show_progress
-
-MODEL_HELP = "Audited model: a gmint checkpoint, a state dict (with --arch) or TorchScript (--torchscript)."
-
-
-def _model(model: Path, arch: str | None, torchscript: bool, trust_pickle: bool) -> AuditedModel:
-    return load_audited(model, arch=arch, torchscript=torchscript, trust_pickle=trust_pickle)
-
+from gmint.models.io import AuditedModel
+from gmint_cli.common import (
+    ARCH_HELP,
+    MODEL_HELP,
+    TORCHSCRIPT_HELP,
+    TRUST_PICKLE_HELP,
+    check_output,
+    cli_errors,
+    console,
+    device_option,
+    flag,
+    load_data,
+    load_model,
+    print_json,
+    show_progress,
+)
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
 def parse_bytes(text: str) -> int:
     """'512MiB' → 536870912; plain numbers are bytes."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
-    if not match or match.group(2).lower() not in UNITS:
-        raise InputError(f"--max-memory must look like 512MiB, 2GiB or a number of bytes, got '{text}'")
-    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", text)
+    unit = UNITS.get(match.group(2).lower(), 0) if match else 0
+    budget = int(float(match.group(1)) * unit) if match else 0
+    if budget < 1:
+        raise InputError(f"--max-memory must look like 512MiB, 2GiB or a positive number of bytes, got '{text}'")
+    return budget
+
+
+def check_model_input(images: ImageSet, audited: AuditedModel, transform: Transform) -> None:
+    """Refuse images the audited model cannot take, before a store is created: another channel count, or a
+    side the transform does not bring to the model's (the model would fail on the first batch, or, for a
+    model that pools globally, silently compute features of images it was never shown at that size)."""
+    channels, side = model_input(audited)
+    c, h, w = images.image_shape
+    if channels is not None and c != channels:
+        raise InputError(f"the images of {images.name} have {c} channel{'s' * (c != 1)}, the audited model takes "
+                         f"{channels}")
+    seen = (transform.size, transform.size) if transform.size else (h, w)
+    if side is not None and seen != (side, side):
+        raise InputError(f"the audited model takes {side}x{side} images, those of {images.name} would reach it as "
+                         f"{seen[0]}x{seen[1]}; pass --image-size {side} to resize them")
+
+
+def check_loss(loss: str, audited: AuditedModel) -> None:
+    """`bce` reads one logit per sample: on a model with one output per class it fails deep in the engines."""
+    classes = audited.meta.get("num_classes")
+    if loss == "bce" and classes is not None and int(classes) != 1:  # type: ignore[call-overload]
+        raise InputError(f"--loss bce needs a model with a single output (one logit), this model has {classes} "
+                         "(one per class); use --loss cross_entropy")
 
 
 @cli_errors
 def extract(model: Path = typer.Option(..., help=MODEL_HELP),
-            arch: str = typer.Option(None, help="package.module:factory building the model for a state dict."),
-            torchscript: bool = typer.Option(False, help="--model is a TorchScript file."),
-            trust_pickle: bool = typer.Option(False, help="Allow a pickled full module (runs its code!)."),
-            data: str = typer.Option(None, help="Dataset name; default: the one the model was trained on."),
-            data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets."),
-            split: Path = typer.Option(None, help="Split manifest; default: the one stored with the model."),
+            arch: str = typer.Option(None, help=ARCH_HELP),
+            torchscript: bool = flag("--torchscript", TORCHSCRIPT_HELP),
+            trust_pickle: bool = flag("--trust-pickle", TRUST_PICKLE_HELP),
+            data: str = typer.Option(None, help="Dataset name (default: the one the model was trained on)."),
+            data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
+                                           "(default: $GMINT_DATA; digits needs none)."),
+            split: Path = typer.Option(None, help="Split manifest (default: the one stored with the model)."),
+            model_trained_outside_gmint: bool = flag(
+                "--model-trained-outside-gmint",
+                "The model was trained outside gmint: accept a --split other than the one its checkpoint records."),
             layers: str = typer.Option("combined", help="entry | middle | output | combined, or names/globs."),
             reduction: str = typer.Option("mean", help="mean | abs_mean | std | l2 | max | flat | project:<d>"),
             engine: str = typer.Option("auto", help="auto | hooks | vmap | naive"),
             max_memory: str = typer.Option(None, "--max-memory", help="Working-memory budget, e.g. 512MiB or 2GiB; "
-                                           "lowers the batch (vmap: the chunk) to fit."),
+                                           "lowers the batch (vmap: the chunk) to fit (default: no budget)."),
             source: str = typer.Option("gradient", help="gradient (gMINT) | activation (MINT) | output (signals)."),
-            loss: str = typer.Option("cross_entropy", help="cross_entropy | nll | bce"),
-            image_size: int = typer.Option(None, help="Resize images (default: the model's recorded transform)."),
-            batch_size: int = typer.Option(128), chunk_size: int = typer.Option(64, help="Samples per vmap call."),
+            loss: str = typer.Option("cross_entropy", help="cross_entropy | nll | bce (one logit per sample)"),
+            image_size: int = typer.Option(None, min=1, help="Resize images to this side (default: the model's "
+                                                            "recorded transform)."),
+            batch_size: int = typer.Option(128, min=1, help="Rows per batch written to the store."),
+            chunk_size: int = typer.Option(64, min=1, help="Samples per vmap call."),
             seed: int = typer.Option(0, help="Seed for seeded reductions."),
-            device: str = typer.Option("cpu"),
+            device: str = device_option(),
             out: Path = typer.Option(Path("features.h5"), help="Feature store to write."),
-            resume: bool = typer.Option(False, help="Continue a partial store at --out."),
-            overwrite: bool = typer.Option(False, help="Replace an existing --out.")) -> None:
+            resume: bool = flag("--resume", "Continue a partial store at --out."),
+            overwrite: bool = flag("--overwrite", "Replace an existing --out.")) -> None:
     """Compute per-sample Weight Modifiers of the chosen layers and stream them to an HDF5 store."""
-    audited = _model(model, arch, torchscript, trust_pickle)
+    check_output(out, "--out", inputs={"--model": model, "--split": split}, overwrite=overwrite, resume=resume)
+    budget = parse_bytes(max_memory) if max_memory else None
+    audited = load_model(model, arch, torchscript, trust_pickle)
+    check_loss(loss, audited)
     name = data or audited.meta.get("dataset")
     if not name:
         raise InputError("--data is required for a model without gmint metadata")
-    images = load_data(str(name), data_root)
+    images = load_data(str(name), data_root, size=image_size, size_option="--image-size")
     if split:
         manifest = MembershipSplit.load(split)
     elif "split" in audited.meta:
@@ -76,14 +119,16 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     if manifest.dataset != images.name:
         raise InputError(f"the split is for '{manifest.dataset}', the data is '{images.name}'")
     transform = Transform(size=image_size) if image_size or "transform" not in audited.meta else None
+    check_model_input(images, audited, transform or Transform.from_dict(audited.meta["transform"]))  # type: ignore[arg-type]
     rows = split_rows(manifest)
     rank, world_size = world()
 
     def run(shard: tuple[int, int], on_device: str) -> Path:
         return run_extract(audited, images, rows, out=out, layers=layers, reduction=reduction, engine=engine,
                            source=source, transform=transform, loss=loss, batch_size=batch_size,
-                           chunk_size=chunk_size, seed=seed, split=manifest, resume=resume, overwrite=overwrite,
-                           device=on_device, shard=shard, max_memory=parse_bytes(max_memory) if max_memory else None,
+                           chunk_size=chunk_size, seed=seed, split=manifest,
+                           trained_outside=model_trained_outside_gmint, resume=resume, overwrite=overwrite,
+                           device=on_device, shard=shard, max_memory=budget,
                            show_progress=show_progress() and shard[0] == 0)
 
     if world_size > 1:  # under torchrun: this rank's shard, then rank 0 joins them
@@ -102,10 +147,12 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
 
 @cli_errors
 def layers(model: Path = typer.Option(..., help=MODEL_HELP),
-           arch: str = typer.Option(None, help="package.module:factory for a state dict."),
-           torchscript: bool = typer.Option(False), trust_pickle: bool = typer.Option(False)) -> None:
+           arch: str = typer.Option(None, help=ARCH_HELP),
+           torchscript: bool = flag("--torchscript", TORCHSCRIPT_HELP),
+           trust_pickle: bool = flag("--trust-pickle", TRUST_PICKLE_HELP),
+           json_out: bool = flag("--json", "Print the layers as JSON instead.")) -> None:
     """List the model's weight layers and which presets pick them."""
-    audited = _model(model, arch, torchscript, trust_pickle)
+    audited = load_model(model, arch, torchscript, trust_pickle)
     example = None
     args = audited.meta.get("arch_args")
     if isinstance(args, dict):
@@ -113,11 +160,16 @@ def layers(model: Path = typer.Option(..., help=MODEL_HELP),
         example = Transform()(np.zeros((1, size, size, args["in_channels"]), np.uint8))
     presets = preset_layers(audited.module, example)
     params = dict(audited.module.named_parameters())
-    table = Table(title=f"weight layers of {model} ({'forward' if example is not None else 'registration'} order)")
+    order = "forward" if example is not None else "registration"
+    found = [{"parameter": n, "shape": list(params[n].shape),
+              "presets": [p for p, names in presets.items() if n in names]}
+             for n in weight_layers(audited.module, example)]
+    if json_out:
+        print_json({"model": str(model), "order": order, "layers": found})
+        return
+    table = Table(title=f"weight layers of {model} ({order} order)")
     for col in ("#", "parameter", "shape", "presets"):
         table.add_column(col)
-    for i, n in enumerate(weight_layers(audited.module, example)):
-        table.add_row(str(i), n, "×".join(map(str, params[n].shape)),
-                      ", ".join(p for p, names in presets.items() if n in names))
+    for i, layer in enumerate(found):
+        table.add_row(str(i), layer["parameter"], "×".join(map(str, layer["shape"])), ", ".join(layer["presets"]))
     console.print(table)
-

@@ -8,54 +8,88 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from gmint.audit import ROW_CHOICES, audit_set, load_image_folder, select_rows, subsample, write_scores
+from gmint.audit import ROW_CHOICES, audit_set, load_image_folder, model_input, select_rows, subsample, write_scores
 from gmint.data.split import MembershipSplit
 from gmint.errors import InputError
 from gmint.mint import TrainedMint
-from gmint.models.io import load_audited
-from gmint_cli.common import cli_errors, console, load_data, show_progress
-from gmint_cli.extract import MODEL_HELP
+from gmint_cli.common import (
+    ARCH_HELP,
+    MODEL_HELP,
+    TORCHSCRIPT_HELP,
+    TRUST_PICKLE_HELP,
+    check_output,
+    cli_errors,
+    console,
+    device_option,
+    flag,
+    load_data,
+    load_model,
+    print_json,
+    show_progress,
+    size_hint,
+)
 
 
 @cli_errors
 def score(model: Path = typer.Option(..., help=MODEL_HELP),
-          arch: str = typer.Option(None, help="package.module:factory building the model for a state dict."),
-          torchscript: bool = typer.Option(False, help="--model is a TorchScript file."),
+          arch: str = typer.Option(None, help=ARCH_HELP),
+          torchscript: bool = flag("--torchscript", TORCHSCRIPT_HELP),
+          trust_pickle: bool = flag("--trust-pickle", TRUST_PICKLE_HELP),
           mint: Path = typer.Option(..., help="A MINT classifier from `gmint train`."),
           store: Path = typer.Option(..., help="Calibration: the classifier's feature store; its held-out "
                                                "external rows (never fitted) are the reference scores."),
-          images: Path = typer.Option(None, help="Candidates: a folder of <class name>/ folders of images."),
-          data: str = typer.Option(None, help="Candidates from a dataset (with --rows) instead of --images."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets."),
+          images: Path = typer.Option(None, help="Candidates: a folder of <class name>/ folders of images "
+                                                 "(default: none; or give --data)."),
+          data: str = typer.Option(None, help="Candidates from a dataset, with --rows (default: none; or give "
+                                               "--images)."),
+          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
+                                         "(default: $GMINT_DATA; digits needs none)."),
           rows: str = typer.Option(None, help=f"{' | '.join(ROW_CHOICES)} of the model's split, or a JSON "
-                                              "file listing row ids of --data."),
-          split: Path = typer.Option(None, help="Split manifest for --rows; default: the one stored with the model."),
-          sample: int = typer.Option(None, help="Audit a seeded random subset of this many candidates."),
+                                              "file listing row ids of --data (default: none)."),
+          split: Path = typer.Option(None, help="Split manifest for --rows (default: the one stored with the "
+                                                "model)."),
+          sample: int = typer.Option(None, min=1, help="Audit a seeded random subset of this many candidates "
+                                                       "(default: all of them)."),
           seed: int = typer.Option(0, help="Seed of --sample."),
-          to_grey: bool = typer.Option(False, help="Convert colour candidates to grey for a greyscale model."),
-          alpha: float = typer.Option(0.05, help="Significance level of the verdict."),
+          to_grey: bool = flag("--to-grey", "Convert colour candidates to grey for a greyscale model."),
+          alpha: float = typer.Option(0.05, help="Significance level of the verdict, in (0, 1)."),
           out: Path = typer.Option(Path("scores.csv"), help="Per-sample scores: CSV (sample_id, file, score), "
                                                            "or JSON with the verdict if it ends in .json."),
-          features: Path = typer.Option(None, help="Keep the candidates' feature store here (a new file)."),
-          json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead."),
-          batch_size: int = typer.Option(128), device: str = typer.Option("cpu")) -> None:
+          features: Path = typer.Option(None, help="Keep the candidates' feature store here, a new file "
+                                                   "(default: not kept)."),
+          overwrite: bool = flag("--overwrite", "Replace an existing --out."),
+          json_out: bool = flag("--json", "Print the result as JSON instead."),
+          batch_size: int = typer.Option(128, min=1, help="Candidates per batch."),
+          device: str = device_option()) -> None:
     """Score candidate samples and test "these samples were not in training" as a set."""
     if (images is None) == (data is None):
         raise InputError("give the candidates with either --images FOLDER or --data NAME --rows ...")
+    if data is not None and rows is None:
+        raise InputError("--data needs --rows (holdout-members, holdout-external or a JSON file of row ids)")
     if not 0.0 < alpha < 1.0:
         raise InputError(f"--alpha must be in (0, 1), got {alpha}")
+    read = {"--model": model, "--mint": mint, "--store": store, "--split": split,
+            "--rows": Path(rows) if rows and rows not in ROW_CHOICES else None}
+    if features is not None and features.resolve() == out.resolve():
+        raise InputError(f"--out and --features are both {out}; give them different files")
+    check_output(out, "--out", inputs=read, overwrite=overwrite)
+    check_output(features, "--features", inputs=read, replaceable=False)
     classifier = TrainedMint.load(mint)
-    audited = load_audited(model, arch=arch, torchscript=torchscript)
+    audited = load_model(model, arch, torchscript, trust_pickle)
     if images is not None:
-        candidates, source = load_image_folder(images, audited), str(images)
+        with size_hint(None):
+            candidates, source = load_image_folder(images, audited), str(images)
         index = np.arange(len(candidates))
     else:
-        if rows is None:
-            raise InputError("--data needs --rows (holdout-members, holdout-external or a JSON file of row ids)")
         manifest = MembershipSplit.load(split) if split else (
             MembershipSplit.from_json(json.dumps(audited.meta["split"])) if "split" in audited.meta else None)
-        candidates, source = load_data(data, data_root), f"{data} --rows {rows}"
+        candidates = load_data(data, data_root, size=model_input(audited)[1])
+        source = f"{data} --rows {rows}"
         index = select_rows(rows, manifest)
+        outside = index[(index < 0) | (index >= len(candidates))]
+        if len(outside):
+            raise InputError(f"--rows {rows}: row {int(outside[0])} is outside the {len(candidates)} rows of "
+                             f"{candidates.name} (0 to {len(candidates) - 1})")
     if sample is not None:
         index = subsample(index, sample, seed)
     result = audit_set(audited, classifier, candidates, index, calibration=store, out=features, to_grey=to_grey,
@@ -63,9 +97,8 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
     write_scores(result, out, alpha=alpha)
     v, cal = result.verdict, result.calibration
     if json_out:
-        typer.echo(json.dumps({"candidates": source, "calibration_store": str(store),
-                               "calibration_excluded": cal.excluded, "verdict": v.as_dict(alpha),
-                               "out": str(out)}, indent=2, ensure_ascii=False))
+        print_json({"candidates": source, "calibration_store": str(store), "calibration_excluded": cal.excluded,
+                    "verdict": v.as_dict(alpha), "out": str(out)})
         return
     console.print(f"candidates: {v.n_candidates} from {source}; mean score {v.mean_candidate:.3f}")
     console.print(f"calibration: {v.n_calibration} held-out external rows of {store} (never used to fit the "

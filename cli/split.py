@@ -2,35 +2,58 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
 
 from gmint.data.split import make_split
-from gmint_cli.common import cli_errors, console, load_data
+from gmint.errors import InputError
+from gmint_cli.common import check_output, cli_errors, console, flag, load_data, print_json
+
+SIZE_HELP = "a fraction in (0, 1) of the train part, e.g. 0.4, or a whole number of rows, e.g. 900"
 
 
-def parse_size(text: str) -> float | int:
-    """'0.5' → fraction, '25000' → count."""
-    value = float(text)
-    return value if value <= 1.0 else int(value)
+def parse_size(text: str, option: str) -> float | int:
+    """'0.4' → a fraction of the train part; '900' → a count of rows. '2.0' or '1.0' could mean either (the
+    library reads a float up to 1.0 as a fraction), so a number is a count only when written as a whole number."""
+    if re.fullmatch(r"\s*\d+\s*", text):
+        return int(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if 0.0 < value < 1.0:
+        return value
+    raise InputError(f"{option} must be {SIZE_HELP}; got '{text}'")
 
 
 @cli_errors
 def split(data: str = typer.Option("digits", help="Dataset name (digits, mnist, cifar10, gtsrb, ...)."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets."),
-          members: str = typer.Option("0.5", help="Members: fraction of the train part or a count."),
-          external: str = typer.Option("0.5", help="External: fraction of the train part or a count."),
+          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
+                                         "(default: $GMINT_DATA; digits needs none)."),
+          members: str = typer.Option("0.5", help=f"Members: {SIZE_HELP}."),
+          external: str = typer.Option("0.5", help=f"External: {SIZE_HELP}."),
           holdout: float = typer.Option(0.5, help="Fraction of the smaller side held out for evaluation."),
-          control: str = typer.Option("0", help="Rows reserved for a negative-control model (fraction or count)."),
+          control: str = typer.Option("0", help=f"Rows reserved for a negative-control model: {SIZE_HELP}; "
+                                                "0 for none."),
           protocol: str = typer.Option("grouped", help="paper | grouped (by track where data has groups)."),
           seed: int = typer.Option(0, help="Seed of the split."),
-          out: Path = typer.Option(Path("split.json"), help="Manifest to write.")) -> None:
+          out: Path = typer.Option(Path("split.json"), help="Manifest to write."),
+          overwrite: bool = flag("--overwrite", "Replace an existing --out."),
+          json_out: bool = flag("--json", "Print the result as JSON instead.")) -> None:
     """Draw a seeded, class-balanced membership split (members / external, pool / holdout)."""
+    check_output(out, "--out", overwrite=overwrite)
+    sizes = {name: parse_size(text, f"--{name}") for name, text in
+             (("members", members), ("external", external), ("control", control))}
     images = load_data(data, data_root)
-    manifest = make_split(images, members=parse_size(members), external=parse_size(external),
-                          holdout=holdout, control=parse_size(control), protocol=protocol, seed=seed)
+    manifest = make_split(images, **sizes, holdout=holdout, protocol=protocol, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
     manifest.save(out)
-    console.print(f"{out}: {len(manifest.members)} members, {len(manifest.external)} external, "
-                  f"{len(manifest.control)} control; pool "
-                  f"{len(manifest.pool)}, holdout {len(manifest.holdout)}; sha256 {manifest.sha256[:12]}")
+    counts = {"members": len(manifest.members), "external": len(manifest.external),
+              "control": len(manifest.control), "pool": len(manifest.pool), "holdout": len(manifest.holdout)}
+    if json_out:
+        print_json({"out": str(out), **counts, "sha256": manifest.sha256})
+        return
+    console.print(f"{out}: {counts['members']} members, {counts['external']} external, {counts['control']} "
+                  f"control; pool {counts['pool']}, holdout {counts['holdout']}; sha256 {manifest.sha256[:12]}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import NamedTuple
+
 from typer.testing import CliRunner
 
 from gmint_cli.app import app
@@ -9,9 +12,30 @@ from gmint_cli.app import app
 _runner = CliRunner()
 
 
-def invoke(*args: object) -> tuple[int, str]:
-    """(exit code, output) of `gmint ARGS`; an unexpected exception (a bug, not a user error) is re-raised."""
-    result = _runner.invoke(app, [str(a) for a in args], env={"GMINT_NO_PROGRESS": "1", "COLUMNS": "300"})
+class Outcome(NamedTuple):
+    """Exit code and the two streams of one `gmint` call."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run(*args: object) -> Outcome:
+    """`gmint ARGS` with stdout and stderr apart, both as a pipe (not a terminal) would receive them; an
+    unexpected exception (a bug, not a user error) is re-raised."""
+    result = _runner.invoke(app, [str(a) for a in args], env={"GMINT_NO_PROGRESS": "1"})
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return result.exit_code, result.output
+    return Outcome(result.exit_code, result.stdout, result.stderr)
+
+
+def invoke(*args: object) -> tuple[int, str]:
+    """(exit code, stdout and stderr as one text) of `gmint ARGS`."""
+    outcome = run(*args)
+    return outcome.code, outcome.stdout + outcome.stderr
+
+
+def snapshot(folder: Path) -> dict[Path, tuple[bytes, int]]:
+    """Bytes and modification time of every file under `folder`: equal snapshots mean nothing was written,
+    replaced, created or deleted there."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}

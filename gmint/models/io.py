@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import pickle
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,22 +57,72 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, object],
     tmp.replace(path)
 
 
-def read_checkpoint(path: Path) -> dict[str, object]:
-    """The raw checkpoint dict, loaded with weights_only=True."""
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# What a file that did not load is, in words (see `file_kind`).
+FILE_KINDS = {
+    "torch": "a torch.save archive (a checkpoint, a state dict or a pickled module)",
+    "pickle": "a pickle (torch.save's legacy format)",
+    "torchscript": "a TorchScript archive",
+    "hdf5": "an HDF5 file (a gmint feature store?), not a model",
+    "zip": "a zip archive that torch did not write",
+    "damaged": "a damaged or truncated zip archive",
+    "empty": "an empty file",
+    "unknown": "of an unknown format (neither a torch archive nor a pickle)",
+}
+
+
+def file_kind(path: Path) -> str:
+    """What a model file is, from its bytes and without unpickling anything: a key of FILE_KINDS. Messages
+    must say what a file is: calling random bytes or a feature store "pickled objects" would push the user
+    towards --trust-pickle, i.e. towards running code from it."""
+    with Path(path).open("rb") as fh:
+        head = fh.read(8)
+    if not head:
+        return "empty"
+    if head == HDF5_SIGNATURE:
+        return "hdf5"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return "damaged"
+        if any(name.split("/")[1:2] == ["code"] for name in names):
+            return "torchscript"
+        return "torch" if any(name.endswith("/data.pkl") for name in names) else "zip"
+    return "pickle" if head[0] == 0x80 and 2 <= head[1] <= 5 else "unknown"  # PROTO opcode, protocol 2-5
+
+
+def _model_file(path: Path) -> Path:
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"model checkpoint {path} not found")
+    if not path.is_file():
+        raise InputError(f"model file {path} {'is a folder' if path.is_dir() else 'not found'}")
+    return path
+
+
+def read_checkpoint(path: Path, *, hints: bool = False) -> dict[str, object]:
+    """The raw checkpoint dict, loaded with weights_only=True.
+
+    Args:
+        hints: name load_audited's options (--torchscript, --trust-pickle) for files that need them; off
+            for callers without those options (resuming training).
+    """
+    path = _model_file(path)
+    kind = file_kind(path)
+    if kind == "torchscript":
+        raise InputError(f"{path} is a TorchScript archive, not a checkpoint{'; pass --torchscript' if hints else ''}")
+    if kind not in ("torch", "pickle"):
+        raise InputError(f"{path} is not a gmint checkpoint or state dict: it is {FILE_KINDS[kind]}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" in str(exc):
-            raise InputError(f"{path} holds pickled Python objects (e.g. a whole module), which can run "
-                             "arbitrary code when loaded; pass --trust-pickle only if you trust its source"
-                             ) from None
-        raise InputError(f"{path} is not a readable checkpoint ({exc})") from None
-    except Exception as exc:  # torch raises many types for foreign or corrupt files
-        raise InputError(f"{path} is not a gmint checkpoint or state dict ({type(exc).__name__}); "
-                         "for a TorchScript file pass --torchscript") from None
+            raise InputError(f"{path} holds pickled Python objects (e.g. a whole module), which can run arbitrary "
+                             "code when loaded; " + ("pass --trust-pickle only if you trust its source" if hints
+                                                     else "gmint reads checkpoints of tensors only")) from None
+        raise InputError(f"{path} is a damaged checkpoint ({exc})") from None
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise InputError(f"{path} is a damaged checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
 
 
 def load_audited(path: Path, *, arch: str | None = None, torchscript: bool = False,
@@ -83,17 +137,19 @@ def load_audited(path: Path, *, arch: str | None = None, torchscript: bool = Fal
     Raises:
         InputError / UnsupportedModelError: missing file, unknown format, keys that do not match.
     """
-    path = Path(path)
+    path = _model_file(path)
     if torchscript:
-        if not path.exists():
-            raise InputError(f"model file {path} not found")
-        return AuditedModel(torch.jit.load(str(path), map_location="cpu").eval(), {"format": "torchscript"})
+        module = _unsafe_load(path, ("torchscript",), "a TorchScript archive",
+                              lambda: torch.jit.load(str(path), map_location="cpu"))
+        return AuditedModel(module.eval(), {"format": "torchscript"})
     if trust_pickle:
-        module = torch.load(path, map_location="cpu", weights_only=False)
+        module = _unsafe_load(path, ("torch", "pickle"), "a pickled module",
+                              lambda: torch.load(path, map_location="cpu", weights_only=False))
         if not isinstance(module, nn.Module):
-            raise InputError(f"{path} does not hold a pickled nn.Module")
+            raise InputError(f"{path} holds a {type(module).__name__}, not a pickled nn.Module"
+                             f"{'; load it without --trust-pickle' if isinstance(module, dict) else ''}")
         return AuditedModel(module.eval(), {"format": "pickled-module"})
-    payload = read_checkpoint(path)
+    payload = read_checkpoint(path, hints=True)
     if "meta" in payload and "state_dict" in payload:
         meta = json.loads(payload["meta"])  # type: ignore[arg-type]
         module = _from_arch(arch) if arch else build(meta["arch"], **meta["arch_args"])  # type: ignore[arg-type]
@@ -106,6 +162,22 @@ def load_audited(path: Path, *, arch: str | None = None, torchscript: bool = Fal
     return AuditedModel(module.eval(), {"format": "state-dict", "arch": arch})
 
 
+def _unsafe_load(path: Path, kinds: tuple[str, ...], wanted: str, load: Callable[[], Any]) -> Any:
+    """Run a loader that executes code from the file (TorchScript, pickle) only on a file of one of `kinds`;
+    whatever goes wrong inside is one line, not a traceback."""
+    found = file_kind(path)
+    if found not in kinds:
+        raise InputError(f"{path} is not {wanted}: it is {FILE_KINDS[found]}")
+    try:
+        return load()
+    except Exception as exc:  # damaged archives, classes that no longer import, errors in pickled code
+        raise InputError(f"{path} could not be loaded ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().split("\n")[0]
+
+
 def _from_arch(arch: str) -> nn.Module:
     module_name, _, attr = arch.partition(":")
     if not attr:
@@ -114,6 +186,15 @@ def _from_arch(arch: str) -> nn.Module:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise InputError(f"cannot import {arch} ({exc})") from None
+    if not callable(factory):
+        raise InputError(f"--arch {arch} is a {type(factory).__name__}, not a function or class building the model")
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as exc:
+        raise InputError(f"--arch {arch} cannot be called without arguments ({exc}); give a factory that builds "
+                         "the model on its own, e.g. a module-level `def build(): return Net(...)`") from None
+    except ValueError:
+        pass  # no signature to check (some builtins): calling it is the check
     model = factory()
     if not isinstance(model, nn.Module):
         raise InputError(f"{arch}() returned {type(model).__name__}, not an nn.Module")
