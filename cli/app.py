@@ -10,7 +10,7 @@ from typer.core import TyperGroup
 
 import gmint
 from gmint_cli import audited, demo, evaluate, extract, info, score, split, train
-from gmint_cli.common import print_error
+from gmint_cli.common import one_line_warnings, print_error
 
 # click's exception family, reached through typer's public BadParameter (typer ≥ 0.26 vendors click).
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -24,7 +24,8 @@ class _OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            with one_line_warnings():
+                code = super().main(*args, standalone_mode=False, **kwargs)
         except _CLICK_ERROR as exc:
             if type(exc).__name__ == "NoArgsIsHelpError":  # the help is printed already
                 sys.exit(exc.exit_code)

@@ -6,6 +6,7 @@ import functools
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,22 @@ err_console = _Console(stderr=True, soft_wrap=True)
 def print_error(message: str) -> None:
     """One red line on stderr: how every user mistake is reported (brackets in it are text, not markup)."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+
+
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Warnings (an engine passed over, a layer left to vmap, a degenerate reduction) as one yellow line on
+    stderr each, without Python's file:line and source echo; the previous display is restored after."""
+    before = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        err_console.print(f"[yellow]warning:[/] {escape(' '.join(str(message).split()))}", highlight=False)
+
+    warnings.showwarning = show  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        warnings.showwarning = before
 
 
 def cli_errors(fn: F) -> F:

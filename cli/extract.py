@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 import typer
 from rich.table import Table
 
@@ -145,29 +146,50 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
                   f"layers {layers}, {source}, {reduction}, {engine})")
 
 
+def example_input(audited: AuditedModel, images: ImageSet | None, image_size: int | None) -> torch.Tensor | None:
+    """One input as `extract` feeds the model (its first row, through the model's transform), so `layers`
+    orders weights exactly as `extract` does; zeros of the recorded input shape when no data is given."""
+    transform = Transform(size=image_size) if image_size or "transform" not in audited.meta \
+        else Transform.from_dict(audited.meta["transform"])  # type: ignore[arg-type]
+    if images is not None:
+        return transform(images.images[:1])
+    args = audited.meta.get("arch_args")
+    if isinstance(args, dict):
+        size = int(args["image_size"])
+        return transform(np.zeros((1, size, size, int(args["in_channels"])), np.uint8))
+    return None
+
+
 @cli_errors
 def layers(model: Path = typer.Option(..., help=MODEL_HELP),
            arch: str = typer.Option(None, help=ARCH_HELP),
            torchscript: bool = flag("--torchscript", TORCHSCRIPT_HELP),
            trust_pickle: bool = flag("--trust-pickle", TRUST_PICKLE_HELP),
+           data: str = typer.Option(None, help="Dataset whose first image orders the layers by the forward pass "
+                                               "(default: the one the model was trained on, if recorded)."),
+           data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
+                                          "(default: $GMINT_DATA; digits needs none)."),
+           image_size: int = typer.Option(None, min=1, help="Resize images to this side (default: the model's "
+                                                           "recorded transform)."),
            json_out: bool = flag("--json", "Print the layers as JSON instead.")) -> None:
-    """List the model's weight layers and which presets pick them."""
+    """List the model's weight layers, in the order `extract` sees them, and which presets pick them."""
     audited = load_model(model, arch, torchscript, trust_pickle)
-    example = None
-    args = audited.meta.get("arch_args")
-    if isinstance(args, dict):
-        size = args["image_size"]
-        example = Transform()(np.zeros((1, size, size, args["in_channels"]), np.uint8))
+    name = data or audited.meta.get("dataset")
+    images = load_data(str(name), data_root, size=image_size, size_option="--image-size") if name else None
+    example = example_input(audited, images, image_size)
     presets = preset_layers(audited.module, example)
     params = dict(audited.module.named_parameters())
-    order = "forward" if example is not None else "registration"
+    order = "forward" if example is not None and not isinstance(audited.module, torch.jit.ScriptModule) \
+        else "registration"
     found = [{"parameter": n, "shape": list(params[n].shape),
               "presets": [p for p, names in presets.items() if n in names]}
              for n in weight_layers(audited.module, example)]
     if json_out:
         print_json({"model": str(model), "order": order, "layers": found})
         return
-    table = Table(title=f"weight layers of {model} ({order} order)")
+    hint = "" if order == "forward" or isinstance(audited.module, torch.jit.ScriptModule) \
+        else "; pass --data to order them by the forward pass"
+    table = Table(title=f"weight layers of {model} ({order} order{hint})")
     for col in ("#", "parameter", "shape", "presets"):
         table.add_column(col)
     for i, layer in enumerate(found):

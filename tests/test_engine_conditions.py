@@ -5,6 +5,7 @@ and every engine must leave the user's model exactly as it was."""
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from gmint.models.io import AuditedModel
 from gmint.reduce import parse_reduction
 from gmint.sources import SOURCES
 from gmint.store import FeatureStore
+from tests.cli_runner import run
 
 
 class FunctionalReuseLinear(nn.Module):
@@ -459,3 +461,70 @@ def test_memorised_rows_keep_their_weight_modifiers_in_float32(engine: str) -> N
     for name in layers:
         torch.testing.assert_close(got.features[name].double(), wide.features[name], rtol=1e-3, atol=0.0)
     torch.testing.assert_close(got.loss.double(), wide.loss, rtol=1e-3, atol=0.0)
+
+
+class DigitsAttention(nn.Module):
+    """A digits classifier (1×8×8 → 8 tokens of 8) with self-attention: `out_proj` is used, never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.reshape(x.shape[0], 8, 8))
+        h, _ = self.attn(h, h, h)
+        return self.head(h.mean(dim=1))
+
+
+def test_layers_and_extract_agree_on_an_attention_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(DigitsAttention().state_dict(), tmp_path / "sd.pt")
+    model = ["--model", tmp_path / "sd.pt", "--arch", "tests.test_engine_conditions:DigitsAttention"]
+    listed = run("layers", *model, "--data", "digits", "--json")
+    assert listed.code == 0, listed.stderr
+    found = json.loads(listed.stdout)
+    assert found["order"] == "forward"
+    assert [layer["parameter"] for layer in found["layers"]] == ["embed.weight", "attn.out_proj.weight",
+                                                                 "head.weight"]
+    assert [layer["parameter"] for layer in found["layers"] if "output" in layer["presets"]] == ["head.weight"]
+    assert run("split", "--data", "digits", "--members", "100", "--external", "100",
+               "--out", tmp_path / "split.json").code == 0
+    done = run("extract", *model, "--data", "digits", "--split", tmp_path / "split.json", "--layers", "combined",
+               "--out", tmp_path / "f.h5")
+    assert done.code == 0, done.stderr
+    with FeatureStore.open(tmp_path / "f.h5") as store:
+        chosen = store.provenance["layer_presets"]
+        assert chosen == {p: [n["parameter"] for n in found["layers"] if p in n["presets"]]
+                          for p in ("combined", "entry", "middle", "output")}
+        assert store.provenance["parameters"] == ["embed.weight", "attn.out_proj.weight", "head.weight"]
+
+
+def test_cli_says_in_one_line_which_engine_ran_and_why(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(DigitsFunctionalReuse().state_dict(), tmp_path / "sd.pt")
+    assert run("split", "--data", "digits", "--members", "60", "--external", "60",
+               "--out", tmp_path / "split.json").code == 0
+    done = run("extract", "--model", tmp_path / "sd.pt", "--arch", "tests.test_engine_conditions:DigitsFunctionalReuse",
+               "--data", "digits", "--split", tmp_path / "split.json", "--layers", "fc.weight,head.weight",
+               "--engine", "hooks", "--out", tmp_path / "f.h5")
+    assert done.code == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines == ["warning: hooks engine: fc.weight computed with the vmap engine: the parameter is used 1 "
+                     "time(s) by fc and also outside it (__getitem__)"]
+    with FeatureStore.open(tmp_path / "f.h5") as store:
+        assert store.provenance["engine_used"] == "hooks"
+        assert list(store.provenance["engine_fallbacks"]) == ["fc.weight"]  # type: ignore[arg-type]
+
+
+def test_a_model_that_cannot_run_one_sample_is_refused_once_without_trying_engines() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 3)).eval()
+    x, y = torch.randn(5, 6), torch.randint(0, 3, (5,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EngineCheckWarning)
+        with pytest.raises(UnsupportedModelError, match="cannot be run on one sample alone"):
+            choose_engine(model, ["0.weight"], parse_reduction("mean"), x, y)
+        with pytest.raises(InputError, match="'bce' needs one output"):
+            choose_engine(nn.Linear(6, 3).eval(), ["weight"], parse_reduction("mean"), x, y, loss="bce")

@@ -61,6 +61,9 @@ def nll(log_probs: Tensor, y: Tensor) -> Tensor:
 @LOSSES.register("bce")
 def binary_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     """Binary cross-entropy on one logit per sample (B, 1) or (B,), labels 0/1."""
+    if logits.dim() > 1 and logits[0].numel() != 1:
+        raise InputError(f"loss 'bce' needs one output (a logit) per sample, the model gives {logits[0].numel()}; "
+                         "use cross_entropy")
     logits = _wide(logits).reshape(-1)
     return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), reduction="sum")
 

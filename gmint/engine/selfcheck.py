@@ -111,6 +111,7 @@ def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: 
         # One vmap pass is faster than hooks plus a vmap fallback, whose cost barely depends on how many
         # parameters it covers.
         candidates = candidates[1:]
+    _Reference.compute(model, layers, reduction, x[:1], y[:1], loss)  # a model that cannot run fails here, once
     trials: list[Trial] = []
     reference: _Reference | None = None
     rows: tuple[int, ...] = ()
