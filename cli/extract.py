@@ -17,11 +17,12 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.distributed import merge_shards, run_distributed, world
-from gmint.errors import InputError
+from gmint.errors import InputError, StoreBusyError
 from gmint.extract import extract as run_extract
 from gmint.extract import rows_sha256, split_rows
 from gmint.layers import preset_layers, weight_layers
 from gmint.models.io import AuditedModel
+from gmint.store import writer_pid
 from gmint_cli.common import (
     ARCH_HELP,
     MODEL_HELP,
@@ -103,6 +104,8 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
             resume: bool = flag("--resume", "Continue a partial store at --out."),
             overwrite: bool = flag("--overwrite", "Replace an existing --out.")) -> None:
     """Compute per-sample Weight Modifiers of the chosen layers and stream them to an HDF5 store."""
+    if (pid := writer_pid(out)) is not None:
+        raise StoreBusyError(f"{out} is being written by PID {pid}; wait for it to finish or stop it")
     check_output(out, "--out", inputs={"--model": model, "--split": split}, overwrite=overwrite, resume=resume)
     budget = parse_bytes(max_memory) if max_memory else None
     audited = load_model(model, arch, torchscript, trust_pickle)

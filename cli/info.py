@@ -1,41 +1,69 @@
-"""`gmint info`: describe a feature store (rows, layers, provenance, completeness)."""
+"""`gmint info`: describe a feature store (rows, layers, provenance, completeness, who is writing it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from gmint.store import FeatureStore, verify
-from gmint_cli.common import cli_errors, console
+from gmint_cli.common import cli_errors, console, flag, print_json
 
 
 @cli_errors
 def info(store: Path = typer.Argument(..., help="A feature store."),
-         check: bool = typer.Option(False, "--verify", help="Check schema, row counts, NaN/Inf, provenance "
-                                    "and completeness; exit 1 on any problem.")) -> None:
+         check: bool = flag("--verify", "Check schema, row counts, NaN/Inf, provenance and completeness; exit 1 "
+                                        "on any problem."),
+         json_out: bool = flag("--json", "Print the description (with --verify: the problems) as JSON instead."),
+         ) -> None:
     """Show a store's rows, layers and provenance (or verify it)."""
     if check:
         problems = verify(store)
-        for problem in problems:
-            console.print(f"[red]✗[/] {problem}", highlight=False)
+        if json_out:
+            print_json({"store": str(store), "problems": problems})
+        else:
+            for problem in problems:
+                console.print(f"[red]✗[/] {escape(problem)}", highlight=False)
+            if not problems:
+                console.print(f"[green]✓[/] {escape(str(store))}: schema, row counts, values, provenance and "
+                              "completeness check out")
         if problems:
             raise typer.Exit(1)
-        console.print(f"[green]✓[/] {store}: schema, row counts, values, provenance and completeness check out")
         return
     with FeatureStore.open(store) as fs:
-        prov = fs.provenance
-        membership, role = fs.column("membership"), fs.column("role")
-        table = Table(title=f"{store} — {'complete' if fs.complete else 'INCOMPLETE'}", show_header=False)
-        table.add_row("rows", f"{len(fs)} ({prov['rows_written']} written)")
-        table.add_row("members / external", f"{int((membership == 1).sum())} / {int((membership == 0).sum())}")
-        table.add_row("pool / holdout", f"{int((role == 0).sum())} / {int((role == 1).sum())}")
-        for name, d in fs.dims.items():
-            table.add_row(f"layer {name}", f"{d} features")
-        for key in sorted(prov):
-            if key not in ("rows_written", "complete", "layer_presets", "layers"):
-                table.add_row(key, str(prov[key]))
-        console.print(table)
-        if not fs.complete:
-            console.print("incomplete: continue it with `gmint extract ... --resume`")
+        about = describe(fs)
+    if json_out:
+        print_json(about)
+        return
+    pid = about["writer_pid"]
+    state = "complete" if about["complete"] else f"INCOMPLETE{f', being written by PID {pid}' if pid else ''}"
+    table = Table(title=f"{escape(str(store))} — {state}", show_header=False)
+    table.add_row("rows", f"{about['rows']} ({about['rows_written']} written)")
+    table.add_row("members / external", f"{about['members']} / {about['external']}")
+    table.add_row("pool / holdout", f"{about['pool']} / {about['holdout']}")
+    for name, d in about["layers"].items():
+        table.add_row(f"layer {escape(name)}", f"{d} features")
+    for key, value in about["provenance"].items():
+        if key not in ("layer_presets", "layers"):
+            table.add_row(escape(key), escape(str(value)))
+    console.print(table)
+    if pid:  # continuing it now (--resume) would be refused: there is one writer per store
+        console.print(f"being written by PID {pid}: {about['rows_written']} of {about['rows']} rows so far")
+    elif not about["complete"]:
+        console.print("incomplete: continue it with `gmint extract ... --resume`")
+
+
+def describe(fs: FeatureStore) -> dict[str, Any]:
+    """What `info` shows, as plain values (the --json output)."""
+    prov = fs.provenance
+    membership, role = fs.column("membership"), fs.column("role")
+    return {"store": str(fs.path), "complete": fs.complete, "writer_pid": None if fs.complete else fs.writer,
+            "rows": len(fs), "rows_written": prov["rows_written"],
+            "members": int((membership == 1).sum()), "external": int((membership == 0).sum()),
+            "unknown": int((membership == -1).sum()),
+            "pool": int((role == 0).sum()), "holdout": int((role == 1).sum()),
+            "layers": fs.dims,
+            "provenance": {k: prov[k] for k in sorted(prov) if k not in ("rows_written", "complete")}}

@@ -5,7 +5,8 @@ a single store (the shard files stay beside it).
     torchrun --nproc-per-node 2 -m gmint_cli extract --model audited.pt --out features.h5
 
 Shards hold whole batches, the same batches a single process computes, so the joined store equals a
-single-process run row for row. `gloo` serves CPUs and `nccl` GPUs (chosen from --device).
+single-process run row for row. `gloo` serves CPUs and `nccl` GPUs (chosen from --device). Run again
+with --resume, a finished extraction is left as it is.
 """
 
 from __future__ import annotations
@@ -17,8 +18,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from gmint.errors import InputError, StoreMismatchError
-from gmint.store import COMPUTED_COLUMNS, FORMAT, ROW_COLUMNS, SPEC_KEYS, FeatureStore, encode_attribute
+from gmint.errors import GmintError, InputError, StoreMismatchError
+from gmint.store import (
+    COMPUTED_COLUMNS,
+    FORMAT,
+    LIBVER,
+    ROW_COLUMNS,
+    SPEC_KEYS,
+    FeatureStore,
+    WriterLock,
+    describe_codes,
+    encode_attribute,
+)
 
 # Keys that differ between shards by design.
 PER_SHARD_KEYS = ("n_rows", "rows_sha256", "extract_seconds", "rows_written", "shard", "complete")
@@ -45,14 +56,19 @@ def shard_bounds(n_rows: int, batch_size: int, rank: int, world_size: int) -> tu
 
 
 def merge_shards(out: Path, world_size: int, *, rows_sha256: str, overwrite: bool = False) -> Path:
-    """Join complete shard stores into one store at `out` made of virtual datasets.
+    """Join complete shard stores into one store at `out` made of virtual datasets (holding `out`'s
+    writer lock). A store at `out` that already joins these shards is kept as it is.
 
     Raises:
         IncompleteStoreError / StoreMismatchError: a shard is unfinished or from another extraction.
+        StoreBusyError: another process is writing `out`.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} exists; pass --overwrite to replace it")
+    with WriterLock(out):
+        return _merge(out, world_size, rows_sha256=rows_sha256, overwrite=overwrite)
+
+
+def _merge(out: Path, world_size: int, *, rows_sha256: str, overwrite: bool) -> Path:
     shards = [shard_path(out, r, world_size) for r in range(world_size)]
     info = []
     for path in shards:
@@ -65,6 +81,10 @@ def merge_shards(out: Path, world_size: int, *, rows_sha256: str, overwrite: boo
         diff = [k for k in SPEC_KEYS if k not in PER_SHARD_KEYS and prov.get(k) != first.get(k)]
         if diff:
             raise StoreMismatchError(f"{path} differs from {shards[0]} in {', '.join(diff)}")
+    if out.exists() and not overwrite:
+        if _joins(out, shards, first, rows_sha256):
+            return out
+        raise InputError(f"{out} exists; pass --overwrite to replace it")
     n = sum(length for length, *_ in info)
     offsets = np.cumsum([0] + [length for length, *_ in info])
     dims, dtypes = info[0][2], info[0][3]
@@ -77,9 +97,10 @@ def merge_shards(out: Path, world_size: int, *, rows_sha256: str, overwrite: boo
         h5.create_virtual_dataset(name, layout, fillvalue=0)
 
     tmp = out.with_name(out.name + ".tmp")
-    with h5py.File(tmp, "w", libver="latest") as h5:
+    with h5py.File(tmp, "w", libver=LIBVER, locking=False) as h5:
         for name, dtype in dtypes.items():
             join(h5, name, (), dtype)
+        describe_codes(h5)
         h5.create_group("features")
         for name, d in dims.items():
             join(h5, f"features/{name}", (d,), np.dtype(np.float32))
@@ -97,18 +118,52 @@ def merge_shards(out: Path, world_size: int, *, rows_sha256: str, overwrite: boo
     return out
 
 
+def _joins(out: Path, shards: list[Path], spec: dict[str, object], rows_sha256: str) -> bool:
+    """Whether the store at `out` is a complete join of `shards` for the same extraction."""
+    try:
+        with FeatureStore.open(out) as store:
+            complete, prov = store.complete, store.provenance
+    except GmintError:
+        return False
+    return (complete and prov.get("shards") == [p.name for p in shards]
+            and prov.get("rows_sha256") == rows_sha256
+            and all(prov.get(k) == spec.get(k) for k in SPEC_KEYS if k not in PER_SHARD_KEYS))
+
+
 def run_distributed(extract_shard: Callable[[int, int], None], merge: Callable[[int], None], *,
                     device: str) -> None:
-    """Init the process group from torchrun's environment, run this rank's shard, join on rank 0."""
+    """Init the process group from torchrun's environment, run this rank's shard, join on rank 0.
+
+    The ranks agree after each step whether all of them succeeded, so an error on one (a refused store,
+    a bad shard) stops every rank with one line, rather than leaving the others to die in a collective
+    whose peer has gone (a gloo/nccl traceback).
+    """
     import torch.distributed as dist
 
     rank, world_size = world()
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     try:
-        extract_shard(rank, world_size)
-        dist.barrier()
-        if rank == 0:
-            merge(world_size)
-        dist.barrier()
+        _agreed(lambda: extract_shard(rank, world_size), device)
+        _agreed(lambda: merge(world_size) if rank == 0 else None, device)
     finally:
         dist.destroy_process_group()
+
+
+def _agreed(step: Callable[[], object], device: str) -> None:
+    """Run this rank's part of a step, then learn which ranks failed; raise if any did (a failed rank
+    raises its own error, the others say which ranks to look at)."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world_size = world()
+    failed = torch.zeros(world_size, device=device)
+    try:
+        step()
+    except Exception:
+        failed[rank] = 1
+        dist.all_reduce(failed)
+        raise
+    dist.all_reduce(failed)
+    if failed.any():
+        ranks = ", ".join(str(r) for r in failed.nonzero().flatten().tolist())
+        raise GmintError(f"stopped: process {ranks} of this torchrun failed (its error is above)")

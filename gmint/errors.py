@@ -25,3 +25,7 @@ class StoreMismatchError(GmintError):
 
 class IncompleteStoreError(GmintError):
     """A feature store whose extraction did not finish; it can be continued with --resume."""
+
+
+class StoreBusyError(GmintError):
+    """Another process is writing the store (one writer per store)."""

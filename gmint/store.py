@@ -4,11 +4,13 @@ Layout:
     /features/<parameter name>   (N, d) float32, chunked, gzip — one dataset per selected layer
     /membership (N,) int8        1 member, 0 external, -1 unknown (samples being scored)
     /role       (N,) int8        0 auditor's pool (may fit a MINT classifier), 1 held out, -1 n/a
+                                 (both spell their codes out in a `codes` attribute)
     /label      (N,) int64       true class; /sample_id (N,) int64 row of the dataset
     /loss       (N,) float32     the audited model's loss; /pred (N,) int64 its predicted class
     /finite     (N,) bool        every feature and the loss are finite (NaN/Inf rows are kept, flagged,
                                  and left out of training and evaluation with a warning)
     /done       (N,) bool        row written and flushed (resume skips these)
+    /seconds    (1,) float64     wall seconds spent writing, over every run that worked on the store
     attrs: provenance (one attribute per key, JSON for lists/dicts), complete (and, once complete,
            rows_written and timing)
 
@@ -18,19 +20,32 @@ creating objects or attributes while writing, so every dataset is created up fro
 knows each layer's width from a one-row dry run) and the final attributes are set after SWMR ends.
 A crash loses at most the batch in flight: features are written and flushed before `done` is set,
 and `complete` is set only after the last row. Every reader refuses an incomplete store.
+
+One writer per store: a writer (create, resume, salvage, join) holds an exclusive lock on the sidecar
+`<store>.lock`, which names its PID; the kernel drops the lock when the writer closes or dies. A second
+writer is refused, and readers ask the lock who is writing. HDF5's own file locking is off on both
+sides (the sidecar lock replaces it for writers; SWMR needs none for readers), so no reader can make
+the writer fail when it reopens the file to finish it.
+
+Files use the HDF5 1.10 format (the oldest that SWMR accepts, and no newer), so HDF5 1.10 tools
+(h5dump, h5ls) and PyTables read them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 
 import h5py
 import numpy as np
 
-from gmint.errors import IncompleteStoreError, InputError, StoreMismatchError
+from gmint.errors import IncompleteStoreError, InputError, StoreBusyError, StoreMismatchError
 
 FORMAT = "gmint-feature-store/2"  # /2: per-row `finite` flags
 ROW_COLUMNS = {"membership": np.int8, "role": np.int8, "label": np.int64, "sample_id": np.int64}
@@ -39,58 +54,76 @@ COMPUTED_COLUMNS = {"loss": np.float32, "pred": np.int64, "finite": bool}
 SPEC_KEYS = ("model_fingerprint", "layers", "source", "reduction", "engine", "loss_function", "dataset",
              "split_sha256", "transform", "seed", "n_rows", "rows_sha256")
 CHUNK_BYTES = 1 << 20
+# What the integer codes of the per-row columns mean, written beside them for readers without gmint.
+CODES = {"membership": {1: "member", 0: "external", -1: "unknown"},
+         "role": {0: "auditor's pool", 1: "holdout", -1: "n/a"}}
+# Library-version bounds for every file written: SWMR needs the 1.10 superblock; anything newer locks out
+# HDF5 1.10 tools and PyTables.
+LIBVER = ("v110", "v110")
+# How long a writer retries the lock before refusing: a reader asking who writes holds it for microseconds.
+LOCK_WAIT_S = 0.5
 
 
 class FeatureStore:
     """An open feature store. Use `create`, `resume` or `open` (read-only); close or use `with`."""
 
-    def __init__(self, path: Path, handle: h5py.File) -> None:
+    def __init__(self, path: Path, handle: h5py.File, lock: WriterLock | None = None) -> None:
         self.path = Path(path)
         self._h5 = handle
+        self._lock = lock
+        # Writers keep time: seconds recorded by earlier runs, and when this one began.
+        self._earlier = float(handle["seconds"][0]) if lock is not None and "seconds" in handle else 0.0
+        self._began = time.perf_counter()
 
     # -- opening ---------------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: Path, *, columns: Mapping[str, np.ndarray], dims: Mapping[str, int],
                provenance: Mapping[str, object], overwrite: bool = False, chunk_rows: int = 1024) -> FeatureStore:
         """A new, empty store for len(columns['sample_id']) rows with one (N, dims[name]) dataset per layer,
-        open for writing in SWMR mode. Refuses to replace a file unless asked. Feature chunks hold
-        `chunk_rows` rows (the writer's batch size), so each batch fills whole chunks: a compressed chunk
-        written in pieces would be decompressed and recompressed at every piece.
+        open for writing in SWMR mode. Refuses to replace a file unless asked, and always refuses a store
+        another process is writing. Feature chunks hold `chunk_rows` rows (the writer's batch size), so
+        each batch fills whole chunks: a compressed chunk written in pieces would be decompressed and
+        recompressed at every piece.
 
         The layout is written to a temporary file that then takes `path`'s place, so a crash never
         leaves a half-created store behind.
         """
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise InputError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        n = len(columns["sample_id"])
-        tmp = path.with_name(path.name + ".new")
-        h5 = h5py.File(tmp, "w", libver="latest")
-        for name, dtype in ROW_COLUMNS.items():
-            h5.create_dataset(name, data=np.asarray(columns[name], dtype=dtype))
-        for name, dtype in COMPUTED_COLUMNS.items():
-            h5.create_dataset(name, shape=(n,), dtype=dtype, fillvalue=0)
-        h5.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False)
-        group = h5.create_group("features")
-        for name, d in dims.items():
-            rows_per_chunk = int(max(1, min(n, chunk_rows, CHUNK_BYTES // (4 * d))))
-            group.create_dataset(name, shape=(n, d), dtype=np.float32, chunks=(rows_per_chunk, d),
-                                 compression="gzip", compression_opts=4, shuffle=True)
-        h5.attrs["format"] = FORMAT
-        for key, value in provenance.items():
-            h5.attrs[key] = encode_attribute(value)
-        h5.attrs["complete"] = False
-        h5.close()
-        tmp.replace(path)
-        h5 = h5py.File(path, "r+", libver="latest")
-        h5.swmr_mode = True
-        return cls(path, h5)
+        with ExitStack() as held:
+            lock = held.enter_context(WriterLock(path))
+            if path.exists() and not overwrite:
+                raise InputError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
+            n = len(columns["sample_id"])
+            tmp = path.with_name(path.name + ".new")
+            with _h5file(tmp, "w") as h5:
+                for name, dtype in ROW_COLUMNS.items():
+                    h5.create_dataset(name, data=np.asarray(columns[name], dtype=dtype))
+                # Written out in full now: storage allocated later, under SWMR, would change the
+                # datasets' layout while readers look at them ("invalid dataset size").
+                for name, dtype in {**COMPUTED_COLUMNS, "done": bool}.items():
+                    h5.create_dataset(name, data=np.zeros(n, dtype))
+                h5.create_dataset("seconds", data=[0.0])
+                group = h5.create_group("features")
+                for name, d in dims.items():
+                    rows_per_chunk = int(max(1, min(n, chunk_rows, CHUNK_BYTES // (4 * d))))
+                    group.create_dataset(name, shape=(n, d), dtype=np.float32, chunks=(rows_per_chunk, d),
+                                         compression="gzip", compression_opts=4, shuffle=True)
+                describe_codes(h5)
+                h5.attrs["format"] = FORMAT
+                for key, value in provenance.items():
+                    h5.attrs[key] = encode_attribute(value)
+                h5.attrs["complete"] = False
+            h5 = held.enter_context(_h5file(tmp, "r+"))
+            h5.swmr_mode = True  # before the file appears under its name, so readers only ever see it in SWMR
+            tmp.replace(path)
+            held.pop_all()
+            return cls(path, h5, lock)
 
     @classmethod
     def resume(cls, path: Path, provenance: Mapping[str, object]) -> FeatureStore:
-        """Reopen a store for writing after checking it belongs to the same extraction (a complete one
-        simply has nothing left to write).
+        """Reopen a store for writing after checking it belongs to the same extraction and no other
+        process is writing it (a complete one has nothing left to write and is opened read-only).
 
         A writer that died in SWMR mode leaves the file flagged "open for write"; HDF5 then refuses
         to reopen it for writing (only its own h5clear tool resets the flag), although SWMR readers
@@ -98,28 +131,38 @@ class FeatureStore:
         atomically replaces it.
         """
         path = Path(path)
-        with cls.open(path) as old:
-            theirs = old.provenance
-            diff = [k for k in SPEC_KEYS if k in provenance and theirs.get(k) != _roundtrip(provenance[k])]
-            if diff:
-                raise StoreMismatchError(f"{path} was written by a different extraction (differs in "
-                                         f"{', '.join(diff)}); use a new --out or --overwrite")
-        try:
-            h5 = h5py.File(path, "r+", libver="latest")
-        except OSError:
-            _salvage(path)
-            h5 = h5py.File(path, "r+", libver="latest")
-        h5.swmr_mode = True
-        return cls(path, h5)
+        if not path.exists():
+            raise InputError(f"feature store {path} not found")
+        with ExitStack() as held:
+            lock = held.enter_context(WriterLock(path))
+            with cls.open(path) as old:
+                theirs, complete = old.provenance, old.complete
+                diff = [k for k in SPEC_KEYS if k in provenance and theirs.get(k) != _roundtrip(provenance[k])]
+                if diff:
+                    raise StoreMismatchError(f"{path} was written by a different extraction (differs in "
+                                             f"{', '.join(diff)}); use a new --out or --overwrite")
+            if complete:  # nothing to write: leave the file untouched
+                h5 = _open_h5(path)
+            else:
+                try:
+                    h5 = _h5file(path, "r+")
+                except OSError:  # we hold the lock, so no live writer flagged it: a dead one did
+                    _salvage(path)
+                    h5 = _h5file(path, "r+")
+                h5.swmr_mode = True
+            held.pop_all()
+            return cls(path, h5, lock)
 
     @classmethod
     def open(cls, path: Path) -> FeatureStore:
         """Read-only access (complete or not, also while a writer is still at work; readers call
         `require_complete`)."""
-        return cls(Path(path), _open_h5(Path(path), "r"))
+        return cls(Path(path), _open_h5(Path(path)))
 
     def close(self) -> None:
         self._h5.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -131,7 +174,11 @@ class FeatureStore:
     # -- writing ---------------------------------------------------------------------------------------
     def write(self, start: int, features: Mapping[str, np.ndarray], *, loss: np.ndarray,
               pred: np.ndarray) -> None:
-        """Write rows [start, start + B) and mark them done, in that order, flushing in between."""
+        """Write rows [start, start + B) and mark them done, in that order, flushing in between.
+
+        The time spent so far is recorded with the done flags, so a run that is killed still counts
+        up to its last flushed batch when a later run finishes the store.
+        """
         b = len(loss)
         group = self._h5["features"]
         unknown = set(features) - set(group)
@@ -146,19 +193,25 @@ class FeatureStore:
         self._h5["finite"][start:start + b] = finite
         self._h5.flush()
         self._h5["done"][start:start + b] = True
+        if "seconds" in self._h5:  # stores written before gmint kept time have no clock
+            self._h5["seconds"][0] = self._earlier + time.perf_counter() - self._began
         self._h5.flush()
 
-    def mark_complete(self, **extra: object) -> None:
+    def mark_complete(self, *, extract_seconds: float | None = None, **extra: object) -> None:
         """Set the complete flag (and final provenance such as timing) once every row is done.
 
-        Attributes cannot change in SWMR mode, so the file is closed and reopened normally for this;
-        the store stays open (read-write) afterwards.
+        `extract_seconds` is this run's time; the time earlier runs recorded (before a resume) is
+        added, so the attribute covers the whole extraction. Attributes cannot change in SWMR mode,
+        so the file is closed and reopened normally for this; the store stays open (read-write)
+        afterwards.
         """
         done = self.done_mask()
         if not done.all():
             raise IncompleteStoreError(f"{self.path}: {int((~done).sum())} rows not written")
+        if extract_seconds is not None:
+            extra["extract_seconds"] = round(self._earlier + extract_seconds, 3)
         self._h5.close()
-        self._h5 = h5py.File(self.path, "r+", libver="latest")
+        self._h5 = _h5file(self.path, "r+")
         for key, value in extra.items():
             self._h5.attrs[key] = encode_attribute(value)
         self._h5.attrs["rows_written"] = int(done.sum())
@@ -199,11 +252,17 @@ class FeatureStore:
             done.refresh()  # see rows a concurrent SWMR writer flushed since we opened
         return self._read(done)
 
+    @property
+    def writer(self) -> int | None:
+        """PID of the process writing this store now (None when no one is)."""
+        return writer_pid(self.path)
+
     def require_complete(self) -> None:
         if not self.complete:
-            raise IncompleteStoreError(
-                f"{self.path} is incomplete ({self.rows_written} of {len(self)} rows); "
-                "finish it with `gmint extract ... --resume`")
+            pid = self.writer
+            todo = (f"it is being written by PID {pid}; wait for it to finish" if pid else
+                    "finish it with `gmint extract ... --resume`")
+            raise IncompleteStoreError(f"{self.path} is incomplete ({self.rows_written} of {len(self)} rows); {todo}")
 
     def _read(self, dataset: h5py.Dataset) -> np.ndarray:
         return _read_all(self.path, dataset)
@@ -250,7 +309,8 @@ def verify(path: Path) -> list[str]:
                 problems.append(f"/features/{name} has {h5['features'][name].shape[0]} rows, expected {n}")
         if problems:
             return problems
-        for name, allowed in (("membership", (-1, 0, 1)), ("role", (-1, 0, 1))):
+        for name, codes in CODES.items():
+            allowed = tuple(sorted(codes))
             bad = int(np.isin(store.column(name), allowed, invert=True).sum())
             if bad:
                 problems.append(f"{bad} rows have a {name} outside {allowed}")
@@ -267,7 +327,9 @@ def verify(path: Path) -> list[str]:
             if unflagged:
                 problems.append(f"layer {name}: {unflagged} rows hold NaN/Inf without being flagged")
         if not store.complete:
-            problems.append(f"incomplete: {int(done.sum())} of {n} rows written (continue with --resume)")
+            pid = store.writer
+            todo = f"being written by PID {pid}" if pid else "continue with --resume"
+            problems.append(f"incomplete: {int(done.sum())} of {n} rows written ({todo})")
         elif not done.all():
             problems.append(f"marked complete but {int((~done).sum())} rows are not written")
     return problems
@@ -281,9 +343,10 @@ def _read_all(path: Path, dataset: h5py.Dataset, start: int = 0, stop: int | Non
 
 
 def _salvage(path: Path) -> None:
-    """Copy a crashed store's rows into a new file and put it in the old one's place."""
+    """Copy a crashed store's rows into a new file and put it in the old one's place (the caller holds
+    `path`'s writer lock)."""
     tmp = path.with_name(path.name + ".salvage")
-    with h5py.File(path, "r", swmr=True) as old:
+    with h5py.File(path, "r", swmr=True, locking=False) as old:
         done = old["done"][:]
         with FeatureStore.create(tmp, overwrite=True,
                                  columns={name: old[name][:] for name in ROW_COLUMNS},
@@ -294,23 +357,32 @@ def _salvage(path: Path) -> None:
                 new._h5["features"][name][:] = ds[:]
             for name in COMPUTED_COLUMNS:
                 new._h5[name][:] = old[name][:]
+            if "seconds" in old:
+                new._h5["seconds"][:] = old["seconds"][:]
             new._h5.flush()
             new._h5["done"][:] = done
             new._h5.flush()
     tmp.replace(path)
 
 
-def _open_h5(path: Path, mode: str) -> h5py.File:
+def _h5file(path: Path, mode: str) -> h5py.File:
+    """Open for writing: 1.10 format; no HDF5 file lock, which a reader's open could make fail (the
+    writer lock keeps out other writers)."""
+    return h5py.File(path, mode, libver=LIBVER, locking=False)
+
+
+def _open_h5(path: Path) -> h5py.File:
     if not path.exists():
         raise InputError(f"feature store {path} not found")
+    # A store being written (or whose writer died) is read as an SWMR reader: a plain one may find it
+    # flagged "open for write", or its end not yet extended. Only then: for a damaged file an SWMR
+    # reader retries each failing read with back-off.
     try:
-        h5 = h5py.File(path, mode) if mode == "r" else h5py.File(path, mode, libver="latest")
+        h5 = _open_swmr(path) if writer_pid(path) else h5py.File(path, "r", locking=False)
     except OSError as exc:
-        # A store being written (or whose writer died) is flagged "open for write": read it as an SWMR
-        # reader. Only then: for a damaged file an SWMR reader retries each failing read with back-off.
-        if mode != "r" or "already open for write" not in str(exc):
+        if "already open for write" not in str(exc) and not writer_pid(path):
             raise InputError(f"{path} is not a readable HDF5 feature store ({exc.__class__.__name__})") from None
-        h5 = h5py.File(path, mode, swmr=True)
+        h5 = _open_swmr(path)
     found = h5.attrs.get("format")
     if found != FORMAT:
         h5.close()
@@ -318,6 +390,115 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
             raise InputError(f"{path} is a {found} store; this gmint reads {FORMAT}: extract it again")
         raise InputError(f"{path} is not a gmint feature store (format attribute missing or different)")
     return h5
+
+
+def _open_swmr(path: Path) -> h5py.File:
+    """An SWMR reader's handle. A live writer leaves SWMR mode for a moment to set the final attributes,
+    and nothing can read the file then: wait that moment out."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            return h5py.File(path, "r", swmr=True, locking=False)
+        except OSError as exc:
+            pid = writer_pid(path)
+            if pid is None:
+                raise InputError(f"{path} is not a readable HDF5 feature store ({exc.__class__.__name__})") from None
+            if time.monotonic() > deadline:
+                raise InputError(f"{path} is being written by PID {pid} and cannot be read now; try again") from None
+            time.sleep(0.02)
+
+
+def describe_codes(h5: h5py.File) -> None:
+    """Spell out the integer codes of /membership and /role in a `codes` attribute on each."""
+    for name, codes in CODES.items():
+        h5[name].attrs["codes"] = ", ".join(f"{code} {meaning}" for code, meaning in codes.items())
+
+
+def lock_path(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".lock")
+
+
+class WriterLock:
+    """The one-writer-per-store rule: an exclusive flock on `<store>.lock`, which holds the writer's PID.
+
+    The kernel drops the lock when the writer dies, so a crashed run never blocks the next one. The
+    file is removed on release while still locked; whoever opened it meanwhile finds it gone and
+    locks a new one, so two writers never hold locks on different files.
+
+    Raises:
+        StoreBusyError: another process holds the lock.
+    """
+
+    def __init__(self, store: Path) -> None:
+        self.path = lock_path(store)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pid = _pid_in(fd)
+                    os.close(fd)
+                    raise StoreBusyError(f"{store} is being written by PID {pid}; only one process may write "
+                                         "a store: wait for it to finish or stop it") from None
+                os.close(fd)
+                time.sleep(0.02)
+                continue
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        if _same_file(self._fd, self.path):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> WriterLock:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+
+def writer_pid(path: Path) -> int | None:
+    """PID of the process writing the store at `path` now; None when no live process holds its lock."""
+    try:
+        fd = os.open(lock_path(path), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below
+    except BlockingIOError:
+        return _pid_in(fd)
+    else:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _pid_in(fd: int) -> int:
+    """The PID a lock holder wrote (it writes it right after locking: wait for it briefly; 0 if never)."""
+    for _ in range(50):
+        text = os.pread(fd, 32, 0).strip()
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.01)
+    return 0
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(fd))
+    except FileNotFoundError:
+        return False
 
 
 def encode_attribute(value: object) -> object:

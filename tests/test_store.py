@@ -1,7 +1,13 @@
-"""Feature stores: chunked writes read back exactly; incomplete or foreign stores are refused."""
+"""Feature stores: chunked writes read back exactly; incomplete or foreign stores are refused; files are
+readable by HDF5 1.10 tools and PyTables, and say what their codes mean."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import textwrap
+import warnings
 from pathlib import Path
 
 import h5py
@@ -117,3 +123,64 @@ def test_foreign_hdf5_file_is_refused(tmp_path: Path) -> None:
         h5["x"] = np.zeros(3)
     with pytest.raises(InputError, match="not a gmint feature store"):
         FeatureStore.open(path)
+
+
+def test_pytables_reads_the_store(tmp_path: Path, features: dict[str, np.ndarray]) -> None:
+    tables = pytest.importorskip("tables", reason="PyTables is not installed (it is in the dev extra)")
+    path = tmp_path / "s.h5"
+    write_in_chunks(path, features, chunk=3)
+    with warnings.catch_warnings():
+        # PyTables has no type for h5py's boolean attributes (`complete`); it reads them as None.
+        warnings.simplefilter("ignore", tables.DataTypeWarning)
+        t = tables.open_file(str(path))
+    with t:
+        np.testing.assert_array_equal(t.root.membership[:], make_columns(10)["membership"])
+        np.testing.assert_array_equal(t.root.loss[:], np.arange(10, dtype=np.float32))
+        for name, values in features.items():
+            np.testing.assert_array_equal(t.get_node("/features", name)[:], values)
+        assert t.root.membership.attrs.codes == "1 member, 0 external, -1 unknown"
+
+
+@pytest.mark.skipif(shutil.which("h5dump") is None, reason="h5dump is not installed (apt: hdf5-tools)")
+def test_h5dump_reads_the_store(tmp_path: Path, features: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.h5"
+    write_in_chunks(path, features, chunk=3)
+    for args in (["-H"], ["-d", "/features/b.weight"], ["-a", "/role/codes"]):
+        proc = subprocess.run(["h5dump", *args, str(path)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 auditor's pool, 1 holdout, -1 n/a" in proc.stdout
+
+
+def test_codes_are_spelled_out_in_the_file(tmp_path: Path, features: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.h5"
+    write_in_chunks(path, features, chunk=5)
+    with h5py.File(path) as h5:
+        assert h5["membership"].attrs["codes"] == "1 member, 0 external, -1 unknown"
+        assert h5["role"].attrs["codes"] == "0 auditor's pool, 1 holdout, -1 n/a"
+
+
+KILLED_AFTER_A_BATCH = textwrap.dedent("""
+    import os, signal, sys, time
+    import numpy as np
+    from gmint.store import FeatureStore
+    columns = {"membership": np.zeros(10), "role": np.zeros(10), "label": np.zeros(10), "sample_id": np.arange(10)}
+    store = FeatureStore.create(sys.argv[1], columns=columns, dims={"a.weight": 4}, provenance={})
+    time.sleep(0.5)
+    store.write(0, {"a.weight": np.zeros((5, 4), np.float32)}, loss=np.zeros(5, np.float32),
+                pred=np.zeros(5, np.int64))
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_extract_seconds_covers_every_run(tmp_path: Path) -> None:
+    """A run killed after its first batch, then a run that finishes: the time of both is recorded."""
+    path = tmp_path / "s.h5"
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_A_BATCH, str(path)], timeout=120)
+    assert proc.returncode == -9
+    with FeatureStore.resume(path, {}) as store:
+        assert store.rows_written == 5
+        store.write(5, {"a.weight": np.zeros((5, 4), np.float32)}, loss=np.zeros(5, np.float32),
+                    pred=np.zeros(5, np.int64))
+        store.mark_complete(extract_seconds=1.0)
+    with FeatureStore.open(path) as store:
+        assert 1.5 <= store.provenance["extract_seconds"] < 10
