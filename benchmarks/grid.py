@@ -8,6 +8,11 @@ threshold, activation-MINT and the negative control on the same rows, and the au
 Every step writes its result before the next starts and is skipped when already done, so a killed
 run resumes where it stopped (run the same command again). Rows are appended to a JSONL file.
 
+Training runs on the TOML's `train.threads` CPU threads (`train = {..., threads = N}`, default 1): the
+weights depend on the thread count, so it is part of the recorded TrainConfig and a finished model is
+only reused with the same count. `--threads` affects extraction only (MINT classifiers always fit on one
+thread).
+
     python -m benchmarks.grid --config benchmarks/configs/grid-cpu.toml --out benchmarks/results/grid-cpu.jsonl
 """
 
@@ -17,6 +22,7 @@ import argparse
 import json
 import time
 import tomllib
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -49,7 +55,7 @@ def run_cell(cell: dict[str, object], defaults: dict[str, object], workdir: Path
         split = make_split(data, members=cfg["members"], external=cfg["external"], control=cfg["control"],  # type: ignore[arg-type]
                            holdout=float(cfg["holdout"]), protocol=str(cfg["protocol"]), seed=int(cfg["seed"]))
         split.save(split_path)
-    train = TrainConfig(**dict(cfg["train"]))  # type: ignore[arg-type]
+    train = train_config(cfg["train"])  # type: ignore[arg-type]
     transform = Transform(size=cfg.get("image_size"))  # type: ignore[arg-type]
     models = {}
     for role in ("audited", "control"):
@@ -91,6 +97,16 @@ def run_cell(cell: dict[str, object], defaults: dict[str, object], workdir: Path
               f"{result['loss_threshold']['auc']['value']:.3f})")
 
 
+def train_config(table: dict[str, object]) -> TrainConfig:
+    """The TOML's `train` table as a TrainConfig (epochs, batch_size, optimizer, lr, weight_decay, schedule,
+    augment, seed, threads); an unknown key is refused with the known ones."""
+    known = [f.name for f in fields(TrainConfig)]
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ValueError(f"grid config: unknown train key(s) {unknown}; known: {known}")
+    return TrainConfig(**table)  # type: ignore[arg-type]
+
+
 def read_rows(path: Path) -> list[dict[str, object]]:
     if not path.exists():
         return []
@@ -104,7 +120,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("runs/grid"), help="models and stores")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--only", default=None, help="run only cells whose name contains this")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for extraction only (0: torch's default); training uses the "
+                             "config's train.threads")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     if args.threads:

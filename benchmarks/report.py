@@ -31,10 +31,23 @@ def paper_table(path: Path) -> dict[tuple[str, str, str, str], float]:
     return table
 
 
-def ci(est: dict[str, float], percent: bool = False) -> str:
+def unresolved(est: dict[str, object]) -> str:
+    """'n/a (needs ≥ 100 externals, has 50)': a metric the held-out rows cannot resolve (its value is None)."""
+    return f"n/a ({est['unresolved']})" if est.get("unresolved") else "n/a"
+
+
+def ci(est: dict[str, object], percent: bool = False) -> str:
+    """'0.912 [0.880, 0.940]' (or in % with `percent`), or n/a for an unresolved metric."""
+    if est["value"] is None:
+        return unresolved(est)
     k = 100.0 if percent else 1.0
     fmt = ".1f" if percent else ".3f"
-    return f"{est['value'] * k:{fmt}} [{est['ci95_low'] * k:{fmt}}, {est['ci95_high'] * k:{fmt}}]"
+    return f"{est['value'] * k:{fmt}} [{est['ci95_low'] * k:{fmt}}, {est['ci95_high'] * k:{fmt}}]"  # type: ignore[operator]
+
+
+def point(est: dict[str, object]) -> str:
+    """The value alone ('0.125'), or n/a for an unresolved metric."""
+    return unresolved(est) if est["value"] is None else f"{est['value']:.3f}"
 
 
 def cell_report(rows: list[dict[str, object]], paper: dict[tuple[str, str, str, str], float]) -> list[str]:
@@ -45,7 +58,8 @@ def cell_report(rows: list[dict[str, object]], paper: dict[tuple[str, str, str, 
     out = [f"## {dataset} × {arch}", "",
            f"Split ({first['protocol']} protocol): {first['split']['members']} members, {first['split']['external']} "
            f"external; MINT fitted on the pool ({first['split']['pool']} rows), scored on {first['split']['holdout']} "
-           f"held-out rows. Audited model: {cfg['epochs']} epochs of {cfg['optimizer']} (lr {cfg['lr']}), "
+           f"held-out rows. Audited model: {cfg['epochs']} epochs of {cfg['optimizer']} (lr {cfg['lr']}"
+           + (f", {cfg['threads']} threads" if "threads" in cfg else "") + "), "
            f"accuracy on members {rec['members_accuracy']:.3f}, external {rec['external_accuracy']:.3f}"
            + (f", official test {rec['test_accuracy']:.3f}" if "test_accuracy" in rec else "")
            + f"; mean loss members {gap['members_loss']:.4f} vs external {gap['external_loss']:.4f} on the "
@@ -57,10 +71,10 @@ def cell_report(rows: list[dict[str, object]], paper: dict[tuple[str, str, str, 
         ref = f"{paper[key]:.2f}" if r["signal"] == "gMINT" and key in paper else "—"
         m = r["mint"]
         out.append(f"| {r['signal']} | {r['setup']} | {r['fraction']} | {ci(m['accuracy'], True)} | {ci(m['auc'])} | "
-                   f"{m['tpr_at_1pct_fpr']['value']:.3f} | {ref} |")
+                   f"{point(m['tpr_at_1pct_fpr'])} | {ref} |")
     lt = first["loss_threshold"]
     out.append(f"| loss threshold | — | pool threshold | {ci(lt['accuracy'], True)} | {ci(lt['auc'])} | "
-               f"{lt['tpr_at_1pct_fpr']['value']:.3f} | — |")
+               f"{point(lt['tpr_at_1pct_fpr'])} | — |")
     return [*out, ""]
 
 

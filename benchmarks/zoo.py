@@ -58,7 +58,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("runs/zoo"))
     parser.add_argument("--members", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="CPU threads for training (recorded: the weights depend on it)")
     parser.add_argument("--only", default=None, help="run only cells whose 'arch-dataset' contains this")
     args = parser.parse_args()
     if args.markdown:
@@ -74,7 +75,7 @@ def main() -> None:
             data = data or load_dataset(dataset, args.data_root)
             split = make_split(data, members=args.members, external=args.members, control=0, seed=0)
             options = CPU_SCALE.get(arch, {})
-            config = TrainConfig(epochs=args.epochs, batch_size=64, lr=1e-3, seed=0)
+            config = TrainConfig(epochs=args.epochs, batch_size=64, lr=1e-3, seed=0, threads=args.threads)
             out = args.workdir / f"{arch}-{dataset}.pt"
             model = train_audited(data, split, arch=arch, transform=Transform(), config=config, out=out,
                                   arch_options=options, resume=True)
@@ -82,7 +83,8 @@ def main() -> None:
                    "external": len(split.external), "epochs": args.epochs, "lr": config.lr,
                    "parameters": sum(p.numel() for p in model.module.parameters()),
                    "seconds_per_epoch": model.meta["train_seconds"] / args.epochs,
-                   "record": model.meta["record"], "history": model.meta["history"], "threads": args.threads,
+                   "record": model.meta["record"], "history": model.meta["history"],
+                   "threads": model.meta["train_config"]["threads"],
                    "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}"}
             with open(args.out, "a") as fh:
                 fh.write(json.dumps(row) + "\n")

@@ -8,7 +8,6 @@ import typer
 
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
-from gmint.errors import InputError
 from gmint.models.train import TrainConfig, train_audited
 from gmint_cli.common import (
     check_output,
@@ -44,6 +43,8 @@ def train(arch: str = typer.Option("small_cnn", help="Architecture from the zoo.
           schedule: str = typer.Option("constant", help="constant | cosine"),
           augment: str = typer.Option("none", help="none | crop | flip-crop"),
           seed: int = typer.Option(0, help="Seed of the initialisation, the shuffling and a new split."),
+          threads: int = typer.Option(1, min=1, help="CPU threads for training; the weights depend on it, so it "
+                                                     "is recorded."),
           device: str = device_option(),
           resume: bool = flag("--resume", "Continue from the checkpoint at --out."),
           overwrite: bool = flag("--overwrite", "Replace an existing --out (kept until the new model is trained)."),
@@ -54,27 +55,13 @@ def train(arch: str = typer.Option("small_cnn", help="Architecture from the zoo.
     check_output(out, "--out", inputs={"--split": split}, overwrite=overwrite, resume=resume)
     options = {"width": width, **json_object(arch_options, "--arch-options")}
     config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                         weight_decay=weight_decay, schedule=schedule, augment=augment, seed=seed)
+                         weight_decay=weight_decay, schedule=schedule, augment=augment, seed=seed, threads=threads)
     images = load_data(data, data_root, size=image_size, size_option="--image-size")
     manifest = MembershipSplit.load(split) if split else make_split(images, seed=seed)
-    if negative_control and not manifest.control:  # the library's own message names split's option as if ours
-        raise InputError("the split has no control rows to train a negative control on; draw one with "
-                         "`gmint split --control 0.2` (or another fraction or count)")
-    # train_audited refuses an existing --out it does not resume: the old file steps aside, and comes back if
-    # training fails (bad settings, a crash), so --overwrite never loses a model without making a new one.
-    replaced = out.with_name(out.name + ".replaced") if overwrite and out.exists() else None
-    if replaced is not None:
-        out.replace(replaced)
-    try:
-        model = train_audited(images, manifest, arch=arch, transform=Transform(size=image_size), config=config,
-                              out=out, arch_options=options, resume=resume, negative_control=negative_control,
-                              device=device, show_progress=show_progress())
-    except Exception:
-        if replaced is not None:
-            replaced.replace(out)
-        raise
-    if replaced is not None:
-        replaced.unlink()
+    # With --overwrite the old model stays at --out until the new one is finished: a failed run keeps it.
+    model = train_audited(images, manifest, arch=arch, transform=Transform(size=image_size), config=config,
+                          out=out, arch_options=options, resume=resume, overwrite=overwrite,
+                          negative_control=negative_control, device=device, show_progress=show_progress())
     rec = model.meta["record"]
     console.print(f"{out}: {arch} on {data}, {model.meta['epochs_done']} epochs in {model.meta['train_seconds']} s")
     console.print("  " + ", ".join(f"{k} {v:.4f}" for k, v in rec.items()))

@@ -25,8 +25,8 @@ from gmint.models.io import AuditedModel, load_audited
 F = TypeVar("F", bound=Callable[..., object])
 # Output into a pipe or a file is read by programs and editors: lines are never wrapped or cut to a width.
 UNBOUNDED = 100_000
-# The image readers' hint for folders of mixed sizes names their Python argument, not a command-line option.
-READER_SIZE_HINT = "pass size=N to resize every image to NxN"
+# The image readers' hint for folders of mixed sizes; each verb rewrites it to name its own option.
+READER_SIZE_HINT = "give a size N to resize every image to NxN"
 
 
 class _Console(Console):

@@ -5,15 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from gmint.demo import run_demo
-from gmint.report import gap_lines
+from gmint.report import cell, gap_lines
 from gmint_cli.common import check_output, cli_errors, console, flag, show_progress
-
-
-def _cell(est: dict[str, float]) -> str:
-    return f"{est['value']:.3f} [{est['ci95_low']:.3f}, {est['ci95_high']:.3f}]"
 
 
 @cli_errors
@@ -35,7 +32,7 @@ def demo(out: Path = typer.Option(Path("gmint-demo"), help="Working folder for t
                   f"on external; mean loss {a['members_loss']:.4f} vs {a['external_loss']:.4f}. Control model: "
                   f"{c['members_accuracy']:.3f} vs {c['external_accuracy']:.3f} (it saw neither).")
     table = Table(title="held-out membership test; 0.5 AUC = chance")
-    for col in ("signal", "accuracy", "AUC (95% interval)", "TPR @ 1% FPR"):
+    for col in ("signal", "accuracy", "AUC (95% interval)", "TPR @ 1% FPR (95% interval)"):
         table.add_column(col, justify="left" if col == "signal" else "right")
     rows = dict(r["results"])
     rows = {**{k: v for k, v in rows.items() if not k.startswith("negative")},
@@ -43,8 +40,11 @@ def demo(out: Path = typer.Option(Path("gmint-demo"), help="Working folder for t
             **{k: v for k, v in rows.items() if k.startswith("negative")}}
     for name, res in rows.items():
         m = res["mint"]
-        table.add_row(name, f"{m['accuracy']['value']:.3f}", _cell(m["auc"]), f"{m['tpr_at_1pct_fpr']['value']:.3f}")
+        table.add_row(name, f"{m['accuracy']['value']:.3f}", cell(m["auc"]), cell(m["tpr_at_1pct_fpr"]))
     console.print(table)
+    for name, res in r["results"].items():  # collapsed scores: figures that reflect ties, not a signal
+        for text in res.get("warnings", []):
+            console.print(f"[bold yellow]warning:[/] {escape(f'{name}: {text}')}", highlight=False)
     for line in gap_lines(r["results"]["gMINT combined"]):
         console.print(line)
     comb = r["results"]["gMINT combined"]["mint"]["auc"]["value"]

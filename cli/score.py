@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from gmint.audit import ROW_CHOICES, audit_set, load_image_folder, model_input, select_rows, subsample, write_scores
-from gmint.data.split import MembershipSplit
+from gmint.data.split import MembershipSplit, check_model_split
 from gmint.errors import InputError
 from gmint.mint import TrainedMint
 from gmint_cli.common import (
@@ -48,6 +48,9 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
                                               "file listing row ids of --data (default: none)."),
           split: Path = typer.Option(None, help="Split manifest for --rows (default: the one stored with the "
                                                 "model)."),
+          model_trained_outside_gmint: bool = flag(
+              "--model-trained-outside-gmint",
+              "The model was trained outside gmint: accept a --split other than the one its checkpoint records."),
           sample: int = typer.Option(None, min=1, help="Audit a seeded random subset of this many candidates "
                                                        "(default: all of them)."),
           seed: int = typer.Option(0, help="Seed of --sample."),
@@ -83,6 +86,8 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
     else:
         manifest = MembershipSplit.load(split) if split else (
             MembershipSplit.from_json(json.dumps(audited.meta["split"])) if "split" in audited.meta else None)
+        if split:  # another split's holdout-members would be the model's externals, and back
+            check_model_split(audited.meta, manifest, trained_outside=model_trained_outside_gmint)
         candidates = load_data(data, data_root, size=model_input(audited)[1])
         source = f"{data} --rows {rows}"
         index = select_rows(rows, manifest)

@@ -493,8 +493,14 @@ def audit_set(audited: AuditedModel, mint: TrainedMint, data: ImageSet, index: n
 
     The calibration is read (and checked) first, so a wrong store fails before any extraction. Candidates
     drawn from the calibration store's own dataset are left out of the calibration.
+
+    Raises:
+        InputError: a row of `index` is outside `data` (a negative one would otherwise count from the end).
     """
     index = np.arange(len(data)) if index is None else np.asarray(index, dtype=np.int64)
+    if len(index) and (index.min() < 0 or index.max() >= len(data)):
+        bad = int(index[(index < 0) | (index >= len(data))][0])
+        raise InputError(f"row {bad} is outside the {len(data)} rows of {data.name} (0 to {len(data) - 1})")
     same = data.name == mint.spec.dataset
     cal = calibration_scores(mint, calibration, exclude=data.sample_ids[index] if same else None)
     scores = score_samples(audited, mint, data, index, like=cal.provenance, out=out, to_grey=to_grey,

@@ -472,7 +472,7 @@ def writer_pid(path: Path) -> int | None:
     """PID of the process writing the store at `path` now; None when no live process holds its lock."""
     try:
         fd = os.open(lock_path(path), os.O_RDONLY)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no lock, or no folder it could be in
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from gmint.audit import (
+    audit_set,
     calibration_scores,
     false_positive_rate,
     load_image_folder,
@@ -164,6 +165,16 @@ def test_candidates_the_classifier_was_fitted_on_or_listed_twice_are_refused(
         score_samples(audited_digits[0], mint, digits, mint.fitted_ids[:5])
     with pytest.raises(InputError, match="more than once"):
         score_samples(audited_digits[0], mint, digits, np.array([1, 1]))
+
+
+@pytest.mark.parametrize("bad", [1797, -1])
+def test_candidate_rows_outside_the_data_are_refused_before_anything_is_read(
+        bad: int, tmp_path: Path, mint: TrainedMint, audited_digits: tuple[AuditedModel, Path],
+        digits: ImageSet) -> None:
+    """-1 would silently be the last row, 1797 an IndexError: both name the row and the range instead, before
+    the calibration store (here one that does not exist) is opened."""
+    with pytest.raises(InputError, match=rf"^row {bad} is outside the 1797 rows of digits \(0 to 1796\)$"):
+        audit_set(audited_digits[0], mint, digits, np.array([3, bad, 5]), calibration=tmp_path / "none.h5")
 
 
 def _write_folder(root: Path, digits: ImageSet, rows: np.ndarray, *, size: int = 8, colour: bool = False) -> Path:

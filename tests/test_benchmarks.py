@@ -1,5 +1,5 @@
-"""The speed benchmark's harness on a tiny model (one timed round; no timing is asserted) and the
-threshold gate's logic."""
+"""The speed benchmark's harness on a tiny model (one timed round; no timing is asserted), the threshold gate's
+logic, and the grid's config and report."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.check import MEMORY, Limit, check, main, ratio
+from benchmarks.grid import train_config
+from benchmarks.report import cell_report
 from benchmarks.speed import Config, load_config, refresh, run
 
 
@@ -129,3 +131,31 @@ def test_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--results", str(results), "--max", "hooks/floor"]) == 2
     assert main(["--results", str(tmp_path / "missing.json"), "--max", "hooks/floor=1"]) == 2
     assert main(["--results", str(results)]) == 2
+
+
+def test_grid_trains_on_the_configs_thread_count() -> None:
+    assert train_config({"epochs": 2, "threads": 3}).threads == 3
+    assert train_config({"epochs": 2}).threads == 1  # the TrainConfig default, recorded like any setting
+    with pytest.raises(ValueError, match=r"unknown train key\(s\) \['thread'\]"):
+        train_config({"thread": 3})
+
+
+def test_grid_report_shows_an_unresolved_tpr_as_na() -> None:
+    def est(value: float | None) -> dict[str, object]:
+        if value is None:
+            return {"value": None, "ci95_low": None, "ci95_high": None, "unresolved": "needs ≥ 100 externals, has 60"}
+        return {"value": value, "ci95_low": value - 0.1, "ci95_high": value + 0.1}
+
+    metrics = {"accuracy": est(0.6), "auc": est(0.7), "tpr_at_1pct_fpr": est(None)}
+    row = {"cell": "mnist-mobilenet", "dataset": "mnist", "arch": "mobilenet", "signal": "gMINT", "setup": "entry",
+           "fraction": "D100", "protocol": "grouped", "mint": metrics,
+           "loss_threshold": {**metrics, "tpr_at_1pct_fpr": est(0.125)},
+           "split": {"members": 200, "external": 200, "pool": 200, "holdout": 120},
+           "model_record": {"members_accuracy": 1.0, "external_accuracy": 0.9},
+           "audited_model": {"members_loss": 0.01, "external_loss": 0.4},
+           "train_config": {"epochs": 3, "optimizer": "adam", "lr": 0.001, "threads": 2}}
+    lines = cell_report([row], {("MNIST", "MobileNet", "entry", "D100"): 91.5})
+    assert "(lr 0.001, 2 threads)" in lines[2]
+    assert lines[6] == ("| gMINT | entry | D100 | 60.0 [50.0, 70.0] | 0.700 [0.600, 0.800] | "
+                        "n/a (needs ≥ 100 externals, has 60) | 91.50 |")
+    assert lines[7].endswith("| 0.125 | — |")

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from typer.main import get_command
 
 from gmint.data.split import MembershipSplit
 from gmint.mint import train_mint
-from gmint.models.io import AuditedModel
+from gmint.models.io import AuditedModel, load_audited
 from gmint_cli.app import app
 from tests.cli_runner import Outcome, run, snapshot
 
@@ -176,6 +177,11 @@ CASES = {
                                  "--options must be a JSON object"),
     "audited-arch-options-bad-json": (["audited", "train", "--arch-options", "{bad", "--out", "m.pt"],
                                       "--arch-options is not valid JSON"),
+    "train-options-unknown-key": (["train", "f.h5", "--kind", "logreg", "--options", '{"bogus": 1}', "--out",
+                                   "m.pt"], "logreg MINT classifier: "),
+    "train-options-unknown-base-key": (["train", "f.h5", "--kind", "per_class", "--options",
+                                        '{"base": "logreg", "base_options": {"bogus": 1}}', "--out", "m.pt"],
+                                       "per_class MINT classifier: "),
     # Devices.
     "extract-device-bogus": (["extract", "--model", "audited.pt", "--out", "x.h5", "--device", "bogus"],
                              "'bogus' is not a device; use cpu, cuda, cuda:N or mps"),
@@ -332,3 +338,72 @@ def test_help_shows_flags_as_flags_and_every_option_explained() -> None:
             assert said, f"gmint {' '.join(path)}: {param.name} does not say its default"
     code, out, _ = run("extract", "--help")
     assert code == 0 and "--resume" in out and "--no-resume" not in out and "--no-overwrite" not in out
+
+
+def test_score_refuses_a_split_other_than_the_models(work: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rows under another seed: another manifest, whose labels gmint cannot vouch for."""
+    monkeypatch.chdir(work)
+    other = tmp_path / "other.json"
+    replace(MembershipSplit.load(work / "split.json"), seed=7).save(other)
+    args = [*SCORE, "--split", str(other), "--out", str(tmp_path / "s.csv")]
+    before = snapshot(work)
+    assert_one_line_error(run(*args), args, "is not the one the audited model was trained on")
+    assert snapshot(work) == before and not (tmp_path / "s.csv").exists()
+    code, out, err = run(*args, "--model-trained-outside-gmint")
+    assert code == 0 and "candidates: 5" in out and (tmp_path / "s.csv").is_file(), err
+
+
+def test_overwrite_keeps_the_old_model_when_training_fails_midway(work: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import gmint.models.train as train_module
+
+    old = tmp_path / "audited.pt"
+    shutil.copy(work / "audited.pt", old)
+    args = ["audited", "train", "--split", work / "split.json", "--width", "0.25", "--epochs", "3", "--out", old,
+            "--overwrite"]
+    real_epoch, calls = train_module._epoch, {"n": 0}
+
+    def failing_epoch(*a: object, **k: object) -> tuple[float, float]:
+        calls["n"] += 1
+        if calls["n"] == 2:  # after the first epoch was checkpointed
+            raise OSError(28, "No space left on device", str(old))
+        return real_epoch(*a, **k)
+
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(train_module, "_epoch", failing_epoch)
+    assert_one_line_error(run(*args), ["audited", "train"], "No space left on device")
+    assert calls["n"] == 2 and snapshot(tmp_path) == before  # the old model, and no leftover
+    monkeypatch.setattr(train_module, "_epoch", real_epoch)
+    code, out, err = run(*args[:-5], "--epochs", "1", "--out", old, "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audited.pt"]
+    assert load_audited(old).meta["epochs_done"] == 1 and "1 epochs" in out
+
+
+def test_demo_prints_unresolved_tpr_as_na_and_every_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gmint_cli.demo as demo_cli
+
+    def est(value: float | None) -> dict[str, object]:
+        if value is None:
+            return {"value": None, "ci95_low": None, "ci95_high": None, "unresolved": "needs ≥ 100 externals, has 40"}
+        return {"value": value, "ci95_low": value - 0.05, "ci95_high": value + 0.05}
+
+    def result(tpr: float | None, warnings: list[str]) -> dict[str, object]:
+        metrics = {"accuracy": est(0.6), "auc": est(0.65), "tpr_at_1pct_fpr": est(tpr)}
+        return {"mint": metrics, "loss_threshold": metrics, "warnings": warnings,
+                "rows": {"members": 40, "external": 40},
+                "audited_model": {"members_accuracy": 1.0, "external_accuracy": 0.9, "accuracy_gap": 0.1,
+                                  "members_loss": 0.01, "external_loss": 0.3}}
+
+    record = {"members_accuracy": 1.0, "external_accuracy": 0.9, "members_loss": 0.01, "external_loss": 0.3}
+    fake = {"split": {"members": 160, "external": 160, "control": 80, "pool": 240, "holdout": 80},
+            "audited": record, "control": record, "paths": {"workdir": str(tmp_path)},
+            "results": {"gMINT combined": result(None, ["MINT classifier: all 80 scores are 0.5: [sic]"]),
+                        "negative control (gMINT combined)": result(0.02, [])}}
+    monkeypatch.setattr(demo_cli, "run_demo", lambda *a, **k: fake)
+    code, out, err = run("demo", "--out", tmp_path / "d")
+    assert code == 0 and err == "", err
+    assert "n/a (needs ≥ 100 externals, has 40)" in out and "0.020 [-0.030, 0.070]" in out
+    assert "warning: gMINT combined: MINT classifier: all 80 scores are 0.5: [sic]\n" in out
+    assert out.count("warning:") == 1

@@ -149,6 +149,17 @@ def test_unknown_setup_and_kind(digits_store: Path) -> None:
         train_mint(digits_store, kind="forest")
 
 
+def test_options_a_classifier_does_not_take_are_input_errors(digits_store: Path) -> None:
+    with pytest.raises(InputError, match=r"^logreg MINT classifier: .*unexpected keyword argument 'bogus'; its "
+                                         r"options: c, max_iter$"):
+        train_mint(digits_store, kind="logreg", setup="combined", options={"bogus": 1})
+    with pytest.raises(InputError, match=r"^threshold MINT classifier: .*'bogus'; it takes no options$"):
+        train_mint(digits_store, kind="threshold", setup="combined", options={"bogus": 1})
+    with pytest.raises(InputError, match=r"^per_class MINT classifier: .*'bogus'$"):  # the base's option
+        train_mint(digits_store, kind="per_class", setup="combined",
+                   options={"base": "logreg", "base_options": {"bogus": 1}})
+
+
 @pytest.fixture(scope="module")
 def flat_store(tmp_path_factory: pytest.TempPathFactory, digits, digits_split, audited_digits) -> Path:
     from gmint.extract import extract, split_rows

@@ -580,7 +580,8 @@ def test_imagefolder_parts_channels_and_size(tmp_path: Path) -> None:
     rgb = readers.read_imagefolder(tmp_path, channels=3)
     np.testing.assert_array_equal(rgb.images[..., 1:], np.repeat(got.images, 2, axis=-1))
     write_image(tmp_path / "test" / "b" / "1.png", _pixels(rng, 9, 4, 3))
-    with pytest.raises(InputError, match=r"test/b/1.png is 4x9 but .*train/a/0.png is 6x6; pass size=N"):
+    with pytest.raises(InputError, match=r"test/b/1.png is 4x9 but .*train/a/0.png is 6x6; give a size N to "
+                                          r"resize every image to NxN$"):
         readers.read_imagefolder(tmp_path)
     resized = readers.read_imagefolder(tmp_path, size=5)
     assert resized.images.shape == (5, 5, 5, 3)  # one colour file among greys: RGB by default

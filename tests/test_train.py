@@ -176,3 +176,48 @@ def test_a_checkpoint_reaches_the_disk_before_it_replaces_the_old_one(
     train_audited(digits, digits_split, config=replace(CONFIG, epochs=1), out=tmp_path / "m.pt", **COMMON)
     # Per checkpoint (after the epoch, then with the record): the file's data, the rename, the folder entry.
     assert events == ["fsync", "replace m.pt", "fsync"] * 2
+
+
+def test_overwrite_replaces_a_model_only_with_a_finished_one(tmp_path: Path, digits: ImageSet,
+                                                             digits_split: MembershipSplit,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the new model trains, the old one stays at `out` (its epochs go to `out.new`), so a run killed at
+    any moment leaves the old model whole; a finished run replaces it."""
+    import gmint.models.train as train_module
+
+    path, config = tmp_path / "m.pt", replace(CONFIG, epochs=2)
+    train_audited(digits, digits_split, config=replace(config, epochs=1), out=path, **COMMON)
+    old = path.read_bytes()
+    with pytest.raises(InputError, match=r"m.pt exists; pass --overwrite to replace it or --resume to continue it$"):
+        train_audited(digits, digits_split, config=config, out=path, **COMMON)
+    with pytest.raises(InputError, match="pass one of them"):
+        train_audited(digits, digits_split, config=config, out=path, resume=True, overwrite=True, **COMMON)
+    real_epoch, seen = train_module._epoch, []
+
+    def killed_in_second_epoch(*args: object, **kwargs: object) -> tuple[float, float]:
+        if seen:
+            seen.append((path.read_bytes() == old, (tmp_path / "m.pt.new").is_file()))
+            raise KeyboardInterrupt
+        seen.append(None)
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_epoch", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_audited(digits, digits_split, config=config, out=path, overwrite=True, **COMMON)
+    assert seen == [None, (True, True)]  # mid-run: the old model in place, the first new epoch beside it
+    assert path.read_bytes() == old and sorted(tmp_path.iterdir()) == [path]  # the unfinished one dropped
+    monkeypatch.setattr(train_module, "_epoch", real_epoch)
+    new = train_audited(digits, digits_split, config=config, out=path, overwrite=True, **COMMON)
+    assert sorted(tmp_path.iterdir()) == [path] and load_audited(path).meta["epochs_done"] == 2
+    assert load_audited(path).meta["record"] == new.meta["record"]
+
+
+def test_cli_records_the_thread_count(tmp_path: Path) -> None:
+    from tests.cli_runner import invoke
+
+    code, out = invoke("audited", "train", "--epochs", "1", "--width", "0.25", "--threads", "2",
+                       "--out", tmp_path / "m.pt")
+    assert code == 0, out
+    assert load_audited(tmp_path / "m.pt").meta["train_config"]["threads"] == 2
+    code, out = invoke("audited", "train", "--threads", "0", "--out", tmp_path / "n.pt")
+    assert code == 1 and "'--threads'" in out and not (tmp_path / "n.pt").exists()

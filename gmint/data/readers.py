@@ -685,7 +685,7 @@ def read_imagefolder(root: Path | str | None = None, *, size: int | None = None,
         if odd is not None:
             ow, oh = headers[odd][1]
             raise InputError(f"imagefolder: {entries[odd][1]} is {ow}x{oh} but {entries[0][1]} is {w}x{h}; "
-                             f"pass size=N to resize every image to NxN")
+                             "give a size N to resize every image to NxN")
         shape = (h, w, channels)
     else:
         shape = (size, size, channels)

@@ -7,6 +7,7 @@ subsets the split manifest lists, recomputed from the store's columns.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import time
 import warnings
 from pathlib import Path
@@ -94,7 +95,10 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
         params = prov.get("parameters", layers)
         by_feature = dict(zip(store_layers, params, strict=True))  # type: ignore[arg-type]
         options.setdefault("shapes", [shapes[by_feature[n]] for n in layers])  # type: ignore[index]
-    model = builder(x.shape[1], **options)
+    try:
+        model = builder(x.shape[1], **options)
+    except TypeError as exc:  # an option the classifier does not take, or a value it cannot use
+        raise InputError(f"{kind} MINT classifier: {exc}{_known_options(builder, x.shape[1], options)}") from None
     t0 = time.perf_counter()
     record = model.fit(scaler(x), y, seed=seed, labels=labels)
     record.update(fraction=fraction, seed=seed, excluded_nonfinite=int(nonfinite.sum()), members=int(y.sum()),
@@ -105,3 +109,20 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
                        split_sha256=str(prov.get("split_sha256", "")), dataset=str(prov["dataset"]),
                        setup=setup, source=str(prov.get("source", "gradient")))
     return TrainedMint(kind, model, spec, scaler, ids, record)
+
+
+def _known_options(builder: object, input_dim: int, options: dict[str, object]) -> str:
+    """'; its options: c, max_iter' when `options` do not fit the classifier's constructor (else '': the
+    error came from inside it, e.g. from a base classifier's options)."""
+    try:
+        signature = inspect.signature(builder)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return ""
+    try:
+        signature.bind(input_dim, **options)
+        return ""
+    except TypeError:
+        pass
+    names = [n for n, p in signature.parameters.items() if p.kind == p.KEYWORD_ONLY]
+    names += [n for n in getattr(builder, "NETWORK", {}) if n not in names]
+    return f"; its options: {', '.join(names)}" if names else "; it takes no options"

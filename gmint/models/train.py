@@ -90,28 +90,38 @@ class TrainConfig:
 
 def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transform: Transform,
                   config: TrainConfig, out: Path, arch_options: dict[str, object] | None = None,
-                  resume: bool = False, negative_control: bool = False, device: str = "cpu",
-                  show_progress: bool = False) -> AuditedModel:
+                  resume: bool = False, overwrite: bool = False, negative_control: bool = False,
+                  device: str = "cpu", show_progress: bool = False) -> AuditedModel:
     """Train `arch` on the split's members, checkpointing to `out` every epoch; return it with its record.
 
     With `negative_control=True` the model is trained on the split's `control` rows instead: it saw
     neither the members nor the externals, so auditing it with the same pipeline must give chance.
     With `resume=True` an interrupted run continues from its last epoch and a finished one is returned
-    as it is, its file untouched.
+    as it is, its file untouched. With `overwrite=True` an existing `out` is replaced only by the finished
+    model: until then the epochs are checkpointed beside it (`<out>.new`), so a run that fails or is killed
+    leaves the old model whole.
 
     Raises:
-        InputError: before any file is written, for an existing `out` without `resume`, or a checkpoint
-            trained with another recipe (architecture, data, split, transform, TrainConfig).
+        InputError: before any file is written, for an existing `out` without `resume` or `overwrite`, both
+            of them, or a checkpoint trained with another recipe (architecture, data, split, transform,
+            TrainConfig).
     """
     if split.dataset != data.name:
         raise InputError(f"the split is for '{split.dataset}', the data is '{data.name}'")
     augment = AUGMENTATIONS.get(config.augment)
     members = np.asarray(split.control if negative_control else split.members)
     if len(members) == 0:
-        raise InputError("the split has no control rows; draw it with --control to train a negative control")
+        raise InputError("the split has no control rows to train a negative control on; draw one with "
+                         "`gmint split --control`")
     out = Path(out)
-    if out.exists() and not resume:
-        raise InputError(f"{out} exists; pass --resume to continue training or choose another --out")
+    if resume and overwrite:
+        raise InputError(f"resume continues {out}, overwrite replaces it: pass one of them")
+    if out.is_dir():
+        raise InputError(f"{out} is a folder; give a file name")
+    if out.exists() and not (resume or overwrite):
+        raise InputError(f"{out} exists; pass --overwrite to replace it or --resume to continue it")
+    # The model being replaced stays where it is until its successor is finished.
+    work = out.with_name(out.name + ".new") if overwrite and out.exists() else out
     c, h, _ = data.image_shape
     size = transform.size or h
     arch_args = {"arch": arch, "in_channels": c, "num_classes": len(data.classes), "image_size": size,
@@ -135,21 +145,30 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
         history, start_epoch = saved["history"], saved["epochs_done"]  # type: ignore[assignment]
         elapsed = float(saved.get("train_seconds", 0.0))  # type: ignore[arg-type]
     meta.update(history=history, epochs_done=start_epoch, train_seconds=round(elapsed, 2))
-    with torch_threads(config.threads), progress_bar(f"train {arch}", config.epochs, enabled=show_progress,
-                                                     completed=start_epoch) as bar:
-        for epoch in range(start_epoch, config.epochs):
-            t0 = time.perf_counter()
-            loss, acc = _epoch(model, data, members, transform, optimizer, augment, config, epoch, device)
-            scheduler.step()
-            elapsed += time.perf_counter() - t0
-            history.append({"epoch": epoch + 1, "loss": loss, "accuracy": acc})
-            meta.update(history=history, epochs_done=epoch + 1, train_seconds=round(elapsed, 2))
-            _save(out, model, optimizer, scheduler, meta)
-            bar.advance(1, f"loss {loss:.3f} acc {acc:.3f}")
-        model.eval()
-        meta["record"] = audited_record(model, data, split, transform, device=device, show_progress=show_progress)
-    meta.update(train_seconds=round(elapsed, 2), seed=config.seed)
-    _save(out, model, optimizer, scheduler, meta)
+    try:
+        with torch_threads(config.threads), progress_bar(f"train {arch}", config.epochs, enabled=show_progress,
+                                                         completed=start_epoch) as bar:
+            for epoch in range(start_epoch, config.epochs):
+                t0 = time.perf_counter()
+                loss, acc = _epoch(model, data, members, transform, optimizer, augment, config, epoch, device)
+                scheduler.step()
+                elapsed += time.perf_counter() - t0
+                history.append({"epoch": epoch + 1, "loss": loss, "accuracy": acc})
+                meta.update(history=history, epochs_done=epoch + 1, train_seconds=round(elapsed, 2))
+                _save(work, model, optimizer, scheduler, meta)
+                bar.advance(1, f"loss {loss:.3f} acc {acc:.3f}")
+            model.eval()
+            meta["record"] = audited_record(model, data, split, transform, device=device,
+                                            show_progress=show_progress)
+        meta.update(train_seconds=round(elapsed, 2), seed=config.seed)
+        _save(work, model, optimizer, scheduler, meta)
+        if work != out:
+            os.replace(work, out)
+            _sync_folder(out.parent)
+    except BaseException:
+        if work != out:  # an unfinished replacement is dropped; the old model was never touched
+            work.unlink(missing_ok=True)
+        raise
     return AuditedModel(model, meta)
 
 
@@ -233,12 +252,17 @@ def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if os.name == "posix":  # make the rename itself durable
-        folder = os.open(out.parent, os.O_RDONLY)
+    _sync_folder(out.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename inside `folder` durable (POSIX; elsewhere the rename is all there is)."""
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
         try:
-            os.fsync(folder)
+            os.fsync(fd)
         finally:
-            os.close(folder)
+            os.close(fd)
 
 
 RECIPE = ("arch", "arch_args", "dataset", "split_sha256", "train_config", "transform", "trained_on")
