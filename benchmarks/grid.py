@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
+from gmint.assess.evaluate import evaluate_store
 from gmint.data.readers import load_dataset
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
-from gmint.evaluate import evaluate_store
-from gmint.extract import extract, split_rows
+from gmint.features.extract import extract, split_rows
 from gmint.mint import train_mint
 from gmint.models.train import TrainConfig, train_audited
 

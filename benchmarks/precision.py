@@ -24,11 +24,11 @@ import torch
 from gmint.data.readers import load_dataset
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
-from gmint.engine import ENGINES
-from gmint.extract import split_rows
-from gmint.layers import resolve_layers
+from gmint.features.engine import ENGINES
+from gmint.features.extract import split_rows
+from gmint.features.layers import resolve_layers
+from gmint.features.reduce import parse_reduction
 from gmint.models.io import load_audited
-from gmint.reduce import parse_reduction
 
 ENGINE_NAMES = ("hooks", "vmap", "naive")
 

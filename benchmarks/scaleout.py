@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gmint.store import FeatureStore
+from gmint.features.store import FeatureStore
 
 
 def timed_extract(model: Path, out: Path, nproc: int, threads: int, extra: list[str]) -> float:

@@ -9,7 +9,7 @@ through a transform giving that same layout.
 - `floor`: one batched forward + backward of the summed loss, `torch.autograd.grad` w.r.t. the selected
   parameters only (every other parameter frozen, so autograd records and computes nothing it does not
   need) — the cost of a plain backward, with no per-sample work.
-- `naive`, `vmap` (chunked, `chunk_size`), `hooks`, `auto`: gmint's engines (`gmint.engine.ENGINES`), as an
+- `naive`, `vmap` (chunked, `chunk_size`), `hooks`, `auto`: gmint's engines (`gmint.features.engine.ENGINES`), as an
   extraction runs them: chosen once with `choose_engine` (auto: proven on the batch; hooks: its conditions
   checked), then timed per call.
   `naive` is timed on the first `naive_samples` samples only (a per-sample loop: its time is linear).
@@ -23,10 +23,10 @@ through a transform giving that same layout.
   each selected `grad_batch`; same freezing.
 - `opacus_all`, `backpack_all` (optional): the same with every parameter trainable, as the libraries are
   used by default (Opacus refuses BatchNorm models then).
-- `extract`: the whole `gmint.extract.extract` (in-memory ImageSet → transform → engine → reduction →
+- `extract`: the whole `gmint.features.extract.extract` (in-memory ImageSet → transform → engine → reduction →
   HDF5 writes to a temporary file, with its provenance) on `extract_rows` rows, with the fastest exact
   engine (`auto`, else `hooks`, else `vmap`), which it proves on its first batch against the naive loop
-  (`gmint.engine.selfcheck`); its per-sample time is compared with the floor's. `extract_unchecked` is
+  (`gmint.features.engine.selfcheck`); its per-sample time is compared with the floor's. `extract_unchecked` is
   the same extraction without that proof, alternating with it in each round: the check's cost.
 
 Every method's features are checked against `vmap`'s (largest error relative to the largest value).
@@ -89,16 +89,16 @@ import gmint
 from benchmarks.check import MEMORY, Limit, judge, ratio
 from gmint.data.base import ImageSet
 from gmint.data.transforms import Transform
-from gmint.engine import ENGINES, LOSSES, EngineChoice, EngineResult
-from gmint.engine.hooks import HooksPlan, unsupported_parameters
-from gmint.engine.selfcheck import ProvenEngine, choose_engine
-from gmint.extract import Rows, extract
-from gmint.layers import resolve_layers
+from gmint.features.engine import ENGINES, LOSSES, EngineChoice, EngineResult
+from gmint.features.engine.hooks import HooksPlan, unsupported_parameters
+from gmint.features.engine.selfcheck import ProvenEngine, choose_engine
+from gmint.features.extract import Rows, extract
+from gmint.features.layers import resolve_layers
+from gmint.features.reduce import Reduction, parse_reduction
 from gmint.models.architectures import CPU_SCALE
 from gmint.models.io import AuditedModel
 from gmint.models.zoo import build
 from gmint.progress import progress_bar
-from gmint.reduce import Reduction, parse_reduction
 from gmint.registry import Registry
 
 EXTRACT_ENGINES = ("auto", "hooks", "vmap")   # the fastest exact engine first
@@ -447,7 +447,7 @@ def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: 
     selection = Rows(index, np.full(rows, -1, dtype=np.int8), np.full(rows, -1, dtype=np.int8))
     times: dict[str, list[float]] = {"extract": [], "extract_unchecked": []}
     engines = {"extract": ProvenEngine, "extract_unchecked": UncheckedEngine}
-    module = importlib.import_module("gmint.extract")  # the module (gmint.extract is also the function)
+    module = importlib.import_module("gmint.features.extract")  # the module (gmint.extract is also the function)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for round_ in range(repeats):

@@ -8,8 +8,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from gmint.assess.report import cell, gap_lines
 from gmint.demo import run_demo
-from gmint.report import cell, gap_lines
 from gmint_cli.common import check_output, cli_errors, console, flag, show_progress
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from gmint.evaluate import evaluate_store, evaluate_with_control
+from gmint.assess.evaluate import evaluate_store, evaluate_with_control
+from gmint.assess.report import print_result, write_report
 from gmint.mint import TrainedMint
-from gmint.report import print_result, write_report
 from gmint_cli.common import check_output, cli_errors, console, flag, print_json
 
 

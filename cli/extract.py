@@ -12,17 +12,17 @@ import torch
 import typer
 from rich.table import Table
 
-from gmint.audit import model_input
+from gmint.assess.audit import model_input
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
-from gmint.distributed import merge_shards, run_distributed, world
 from gmint.errors import InputError, StoreBusyError
-from gmint.extract import extract as run_extract
-from gmint.extract import rows_sha256, split_rows
-from gmint.layers import preset_layers, weight_layers
+from gmint.features.extract import extract as run_extract
+from gmint.features.extract import rows_sha256, split_rows
+from gmint.features.layers import preset_layers, weight_layers
+from gmint.features.shards import merge_shards, run_distributed, world
+from gmint.features.store import writer_pid
 from gmint.models.io import AuditedModel
-from gmint.store import writer_pid
 from gmint_cli.common import (
     ARCH_HELP,
     MODEL_HELP,

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from gmint.store import FeatureStore, verify
+from gmint.features.store import FeatureStore, verify
 from gmint_cli.common import cli_errors, console, flag, print_json
 
 

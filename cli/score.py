@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from gmint.audit import ROW_CHOICES, audit_set, load_image_folder, model_input, select_rows, subsample, write_scores
+from gmint.assess.audit import (
+    ROW_CHOICES,
+    audit_set,
+    load_image_folder,
+    model_input,
+    select_rows,
+    subsample,
+    write_scores,
+)
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.errors import InputError
 from gmint.mint import TrainedMint

@@ -4,17 +4,16 @@ The public API, one function per stage of an audit (see README.md):
 dataset → split → audited model → extract → train a MINT classifier → evaluate / audit a set.
 """
 
-__version__ = "0.1.0"
-
-from gmint.audit import audit_set  # noqa: E402
+from gmint.assess.audit import audit_set  # noqa: E402
+from gmint.assess.evaluate import evaluate_store, evaluate_with_control  # noqa: E402
 from gmint.data.readers import load_dataset  # noqa: E402
 from gmint.data.split import MembershipSplit, make_split  # noqa: E402
-from gmint.evaluate import evaluate_store, evaluate_with_control  # noqa: E402
-from gmint.extract import extract, split_rows  # noqa: E402
+from gmint.features.extract import extract, split_rows  # noqa: E402
+from gmint.features.store import FeatureStore  # noqa: E402
 from gmint.mint import TrainedMint, train_mint  # noqa: E402
 from gmint.models.io import load_audited  # noqa: E402
 from gmint.models.train import TrainConfig, train_audited  # noqa: E402
-from gmint.store import FeatureStore  # noqa: E402
+from gmint.version import __version__  # noqa: E402
 
 __all__ = ["FeatureStore", "MembershipSplit", "TrainConfig", "TrainedMint", "__version__", "audit_set",
            "evaluate_store", "evaluate_with_control", "extract", "load_audited", "load_dataset", "make_split",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gmint.assess.evaluate import evaluate_store
 from gmint.data.base import DATASETS
 from gmint.data.split import make_split
 from gmint.data.transforms import Transform
-from gmint.evaluate import evaluate_store
-from gmint.extract import extract, split_rows
+from gmint.features.extract import extract, split_rows
 from gmint.mint import train_mint
 from gmint.models.train import TrainConfig, train_audited
 

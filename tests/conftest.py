@@ -13,7 +13,7 @@ from gmint.data.base import DATASETS, ImageSet
 from gmint.data.readers import load_dataset
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
-from gmint.extract import extract, split_rows
+from gmint.features.extract import extract, split_rows
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig, train_audited
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gmint.audit import (
+from gmint.assess.audit import (
     audit_set,
     calibration_scores,
     false_positive_rate,
@@ -25,7 +25,7 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
-from gmint.extract import Rows, extract
+from gmint.features.extract import Rows, extract
 from gmint.mint import TrainedMint, train_mint
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig, train_audited

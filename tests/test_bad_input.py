@@ -15,11 +15,11 @@ from torch import nn
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.errors import InputError, StoreMismatchError, UnsupportedModelError
-from gmint.extract import Rows, extract
+from gmint.features.extract import Rows, extract
+from gmint.features.store import FeatureStore, verify
 from gmint.mint import train_mint
 from gmint.mint.base import FeatureSpec
 from gmint.models.io import AuditedModel, load_audited
-from gmint.store import FeatureStore, verify
 from tests.cli_runner import invoke
 
 

@@ -127,7 +127,7 @@ def test_verify_passes_a_sound_store_and_fails_an_incomplete_one(tmp_path: Path,
 def test_auto_engine_and_memory_budget_are_recorded(tmp_path: Path, model: Path) -> None:
     code, out = invoke("extract", "--model", model, "--max-memory", "2MiB", "--out", tmp_path / "m.h5")
     assert code == 0, out
-    from gmint.store import FeatureStore
+    from gmint.features.store import FeatureStore
 
     with FeatureStore.open(tmp_path / "m.h5") as fs:
         prov = fs.provenance

@@ -20,16 +20,16 @@ import pytest
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.errors import IncompleteStoreError, InputError
-from gmint.extract import extract, split_rows
+from gmint.features.extract import extract, split_rows
+from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel, load_audited
-from gmint.store import FeatureStore
 
 EXTRACT = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)
     from gmint.data.base import DATASETS
     from gmint.data.split import MembershipSplit
-    from gmint.extract import extract, split_rows
+    from gmint.features.extract import extract, split_rows
     from gmint.models.io import load_audited
     model, split, out, resume = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
     split = MembershipSplit.load(split)

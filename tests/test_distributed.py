@@ -13,10 +13,10 @@ import h5py
 import numpy as np
 import pytest
 
-from gmint.distributed import merge_shards, shard_bounds, shard_path
 from gmint.errors import InputError, StoreBusyError
+from gmint.features.shards import merge_shards, shard_bounds, shard_path
+from gmint.features.store import FeatureStore, WriterLock, verify
 from gmint.models.io import AuditedModel
-from gmint.store import FeatureStore, WriterLock, verify
 
 
 def gmint(*args: object, nproc: int = 1, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from gmint.engine import ENGINES
 from gmint.errors import UnsupportedModelError
-from gmint.layers import LAYER_PRESETS, resolve_layers
-from gmint.reduce import REDUCTIONS, parse_reduction
+from gmint.features.engine import ENGINES
+from gmint.features.layers import LAYER_PRESETS, resolve_layers
+from gmint.features.reduce import REDUCTIONS, parse_reduction
 from tests.problems import PROBLEMS, Problem
 
 
@@ -104,7 +104,7 @@ def test_torchscript_models_run_on_the_naive_engine_and_vmap_says_why_not() -> N
 
 
 def test_auto_engine_takes_the_naive_loop_for_torchscript() -> None:
-    from gmint.engine import choose_engine
+    from gmint.features.engine import choose_engine
 
     model, x, y = PROBLEMS[1].make()
     layers, mean = resolve_layers(model, "combined", x), parse_reduction("mean")

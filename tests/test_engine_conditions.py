@@ -18,16 +18,16 @@ from torch import nn
 
 from gmint.data.base import ImageSet
 from gmint.data.transforms import Transform
-from gmint.engine import ENGINES, choose_engine
-from gmint.engine.hooks import HOOK_REDUCERS, HooksFallbackWarning, plan_hooks
-from gmint.engine.selfcheck import EngineCheckWarning
 from gmint.errors import InputError, UnsupportedModelError
-from gmint.extract import Rows, extract
-from gmint.layers import preset_layers, resolve_layers, weight_layers
+from gmint.features.engine import ENGINES, choose_engine
+from gmint.features.engine.hooks import HOOK_REDUCERS, HooksFallbackWarning, plan_hooks
+from gmint.features.engine.selfcheck import EngineCheckWarning
+from gmint.features.extract import Rows, extract
+from gmint.features.layers import preset_layers, resolve_layers, weight_layers
+from gmint.features.reduce import parse_reduction
+from gmint.features.sources import SOURCES
+from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
-from gmint.reduce import parse_reduction
-from gmint.sources import SOURCES
-from gmint.store import FeatureStore
 from tests.cli_runner import run
 
 

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gmint.engine import ENGINES
-from gmint.engine.hooks import HooksFallbackWarning
-from gmint.reduce import parse_reduction
+from gmint.features.engine import ENGINES
+from gmint.features.engine.hooks import HooksFallbackWarning
+from gmint.features.reduce import parse_reduction
 
 REDUCTIONS = ("mean", "l2", "abs_mean", "flat", "project:6")
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from gmint.engine import ENGINES, choose_engine
-from gmint.engine.hooks import HOOK_REDUCERS, DegenerateReductionWarning, HooksFallbackWarning
-from gmint.engine.memory import max_batch_for_memory
 from gmint.errors import InputError
-from gmint.reduce import parse_reduction
+from gmint.features.engine import ENGINES, choose_engine
+from gmint.features.engine.hooks import HOOK_REDUCERS, DegenerateReductionWarning, HooksFallbackWarning
+from gmint.features.engine.memory import max_batch_for_memory
+from gmint.features.reduce import parse_reduction
 from tests.problems import PROBLEMS as SHARED_PROBLEMS
 from tests.problems import Problem
 

@@ -9,9 +9,9 @@ import pytest
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit, make_split
 from gmint.errors import InputError
-from gmint.extract import extract, split_rows
+from gmint.features.extract import extract, split_rows
+from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
-from gmint.store import FeatureStore
 
 
 def test_a_split_the_model_was_not_trained_on_is_refused_before_anything_is_written(

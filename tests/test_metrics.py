@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from gmint.errors import InputError
-from gmint.metrics import (
+from gmint.assess.metrics import (
     Estimate,
     _roc,
     accuracy,
@@ -20,6 +19,7 @@ from gmint.metrics import (
     score_collapse,
     tpr_at_fpr,
 )
+from gmint.errors import InputError
 
 # 4 members, 6 externals.
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])

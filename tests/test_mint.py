@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gmint.assess.evaluate import evaluate_store
 from gmint.errors import InputError, StoreMismatchError, UnknownNameError
-from gmint.evaluate import evaluate_store
+from gmint.features.store import FeatureStore
 from gmint.mint import TrainedMint, train_mint
 from gmint.mint.train import pool_rows
-from gmint.store import FeatureStore
 
 
 @pytest.mark.parametrize("kind", ["mlp", "logreg"])
@@ -98,7 +98,7 @@ def test_fitted_rows_are_refused_whatever_split_the_store_was_extracted_with(
     """The same model extracted with another split holds out other rows, some of which the classifier was
     fitted on: they are found by sample id, not trusted to differ because the split hash does."""
     from gmint.data.split import make_split
-    from gmint.extract import extract, split_rows
+    from gmint.features.extract import extract, split_rows
     from gmint.models.io import AuditedModel
 
     mint = train_mint(digits_store, kind="logreg", setup="combined")
@@ -121,7 +121,7 @@ def test_report_shows_unresolved_tpr_and_collapsed_scores(tmp_path: Path, digits
 
     from rich.console import Console
 
-    from gmint.report import print_result, write_report
+    from gmint.assess.report import print_result, write_report
 
     mint = train_mint(digits_store, kind="logreg", setup="combined")
     assert evaluate_store(mint, digits_store, n_boot=0)["warnings"] == []
@@ -162,7 +162,7 @@ def test_options_a_classifier_does_not_take_are_input_errors(digits_store: Path)
 
 @pytest.fixture(scope="module")
 def flat_store(tmp_path_factory: pytest.TempPathFactory, digits, digits_split, audited_digits) -> Path:
-    from gmint.extract import extract, split_rows
+    from gmint.features.extract import extract, split_rows
 
     return extract(audited_digits[0], digits, split_rows(digits_split), out=tmp_path_factory.mktemp("flat") / "f.h5",
                    layers="entry,output", reduction="flat", split=digits_split)

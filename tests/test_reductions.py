@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-import gmint.reduce as reduce_module
+import gmint.features.reduce as reduce_module
 from gmint.errors import InputError, UnknownNameError
-from gmint.reduce import REDUCTIONS, NamedReduction, parse_reduction
+from gmint.features.reduce import REDUCTIONS, NamedReduction, parse_reduction
 
 # Two samples, three filters of four entries: rows 0..3, 4..7, ..., 20..23.
 WM = torch.arange(24, dtype=torch.float64).reshape(2, 3, 4)
@@ -101,7 +101,7 @@ def test_project_is_deterministic_and_seeded_per_layer() -> None:
 
 
 def test_project_is_the_same_in_another_process() -> None:
-    code = ("import json, torch; from gmint.reduce import parse_reduction; "
+    code = ("import json, torch; from gmint.features.reduce import parse_reduction; "
             "wm = torch.arange(60, dtype=torch.float64).reshape(2, 30); "
             "print(json.dumps(parse_reduction('project:4', seed=7)(wm, 'fc.weight').tolist()))")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

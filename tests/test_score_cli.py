@@ -13,7 +13,7 @@ from PIL import Image
 
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
-from gmint.extract import Rows, extract
+from gmint.features.extract import Rows, extract
 from gmint.mint import train_mint
 from gmint.models.io import AuditedModel, load_audited, save_checkpoint
 from tests.cli_runner import invoke

@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from gmint.assess.evaluate import evaluate_store
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
-from gmint.evaluate import evaluate_store
-from gmint.extract import extract, split_rows
+from gmint.features.extract import extract, split_rows
+from gmint.features.store import FeatureStore
 from gmint.mint import train_mint
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig, train_audited
-from gmint.store import FeatureStore
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gmint.store import FeatureStore
+from gmint.features.store import FeatureStore
 
 
 def gmint_info(*args: object) -> subprocess.CompletedProcess[str]:

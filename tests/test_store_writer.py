@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from gmint.errors import IncompleteStoreError, StoreBusyError
+from gmint.features.store import REQUIRED_PROVENANCE, FeatureStore, lock_path, verify, writer_pid
 from gmint.models.io import AuditedModel
-from gmint.store import REQUIRED_PROVENANCE, FeatureStore, lock_path, verify, writer_pid
 from tests.cli_runner import invoke
 
 N = 10
@@ -30,7 +30,7 @@ FEATURES = np.arange(N * 4, dtype=np.float32).reshape(N, 4)
 WRITER = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from gmint.store import FeatureStore
+    from gmint.features.store import FeatureStore
     n = 10
     columns = {"membership": np.zeros(n), "role": np.zeros(n), "label": np.zeros(n), "sample_id": np.arange(n)}
     features = np.arange(n * 4, dtype=np.float32).reshape(n, 4)

@@ -7,12 +7,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gmint.engine import ENGINES
 from gmint.errors import InputError
-from gmint.layers import resolve_layers, weight_layers
+from gmint.features.engine import ENGINES
+from gmint.features.layers import resolve_layers, weight_layers
+from gmint.features.reduce import parse_reduction
 from gmint.models.architectures import CPU_SCALE
 from gmint.models.zoo import ARCHITECTURES, build
-from gmint.reduce import parse_reduction
 
 # (in_channels, image_size, num_classes) of the datasets gmint audits.
 DATASETS = {

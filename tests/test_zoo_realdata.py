@@ -12,10 +12,10 @@ import pytest
 from gmint.data.base import ImageSet
 from gmint.data.split import make_split
 from gmint.data.transforms import Transform
-from gmint.extract import extract, split_rows
+from gmint.features.extract import extract, split_rows
+from gmint.features.store import FeatureStore
 from gmint.models.architectures import CPU_SCALE
 from gmint.models.train import TrainConfig, train_audited
-from gmint.store import FeatureStore
 
 ARCHS = ["small_cnn", *sorted(CPU_SCALE)]
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gmint import __version__
 from gmint.data.base import ImageSet
+from gmint.version import __version__
 
 # Bump when the stored arrays or a reader's output change meaning, so old entries are not reused.
 CACHE_FORMAT = 1

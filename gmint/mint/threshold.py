@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from gmint.assess.metrics import best_threshold
 from gmint.errors import InputError
-from gmint.metrics import best_threshold
 from gmint.mint.base import MINT_MODELS
 
 

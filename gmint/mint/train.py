@@ -16,8 +16,8 @@ import numpy as np
 
 from gmint.data.split import FRACTIONS, POOL, subpool_mask
 from gmint.errors import InputError, UnknownNameError
+from gmint.features.store import FeatureStore
 from gmint.mint.base import MINT_MODELS, FeatureSpec, Standardiser, TrainedMint
-from gmint.store import FeatureStore
 
 
 def resolve_setup(store: FeatureStore, setup: str) -> list[str]:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from gmint.assess.metrics import balance, best_threshold, membership_metrics, score_collapse
 from gmint.data.split import HOLDOUT, POOL
 from gmint.errors import InputError, StoreMismatchError
-from gmint.metrics import balance, best_threshold, membership_metrics, score_collapse
+from gmint.features.store import FeatureStore
 from gmint.mint.base import TrainedMint
 from gmint.mint.train import train_mint
-from gmint.store import FeatureStore
 
 
 def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, seed: int = 0) -> dict[str, object]:

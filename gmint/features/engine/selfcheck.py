@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from gmint.engine.base import EngineResult, labels
-from gmint.engine.hooks import HooksPlan, hooks_engine, plan_hooks
-from gmint.engine.naive import naive_engine, naive_gradients
-from gmint.engine.vmap import vmap_engine
 from gmint.errors import InputError, UnknownNameError, UnsupportedModelError
-from gmint.reduce import Reduction
+from gmint.features.engine.base import EngineResult, labels
+from gmint.features.engine.hooks import HooksPlan, hooks_engine, plan_hooks
+from gmint.features.engine.naive import naive_engine, naive_gradients
+from gmint.features.engine.vmap import vmap_engine
+from gmint.features.reduce import Reduction
 
 # Which engines a request may end up on, fastest first; the naive loop is the definition and ends every list.
 CANDIDATES: dict[str, tuple[str, ...]] = {

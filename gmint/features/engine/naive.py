@@ -1,5 +1,5 @@
 """Ground truth: one forward and one autograd backward per sample. Slow; used by tests, benchmarks and the
-self-check every extraction runs on its first batch (gmint.engine.selfcheck)."""
+self-check every extraction runs on its first batch (gmint.features.engine.selfcheck)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from gmint.engine.base import LOSSES, EngineResult, check_auditable, labels, model_unchanged, predictions
-from gmint.reduce import Reduction
+from gmint.features.engine.base import LOSSES, EngineResult, check_auditable, labels, model_unchanged, predictions
+from gmint.features.reduce import Reduction
 
 
 @contextmanager

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gmint.engine.base import LOSSES, EngineResult, check_auditable
-from gmint.engine.hooks import hooks_engine
-from gmint.engine.naive import naive_engine
-from gmint.engine.selfcheck import EngineChoice, auto_engine, choose_engine
-from gmint.engine.vmap import vmap_engine
+from gmint.features.engine.base import LOSSES, EngineResult, check_auditable
+from gmint.features.engine.hooks import hooks_engine
+from gmint.features.engine.naive import naive_engine
+from gmint.features.engine.selfcheck import EngineChoice, auto_engine, choose_engine
+from gmint.features.engine.vmap import vmap_engine
 from gmint.registry import Registry
 
 Engine = Callable[..., EngineResult]

@@ -41,7 +41,7 @@ REDUCTIONS: Registry[ReductionFactory] = Registry("reduction")
 @dataclass(frozen=True)
 class NamedReduction:
     """A reduction that remembers the spec it was built from, so an engine can pick an exact algebraic
-    shortcut by name (see `gmint.engine.hooks`) and fall back to calling it on a Weight Modifier."""
+    shortcut by name (see `gmint.features.engine.hooks`) and fall back to calling it on a Weight Modifier."""
 
     spec: str
     fn: Reduction

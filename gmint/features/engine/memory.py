@@ -10,7 +10,7 @@ Basis (the same on every device; nothing is allocated beyond two tiny forward pa
   selected): five times the largest module output — its input, itself and the layout copies of CPU
   (oneDNN) kernels;
 - materialised Weight Modifiers where a reduction has no shortcut (`GRADIENTS`/`HOOK_REDUCERS` in
-  `gmint.engine.hooks`): per sample the WM plus, for Conv2d, the unfolded input — for at most
+  `gmint.features.engine.hooks`): per sample the WM plus, for Conv2d, the unfolded input — for at most
   `chunk_size` samples at once.
 Checked against the peak heap of the hooks engine at batch 128 on CPU (zoo small CNN and ResNet-18 ×0.25,
 entry/middle/output/combined, MEAN): the estimate is 1.02–2.1× the measured peak, never below it.
@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.graph import saved_tensors_hooks
 
-from gmint.engine.base import check_auditable
-from gmint.engine.hooks import HOOK_REDUCERS, Capture, traced_forward, unsupported_parameters
 from gmint.errors import InputError
-from gmint.reduce import NamedReduction, Reduction
+from gmint.features.engine.base import check_auditable
+from gmint.features.engine.hooks import HOOK_REDUCERS, Capture, traced_forward, unsupported_parameters
+from gmint.features.reduce import NamedReduction, Reduction
 
 
 def _storage_bytes(tensors: list[Tensor]) -> int:

@@ -16,10 +16,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from gmint.engine import Engine, EngineResult, auto_engine, check_auditable
-from gmint.engine.base import per_sample_losses, predictions, sample_mixing_modules
 from gmint.errors import UnsupportedModelError
-from gmint.reduce import Reduction, parse_reduction
+from gmint.features.engine import Engine, EngineResult, auto_engine, check_auditable
+from gmint.features.engine.base import per_sample_losses, predictions, sample_mixing_modules
+from gmint.features.reduce import Reduction, parse_reduction
 from gmint.registry import Registry
 
 Source = Callable[..., EngineResult]

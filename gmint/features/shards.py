@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from gmint.errors import GmintError, InputError, StoreMismatchError
-from gmint.store import (
+from gmint.features.store import (
     COMPUTED_COLUMNS,
     FORMAT,
     LIBVER,

@@ -17,22 +17,22 @@ import h5py
 import numpy as np
 import torch
 
-import gmint
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.data.transforms import Transform
-from gmint.distributed import shard_bounds, shard_path
-from gmint.engine import ENGINES
-from gmint.engine.base import check_chunk_size
-from gmint.engine.memory import max_batch_for_memory
-from gmint.engine.selfcheck import ProvenEngine
 from gmint.errors import InputError
-from gmint.layers import preset_layers, resolve_layers
+from gmint.features.engine import ENGINES
+from gmint.features.engine.base import check_chunk_size
+from gmint.features.engine.memory import max_batch_for_memory
+from gmint.features.engine.selfcheck import ProvenEngine
+from gmint.features.layers import preset_layers, resolve_layers
+from gmint.features.reduce import parse_reduction
+from gmint.features.shards import shard_bounds, shard_path
+from gmint.features.sources import SOURCES, feature_names
+from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 from gmint.progress import progress_bar
-from gmint.reduce import parse_reduction
-from gmint.sources import SOURCES, feature_names
-from gmint.store import FeatureStore
+from gmint.version import __version__
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,12 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     Args:
         audited: the audited model (eval mode) and its metadata.
         data, rows: the dataset and the rows to extract, with membership and role.
-        layers: a layer setup (preset, names or globs) — see `gmint.layers.resolve_layers`.
-        reduction: a name in `gmint.reduce.REDUCTIONS`, optionally `name:arg`.
-        engine: a name in `gmint.engine.ENGINES`: where the search starts. The first batch decides the
+        layers: a layer setup (preset, names or globs) — see `gmint.features.layers.resolve_layers`.
+        reduction: a name in `gmint.features.reduce.REDUCTIONS`, optionally `name:arg`.
+        engine: a name in `gmint.features.engine.ENGINES`: where the search starts. The first batch decides the
             engine that runs (the fastest candidate that agrees with the naive loop on a few of its rows,
-            see `gmint.engine.selfcheck`); the choice and the check are recorded in the provenance.
-        source: what the features are — `gradient` (gMINT), `activation` or `output` (see gmint.sources).
+            see `gmint.features.engine.selfcheck`); the choice and the check are recorded in the provenance.
+        source: what the features are — `gradient` (gMINT), `activation` or `output` (see gmint.features.sources).
         transform: preprocessing; defaults to the one recorded with the audited model.
         seed: seeds seeded reductions; recorded in the store.
         split: the membership split the rows come from; its hash and seed are recorded. It must be the
@@ -78,7 +78,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         resume: continue a partial store with the same provenance instead of refusing to touch it.
         max_memory: working-memory budget in bytes; lowers the batch (for vmap/naive: the chunk) to fit.
         shard: (rank, world size): extract only this rank's block of whole batches into its shard file
-            (see gmint.distributed, which joins the shards).
+            (see gmint.features.shards, which joins the shards).
 
     Returns:
         The path of the complete store (the shard's path when sharded).
@@ -107,7 +107,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         raise InputError(f"batch size must be a positive number of rows, got {batch_size}")
     fit = max_batch_for_memory(model, names, reduce, example, max_memory, chunk_size=chunk_size) \
         if max_memory is not None else None
-    # The engine is chosen on the first batch (see gmint.engine.selfcheck), sized so that any candidate
+    # The engine is chosen on the first batch (see gmint.features.engine.selfcheck), sized so that any candidate
     # fits the memory budget: hooks' memory scales with the batch, vmap's with the chunk.
     probe_batch = min(batch_size, fit) if fit else batch_size
     probe_chunk = min(chunk_size or batch_size, fit) if fit else chunk_size
@@ -119,7 +119,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         return transform(data.images[idx]).to(device), torch.from_numpy(data.labels[idx]).to(device)
 
     provenance = {
-        "gmint_version": gmint.__version__, "torch_version": torch.__version__,
+        "gmint_version": __version__, "torch_version": torch.__version__,
         "h5py_version": h5py.__version__, "python": platform.python_version(),
         "model_fingerprint": audited.fingerprint, "architecture": str(audited.meta.get("arch", "unknown")),
         "layers": feature_names(source, names), "parameters": names, "layer_setup": layers, "source": source,

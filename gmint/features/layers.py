@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from gmint.errors import UnknownNameError
+from gmint.features.tracing import ParameterUses
 from gmint.registry import Registry
-from gmint.tracing import ParameterUses
 
 # A preset chooses parameter names from the ordered list of weight-layer weights.
 Preset = Callable[[list[str]], list[str]]

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.func import functional_call
 
-from gmint.engine.base import (
+from gmint.features.engine.base import (
     LOSSES,
     EngineResult,
     check_auditable,
@@ -58,9 +58,9 @@ from gmint.engine.base import (
     predictions,
     sample_mixing_modules,
 )
-from gmint.engine.vmap import vmap_engine
-from gmint.reduce import NamedReduction, Reduction
-from gmint.tracing import ParameterUses
+from gmint.features.engine.vmap import vmap_engine
+from gmint.features.reduce import NamedReduction, Reduction
+from gmint.features.tracing import ParameterUses
 
 
 class HooksFallbackWarning(UserWarning):

@@ -28,11 +28,11 @@ from gmint.data.base import ImageSet
 from gmint.data.split import EXTERNAL, HOLDOUT, MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError, StoreMismatchError
-from gmint.extract import Rows, extract
-from gmint.layers import weight_layers
+from gmint.features.extract import Rows, extract
+from gmint.features.layers import weight_layers
+from gmint.features.store import FeatureStore
 from gmint.mint.base import TrainedMint
 from gmint.models.io import AuditedModel
-from gmint.store import FeatureStore
 
 ALTERNATIVES = {"greater": "candidates > external", "less": "candidates < external",
                 "two-sided": "candidates ≠ external"}

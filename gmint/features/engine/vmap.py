@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from gmint.engine.base import (
+from gmint.errors import UnsupportedModelError
+from gmint.features.engine.base import (
     LOSSES,
     EngineResult,
     check_auditable,
@@ -19,8 +20,7 @@ from gmint.engine.base import (
     model_unchanged,
     predictions,
 )
-from gmint.errors import UnsupportedModelError
-from gmint.reduce import Reduction
+from gmint.features.reduce import Reduction
 
 
 def vmap_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
