@@ -134,21 +134,6 @@ class Aliased(nn.Module):
         return self.head(torch.tanh(self.fc(x)))
 
 
-class Attention(nn.Module):
-    """nn.MultiheadAttention uses out_proj.weight without calling out_proj; the head comes last."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Linear(4, 8)
-        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x.view(x.shape[0], 3, 4))
-        h, _ = self.attn(h, h, h)
-        return self.head(h.mean(dim=1))
-
-
 def _make(build: Callable[[], nn.Module], shape: tuple[int, ...], batch: int = 6
           ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
@@ -329,7 +314,7 @@ def test_aliased_module_keeps_its_trainable_parameters() -> None:
 
 
 def test_presets_order_weights_by_first_use_not_by_module_call() -> None:
-    model, x, y = _make(Attention, (12,))
+    model, x, y = _make(DigitsAttention, (1, 8, 8))
     assert weight_layers(model, x) == ["embed.weight", "attn.out_proj.weight", "head.weight"]
     assert resolve_layers(model, "output", x) == ["head.weight"]
     assert preset_layers(model, x)["middle"] == ["attn.out_proj.weight"]

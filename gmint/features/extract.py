@@ -28,7 +28,7 @@ from gmint.features.engine.selfcheck import ProvenEngine
 from gmint.features.layers import preset_layers, resolve_layers
 from gmint.features.reduce import parse_reduction
 from gmint.features.shards import shard_bounds, shard_path
-from gmint.features.sources import SOURCES, feature_names
+from gmint.features.sources import SOURCES
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 from gmint.progress import progress_bar
@@ -62,7 +62,9 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
 
     Args:
         audited: the audited model (eval mode) and its metadata.
-        data, rows: the dataset and the rows to extract, with membership and role.
+        data: the dataset.
+        rows: the rows to extract, with membership and role.
+        out: the store to write.
         layers: a layer setup (preset, names or globs) — see `gmint.features.layers.resolve_layers`.
         reduction: a name in `gmint.features.reduce.REDUCTIONS`, optionally `name:arg`.
         engine: a name in `gmint.features.engine.ENGINES`: where the search starts. The first batch decides the
@@ -70,15 +72,21 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
             see `gmint.features.engine.selfcheck`); the choice and the check are recorded in the provenance.
         source: what the features are — `gradient` (gMINT), `activation` or `output` (see gmint.features.sources).
         transform: preprocessing; defaults to the one recorded with the audited model.
+        loss: name in `gmint.features.engine.LOSSES`.
+        batch_size: rows per batch (one write each).
+        chunk_size: samples per vmap call / materialised block.
         seed: seeds seeded reductions; recorded in the store.
         split: the membership split the rows come from; its hash and seed are recorded. It must be the
             split recorded with the audited model, if any.
         trained_outside: the audited model was trained outside gmint: accept a split other than the one
             its metadata records (see `gmint.data.split.check_model_split`).
         resume: continue a partial store with the same provenance instead of refusing to touch it.
+        overwrite: replace an existing store at `out`.
+        device: where the model runs (`cpu`, `cuda`, `cuda:N`).
         max_memory: working-memory budget in bytes; lowers the batch (for vmap/naive: the chunk) to fit.
         shard: (rank, world size): extract only this rank's block of whole batches into its shard file
             (see gmint.features.shards, which joins the shards).
+        show_progress: draw a progress bar on stderr.
 
     Returns:
         The path of the complete store (the shard's path when sharded).
@@ -95,7 +103,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         raise InputError(f"row index outside the {len(data)} rows of {data.name}")
     labels = data.labels[rows.index]
     num_classes = audited.meta.get("num_classes")
-    if num_classes is not None and int(labels.max()) >= int(num_classes):  # type: ignore[arg-type]
+    if num_classes is not None and int(labels.max()) >= int(str(num_classes)):
         raise InputError(f"label {int(labels.max())} is outside the audited model's {num_classes} classes")
     model = audited.module.to(device).eval()
     example = transform(data.images[rows.index[:1]]).to(device)
@@ -112,6 +120,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     probe_batch = min(batch_size, fit) if fit else batch_size
     probe_chunk = min(chunk_size or batch_size, fit) if fit else chunk_size
     run = SOURCES.get(source)
+    feature_names = run.names
     proven = ProvenEngine(engine)
 
     def load(start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,11 +131,11 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         "gmint_version": __version__, "torch_version": torch.__version__,
         "h5py_version": h5py.__version__, "python": platform.python_version(),
         "model_fingerprint": audited.fingerprint, "architecture": str(audited.meta.get("arch", "unknown")),
-        "layers": feature_names(source, names), "parameters": names, "layer_setup": layers, "source": source,
+        "layers": feature_names(names), "parameters": names, "layer_setup": layers, "source": source,
         "layer_shapes": {n: list(p.shape) for n, p in model.named_parameters() if n in names},
         "reduction": reduction, "engine": engine, "loss_function": loss, "dataset": data.name,
         "max_memory": max_memory or 0,
-        "layer_presets": {p: feature_names(source, n) for p, n in preset_layers(model, example).items()},
+        "layer_presets": {p: feature_names(n) for p, n in preset_layers(model, example).items()},
         "split_sha256": split.sha256 if split else "", "split_seed": split.seed if split else -1,
         "transform": transform.to_dict(), "seed": seed,
         "n_rows": len(rows.index),

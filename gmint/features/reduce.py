@@ -48,9 +48,11 @@ class NamedReduction:
 
     @property
     def name(self) -> str:
+        """The reduction's registered name, without its argument (`project` for `project:64`)."""
         return self.spec.partition(":")[0]
 
     def __call__(self, wm: Tensor, layer: str) -> Tensor:
+        """(B, *param.shape) Weight Modifiers of `layer` → (B, d) features."""
         return self.fn(wm, layer)
 
 

@@ -41,6 +41,7 @@ def world() -> tuple[int, int]:
 
 
 def shard_path(out: Path, rank: int, world_size: int) -> Path:
+    """Where rank `rank` of `world_size` writes its shard of the store `out` (beside it)."""
     out = Path(out)
     return out.with_name(f"{out.stem}.shard{rank}-of-{world_size}{out.suffix}")
 
@@ -111,7 +112,7 @@ def _merge(out: Path, world_size: int, *, rows_sha256: str, overwrite: bool) -> 
         h5.attrs["n_rows"] = n
         h5.attrs["rows_sha256"] = rows_sha256
         h5.attrs["shards"] = encode_attribute([p.name for p in shards])
-        h5.attrs["extract_seconds"] = max(float(p.get("extract_seconds", 0.0)) for _, p, _, _ in info)
+        h5.attrs["extract_seconds"] = max(float(str(p.get("extract_seconds", 0.0))) for _, p, _, _ in info)
         h5.attrs["rows_written"] = n
         h5.attrs["complete"] = True
     tmp.replace(out)

@@ -12,6 +12,8 @@ classifier, metric and report works on each of them and results compare like wit
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,12 +24,43 @@ from gmint.features.engine.base import per_sample_losses, predictions, sample_mi
 from gmint.features.reduce import Reduction, parse_reduction
 from gmint.registry import Registry
 
-Source = Callable[..., EngineResult]
+# A source: (model, parameters, reduction, x, y, *, engine, loss, chunk_size) → EngineResult.
+SourceFn = Callable[..., EngineResult]
+# Selected parameters → the store's feature names for them.
+FeatureNames = Callable[[list[str]], list[str]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A feature source and the names it gives its features in a store."""
+
+    run: SourceFn
+    names: FeatureNames
+
+    def __call__(self, *args: Any, **kwargs: Any) -> EngineResult:
+        """Compute the features of one batch."""
+        return self.run(*args, **kwargs)
+
+
 SOURCES: Registry[Source] = Registry("feature source")
 OUTPUT_SIGNALS = ("loss", "confidence", "entropy", "grad_norm")
 
 
-@SOURCES.register("gradient")
+def register_source(name: str, names: FeatureNames) -> Callable[[SourceFn], SourceFn]:
+    """Decorator declaring a feature source in SOURCES with its feature names."""
+    def add(run: SourceFn) -> SourceFn:
+        SOURCES.register(name)(Source(run, names))
+        return run
+
+    return add
+
+
+def activation_name(parameter: str) -> str:
+    """Store name of the activation of the module owning `parameter` (`features.0.weight` → `features.0.output`)."""
+    return parameter.rpartition(".")[0] + ".output"
+
+
+@register_source("gradient", names=list)
 def gradient_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                     engine: Engine = auto_engine, loss: str = "cross_entropy",
                     chunk_size: int | None = 64) -> EngineResult:
@@ -35,7 +68,7 @@ def gradient_source(model: nn.Module, layers: list[str], reduction: Reduction, x
     return engine(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
 
 
-@SOURCES.register("activation")
+@register_source("activation", names=lambda parameters: list(dict.fromkeys(map(activation_name, parameters))))
 def activation_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                       engine: Engine = auto_engine, loss: str = "cross_entropy",
                       chunk_size: int | None = 64) -> EngineResult:
@@ -59,7 +92,7 @@ def activation_source(model: nn.Module, layers: list[str], reduction: Reduction,
     return EngineResult(features, per_sample_losses(out, y, loss), predictions(out))
 
 
-@SOURCES.register("output")
+@register_source("output", names=lambda parameters: list(OUTPUT_SIGNALS))
 def output_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                   engine: Engine = auto_engine, loss: str = "cross_entropy",
                   chunk_size: int | None = 64) -> EngineResult:
@@ -70,7 +103,7 @@ def output_source(model: nn.Module, layers: list[str], reduction: Reduction, x: 
         out = model(x)
     probs = torch.softmax(out, dim=-1)
     entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=-1)
-    grad_norm = torch.sqrt(sum(g.pow(2).sum(dim=1) for g in grads.features.values()))
+    grad_norm = torch.stack([g.pow(2).sum(dim=1) for g in grads.features.values()]).sum(dim=0).sqrt()
     columns = {"loss": grads.loss, "confidence": probs.amax(dim=-1), "entropy": entropy, "grad_norm": grad_norm}
     return EngineResult({k: v.reshape(-1, 1) for k, v in columns.items()}, grads.loss, grads.pred)
 
@@ -81,17 +114,4 @@ def _refuse_sample_mixing(model: nn.Module) -> None:
         raise UnsupportedModelError(f"{', '.join(mixing[:3])} mix samples in eval mode (BatchNorm without running "
                                     "statistics): this source reads a batched forward pass; use the gradient source")
 
-
-def activation_name(parameter: str) -> str:
-    """Store name of the activation of the module owning `parameter` (`features.0.weight` → `features.0.output`)."""
-    return parameter.rpartition(".")[0] + ".output"
-
-
-def feature_names(source: str, layers: list[str]) -> list[str]:
-    """The store's layer names for a source and the selected parameters."""
-    if source == "activation":
-        return list(dict.fromkeys(activation_name(n) for n in layers))
-    if source == "output":
-        return list(OUTPUT_SIGNALS)
-    return list(layers)
 

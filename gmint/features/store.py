@@ -46,6 +46,7 @@ import h5py
 import numpy as np
 
 from gmint.errors import IncompleteStoreError, InputError, StoreBusyError, StoreMismatchError
+from gmint.files import atomic_write
 
 FORMAT = "gmint-feature-store/2"  # /2: per-row `finite` flags
 ROW_COLUMNS = {"membership": np.int8, "role": np.int8, "label": np.int64, "sample_id": np.int64}
@@ -95,28 +96,27 @@ class FeatureStore:
             if path.exists() and not overwrite:
                 raise InputError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
             n = len(columns["sample_id"])
-            tmp = path.with_name(path.name + ".new")
-            with _h5file(tmp, "w") as h5:
-                for name, dtype in ROW_COLUMNS.items():
-                    h5.create_dataset(name, data=np.asarray(columns[name], dtype=dtype))
-                # Written out in full now: storage allocated later, under SWMR, would change the
-                # datasets' layout while readers look at them ("invalid dataset size").
-                for name, dtype in {**COMPUTED_COLUMNS, "done": bool}.items():
-                    h5.create_dataset(name, data=np.zeros(n, dtype))
-                h5.create_dataset("seconds", data=[0.0])
-                group = h5.create_group("features")
-                for name, d in dims.items():
-                    rows_per_chunk = int(max(1, min(n, chunk_rows, CHUNK_BYTES // (4 * d))))
-                    group.create_dataset(name, shape=(n, d), dtype=np.float32, chunks=(rows_per_chunk, d),
-                                         compression="gzip", compression_opts=4, shuffle=True)
-                describe_codes(h5)
-                h5.attrs["format"] = FORMAT
-                for key, value in provenance.items():
-                    h5.attrs[key] = encode_attribute(value)
-                h5.attrs["complete"] = False
-            h5 = held.enter_context(_h5file(tmp, "r+"))
-            h5.swmr_mode = True  # before the file appears under its name, so readers only ever see it in SWMR
-            tmp.replace(path)
+            with atomic_write(path) as tmp:
+                with _h5file(tmp, "w") as h5:
+                    for name, dtype in ROW_COLUMNS.items():
+                        h5.create_dataset(name, data=np.asarray(columns[name], dtype=dtype))
+                    # Written out in full now: storage allocated later, under SWMR, would change the
+                    # datasets' layout while readers look at them ("invalid dataset size").
+                    for name, column_type in [*COMPUTED_COLUMNS.items(), ("done", bool)]:
+                        h5.create_dataset(name, data=np.zeros(n, column_type))
+                    h5.create_dataset("seconds", data=[0.0])
+                    group = h5.create_group("features")
+                    for name, d in dims.items():
+                        rows_per_chunk = int(max(1, min(n, chunk_rows, CHUNK_BYTES // (4 * d))))
+                        group.create_dataset(name, shape=(n, d), dtype=np.float32, chunks=(rows_per_chunk, d),
+                                             compression="gzip", compression_opts=4, shuffle=True)
+                    describe_codes(h5)
+                    h5.attrs["format"] = FORMAT
+                    for key, value in provenance.items():
+                        h5.attrs[key] = encode_attribute(value)
+                    h5.attrs["complete"] = False
+                h5 = held.enter_context(_h5file(tmp, "r+"))
+                h5.swmr_mode = True  # before the file appears under its name, so readers only ever see it in SWMR
             held.pop_all()
             return cls(path, h5, lock)
 
@@ -160,6 +160,7 @@ class FeatureStore:
         return cls(Path(path), _open_h5(Path(path)))
 
     def close(self) -> None:
+        """Close the file and release the writer lock, if this handle holds it."""
         self._h5.close()
         if self._lock is not None:
             self._lock.release()
@@ -224,6 +225,7 @@ class FeatureStore:
 
     @property
     def complete(self) -> bool:
+        """Every row was written and the extraction finished."""
         return bool(self._h5.attrs.get("complete", False))
 
     @property
@@ -233,12 +235,14 @@ class FeatureStore:
 
     @property
     def rows_written(self) -> int:
+        """How many rows are written (flushed) so far."""
         return int(np.count_nonzero(self.done_mask()))
 
     @property
     def layers(self) -> list[str]:
         """Layer datasets in extraction order (the order recorded in provenance)."""
-        return list(self.provenance.get("layers", []))  # type: ignore[arg-type]
+        layers = self.provenance.get("layers", [])
+        return [str(name) for name in layers] if isinstance(layers, list) else []
 
     @property
     def dims(self) -> dict[str, int]:
@@ -247,6 +251,7 @@ class FeatureStore:
         return {name: int(group[name].shape[1]) for name in self.layers if name in group}
 
     def done_mask(self) -> np.ndarray:
+        """(N,) bool: which rows are written; a resume skips them."""
         done = self._h5["done"]
         if self._h5.mode == "r" and self._h5.swmr_mode:
             done.refresh()  # see rows a concurrent SWMR writer flushed since we opened
@@ -258,6 +263,7 @@ class FeatureStore:
         return writer_pid(self.path)
 
     def require_complete(self) -> None:
+        """Refuse an unfinished store, saying whether a live process is still writing it."""
         if not self.complete:
             pid = self.writer
             todo = (f"it is being written by PID {pid}; wait for it to finish" if pid else
@@ -268,6 +274,7 @@ class FeatureStore:
         return _read_all(self.path, dataset)
 
     def column(self, name: str) -> np.ndarray:
+        """(N,) one per-row column (membership, role, label, sample_id, loss, pred, finite, done)."""
         if name not in ROW_COLUMNS and name not in COMPUTED_COLUMNS and name != "done":
             raise InputError(f"no column '{name}' in {self.path}")
         return self._read(self._h5[name])
@@ -415,6 +422,7 @@ def describe_codes(h5: h5py.File) -> None:
 
 
 def lock_path(path: Path) -> Path:
+    """The writer lock file beside the store at `path`."""
     return Path(path).with_name(Path(path).name + ".lock")
 
 
@@ -453,6 +461,7 @@ class WriterLock:
         self._fd: int | None = fd
 
     def release(self) -> None:
+        """Give up the lock and remove its file (the kernel also drops the lock if the process dies)."""
         if self._fd is None:
             return
         if _same_file(self._fd, self.path):
@@ -502,6 +511,7 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def encode_attribute(value: object) -> object:
+    """A provenance value as an HDF5 attribute: scalars and strings as they are, anything else as JSON."""
     if isinstance(value, str):
         return str(value)  # np.str_ would be stored as a fixed-width array h5py cannot convert
     if isinstance(value, (int, float, bool, np.integer, np.floating, np.bool_)):
@@ -510,6 +520,7 @@ def encode_attribute(value: object) -> object:
 
 
 def decode_attribute(value: object) -> object:
+    """The inverse of `encode_attribute`."""
     if isinstance(value, str) and value[:1] in "[{":
         try:
             return json.loads(value)

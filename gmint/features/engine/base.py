@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,57 @@ class EngineResult:
     features: dict[str, Tensor]
     loss: Tensor
     pred: Tensor
+
+
+# An engine: (model, layers, reduction, x, y, *, loss, chunk_size[, plan]) → EngineResult.
+Engine = Callable[..., EngineResult]
+
+
+class Plan(Protocol):
+    """What an engine checked once on a model (and reuses for every batch)."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether the engine's own method covers every selected parameter (no fallback needed)."""
+
+    @property
+    def notes(self) -> dict[str, str]:
+        """Parameter → why it leaves the engine's own method."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """An engine and what `auto` may ask of it, declared once, beside the engine's code.
+
+    Attributes:
+        run: the engine.
+        rank: its place in the fallback chain, fastest first; None for `auto`, which chooses among the others.
+        torchscript: whether it can differentiate a TorchScript model.
+        prepare: what it checks once per model and layers, from an example batch (passed to `run` as `plan`).
+    """
+
+    run: Engine
+    rank: int | None
+    torchscript: bool = False
+    prepare: Callable[[nn.Module, list[str], Tensor], Plan] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> EngineResult:
+        """Run the engine (preparing its plan for this batch where it has one)."""
+        return self.run(*args, **kwargs)
+
+
+ENGINES: Registry[EngineSpec] = Registry("engine")
+
+
+def register_engine(name: str, *, rank: int | None, torchscript: bool = False,
+                    prepare: Callable[[nn.Module, list[str], Tensor], Plan] | None = None
+                    ) -> Callable[[Engine], Engine]:
+    """Decorator declaring an engine in ENGINES with its capabilities."""
+    def add(run: Engine) -> Engine:
+        ENGINES.register(name)(EngineSpec(run, rank, torchscript, prepare))
+        return run
+
+    return add
 
 
 # A loss maps (B, K) model outputs and (B,) integer labels to the SUM of per-sample losses, so the

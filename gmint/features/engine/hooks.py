@@ -39,7 +39,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,7 @@ from gmint.features.engine.base import (
     model_unchanged,
     per_sample_losses,
     predictions,
+    register_engine,
     sample_mixing_modules,
 )
 from gmint.features.engine.vmap import vmap_engine
@@ -72,11 +73,12 @@ class DegenerateReductionWarning(UserWarning):
 
 
 # (layer, a, g) → (B, *param.shape): a parameter's per-sample gradient from its layer's input a and
-# output gradient g.
-Gradient = Callable[[nn.Module, Tensor, Tensor], Tensor]
+# output gradient g. The tables are keyed by layer type, so each function is only called with its own type
+# (hence `Any` for the layer here and the exact type in each function's signature).
+Gradient = Callable[[Any, Tensor, Tensor], Tensor]
 # (layer, a, g) → (B, d): a weight's reduced Weight Modifier without materialising it, or None where
 # materialising is cheaper.
-HookReducer = Callable[[nn.Module, Tensor, Tensor], Tensor | None]
+HookReducer = Callable[[Any, Tensor, Tensor], Tensor | None]
 # a → why a reduction is meaningless for a layer fed with a, or None.
 Degeneracy = Callable[[Tensor], str | None]
 
@@ -111,26 +113,26 @@ def _tokens(t: Tensor) -> Tensor:
 
 
 @_register(GRADIENTS, nn.Linear, "weight")
-def _linear_weight(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+def _linear_weight(layer: nn.Linear, a: Tensor, g: Tensor) -> Tensor:
     """(B, O, I) = Σ_t g_t a_tᵀ."""
     return torch.einsum("bto,bti->boi", _tokens(g), _tokens(a))
 
 
 @_register(GRADIENTS, nn.Linear, "bias")
-def _linear_bias(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+def _linear_bias(layer: nn.Linear, a: Tensor, g: Tensor) -> Tensor:
     """(B, O) = Σ_t g_t."""
     return _tokens(g).sum(dim=1)
 
 
 @_register(HOOK_REDUCERS, nn.Linear, "mean")
-def _linear_mean(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+def _linear_mean(layer: nn.Linear, a: Tensor, g: Tensor) -> Tensor:
     """(B, O) = Σ_t g_to · mean_i(a_ti), accumulated in float64."""
     wide = torch.einsum("bto,bt->bo", _tokens(g).to(ACCUMULATE), _tokens(a).mean(dim=-1, dtype=ACCUMULATE))
     return wide.to(g.dtype)
 
 
 @_register(HOOK_REDUCERS, nn.Linear, "l2")
-def _linear_l2(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor | None:
+def _linear_l2(layer: nn.Linear, a: Tensor, g: Tensor) -> Tensor | None:
     """(B, O) = sqrt(Σ_{t,t'} g_to g_t'o a_t·a_t'), when the T × T Gram is cheaper than the WM."""
     a, g = _tokens(a), _tokens(g)
     tokens, inputs, outputs = a.shape[1], a.shape[2], g.shape[2]
@@ -174,20 +176,20 @@ def _per_group(layer: nn.Conv2d, g: Tensor) -> Tensor:
 
 
 @_register(GRADIENTS, nn.Conv2d, "weight")
-def _conv2d_weight(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+def _conv2d_weight(layer: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor:
     """(B, F, C_g, kh, kw) = Σ_p g_fp U_p, per group."""
     wm = torch.einsum("bgfp,bgkp->bgfk", _per_group(layer, g), _unfold(layer, a))
     return wm.reshape(a.shape[0], *layer.weight.shape)
 
 
 @_register(GRADIENTS, nn.Conv2d, "bias")
-def _conv2d_bias(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+def _conv2d_bias(layer: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor:
     """(B, F) = Σ_p g_fp."""
     return g.sum(dim=(2, 3))
 
 
 @_register(HOOK_REDUCERS, nn.Conv2d, "mean")
-def _conv2d_mean(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+def _conv2d_mean(layer: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor:
     """(B, F) = Σ_p g_fp · (window average of the group's channel-mean input)_p, accumulated in float64."""
     batch, groups = a.shape[0], layer.groups
     m = a.reshape(batch, groups, -1, *a.shape[2:]).mean(dim=2, dtype=ACCUMULATE)
@@ -200,7 +202,7 @@ def _conv2d_mean(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
 
 
 @_register(HOOK_REDUCERS, nn.Conv2d, "l2")
-def _conv2d_l2(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor | None:
+def _conv2d_l2(layer: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor | None:
     """(B, F) = sqrt(Σ_{p,p'} g_fp g_fp' U_p·U_p'), when the P × P Gram is cheaper than the WM."""
     g = _per_group(layer, g)
     filters, positions = g.shape[2], g.shape[3]
@@ -272,6 +274,7 @@ class Capture:
         return None
 
     def record(self, a: Tensor, out: Tensor) -> None:
+        """Keep the layer's input `a` and the gradient edge of its own output `out` (hook callback)."""
         self.calls += 1
         self.a, self.a_version = a, a._version
         self.edge = get_gradient_edge(out) if out.requires_grad else None
@@ -298,6 +301,10 @@ def traced_forward(model: nn.Module, modules: dict[str, nn.Module], captures: di
     (which may replace the output), so it records the layer's own output.
 
     Args:
+        model: the audited model.
+        modules: module name → selected layer to record.
+        captures: module name → where its input and output edge are recorded.
+        x: (B, ...) inputs.
         params: the detached parameters to run with (default: the model's own, detached).
     """
     handles = []
@@ -321,8 +328,19 @@ class HooksPlan:
     """What the hook formulas may compute on one model: the selected parameters that must come from the
     `vmap` engine instead (with why), or, when the whole model breaks a condition, why hooks cannot run."""
 
+    layers: tuple[str, ...]
     fallback: dict[str, str]
     unusable: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every selected parameter takes the hook formulas."""
+        return self.unusable is None and not self.fallback
+
+    @property
+    def notes(self) -> dict[str, str]:
+        """Parameter → why it is computed by `vmap` instead."""
+        return dict.fromkeys(self.layers, self.unusable) if self.unusable else dict(self.fallback)
 
 
 def _probe(model: nn.Module, modules: dict[str, nn.Module], layers: list[str], x: Tensor
@@ -361,15 +379,17 @@ def plan_hooks(model: nn.Module, layers: list[str], x: Tensor) -> HooksPlan:
     """
     mixing = sample_mixing_modules(model)
     if mixing:
-        return HooksPlan({}, f"{', '.join(mixing[:3])} mix samples in eval mode (BatchNorm without running "
-                             "statistics), so a batch's Weight Modifiers differ from each sample's own")
+        return HooksPlan(tuple(layers), {}, f"{', '.join(mixing[:3])} mix samples in eval mode (BatchNorm without "
+                                            "running statistics), so a batch's Weight Modifiers differ from each "
+                                            "sample's own")
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
-        return HooksPlan({}, "global module forward hooks are registered and may rewrite any layer's output")
+        return HooksPlan(tuple(layers), {},
+                         "global module forward hooks are registered and may rewrite any layer's output")
     owners = _owners(model)
     fallback = unsupported_parameters(model, layers)
     hooked = {owners[n][0]: owners[n][1] for n in layers if n not in fallback}
     if not hooked:
-        return HooksPlan(fallback)
+        return HooksPlan(tuple(layers), fallback)
     small, large = _batch_pair(x)
     (shapes_small, _), (shapes_large, uses) = _probe(model, hooked, layers, small), \
         _probe(model, hooked, layers, large)
@@ -388,7 +408,7 @@ def plan_hooks(model: nn.Module, layers: list[str], x: Tensor) -> HooksPlan:
             outside = ", ".join(dict.fromkeys(uses.foreign[name])) or "none"
             fallback[name] = (f"the parameter is used {uses.own[name]} time(s) by {module_name} and also outside "
                               f"it ({outside})")
-    return HooksPlan(fallback)
+    return HooksPlan(tuple(layers), fallback)
 
 
 def _batch_first(small: Capture, large: Capture, n_small: int, n_large: int) -> bool:
@@ -405,6 +425,7 @@ def _fallback_notice(name: str, reason: str) -> None:
                   stacklevel=3)
 
 
+@register_engine("hooks", rank=0, prepare=plan_hooks)
 def hooks_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                  loss: str = "cross_entropy", chunk_size: int | None = 64,
                  plan: HooksPlan | None = None) -> EngineResult:
@@ -416,7 +437,8 @@ def hooks_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: T
             allows it, others `vmap`.
         reduction: a `NamedReduction` (from `parse_reduction`) enables the exact shortcuts for its name;
             any other callable is applied to materialised Weight Modifiers.
-        x: (B, ...) inputs; y: (B,) labels.
+        x: (B, ...) inputs.
+        y: (B,) integer labels.
         loss: name in LOSSES (summed over the batch; samples do not interact in eval mode).
         chunk_size: samples per materialised Weight Modifier block (and per vmap chunk in fallbacks).
         plan: the result of `plan_hooks` for this model and layers (an extraction plans once); planned
@@ -443,7 +465,7 @@ def hooks_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: T
         if name not in fallback and (reason := problems[owners[name][0]]):
             fallback[name] = reason
     ready = [m for m in hooked if problems[m] is None]
-    edges = [captures[m].edge for m in ready]
+    edges = [edge for m in ready if (edge := captures[m].edge) is not None]  # every ready layer has one
     grads = torch.autograd.grad(total, edges, allow_unused=True) if edges and total.requires_grad \
         else (None,) * len(ready)
 

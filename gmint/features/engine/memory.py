@@ -69,8 +69,8 @@ def _materialised_bytes(module: nn.Module, kind: str, capture: Capture, reductio
                         fast: bool) -> int:
     """Per-sample bytes of the Weight Modifier (and unfold) materialised for one parameter: none for a
     hook shortcut, the WM for a vmap fallback, the WM plus the unfolded input for a Conv2d weight."""
-    named = isinstance(reduction, NamedReduction)
-    if fast and kind == "weight" and named and (type(module), reduction.name) in HOOK_REDUCERS:
+    if fast and kind == "weight" and isinstance(reduction, NamedReduction) \
+            and (type(module), reduction.name) in HOOK_REDUCERS:
         return 0
     param = getattr(module, kind)
     count = param.numel()

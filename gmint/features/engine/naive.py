@@ -9,7 +9,15 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from gmint.features.engine.base import LOSSES, EngineResult, check_auditable, labels, model_unchanged, predictions
+from gmint.features.engine.base import (
+    LOSSES,
+    EngineResult,
+    check_auditable,
+    labels,
+    model_unchanged,
+    predictions,
+    register_engine,
+)
 from gmint.features.reduce import Reduction
 
 
@@ -52,6 +60,7 @@ def naive_gradients(model: nn.Module, layers: list[str], x: Tensor, y: Tensor, *
     return {n: torch.stack(g) for n, g in grads.items()}, torch.stack(losses), torch.cat(preds)
 
 
+@register_engine("naive", rank=2, torchscript=True)
 def naive_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                  loss: str = "cross_entropy", chunk_size: int | None = None) -> EngineResult:
     """Same contract as `vmap_engine`; `chunk_size` is accepted and ignored (one sample at a time)."""

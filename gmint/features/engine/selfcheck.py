@@ -18,26 +18,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from gmint.errors import InputError, UnknownNameError, UnsupportedModelError
-from gmint.features.engine.base import EngineResult, labels
-from gmint.features.engine.hooks import HooksPlan, hooks_engine, plan_hooks
-from gmint.features.engine.naive import naive_engine, naive_gradients
-from gmint.features.engine.vmap import vmap_engine
+from gmint.errors import InputError, UnsupportedModelError
+from gmint.features.engine.base import ENGINES, EngineResult, Plan, labels, register_engine
+from gmint.features.engine.naive import naive_gradients
 from gmint.features.reduce import Reduction
 
-# Which engines a request may end up on, fastest first; the naive loop is the definition and ends every list.
-CANDIDATES: dict[str, tuple[str, ...]] = {
-    "auto": ("hooks", "vmap", "naive"),
-    "hooks": ("hooks", "vmap", "naive"),
-    "vmap": ("vmap", "naive"),
-    "naive": ("naive",),
-}
 CHECK_ROWS = 4
 
 
@@ -65,16 +55,17 @@ class EngineChoice:
     rows: tuple[int, ...]
     tolerance: float
     trials: tuple[Trial, ...]
-    hooks_plan: HooksPlan | None = None
-    fallbacks: dict[str, str] = field(default_factory=dict)
+    plan: Plan | None = None
 
     def run(self, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
             loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
-        """One batch on the chosen engine (hooks with the plan made when it was chosen)."""
-        if self.engine == "hooks":
-            return hooks_engine(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size,
-                                plan=self.hooks_plan)
-        return _ENGINES[self.engine](model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+        """One batch on the chosen engine, with the plan it made when it was chosen."""
+        return _run(self.engine, self.plan, model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+
+    @property
+    def fallbacks(self) -> dict[str, str]:
+        """Parameters the chosen engine leaves to another method, and why."""
+        return self.plan.notes if self.plan is not None else {}
 
     def provenance(self) -> dict[str, object]:
         """The record a store keeps: which engine ran, which were tried, how well each agreed."""
@@ -85,7 +76,14 @@ class EngineChoice:
                                  "trials": trials}}
 
 
-_ENGINES: dict[str, Callable[..., EngineResult]] = {"vmap": vmap_engine, "naive": naive_engine}
+def candidates(requested: str, model: nn.Module) -> tuple[str, ...]:
+    """The engines a request may end up on, fastest first: those ranked at or after it (all of them for
+    `auto`) that can run the model; the naive loop, which can run any, comes last."""
+    start = ENGINES.get(requested).rank or 0
+    scripted = isinstance(model, torch.jit.ScriptModule)
+    ranked = sorted((spec.rank, name) for name in ENGINES.names() if (spec := ENGINES.get(name)).rank is not None
+                    and spec.rank >= start and (spec.torchscript or not scripted))
+    return tuple(name for _, name in ranked)
 
 
 def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
@@ -100,26 +98,23 @@ def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: 
     Raises:
         UnsupportedModelError: the naive loop itself cannot run the model on one sample.
     """
-    if requested not in CANDIDATES:
-        raise UnknownNameError(f"unknown engine '{requested}'; choose from {sorted(CANDIDATES)}")
     y = labels(y)
-    candidates = CANDIDATES[requested]
-    if isinstance(model, torch.jit.ScriptModule):  # torch.func and module hooks cannot run TorchScript
-        candidates = ("naive",)
-    plan = plan_hooks(model, layers, x) if "hooks" in candidates else None
-    if requested == "auto" and plan is not None and (plan.unusable or plan.fallback):
-        # One vmap pass is faster than hooks plus a vmap fallback, whose cost barely depends on how many
-        # parameters it covers.
-        candidates = candidates[1:]
+    chain = candidates(requested, model)
+    plans = {name: prepare(model, layers, x) for name in chain if (prepare := ENGINES.get(name).prepare)}
+    if ENGINES.get(requested).rank is None:
+        # `auto` passes over an engine whose own method would not cover every parameter: one pass of the
+        # next engine is faster than the first plus that engine for the rest.
+        chain = tuple(name for name in chain if name not in plans or plans[name].complete)
     _Reference.compute(model, layers, reduction, x[:1], y[:1], loss)  # a model that cannot run fails here, once
     trials: list[Trial] = []
     reference: _Reference | None = None
     rows: tuple[int, ...] = ()
     tolerance = 0.0
-    for position, engine in enumerate(candidates):
-        last = position == len(candidates) - 1
+    for position, engine in enumerate(chain):
+        last = position == len(chain) - 1
         try:
-            result = _run(engine, plan, model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+            result = _run(engine, plans.get(engine), model, layers, reduction, x, y, loss=loss,
+                          chunk_size=chunk_size)
         except InputError:
             raise
         except Exception as exc:
@@ -127,7 +122,7 @@ def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: 
                 raise UnsupportedModelError(f"the {engine} engine cannot run this model: "
                                             f"{_one_line(exc)}") from exc
             trials.append(Trial(engine, False, None, f"failed: {_one_line(exc)}"))
-            _notice(engine, candidates[position + 1], trials[-1].note)
+            _notice(engine, chain[position + 1], trials[-1].note)
             continue
         if engine == "naive":
             trials.append(Trial(engine, True, 0.0, "the definition"))
@@ -142,19 +137,16 @@ def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: 
                                 "" if passed else f"differs from the naive loop by {error:.2g} (tolerance "
                                                   f"{tolerance:.2g})"))
             if not passed:
-                _notice(engine, candidates[position + 1], trials[-1].note)
+                _notice(engine, chain[position + 1], trials[-1].note)
                 continue
-        fallbacks = dict(plan.fallback) if engine == "hooks" and plan is not None else {}
-        return EngineChoice(requested, engine, rows, tolerance, tuple(trials),
-                            plan if engine == "hooks" else None, fallbacks), result
+        return EngineChoice(requested, engine, rows, tolerance, tuple(trials), plans.get(engine)), result
     raise AssertionError("the naive loop ends every candidate list")  # pragma: no cover
 
 
-def _run(engine: str, plan: HooksPlan | None, model: nn.Module, layers: list[str], reduction: Reduction,
+def _run(engine: str, plan: Plan | None, model: nn.Module, layers: list[str], reduction: Reduction,
          x: Tensor, y: Tensor, *, loss: str, chunk_size: int | None) -> EngineResult:
-    if engine == "hooks":
-        return hooks_engine(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size, plan=plan)
-    return _ENGINES[engine](model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+    extra = {"plan": plan} if plan is not None else {}
+    return ENGINES.get(engine).run(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size, **extra)
 
 
 def _check_rows(losses: Tensor, count: int) -> tuple[int, ...]:
@@ -200,7 +192,7 @@ class _Reference:
 
 
 def _relative(got: Tensor, ref: Tensor, scale: Tensor) -> float:
-    """max over rows of ‖got − ref‖ / scale; rows non-finite in both count as equal, in one as inf."""
+    """Max over rows of ‖got − ref‖ / scale; rows non-finite in both count as equal, in one as inf."""
     got, ref = got.detach().flatten(1).double().cpu(), ref.detach().flatten(1).double().cpu()
     scale = scale.detach().double().cpu().nan_to_num(nan=0.0, posinf=0.0)
     finite = ref.isfinite()
@@ -229,6 +221,7 @@ class ProvenEngine:
 
     def __call__(self, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                  loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
+        """The batch's reduced Weight Modifiers: chosen and checked on the first call, the choice after."""
         if self.choice is None:
             self.choice, result = choose_engine(model, layers, reduction, x, y, requested=self.requested,
                                                 loss=loss, chunk_size=chunk_size)
@@ -236,6 +229,7 @@ class ProvenEngine:
         return self.choice.run(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
 
 
+@register_engine("auto", rank=None, torchscript=True)
 def auto_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                 loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
     """The fastest engine that agrees with the naive loop on this batch (same contract as `vmap_engine`).

@@ -19,10 +19,12 @@ from gmint.features.engine.base import (
     labels,
     model_unchanged,
     predictions,
+    register_engine,
 )
 from gmint.features.reduce import Reduction
 
 
+@register_engine("vmap", rank=1)
 def vmap_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                 loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
     """Reduced per-sample Weight Modifiers of `layers` for the batch (x, y).
@@ -31,7 +33,8 @@ def vmap_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Te
         model: audited model in eval mode.
         layers: parameter names to differentiate.
         reduction: applied per chunk, so full Weight Modifiers never exist for more than one chunk.
-        x: (B, ...) inputs; y: (B,) labels.
+        x: (B, ...) inputs.
+        y: (B,) integer labels.
         loss: name in LOSSES.
         chunk_size: samples per vmap call (bounds memory); None for the whole batch at once.
     """
