@@ -24,6 +24,8 @@ from gmint.features.extract import extract, split_rows
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel, load_audited
 
+pytestmark = pytest.mark.slow
+
 EXTRACT = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)

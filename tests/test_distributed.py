@@ -18,6 +18,8 @@ from gmint.features.shards import merge_shards, shard_bounds, shard_path
 from gmint.features.store import FeatureStore, WriterLock, verify
 from gmint.models.io import AuditedModel
 
+pytestmark = pytest.mark.slow
+
 
 def gmint(*args: object, nproc: int = 1, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GMINT_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
