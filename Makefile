@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint typecheck
 
 install:
 	$(PIP) install -q torch==2.13.0   # the CPU wheel on this machine's disk; pins torch before anything else asks
@@ -16,3 +16,8 @@ test: install
 
 lint:
 	ruff check gmint cli tests benchmarks
+
+# The CLI package lives in cli/ and installs as gmint_cli: mypy finds it under that name through a link.
+typecheck:
+	mkdir -p build/typecheck && ln -sfn ../../cli build/typecheck/gmint_cli
+	MYPYPATH=build/typecheck $(PYTHON) -m mypy -p gmint -p gmint_cli
