@@ -95,6 +95,7 @@ from gmint.features.engine.selfcheck import ProvenEngine, choose_engine
 from gmint.features.extract import Rows, extract
 from gmint.features.layers import resolve_layers
 from gmint.features.reduce import Reduction, parse_reduction
+from gmint.files import atomic_write
 from gmint.models.architectures import CPU_SCALE
 from gmint.models.io import AuditedModel
 from gmint.models.zoo import build
@@ -533,9 +534,8 @@ def load_results(path: Path, settings: Json) -> Json:
 
 def save(path: Path, results: Json) -> None:
     """Write JSON atomically and the Markdown report beside it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
     path.with_suffix(".md").write_text(markdown(results))
 
 

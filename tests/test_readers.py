@@ -17,7 +17,7 @@ from PIL import Image
 
 from gmint.data import cache, readers
 from gmint.data.base import ImageSet
-from gmint.data.readers import CIFAR10_CLASSES, load_dataset, resolve_root
+from gmint.data.readers import CIFAR10_CLASSES, gtsrb, load_dataset, mnist, resolve_root
 from gmint.errors import InputError, UnknownNameError
 from tests.conftest import REAL_ROOT
 
@@ -644,7 +644,7 @@ def test_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with np.load(entry, allow_pickle=False) as z:  # plain arrays only
         assert z["files"].dtype.kind == "U"
     with monkeypatch.context() as m:
-        m.setattr(readers, "_decode", _refuse)
+        m.setattr(gtsrb, "decode_image", _refuse)
         _same(load_dataset("gtsrb", tmp_path, size=8), first)
         dataset_folder = tmp_path / "GTSRB" / "Final_Training" / "Images"
         _same(load_dataset("gtsrb", dataset_folder, size=8), first)  # same folder, same entry
@@ -664,7 +664,7 @@ def test_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_cache_mnist_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_mnist(tmp_path)
     first = load_dataset("mnist", tmp_path)
-    monkeypatch.setattr(readers, "read_idx", _refuse)
+    monkeypatch.setattr(mnist, "read_idx", _refuse)
     _same(load_dataset("mnist", tmp_path), first)
     assert len(_entries()) == 1
 
@@ -743,5 +743,5 @@ def test_real_tiny_imagenet(real: Callable[[str], ImageSet]) -> None:
 def test_real_cache_round_trip(real: Callable[[str], ImageSet], monkeypatch: pytest.MonkeyPatch) -> None:
     data = real("gtsrb")
     _same(load_dataset("gtsrb", REAL_ROOT), data)
-    monkeypatch.setattr(readers, "_decode", _refuse)
+    monkeypatch.setattr(gtsrb, "decode_image", _refuse)
     _same(load_dataset("gtsrb", REAL_ROOT), data)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from gmint.data.base import ImageSet
+from gmint.files import atomic_write
 from gmint.version import __version__
 
 # Bump when the stored arrays or a reader's output change meaning, so old entries are not reused.
@@ -59,7 +59,7 @@ def entry_path(name: str, reader_id: str, folder: Path, options: Mapping[str, ob
 
 
 def save(path: Path, data: ImageSet) -> None:
-    """Write `data` atomically (temp file + os.replace), then drop older entries of the same stem."""
+    """Write `data` whole or not at all (`atomic_write`), then drop older entries of the same stem."""
     arrays = {
         "name": np.array(data.name),
         "images": data.images,
@@ -73,14 +73,8 @@ def save(path: Path, data: ImageSet) -> None:
     if data.files is not None:
         arrays["files"] = np.asarray(data.files, dtype=str)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, tmp.open("wb") as f:  # a file object: np.savez would add `.npz` to a name
+        np.savez(f, allow_pickle=False, **arrays)
     stem = path.name.rsplit("-", 1)[0]
     for old in path.parent.glob(f"{stem}-*.npz"):
         if old != path:

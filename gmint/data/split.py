@@ -17,6 +17,7 @@ import numpy as np
 
 from gmint.data.base import ImageSet
 from gmint.errors import InputError
+from gmint.files import atomic_write
 
 FRACTIONS = {"D100": 1.0, "D10": 0.1, "D1": 0.01}
 # Roles that must never share a row: a row on both sides would be labelled, fitted or scored as both.
@@ -77,11 +78,19 @@ class MembershipSplit:
         return np.isin(rows, self.holdout).astype(np.int8)
 
     def save(self, path: Path) -> None:
+        """Write the manifest as JSON with its hash, whole or not at all (a half-written one would not load)."""
         payload = {**asdict(self), "sha256": self.sha256}
-        Path(path).write_text(json.dumps(payload))
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(payload))
 
     @classmethod
     def load(cls, path: Path) -> MembershipSplit:
+        """Read a manifest written by `save`.
+
+        Raises:
+            InputError: the file is missing, not JSON, has other fields, overlapping roles, or a content that
+                no longer matches its hash (edited by hand).
+        """
         try:
             payload = json.loads(Path(path).read_text())
         except FileNotFoundError:
@@ -101,6 +110,7 @@ class MembershipSplit:
 
     @classmethod
     def from_json(cls, text: str) -> MembershipSplit:
+        """The split a JSON text describes (the copy a checkpoint records), its hash not checked."""
         payload = json.loads(text)
         payload.pop("sha256", None)
         return cls(**payload)
@@ -134,7 +144,8 @@ def make_split(data: ImageSet, *, members: float | int = 0.5, external: float | 
 
     Args:
         data: the dataset; members and external come from its official `train` part.
-        members, external: a fraction (≤ 1.0) of the train part or a row count (int > 1).
+        members: a fraction (≤ 1.0) of the train part or a row count (int > 1).
+        external: the same, for the external samples.
         holdout: fraction of the smaller side held out for evaluation, the same number on both sides.
         control: rows (fraction or count of the train part) reserved, before anything else is drawn,
             for a negative-control model; 0 for none.

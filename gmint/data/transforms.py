@@ -32,10 +32,12 @@ class Transform:
         return (x - mean) / std
 
     def to_dict(self) -> dict[str, object]:
+        """The fields as JSON values, for checkpoints' and stores' provenance."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> Transform:
+        """The transform a `to_dict` record describes (JSON turned the tuples into lists)."""
         return cls(size=d.get("size"), mean=tuple(d["mean"]), std=tuple(d["std"]))  # type: ignore[arg-type]
 
 

@@ -30,6 +30,7 @@ from gmint.features.store import (
     describe_codes,
     encode_attribute,
 )
+from gmint.files import atomic_write
 
 # Keys that differ between shards by design.
 PER_SHARD_KEYS = ("n_rows", "rows_sha256", "extract_seconds", "rows_written", "shard", "complete")
@@ -97,8 +98,7 @@ def _merge(out: Path, world_size: int, *, rows_sha256: str, overwrite: bool) -> 
             layout[lo:lo + length] = h5py.VirtualSource(path.name, name, shape=(length, *shape_rest))
         h5.create_virtual_dataset(name, layout, fillvalue=0)
 
-    tmp = out.with_name(out.name + ".tmp")
-    with h5py.File(tmp, "w", libver=LIBVER, locking=False) as h5:
+    with atomic_write(out) as tmp, h5py.File(tmp, "w", libver=LIBVER, locking=False) as h5:
         for name, dtype in dtypes.items():
             join(h5, name, (), dtype)
         describe_codes(h5)
@@ -115,7 +115,6 @@ def _merge(out: Path, world_size: int, *, rows_sha256: str, overwrite: bool) -> 
         h5.attrs["extract_seconds"] = max(float(str(p.get("extract_seconds", 0.0))) for _, p, _, _ in info)
         h5.attrs["rows_written"] = n
         h5.attrs["complete"] = True
-    tmp.replace(out)
     return out
 
 

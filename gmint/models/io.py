@@ -12,7 +12,7 @@ import inspect
 import json
 import pickle
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from gmint.errors import InputError, UnsupportedModelError
+from gmint.files import atomic_write
 from gmint.models.zoo import build
 
 
@@ -33,6 +34,7 @@ class AuditedModel:
 
     @property
     def fingerprint(self) -> str:
+        """The module's `fingerprint`: what stores and classifiers record to tell audited models apart."""
         return fingerprint(self.module)
 
 
@@ -47,14 +49,21 @@ def fingerprint(model: nn.Module) -> str:
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, object],
-                    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
-    """Write state dict + JSON meta atomically (temp file, then rename), so a crash never leaves half a file."""
+                    extra: Mapping[str, object] | None = None) -> None:
+    """Write state dict + JSON meta whole or not at all (`atomic_write`), so a crash never leaves half a file.
+
+    Args:
+        path: the checkpoint file; its folder is created.
+        model: whose state dict is saved.
+        meta: what is known about the model, stored as one JSON string.
+        extra: more entries beside `state_dict` and `meta` (a training run's optimiser and scheduler state);
+            tensors, numbers, strings and containers of them, so the file still loads with weights_only=True.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"state_dict": model.state_dict(), "meta": json.dumps(meta), **(extra_tensors or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    payload = {"state_dict": model.state_dict(), "meta": json.dumps(meta), **(extra or {})}
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -100,10 +109,11 @@ def _model_file(path: Path) -> Path:
     return path
 
 
-def read_checkpoint(path: Path, *, hints: bool = False) -> dict[str, object]:
-    """The raw checkpoint dict, loaded with weights_only=True.
+def read_checkpoint(path: Path, *, hints: bool = False) -> dict[str, Any]:
+    """The raw checkpoint dict, loaded with weights_only=True; its entries are the caller's to check.
 
     Args:
+        path: a gmint checkpoint or a plain state dict.
         hints: name load_audited's options (--torchscript, --trust-pickle) for files that need them; off
             for callers without those options (resuming training).
     """
@@ -132,7 +142,10 @@ def load_audited(path: Path, *, arch: str | None = None, torchscript: bool = Fal
     Args:
         path: a gmint checkpoint, a plain state dict (with `arch`), a TorchScript file
             (`torchscript=True`) or — only with `trust_pickle=True` — a pickled full module.
-        arch: `package.module:factory` building the module for a plain state dict.
+        arch: `package.module:factory` building the module for a plain state dict (or, for a checkpoint,
+            instead of the zoo architecture it records).
+        torchscript: load `path` as TorchScript, which runs code from the file.
+        trust_pickle: load `path` as a pickled module, which runs code from the file.
 
     Raises:
         InputError / UnsupportedModelError: missing file, unknown format, keys that do not match.
@@ -151,9 +164,9 @@ def load_audited(path: Path, *, arch: str | None = None, torchscript: bool = Fal
         return AuditedModel(module.eval(), {"format": "pickled-module"})
     payload = read_checkpoint(path, hints=True)
     if "meta" in payload and "state_dict" in payload:
-        meta = json.loads(payload["meta"])  # type: ignore[arg-type]
-        module = _from_arch(arch) if arch else build(meta["arch"], **meta["arch_args"])  # type: ignore[arg-type]
-        _load_state(module, payload["state_dict"], path)  # type: ignore[arg-type]
+        meta = json.loads(payload["meta"])
+        module = _from_arch(arch) if arch else build(meta["arch"], **meta["arch_args"])
+        _load_state(module, payload["state_dict"], path)
         return AuditedModel(module.eval(), meta)
     if arch is None:
         raise InputError(f"{path} is a plain state dict; pass --arch package.module:factory to build the model")

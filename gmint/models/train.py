@@ -10,7 +10,6 @@ result sits beside.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
-from gmint.models.io import AuditedModel, read_checkpoint
+from gmint.models.io import AuditedModel, read_checkpoint, save_checkpoint
 from gmint.models.zoo import build
 from gmint.progress import progress_bar
 from gmint.registry import Registry
@@ -161,14 +160,10 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
             meta["record"] = audited_record(model, data, split, transform, device=device,
                                             show_progress=show_progress)
         meta.update(train_seconds=round(elapsed, 2), seed=config.seed)
-        _save(work, model, optimizer, scheduler, meta)
-        if work != out:
-            os.replace(work, out)
-            _sync_folder(out.parent)
-    except BaseException:
-        if work != out:  # an unfinished replacement is dropped; the old model was never touched
+        _save(out, model, optimizer, scheduler, meta)  # the finished model takes out's place in one step
+    finally:
+        if work != out:  # the epochs beside the old model go, finished or not; a failed run never touched it
             work.unlink(missing_ok=True)
-        raise
     return AuditedModel(model, meta)
 
 
@@ -236,33 +231,9 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
 
 def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
           scheduler: torch.optim.lr_scheduler.LRScheduler, meta: dict[str, object]) -> None:
-    """Write the checkpoint whole or not at all: into a temporary file beside `out`, forced to disk (fsync),
-    then renamed over `out` (os.replace is atomic), so a crash or a kill at any moment leaves either the
-    previous checkpoint or the new one. The format is gmint.models.io's: state dict, JSON meta, extras."""
-    payload = {"state_dict": model.state_dict(), "meta": json.dumps(meta), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _sync_folder(out.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename inside `folder` durable (POSIX; elsewhere the rename is all there is)."""
-    if os.name == "posix":
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """A gmint checkpoint with the optimiser and scheduler state a resume needs, written whole or not at all,
+    so a crash or a kill at any moment leaves either the previous checkpoint or the new one."""
+    save_checkpoint(out, model, meta, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
 
 
 RECIPE = ("arch", "arch_args", "dataset", "split_sha256", "train_config", "transform", "trained_on")
@@ -281,7 +252,7 @@ def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     if missing:
         raise InputError(f"{out} is not a gmint training checkpoint (no {', '.join(missing)}); it cannot be "
                          "resumed")
-    saved = json.loads(payload["meta"])  # type: ignore[arg-type]
+    saved = json.loads(payload["meta"])
     for key in RECIPE:
         wanted = json.loads(json.dumps(meta[key]))
         if saved.get(key) != wanted:
@@ -291,9 +262,9 @@ def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     if not isinstance(done, int) or [h.get("epoch") for h in history] != list(range(1, done + 1)):
         raise InputError(f"{out} does not record its training progress consistently (epochs_done {done}, "
                          f"{len(history)} epochs of history); it cannot be resumed: train again with another --out")
-    model.load_state_dict(payload["state_dict"])  # type: ignore[arg-type]
-    optimizer.load_state_dict(payload["optimizer"])  # type: ignore[arg-type]
-    scheduler.load_state_dict(payload["scheduler"])  # type: ignore[arg-type]
+    model.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
     return saved
 
 
