@@ -37,6 +37,11 @@ OPTIMIZERS.register("adam")(lambda params, lr, weight_decay: torch.optim.Adam(pa
                                                                               weight_decay=weight_decay))
 OPTIMIZERS.register("sgd")(lambda params, lr, weight_decay: torch.optim.SGD(
     params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True))
+# A schedule maps (epoch, total epochs) to the factor on the learning rate.
+Schedule = Callable[[int, int], float]
+SCHEDULES: Registry[Schedule] = Registry("schedule")
+SCHEDULES.register("constant")(lambda epoch, epochs: 1.0)
+SCHEDULES.register("cosine")(lambda epoch, epochs: 0.5 * (1 + float(np.cos(np.pi * epoch / epochs))))
 
 
 @AUGMENTATIONS.register("none")
@@ -72,7 +77,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    schedule: str = "constant"   # or "cosine"
+    schedule: str = "constant"   # a name in SCHEDULES
     augment: str = "none"
     seed: int = 0
     # Summing a batch's gradients is split across CPU threads, so the thread count changes the rounding and
@@ -83,8 +88,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.schedule not in ("constant", "cosine"):
-            raise InputError(f"unknown schedule '{self.schedule}'; choose from ['constant', 'cosine']")
+        SCHEDULES.get(self.schedule)  # an unknown name fails here, listing the known ones
 
 
 def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transform: Transform,
@@ -128,7 +132,8 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
     torch.manual_seed(config.seed)
     model = build(**arch_args).to(device)  # type: ignore[arg-type]
     optimizer = OPTIMIZERS.get(config.optimizer)(model.parameters(), config.lr, config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    schedule = SCHEDULES.get(config.schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: schedule(epoch, config.epochs))
     meta: dict[str, object] = {
         "arch": arch, "arch_args": {k: v for k, v in arch_args.items() if k != "arch"},
         "dataset": data.name, "transform": transform.to_dict(), "split": asdict(split),
@@ -221,12 +226,6 @@ def _epoch(model: nn.Module, data: ImageSet, members: np.ndarray, transform: Tra
         total_loss += loss.item() * len(idx)
         correct += int((logits.argmax(1) == y).sum())
     return total_loss / len(order), correct / len(order)
-
-
-def _schedule(config: TrainConfig) -> Callable[[int], float]:
-    if config.schedule == "cosine":
-        return lambda epoch: 0.5 * (1 + float(np.cos(np.pi * epoch / config.epochs)))
-    return lambda epoch: 1.0
 
 
 def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
