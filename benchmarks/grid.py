@@ -20,94 +20,78 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import tomllib
-from dataclasses import fields
+from collections.abc import Mapping
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from gmint.assess.evaluate import evaluate_store
 from gmint.data.readers import load_dataset
-from gmint.data.split import MembershipSplit, make_split
-from gmint.data.transforms import Transform
-from gmint.features.extract import extract, split_rows
-from gmint.mint import train_mint
-from gmint.models.train import TrainConfig, train_audited
+from gmint.experiment import Cell, Probe, Recipe, run_cell
+from gmint.models.train import TrainConfig
 
 SETUPS = ("entry", "middle", "output", "combined")
 FRACTIONS = ("D100", "D10", "D1")
+PROBES = (*(Probe("gMINT", setup, fraction) for setup in SETUPS for fraction in FRACTIONS),
+          Probe("activation-MINT", "combined"), Probe("negative control", "combined"))
 
 
-def run_cell(cell: dict[str, object], defaults: dict[str, object], workdir: Path, out: Path, *,
-             data_root: Path | None, show_progress: bool) -> None:
+def run_grid_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path, out: Path, *,
+                  data_root: Path | None, show_progress: bool) -> None:
     """One (dataset, architecture) cell; appends one JSON row per (signal, setup, fraction) to `out`."""
     cfg = {**defaults, **cell}
     name = f"{cfg['dataset']}-{cfg['arch']}"
-    cell_dir = workdir / name
-    cell_dir.mkdir(parents=True, exist_ok=True)
     done = {(r["cell"], r["signal"], r["setup"], r["fraction"]) for r in read_rows(out)}
-    data = load_dataset(str(cfg["dataset"]), data_root, **dict(cfg.get("data_options", {})))  # type: ignore[arg-type]
-    split_path = cell_dir / "split.json"
-    if split_path.exists():
-        split = MembershipSplit.load(split_path)
-    else:
-        split = make_split(data, members=cfg["members"], external=cfg["external"], control=cfg["control"],  # type: ignore[arg-type]
-                           holdout=float(cfg["holdout"]), protocol=str(cfg["protocol"]), seed=int(cfg["seed"]))
-        split.save(split_path)
-    train = train_config(cfg["train"])  # type: ignore[arg-type]
-    transform = Transform(size=cfg.get("image_size"))  # type: ignore[arg-type]
-    models = {}
-    for role in ("audited", "control"):
-        t0 = time.perf_counter()
-        models[role] = train_audited(data, split, arch=str(cfg["arch"]), transform=transform, config=train,
-                                     out=cell_dir / f"{role}.pt", arch_options=dict(cfg.get("arch_options", {})),
-                                     resume=True, negative_control=role == "control", show_progress=show_progress)
-        print(f"[{name}] {role} model ready ({time.perf_counter() - t0:.0f} s): {models[role].meta['record']}")
-    rows = split_rows(split)
+    recipe = replace(grid_recipe(cfg), probes=tuple(p for p in PROBES
+                                                    if (name, p.signal, p.setup, p.fraction) not in done))
+    if not recipe.probes:
+        return
+    data = load_dataset(str(cfg["dataset"]), data_root, **dict(cfg.get("data_options", {})))
 
-    def store(role: str, source: str) -> Path:
-        path = cell_dir / f"{role}-{source}.h5"
-        return extract(models[role], data, rows, out=path, layers="combined", reduction="mean", source=source,
-                       engine=str(cfg["engine"]), split=split, seed=int(cfg["seed"]), resume=True,
-                       batch_size=int(cfg["batch_size"]), show_progress=show_progress)
-
-    plan = [("gMINT", "audited", "gradient", setup, fraction) for setup in SETUPS for fraction in FRACTIONS]
-    plan += [("activation-MINT", "audited", "activation", "combined", "D100"),
-             ("negative control", "control", "gradient", "combined", "D100")]
-    for signal, role, source, setup, fraction in plan:
-        if (name, signal, setup, fraction) in done:
-            continue
-        path = store(role, source)
-        t0 = time.perf_counter()
-        mint = train_mint(path, kind="mlp", setup=setup, fraction=fraction, seed=int(cfg["seed"]))
-        result = evaluate_store(mint, path, seed=int(cfg["seed"]))
-        row = {"cell": name, "dataset": cfg["dataset"], "arch": cfg["arch"], "signal": signal, "setup": setup,
-               "fraction": fraction, "layers": mint.spec.layers, "protocol": split.protocol,
+    def write(result: Cell) -> None:
+        measured = result.measurements[-1]
+        probe, evaluation, model = measured.probe, measured.evaluation.to_dict(), result.models[measured.probe.model]
+        split = result.split
+        row = {"cell": name, "dataset": cfg["dataset"], "arch": cfg["arch"], "signal": probe.signal,
+               "setup": probe.setup, "fraction": probe.fraction, "layers": measured.evaluation.protocol["layers"],
+               "protocol": split.protocol,
                "split": {"members": len(split.members), "external": len(split.external),
                          "pool": len(split.pool), "holdout": len(split.holdout)},
-               "mint": result["mint"], "loss_threshold": result["loss_threshold"],
-               "audited_model": result["audited_model"], "model_record": models[role].meta["record"],
-               "train_config": models[role].meta["train_config"], "train_seconds": models[role].meta["train_seconds"],
-               "mint_seconds": round(time.perf_counter() - t0, 2), "fit_rows": len(mint.fitted_ids)}
+               "mint": evaluation["mint"], "loss_threshold": evaluation["loss_threshold"],
+               "audited_model": evaluation["audited_model"], "model_record": model.meta["record"],
+               "train_config": model.meta["train_config"], "train_seconds": model.meta["train_seconds"],
+               "mint_seconds": measured.seconds, "fit_rows": measured.fit_rows}
         with open(out, "a") as fh:
             fh.write(json.dumps(row) + "\n")
-        print(f"[{name}] {signal:17s} {setup:9s} {fraction}: acc {result['mint']['accuracy']['value']:.3f} "
-              f"AUC {result['mint']['auc']['value']:.3f} (loss threshold AUC "
-              f"{result['loss_threshold']['auc']['value']:.3f})")
+        mint, baseline = measured.evaluation.mint, measured.evaluation.loss_threshold
+        print(f"[{name}] {probe.signal:17s} {probe.setup:9s} {probe.fraction}: acc {mint['accuracy'].value:.3f} "
+              f"AUC {mint['auc'].value:.3f} (loss threshold AUC {baseline['auc'].value:.3f})")
+
+    run_cell(data, recipe, workdir / name, on_measurement=write, show_progress=show_progress)
 
 
-def train_config(table: dict[str, object]) -> TrainConfig:
+def grid_recipe(cfg: Mapping[str, Any]) -> Recipe:
+    """A cell's settings (the TOML's defaults overlaid with the cell's table) as the experiment's recipe."""
+    return Recipe(arch=str(cfg["arch"]), train=train_config(cfg["train"]), probes=PROBES, members=cfg["members"],
+                  external=cfg["external"], control=cfg["control"], holdout=float(cfg["holdout"]),
+                  protocol=str(cfg["protocol"]), seed=int(cfg["seed"]), image_size=cfg.get("image_size"),
+                  arch_options=dict(cfg.get("arch_options", {})), engine=str(cfg["engine"]),
+                  batch_size=int(cfg["batch_size"]))
+
+
+def train_config(table: Mapping[str, Any]) -> TrainConfig:
     """The TOML's `train` table as a TrainConfig (epochs, batch_size, optimizer, lr, weight_decay, schedule,
     augment, seed, threads); an unknown key is refused with the known ones."""
     known = [f.name for f in fields(TrainConfig)]
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise ValueError(f"grid config: unknown train key(s) {unknown}; known: {known}")
-    return TrainConfig(**table)  # type: ignore[arg-type]
+    return TrainConfig(**table)
 
 
-def read_rows(path: Path) -> list[dict[str, object]]:
+def read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -132,8 +116,8 @@ def main() -> None:
     for cell in config["cells"]:
         if args.only and args.only not in f"{cell['dataset']}-{cell['arch']}":
             continue
-        run_cell(cell, config["defaults"], args.workdir, args.out, data_root=args.data_root,
-                 show_progress=args.progress)
+        run_grid_cell(cell, config["defaults"], args.workdir, args.out, data_root=args.data_root,
+                      show_progress=args.progress)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ import argparse
 import csv
 import json
 from pathlib import Path
+from typing import Any
+
+from gmint.assess.metrics import Estimate
 
 PAPER_DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "gtsrb": "GTSRB", "tiny_imagenet": "Tiny ImageNet"}
 PAPER_ARCHS = {"mobilenet": "MobileNet", "resnet50": "ResNet50", "resnet101": "ResNet100",
@@ -31,26 +34,31 @@ def paper_table(path: Path) -> dict[tuple[str, str, str, str], float]:
     return table
 
 
-def unresolved(est: dict[str, object]) -> str:
+def unresolved(est: Estimate) -> str:
     """'n/a (needs ≥ 100 externals, has 50)': a metric the held-out rows cannot resolve (its value is None)."""
-    return f"n/a ({est['unresolved']})" if est.get("unresolved") else "n/a"
+    return f"n/a ({est.unresolved})" if est.unresolved else "n/a"
 
 
-def ci(est: dict[str, object], percent: bool = False) -> str:
+def ci(est: Estimate, percent: bool = False) -> str:
     """'0.912 [0.880, 0.940]' (or in % with `percent`), or n/a for an unresolved metric."""
-    if est["value"] is None:
+    if est.value is None or est.low is None or est.high is None:
         return unresolved(est)
     k = 100.0 if percent else 1.0
     fmt = ".1f" if percent else ".3f"
-    return f"{est['value'] * k:{fmt}} [{est['ci95_low'] * k:{fmt}}, {est['ci95_high'] * k:{fmt}}]"  # type: ignore[operator]
+    return f"{est.value * k:{fmt}} [{est.low * k:{fmt}}, {est.high * k:{fmt}}]"
 
 
-def point(est: dict[str, object]) -> str:
+def point(est: Estimate) -> str:
     """The value alone ('0.125'), or n/a for an unresolved metric."""
-    return unresolved(est) if est["value"] is None else f"{est['value']:.3f}"
+    return unresolved(est) if est.value is None else f"{est.value:.3f}"
 
 
-def cell_report(rows: list[dict[str, object]], paper: dict[tuple[str, str, str, str], float]) -> list[str]:
+def metrics(row_metrics: dict[str, Any]) -> dict[str, Estimate]:
+    """A row's metrics (name → JSON estimate) as estimates."""
+    return {name: Estimate.from_dict(est) for name, est in row_metrics.items()}
+
+
+def cell_report(rows: list[dict[str, Any]], paper: dict[tuple[str, str, str, str], float]) -> list[str]:
     first = rows[0]
     rec, gap = first["model_record"], first["audited_model"]
     dataset, arch = str(first["dataset"]), str(first["arch"])
@@ -69,10 +77,10 @@ def cell_report(rows: list[dict[str, object]], paper: dict[tuple[str, str, str, 
     for r in rows:
         key = (PAPER_DATASETS.get(dataset, ""), PAPER_ARCHS.get(arch, ""), str(r["setup"]), str(r["fraction"]))
         ref = f"{paper[key]:.2f}" if r["signal"] == "gMINT" and key in paper else "—"
-        m = r["mint"]
+        m = metrics(r["mint"])
         out.append(f"| {r['signal']} | {r['setup']} | {r['fraction']} | {ci(m['accuracy'], True)} | {ci(m['auc'])} | "
                    f"{point(m['tpr_at_1pct_fpr'])} | {ref} |")
-    lt = first["loss_threshold"]
+    lt = metrics(first["loss_threshold"])
     out.append(f"| loss threshold | — | pool threshold | {ci(lt['accuracy'], True)} | {ci(lt['auc'])} | "
                f"{point(lt['tpr_at_1pct_fpr'])} | — |")
     return [*out, ""]
@@ -86,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [json.loads(line) for line in args.grid.read_text().splitlines() if line.strip()]
     paper = paper_table(args.paper)
-    cells: dict[str, list[dict[str, object]]] = {}
+    cells: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         cells.setdefault(str(row["cell"]), []).append(row)
     lines = ["# gMINT audit grid beside the paper (CPU scale)", "",

@@ -430,8 +430,8 @@ class UncheckedEngine(ProvenEngine):
                  loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
         if self.choice is None:
             fallback = unsupported_parameters(model, layers)
-            engine = "hooks" if not fallback else "vmap"
-            self.choice = EngineChoice(self.requested, engine, (), 0.0, (), HooksPlan(fallback))
+            plan = HooksPlan(tuple(layers), fallback) if not fallback else None
+            self.choice = EngineChoice(self.requested, "hooks" if plan else "vmap", (), 0.0, (), plan)
         return self.choice.run(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
 
 

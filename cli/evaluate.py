@@ -32,8 +32,7 @@ def evaluate(mint: Path = typer.Argument(..., help="A MINT classifier from `gmin
               if negative_control else evaluate_store(classifier, store, n_boot=n_boot, seed=seed))
     written = write_report(result, report) if report else []
     if json_out:
-        print_json({**{k: v for k, v in result.items() if k != "scores"},
-                    **({"report_files": list(map(str, written))} if report else {})})
+        print_json({**result.to_dict(), **({"report_files": list(map(str, written))} if report else {})})
         return
     print_result(result, console)
     for path in written:

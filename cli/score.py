@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import typer
 
-from gmint.assess.audit import (
-    ROW_CHOICES,
-    audit_set,
+from gmint.assess.scoring import SUBSET_HINT, audit_set, write_scores
+from gmint.data.candidates import (
+    TO_GREY_HINT,
+    holdout_rows,
     load_image_folder,
     model_input,
-    select_rows,
+    read_row_ids,
     subsample,
-    write_scores,
 )
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.errors import InputError
@@ -36,6 +38,11 @@ from gmint_cli.common import (
     show_progress,
     size_hint,
 )
+
+ROW_CHOICES = ("holdout-members", "holdout-external")
+# The library's remedies, in the words of this command's options.
+OPTION_HINTS = {TO_GREY_HINT: "convert them explicitly with --to-grey (luma)",
+                SUBSET_HINT: "audit a subset of them (--sample N)"}
 
 
 @cli_errors
@@ -98,20 +105,21 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
             check_model_split(audited.meta, manifest, trained_outside=model_trained_outside_gmint)
         candidates = load_data(data, data_root, size=model_input(audited)[1])
         source = f"{data} --rows {rows}"
-        index = select_rows(rows, manifest)
+        index = candidate_rows(rows, manifest)
         outside = index[(index < 0) | (index >= len(candidates))]
         if len(outside):
             raise InputError(f"--rows {rows}: row {int(outside[0])} is outside the {len(candidates)} rows of "
                              f"{candidates.name} (0 to {len(candidates) - 1})")
     if sample is not None:
         index = subsample(index, sample, seed)
-    result = audit_set(audited, classifier, candidates, index, calibration=store, out=features, to_grey=to_grey,
-                       batch_size=batch_size, device=device, show_progress=show_progress())
+    with option_hints():
+        result = audit_set(audited, classifier, candidates, index, calibration=store, out=features,
+                           to_grey=to_grey, batch_size=batch_size, device=device, show_progress=show_progress())
     write_scores(result, out, alpha=alpha)
     v, cal = result.verdict, result.calibration
     if json_out:
         print_json({"candidates": source, "calibration_store": str(store), "calibration_excluded": cal.excluded,
-                    "verdict": v.as_dict(alpha), "out": str(out)})
+                    "verdict": v.to_dict(alpha), "out": str(out)})
         return
     console.print(f"candidates: {v.n_candidates} from {source}; mean score {v.mean_candidate:.3f}")
     console.print(f"calibration: {v.n_calibration} held-out external rows of {store} (never used to fit the "
@@ -122,3 +130,31 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
                   f"(P(candidate > external) = {v.effect:.3f})", highlight=False)
     console.print(v.conclusion(alpha), highlight=False)
     console.print(f"wrote {out}")
+
+
+def candidate_rows(rows: str, split: MembershipSplit | None) -> np.ndarray:
+    """--rows: the split's held-out members or externals, or the rows a JSON file lists."""
+    if rows in ROW_CHOICES:
+        if split is None:
+            raise InputError(f"--rows {rows} needs the audited model's membership split")
+        return holdout_rows(split, members=rows == "holdout-members")
+    if not Path(rows).is_file():
+        raise InputError(f"--rows must be {' or '.join(ROW_CHOICES)} or a JSON file of row ids; {rows} not found")
+    try:
+        return read_row_ids(Path(rows))
+    except InputError as exc:
+        raise InputError(f"--rows: {exc}") from None
+
+
+@contextmanager
+def option_hints() -> Iterator[None]:
+    """Name this command's options where the library's errors name a remedy (see OPTION_HINTS)."""
+    try:
+        yield
+    except InputError as exc:
+        text = str(exc)
+        for phrase, option in OPTION_HINTS.items():
+            text = text.replace(phrase, option)
+        if text == str(exc):
+            raise
+        raise InputError(text) from None

@@ -1,13 +1,15 @@
 """gmint: Membership Inference Test from per-sample Weight Modifiers.
 
 The public API, one function per stage of an audit (see README.md):
-dataset → split → audited model → extract → train a MINT classifier → evaluate / audit a set.
+dataset → split → audited model → extract → train a MINT classifier → evaluate / audit a set;
+`run_cell` composes them into one experiment cell.
 """
 
-from gmint.assess.audit import audit_set  # noqa: E402
-from gmint.assess.evaluate import evaluate_store, evaluate_with_control  # noqa: E402
+from gmint.assess.evaluate import Evaluation, evaluate_store, evaluate_with_control  # noqa: E402
+from gmint.assess.scoring import audit_set  # noqa: E402
 from gmint.data.readers import load_dataset  # noqa: E402
 from gmint.data.split import MembershipSplit, make_split  # noqa: E402
+from gmint.experiment import Probe, Recipe, run_cell  # noqa: E402
 from gmint.features.extract import extract, split_rows  # noqa: E402
 from gmint.features.store import FeatureStore  # noqa: E402
 from gmint.mint import TrainedMint, train_mint  # noqa: E402
@@ -15,6 +17,6 @@ from gmint.models.io import load_audited  # noqa: E402
 from gmint.models.train import TrainConfig, train_audited  # noqa: E402
 from gmint.version import __version__  # noqa: E402
 
-__all__ = ["FeatureStore", "MembershipSplit", "TrainConfig", "TrainedMint", "__version__", "audit_set",
-           "evaluate_store", "evaluate_with_control", "extract", "load_audited", "load_dataset", "make_split",
-           "split_rows", "train_audited", "train_mint"]
+__all__ = ["Evaluation", "FeatureStore", "MembershipSplit", "Probe", "Recipe", "TrainConfig", "TrainedMint",
+           "__version__", "audit_set", "evaluate_store", "evaluate_with_control", "extract", "load_audited",
+           "load_dataset", "make_split", "run_cell", "split_rows", "train_audited", "train_mint"]

@@ -3,7 +3,10 @@ the checks that keep a verdict honest (unfitted calibration, candidates as the m
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,17 +14,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gmint.assess.audit import (
-    audit_set,
-    calibration_scores,
-    false_positive_rate,
+from gmint.assess.scoring import SUBSET_HINT, audit_set, calibration_scores, score_samples
+from gmint.assess.verdict import set_test
+from gmint.data.base import ImageSet
+from gmint.data.candidates import (
+    TO_GREY_HINT,
+    holdout_rows,
     load_image_folder,
     match_channels,
-    power,
-    score_samples,
-    set_test,
+    read_row_ids,
+    subsample,
 )
-from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
@@ -32,6 +35,38 @@ from gmint.models.train import TrainConfig, train_audited
 
 ALPHA, N_SETS = 0.05, 400
 MARGIN = ALPHA + 2 * math.sqrt(ALPHA * (1 - ALPHA) / N_SETS)  # binomial allowance of the simulation
+
+
+def false_positive_rate(external: Sequence[float] | np.ndarray, calibration: Sequence[float] | np.ndarray,
+                        set_size: int, n_sets: int, seed: int = 0, *, resplit: bool = False) -> float:
+    """Fraction of external-only candidate sets on which `set_test` rejects H0 at ALPHA (should be ≤ α).
+
+    Each set draws `set_size` scores without replacement from `external` (disjoint from the calibration) and
+    is tested against `calibration`. With `resplit=False` the calibration stays fixed: the rate an audit with
+    *this* calibration makes, which varies around α with the calibration sample itself (the test's guarantee
+    holds on average over calibration draws). With `resplit=True` every set re-partitions the external and
+    calibration scores together at random, so the rate estimates that average.
+    """
+    ext, cal = np.asarray(external, np.float64), np.asarray(calibration, np.float64)
+    rng = np.random.default_rng(seed)
+    if not resplit:
+        return _rejection_rate([(rng.choice(ext, set_size, replace=False), cal) for _ in range(n_sets)])
+    pooled = np.concatenate([ext, cal])
+    orders = [rng.permutation(len(pooled)) for _ in range(n_sets)]
+    return _rejection_rate([(pooled[o[:set_size]], pooled[o[set_size:set_size + len(cal)]]) for o in orders])
+
+
+def power(members: Sequence[float] | np.ndarray, calibration: Sequence[float] | np.ndarray, set_size: int,
+          n_sets: int, seed: int = 0) -> float:
+    """Fraction of member-only candidate sets (drawn without replacement from `members`, held out from the
+    classifier's fit) on which `set_test` rejects H0 at ALPHA against the calibration."""
+    rng = np.random.default_rng(seed)
+    return _rejection_rate([(rng.choice(np.asarray(members), set_size, replace=False), np.asarray(calibration))
+                            for _ in range(n_sets)])
+
+
+def _rejection_rate(draws: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    return float(np.mean([set_test(c, e).rejects(ALPHA) for c, e in draws]))
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +132,12 @@ def test_false_positive_rate_at_most_alpha_on_synthetic_external_sets(draw, n: i
 def test_false_positive_rate_function_and_what_a_biased_calibration_does() -> None:
     rng = np.random.default_rng(1)
     external, calibration = _tied(rng, 2000), _tied(rng, 300)
-    assert false_positive_rate(external, calibration, 50, N_SETS, ALPHA, 0, resplit=True) <= MARGIN
+    assert false_positive_rate(external, calibration, 50, N_SETS, resplit=True) <= MARGIN
     # Calibration rows the classifier learnt as external score lower than fresh externals: every fresh
     # external set then looks like members. This is why fitted rows are refused as calibration.
     fitted = np.clip(calibration - 0.15, 0.0, 1.0)
-    assert false_positive_rate(external, fitted, 50, 200, ALPHA, 0) > 0.5
-    assert power(external + 0.3, calibration, 50, 200, ALPHA, 0) > 0.9
-    with pytest.raises(InputError, match="set size"):
-        false_positive_rate(external[:10], calibration, 50, 10, ALPHA, 0)
+    assert false_positive_rate(external, fitted, 50, 200) > 0.5
+    assert power(external + 0.3, calibration, 50, 200) > 0.9
 
 
 def test_false_positive_rate_at_most_alpha_on_real_digits_scores(mint: TrainedMint, digits_store: Path) -> None:
@@ -112,7 +145,7 @@ def test_false_positive_rate_at_most_alpha_on_real_digits_scores(mint: TrainedMi
     into candidates and calibration for every set: the rate the verdict's guarantee is about."""
     cal = calibration_scores(mint, digits_store)
     half = len(cal.score) // 2
-    assert false_positive_rate(cal.score[:half], cal.score[half:], 50, N_SETS, ALPHA, 0, resplit=True) <= MARGIN
+    assert false_positive_rate(cal.score[:half], cal.score[half:], 50, N_SETS, resplit=True) <= MARGIN
 
 
 # -- power on an overfit audited model -------------------------------------------------------------------
@@ -144,9 +177,9 @@ def test_power_on_member_sets_of_an_overfit_model(overfit, digits: ImageSet) -> 
     model, classifier, store, held_members = overfit
     cal = calibration_scores(classifier, store)
     members = score_samples(model, classifier, digits, held_members, like=cal.provenance).score
-    assert power(members, cal.score, 50, N_SETS, ALPHA, 0) > 0.9
+    assert power(members, cal.score, 50, N_SETS) > 0.9
     # ... while external-only sets of the same audit stay at α.
-    assert false_positive_rate(cal.score[:700], cal.score[700:], 50, N_SETS, ALPHA, 0, resplit=True) <= MARGIN
+    assert false_positive_rate(cal.score[:700], cal.score[700:], 50, N_SETS, resplit=True) <= MARGIN
 
 
 # -- what keeps a verdict honest -------------------------------------------------------------------------
@@ -208,7 +241,11 @@ def test_wrong_size_images_are_resized_to_the_model_input(tmp_path: Path, mint: 
     folder = load_image_folder(tmp_path / "mixed", audited_digits[0])
     assert folder.images.shape == (20, 8, 8, 1)
     scores = score_samples(audited_digits[0], mint, folder)
-    assert len(scores) == 20 and np.isfinite(scores.score).all()
+    by_file = {int(Path(f).stem): s for f, s in zip(folder.files, scores.score, strict=True)}
+    assert len(by_file) == 20
+    # The images already at the model's side are scored as the same pixels from the dataset are.
+    same = score_samples(audited_digits[0], mint, replace(digits.take(np.arange(10, 20)), name="same pixels"))
+    np.testing.assert_allclose([by_file[i] for i in range(10, 20)], same.score, atol=1e-5)
 
 
 def test_colour_images_for_a_grey_model_need_an_explicit_conversion(
@@ -216,9 +253,9 @@ def test_colour_images_for_a_grey_model_need_an_explicit_conversion(
     folder = load_image_folder(_write_folder(tmp_path / "rgb", digits, np.arange(8), colour=True),
                                audited_digits[0])
     assert folder.images.shape[-1] == 3
-    with pytest.raises(InputError, match="--to-grey") as err:
+    with pytest.raises(InputError, match=f"takes greyscale; {re.escape(TO_GREY_HINT)} if") as err:
         score_samples(audited_digits[0], mint, folder)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "--" not in str(err.value)  # the library names no CLI option
     assert len(score_samples(audited_digits[0], mint, folder, to_grey=True)) == 8
     # Grey pixels stored as RGB are taken as they are; grey → RGB repeats the channel.
     grey = replace(digits, images=np.repeat(digits.images[:4], 3, -1), labels=digits.labels[:4],
@@ -247,3 +284,50 @@ def test_one_candidate_gets_its_exact_rank_p_value() -> None:
     assert verdict.p_value == pytest.approx(5 / 6)
     assert set_test([0.95], calibration).p_value == pytest.approx(1 / 6)
     assert "one candidate" in verdict.test
+
+
+def test_every_calibration_row_a_candidate_is_refused_naming_the_remedy(
+        mint: TrainedMint, digits_store: Path, digits_split: MembershipSplit) -> None:
+    external = digits_split.external
+    with pytest.raises(InputError, match=f"leaving nothing to calibrate on; {SUBSET_HINT}$"):
+        calibration_scores(mint, digits_store, exclude=_holdout(digits_split, external))
+    left = calibration_scores(mint, digits_store, exclude=_holdout(digits_split, external)[:7])
+    assert left.excluded == 7 and len(left.score) == len(_holdout(digits_split, external)) - 7
+
+
+# -- candidate rows of a dataset -------------------------------------------------------------------------
+
+
+def test_held_out_rows_of_the_split(digits_split: MembershipSplit) -> None:
+    members, external = holdout_rows(digits_split, members=True), holdout_rows(digits_split, members=False)
+    assert np.array_equal(members, np.intersect1d(digits_split.holdout, digits_split.members))
+    assert np.array_equal(external, np.intersect1d(digits_split.holdout, digits_split.external))
+    assert len(members) == len(external) > 0 and not np.isin(members, digits_split.pool).any()
+    with pytest.raises(InputError, match="^the split holds out no members$"):
+        holdout_rows(replace(digits_split, holdout=[]), members=True)
+
+
+@pytest.mark.parametrize("text, message", [("[1, true]", "must hold a JSON list of integer row ids"),
+                                           ('{"rows": [1]}', "must hold a JSON list of integer row ids"),
+                                           ("[1, 2", "is not valid JSON"), ("[]", "lists no rows")])
+def test_row_id_files(tmp_path: Path, text: str, message: str) -> None:
+    listed = tmp_path / "ids.json"
+    listed.write_text(json.dumps([5, 3, 9]))
+    assert read_row_ids(listed).tolist() == [5, 3, 9]
+    listed.write_text(text)
+    with pytest.raises(InputError, match=message) as err:
+        read_row_ids(listed)
+    assert "--" not in str(err.value)
+    with pytest.raises(InputError, match="not found"):
+        read_row_ids(tmp_path / "missing.json")
+
+
+def test_subsample_is_seeded_sorted_and_bounded() -> None:
+    index = np.arange(100, 300)
+    sub = subsample(index, 20, seed=1)
+    assert len(sub) == 20 and len(np.unique(sub)) == 20 and np.isin(sub, index).all()
+    assert np.array_equal(sub, np.sort(sub)) and np.array_equal(sub, subsample(index, 20, seed=1))
+    assert not np.array_equal(sub, subsample(index, 20, seed=2))
+    for size in (0, 201):
+        with pytest.raises(InputError, match=f"a subset of {size} must be between 1 and the 200 candidates"):
+            subsample(index, size)

@@ -383,25 +383,30 @@ def test_overwrite_keeps_the_old_model_when_training_fails_midway(work: Path, tm
 
 def test_demo_prints_unresolved_tpr_as_na_and_every_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import gmint_cli.demo as demo_cli
+    from gmint.assess.evaluate import Evaluation, ModelGap, RowCounts, RowScores
+    from gmint.assess.metrics import Estimate
+    from gmint.demo import PROBES
+    from gmint.experiment import Cell, Measurement
 
-    def est(value: float | None) -> dict[str, object]:
+    def est(value: float | None) -> Estimate:
         if value is None:
-            return {"value": None, "ci95_low": None, "ci95_high": None, "unresolved": "needs ≥ 100 externals, has 40"}
-        return {"value": value, "ci95_low": value - 0.05, "ci95_high": value + 0.05}
+            return Estimate(None, None, None, "needs ≥ 100 externals, has 40")
+        return Estimate(value, value - 0.05, value + 0.05)
 
-    def result(tpr: float | None, warnings: list[str]) -> dict[str, object]:
+    def result(tpr: float | None, warnings: tuple[str, ...]) -> Evaluation:
         metrics = {"accuracy": est(0.6), "auc": est(0.65), "tpr_at_1pct_fpr": est(tpr)}
-        return {"mint": metrics, "loss_threshold": metrics, "warnings": warnings,
-                "rows": {"members": 40, "external": 40},
-                "audited_model": {"members_accuracy": 1.0, "external_accuracy": 0.9, "accuracy_gap": 0.1,
-                                  "members_loss": 0.01, "external_loss": 0.3}}
+        return Evaluation(tmp_path / "f.h5", RowCounts(40, 40), {}, metrics, metrics, ModelGap(1.0, 0.9, 0.01, 0.3),
+                          RowScores(np.arange(80), np.repeat([1, 0], 40), np.full(80, 0.5)), warnings)
 
     record = {"members_accuracy": 1.0, "external_accuracy": 0.9, "members_loss": 0.01, "external_loss": 0.3}
-    fake = {"split": {"members": 160, "external": 160, "control": 80, "pool": 240, "holdout": 80},
-            "audited": record, "control": record, "paths": {"workdir": str(tmp_path)},
-            "results": {"gMINT combined": result(None, ["MINT classifier: all 80 scores are 0.5: [sic]"]),
-                        "negative control (gMINT combined)": result(0.02, [])}}
-    monkeypatch.setattr(demo_cli, "run_demo", lambda *a, **k: fake)
+    split = MembershipSplit("digits", "grouped", 0, members=list(range(160)), external=list(range(160, 320)),
+                            pool=[*range(120), *range(160, 280)], holdout=[*range(120, 160), *range(280, 320)],
+                            control=list(range(320, 400)))
+    measured = (Measurement(PROBES["gMINT combined"], result(None, ("MINT classifier: all 80 scores are 0.5: [sic]",)),
+                            tmp_path / "m.pt", 240, 0.0),
+                Measurement(PROBES["negative control (gMINT combined)"], result(0.02, ()), tmp_path / "c.pt", 240, 0.0))
+    models = {role: AuditedModel(nn.Identity(), {"record": record}) for role in ("audited", "control")}
+    monkeypatch.setattr(demo_cli, "run_demo", lambda *a, **k: Cell(tmp_path, split, models, measured))
     code, out, err = run("demo", "--out", tmp_path / "d")
     assert code == 0 and err == "", err
     assert "n/a (needs ≥ 100 externals, has 40)" in out and "0.020 [-0.030, 0.070]" in out

@@ -39,16 +39,18 @@ def test_training_does_not_depend_on_the_callers_thread_count(tmp_path: Path, di
     assert models[1].meta["history"] == models[2].meta["history"]
 
 
-def test_the_demo_twice_in_one_folder_prints_the_same_figures_and_keeps_its_models(
+def test_the_demo_twice_in_one_folder_prints_the_same_figures_and_keeps_its_models_and_stores(
         tmp_path: Path, restore_threads: None) -> None:
-    """The second run resumes the finished models (the checkpoints stay byte-identical), re-extracts and
-    refits; it prints exactly what the first printed, here on another thread count."""
-    outputs, checkpoints = [], []
+    """The second run resumes the finished models and stores (their files stay byte-identical) and refits the
+    MINT classifiers; it prints exactly what the first printed, here on another thread count."""
+    outputs, files = [], []
     for threads in (2, 1):
         torch.set_num_threads(threads)
         code, out = invoke("demo", "--out", tmp_path, "--epochs", 2, "--overwrite")  # into the non-empty folder
         assert code == 0, out
         outputs.append(out)
-        checkpoints.append({p.name: p.read_bytes() for p in sorted(tmp_path.glob("*.pt")) if "mint" not in p.name})
+        files.append({p.name: p.read_bytes() for p in sorted(tmp_path.iterdir()) if not p.name.startswith("mint-")})
     assert outputs[0] == outputs[1]
-    assert set(checkpoints[0]) == {"audited.pt", "control.pt"} and checkpoints[0] == checkpoints[1]
+    assert set(files[0]) == {"split.json", "audited.pt", "control.pt", "audited-gradient.h5", "audited-activation.h5",
+                             "control-gradient.h5"}
+    assert files[0] == files[1]

@@ -64,8 +64,9 @@ def test_tpr_is_reported_only_at_an_fpr_the_externals_resolve(externals: int, re
         else:
             needed = f"{round(1 / fpr):,}"
             assert got[name] == Estimate(None, None, None, f"needs ≥ {needed} externals, has {externals:,}")
-            assert got[name].as_dict() == {"value": None, "ci95_low": None, "ci95_high": None,
+            assert got[name].to_dict() == {"value": None, "ci95_low": None, "ci95_high": None,
                                            "unresolved": f"needs ≥ {needed} externals, has {externals:,}"}
+        assert Estimate.from_dict(got[name].to_dict()) == got[name]  # the grid's JSONL reads back
     assert externals_needed(0.01) == 100 and externals_needed(0.001) == 1000
 
 
@@ -125,3 +126,12 @@ def test_balance_subsamples_the_larger_side() -> None:
 def test_invalid_inputs_are_refused(y: np.ndarray, s: np.ndarray) -> None:
     with pytest.raises(InputError):
         membership_metrics(y, s, n_boot=0)
+
+
+def test_estimate_json_round_trip() -> None:
+    est = Estimate(0.75, 0.5, 0.875)
+    assert est.to_dict() == {"value": 0.75, "ci95_low": 0.5, "ci95_high": 0.875}  # no `unresolved` key when resolved
+    assert Estimate.from_dict(est.to_dict()) == est
+    assert Estimate.from_dict({"value": 1, "ci95_low": 0, "ci95_high": 1}) == Estimate(1.0, 0.0, 1.0)
+    with pytest.raises(InputError, match="a number or null, got 'high'"):
+        Estimate.from_dict({"value": 0.5, "ci95_low": 0.4, "ci95_high": "high"})

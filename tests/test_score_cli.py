@@ -52,7 +52,14 @@ def test_scores_an_image_folder(setup: dict[str, Path], digits: ImageSet, digits
         table = list(csv.DictReader(fh))
     assert len(table) == 40 and set(table[0]) == {"sample_id", "file", "score"}
     assert {Path(r["file"]).name for r in table} == {f"digit{i}.png" for i in rows}
-    assert all(0.0 <= float(r["score"]) <= 1.0 for r in table)
+    # The same pixels read from the dataset score the same: the folder is relabelled and resized, not altered.
+    ids = setup["work"] / "folder-rows.json"
+    ids.write_text(json.dumps(rows.tolist()))
+    code, text = invoke(*_base(setup), "--data", "digits", "--rows", ids, "--out", setup["work"] / "rows.json")
+    assert code == 0, text
+    by_id = {r["sample_id"]: r["score"] for r in json.loads((setup["work"] / "rows.json").read_text())["scores"]}
+    by_file = {int(Path(r["file"]).stem.removeprefix("digit")): float(r["score"]) for r in table}
+    np.testing.assert_allclose([by_file[int(i)] for i in rows], [by_id[int(i)] for i in rows], atol=1e-5)
 
 
 def test_scores_dataset_rows_with_a_json_verdict(setup: dict[str, Path], digits_split: MembershipSplit) -> None:
@@ -72,7 +79,7 @@ def test_external_candidates_are_left_out_of_the_calibration(setup: dict[str, Pa
                                                               digits_split: MembershipSplit) -> None:
     code, text = invoke(*_base(setup), "--data", "digits", "--rows", "holdout-external",
                         "--out", setup["work"] / "x.csv")
-    assert code == 1 and "leaving nothing to calibrate on" in text
+    assert code == 1 and "leaving nothing to calibrate on; audit a subset of them (--sample N)" in text
     code, text = invoke(*_base(setup), "--data", "digits", "--rows", "holdout-external", "--sample", "60",
                         "--json", "--out", setup["work"] / "ext.csv")
     assert code == 0, text
@@ -84,6 +91,13 @@ def test_external_candidates_are_left_out_of_the_calibration(setup: dict[str, Pa
     code, text = invoke(*_base(setup), "--data", "digits", "--rows", ids, "--json", "--out", setup["work"] / "f.csv")
     assert code == 0, text
     assert json.loads(text)["verdict"]["n_candidates"] == 30 and json.loads(text)["calibration_excluded"] == 30
+
+
+def test_a_row_file_error_names_the_option(setup: dict[str, Path]) -> None:
+    empty = setup["work"] / "empty.json"
+    empty.write_text("[]")
+    code, text = invoke(*_base(setup), "--data", "digits", "--rows", empty, "--out", setup["work"] / "e.csv")
+    assert code == 1 and text.strip() == f"error: --rows: {empty} lists no rows"
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +137,8 @@ def test_colour_folder_for_a_grey_model_is_refused(setup: dict[str, Path], digit
     pixels = digits.images[3, :, :, 0]
     Image.fromarray(np.stack([pixels, pixels // 2, pixels // 4], -1)).save(folder / "a.png")
     code, text = invoke(*_base(setup), "--images", folder.parent, "--out", setup["work"] / "c.csv")
-    assert code == 1 and "--to-grey" in text and text.strip().count("\n") == 0
+    assert code == 1 and text.strip().count("\n") == 0
+    assert text.strip().endswith("takes greyscale; convert them explicitly with --to-grey (luma) if that is what it "
+                                 "was trained on")
     code, text = invoke(*_base(setup), "--images", folder.parent, "--to-grey", "--out", setup["work"] / "c.csv")
     assert code == 0, text

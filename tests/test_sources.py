@@ -76,8 +76,8 @@ def test_threshold_classifier_on_one_signal(stores: dict[str, Path]) -> None:
     smaller = pool_auc < 0.5
     assert mint.record["direction"] == ("smaller is member" if smaller else "larger is member")
     result = evaluate_store(mint, stores["output"], n_boot=0)
-    baseline = result["loss_threshold"]["auc"]["value"]
-    assert result["mint"]["auc"]["value"] == pytest.approx(baseline if smaller else 1 - baseline)
+    baseline = result.loss_threshold["auc"].value
+    assert result.mint["auc"].value == pytest.approx(baseline if smaller else 1 - baseline)
     with pytest.raises(InputError, match="one signal"):
         train_mint(stores["output"], kind="threshold", setup="all")
 

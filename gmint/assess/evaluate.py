@@ -8,11 +8,12 @@ is fitted on the auditor's pool — never on the rows being scored.
 from __future__ import annotations
 
 import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from gmint.assess.metrics import balance, best_threshold, membership_metrics, score_collapse
+from gmint.assess.metrics import Estimate, balance, best_threshold, membership_metrics, score_collapse
 from gmint.data.split import HOLDOUT, POOL
 from gmint.errors import InputError, StoreMismatchError
 from gmint.features.store import FeatureStore
@@ -20,8 +21,98 @@ from gmint.mint.base import TrainedMint
 from gmint.mint.train import train_mint
 
 
-def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, seed: int = 0) -> dict[str, object]:
+@dataclass(frozen=True)
+class RowCounts:
+    """The held-out rows scored on each side, and those left out because their features are NaN/Inf."""
+
+    members: int
+    external: int
+    excluded_nonfinite: int = 0
+
+
+@dataclass(frozen=True)
+class ModelGap:
+    """The audited model's own accuracy and mean loss on the evaluated members and externals: the
+    generalisation gap that explains most of any membership signal."""
+
+    members_accuracy: float
+    external_accuracy: float
+    members_loss: float
+    external_loss: float
+
+    @property
+    def accuracy_gap(self) -> float:
+        """Members' accuracy minus externals' accuracy."""
+        return self.members_accuracy - self.external_accuracy
+
+    def to_dict(self) -> dict[str, float]:
+        """The JSON form, with the accuracy gap."""
+        return {"members_accuracy": self.members_accuracy, "external_accuracy": self.external_accuracy,
+                "members_loss": self.members_loss, "external_loss": self.external_loss,
+                "accuracy_gap": self.accuracy_gap}
+
+
+@dataclass(frozen=True)
+class RowScores:
+    """Each evaluated row's sample id, membership (1 member, 0 external) and MINT score P(member)."""
+
+    sample_id: np.ndarray
+    membership: np.ndarray
+    score: np.ndarray
+
+
+@dataclass(frozen=True)
+class NegativeControl:
+    """The same recipe fitted and scored on a store of a model that saw neither side: must sit near chance."""
+
+    store: Path
+    metrics: dict[str, Estimate]
+    model: ModelGap
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A MINT classifier's metrics on held-out rows, beside the loss threshold and the audited model's gap.
+
+    `protocol` records what was evaluated (split hash, dataset, architecture, reduction, engine, source,
+    layers, setup, classifier, data fraction), as the store's provenance and the classifier give them.
+    """
+
+    store: Path
+    rows: RowCounts
+    protocol: dict[str, object]
+    mint: dict[str, Estimate]
+    loss_threshold: dict[str, Estimate]
+    audited_model: ModelGap
+    scores: RowScores
+    warnings: tuple[str, ...] = ()
+    negative_control: NegativeControl | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON of report.json and `gmint eval --json`: everything but the per-row scores (scores.csv)."""
+        result: dict[str, object] = {
+            "store": str(self.store), "rows": asdict(self.rows), "protocol": dict(self.protocol),
+            "mint": _metrics_dict(self.mint), "loss_threshold": _metrics_dict(self.loss_threshold),
+            "audited_model": self.audited_model.to_dict(), "warnings": list(self.warnings)}
+        if self.negative_control is not None:
+            result.update(negative_control=_metrics_dict(self.negative_control.metrics),
+                          negative_control_model=self.negative_control.model.to_dict(),
+                          negative_control_store=str(self.negative_control.store))
+        return result
+
+
+def _metrics_dict(metrics: dict[str, Estimate]) -> dict[str, object]:
+    return {name: est.to_dict() for name, est in metrics.items()}
+
+
+def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, seed: int = 0) -> Evaluation:
     """Metrics of `mint` on the held-out rows of a complete store (balanced by subsampling if needed).
+
+    Args:
+        mint: the MINT classifier.
+        store_path: a complete feature store of the classifier's audited model, layers and reduction.
+        n_boot: bootstrap replicates of the 95% intervals.
+        seed: seeds the bootstrap and the balancing of the held-out rows.
 
     Raises:
         StoreMismatchError: the store was made from another model, reduction, dataset or layer dims.
@@ -56,34 +147,34 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
     threshold = best_threshold(membership[pool], -loss[pool]) if len(np.unique(membership[pool])) == 2 else 0.0
     members, external = y == 1, y == 0
     collapsed = {"MINT classifier": score_collapse(score), "loss threshold": score_collapse(-loss[held])}
-    return {
-        "store": str(store_path),
-        "rows": {"members": int(members.sum()), "external": int(external.sum()), "excluded_nonfinite": nonfinite},
-        "protocol": {"split_sha256": prov.get("split_sha256"), "dataset": prov.get("dataset"),
-                     "architecture": prov.get("architecture"), "reduction": prov.get("reduction"),
-                     "engine": prov.get("engine"), "source": prov.get("source"), "layers": mint.spec.layers,
-                     "setup": mint.spec.setup,
-                     "classifier": mint.kind, "fraction": mint.record.get("fraction")},
-        "mint": {k: v.as_dict() for k, v in membership_metrics(y, score, n_boot=n_boot, seed=seed).items()},
-        "loss_threshold": {k: v.as_dict() for k, v in membership_metrics(
-            y, -loss[held], threshold=threshold, n_boot=n_boot, seed=seed).items()},
-        "audited_model": {
-            "members_accuracy": float(correct[held][members].mean()),
-            "external_accuracy": float(correct[held][external].mean()),
-            "members_loss": float(loss[held][members].mean()),
-            "external_loss": float(loss[held][external].mean()),
-            "accuracy_gap": float(correct[held][members].mean() - correct[held][external].mean()),
-        },
-        "warnings": [f"{name}: {text}" for name, text in collapsed.items() if text],
-        "scores": {"sample_id": ids[held].tolist(), "membership": y.tolist(), "score": score.tolist()},
-    }
+    return Evaluation(
+        store=Path(store_path),
+        rows=RowCounts(int(members.sum()), int(external.sum()), nonfinite),
+        protocol={"split_sha256": prov.get("split_sha256"), "dataset": prov.get("dataset"),
+                  "architecture": prov.get("architecture"), "reduction": prov.get("reduction"),
+                  "engine": prov.get("engine"), "source": prov.get("source"), "layers": mint.spec.layers,
+                  "setup": mint.spec.setup, "classifier": mint.kind, "fraction": mint.record.get("fraction")},
+        mint=membership_metrics(y, score, n_boot=n_boot, seed=seed),
+        loss_threshold=membership_metrics(y, -loss[held], threshold=threshold, n_boot=n_boot, seed=seed),
+        audited_model=ModelGap(float(correct[held][members].mean()), float(correct[held][external].mean()),
+                               float(loss[held][members].mean()), float(loss[held][external].mean())),
+        scores=RowScores(ids[held], y, score),
+        warnings=tuple(f"{name}: {text}" for name, text in collapsed.items() if text),
+    )
 
 
 def evaluate_with_control(mint: TrainedMint, store_path: Path, control_store: Path, *, n_boot: int = 1000,
-                          seed: int = 0) -> dict[str, object]:
+                          seed: int = 0) -> Evaluation:
     """`evaluate_store`, plus the negative control: the same recipe (classifier kind, options, layer
     setup, data fraction, seed) fitted and scored on a store extracted from a model that saw neither
     members nor externals, on the same split. It must come out near chance.
+
+    Args:
+        mint: the MINT classifier.
+        store_path: its store, as for `evaluate_store`.
+        control_store: a complete store of the negative-control model on the same split.
+        n_boot: bootstrap replicates of the 95% intervals.
+        seed: seeds the bootstrap, the balancing, and the control's fit where the classifier records none.
 
     Raises:
         StoreMismatchError: the control store is from another split, or from the audited model itself.
@@ -96,11 +187,11 @@ def evaluate_with_control(mint: TrainedMint, store_path: Path, control_store: Pa
                                  "use the audited model's split")
     if prov.get("model_fingerprint") == mint.spec.model_fingerprint:
         raise StoreMismatchError(f"{control_store} comes from the audited model itself, not from a control model")
+    fitted_seed = mint.record.get("seed", seed)
     control = train_mint(control_store, kind=mint.kind, setup=mint.spec.setup,
                          fraction=str(mint.record.get("fraction", "D100")),
-                         seed=int(mint.record.get("seed", seed)), options=mint.model.config())  # type: ignore[arg-type]
+                         seed=fitted_seed if isinstance(fitted_seed, int) else seed, options=mint.model.config())
     checked = evaluate_store(control, control_store, n_boot=n_boot, seed=seed)
-    collapsed = score_collapse(np.asarray(checked["scores"]["score"]))  # type: ignore[index]
-    return {**result, "negative_control": checked["mint"], "negative_control_model": checked["audited_model"],
-            "negative_control_store": str(control_store),
-            "warnings": [*result["warnings"], *([f"negative control: {collapsed}"] if collapsed else [])]}  # type: ignore[misc]
+    collapsed = score_collapse(checked.scores.score)
+    return replace(result, negative_control=NegativeControl(Path(control_store), checked.mint, checked.audited_model),
+                   warnings=(*result.warnings, *([f"negative control: {collapsed}"] if collapsed else [])))

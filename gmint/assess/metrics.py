@@ -8,6 +8,7 @@ the externals resolve that FPR; otherwise it has no value and says how many exte
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,9 +99,24 @@ class Estimate:
     high: float | None
     unresolved: str = ""
 
-    def as_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form: value, ci95_low, ci95_high, and `unresolved` only where it is set."""
         values: dict[str, object] = {"value": self.value, "ci95_low": self.low, "ci95_high": self.high}
         return {**values, "unresolved": self.unresolved} if self.unresolved else values
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> Estimate:
+        """The estimate a `to_dict` record describes (e.g. a row of the benchmark grid's JSONL)."""
+        return cls(_optional_float(d["value"]), _optional_float(d["ci95_low"]), _optional_float(d["ci95_high"]),
+                   str(d.get("unresolved", "")))
+
+
+def _optional_float(value: object) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | float):
+        raise InputError(f"a metric's value must be a number or null, got {value!r}")
+    return float(value)
 
 
 def membership_metrics(membership: np.ndarray, score: np.ndarray, *, threshold: float = 0.5,

@@ -10,84 +10,84 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from gmint.assess.evaluate import Evaluation
+from gmint.assess.metrics import Estimate
+
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "auc": "AUC",
                  "tpr_at_1pct_fpr": "TPR @ 1% FPR", "tpr_at_0.1pct_fpr": "TPR @ 0.1% FPR"}
 
 
-def cell(est: dict[str, object]) -> str:
+def format_estimate(est: Estimate) -> str:
     """'0.571 [0.530, 0.612]', or 'n/a (needs ≥ 1,000 externals, has 360)' for a metric the rows cannot resolve."""
-    if est["value"] is None:
-        return f"n/a ({est['unresolved']})"
-    return f"{est['value']:.3f} [{est['ci95_low']:.3f}, {est['ci95_high']:.3f}]"
+    if est.value is None:
+        return f"n/a ({est.unresolved})"
+    return f"{est.value:.3f} [{est.low:.3f}, {est.high:.3f}]"
 
 
-# Result sections shown side by side, where present: the classifier, the baseline, the negative control.
-COLUMNS = {"mint": "MINT classifier", "loss_threshold": "loss threshold (baseline)",
-           "negative_control": "negative control (must be ~chance)"}
+def _columns(result: Evaluation) -> dict[str, dict[str, Estimate]]:
+    """Result sections shown side by side, where present: the classifier, the baseline, the negative control."""
+    columns = {"MINT classifier": result.mint, "loss threshold (baseline)": result.loss_threshold}
+    if result.negative_control is not None:
+        columns["negative control (must be ~chance)"] = result.negative_control.metrics
+    return columns
 
 
-def _columns(result: dict[str, object]) -> dict[str, str]:
-    return {key: label for key, label in COLUMNS.items() if key in result}
-
-
-def result_table(result: dict[str, object], title: str = "membership inference test") -> Table:
+def result_table(result: Evaluation, title: str = "membership inference test") -> Table:
     """The classifier beside the loss-threshold baseline (and the negative control when evaluated), each
     metric with its bootstrap 95% interval."""
     table = Table(title=title)
     table.add_column("metric")
     columns = _columns(result)
-    for label in columns.values():
+    for label in columns:
         table.add_column(label, justify="right")
     for key, label in METRIC_LABELS.items():
-        table.add_row(label, *(cell(result[c][key]) for c in columns))  # type: ignore[index]
+        table.add_row(label, *(format_estimate(metrics[key]) for metrics in columns.values()))
     return table
 
 
-def gap_lines(result: dict[str, object]) -> list[str]:
+def gap_lines(result: Evaluation) -> list[str]:
     """The audited model's own view of the same rows: the generalisation gap behind any signal."""
-    a = result["audited_model"]  # type: ignore[index]
-    rows = result["rows"]  # type: ignore[index]
+    a, rows = result.audited_model, result.rows
     return [
-        f"evaluated rows: {rows['members']} members, {rows['external']} external (balanced, held out)",
-        f"audited model on them: accuracy members {a['members_accuracy']:.3f} vs external "
-        f"{a['external_accuracy']:.3f} (gap {a['accuracy_gap']:+.3f}); mean loss members "
-        f"{a['members_loss']:.4f} vs external {a['external_loss']:.4f}",
+        f"evaluated rows: {rows.members} members, {rows.external} external (balanced, held out)",
+        f"audited model on them: accuracy members {a.members_accuracy:.3f} vs external "
+        f"{a.external_accuracy:.3f} (gap {a.accuracy_gap:+.3f}); mean loss members "
+        f"{a.members_loss:.4f} vs external {a.external_loss:.4f}",
     ]
 
 
-def print_result(result: dict[str, object], console: Console | None = None) -> None:
+def print_result(result: Evaluation, console: Console | None = None) -> None:
+    """The table, the gap and every warning, on the terminal."""
     console = console or Console()
     console.print(result_table(result))
     for line in gap_lines(result):
         console.print(line)
-    for warning in result.get("warnings", []):  # type: ignore[attr-defined]
+    for warning in result.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
 
 
-def write_report(result: dict[str, object], out_dir: Path) -> list[Path]:
+def write_report(result: Evaluation, out_dir: Path) -> list[Path]:
     """report.json, report.md, scores.csv, roc.png and roc_log.png under `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {k: v for k, v in result.items() if k != "scores"}
-    (out_dir / "report.json").write_text(json.dumps(summary, indent=2))
-    scores = result["scores"]  # type: ignore[index]
+    (out_dir / "report.json").write_text(json.dumps(result.to_dict(), indent=2))
+    scores = result.scores
     with open(out_dir / "scores.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["sample_id", "membership", "score"])
-        writer.writerows(zip(scores["sample_id"], scores["membership"], scores["score"], strict=True))
+        writer.writerows(zip(scores.sample_id.tolist(), scores.membership.tolist(), scores.score.tolist(),
+                             strict=True))
     columns = _columns(result)
-    lines = ["# Membership inference test report", "", f"| metric | {' | '.join(columns.values())} |",
+    lines = ["# Membership inference test report", "", f"| metric | {' | '.join(columns)} |",
              "|---" * (len(columns) + 1) + "|"]
-    lines += [f"| {label} | {' | '.join(cell(result[c][k]) for c in columns)} |"  # type: ignore[index]
+    lines += [f"| {label} | {' | '.join(format_estimate(metrics[k]) for metrics in columns.values())} |"
               for k, label in METRIC_LABELS.items()]
-    lines += ["", *(f"- **Warning:** {w}" for w in result.get("warnings", [])),  # type: ignore[attr-defined]
-              *(f"- {line}" for line in gap_lines(result)), "",
-              "Protocol: " + ", ".join(f"{k}={v}" for k, v in result["protocol"].items()), ""]  # type: ignore[union-attr]
+    lines += ["", *(f"- **Warning:** {w}" for w in result.warnings), *(f"- {line}" for line in gap_lines(result)),
+              "", "Protocol: " + ", ".join(f"{k}={v}" for k, v in result.protocol.items()), ""]
     (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
     paths = [out_dir / n for n in ("report.json", "report.md", "scores.csv")]
-    protocol = result["protocol"]  # type: ignore[index]
-    label = f"{protocol.get('classifier')} MINT on {protocol.get('source', 'gradient')} features"
-    return paths + _roc_plots(np.asarray(scores["membership"]), np.asarray(scores["score"]), out_dir, label)
+    label = f"{result.protocol.get('classifier')} MINT on {result.protocol.get('source', 'gradient')} features"
+    return paths + _roc_plots(scores.membership, np.asarray(scores.score, np.float64), out_dir, label)
 
 
 def _roc_plots(membership: np.ndarray, score: np.ndarray, out_dir: Path, label: str) -> list[Path]:

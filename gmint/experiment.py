@@ -1,0 +1,181 @@
+"""One audit cell as a function: split → audited and control models → feature stores → MINT classifiers →
+evaluations, every one fitted on the auditor's pool and scored on the same held-out rows.
+
+The demo runs one cell on digits; the benchmark grid runs one per dataset × architecture. A cell lives in
+its own folder and resumes there: a finished model or store of the same recipe is reused as it is (each
+refuses one of another recipe), so a killed run continues where it stopped and a finished one is re-read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import NamedTuple
+
+from gmint.assess.evaluate import Evaluation, evaluate_store
+from gmint.data.base import ImageSet
+from gmint.data.split import FRACTIONS, MembershipSplit, make_split
+from gmint.data.transforms import Transform
+from gmint.errors import InputError
+from gmint.features.extract import extract, split_rows
+from gmint.mint import train_mint
+from gmint.models.io import AuditedModel
+from gmint.models.train import TrainConfig, train_audited
+
+
+class Signal(NamedTuple):
+    """Where a signal's features come from: which model's store, which source, and its classifiers' file tag."""
+
+    model: str    # "audited" or "control"
+    source: str   # a name in gmint.features.sources.SOURCES
+    tag: str
+
+
+SIGNALS = {"gMINT": Signal("audited", "gradient", ""),
+           "activation-MINT": Signal("audited", "activation", "activation"),
+           "negative control": Signal("control", "gradient", "control")}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One MINT classifier of a cell: a signal, the layer setup it reads, the fraction of the pool it fits on."""
+
+    signal: str
+    setup: str
+    fraction: str = "D100"
+
+    def __post_init__(self) -> None:
+        if self.signal not in SIGNALS:
+            raise InputError(f"unknown signal '{self.signal}'; choose from {list(SIGNALS)}")
+        if self.fraction not in FRACTIONS:
+            raise InputError(f"unknown data fraction '{self.fraction}'; choose from {list(FRACTIONS)}")
+
+    @property
+    def model(self) -> str:
+        """'audited' or 'control': the model whose store the probe reads."""
+        return SIGNALS[self.signal].model
+
+    @property
+    def source(self) -> str:
+        """What the probe's features are: gradient, activation or output."""
+        return SIGNALS[self.signal].source
+
+    @property
+    def mint_file(self) -> str:
+        """The classifier's file name: mint-combined.pt, mint-activation-combined.pt, mint-entry-D10.pt, ..."""
+        parts = ("mint", SIGNALS[self.signal].tag, self.setup, "" if self.fraction == "D100" else self.fraction)
+        return "-".join(p for p in parts if p) + ".pt"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a cell's figures besides its data: the split, the models, the features, the
+    classifiers and the probes. One seed drives the split, the extraction, the classifiers and the bootstrap;
+    training has its own in `train`."""
+
+    arch: str
+    train: TrainConfig
+    probes: tuple[Probe, ...]
+    members: float | int = 0.5
+    external: float | int = 0.5
+    control: float | int = 0
+    holdout: float = 0.5
+    protocol: str = "grouped"
+    seed: int = 0
+    image_size: int | None = None
+    arch_options: Mapping[str, object] = field(default_factory=dict)
+    layers: str = "combined"
+    reduction: str = "mean"
+    engine: str = "auto"
+    batch_size: int = 128
+    kind: str = "mlp"
+    n_boot: int = 1000
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One probe's evaluation, where its classifier is saved, how many pool rows fitted it, and the seconds
+    its fit and evaluation took."""
+
+    probe: Probe
+    evaluation: Evaluation
+    mint: Path
+    fit_rows: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A cell's split, its models by role ('audited', 'control': those its probes read) and its measurements
+    in the recipe's order."""
+
+    workdir: Path
+    split: MembershipSplit
+    models: dict[str, AuditedModel]
+    measurements: tuple[Measurement, ...] = ()
+
+    def evaluation(self, probe: Probe) -> Evaluation:
+        """The evaluation of `probe`.
+
+        Raises:
+            InputError: the cell did not measure it.
+        """
+        for m in self.measurements:
+            if m.probe == probe:
+                return m.evaluation
+        raise InputError(f"the cell has no measurement of {probe}")
+
+
+def run_cell(data: ImageSet, recipe: Recipe, workdir: Path, *, on_measurement: Callable[[Cell], None] | None = None,
+             show_progress: bool = False) -> Cell:
+    """Build and measure one audit cell in `workdir`, reusing what a run of the same recipe finished there.
+
+    The split is drawn from the recipe and saved as split.json; the audited model (and the control model,
+    if a probe reads it) are trained into audited.pt and control.pt; each store (`<model>-<source>.h5`) is
+    extracted when a probe first needs it; each probe's classifier is fitted, saved as its `mint_file` and
+    evaluated on the store's held-out rows.
+
+    Args:
+        data: the dataset the split is drawn from.
+        recipe: how the cell is built and what it measures.
+        workdir: the cell's folder (created if needed).
+        on_measurement: called with the cell so far after each probe (its last measurement the new one),
+            e.g. to write results before the next probe starts.
+        show_progress: progress bars for training and extraction.
+
+    Raises:
+        InputError: a model in `workdir` was trained with another recipe.
+        StoreMismatchError: a store in `workdir` was extracted with other settings.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    split = make_split(data, members=recipe.members, external=recipe.external, control=recipe.control,
+                       holdout=recipe.holdout, protocol=recipe.protocol, seed=recipe.seed)
+    split.save(workdir / "split.json")
+    models = {role: train_audited(data, split, arch=recipe.arch, transform=Transform(size=recipe.image_size),
+                                  config=recipe.train, out=workdir / f"{role}.pt",
+                                  arch_options=dict(recipe.arch_options), resume=True,
+                                  negative_control=role == "control", show_progress=show_progress)
+              for role in ("audited", "control") if any(p.model == role for p in recipe.probes)}
+    rows = split_rows(split)
+    stores: dict[tuple[str, str], Path] = {}
+    cell = Cell(workdir, split, models)
+    for probe in recipe.probes:
+        key = (probe.model, probe.source)
+        if key not in stores:
+            stores[key] = extract(models[probe.model], data, rows, out=workdir / f"{probe.model}-{probe.source}.h5",
+                                  layers=recipe.layers, reduction=recipe.reduction, source=probe.source,
+                                  engine=recipe.engine, split=split, seed=recipe.seed, resume=True,
+                                  batch_size=recipe.batch_size, show_progress=show_progress)
+        t0 = time.perf_counter()
+        mint = train_mint(stores[key], kind=recipe.kind, setup=probe.setup, fraction=probe.fraction, seed=recipe.seed)
+        mint.save(workdir / probe.mint_file)
+        evaluation = evaluate_store(mint, stores[key], n_boot=recipe.n_boot, seed=recipe.seed)
+        measured = Measurement(probe, evaluation, workdir / probe.mint_file, len(mint.fitted_ids),
+                               round(time.perf_counter() - t0, 2))
+        cell = replace(cell, measurements=(*cell.measurements, measured))
+        if on_measurement is not None:
+            on_measurement(cell)
+    return cell
