@@ -1,17 +1,21 @@
 """The speed benchmark's harness on a tiny model (one timed round; no timing is asserted), the threshold gate's
-logic, and the grid's config and report."""
+logic, and the grid's config, rows, resumption and report."""
 
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
 
+import benchmarks.grid as grid
 from benchmarks.check import MEMORY, Limit, check, main, ratio
-from benchmarks.grid import train_config
+from benchmarks.grid import grid_recipe, run_grid_cell, train_config
 from benchmarks.report import cell_report
 from benchmarks.speed import Config, load_config, refresh, run
+from gmint.experiment import Probe
+from gmint.models.train import TrainConfig
 
 
 def _tiny(**overrides: object) -> Config:
@@ -138,6 +142,45 @@ def test_grid_trains_on_the_configs_thread_count() -> None:
     assert train_config({"epochs": 2}).threads == 1  # the TrainConfig default, recorded like any setting
     with pytest.raises(ValueError, match=r"unknown train key\(s\) \['thread'\]"):
         train_config({"thread": 3})
+
+
+def test_grid_config_becomes_the_experiments_recipe() -> None:
+    config = tomllib.loads((Path(__file__).parents[1] / "benchmarks/configs/grid-cpu.toml").read_text())
+    gtsrb = grid_recipe({**config["defaults"], **config["cells"][-1]})
+    assert (gtsrb.arch, gtsrb.members, gtsrb.external, gtsrb.control) == ("small_cnn", 0.4, 0.4, 0.2)
+    assert (gtsrb.protocol, gtsrb.engine, gtsrb.batch_size, gtsrb.seed) == ("grouped", "vmap", 128, 0)
+    assert gtsrb.train == TrainConfig(epochs=30, batch_size=64, optimizer="adam", lr=1e-3, seed=0)
+    mobilenet = grid_recipe({**config["defaults"], **config["cells"][2]})
+    assert (mobilenet.arch, mobilenet.members, dict(mobilenet.arch_options)) == ("mobilenet", 2000, {"width": 0.25})
+    assert len(gtsrb.probes) == 4 * 3 + 2 and gtsrb.probes[-1] == Probe("negative control", "combined")
+
+
+def test_grid_rows_keep_their_shape_and_a_rerun_adds_only_missing_rows(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grid, "PROBES", (Probe("gMINT", "combined"), Probe("gMINT", "output", "D10"),
+                                         Probe("negative control", "combined")))
+    defaults = {"members": 0.4, "external": 0.4, "control": 0.2, "holdout": 0.5, "protocol": "grouped", "seed": 0,
+                "engine": "vmap", "batch_size": 256, "train": {"epochs": 1, "batch_size": 64}}
+    cell = {"dataset": "digits", "arch": "small_cnn", "arch_options": {"width": 0.5}}
+    out = tmp_path / "grid.jsonl"
+
+    def run_grid() -> list[dict[str, object]]:
+        run_grid_cell(cell, defaults, tmp_path / "work", out, data_root=None, show_progress=False)
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    rows = run_grid()
+    assert [(r["signal"], r["setup"], r["fraction"]) for r in rows] == [
+        ("gMINT", "combined", "D100"), ("gMINT", "output", "D10"), ("negative control", "combined", "D100")]
+    committed = Path(__file__).parents[1] / "benchmarks/results/grid-cpu.jsonl"
+    assert all(list(r) == list(json.loads(committed.read_text().splitlines()[0])) for r in rows)
+    assert rows[1]["fit_rows"] < rows[0]["fit_rows"] == rows[0]["split"]["pool"]
+    assert rows[2]["model_record"] != rows[0]["model_record"]  # the control model's own record
+    assert run_grid() == rows  # all done: nothing appended
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    again = run_grid()  # only the missing row, measured as before
+    assert again[:2] == rows[:2] and len(again) == 3
+    assert {k: v for k, v in again[2].items() if k != "mint_seconds"} == {
+        k: v for k, v in rows[2].items() if k != "mint_seconds"}
 
 
 def test_grid_report_shows_an_unresolved_tpr_as_na() -> None:
