@@ -12,10 +12,11 @@ demo: install
 	gmint demo
 
 test: install
+	$(MAKE) lint typecheck
 	$(PYTHON) -m pytest -q
 
 lint:
-	ruff check gmint cli tests benchmarks
+	$(PYTHON) -m ruff check gmint cli tests benchmarks
 
 # The CLI package lives in cli/ and installs as gmint_cli: mypy finds it under that name through a link.
 typecheck:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import typer
 from typer.core import TyperGroup
@@ -12,21 +13,25 @@ import gmint
 from gmint_cli import audited, demo, evaluate, extract, info, score, split, train
 from gmint_cli.common import one_line_warnings, print_error
 
-# click's exception family, reached through typer's public BadParameter (typer ≥ 0.26 vendors click).
-_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+if TYPE_CHECKING:  # the installed typer's (vendored) click, for its types only: the module is private
+    from typer._click.exceptions import ClickException
+else:  # click's exception family, reached through typer's public BadParameter (typer ≥ 0.26 vendors click)
+    ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 class _OneLineErrors(TyperGroup):
     """A usage mistake (unknown option, bad or missing value) is reported like every other bad input: one
     line on stderr and exit code 1, instead of click's usage block, error box and exit code 2."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
+        """Run the command line `args` (default: sys.argv); in standalone mode, exit with its code."""
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         try:
             with one_line_warnings():
-                code = super().main(*args, standalone_mode=False, **kwargs)
-        except _CLICK_ERROR as exc:
+                code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except ClickException as exc:
             if type(exc).__name__ == "NoArgsIsHelpError":  # the help is printed already
                 sys.exit(exc.exit_code)
             print_error(exc.format_message())
@@ -44,7 +49,7 @@ app.command("demo")(demo.demo)
 app.command("split")(split.split)
 app.add_typer(audited.app, name="audited", help="Train audited models for experiments.")
 app.command("extract")(extract.extract)
-app.command("layers")(extract.layers)
+app.command("layers")(extract.list_layers)
 app.command("train")(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command("info")(info.info)
@@ -64,4 +69,5 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
+    """The `gmint` console script."""
     app()

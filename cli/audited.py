@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
 
+from gmint.data.base import DATASETS
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
-from gmint.models.train import TrainConfig, train_audited
+from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig, train_audited
+from gmint.models.zoo import ARCHITECTURES
 from gmint_cli.common import (
     check_output,
+    choices,
     cli_errors,
     console,
     device_option,
@@ -26,8 +30,8 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command("train")
 @cli_errors
-def train(arch: str = typer.Option("small_cnn", help="Architecture from the zoo."),
-          data: str = typer.Option("digits", help="Dataset name."),
+def train(arch: str = typer.Option("small_cnn", help=f"Architecture from the zoo: {choices(ARCHITECTURES)}."),
+          data: str = typer.Option("digits", help=f"Dataset: {choices(DATASETS)}."),
           data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
                                          "(default: $GMINT_DATA; digits needs none)."),
           split: Path = typer.Option(None, help="Split manifest (default: a new grouped split, seed --seed)."),
@@ -37,11 +41,11 @@ def train(arch: str = typer.Option("small_cnn", help="Architecture from the zoo.
           image_size: int = typer.Option(None, min=1, help="Resize images to this side (default: as stored)."),
           epochs: int = typer.Option(30, min=1, help="Training epochs."),
           batch_size: int = typer.Option(64, min=1, help="Training batch size."),
-          optimizer: str = typer.Option("adam", help="adam | sgd"),
+          optimizer: str = typer.Option("adam", help=choices(OPTIMIZERS)),
           lr: float = typer.Option(1e-3, callback=positive, help="Learning rate (> 0)."),
           weight_decay: float = typer.Option(0.0, min=0.0, help="L2 weight decay."),
-          schedule: str = typer.Option("constant", help="constant | cosine"),
-          augment: str = typer.Option("none", help="none | crop | flip-crop"),
+          schedule: str = typer.Option("constant", help=choices(SCHEDULES)),
+          augment: str = typer.Option("none", help=choices(AUGMENTATIONS)),
           seed: int = typer.Option(0, help="Seed of the initialisation, the shuffling and a new split."),
           threads: int = typer.Option(1, min=1, help="CPU threads for training; the weights depend on it, so it "
                                                      "is recorded."),
@@ -62,6 +66,7 @@ def train(arch: str = typer.Option("small_cnn", help="Architecture from the zoo.
     model = train_audited(images, manifest, arch=arch, transform=Transform(size=image_size), config=config,
                           out=out, arch_options=options, resume=resume, overwrite=overwrite,
                           negative_control=negative_control, device=device, show_progress=show_progress())
-    rec = model.meta["record"]
     console.print(f"{out}: {arch} on {data}, {model.meta['epochs_done']} epochs in {model.meta['train_seconds']} s")
-    console.print("  " + ", ".join(f"{k} {v:.4f}" for k, v in rec.items()))
+    record = model.meta.get("record")
+    if isinstance(record, Mapping):  # accuracy and loss on members, externals (and test): always written
+        console.print("  " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()))

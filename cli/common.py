@@ -7,10 +7,10 @@ import inspect
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 import typer
@@ -22,7 +22,8 @@ from gmint.data.readers import load_dataset
 from gmint.errors import GmintError, InputError
 from gmint.models.io import AuditedModel, load_audited
 
-F = TypeVar("F", bound=Callable[..., object])
+P = ParamSpec("P")
+R = TypeVar("R")
 # Output into a pipe or a file is read by programs and editors: lines are never wrapped or cut to a width.
 UNBOUNDED = 100_000
 # The image readers' hint for folders of mixed sizes; each verb rewrites it to name its own option.
@@ -35,8 +36,13 @@ class _Console(Console):
 
     @property
     def size(self) -> ConsoleDimensions:
+        """The terminal's size; unbounded width when printing into a pipe or a file."""
         size = super().size
         return size if self.is_terminal else ConsoleDimensions(UNBOUNDED, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:  # rich's `size` is read-write; so stays this one
+        self.width, self.height = new_size
 
 
 console = _Console(soft_wrap=True)
@@ -57,18 +63,18 @@ def one_line_warnings() -> Iterator[None]:
     def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
         err_console.print(f"[yellow]warning:[/] {escape(' '.join(str(message).split()))}", highlight=False)
 
-    warnings.showwarning = show  # type: ignore[assignment]
+    warnings.showwarning = show
     try:
         yield
     finally:
         warnings.showwarning = before
 
 
-def cli_errors(fn: F) -> F:
+def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn gmint's user-facing errors, and files the system refuses, into one line on stderr and exit code 1."""
 
     @functools.wraps(fn)
-    def wrapper(*args: object, **kwargs: object) -> object:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except GmintError as exc:
@@ -77,7 +83,7 @@ def cli_errors(fn: F) -> F:
             print_error(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
         raise typer.Exit(1)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def print_json(payload: object) -> None:
@@ -94,20 +100,25 @@ def show_progress() -> bool:
 # Options
 
 
+def choices(names: Iterable[str]) -> str:
+    """`a | b | c`: the values an option takes, for its --help, from the registry (or tuple) that defines them."""
+    return " | ".join(names)
+
+
 def flag(name: str, help: str) -> Any:
     """An on/off switch, off by default, shown in --help as a flag rather than an option taking a value."""
     return typer.Option(False, name, help=help, metavar="")
 
 
 def positive(value: float | None) -> float | None:
-    """typer callback for a float that must be above 0 (typer's `min=` includes its bound)."""
+    """Typer callback for a float that must be above 0 (typer's `min=` includes its bound)."""
     if value is not None and not value > 0:
         raise typer.BadParameter(f"must be greater than 0, got {value}")
     return value
 
 
 def check_device(value: str) -> str:
-    """typer callback: a torch device this machine has, refused before anything is loaded."""
+    """Typer callback: a torch device this machine has, refused before anything is loaded."""
     try:
         device = torch.device(value)
     except (RuntimeError, ValueError):
@@ -156,6 +167,7 @@ def check_output(path: Path | None, option: str, *, inputs: Mapping[str, Path | 
         path: the output (None: the verb writes none this time).
         option: the option naming it, for the message (e.g. "--out").
         inputs: label → path of everything the verb reads (e.g. {"--model": ..., "the store": ...}).
+        overwrite: whether --overwrite was given.
         resume: whether --resume was given; None for verbs without --resume.
         folder: the output is a folder the verb writes files into (an existing non-empty one counts as
             existing; an input inside it counts as overwritten).
@@ -218,13 +230,16 @@ def load_data(name: str, root: Path | None, *, size: int | None = None, size_opt
     """A dataset by name from the data root (digits needs none), decoded once and cached.
 
     Args:
+        name: a dataset in `DATASETS`.
+        root: the data root (None: $GMINT_DATA's, or none for datasets that need none).
         size: resize every image to size x size while reading, for readers that can (image folders,
             GTSRB); other datasets keep their size (the model's transform resizes them).
         size_option: the verb's option giving `size`, named when a folder of mixed sizes needs one.
     """
-    takes_size = size is not None and "size" in _reader_options(name)
     with size_hint(size_option):
-        return load_dataset(name, root, **({"size": size} if takes_size else {}))
+        if size is not None and "size" in _reader_options(name):
+            return load_dataset(name, root, size=size)
+        return load_dataset(name, root)
 
 
 def _reader_options(name: str) -> tuple[str, ...]:

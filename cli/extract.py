@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +13,18 @@ import torch
 import typer
 from rich.table import Table
 
-from gmint.assess.audit import model_input
-from gmint.data.base import ImageSet
+from gmint.data.base import DATASETS, ImageSet
+from gmint.data.candidates import model_input
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError, StoreBusyError
+from gmint.features.engine import ENGINES, LOSSES
 from gmint.features.extract import extract as run_extract
 from gmint.features.extract import rows_sha256, split_rows
-from gmint.features.layers import preset_layers, weight_layers
+from gmint.features.layers import LAYER_PRESETS, preset_layers, weight_layers
+from gmint.features.reduce import REDUCTIONS
 from gmint.features.shards import merge_shards, run_distributed, world
+from gmint.features.sources import SOURCES
 from gmint.features.store import writer_pid
 from gmint.models.io import AuditedModel
 from gmint_cli.common import (
@@ -29,6 +33,7 @@ from gmint_cli.common import (
     TORCHSCRIPT_HELP,
     TRUST_PICKLE_HELP,
     check_output,
+    choices,
     cli_errors,
     console,
     device_option,
@@ -70,7 +75,7 @@ def check_model_input(images: ImageSet, audited: AuditedModel, transform: Transf
 def check_loss(loss: str, audited: AuditedModel) -> None:
     """`bce` reads one logit per sample: on a model with one output per class it fails deep in the engines."""
     classes = audited.meta.get("num_classes")
-    if loss == "bce" and classes is not None and int(classes) != 1:  # type: ignore[call-overload]
+    if loss == "bce" and isinstance(classes, int) and classes != 1:
         raise InputError(f"--loss bce needs a model with a single output (one logit), this model has {classes} "
                          "(one per class); use --loss cross_entropy")
 
@@ -80,20 +85,25 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
             arch: str = typer.Option(None, help=ARCH_HELP),
             torchscript: bool = flag("--torchscript", TORCHSCRIPT_HELP),
             trust_pickle: bool = flag("--trust-pickle", TRUST_PICKLE_HELP),
-            data: str = typer.Option(None, help="Dataset name (default: the one the model was trained on)."),
+            data: str = typer.Option(None, help=f"Dataset: {choices(DATASETS)} (default: the one the model was "
+                                                "trained on)."),
             data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
                                            "(default: $GMINT_DATA; digits needs none)."),
             split: Path = typer.Option(None, help="Split manifest (default: the one stored with the model)."),
             model_trained_outside_gmint: bool = flag(
                 "--model-trained-outside-gmint",
                 "The model was trained outside gmint: accept a --split other than the one its checkpoint records."),
-            layers: str = typer.Option("combined", help="entry | middle | output | combined, or names/globs."),
-            reduction: str = typer.Option("mean", help="mean | abs_mean | std | l2 | max | flat | project:<d>"),
-            engine: str = typer.Option("auto", help="auto | hooks | vmap | naive"),
+            setup: str = typer.Option("combined", "--layers", help=f"Layer setup: {choices(LAYER_PRESETS)}, or "
+                                      "parameter names/globs, comma-separated (see `gmint layers`)."),
+            reduction: str = typer.Option("mean", help=f"{choices(REDUCTIONS)}; name:arg for one that takes an "
+                                                       "argument (project:<d>)."),
+            engine: str = typer.Option("auto", help=f"Where the engine search starts: {choices(ENGINES)}."),
             max_memory: str = typer.Option(None, "--max-memory", help="Working-memory budget, e.g. 512MiB or 2GiB; "
                                            "lowers the batch (vmap: the chunk) to fit (default: no budget)."),
-            source: str = typer.Option("gradient", help="gradient (gMINT) | activation (MINT) | output (signals)."),
-            loss: str = typer.Option("cross_entropy", help="cross_entropy | nll | bce (one logit per sample)"),
+            source: str = typer.Option("gradient", help=f"What is stored: {choices(SOURCES)} (gradient: gMINT's "
+                                                        "Weight Modifiers)."),
+            loss: str = typer.Option("cross_entropy", help=f"Loss whose per-sample gradient is taken: "
+                                                           f"{choices(LOSSES)}."),
             image_size: int = typer.Option(None, min=1, help="Resize images to this side (default: the model's "
                                                             "recorded transform)."),
             batch_size: int = typer.Option(128, min=1, help="Rows per batch written to the store."),
@@ -122,13 +132,13 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
         raise InputError("--split is required for a model trained outside gmint")
     if manifest.dataset != images.name:
         raise InputError(f"the split is for '{manifest.dataset}', the data is '{images.name}'")
-    transform = Transform(size=image_size) if image_size or "transform" not in audited.meta else None
-    check_model_input(images, audited, transform or Transform.from_dict(audited.meta["transform"]))  # type: ignore[arg-type]
+    transform = model_transform(audited, image_size)
+    check_model_input(images, audited, transform)
     rows = split_rows(manifest)
     rank, world_size = world()
 
     def run(shard: tuple[int, int], on_device: str) -> Path:
-        return run_extract(audited, images, rows, out=out, layers=layers, reduction=reduction, engine=engine,
+        return run_extract(audited, images, rows, out=out, layers=setup, reduction=reduction, engine=engine,
                            source=source, transform=transform, loss=loss, batch_size=batch_size,
                            chunk_size=chunk_size, seed=seed, split=manifest,
                            trained_outside=model_trained_outside_gmint, resume=resume, overwrite=overwrite,
@@ -137,23 +147,36 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
 
     if world_size > 1:  # under torchrun: this rank's shard, then rank 0 joins them
         local = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if device == "cuda" else device
-        run_distributed(lambda r, w: run((r, w), local),
-                        lambda w: merge_shards(out, w, rows_sha256=rows_sha256(rows), overwrite=overwrite),
-                        device=local)
+
+        def extract_shard(r: int, w: int) -> None:
+            run((r, w), local)
+
+        def merge(w: int) -> None:
+            merge_shards(out, w, rows_sha256=rows_sha256(rows), overwrite=overwrite)
+
+        run_distributed(extract_shard, merge, device=local)
         if rank != 0:
             return
         path = out
     else:
         path = run((0, 1), device)
     console.print(f"{path}: complete ({len(rows.index)} rows{f' in {world_size} shards' if world_size > 1 else ''}, "
-                  f"layers {layers}, {source}, {reduction}, {engine})")
+                  f"layers {setup}, {source}, {reduction}, {engine})")
+
+
+def model_transform(audited: AuditedModel, image_size: int | None) -> Transform:
+    """The preprocessing `extract` applies: resizing to --image-size where given (or where the model records
+    no transform), else the transform recorded with the model."""
+    recorded = audited.meta.get("transform")
+    if image_size or not isinstance(recorded, Mapping):
+        return Transform(size=image_size)
+    return Transform.from_dict(dict(recorded))
 
 
 def example_input(audited: AuditedModel, images: ImageSet | None, image_size: int | None) -> torch.Tensor | None:
     """One input as `extract` feeds the model (its first row, through the model's transform), so `layers`
     orders weights exactly as `extract` does; zeros of the recorded input shape when no data is given."""
-    transform = Transform(size=image_size) if image_size or "transform" not in audited.meta \
-        else Transform.from_dict(audited.meta["transform"])  # type: ignore[arg-type]
+    transform = model_transform(audited, image_size)
     if images is not None:
         return transform(images.images[:1])
     args = audited.meta.get("arch_args")
@@ -164,7 +187,7 @@ def example_input(audited: AuditedModel, images: ImageSet | None, image_size: in
 
 
 @cli_errors
-def layers(model: Path = typer.Option(..., help=MODEL_HELP),
+def list_layers(model: Path = typer.Option(..., help=MODEL_HELP),
            arch: str = typer.Option(None, help=ARCH_HELP),
            torchscript: bool = flag("--torchscript", TORCHSCRIPT_HELP),
            trust_pickle: bool = flag("--trust-pickle", TRUST_PICKLE_HELP),
@@ -180,21 +203,21 @@ def layers(model: Path = typer.Option(..., help=MODEL_HELP),
     name = data or audited.meta.get("dataset")
     images = load_data(str(name), data_root, size=image_size, size_option="--image-size") if name else None
     example = example_input(audited, images, image_size)
-    presets = preset_layers(audited.module, example)
-    params = dict(audited.module.named_parameters())
+    preset_parameters = preset_layers(audited.module, example)
+    shapes = {n: list(p.shape) for n, p in audited.module.named_parameters()}
     order = "forward" if example is not None and not isinstance(audited.module, torch.jit.ScriptModule) \
         else "registration"
-    found = [{"parameter": n, "shape": list(params[n].shape),
-              "presets": [p for p, names in presets.items() if n in names]}
+    found = [(n, shapes[n], [p for p, names in preset_parameters.items() if n in names])
              for n in weight_layers(audited.module, example)]
     if json_out:
-        print_json({"model": str(model), "order": order, "layers": found})
+        print_json({"model": str(model), "order": order,
+                    "layers": [{"parameter": n, "shape": shape, "presets": presets} for n, shape, presets in found]})
         return
     hint = "" if order == "forward" or isinstance(audited.module, torch.jit.ScriptModule) \
         else "; pass --data to order them by the forward pass"
     table = Table(title=f"weight layers of {model} ({order} order{hint})")
     for col in ("#", "parameter", "shape", "presets"):
         table.add_column(col)
-    for i, layer in enumerate(found):
-        table.add_row(str(i), layer["parameter"], "×".join(map(str, layer["shape"])), ", ".join(layer["presets"]))
+    for i, (parameter, shape, presets) in enumerate(found):
+        table.add_row(str(i), parameter, "×".join(map(str, shape)), ", ".join(presets))
     console.print(table)

@@ -44,8 +44,8 @@ def info(store: Path = typer.Argument(..., help="A feature store."),
     table.add_row("rows", f"{about['rows']} ({about['rows_written']} written)")
     table.add_row("members / external", f"{about['members']} / {about['external']}")
     table.add_row("pool / holdout", f"{about['pool']} / {about['holdout']}")
-    for name, d in about["layers"].items():
-        table.add_row(f"layer {escape(name)}", f"{d} features")
+    for feature, width in about["layers"].items():  # the store's feature names (datasets) → their widths
+        table.add_row(f"layer {escape(feature)}", f"{width} features")
     for key, value in about["provenance"].items():
         if key not in ("layer_presets", "layers"):
             table.add_row(escape(key), escape(str(value)))
@@ -57,7 +57,7 @@ def info(store: Path = typer.Argument(..., help="A feature store."),
 
 
 def describe(fs: FeatureStore) -> dict[str, Any]:
-    """What `info` shows, as plain values (the --json output)."""
+    """What `info` shows, as plain values (the --json output); `layers` maps feature names to widths."""
     prov = fs.provenance
     membership, role = fs.column("membership"), fs.column("role")
     return {"store": str(fs.path), "complete": fs.complete, "writer_pid": None if fs.complete else fs.writer,

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import typer
 
-from gmint.data.split import make_split
+from gmint.data.base import DATASETS
+from gmint.data.split import PROTOCOLS, make_split
 from gmint.errors import InputError
-from gmint_cli.common import check_output, cli_errors, console, flag, load_data, print_json
+from gmint_cli.common import check_output, choices, cli_errors, console, flag, load_data, print_json
 
 SIZE_HELP = "a fraction in (0, 1) of the train part, e.g. 0.4, or a whole number of rows, e.g. 900"
 
@@ -29,7 +30,7 @@ def parse_size(text: str, option: str) -> float | int:
 
 
 @cli_errors
-def split(data: str = typer.Option("digits", help="Dataset name (digits, mnist, cifar10, gtsrb, ...)."),
+def split(data: str = typer.Option("digits", help=f"Dataset: {choices(DATASETS)}."),
           data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
                                          "(default: $GMINT_DATA; digits needs none)."),
           members: str = typer.Option("0.5", help=f"Members: {SIZE_HELP}."),
@@ -37,7 +38,8 @@ def split(data: str = typer.Option("digits", help="Dataset name (digits, mnist, 
           holdout: float = typer.Option(0.5, help="Fraction of the smaller side held out for evaluation."),
           control: str = typer.Option("0", help=f"Rows reserved for a negative-control model: {SIZE_HELP}; "
                                                 "0 for none."),
-          protocol: str = typer.Option("grouped", help="paper | grouped (by track where data has groups)."),
+          protocol: str = typer.Option("grouped", help=f"{choices(PROTOCOLS)} (grouped: never splits a group, "
+                                                       "such as a GTSRB track, across sides)."),
           seed: int = typer.Option(0, help="Seed of the split."),
           out: Path = typer.Option(Path("split.json"), help="Manifest to write."),
           overwrite: bool = flag("--overwrite", "Replace an existing --out."),

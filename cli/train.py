@@ -6,16 +6,20 @@ from pathlib import Path
 
 import typer
 
-from gmint.mint import train_mint
-from gmint_cli.common import check_output, cli_errors, console, flag, json_object, print_json
+from gmint.data.split import FRACTIONS
+from gmint.features.layers import LAYER_PRESETS
+from gmint.mint import MINT_MODELS, train_mint
+from gmint_cli.common import check_output, choices, cli_errors, console, flag, json_object, print_json
 
 
 @cli_errors
 def train(store: Path = typer.Argument(..., help="A complete feature store."),
-          setup: str = typer.Option("all", help="all | entry | middle | output | combined | layer names/globs."),
-          fraction: str = typer.Option("D100", help="D100 | D10 | D1 of the auditor's pool."),
-          kind: str = typer.Option("mlp", help="mlp | cnn (flat features) | logreg | threshold (one signal) | "
-                                               "per_class (one classifier per class; options {\"base\": \"mlp\"})"),
+          setup: str = typer.Option("all", help=f"Layer setup: all | {choices(LAYER_PRESETS)} (as recorded at "
+                                                "extraction), or the store's feature names/globs, comma-separated."),
+          fraction: str = typer.Option("D100", help=f"{choices(FRACTIONS)} of the auditor's pool."),
+          kind: str = typer.Option("mlp", help=f"MINT classifier: {choices(MINT_MODELS)}; cnn needs flat features, "
+                                               "threshold one signal, per_class a base in --options "
+                                               "({\"base\": \"mlp\"})."),
           options: str = typer.Option("{}", help='Classifier options as a JSON object, e.g. {"hidden": [256, 64]}.'),
           seed: int = typer.Option(0, help="Seed of the fit (initialisation, validation part, sub-pools)."),
           out: Path = typer.Option(Path("mint.pt"), help="Classifier file to write."),

@@ -11,6 +11,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -22,10 +23,16 @@ console = Console(stderr=True)
 class Bar:
     """One task's bar; `advance` also updates the free-text status (loss, accuracy, ...)."""
 
-    def __init__(self, progress: Progress | None, task: int | None) -> None:
+    def __init__(self, progress: Progress | None, task: TaskID | None) -> None:
         self._progress, self._task = progress, task
 
     def advance(self, n: int = 1, status: str = "") -> None:
+        """Move the bar `n` steps on and show `status` beside it (a no-op for a disabled bar).
+
+        Args:
+            n: steps done since the last call.
+            status: free text shown after the bar, replacing the previous one.
+        """
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, advance=n, status=status)
 

@@ -30,12 +30,21 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
+        """The object registered as `name`.
+
+        Args:
+            name: a registered name or alias.
+
+        Raises:
+            UnknownNameError: `name` is not registered; the message lists the names that are.
+        """
         try:
             return self._items[name]
         except KeyError:
             raise UnknownNameError(f"unknown {self.kind} '{name}'; choose from {self.names()}") from None
 
     def names(self) -> list[str]:
+        """Every registered name and alias, sorted: what error messages and the CLI's help list."""
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:

@@ -6,12 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from gmint.assess.evaluate import evaluate_store
+from gmint.assess.evaluate import Evaluation, evaluate_store
 from gmint.errors import InputError, StoreMismatchError, UnknownNameError
 from gmint.features.store import FeatureStore
 from gmint.mint import TrainedMint, train_mint
 from gmint.mint.train import pool_rows
+
+
+def assert_figures_are_the_scores(result: Evaluation) -> None:
+    """The reported accuracy and AUC are those of the scored rows (at P(member) ≥ 0.5), not some other set."""
+    membership, score = result.scores.membership, result.scores.score
+    assert len(membership) == result.rows.members + result.rows.external
+    assert result.mint["auc"].value == pytest.approx(roc_auc_score(membership, score))
+    assert result.mint["accuracy"].value == pytest.approx(np.mean((score >= 0.5) == (membership == 1)))
 
 
 @pytest.mark.parametrize("kind", ["mlp", "logreg"])
@@ -55,18 +64,24 @@ def test_data_fractions_match_the_manifest(digits_store: Path, digits_split, fra
 def test_evaluation_reports_baseline_and_gap(digits_store: Path) -> None:
     mint = train_mint(digits_store, kind="logreg", setup="combined", seed=0)
     result = evaluate_store(mint, digits_store, n_boot=20)
-    assert result["rows"]["members"] == result["rows"]["external"] > 0
-    for key in ("accuracy", "auc", "tpr_at_1pct_fpr", "balanced_accuracy"):
-        assert 0.0 <= result["mint"][key]["value"] <= 1.0
-        assert 0.0 <= result["loss_threshold"][key]["value"] <= 1.0
+    assert result.rows.members == result.rows.external > 0
+    assert_figures_are_the_scores(result)
+    # Balanced rows: balanced accuracy is plain accuracy, for the classifier and the baseline alike.
+    for column in (result.mint, result.loss_threshold):
+        assert column["balanced_accuracy"].value == pytest.approx(column["accuracy"].value)
+    # The baseline ranks the same rows by the audited model's loss (lower loss: member).
+    with FeatureStore.open(digits_store) as store:
+        loss_of = dict(zip(store.column("sample_id").tolist(), store.column("loss").tolist(), strict=True))
+    loss = np.array([loss_of[i] for i in result.scores.sample_id.tolist()])
+    assert result.loss_threshold["auc"].value == pytest.approx(roc_auc_score(result.scores.membership, -loss))
     # Fewer than 1,000 held-out externals cannot show a 0.1% FPR: no figure, and why.
-    externals = result["rows"]["external"]
+    externals = result.rows.external
     assert externals < 1000
-    for column in ("mint", "loss_threshold"):
-        assert result[column]["tpr_at_0.1pct_fpr"] == {"value": None, "ci95_low": None, "ci95_high": None,
-                                                       "unresolved": f"needs ≥ 1,000 externals, has {externals}"}
-    gap = result["audited_model"]
-    assert gap["accuracy_gap"] == pytest.approx(gap["members_accuracy"] - gap["external_accuracy"])
+    for column in (result.mint, result.loss_threshold):
+        assert column["tpr_at_0.1pct_fpr"].to_dict() == {"value": None, "ci95_low": None, "ci95_high": None,
+                                                         "unresolved": f"needs ≥ 1,000 externals, has {externals}"}
+    gap = result.audited_model
+    assert gap.accuracy_gap == pytest.approx(gap.members_accuracy - gap.external_accuracy)
 
 
 def test_store_from_another_model_is_refused(tmp_path: Path, digits_store: Path) -> None:
@@ -124,22 +139,37 @@ def test_report_shows_unresolved_tpr_and_collapsed_scores(tmp_path: Path, digits
     from gmint.assess.report import print_result, write_report
 
     mint = train_mint(digits_store, kind="logreg", setup="combined")
-    assert evaluate_store(mint, digits_store, n_boot=0)["warnings"] == []
+    assert evaluate_store(mint, digits_store, n_boot=0).warnings == ()
     mint.predict_proba = lambda features, labels=None: np.full(len(features), 0.5, np.float32)  # type: ignore[method-assign]
     result = evaluate_store(mint, digits_store, n_boot=0)
-    n = result["rows"]["members"] + result["rows"]["external"]
-    assert result["warnings"] == [f"MINT classifier: all {n} scores are 0.5: the classifier does not rank the "
-                                  "rows at all"]
+    n = result.rows.members + result.rows.external
+    assert result.warnings == (f"MINT classifier: all {n} scores are 0.5: the classifier does not rank the "
+                               "rows at all",)
     write_report(result, tmp_path)
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["mint"]["tpr_at_0.1pct_fpr"]["value"] is None and saved["warnings"] == result["warnings"]
+    assert saved["mint"]["tpr_at_0.1pct_fpr"]["value"] is None and saved["warnings"] == list(result.warnings)
     markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| TPR @ 0.1% FPR | n/a (needs ≥ 1,000 externals, has" in markdown
-    assert f"- **Warning:** {result['warnings'][0]}" in markdown
+    assert f"- **Warning:** {result.warnings[0]}" in markdown
     console = Console(record=True, width=300)
     print_result(result, console)
     printed = console.export_text()
-    assert "n/a (needs ≥ 1,000 externals, has" in printed and f"warning: {result['warnings'][0]}" in printed
+    assert "n/a (needs ≥ 1,000 externals, has" in printed and f"warning: {result.warnings[0]}" in printed
+
+
+def test_a_setup_selects_in_the_store_what_it_selected_in_the_model(digits_store: Path, digits, audited_digits) -> None:
+    """One grammar: presets, comma lists and exact names pick the same layers at extraction (parameter names
+    of the model) and at training (feature names of a gradient store); globs match within the store."""
+    from gmint.data.transforms import Transform
+    from gmint.features.layers import resolve_layers
+    from gmint.mint.train import setup_features
+
+    model, example = audited_digits[0].module, Transform()(digits.images[:1])
+    with FeatureStore.open(digits_store) as store:
+        for setup in ("entry", "middle", "output", "combined", "output, entry", "entry,8.weight"):
+            assert setup_features(store, setup) == resolve_layers(model, setup, example), setup
+        assert setup_features(store, "all") == store.layers == resolve_layers(model, "combined", example)
+        assert setup_features(store, "*.weight") == store.layers
 
 
 def test_unknown_setup_and_kind(digits_store: Path) -> None:
@@ -176,8 +206,7 @@ def test_cnn_reads_the_filter_structure_of_flat_features(tmp_path: Path, flat_st
     with FeatureStore.open(flat_store) as store:
         x = store.features(mint.spec.layers)
     np.testing.assert_allclose(loaded.predict_proba(x), mint.predict_proba(x), rtol=1e-6)
-    result = evaluate_store(loaded, flat_store, n_boot=0)
-    assert 0.0 <= result["mint"]["auc"]["value"] <= 1.0
+    assert_figures_are_the_scores(evaluate_store(loaded, flat_store, n_boot=0))
 
 
 def test_cnn_does_not_depend_on_filter_order() -> None:
@@ -210,6 +239,6 @@ def test_class_specific_mint_routes_rows_by_class(tmp_path: Path, digits_store: 
     three = labels == 3
     expected = mint.model.models["3"].predict_proba(mint.scaler(x[three]))
     np.testing.assert_allclose(got[three], expected, rtol=1e-6)
-    assert 0.0 <= evaluate_store(loaded, digits_store, n_boot=0)["mint"]["auc"]["value"] <= 1.0
+    assert_figures_are_the_scores(evaluate_store(loaded, digits_store, n_boot=0))
     with pytest.raises(InputError, match="class label"):
         loaded.predict_proba(x)

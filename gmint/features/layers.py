@@ -9,7 +9,7 @@ defined first); a weight the forward never uses is never picked by a preset.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -76,6 +76,27 @@ def _split_by_use(model: nn.Module, example_input: torch.Tensor | None) -> tuple
     return used, [n for n in weights if n not in uses.first_use]
 
 
+def match_setup(setup: str | Sequence[str], names: Sequence[str],
+                presets: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """What each item of a layer setup selects: the one reading of the setup grammar, shared by extraction
+    (over a model's parameter names) and MINT training (over a store's feature names).
+
+    An item is a preset (the names `presets` gives it), one of `names` itself, or a glob over `names`.
+
+    Args:
+        setup: one comma-separated string (`"entry,fc.*"`) or its items as a list.
+        names: what an item may name or match.
+        presets: preset → the names it stands for.
+
+    Returns:
+        Each item → the names it selects, in the order selected; [] for an item that selects nothing (the
+        caller says where it looked).
+    """
+    items = [s.strip() for s in setup.split(",")] if isinstance(setup, str) else list(setup)
+    return {item: list(presets[item]) if item in presets else [item] if item in names
+            else [n for n in names if fnmatch.fnmatchcase(n, item)] for item in items}
+
+
 def resolve_layers(model: nn.Module, setup: str | Sequence[str],
                    example_input: torch.Tensor | None = None) -> list[str]:
     """Turn a preset name, a comma list, or parameter names / globs into parameter names.
@@ -83,7 +104,7 @@ def resolve_layers(model: nn.Module, setup: str | Sequence[str],
     Args:
         model: the audited model.
         setup: `entry` | `middle` | `output` | `combined`, or names/globs such as `features.0.weight`,
-            `layer4.*.conv2.weight`, given as a list or one comma-separated string.
+            `layer4.*.conv2.weight`, given as a list or one comma-separated string (see `match_setup`).
         example_input: one batch, used to order layers by forward execution.
 
     Returns:
@@ -92,26 +113,18 @@ def resolve_layers(model: nn.Module, setup: str | Sequence[str],
     Raises:
         UnknownNameError: a name or glob that matches no parameter, or a model without weight layers.
     """
-    items = [s.strip() for s in setup.split(",")] if isinstance(setup, str) else list(setup)
     weights, unused = _split_by_use(model, example_input)
     if not weights:
         raise UnknownNameError("the model has no weight layers (Conv/Linear) to audit")
-    params = dict(model.named_parameters())
-    chosen: list[str] = []
-    for item in items:
-        if item in LAYER_PRESETS:
-            chosen += LAYER_PRESETS.get(item)(weights)
-        elif item in params:
-            chosen.append(item)
-        else:
-            matches = [n for n in params if fnmatch.fnmatchcase(n, item)]
-            if not matches:
-                raise UnknownNameError(
-                    f"layer '{item}' matches no parameter; use a preset {LAYER_PRESETS.names()} or a "
-                    f"parameter name such as {weights[0]!r} (see `gmint layers`)")
-            chosen += matches
+    presets = {name: LAYER_PRESETS.get(name)(weights) for name in LAYER_PRESETS}
+    matches = match_setup(setup, [name for name, _ in model.named_parameters()], presets)
+    for item, found in matches.items():
+        if not found:
+            raise UnknownNameError(
+                f"layer '{item}' matches no parameter; use a preset {LAYER_PRESETS.names()} or a "
+                f"parameter name such as {weights[0]!r} (see `gmint layers`)")
     order = {n: i for i, n in enumerate(weights + unused)}
-    names = list(dict.fromkeys(chosen))
+    names = list(dict.fromkeys(n for found in matches.values() for n in found))
     return sorted(names, key=lambda n: order.get(n, len(order)))
 
 

@@ -1,8 +1,9 @@
 """What every MINT classifier shares: the feature spec it was fitted on, standardisation, save/load.
 
 A classifier file is a dict of tensors plus one JSON string, loaded with `torch.load(weights_only=True)`.
-It records its feature spec (layers, dims, reduction, audited model, split) so `eval` can refuse a
-store it does not fit, and the sample ids it was fitted on so no fitted row is ever scored.
+It records its feature spec (the store's feature names and their widths, reduction, audited model, split)
+so `eval` can refuse a store it does not fit, and the sample ids it was fitted on so no fitted row is ever
+scored.
 """
 
 from __future__ import annotations
@@ -17,12 +18,18 @@ import numpy as np
 import torch
 
 from gmint.errors import InputError, StoreMismatchError
+from gmint.files import atomic_write
 from gmint.registry import Registry
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What a classifier's input columns mean; a store must match it to be scored."""
+    """What a classifier's input columns mean; a store must match it to be scored.
+
+    `layers` are feature names (the store's datasets, in column order; the field keeps its name, a key of
+    saved classifier files) and `dims` their widths; `setup` is the layer setup they were chosen with (what
+    the user wrote, e.g. `combined`).
+    """
 
     layers: list[str]
     dims: list[int]
@@ -34,7 +41,13 @@ class FeatureSpec:
     source: str = "gradient"
 
     def check(self, provenance: dict[str, object], dims: dict[str, int], where: str) -> None:
-        """Raise StoreMismatchError naming the first difference between this spec and a store."""
+        """Raise StoreMismatchError naming the first difference between this spec and a store.
+
+        Args:
+            provenance: the store's provenance.
+            dims: the store's feature names → widths.
+            where: the store, as the message names it.
+        """
         expected = {"source": self.source, "reduction": self.reduction,
                     "model_fingerprint": self.model_fingerprint, "dataset": self.dataset}
         for key, value in expected.items():
@@ -59,12 +72,14 @@ class Standardiser:
 
     @classmethod
     def fit(cls, x: np.ndarray) -> Standardiser:
+        """Column means and standard deviations of (n, d) training rows."""
         std = x.std(axis=0)
         # Constant columns (e.g. a filter that never receives gradient) would divide by zero.
         std = np.where(std > 0, std, 1.0)
         return cls(x.mean(axis=0).astype(np.float32), std.astype(np.float32))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(n, d) raw features → (n, d) standardised float32."""
         return ((x - self.mean) / self.std).astype(np.float32)
 
 
@@ -76,13 +91,34 @@ class MintClassifier(Protocol):
     """
 
     def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None
-            ) -> dict[str, object]: ...
-    def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray: ...
-    def state(self) -> dict[str, torch.Tensor]: ...
-    def config(self) -> dict[str, object]: ...
+            ) -> dict[str, object]:
+        """Fit on (n, d) standardised features and membership y (1 member, 0 external).
+
+        Args:
+            x: (n, d) standardised features.
+            y: (n,) membership, 1 member, 0 external.
+            seed: seeds everything random in the fit, so one seed gives one classifier.
+            labels: (n,) the audited model's true class of each row.
+
+        Returns:
+            The fit's record (epochs, iterations, rows, ...), saved with the classifier.
+        """
+
+    def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """(n,) P(member) for (n, d) standardised features and the rows' true classes."""
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The fitted parameters as tensors: what a classifier file stores (never a pickle)."""
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back the fitted parameters `state` returned, into a classifier built from `config`."""
+
+    def config(self) -> dict[str, object]:
+        """The keyword arguments that build this classifier again (JSON values)."""
 
 
-# name → builder(input_dim, **config) and loader(input_dim, config, state)
+# A builder makes an unfitted classifier: builder(input_dim, **config); loading one calls it with the saved
+# config, then `load_state`.
 MintBuilder = Callable[..., MintClassifier]
 MINT_MODELS: Registry[MintBuilder] = Registry("MINT classifier")
 
@@ -104,6 +140,7 @@ class TrainedMint:
         return self.model.predict_proba(self.scaler(features), labels)
 
     def save(self, path: Path) -> None:
+        """Write the classifier, its spec, scaler, fitted ids and record to `path`, whole or not at all."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"kind": self.kind, "config": self.model.config(), "spec": asdict(self.spec),
@@ -112,12 +149,16 @@ class TrainedMint:
                    "scaler_mean": torch.from_numpy(self.scaler.mean),
                    "scaler_std": torch.from_numpy(self.scaler.std),
                    "fitted_ids": torch.from_numpy(self.fitted_ids.astype(np.int64))}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
+        with atomic_write(path) as tmp:
+            torch.save(payload, tmp)
 
     @classmethod
     def load(cls, path: Path) -> TrainedMint:
+        """Read a classifier file written by `save`, with `torch.load(weights_only=True)`.
+
+        Raises:
+            InputError: a missing file, or one that is not a gmint MINT classifier.
+        """
         path = Path(path)
         if not path.exists():
             raise InputError(f"MINT classifier {path} not found")
@@ -130,6 +171,6 @@ class TrainedMint:
             raise InputError(f"{path} is not a gmint MINT classifier")
         spec = FeatureSpec(**meta["spec"])
         model = MINT_MODELS.get(meta["kind"])(sum(spec.dims), **meta["config"])
-        model.load_state(payload["state"])  # type: ignore[attr-defined]
+        model.load_state(payload["state"])
         scaler = Standardiser(payload["scaler_mean"].numpy(), payload["scaler_std"].numpy())
         return cls(meta["kind"], model, spec, scaler, payload["fitted_ids"].numpy(), meta["record"])

@@ -11,6 +11,7 @@ the result does not depend on the order of the filters.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,7 @@ class FilterEncoder(nn.Module):
             for _, d in self.splits)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, Σ F·D) standardised flat Weight Modifiers, layer after layer → (B, 2·channels·layers)."""
         pooled, start = [], 0
         for (filters, d), encoder in zip(self.splits, self.encoders, strict=True):
             wm = x[:, start:start + filters * d].reshape(-1, filters, d).transpose(1, 2)  # (B, D, F)
@@ -40,20 +42,30 @@ class FilterEncoder(nn.Module):
         return torch.cat(pooled, dim=1)
 
 
+@dataclass(frozen=True)
+class CnnNetwork:
+    """The CNN's options: each layer's parameter shape (filled in from the store), the filter encoder's
+    channels, the head's hidden width and its dropout."""
+
+    shapes: list[list[int]] = field(default_factory=list)
+    channels: int = 32
+    hidden: int = 64
+    dropout: float = 0.1
+
+
 @MINT_MODELS.register("cnn")
-class CnnMint(NeuralMint):
+class CnnMint(NeuralMint[CnnNetwork]):
     """Filter-wise convolutional encoder per layer, dense head, one logit. Needs `flat` features."""
 
-    NETWORK = {"shapes": [], "channels": 32, "hidden": 64, "dropout": 0.1}
+    NETWORK = CnnNetwork
     needs_shapes = True
 
     def _build(self) -> nn.Module:
-        shapes = [list(s) for s in self.hparams["shapes"]]  # type: ignore[union-attr]
+        shapes = [list(s) for s in self.network.shapes]
         expected = sum(math.prod(s) for s in shapes)
         if not shapes or expected != self.input_dim:
             raise InputError(f"the CNN MINT classifier needs unreduced Weight Modifiers (extract with --reduction "
                              f"flat): the layers hold {expected} values, the features have {self.input_dim}")
-        channels, hidden = int(self.hparams["channels"]), int(self.hparams["hidden"])  # type: ignore[arg-type]
+        channels, hidden = int(self.network.channels), int(self.network.hidden)
         return nn.Sequential(FilterEncoder(shapes, channels), nn.Linear(2 * channels * len(shapes), hidden),
-                             nn.ReLU(), nn.Dropout(float(self.hparams["dropout"])),  # type: ignore[arg-type]
-                             nn.Linear(hidden, 1))
+                             nn.ReLU(), nn.Dropout(float(self.network.dropout)), nn.Linear(hidden, 1))

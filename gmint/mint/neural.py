@@ -7,6 +7,9 @@ which network to build (`_build`).
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Generic, TypeVar
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,24 +18,47 @@ from torch import nn
 from gmint.errors import InputError
 from gmint.threads import torch_threads
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
-class NeuralMint:
+
+@dataclass(frozen=True)
+class Training:
+    """How a neural MINT classifier is fitted: Adam, mini-batches, early stopping on a validation part."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    max_epochs: int = 200
+    patience: int = 15
+    val_fraction: float = 0.2
+
+
+# A subclass's network options: a dataclass whose defaults are the network's.
+NetworkT = TypeVar("NetworkT", bound="DataclassInstance")
+
+
+class NeuralMint(Generic[NetworkT]):
     """A torch network with one logit, trained on standardised features.
 
-    Subclasses set NETWORK (their network options and defaults) and build the network in `_build`.
+    Subclasses set NETWORK (the dataclass of their network options and defaults) and build the network in
+    `_build` from `self.network`.
     """
 
-    NETWORK: dict[str, object] = {}
+    NETWORK: type[NetworkT]
 
     def __init__(self, input_dim: int, *, lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 256,
                  max_epochs: int = 200, patience: int = 15, val_fraction: float = 0.2, **network: object) -> None:
-        unknown = set(network) - set(self.NETWORK)
+        defaults = self.NETWORK()
+        known = sorted(f.name for f in fields(defaults))
+        unknown = set(network) - set(known)
         if unknown:
             raise InputError(f"unknown options {sorted(unknown)} for {type(self).__name__}; network options: "
-                             f"{sorted(self.NETWORK)}")
+                             f"{known}")
         self.input_dim = input_dim
-        self.hparams = {"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "max_epochs": max_epochs,
-                        "patience": patience, "val_fraction": val_fraction, **self.NETWORK, **network}
+        self.training = Training(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
+                                 patience=patience, val_fraction=val_fraction)
+        self.network: NetworkT = replace(defaults, **network)
         self.net = self._build()
 
     def _build(self) -> nn.Module:
@@ -44,26 +70,26 @@ class NeuralMint:
             return self._fit(x, y, seed)
 
     def _fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, object]:
-        hp = self.hparams
+        hp = self.training
         torch.manual_seed(seed)
         self.net = self._build()  # initialised under the fit's seed, so one seed gives one classifier
         rng = np.random.default_rng(seed)
         val = np.zeros(len(y), dtype=bool)
         for side in (0, 1):  # stratified validation rows
             idx = np.flatnonzero(y == side)
-            val[rng.permutation(idx)[: int(round(hp["val_fraction"] * len(idx)))]] = True
+            val[rng.permutation(idx)[: int(round(hp.val_fraction * len(idx)))]] = True
         if val.all() or not val.any():
             val[:] = False
         xt, yt = torch.from_numpy(x[~val]), torch.from_numpy(y[~val].astype(np.float32))
         xv, yv = torch.from_numpy(x[val]), torch.from_numpy(y[val].astype(np.float32))
         # Members and externals are often unequal in the pool: weight the positive class to balance.
         pos_weight = torch.tensor((yt == 0).sum().item() / max((yt == 1).sum().item(), 1))
-        opt = torch.optim.Adam(self.net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        opt = torch.optim.Adam(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         best, best_state, best_epoch, stale = float("inf"), None, 0, 0
         gen = torch.Generator().manual_seed(seed)
-        for epoch in range(hp["max_epochs"]):
+        for epoch in range(hp.max_epochs):
             self.net.train()
-            for batch in torch.randperm(len(yt), generator=gen).split(hp["batch_size"]):
+            for batch in torch.randperm(len(yt), generator=gen).split(hp.batch_size):
                 loss = F.binary_cross_entropy_with_logits(self.net(xt[batch]).squeeze(1), yt[batch],
                                                           pos_weight=pos_weight)
                 opt.zero_grad()
@@ -80,7 +106,7 @@ class NeuralMint:
                 best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
             else:
                 stale += 1
-                if stale >= hp["patience"]:
+                if stale >= hp.patience:
                     break
         if best_state is not None:
             self.net.load_state_dict(best_state)
@@ -90,15 +116,19 @@ class NeuralMint:
 
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """(n,) P(member) for standardised features; `labels` are not used."""
         self.net.eval()
         with torch_threads(1):
             return torch.sigmoid(self.net(torch.from_numpy(np.asarray(x, np.float32))).squeeze(1)).numpy()
 
     def state(self) -> dict[str, torch.Tensor]:
+        """The network's weights."""
         return self.net.state_dict()
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back weights from `state`."""
         self.net.load_state_dict(state)
 
     def config(self) -> dict[str, object]:
-        return dict(self.hparams)
+        """Training and network options: the keyword arguments that rebuild this classifier."""
+        return {**asdict(self.training), **asdict(self.network)}

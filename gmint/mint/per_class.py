@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from gmint.errors import InputError
-from gmint.mint.base import MINT_MODELS, MintClassifier
+from gmint.mint.base import MINT_MODELS, MintBuilder, MintClassifier
 
 
 @MINT_MODELS.register("per_class")
@@ -30,6 +30,18 @@ class PerClassMint:
         self.models["shared"] = builder(input_dim, **self.base_options)
 
     def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None) -> dict[str, object]:
+        """Fit the shared classifier on every row, then one per class that has members and externals.
+
+        Args:
+            x: (n, d) standardised features.
+            y: (n,) membership, 1 member, 0 external.
+            seed: seeds every classifier's fit.
+            labels: (n,) the audited model's true class of each row; required.
+
+        Returns:
+            The base name, the classes fitted on their own, those left to the shared classifier, and each
+            fit's record.
+        """
         if labels is None:
             raise InputError("class-specific MINT needs each row's class label")
         builder = MINT_MODELS.get(self.base)
@@ -45,12 +57,14 @@ class PerClassMint:
         return {"base": self.base, "classes": len(self.classes), "shared_classes": self.shared_classes,
                 "per_class": records}
 
-    def _fit_one(self, key: str, builder: object, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, object]:
-        model = builder(self.input_dim, **self.base_options)  # type: ignore[operator]
+    def _fit_one(self, key: str, builder: MintBuilder, x: np.ndarray, y: np.ndarray, seed: int
+                 ) -> dict[str, object]:
+        model = builder(self.input_dim, **self.base_options)
         self.models[key] = model
         return model.fit(x, y, seed=seed)
 
     def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """(n,) P(member), each row scored by its class's classifier (the shared one for other classes)."""
         if labels is None:
             raise InputError("class-specific MINT needs each row's class label")
         out = self.models["shared"].predict_proba(x).astype(np.float32)
@@ -61,13 +75,15 @@ class PerClassMint:
         return out
 
     def state(self) -> dict[str, torch.Tensor]:
+        """Every classifier's tensors, keyed `<class or shared>/<name>`."""
         return {f"{key}/{name}": t for key, model in self.models.items() for name, t in model.state().items()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Hand each classifier its own tensors back out of `state`."""
         for key, model in self.models.items():
-            model.load_state({k.split("/", 1)[1]: v for k, v in state.items()  # type: ignore[attr-defined]
-                              if k.split("/", 1)[0] == key})
+            model.load_state({k.split("/", 1)[1]: v for k, v in state.items() if k.split("/", 1)[0] == key})
 
     def config(self) -> dict[str, object]:
+        """The base, the classes with their own classifier and the base's options."""
         return {"base": self.base, "classes": self.classes, "shared_classes": self.shared_classes,
                 "base_options": self.base_options}

@@ -22,6 +22,7 @@ class LogRegMint:
         self.intercept = 0.0
 
     def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None) -> dict[str, object]:
+        """Fit on (n, d) standardised features and membership; `labels` are not used."""
         clf = LogisticRegression(C=self.hparams["c"], max_iter=self.hparams["max_iter"],
                                  class_weight="balanced", random_state=seed)
         clf.fit(x, y)
@@ -29,14 +30,18 @@ class LogRegMint:
         return {"iterations": int(clf.n_iter_[0]), "train_rows": len(y)}
 
     def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """(n,) P(member) = sigmoid(x · coef + intercept), sklearn's formula; `labels` are not used."""
         z = np.asarray(x, np.float64) @ self.coef + self.intercept
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
     def state(self) -> dict[str, torch.Tensor]:
+        """Coefficients and intercept."""
         return {"coef": torch.from_numpy(self.coef), "intercept": torch.tensor(self.intercept)}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back coefficients and intercept."""
         self.coef, self.intercept = state["coef"].numpy(), float(state["intercept"])
 
     def config(self) -> dict[str, object]:
+        """The regularisation and iteration options."""
         return dict(self.hparams)

@@ -27,6 +27,7 @@ class ThresholdMint:
         self.direction, self.threshold = 1.0, 0.0
 
     def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None) -> dict[str, object]:
+        """Choose the direction by AUC and the threshold of best balanced accuracy; nothing random."""
         signal = x[:, 0].astype(np.float64)
         self.direction = 1.0 if roc_auc_score(y, signal) >= 0.5 else -1.0
         self.threshold = best_threshold(y, self.direction * signal)
@@ -34,14 +35,18 @@ class ThresholdMint:
                 "threshold": self.threshold, "train_rows": len(y)}
 
     def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """(n,) P(member), above 0.5 exactly on the member side of the threshold."""
         z = self.direction * np.asarray(x, np.float64)[:, 0] - self.threshold
         return (1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))).astype(np.float32)
 
     def state(self) -> dict[str, torch.Tensor]:
+        """Direction and threshold."""
         return {"direction": torch.tensor(self.direction), "threshold": torch.tensor(self.threshold)}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back direction and threshold."""
         self.direction, self.threshold = float(state["direction"]), float(state["threshold"])
 
     def config(self) -> dict[str, object]:
+        """Nothing: the classifier has no options."""
         return {}

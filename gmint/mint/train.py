@@ -2,11 +2,14 @@
 
 Only rows of the auditor's pool (role 0) are used; D10/D1 are the same nested, class-balanced
 subsets the split manifest lists, recomputed from the store's columns.
+
+Three kinds of names meet here: the layer *setup* the user writes (`combined`, `entry,fc.*`), the
+*feature names* it selects (the store's datasets, the classifier's input blocks) and the *parameter names*
+of the audited model those were extracted from (equal to the feature names for gradient stores).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import inspect
 import time
 import warnings
@@ -16,25 +19,47 @@ import numpy as np
 
 from gmint.data.split import FRACTIONS, POOL, subpool_mask
 from gmint.errors import InputError, UnknownNameError
+from gmint.features.layers import match_setup
 from gmint.features.store import FeatureStore
-from gmint.mint.base import MINT_MODELS, FeatureSpec, Standardiser, TrainedMint
+from gmint.mint.base import MINT_MODELS, FeatureSpec, MintBuilder, Standardiser, TrainedMint
 
 
-def resolve_setup(store: FeatureStore, setup: str) -> list[str]:
-    """Layers of the store for a setup: `all`, a preset recorded at extraction, names or globs."""
-    if setup == "all":
-        return store.layers
-    presets: dict[str, list[str]] = store.provenance.get("layer_presets", {})  # type: ignore[assignment]
-    chosen: list[str] = []
-    for item in (s.strip() for s in setup.split(",")):
-        names = presets.get(item) or [n for n in store.layers if fnmatch.fnmatchcase(n, item)]
-        absent = [n for n in names if n not in store.layers]
-        if not names or absent:
-            raise UnknownNameError(f"layer setup '{item}' is not in {store.path} (it holds {store.layers}; "
+def setup_features(store: FeatureStore, setup: str) -> list[str]:
+    """The store's feature names a layer setup selects, in the store's order.
+
+    The setup reads as at extraction (`gmint.features.layers.match_setup`), against the store: `all` (every
+    feature), a preset as recorded at extraction, feature names or globs over them.
+
+    Raises:
+        UnknownNameError: an item that selects nothing, or a preset whose layers were not extracted.
+    """
+    features = store.layers
+    matches = match_setup(setup, features, {"all": features, **_recorded_presets(store)})
+    for item, found in matches.items():
+        if not found or not set(found) <= set(features):
+            raise UnknownNameError(f"layer setup '{item}' is not in {store.path} (it holds {features}; "
                                    f"extract with --layers {item} or combined)")
-        chosen += names
-    order = {n: i for i, n in enumerate(store.layers)}
-    return sorted(dict.fromkeys(chosen), key=order.__getitem__)
+    order = {n: i for i, n in enumerate(features)}
+    return sorted(dict.fromkeys(n for found in matches.values() for n in found), key=order.__getitem__)
+
+
+def _recorded_presets(store: FeatureStore) -> dict[str, list[str]]:
+    """Preset → feature names, as recorded at extraction for the audited model (none in older stores)."""
+    recorded = store.provenance.get("layer_presets", {})
+    if not isinstance(recorded, dict):
+        raise InputError(f"{store.path}: layer_presets is not a mapping of presets to feature names")
+    return {str(preset): [str(n) for n in features] for preset, features in recorded.items()}
+
+
+def _parameter_shapes(store: FeatureStore, features: list[str]) -> list[list[int]]:
+    """The shape of the parameter behind each feature name, for classifiers that read a Weight Modifier's
+    filter structure (stores without `parameters` are older gradient stores: feature = parameter name)."""
+    prov = store.provenance
+    shapes, parameters = prov.get("layer_shapes", {}), prov.get("parameters", store.layers)
+    if not isinstance(shapes, dict) or not isinstance(parameters, list):
+        raise InputError(f"{store.path} records no parameter shapes for its features")
+    parameter_of = dict(zip(store.layers, parameters, strict=True))
+    return [list(shapes[parameter_of[n]]) for n in features]
 
 
 def pool_rows(store: FeatureStore, fraction: str, split_seed: int) -> np.ndarray:
@@ -64,37 +89,36 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
     Args:
         store_path: a complete feature store.
         kind: a name in MINT_MODELS (`mlp`, `logreg`, ...).
-        setup: which of the store's layers feed the classifier (see `resolve_setup`).
+        setup: which of the store's features feed the classifier (see `setup_features`).
         fraction: D100 / D10 / D1 of the auditor's pool.
         seed: seeds initialisation, validation split and shuffling; recorded.
         options: classifier hyper-parameters.
     """
     builder = MINT_MODELS.get(kind)
+    options = dict(options or {})
     with FeatureStore.open(store_path) as store:
         store.require_complete()
-        layers = resolve_setup(store, setup)
+        features = setup_features(store, setup)
         prov = store.provenance
-        rows = pool_rows(store, fraction, int(prov.get("split_seed", 0)))  # type: ignore[arg-type]
+        split_seed = prov.get("split_seed", 0)
+        if not isinstance(split_seed, int):
+            raise InputError(f"{store_path}: split_seed {split_seed!r} is not a whole number")
+        rows = pool_rows(store, fraction, split_seed)
         nonfinite = rows & ~store.column("finite")
         if nonfinite.any():
             warnings.warn(f"{int(nonfinite.sum())} pool rows of {store_path} have NaN/Inf features and are left "
                           "out of the fit", stacklevel=2)
         rows &= ~nonfinite
-        x = store.features(layers, rows)
+        x = store.features(features, rows)
         y = store.column("membership")[rows].astype(np.int64)
         labels = store.column("label")[rows]
         ids = store.column("sample_id")[rows]
         dims = store.dims
-        store_layers = store.layers
+        if getattr(builder, "needs_shapes", False):  # classifiers that read each layer's filter structure
+            options.setdefault("shapes", _parameter_shapes(store, features))
     if len(np.unique(y)) < 2:
         raise InputError(f"the {fraction} pool has only one class (members or external); cannot fit")
     scaler = Standardiser.fit(x)
-    options = dict(options or {})
-    if getattr(builder, "needs_shapes", False):  # classifiers that read each layer's filter structure
-        shapes = prov.get("layer_shapes", {})
-        params = prov.get("parameters", layers)
-        by_feature = dict(zip(store_layers, params, strict=True))  # type: ignore[arg-type]
-        options.setdefault("shapes", [shapes[by_feature[n]] for n in layers])  # type: ignore[index]
     try:
         model = builder(x.shape[1], **options)
     except TypeError as exc:  # an option the classifier does not take, or a value it cannot use
@@ -104,18 +128,18 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
     record.update(fraction=fraction, seed=seed, excluded_nonfinite=int(nonfinite.sum()), members=int(y.sum()),
                   external=int((y == 0).sum()),
                   fit_seconds=round(time.perf_counter() - t0, 3), store=str(store_path))
-    spec = FeatureSpec(layers=layers, dims=[dims[n] for n in layers], reduction=str(prov["reduction"]),
+    spec = FeatureSpec(layers=features, dims=[dims[n] for n in features], reduction=str(prov["reduction"]),
                        model_fingerprint=str(prov["model_fingerprint"]),
                        split_sha256=str(prov.get("split_sha256", "")), dataset=str(prov["dataset"]),
                        setup=setup, source=str(prov.get("source", "gradient")))
     return TrainedMint(kind, model, spec, scaler, ids, record)
 
 
-def _known_options(builder: object, input_dim: int, options: dict[str, object]) -> str:
+def _known_options(builder: MintBuilder, input_dim: int, options: dict[str, object]) -> str:
     """'; its options: c, max_iter' when `options` do not fit the classifier's constructor (else '': the
     error came from inside it, e.g. from a base classifier's options)."""
     try:
-        signature = inspect.signature(builder)  # type: ignore[arg-type]
+        signature = inspect.signature(builder)
     except (TypeError, ValueError):
         return ""
     try:
@@ -124,5 +148,4 @@ def _known_options(builder: object, input_dim: int, options: dict[str, object]) 
     except TypeError:
         pass
     names = [n for n, p in signature.parameters.items() if p.kind == p.KEYWORD_ONLY]
-    names += [n for n in getattr(builder, "NETWORK", {}) if n not in names]
     return f"; its options: {', '.join(names)}" if names else "; it takes no options"

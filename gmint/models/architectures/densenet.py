@@ -24,6 +24,7 @@ class DenseLayer(nn.Module):
         self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) → (B, C + growth, H, W): the new features joined to the input."""
         out = self.conv1(F.relu(self.norm1(x)))
         out = self.conv2(F.relu(self.norm2(out)))
         return torch.cat([x, out], 1)
@@ -62,6 +63,7 @@ class DenseNet(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images → (B, num_classes) logits."""
         out = F.adaptive_avg_pool2d(F.relu(self.features(x)), 1)
         return self.classifier(torch.flatten(out, 1))
 

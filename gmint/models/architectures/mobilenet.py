@@ -44,6 +44,7 @@ class MobileNetV1(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images → (B, num_classes) logits."""
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
@@ -60,6 +61,7 @@ class InvertedResidual(nn.Module):
         self.residual = stride == 1 and in_channels == out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) → (B, C_out, H / stride, W / stride); the input added back where shapes match."""
         out = self.conv(x)
         return x + out if self.residual else out
 
@@ -82,6 +84,7 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Linear(last, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images → (B, num_classes) logits."""
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 

@@ -49,6 +49,7 @@ class XceptionBlock(nn.Module):
                                           nn.BatchNorm2d(current))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) → (B, C_out, H', W'), H' = H / 2 when the block pools."""
         return self.body(x) + self.shortcut(x)
 
 
@@ -78,6 +79,7 @@ class Xception(nn.Module):
         self.fc = nn.Linear(c2048, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images → (B, num_classes) logits."""
         x = self.exit(self.middle(self.entry(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
 
