@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 import gmint
 from gmint_cli import audited, demo, evaluate, extract, info, score, split, train
-from gmint_cli.common import one_line_warnings, print_error
+from gmint_cli.console import one_line_warnings, print_error
 
 if TYPE_CHECKING:  # the installed typer's (vendored) click, for its types only: the module is private
     from typer._click.exceptions import ClickException

@@ -12,18 +12,10 @@ from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
 from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig, train_audited
 from gmint.models.zoo import ARCHITECTURES
-from gmint_cli.common import (
-    check_output,
-    choices,
-    cli_errors,
-    console,
-    device_option,
-    flag,
-    json_object,
-    load_data,
-    positive,
-    show_progress,
-)
+from gmint_cli.console import cli_errors, console, show_progress
+from gmint_cli.inputs import load_data
+from gmint_cli.options import choices, device_option, flag, json_object, positive
+from gmint_cli.outputs import check_output
 
 app = typer.Typer(no_args_is_help=True)
 

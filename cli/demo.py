@@ -13,7 +13,9 @@ from gmint.assess.report import format_estimate, gap_lines
 from gmint.demo import PROBES, run_demo
 from gmint.errors import InputError
 from gmint.models.io import AuditedModel
-from gmint_cli.common import check_output, cli_errors, console, flag, show_progress
+from gmint_cli.console import cli_errors, console, show_progress
+from gmint_cli.options import flag
+from gmint_cli.outputs import check_output
 
 CONTROL = "negative control (gMINT combined)"
 

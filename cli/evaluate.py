@@ -9,7 +9,9 @@ import typer
 from gmint.assess.evaluate import evaluate_store, evaluate_with_control
 from gmint.assess.report import print_result, write_report
 from gmint.mint import TrainedMint
-from gmint_cli.common import check_output, cli_errors, console, flag, print_json
+from gmint_cli.console import cli_errors, console, print_json
+from gmint_cli.options import flag
+from gmint_cli.outputs import check_output
 
 
 @cli_errors

@@ -27,22 +27,10 @@ from gmint.features.shards import merge_shards, run_distributed, world
 from gmint.features.sources import SOURCES
 from gmint.features.store import writer_pid
 from gmint.models.io import AuditedModel
-from gmint_cli.common import (
-    ARCH_HELP,
-    MODEL_HELP,
-    TORCHSCRIPT_HELP,
-    TRUST_PICKLE_HELP,
-    check_output,
-    choices,
-    cli_errors,
-    console,
-    device_option,
-    flag,
-    load_data,
-    load_model,
-    print_json,
-    show_progress,
-)
+from gmint_cli.console import cli_errors, console, print_json, show_progress
+from gmint_cli.inputs import ARCH_HELP, MODEL_HELP, TORCHSCRIPT_HELP, TRUST_PICKLE_HELP, load_data, load_model
+from gmint_cli.options import choices, device_option, flag
+from gmint_cli.outputs import check_output
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 

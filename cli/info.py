@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from gmint.features.store import FeatureStore, verify
-from gmint_cli.common import cli_errors, console, flag, print_json
+from gmint_cli.console import cli_errors, console, print_json
+from gmint_cli.options import flag
 
 
 @cli_errors

@@ -15,22 +15,18 @@ from gmint.data.candidates import TO_GREY_HINT, holdout_rows, load_image_folder,
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.errors import InputError
 from gmint.mint import TrainedMint
-from gmint_cli.common import (
+from gmint_cli.console import cli_errors, console, print_json, show_progress
+from gmint_cli.inputs import (
     ARCH_HELP,
     MODEL_HELP,
     TORCHSCRIPT_HELP,
     TRUST_PICKLE_HELP,
-    check_output,
-    cli_errors,
-    console,
-    device_option,
-    flag,
     load_data,
     load_model,
-    print_json,
-    show_progress,
     size_hint,
 )
+from gmint_cli.options import device_option, flag
+from gmint_cli.outputs import check_output
 
 ROW_CHOICES = ("holdout-members", "holdout-external")
 # The library's remedies, in the words of this command's options.

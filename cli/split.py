@@ -10,7 +10,10 @@ import typer
 from gmint.data.base import DATASETS
 from gmint.data.split import PROTOCOLS, make_split
 from gmint.errors import InputError
-from gmint_cli.common import check_output, choices, cli_errors, console, flag, load_data, print_json
+from gmint_cli.console import cli_errors, console, print_json
+from gmint_cli.inputs import load_data
+from gmint_cli.options import choices, flag
+from gmint_cli.outputs import check_output
 
 SIZE_HELP = "a fraction in (0, 1) of the train part, e.g. 0.4, or a whole number of rows, e.g. 900"
 

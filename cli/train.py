@@ -9,7 +9,9 @@ import typer
 from gmint.data.split import FRACTIONS
 from gmint.features.layers import LAYER_PRESETS
 from gmint.mint import MINT_MODELS, train_mint
-from gmint_cli.common import check_output, choices, cli_errors, console, flag, json_object, print_json
+from gmint_cli.console import cli_errors, console, print_json
+from gmint_cli.options import choices, flag, json_object
+from gmint_cli.outputs import check_output
 
 
 @cli_errors

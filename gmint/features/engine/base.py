@@ -175,6 +175,14 @@ def model_unchanged(model: nn.Module) -> Iterator[None]:
                     module._buffers[name] = value
 
 
+def checked_batch(model: nn.Module, layers: list[str], y: Tensor, chunk_size: int | None) -> Tensor:
+    """What a batched engine checks before it runs: an auditable model and layers, a positive chunk size;
+    returns the labels as int64."""
+    check_auditable(model, layers)
+    check_chunk_size(chunk_size)
+    return labels(y)
+
+
 def check_auditable(model: nn.Module, layers: list[str]) -> None:
     """Refuse models whose Weight Modifiers would depend on batch-mates or on randomness.
 

@@ -50,9 +50,7 @@ from torch.func import functional_call
 from gmint.features.engine.base import (
     LOSSES,
     EngineResult,
-    check_auditable,
-    check_chunk_size,
-    labels,
+    checked_batch,
     model_unchanged,
     per_sample_losses,
     predictions,
@@ -444,9 +442,7 @@ def hooks_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: T
         plan: the result of `plan_hooks` for this model and layers (an extraction plans once); planned
             here when not given.
     """
-    check_auditable(model, layers)
-    check_chunk_size(chunk_size)
-    y = labels(y)
+    y = checked_batch(model, layers, y, chunk_size)
     plan = plan or plan_hooks(model, layers, x)
     if plan.unusable:
         _fallback_notice(", ".join(layers), plan.unusable)

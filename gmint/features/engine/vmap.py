@@ -14,9 +14,7 @@ from gmint.errors import UnsupportedModelError
 from gmint.features.engine.base import (
     LOSSES,
     EngineResult,
-    check_auditable,
-    check_chunk_size,
-    labels,
+    checked_batch,
     model_unchanged,
     predictions,
     register_engine,
@@ -38,9 +36,7 @@ def vmap_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Te
         loss: name in LOSSES.
         chunk_size: samples per vmap call (bounds memory); None for the whole batch at once.
     """
-    check_auditable(model, layers)
-    check_chunk_size(chunk_size)
-    y = labels(y)
+    y = checked_batch(model, layers, y, chunk_size)
     if isinstance(model, torch.jit.ScriptModule):
         raise UnsupportedModelError("torch.func cannot run TorchScript models; use --engine naive for them "
                                     "(or load the model from its Python code with --arch)")

@@ -1,0 +1,61 @@
+"""Inputs every verb reads: audited models and datasets, with errors that name the verb's own options."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gmint.data.base import DATASETS, ImageSet
+from gmint.data.readers import load_dataset
+from gmint.errors import GmintError, InputError
+from gmint.models.io import AuditedModel, load_audited
+
+# The image readers' hint for folders of mixed sizes; each verb rewrites it to name its own option.
+READER_SIZE_HINT = "give a size N to resize every image to NxN"
+MODEL_HELP = "Audited model: a gmint checkpoint, a state dict (with --arch) or TorchScript (--torchscript)."
+ARCH_HELP = "package.module:factory building the model for a state dict (default: the checkpoint's own)."
+TORCHSCRIPT_HELP = "--model is a TorchScript file."
+TRUST_PICKLE_HELP = "Allow a pickled full module (loading it runs its code!)."
+
+
+def load_model(model: Path, arch: str | None, torchscript: bool, trust_pickle: bool) -> AuditedModel:
+    """The audited model as every verb that reads one loads it (--model, --arch, --torchscript, --trust-pickle)."""
+    return load_audited(model, arch=arch, torchscript=torchscript, trust_pickle=trust_pickle)
+
+
+def load_data(name: str, root: Path | None, *, size: int | None = None, size_option: str | None = None) -> ImageSet:
+    """A dataset by name from the data root (digits needs none), decoded once and cached.
+
+    Args:
+        name: a dataset in `DATASETS`.
+        root: the data root (None: $GMINT_DATA's, or none for datasets that need none).
+        size: resize every image to size x size while reading, for readers that can (image folders,
+            GTSRB); other datasets keep their size (the model's transform resizes them).
+        size_option: the verb's option giving `size`, named when a folder of mixed sizes needs one.
+    """
+    with size_hint(size_option):
+        if size is not None and "size" in _reader_options(name):
+            return load_dataset(name, root, size=size)
+        return load_dataset(name, root)
+
+
+def _reader_options(name: str) -> tuple[str, ...]:
+    try:
+        return tuple(inspect.signature(DATASETS.get(name)).parameters)
+    except GmintError:
+        return ()  # an unknown name: load_dataset says so, listing the known ones
+
+
+@contextmanager
+def size_hint(option: str | None) -> Iterator[None]:
+    """Name the verb's own option (or say what to do where it has none) when images of mixed sizes are read."""
+    try:
+        yield
+    except InputError as exc:
+        if READER_SIZE_HINT not in str(exc):
+            raise
+        hint = (f"pass {option} N to resize every image to NxN" if option
+                else "resize them to one size first (this command does not resize)")
+        raise InputError(str(exc).replace(READER_SIZE_HINT, hint)) from None
