@@ -108,6 +108,7 @@ def _tied(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.clip(np.round(rng.normal(0.5, 0.6, n), 1), 0.0, 1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("draw, n, m, method", [
     (_continuous, 50, 300, "normal approximation"),
     (_continuous, 5, 8, "exact"),
@@ -133,6 +134,7 @@ def test_false_positive_rate_function_and_what_a_biased_calibration_does() -> No
     assert power(external + 0.3, calibration, 50, 200) > 0.9
 
 
+@pytest.mark.slow
 def test_false_positive_rate_at_most_alpha_on_real_digits_scores(mint: TrainedMint, digits_store: Path) -> None:
     """External-only sets from the digits audit's held-out external scores (never fitted), re-split at random
     into candidates and calibration for every set: the rate the verdict's guarantee is about."""
@@ -166,6 +168,7 @@ def overfit(digits: ImageSet, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return model, train_mint(store, kind="mlp", setup="combined", seed=0), store, members[100:]
 
 
+@pytest.mark.slow
 def test_power_on_member_sets_of_an_overfit_model(overfit, digits: ImageSet) -> None:
     model, classifier, store, held_members = overfit
     cal = calibration_scores(classifier, store)

@@ -95,6 +95,7 @@ def test_collapsed_scores_are_flagged(score: np.ndarray, flagged: str | None) ->
     assert (message is None) if flagged is None else (message is not None and message.startswith(flagged))
 
 
+@pytest.mark.slow
 def test_bootstrap_interval_covers_the_true_auc() -> None:
     """Scores N(0,1) for externals, N(1,1) for members: true AUC = Φ(1/√2) ≈ 0.7602."""
     true_auc = 0.760249938
