@@ -10,6 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 import gmint
+from gmint.threads import fit_threads_to_cores
 from gmint_cli import audited, demo, evaluate, extract, info, score, split, train
 from gmint_cli.console import one_line_warnings, print_error
 
@@ -70,4 +71,5 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def main() -> None:
     """The `gmint` console script."""
+    fit_threads_to_cores()
     app()
