@@ -1,13 +1,16 @@
-"""What a CPU-bound neighbour costs gmint: the demo and one extraction, idle and beside a busy process, with
+"""What a CPU-bound neighbour costs gmint: the demo, one extraction and one two-thread training run, idle and
+beside a busy process, with
 torch's default OpenMP settings and with gmint's choice (`OMP_WAIT_POLICY=PASSIVE`, threads fitted to the
 cores the process may use; see gmint_cli/__init__.py and gmint.threads).
 
 "Default" runs import torch before gmint's command line, so OpenMP starts with the environment as it was
 (the policy is read once, when the runtime loads); "gmint" runs start the command line as users do. The
-neighbour is one process spinning in a Python loop. Each configuration runs `repeats` times, alternating;
+neighbour (`--neighbour`) is one process spinning in a Python loop (`python`), or another torch job
+multiplying matrices on torch's default threads and OpenMP settings (`torch`: a shared ML server). Each
+configuration runs `repeats` times, alternating;
 the JSON keeps every time, the report the median and the slowdown (loaded ÷ idle) per setting.
 
-    python -m benchmarks.contention --out benchmarks/results/contention-cpu.json
+    python -m benchmarks.contention --neighbour torch --out benchmarks/results/contention-torch-cpu.json
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from pathlib import Path
 
 from gmint.files import atomic_write
 
+NEIGHBOURS = {
+    "python": "while True: pass",
+    "torch": "import torch\na = torch.randn(512, 512)\nwhile True: a = torch.tanh(a @ a)",
+}
 SETTINGS = {
     "default": "import torch, sys; from gmint_cli.app import main; sys.argv[0] = 'gmint'; main()",
     "gmint": "import sys; from gmint_cli.app import main; sys.argv[0] = 'gmint'; main()",
@@ -46,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--neighbour", choices=sorted(NEIGHBOURS), default="python")
     args = parser.parse_args()
     times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,10 +63,16 @@ def main() -> None:
             "demo": lambda folder: ["demo", "--out", str(folder)],
             "extract": lambda folder: ["extract", "--model", str(work / "ready" / "audited.pt"), "--layers",
                                        "combined", "--out", str(folder / "f.h5")],
+            # Training runs on one thread by default (reproducible weights); users may ask for more.
+            "train": lambda folder: ["audited", "train", "--data", "digits", "--split",
+                                     str(work / "ready" / "split.json"), "--epochs", "20", "--threads", "2",
+                                     "--out", str(folder / "a.pt")],
         }
         for round_ in range(args.repeats):
             for loaded in (False, True):
-                neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if loaded else None
+                neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOURS[args.neighbour]],
+                                             env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}) \
+                    if loaded else None
                 try:
                     for setting in sorted(SETTINGS, reverse=bool(round_ % 2)):
                         for task, command in tasks.items():
@@ -76,9 +90,10 @@ def main() -> None:
     summary = {f"{task}/{setting}": {"idle_s": median[f"{task}/{setting}/idle"],
                                      "loaded_s": median[f"{task}/{setting}/loaded"],
                                      "slowdown": median[f"{task}/{setting}/loaded"] / median[f"{task}/{setting}/idle"]}
-               for task in ("demo", "extract") for setting in SETTINGS}
+               for task in tasks for setting in SETTINGS}
     result = {"cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), "repeats": args.repeats,
-              "neighbour": "one process spinning in a Python loop", "times_s": times, "summary": summary}
+              "neighbour": args.neighbour, "neighbour_code": NEIGHBOURS[args.neighbour], "times_s": times,
+              "summary": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
