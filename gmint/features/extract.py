@@ -10,6 +10,7 @@ import hashlib
 import platform
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,37 +145,43 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         **({"shard": [rank, world_size]} if world_size > 1 else {}),
     }
     out = Path(out)
-    resuming = resume and out.exists()
-    if resuming:
-        with FeatureStore.resume(out, provenance) as store:
-            if store.complete:
-                return out
-            recorded = store.provenance
-    first = run(model, names, reduce, *load(0, probe_batch), engine=proven, loss=loss, chunk_size=probe_chunk)
-    choice = proven.choice
-    engine_used = choice.engine if choice else "none"  # the activation source runs no engine
-    if fit and engine_used in ("vmap", "naive"):
-        chunk_size = probe_chunk
-    elif fit:
-        batch_size = probe_batch
-    chosen = choice.provenance() if choice else {"engine_used": engine_used}
-    provenance.update(batch_size=batch_size, chunk_size=chunk_size or 0, **chosen)
-    resumed_with: dict[str, object] = {}
-    if resuming:
-        store = FeatureStore.resume(out, provenance)
-        if recorded.get("engine_used") != engine_used:  # both proven on this model; the record says so
+    with ExitStack() as stack:
+        # A resumed store is opened (and its writer lock taken) once, before any compute: a finished one is
+        # left as it is, one from another extraction is refused at once.
+        store = stack.enter_context(FeatureStore.resume(out, provenance)) if resume and out.exists() else None
+        if store is not None and store.complete:
+            return out
+        recorded = store.provenance if store is not None else {}
+        first = run(model, names, reduce, *load(0, probe_batch), engine=proven, loss=loss, chunk_size=probe_chunk)
+        choice = proven.choice
+        engine_used = choice.engine if choice else "none"  # the activation source runs no engine
+        if fit and engine_used in ("vmap", "naive"):
+            chunk_size = probe_chunk
+        elif fit:
+            batch_size = probe_batch
+        chosen = choice.provenance() if choice else {"engine_used": engine_used}
+        provenance.update(batch_size=batch_size, chunk_size=chunk_size or 0, **chosen)
+        resumed_with: dict[str, object] = {}
+        if store is None:
+            store = stack.enter_context(FeatureStore.create(
+                out, overwrite=overwrite, provenance=provenance, chunk_rows=batch_size,
+                dims={n: f.shape[1] for n, f in first.features.items()},
+                columns={"membership": rows.membership, "role": rows.role, "label": labels,
+                         "sample_id": data.sample_ids[rows.index]}))
+        elif recorded.get("engine_used") != engine_used:  # both proven on this model; the record says so
             resumed_with = {"engine_used": f"{recorded.get('engine_used')}+{engine_used}",
                             "engine_check_resumed": chosen.get("engine_check", {})}
-    else:
-        store = FeatureStore.create(out, overwrite=overwrite, provenance=provenance, chunk_rows=batch_size,
-                                    dims={n: f.shape[1] for n, f in first.features.items()}, columns={
-            "membership": rows.membership, "role": rows.role, "label": labels,
-            "sample_id": data.sample_ids[rows.index]})
-    with store:
         done = store.done_mask()
         t0 = time.perf_counter()
         todo = [s for s in range(0, len(done), batch_size) if not done[s:s + batch_size].all()]
-        reusable = first if probe_batch == batch_size or len(rows.index) <= probe_batch else None
+        # The batch the engine was chosen on is written as it is, when it is the store's first batch.
+        reused = first if probe_batch == batch_size or len(rows.index) <= probe_batch else None
+
+        def prepare(i: int) -> Future[tuple[torch.Tensor, torch.Tensor]] | None:
+            """Load batch `todo[i]` on a helper thread (not the reused one, nor past the end)."""
+            if i >= len(todo) or (todo[i] == 0 and reused is not None):
+                return None
+            return pool.submit(load, todo[i], batch_size)
 
         # Two helper threads overlap I/O with the engine: one prepares the next batch, one writes the
         # previous one (torch kernels and HDF5's compression both run outside the GIL for the most part).
@@ -182,20 +189,21 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         with progress_bar(f"extract {engine}/{reduction}", len(done), enabled=show_progress,
                           completed=int(done.sum())) as bar, ThreadPoolExecutor(2) as pool:
             pending: Future[None] | None = None
-            batch = pool.submit(load, todo[0], batch_size) if todo else None
+            batch = prepare(0)
             for i, start in enumerate(todo):
-                x, y = batch.result()  # type: ignore[union-attr]
-                batch = pool.submit(load, todo[i + 1], batch_size) if i + 1 < len(todo) else None
-                if start == 0 and reusable is not None:  # the batch the engine was chosen on
-                    result = reusable
+                current, batch = batch, prepare(i + 1)
+                if current is None:
+                    assert reused is not None
+                    result = reused
                 else:
+                    x, y = current.result()
                     result = run(model, names, reduce, x, y, engine=proven, loss=loss, chunk_size=chunk_size)
                 features = {n: f.float().cpu().numpy() for n, f in result.features.items()}
                 if pending is not None:
                     pending.result()
                 pending = pool.submit(store.write, start, features, loss=result.loss.float().cpu().numpy(),
                                       pred=result.pred.cpu().numpy())
-                bar.advance(len(y))
+                bar.advance(len(result.loss))
             if pending is not None:
                 pending.result()
         store.mark_complete(extract_seconds=round(time.perf_counter() - t0, 3), **resumed_with)

@@ -402,10 +402,13 @@ def plan_hooks(model: nn.Module, layers: list[str], x: Tensor) -> HooksPlan:
             assert a.a is not None and b.a is not None
             fallback[name] = (f"its input {tuple(a.a.shape)} / {tuple(b.a.shape)} at batch 2 / 3 does not carry "
                               "the batch on dimension 0 alone")
-        elif uses.foreign[name] or uses.own[name] != 1:
-            outside = ", ".join(dict.fromkeys(uses.foreign[name])) or "none"
+        elif uses.foreign[name]:
+            outside = ", ".join(dict.fromkeys(uses.foreign[name]))
             fallback[name] = (f"the parameter is used {uses.own[name]} time(s) by {module_name} and also outside "
                               f"it ({outside})")
+        elif uses.own[name] != 1:
+            fallback[name] = (f"its module {module_name} uses it {uses.own[name]} times in one call (the formulas "
+                              "need one)")
     return HooksPlan(tuple(layers), fallback)
 
 
