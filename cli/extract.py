@@ -13,8 +13,8 @@ import torch
 import typer
 from rich.table import Table
 
+from gmint.assess.candidates import model_input
 from gmint.data.base import DATASETS, ImageSet
-from gmint.data.candidates import model_input
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError, StoreBusyError

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from gmint.assess.candidates import TO_GREY_HINT, holdout_rows, load_image_folder, model_input, read_row_ids, subsample
 from gmint.assess.scoring import SUBSET_HINT, audit_set, write_scores
-from gmint.data.candidates import TO_GREY_HINT, holdout_rows, load_image_folder, model_input, read_row_ids, subsample
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.errors import InputError
 from gmint.mint import TrainedMint

@@ -14,10 +14,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gmint.assess.candidates import (
+    TO_GREY_HINT,
+    holdout_rows,
+    load_image_folder,
+    match_channels,
+    read_row_ids,
+    subsample,
+)
 from gmint.assess.scoring import SUBSET_HINT, audit_set, calibration_scores, score_samples
 from gmint.assess.verdict import set_test
 from gmint.data.base import ImageSet
-from gmint.data.candidates import TO_GREY_HINT, holdout_rows, load_image_folder, match_channels, read_row_ids, subsample
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gmint.assess.candidates import match_channels, model_input
 from gmint.assess.verdict import SetVerdict, set_test
 from gmint.data.base import ImageSet
-from gmint.data.candidates import match_channels, model_input
 from gmint.data.split import EXTERNAL, HOLDOUT
 from gmint.data.transforms import Transform
 from gmint.errors import InputError, StoreMismatchError

@@ -17,7 +17,7 @@ Layout:
 Writing happens in HDF5 single-writer/multiple-reader (SWMR) mode, so `gmint info` can read a store
 while extraction is still writing it, and the file stays consistent if the writer dies. SWMR forbids
 creating objects or attributes while writing, so every dataset is created up front (the extraction
-knows each layer's width from a one-row dry run) and the final attributes are set after SWMR ends.
+knows each layer's width from its first batch) and the final attributes are set after SWMR ends.
 A crash loses at most the batch in flight: features are written and flushed before `done` is set,
 and `complete` is set only after the last row. Every reader refuses an incomplete store.
 
