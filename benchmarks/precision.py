@@ -5,8 +5,11 @@ Per row and layer the error is ‖got − truth‖ / ‖truth‖ over that layer
 gives its median, 99th percentile and maximum over rows for each engine, the rows where it is largest
 (with their losses: MEAN cancels most on high-loss rows), and how far hooks and vmap are from each other.
 
-    python -m benchmarks.precision --model runs/precision/audited.pt --rows 512 \
-        --out benchmarks/results/precision-cpu.json
+    gmint split --data cifar10 --members 2000 --external 2000 --seed 0 --out split.json
+    gmint audited train --arch small_cnn --data cifar10 --split split.json --epochs 30 --seed 0 --out audited.pt
+    python -m benchmarks.precision --model audited.pt --rows 1024 --out benchmarks/results/precision-cpu.json
+
+The JSON records the model's fingerprint and recipe, the split's hash and seed, and the commit measured.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ import argparse
 import copy
 import json
 import os
-import platform
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.speed import machine_info
 from gmint.data.readers import load_dataset
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
@@ -87,8 +90,12 @@ def main() -> None:
     joined = {e: {n: torch.cat(v) for n, v in per.items()} for e, per in feats.items()}
     loss = torch.cat(losses).numpy()
     result: dict[str, object] = {
-        "model": str(args.model), "dataset": data.name, "rows": len(index), "layers": layers,
-        "reduction": args.reduction, "torch": torch.__version__, "machine": platform.machine(),
+        "model": str(args.model), "model_fingerprint": audited.fingerprint,
+        "model_recipe": {k: audited.meta.get(k) for k in ("arch", "arch_args", "dataset", "train_config", "seed",
+                                                          "record")},
+        "split_sha256": split.sha256, "split_seed": split.seed,
+        "dataset": data.name, "rows": len(index), "layers": layers, "reduction": args.reduction,
+        "machine": machine_info(torch.get_num_threads(), torch.device("cpu")),
         "engines": {}, "hooks_vs_vmap": summary(row_errors(joined["hooks"], joined["vmap"])),
     }
     for engine in ENGINE_NAMES:
