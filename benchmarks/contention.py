@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -27,7 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from benchmarks.speed import machine_info
 from gmint.files import atomic_write
+from gmint.threads import available_cores
 
 NEIGHBOURS = {
     "python": "while True: pass",
@@ -91,7 +94,7 @@ def main() -> None:
                                      "loaded_s": median[f"{task}/{setting}/loaded"],
                                      "slowdown": median[f"{task}/{setting}/loaded"] / median[f"{task}/{setting}/idle"]}
                for task in tasks for setting in SETTINGS}
-    result = {"cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), "repeats": args.repeats,
+    result = {"machine": machine_info(available_cores(), torch.device("cpu")), "repeats": args.repeats,
               "neighbour": args.neighbour, "neighbour_code": NEIGHBOURS[args.neighbour], "times_s": times,
               "summary": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
