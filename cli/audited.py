@@ -31,7 +31,10 @@ def train(arch: str = typer.Option("small_cnn", help=f"Architecture from the zoo
           arch_options: str = typer.Option("{}", help='Extra architecture options as a JSON object, e.g. '
                                                       '{"depth": 4}.'),
           image_size: int = typer.Option(None, min=1, help="Resize images to this side (default: as stored)."),
-          epochs: int = typer.Option(30, min=1, help="Training epochs."),
+          epochs: int = typer.Option(30, min=1, help="Training epochs (the cap, with --target-accuracy)."),
+          target_accuracy: float = typer.Option(None, min=0.0, max=1.0, help="Stop at the first epoch whose model "
+                                                "classifies this fraction of its training rows correctly (default: "
+                                                "train all --epochs)."),
           batch_size: int = typer.Option(64, min=1, help="Training batch size."),
           optimizer: str = typer.Option("adam", help=choices(OPTIMIZERS)),
           lr: float = typer.Option(1e-3, callback=positive, help="Learning rate (> 0)."),
@@ -51,7 +54,8 @@ def train(arch: str = typer.Option("small_cnn", help=f"Architecture from the zoo
     check_output(out, "--out", inputs={"--split": split}, overwrite=overwrite, resume=resume)
     options = {"width": width, **json_object(arch_options, "--arch-options")}
     config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                         weight_decay=weight_decay, schedule=schedule, augment=augment, seed=seed, threads=threads)
+                         weight_decay=weight_decay, schedule=schedule, augment=augment, seed=seed, threads=threads,
+                         target_accuracy=target_accuracy)
     images = load_data(data, data_root, size=image_size, size_option="--image-size")
     manifest = MembershipSplit.load(split) if split else make_split(images, seed=seed)
     # With --overwrite the old model stays at --out until the new one is finished: a failed run keeps it.

@@ -221,3 +221,56 @@ def test_cli_records_the_thread_count(tmp_path: Path) -> None:
     assert load_audited(tmp_path / "m.pt").meta["train_config"]["threads"] == 2
     code, out = invoke("audited", "train", "--threads", "0", "--out", tmp_path / "n.pt")
     assert code == 1 and "'--threads'" in out and not (tmp_path / "n.pt").exists()
+
+
+def test_target_accuracy_stops_at_the_first_epoch_that_reaches_it(tmp_path: Path, digits: ImageSet,
+                                                                   digits_split: MembershipSplit) -> None:
+    from gmint.models.train import evaluate
+
+    common = {"arch": "small_cnn", "transform": Transform(), "arch_options": {"width": 0.5}}
+    config = TrainConfig(epochs=40, optimizer="adam", lr=3e-3, seed=0, target_accuracy=0.97)
+    model = train_audited(digits, digits_split, config=config, out=tmp_path / "t.pt", **common)
+    done = model.meta["epochs_done"]
+    assert 1 < done < 40  # digits are learnt well before the cap
+    record = model.meta["record"]
+    assert record["reached_target"] == 1.0 and record["members_accuracy"] >= 0.97
+    # one epoch fewer, on the same path, had not reached it: the stop is the first epoch that does
+    shorter = train_audited(digits, digits_split, config=replace(config, epochs=done - 1, target_accuracy=None),
+                            out=tmp_path / "s.pt", **common)
+    import numpy as np
+    _, accuracy = evaluate(shorter.module.eval(), digits, np.asarray(digits_split.members), Transform())
+    assert accuracy < 0.97
+    # resuming the finished run changes nothing
+    again = train_audited(digits, digits_split, config=config, out=tmp_path / "t.pt", resume=True, **common)
+    assert again.meta["epochs_done"] == done
+
+
+def test_a_target_not_reached_within_the_cap_is_recorded(tmp_path: Path, digits: ImageSet,
+                                                        digits_split: MembershipSplit) -> None:
+    config = TrainConfig(epochs=1, optimizer="adam", lr=1e-4, seed=0, target_accuracy=0.99)
+    model = train_audited(digits, digits_split, arch="small_cnn", transform=Transform(), config=config,
+                          out=tmp_path / "t.pt", arch_options={"width": 0.25})
+    assert model.meta["epochs_done"] == 1 and model.meta["record"]["reached_target"] == 0.0
+
+
+def test_record_holds_loss_quantiles_in_order(tmp_path: Path, digits: ImageSet,
+                                              digits_split: MembershipSplit) -> None:
+    model = train_audited(digits, digits_split, arch="small_cnn", transform=Transform(),
+                          config=replace(CONFIG, epochs=2), out=tmp_path / "q.pt", arch_options={"width": 0.25})
+    import numpy as np
+    import torch.nn.functional as F
+
+    record = model.meta["record"]
+    for side in ("members", "external"):
+        rows = np.asarray(getattr(digits_split, side))
+        with torch.no_grad():  # each row alone: the record's batched losses must equal them
+            losses = np.array([F.cross_entropy(model.module(Transform()(digits.images[[i]])).double(),
+                                               torch.tensor([int(digits.labels[i])])).item() for i in rows])
+        for q in (10, 50, 90):
+            assert record[f"{side}_loss_q{q}"] == pytest.approx(np.percentile(losses, q), rel=1e-5)
+        assert record[f"{side}_loss"] == pytest.approx(losses.mean(), rel=1e-5)
+
+
+def test_target_accuracy_out_of_range_is_refused() -> None:
+    with pytest.raises(InputError, match="target_accuracy"):
+        TrainConfig(target_accuracy=1.5)
