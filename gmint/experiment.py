@@ -92,18 +92,27 @@ class Recipe:
     batch_size: int = 128
     kind: str = "mlp"
     n_boot: int = 1000
+    # Classifiers fitted per probe, with seeds seed, seed + 1, ...: the spread over them is uncertainty the
+    # row bootstrap (which holds the classifier fixed) does not see. The first is the probe's measurement.
+    mint_seeds: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mint_seeds < 1:
+            raise InputError(f"mint_seeds must be at least 1, got {self.mint_seeds}")
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """One probe's evaluation, where its classifier is saved, how many pool rows fitted it, and the seconds
-    its fit and evaluation took."""
+    """One probe's evaluation, where its classifier is saved, how many pool rows fitted it, the seconds
+    its fits and evaluations took, and each classifier seed's point metrics on the same held-out rows
+    (the first is `evaluation`'s)."""
 
     probe: Probe
     evaluation: Evaluation
     mint: Path
     fit_rows: int
     seconds: float
+    seed_metrics: tuple[dict[str, float | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,9 +182,19 @@ def run_cell(data: ImageSet, recipe: Recipe, workdir: Path, *, on_measurement: C
         mint = train_mint(stores[key], kind=recipe.kind, setup=probe.setup, fraction=probe.fraction, seed=recipe.seed)
         mint.save(workdir / probe.mint_file)
         evaluation = evaluate_store(mint, stores[key], n_boot=recipe.n_boot, seed=recipe.seed)
+        spread = [_points(evaluation)]
+        for seed in range(recipe.seed + 1, recipe.seed + recipe.mint_seeds):
+            other = train_mint(stores[key], kind=recipe.kind, setup=probe.setup, fraction=probe.fraction, seed=seed)
+            # the same held-out rows (balanced with the recipe's seed): only the classifier's seed differs
+            spread.append(_points(evaluate_store(other, stores[key], n_boot=1, seed=recipe.seed)))
         measured = Measurement(probe, evaluation, workdir / probe.mint_file, len(mint.fitted_ids),
-                               round(time.perf_counter() - t0, 2))
+                               round(time.perf_counter() - t0, 2), tuple(spread))
         cell = replace(cell, measurements=(*cell.measurements, measured))
         if on_measurement is not None:
             on_measurement(cell)
     return cell
+
+
+def _points(evaluation: Evaluation) -> dict[str, float | None]:
+    """The MINT classifier's point metrics (None where the held-out rows cannot resolve one)."""
+    return {name: est.value for name, est in evaluation.mint.items()}

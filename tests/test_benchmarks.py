@@ -1,21 +1,15 @@
 """The speed benchmark's harness on a tiny model (one timed round; no timing is asserted), the threshold gate's
-logic, and the grid's config, rows, resumption and report."""
+logic."""
 
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
 
-import benchmarks.grid as grid
 from benchmarks.check import MEMORY, Limit, check, main, ratio
-from benchmarks.grid import grid_recipe, run_grid_cell, train_config
-from benchmarks.report import cell_report
 from benchmarks.speed import Config, load_config, refresh, run
-from gmint.experiment import Probe
-from gmint.models.train import TrainConfig
 
 
 def _tiny(**overrides: object) -> Config:
@@ -135,70 +129,3 @@ def test_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--results", str(results), "--max", "hooks/floor"]) == 2
     assert main(["--results", str(tmp_path / "missing.json"), "--max", "hooks/floor=1"]) == 2
     assert main(["--results", str(results)]) == 2
-
-
-def test_grid_trains_on_the_configs_thread_count() -> None:
-    assert train_config({"epochs": 2, "threads": 3}).threads == 3
-    assert train_config({"epochs": 2}).threads == 1  # the TrainConfig default, recorded like any setting
-    with pytest.raises(ValueError, match=r"unknown train key\(s\) \['thread'\]"):
-        train_config({"thread": 3})
-
-
-def test_grid_config_becomes_the_experiments_recipe() -> None:
-    config = tomllib.loads((Path(__file__).parents[1] / "benchmarks/configs/grid-cpu.toml").read_text())
-    gtsrb = grid_recipe({**config["defaults"], **config["cells"][-1]})
-    assert (gtsrb.arch, gtsrb.members, gtsrb.external, gtsrb.control) == ("small_cnn", 0.4, 0.4, 0.2)
-    assert (gtsrb.protocol, gtsrb.engine, gtsrb.batch_size, gtsrb.seed) == ("grouped", "vmap", 128, 0)
-    assert gtsrb.train == TrainConfig(epochs=30, batch_size=64, optimizer="adam", lr=1e-3, seed=0)
-    mobilenet = grid_recipe({**config["defaults"], **config["cells"][2]})
-    assert (mobilenet.arch, mobilenet.members, dict(mobilenet.arch_options)) == ("mobilenet", 2000, {"width": 0.25})
-    assert len(gtsrb.probes) == 4 * 3 + 2 and gtsrb.probes[-1] == Probe("negative control", "combined")
-
-
-def test_grid_rows_keep_their_shape_and_a_rerun_adds_only_missing_rows(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(grid, "PROBES", (Probe("gMINT", "combined"), Probe("gMINT", "output", "D10"),
-                                         Probe("negative control", "combined")))
-    defaults = {"members": 0.4, "external": 0.4, "control": 0.2, "holdout": 0.5, "protocol": "grouped", "seed": 0,
-                "engine": "vmap", "batch_size": 256, "train": {"epochs": 1, "batch_size": 64}}
-    cell = {"dataset": "digits", "arch": "small_cnn", "arch_options": {"width": 0.5}}
-    out = tmp_path / "grid.jsonl"
-
-    def run_grid() -> list[dict[str, object]]:
-        run_grid_cell(cell, defaults, tmp_path / "work", out, data_root=None, show_progress=False)
-        return [json.loads(line) for line in out.read_text().splitlines()]
-
-    rows = run_grid()
-    assert [(r["signal"], r["setup"], r["fraction"]) for r in rows] == [
-        ("gMINT", "combined", "D100"), ("gMINT", "output", "D10"), ("negative control", "combined", "D100")]
-    committed = Path(__file__).parents[1] / "benchmarks/results/grid-cpu.jsonl"
-    assert all(list(r) == list(json.loads(committed.read_text().splitlines()[0])) for r in rows)
-    assert rows[1]["fit_rows"] < rows[0]["fit_rows"] == rows[0]["split"]["pool"]
-    assert rows[2]["model_record"] != rows[0]["model_record"]  # the control model's own record
-    assert run_grid() == rows  # all done: nothing appended
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
-    again = run_grid()  # only the missing row, measured as before
-    assert again[:2] == rows[:2] and len(again) == 3
-    assert {k: v for k, v in again[2].items() if k != "mint_seconds"} == {
-        k: v for k, v in rows[2].items() if k != "mint_seconds"}
-
-
-def test_grid_report_shows_an_unresolved_tpr_as_na() -> None:
-    def est(value: float | None) -> dict[str, object]:
-        if value is None:
-            return {"value": None, "ci95_low": None, "ci95_high": None, "unresolved": "needs ≥ 100 externals, has 60"}
-        return {"value": value, "ci95_low": value - 0.1, "ci95_high": value + 0.1}
-
-    metrics = {"accuracy": est(0.6), "auc": est(0.7), "tpr_at_1pct_fpr": est(None)}
-    row = {"cell": "mnist-mobilenet", "dataset": "mnist", "arch": "mobilenet", "signal": "gMINT", "setup": "entry",
-           "fraction": "D100", "protocol": "grouped", "mint": metrics,
-           "loss_threshold": {**metrics, "tpr_at_1pct_fpr": est(0.125)},
-           "split": {"members": 200, "external": 200, "pool": 200, "holdout": 120},
-           "model_record": {"members_accuracy": 1.0, "external_accuracy": 0.9},
-           "audited_model": {"members_loss": 0.01, "external_loss": 0.4},
-           "train_config": {"epochs": 3, "optimizer": "adam", "lr": 0.001, "threads": 2}}
-    lines = cell_report([row], {("MNIST", "MobileNet", "entry", "D100"): 91.5})
-    assert "(lr 0.001, 2 threads)" in lines[2]
-    assert lines[6] == ("| gMINT | entry | D100 | 60.0 [50.0, 70.0] | 0.700 [0.600, 0.800] | "
-                        "n/a (needs ≥ 100 externals, has 60) | 91.50 |")
-    assert lines[7].endswith("| 0.125 | — |")

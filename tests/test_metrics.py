@@ -8,7 +8,6 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from gmint.assess.metrics import (
     Estimate,
-    _roc,
     accuracy,
     auc,
     balance,
@@ -16,6 +15,7 @@ from gmint.assess.metrics import (
     best_threshold,
     externals_needed,
     membership_metrics,
+    roc_points,
     score_collapse,
     tpr_at_fpr,
 )
@@ -78,7 +78,7 @@ def test_fast_roc_is_sklearns_curve_exactly() -> None:
         y[:2] = (0, 1)
         s = [rng.normal(size=n), np.round(rng.normal(size=n), 1), rng.integers(0, 3, n).astype(float)][trial % 3]
         fpr, tpr, _ = roc_curve(y, s)
-        got = _roc(y, s)
+        got = roc_points(y, s)
         assert np.array_equal(got[0], fpr) and np.array_equal(got[1], tpr)
 
 

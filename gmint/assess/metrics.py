@@ -44,13 +44,13 @@ def auc(membership: np.ndarray, score: np.ndarray) -> float:
 
 def tpr_at_fpr(membership: np.ndarray, score: np.ndarray, max_fpr: float) -> float:
     """Highest true-positive rate over thresholds whose false-positive rate is ≤ max_fpr."""
-    fpr, tpr = _roc(np.asarray(membership), np.asarray(score, np.float64))
+    fpr, tpr = roc_points(np.asarray(membership), np.asarray(score, np.float64))
     return _tpr_at(fpr, tpr, max_fpr)
 
 
-def _roc(membership: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, tpr) of sklearn's `roc_curve` (drop_intermediate=True), the same points bit for bit (tested),
-    without its input validation, which costs ~2 ms a call and dominated the bootstrap."""
+def roc_points(membership: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve (fpr, tpr), members positive: the points of sklearn's `roc_curve` (drop_intermediate=True)
+    bit for bit (tested), without its input validation, which costs ~2 ms a call and dominated the bootstrap."""
     order = np.argsort(score, kind="stable")[::-1]
     ranked, y = score[order], membership[order].astype(np.float64)
     ends = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]  # last row of each run of tied scores
@@ -84,7 +84,7 @@ def externals_needed(max_fpr: float) -> int:
 
 def _all_metrics(membership: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, ...]:
     """Every metric from one ROC curve (bootstrap replicates call this thousands of times)."""
-    fpr, tpr = _roc(membership, score)
+    fpr, tpr = roc_points(membership, score)
     return (accuracy(membership, score, threshold), balanced_accuracy(membership, score, threshold),
             float(np.trapezoid(tpr, fpr)), _tpr_at(fpr, tpr, 0.01), _tpr_at(fpr, tpr, 0.001))
 
