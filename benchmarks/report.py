@@ -1,37 +1,50 @@
-"""Grid results beside the paper: a Markdown report from the grid's JSONL and gMINT's Table 2.
+"""The grid beside the paper: Markdown, JSON and PNG reports from the grid's JSONL and gMINT's Table 2.
 
     python -m benchmarks.report --grid benchmarks/results/grid-cpu.jsonl --paper ../shared/paper/gmint-table2.csv \
-        --out benchmarks/results/grid-cpu.md
+        --config benchmarks/configs/grid-cpu.toml --out benchmarks/results/grid-cpu.md
 
-Per cell (dataset × architecture): the audited model's own gap, then one row per layer setup and data
-fraction with gMINT's accuracy, AUC and TPR at 1% FPR (bootstrap 95% intervals), the paper's accuracy
-for the same cell where the paper has one, and the loss threshold, activation-MINT and negative control
-on the same held-out rows.
+Per protocol, in the paper's layout (dataset × architecture × layer setup, D100/D10/D1): gMINT's accuracy with
+the paper's beside it, then AUC and TPR at 1% FPR with their bootstrap intervals, each with the range over the
+MINT classifier's seeds; a table of what explains each cell (the audited model's accuracy, epochs, whether it
+memorised its members, loss quantiles, the loss threshold and the negative control on the same rows); a heat map
+of ours − paper per protocol and one ROC plot per dataset. Cells the results do not hold yet read "pending".
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
+import tomllib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from benchmarks.grid import FRACTIONS, SETUPS, grid_cells
 from gmint.assess.metrics import Estimate
 
 PAPER_DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "gtsrb": "GTSRB", "tiny_imagenet": "Tiny ImageNet"}
 PAPER_ARCHS = {"mobilenet": "MobileNet", "resnet50": "ResNet50", "resnet101": "ResNet100",
                "densenet121": "DenseNet121", "xception": "Xception", "vit": "ViT"}
+Row = dict[str, Any]
+PaperTable = dict[tuple[str, str, str, str], float]
 
 
-def paper_table(path: Path) -> dict[tuple[str, str, str, str], float]:
+def paper_table(path: Path) -> PaperTable:
     """(dataset, architecture, setup, fraction) → the paper's accuracy in %."""
     table = {}
     with open(path) as fh:
         for row in csv.DictReader(fh):
-            for fraction in ("D100", "D10", "D1"):
+            for fraction in FRACTIONS:
                 table[(row["dataset"], row["architecture"], row["setup"], fraction)] = float(row[fraction])
     return table
+
+
+def paper_value(paper: PaperTable, dataset: str, arch: str, setup: str, fraction: str) -> float | None:
+    return paper.get((PAPER_DATASETS.get(dataset, ""), PAPER_ARCHS.get(arch, ""), setup, fraction))
 
 
 def unresolved(est: Estimate) -> str:
@@ -48,65 +61,237 @@ def ci(est: Estimate, percent: bool = False) -> str:
     return f"{est.value * k:{fmt}} [{est.low * k:{fmt}}, {est.high * k:{fmt}}]"
 
 
-def point(est: Estimate) -> str:
-    """The value alone ('0.125'), or n/a for an unresolved metric."""
-    return unresolved(est) if est.value is None else f"{est.value:.3f}"
+def point(est: Estimate, percent: bool = False) -> str:
+    """The value alone ('0.125', or '12.5' in %), or n/a for an unresolved metric."""
+    if est.value is None:
+        return unresolved(est)
+    return f"{est.value * 100:.1f}" if percent else f"{est.value:.3f}"
 
 
-def metrics(row_metrics: dict[str, Any]) -> dict[str, Estimate]:
+def seed_range(row: Row, metric: str, percent: bool = False) -> str:
+    """'seeds 0.90–0.93': the range of a metric over the classifier's seeds ('' for one seed)."""
+    values = [v for v in row.get("mint_seeds", {}).get(metric, []) if v is not None]
+    if len(values) < 2:
+        return ""
+    k, fmt = (100.0, ".1f") if percent else (1.0, ".3f")
+    return f"{min(values) * k:{fmt}}–{max(values) * k:{fmt}}"
+
+
+def metrics(row_metrics: Mapping[str, Any]) -> dict[str, Estimate]:
     """A row's metrics (name → JSON estimate) as estimates."""
     return {name: Estimate.from_dict(est) for name, est in row_metrics.items()}
 
 
-def cell_report(rows: list[dict[str, Any]], paper: dict[tuple[str, str, str, str], float]) -> list[str]:
-    first = rows[0]
-    rec, gap = first["model_record"], first["audited_model"]
-    dataset, arch = str(first["dataset"]), str(first["arch"])
-    cfg = first["train_config"]
-    out = [f"## {dataset} × {arch}", "",
-           f"Split ({first['protocol']} protocol): {first['split']['members']} members, {first['split']['external']} "
-           f"external; MINT fitted on the pool ({first['split']['pool']} rows), scored on {first['split']['holdout']} "
-           f"held-out rows. Audited model: {cfg['epochs']} epochs of {cfg['optimizer']} (lr {cfg['lr']}"
-           + (f", {cfg['threads']} threads" if "threads" in cfg else "") + "), "
-           f"accuracy on members {rec['members_accuracy']:.3f}, external {rec['external_accuracy']:.3f}"
-           + (f", official test {rec['test_accuracy']:.3f}" if "test_accuracy" in rec else "")
-           + f"; mean loss members {gap['members_loss']:.4f} vs external {gap['external_loss']:.4f} on the "
-           f"held-out rows.", "",
-           "| signal | setup | data | accuracy % [95% CI] | AUC [95% CI] | TPR @ 1% FPR | paper accuracy % |",
-           "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        key = (PAPER_DATASETS.get(dataset, ""), PAPER_ARCHS.get(arch, ""), str(r["setup"]), str(r["fraction"]))
-        ref = f"{paper[key]:.2f}" if r["signal"] == "gMINT" and key in paper else "—"
-        m = metrics(r["mint"])
-        out.append(f"| {r['signal']} | {r['setup']} | {r['fraction']} | {ci(m['accuracy'], True)} | {ci(m['auc'])} | "
-                   f"{point(m['tpr_at_1pct_fpr'])} | {ref} |")
-    lt = metrics(first["loss_threshold"])
-    out.append(f"| loss threshold | — | pool threshold | {ci(lt['accuracy'], True)} | {ci(lt['auc'])} | "
-               f"{point(lt['tpr_at_1pct_fpr'])} | — |")
+def index_rows(rows: Iterable[Row]) -> dict[tuple[str, str, str, str], Row]:
+    """(cell, signal, setup, fraction) → row."""
+    return {(r["cell"], r["signal"], r["setup"], r["fraction"]): r for r in rows}
+
+
+def memorised(row: Row) -> str:
+    """'✓' when the audited model reached its target member accuracy, '✗' when not, '' without a target."""
+    reached = row["model"]["record"].get("reached_target")
+    return "" if reached is None else ("✓" if reached else "✗")
+
+
+def layout_table(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str, str, str], Row],
+                 paper: PaperTable, metric: str) -> list[str]:
+    """One protocol's table in the paper's layout; accuracy cells carry the paper's figure beside ours."""
+    percent = metric == "accuracy"
+    head = "| dataset | architecture | memorised | setup | " + " | ".join(FRACTIONS) + " |"
+    out = [head, "|---|---|---|---|" + "---|" * len(FRACTIONS)]
+    for name, dataset, arch in cells:
+        first = rows.get((name, "gMINT", "combined", "D100"))
+        mark = memorised(first) if first else "pending"
+        for setup in SETUPS:
+            entries = []
+            for fraction in FRACTIONS:
+                row = rows.get((name, "gMINT", setup, fraction))
+                ref = paper_value(paper, dataset, arch, setup, fraction)
+                if row is None:
+                    text = "pending"
+                else:
+                    est = metrics(row["mint"])[metric]
+                    text = point(est, percent) if percent else ci(est)
+                    spread = seed_range(row, metric, percent)
+                    text += f" (seeds {spread})" if spread else ""
+                if percent:
+                    text += f" · paper {ref:.2f}" if ref is not None else " · paper —"
+                entries.append(text)
+            out.append(f"| {dataset} | {arch} | {mark} | {setup} | " + " | ".join(entries) + " |")
     return [*out, ""]
+
+
+def baseline_table(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str, str, str], Row]) -> list[str]:
+    """What explains each cell: the audited model, its losses, the loss threshold and the negative control."""
+    out = ["| cell | epochs | memorised | accuracy members / external / test | loss q10/q50/q90 members | "
+           "external | test | loss threshold acc % / AUC / TPR@1% | gMINT combined AUC | negative control "
+           "combined acc % / AUC | fit rows D100/D10/D1 | extraction rows/s | train s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, _, _ in cells:
+        row = rows.get((name, "gMINT", "combined", "D100"))
+        control = rows.get((name, "negative control", "combined", "D100"))
+        if row is None:
+            out.append(f"| {name} | pending |" + " |" * 11)
+            continue
+        rec, model = row["model"]["record"], row["model"]
+        accs = " / ".join(f"{rec[f'{s}_accuracy']:.3f}" if f"{s}_accuracy" in rec else "—"
+                          for s in ("members", "external", "test"))
+
+        def quantiles(side: str, record: Mapping[str, float] = rec) -> str:
+            keys = [f"{side}_loss_q{q}" for q in (10, 50, 90)]
+            return "/".join(f"{record[k]:.2g}" for k in keys) if all(k in record for k in keys) else "—"
+
+        lt = metrics(row["loss_threshold"])
+        mint = metrics(row["mint"])
+        nc = (f"{point(metrics(control['mint'])['accuracy'], True)} / {point(metrics(control['mint'])['auc'])}"
+              if control else "pending")
+        extraction = row.get("extraction", {})
+        fit = "/".join(str(r["fit_rows"]) if (r := rows.get((name, "gMINT", "combined", f))) else "—"
+                       for f in FRACTIONS)
+        out.append(f"| {name} | {model['epochs_done']} of {model['train_config']['epochs']} | {memorised(row)} | "
+                   f"{accs} | {quantiles('members')} | {quantiles('external')} | {quantiles('test')} | "
+                   f"{point(lt['accuracy'], True)} / {point(lt['auc'])} / {point(lt['tpr_at_1pct_fpr'])} | "
+                   f"{point(mint['auc'])} | {nc} | {fit} | {extraction.get('rows_per_second') or '—'} | "
+                   f"{model['train_seconds']:.0f} |")
+    return [*out, ""]
+
+
+def differences(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str, str, str], Row],
+                paper: PaperTable) -> np.ndarray:
+    """(cells, setups × fractions) of ours − paper in accuracy points; NaN where either is missing."""
+    grid = np.full((len(cells), len(SETUPS) * len(FRACTIONS)), np.nan)
+    for i, (name, dataset, arch) in enumerate(cells):
+        for j, (setup, fraction) in enumerate((s, f) for s in SETUPS for f in FRACTIONS):
+            row, ref = rows.get((name, "gMINT", setup, fraction)), paper_value(paper, dataset, arch, setup, fraction)
+            value = metrics(row["mint"])["accuracy"].value if row else None
+            if value is not None and ref is not None:
+                grid[i, j] = 100 * value - ref
+    return grid
+
+
+def heat_map(protocol: str, cells: list[tuple[str, str, str]], diff: np.ndarray, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(cells) + 1.8))
+    image = ax.imshow(np.ma.masked_invalid(diff), cmap="RdBu", vmin=-50, vmax=50, aspect="auto")
+    ax.set_xticks(range(diff.shape[1]), [f"{s} {f}" for s in SETUPS for f in FRACTIONS], rotation=60, ha="right",
+                  fontsize=7)
+    ax.set_yticks(range(len(cells)), [f"{d} · {a}" for _, d, a in cells], fontsize=7)
+    for i, j in zip(*np.nonzero(np.isfinite(diff)), strict=True):
+        ax.text(j, i, f"{diff[i, j]:.0f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(image, ax=ax, label="gMINT accuracy − paper (points)")
+    ax.set_title(f"{protocol} protocol: ours − paper (blank: pending)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def roc_plot(dataset: str, protocol: str, rows: list[Row], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for i, row in enumerate(rows):
+        for curve, style, label in (("mint", "-", "gMINT"), ("loss_threshold", ":", "loss")):
+            roc = row["roc"][curve]
+            est = metrics(row[curve])["auc"]
+            ax.plot(np.maximum(roc["fpr"], 1e-3), roc["tpr"], style, color=f"C{i}",
+                    label=f"{row['arch']} {label} (AUC {point(est)})")
+    chance = np.logspace(-3, 0, 50)
+    ax.plot(chance, chance, color="grey", lw=0.5, label="chance")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-3, 1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(f"{dataset}, {protocol} protocol: combined setup, D100")
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def environment(rows: list[Row]) -> list[str]:
+    commits = sorted({f"{r['code']['commit']}{'+changes' if r['code'].get('uncommitted_changes') else ''}"
+                      for r in rows})
+    versions = sorted({f"gmint {r['code']['gmint']}, torch {r['code']['torch']}, Python {r['code']['python']}"
+                       for r in rows})
+    return [f"- Code: commit(s) {', '.join(commits) or '—'}; {'; '.join(versions) or '—'}."]
+
+
+def report(rows: list[Row], paper: PaperTable, config: Mapping[str, Any], config_text: str,
+           out: Path) -> dict[str, Any]:
+    """Write the Markdown report `out`, its JSON twin and PNGs beside it; return the JSON summary."""
+    cells = grid_cells(config)
+    indexed = index_rows(rows)
+    figures = out.with_name(out.stem + "-figures")
+    figures.mkdir(parents=True, exist_ok=True)
+    expected = {c.name: c.config_sha256 for c in cells}
+    stale = sorted({r["cell"] for r in rows if expected.get(r["cell"]) not in (None, r["config_sha256"])})
+    done = {r["cell"] for r in rows if (r["cell"], "negative control", "combined", "D100") in indexed}
+    lines = [
+        "# gMINT's Table 2 on CPU, beside the paper", "",
+        "Every figure is measured on held-out rows the MINT classifier never saw; accuracy is on a balanced set "
+        "(50% = chance). The paper's figures (gMINT, Table 2) are a reference for the method, not a target: its "
+        "audited models were trained 300 epochs on 11,000–40,000 members at full width; these on 1,000 members "
+        "at reduced width (see the config), each until it classified 99% of its members correctly or hit the "
+        "epoch cap (memorised ✓ / ✗). Intervals are 95% row-bootstrap intervals; \"seeds\" is the range over "
+        "the MINT classifier's training seeds on the same rows. Under the `paper` protocol the held-out "
+        "externals come from the official test part where there is one (MNIST, CIFAR-10, Tiny ImageNet); "
+        "GTSRB has none, and is split by frame under `paper` and by track (physical sign) under `grouped`.", "",
+        f"- Cells finished: {len(done)} of {len(cells)}; rows: {len(rows)}.",
+        f"- Config sha256: {hashlib.sha256(config_text.encode()).hexdigest()[:16]} (each row also records its "
+        "cell's settings hash).",
+        *environment(rows),
+        *([f"- Rows of another config (not shown): {', '.join(stale)}."] if stale else []), ""]
+    summary: dict[str, Any] = {"cells": {}, "config_sha256": hashlib.sha256(config_text.encode()).hexdigest()[:16]}
+    for protocol in dict.fromkeys(c.protocol for c in cells):
+        mine = [(c.name, c.dataset, c.arch) for c in cells if c.protocol == protocol]
+        diff = differences(mine, indexed, paper)
+        heat = heat_map(protocol, mine, diff, figures / f"{protocol}-minus-paper.png")
+        finite = diff[np.isfinite(diff)]
+        lines += [f"## `{protocol}` protocol", "",
+                  f"Ours − paper over {finite.size} filled cells: median {np.median(finite):+.1f} points, "
+                  f"{int((finite >= -1).sum())} within 1 point or above." if finite.size else "No cell yet.", "",
+                  f"![ours − paper]({figures.name}/{heat.name})", "",
+                  "### Accuracy % (ours · paper)", "", *layout_table(mine, indexed, paper, "accuracy"),
+                  "### AUC [95% CI]", "", *layout_table(mine, indexed, paper, "auc"),
+                  "### TPR at 1% FPR [95% CI]", "", *layout_table(mine, indexed, paper, "tpr_at_1pct_fpr"),
+                  "### What explains each cell", "", *baseline_table(mine, indexed)]
+        for dataset in dict.fromkeys(d for _, d, _ in mine):
+            with_roc = [indexed[(n, "gMINT", "combined", "D100")] for n, d, _ in mine
+                        if d == dataset and "roc" in indexed.get((n, "gMINT", "combined", "D100"), {})]
+            if with_roc:
+                plot = roc_plot(dataset, protocol, with_roc, figures / f"{protocol}-{dataset}-roc.png")
+                lines += [f"![ROC {dataset}]({figures.name}/{plot.name})", ""]
+        for name, dataset, arch in mine:
+            summary["cells"][name] = {
+                f"{setup}/{fraction}": {
+                    "ours_accuracy": metrics(r["mint"])["accuracy"].value if (r := indexed.get(
+                        (name, "gMINT", setup, fraction))) else None,
+                    "paper_accuracy": paper_value(paper, dataset, arch, setup, fraction)}
+                for setup in SETUPS for fraction in FRACTIONS}
+    out.write_text("\n".join(lines))
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=Path, required=True)
     parser.add_argument("--paper", type=Path, required=True)
+    parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     rows = [json.loads(line) for line in args.grid.read_text().splitlines() if line.strip()]
-    paper = paper_table(args.paper)
-    cells: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        cells.setdefault(str(row["cell"]), []).append(row)
-    lines = ["# gMINT audit grid beside the paper (CPU scale)", "",
-             "Every figure is measured on held-out rows the MINT classifier never saw; accuracy is on a balanced "
-             "set (50% = chance). The paper's column is gMINT's Table 2 for the same dataset, architecture, "
-             "setup and data fraction; its audited models were trained for 300 epochs on 25,000 (MNIST) or "
-             "20,000 (CIFAR-10) members and generalise far less than these CPU-scale models, so its figures are a "
-             "reference for the method, not a target for this protocol. The negative control is the same "
-             "pipeline on a model that saw neither members nor externals: it must sit near 50%.", ""]
-    for name in cells:
-        lines += cell_report(cells[name], paper)
-    args.out.write_text("\n".join(lines))
+    text = args.config.read_text()
+    report(rows, paper_table(args.paper), tomllib.loads(text), text, args.out)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from gmint.experiment import Probe
 from gmint.models.train import TrainConfig
 
 CONFIGS = Path(__file__).parents[1] / "benchmarks/configs"
+PAPER = Path(__file__).parents[2] / "shared/paper/gmint-table2.csv"
 
 
 def test_grid_trains_on_the_configs_thread_count() -> None:
@@ -117,3 +118,56 @@ def test_rows_of_another_commit_are_kept_with_a_warning(tmp_path: Path, monkeypa
     run_grid_cell(cell, tmp_path / "work", out, data_root=None, show_progress=False)
     assert "measured at commit(s) ['0123456789']" in capsys.readouterr().err
     assert len(out.read_text().splitlines()) == 2
+
+
+def _smoke(datasets: list[str], tmp_path: Path, data_root: Path | None) -> tuple[list[dict[str, object]], str]:
+    """The smoke config's cells of `datasets`, run and reported."""
+    from benchmarks.report import paper_table, report
+
+    text = (CONFIGS / "grid-smoke.toml").read_text()
+    config = tomllib.loads(text)
+    config["grid"]["datasets"] = datasets
+    config["datasets"] = {k: v for k, v in config.get("datasets", {}).items() if k in datasets}
+    out = tmp_path / "grid.jsonl"
+    for cell in grid_cells(config):
+        run_grid_cell(cell, tmp_path / "work", out, data_root=data_root, show_progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    paper = paper_table(PAPER) if PAPER.exists() else {}
+    report(rows, paper, config, text, tmp_path / "report.md")
+    return rows, (tmp_path / "report.md").read_text()
+
+
+def _assert_finite(rows: list[dict[str, object]]) -> None:
+    for row in rows:
+        for block in ("mint", "loss_threshold"):
+            for name in ("accuracy", "auc"):
+                assert np.isfinite(row[block][name]["value"]), (row["cell"], block, name)  # type: ignore[index]
+
+
+def test_smoke_grid_on_digits_reports_every_probe(tmp_path: Path) -> None:
+    rows, text = _smoke(["digits"], tmp_path, None)
+    assert len(rows) == len(grid.PROBES)
+    _assert_finite(rows)
+    assert "Cells finished: 1 of 1" in text and "| digits | mobilenet |" in text
+    assert (tmp_path / "report-figures" / "paper-digits-roc.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "report.json").read_text())
+    assert summary["cells"]["paper/digits-mobilenet"]["combined/D100"]["paper_accuracy"] is None
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10", "gtsrb", "tiny_imagenet"])
+def test_smoke_grid_on_each_real_dataset_sits_beside_the_paper(dataset: str, tmp_path: Path) -> None:
+    from tests.conftest import REAL_FOLDERS, REAL_ROOT
+
+    if not (REAL_ROOT / REAL_FOLDERS[dataset]).is_dir():
+        pytest.skip(f"{REAL_ROOT / REAL_FOLDERS[dataset]} is absent")
+    if not PAPER.exists():
+        pytest.skip(f"{PAPER} is absent")
+    rows, text = _smoke([dataset], tmp_path, REAL_ROOT)
+    _assert_finite(rows)
+    protocols = {r["protocol"] for r in rows}
+    assert protocols == ({"paper", "grouped"} if dataset == "gtsrb" else {"paper"})
+    summary = json.loads((tmp_path / "report.json").read_text())
+    for cell in summary["cells"].values():  # every gMINT figure has the paper's beside it
+        assert all(v["paper_accuracy"] is not None and v["ours_accuracy"] is not None for v in cell.values())
+    assert text.count("· paper ") == 12 * len(protocols)
