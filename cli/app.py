@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 import gmint
 from gmint.threads import fit_threads_to_cores
-from gmint_cli import audited, demo, evaluate, extract, info, score, split, train
+from gmint_cli import audited, demo, evaluate, extract, info, score, serve, split, train
 from gmint_cli.console import one_line_warnings, print_error
 
 if TYPE_CHECKING:  # the installed typer's (vendored) click, for its types only: the module is private
@@ -55,6 +55,7 @@ app.command("train")(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command("info")(info.info)
 app.command("score")(score.score)
+app.command("serve")(serve.serve)
 
 
 def _version(value: bool) -> None:

@@ -25,7 +25,10 @@ def demo(out: Path = typer.Option(Path("gmint-demo"), help="Working folder for t
          overwrite: bool = flag("--overwrite", "Write into an existing, non-empty --out folder (models and stores "
                                                "made there with the same settings are reused)."),
          seed: int = typer.Option(0, help="Seed of every random choice."),
-         epochs: int = typer.Option(40, min=1, help="Training epochs of the audited model.")) -> None:
+         epochs: int = typer.Option(40, min=1, help="Training epochs of the audited model."),
+         serve: bool = flag("--serve", "Then publish the audit (--out/audit.json) and open the MINT-Demo page on "
+                                       "it (`gmint serve`; Ctrl+C stops)."),
+         port: int = typer.Option(8000, min=1, max=65535, help="Port of the page, with --serve.")) -> None:
     """Run the whole audit on scikit-learn's digits: split, train, extract, fit MINT, evaluate."""
     check_output(out, "--out", folder=True, overwrite=overwrite)
     console.print("[bold]gmint demo: was this digit in the training set?[/]")
@@ -62,6 +65,13 @@ def demo(out: Path = typer.Option(Path("gmint-demo"), help="Working folder for t
         "so the member/external gap, and with it any honest membership signal, is small here; the paper's "
         "near-100% accuracies come from models trained far past generalisation (see README).")
     console.print(f"Files: {cell.workdir}/ (split.json, audited.pt, control.pt, *.h5 stores, mint-*.pt)")
+    if serve:  # the web stack is imported only when it is used: it slows every other command's start
+        from gmint.serve.audits import write_manifest
+        from gmint.serve.limits import Limits
+        from gmint_cli.serve import DEMO_MANIFEST, load_audits, serve_audits
+
+        write_manifest(cell.workdir, DEMO_MANIFEST)
+        serve_audits(load_audits(cell.workdir), Limits(), port=port, open_browser=True)
 
 
 def _record(model: AuditedModel) -> Mapping[str, float]:

@@ -1,0 +1,234 @@
+// The MINT-Demo page: pick an audit, add images with their classes, send them, read the answer.
+// Plain DOM: every text from the server or from file names goes in through textContent, never as HTML.
+"use strict";
+
+const state = { audits: [], limits: null, audit: null, items: [], nextId: 0 };
+const $ = (id) => document.getElementById(id);
+
+function el(tag, text, cls) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = text;
+  if (cls) node.className = cls;
+  return node;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function percent(x) { return (100 * x).toFixed(1) + "%"; }
+function bytes(n) { return n >= 1048576 ? (n / 1048576).toFixed(1) + " MiB" : Math.round(n / 1024) + " KiB"; }
+
+function classSelect(value) {
+  const select = el("select");
+  for (const name of state.audit.classes) {
+    const option = el("option", name);
+    option.value = name;
+    select.appendChild(option);
+  }
+  select.value = value;
+  return select;
+}
+
+function renderAudit() {
+  const a = state.audit;
+  $("audit-title").textContent = a.title;
+  $("audit-description").textContent = a.description;
+  const facts = $("audit-facts");
+  facts.replaceChildren();
+  facts.appendChild(el("li", `Classes: ${a.classes.join(", ")}.`));
+  if (a.input.side) {
+    facts.appendChild(el("li", `Images are resized to ${a.input.side}×${a.input.side} pixels` +
+      (a.input.channels === 1 ? ", greyscale." : ".")));
+  }
+  if (a.gap) {
+    facts.appendChild(el("li", `The model is ${percent(a.gap.members_accuracy)} accurate on its training images ` +
+      `and ${percent(a.gap.external_accuracy)} on images it never saw (gap ${(100 * a.gap.accuracy_gap).toFixed(1)} ` +
+      "points): the smaller the gap, the less trace its training data leaves."));
+  }
+  facts.appendChild(el("li", `Verdicts are calibrated to a false-positive rate of ${a.alpha} against ` +
+    `${a.n_calibration} held-out images the model never saw.`));
+  const batch = $("batch-class");
+  batch.replaceChildren(...classSelect(a.classes[0]).children);
+  batch.value = a.classes[0];
+  $("grey-row").hidden = a.input.channels !== 1;
+  for (const item of state.items) {
+    if (!a.classes.includes(item.label)) item.label = a.classes[0];
+  }
+  renderPending();
+}
+
+function renderPending() {
+  const body = $("pending").querySelector("tbody");
+  body.replaceChildren();
+  for (const item of state.items) {
+    const row = el("tr");
+    row.dataset.id = String(item.id);
+    const thumb = el("td");
+    const img = el("img", null, "thumb");
+    img.src = item.url;
+    img.alt = "";
+    thumb.appendChild(img);
+    row.appendChild(thumb);
+    row.appendChild(el("td", item.file.name));
+    const cell = el("td");
+    const select = classSelect(item.label);
+    select.setAttribute("aria-label", `Class of ${item.file.name}`);
+    select.addEventListener("change", () => { item.label = select.value; });
+    cell.appendChild(select);
+    row.appendChild(cell);
+    const remove = el("button", "Remove");
+    remove.type = "button";
+    remove.addEventListener("click", () => {
+      URL.revokeObjectURL(item.url);
+      state.items = state.items.filter((other) => other !== item);
+      renderPending();
+    });
+    const last = el("td");
+    last.appendChild(remove);
+    row.appendChild(last);
+    body.appendChild(row);
+  }
+  $("pending-count").textContent = String(state.items.length);
+  $("check").disabled = state.items.length === 0 || !state.audit;
+}
+
+function addFiles(fileList) {
+  showError("");
+  const files = Array.from(fileList);
+  const limits = state.limits;
+  const refused = [];
+  for (const file of files) {
+    if (state.items.length >= limits.max_files) {
+      refused.push(`${file.name}: at most ${limits.max_files} images at a time`);
+      continue;
+    }
+    if (file.size > limits.max_file_bytes) {
+      refused.push(`${file.name}: larger than ${bytes(limits.max_file_bytes)}`);
+      continue;
+    }
+    state.items.push({ id: state.nextId++, file, label: $("batch-class").value, url: URL.createObjectURL(file) });
+  }
+  if (refused.length) showError("Not added: " + refused.join("; "));
+  renderPending();
+}
+
+function renderResult(result) {
+  const v = result.verdict;
+  $("headline").textContent = v.rejects_h0
+    ? "Evidence that these images were used to train the model."
+    : "No evidence that these images were used to train the model.";
+  $("verdict").classList.toggle("evidence", v.rejects_h0);
+  $("conclusion").textContent = v.conclusion;
+  $("p-value").textContent = v.p_value < 0.001 ? v.p_value.toExponential(2) : v.p_value.toFixed(3);
+  $("alpha").textContent = String(v.alpha);
+  $("n-images").textContent = String(v.n_candidates);
+  $("n-calibration").textContent = String(v.n_calibration);
+  $("test").textContent = v.test;
+  const caveats = $("caveats");
+  caveats.replaceChildren(...result.caveats.map((c) => {
+    const item = el("li", c.text);
+    item.dataset.topic = c.topic;
+    return item;
+  }));
+  const body = $("results").querySelector("tbody");
+  body.replaceChildren();
+  for (const image of result.images) {
+    const row = el("tr");
+    row.appendChild(el("td", image.name));
+    row.appendChild(el("td", image.label));
+    row.appendChild(el("td", image.score.toFixed(3), "number"));
+    const barCell = el("td");
+    const bar = el("meter");
+    bar.min = 0;
+    bar.max = 1;
+    bar.value = image.score;
+    barCell.appendChild(bar);
+    row.appendChild(barCell);
+    body.appendChild(row);
+  }
+  $("result-section").hidden = false;
+}
+
+async function check() {
+  showError("");
+  const form = new FormData();
+  for (const item of state.items) {
+    form.append("files", item.file, item.file.name);
+    form.append("labels", item.label);
+  }
+  form.append("to_grey", $("to-grey").checked ? "true" : "false");
+  $("check").disabled = true;
+  $("status").textContent = `Checking ${state.items.length} image${state.items.length === 1 ? "" : "s"}…`;
+  try {
+    const response = await fetch(`/api/audits/${encodeURIComponent(state.audit.name)}/score`,
+      { method: "POST", body: form });
+    const payload = await response.json().catch(() => ({ detail: `the server answered ${response.status}` }));
+    if (!response.ok) {
+      showError(typeof payload.detail === "string" ? payload.detail : `the server answered ${response.status}`);
+      $("status").textContent = "";
+      return;
+    }
+    renderResult(payload);
+    $("status").textContent = `Done in ${payload.seconds.toFixed(2)} s.`;
+  } catch (err) {
+    showError(`Could not reach the server (${err}).`);
+    $("status").textContent = "";
+  } finally {
+    $("check").disabled = state.items.length === 0;
+  }
+}
+
+async function start() {
+  const drop = $("drop");
+  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    addFiles(event.dataTransfer.files);
+  });
+  $("files").addEventListener("change", (event) => { addFiles(event.target.files); event.target.value = ""; });
+  $("check").addEventListener("click", check);
+  $("clear").addEventListener("click", () => {
+    for (const item of state.items) URL.revokeObjectURL(item.url);
+    state.items = [];
+    renderPending();
+  });
+  $("apply-all").addEventListener("click", () => {
+    for (const item of state.items) item.label = $("batch-class").value;
+    renderPending();
+  });
+  $("audit").addEventListener("change", () => {
+    state.audit = state.audits.find((a) => a.name === $("audit").value);
+    $("result-section").hidden = true;
+    renderAudit();
+  });
+  try {
+    const response = await fetch("/api/audits");
+    const listing = await response.json();
+    state.audits = listing.audits;
+    state.limits = listing.limits;
+    $("version").textContent = `gmint ${listing.gmint_version}`;
+    $("limits").textContent = `PNG, JPEG, BMP or PPM; up to ${listing.limits.max_files} images of at most ` +
+      `${bytes(listing.limits.max_file_bytes)} each.`;
+    if (state.audits.length === 0) {
+      showError("This server publishes no audits.");
+      return;
+    }
+    for (const a of state.audits) {
+      const option = el("option", a.title);
+      option.value = a.name;
+      $("audit").appendChild(option);
+    }
+    state.audit = state.audits[0];
+    renderAudit();
+    document.body.dataset.ready = "true";
+  } catch (err) {
+    showError(`Could not load the audits (${err}).`);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", start);

@@ -1,0 +1,177 @@
+"""The MINT-Demo page in a real headless browser: Debian's chromium, driven through its chromedriver by Selenium.
+
+The server runs in a thread (uvicorn) on a free port over a digits audit built from the session's fixtures; the
+browser opens the page, adds digit images with their classes (file picker and drop), checks them and reads the
+verdict, which must be the API's own. Skipped, with the reason, where no browser is installed (`.ci/run` installs
+one); Selenium is pointed at the system's chromedriver and never downloads anything.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gmint.data.base import ImageSet
+from gmint.data.split import MembershipSplit
+from gmint.mint import train_mint
+from gmint.models.io import AuditedModel
+from gmint.serve.audits import AuditManifest, find_audits, write_manifest
+from gmint.serve.limits import Limits
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+if CHROMIUM is None or CHROMEDRIVER is None:
+    pytest.skip("no headless browser: install Debian's chromium and chromium-driver packages (.ci/run does)",
+                allow_module_level=True)
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, digits_store: Path,
+           audited_digits: tuple[AuditedModel, Path]) -> Iterator[str]:
+    import uvicorn
+
+    from gmint.serve.app import create_app
+
+    folder = tmp_path_factory.mktemp("published") / "digits"
+    folder.mkdir()
+    shutil.copy(audited_digits[1], folder / "audited.pt")
+    shutil.copy(digits_store, folder / "features.h5")
+    train_mint(digits_store, kind="logreg", setup="combined", seed=0).save(folder / "mint.pt")
+    write_manifest(folder, AuditManifest(model="audited.pt", mint="mint.pt", store="features.h5",
+                                         title="Handwritten digits", description="Browser test audit."))
+    audits, problems = find_audits(folder.parent)
+    assert problems == []
+    port = _free_port()
+    app = create_app(audits, Limits(), tmp_root=tmp_path_factory.mktemp("requests"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(arg)
+    service = webdriver.ChromeService(executable_path=str(CHROMEDRIVER))  # never Selenium Manager
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SE_OFFLINE", "true")  # and should Selenium look for anything, it looks offline
+        driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _images(folder: Path, digits: ImageSet, rows: np.ndarray, side: int = 8) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in rows:
+        path = folder / f"digit{i}.png"
+        Image.fromarray(digits.images[i, :, :, 0]).resize((side, side), Image.Resampling.NEAREST).save(path)
+        paths.append(path)
+    return paths
+
+
+def _wait(driver: webdriver.Chrome, condition: str, timeout: float = 60) -> None:
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script(f"return Boolean({condition});"))
+
+
+def test_the_page_checks_digit_images_and_shows_the_verdict(server: str, browser: webdriver.Chrome, tmp_path: Path,
+                                                            digits: ImageSet, digits_split: MembershipSplit) -> None:
+    import httpx
+
+    members = np.intersect1d(digits_split.holdout, digits_split.members)
+    threes = members[digits.labels[members] == 3][:6]
+    sevens = members[digits.labels[members] == 7][:6]
+    browser.get(server + "/")
+    _wait(browser, "document.body.dataset.ready === 'true'")
+    assert browser.find_element(By.ID, "audit-title").text == "Handwritten digits"
+    facts = browser.find_element(By.ID, "audit-facts").text
+    assert "Images are resized to 8×8 pixels, greyscale." in facts and "false-positive rate of 0.05" in facts
+
+    # Threes through the file picker, with the class chosen for the batch.
+    Select(browser.find_element(By.ID, "batch-class")).select_by_value("3")
+    browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in _images(tmp_path / "a", digits, threes)))
+    # Sevens, scanned larger, dropped onto the drop zone (files staged in a helper input, then a real drop event).
+    Select(browser.find_element(By.ID, "batch-class")).select_by_value("7")
+    browser.execute_script("const i = document.createElement('input'); i.type = 'file'; i.multiple = true; "
+                           "i.id = 'staging'; document.body.appendChild(i);")
+    browser.find_element(By.ID, "staging").send_keys(
+        "\n".join(str(p) for p in _images(tmp_path / "b", digits, sevens, side=32)))
+    browser.execute_script("const dt = new DataTransfer(); for (const f of document.getElementById('staging').files) "
+                           "dt.items.add(f); document.getElementById('drop').dispatchEvent("
+                           "new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));")
+    assert browser.find_element(By.ID, "pending-count").text == "12"
+    chosen = [Select(s).first_selected_option.text
+              for s in browser.find_elements(By.CSS_SELECTOR, "#pending tbody select")]
+    assert chosen == ["3"] * 6 + ["7"] * 6
+
+    browser.find_element(By.ID, "check").click()
+    _wait(browser, "!document.getElementById('result-section').hidden")
+    headline = browser.find_element(By.ID, "headline").text
+    p_value = browser.find_element(By.ID, "p-value").text
+    assert headline in ("Evidence that these images were used to train the model.",
+                        "No evidence that these images were used to train the model.")
+    assert browser.find_element(By.ID, "n-images").text == "12"
+    assert browser.find_element(By.ID, "alpha").text == "0.05"
+    caveats = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#caveats li")]
+    assert len(caveats) == 5 and caveats[0].startswith("6 of your 12 images were resized to 8x8 pixels")
+    assert "not proof" in caveats[3]
+    rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")[:3]]
+            for tr in browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")]
+    assert [r[:2] for r in rows] == ([[f"digit{i}.png", "3"] for i in threes]
+                                     + [[f"digit{i}.png", "7"] for i in sevens])
+
+    # The page shows what the API answers for the same files.
+    files = [("files", (p.name, p.read_bytes(), "image/png"))
+             for p in [*(tmp_path / "a" / f"digit{i}.png" for i in threes),
+                       *(tmp_path / "b" / f"digit{i}.png" for i in sevens)]]
+    api = httpx.post(f"{server}/api/audits/digits/score", files=files, data={"labels": ["3"] * 6 + ["7"] * 6},
+                     timeout=60).json()
+    assert [r[2] for r in rows] == [f"{image['score']:.3f}" for image in api["images"]]
+    p = api["verdict"]["p_value"]
+    mantissa, exponent = f"{p:.2e}".split("e")
+    assert p_value == (f"{mantissa}e{int(exponent)}" if p < 0.001 else f"{p:.3f}")  # as JavaScript writes it
+    assert browser.find_element(By.ID, "conclusion").text == api["verdict"]["conclusion"]
+    assert headline.startswith("Evidence") == api["verdict"]["rejects_h0"]
+
+
+def test_the_page_shows_the_servers_refusal(server: str, browser: webdriver.Chrome, tmp_path: Path) -> None:
+    browser.get(server + "/")
+    _wait(browser, "document.body.dataset.ready === 'true'")
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    browser.find_element(By.ID, "files").send_keys(str(notes))
+    browser.find_element(By.ID, "check").click()
+    _wait(browser, "!document.getElementById('error').hidden")
+    assert browser.find_element(By.ID, "error").text == ("notes.png is not an image this server reads "
+                                                         "(PNG, JPEG, BMP, PPM)")
+    assert browser.find_element(By.ID, "result-section").is_displayed() is False
