@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,11 +101,14 @@ class TrainConfig:
 def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transform: Transform,
                   config: TrainConfig, out: Path, arch_options: dict[str, object] | None = None,
                   resume: bool = False, overwrite: bool = False, negative_control: bool = False,
-                  device: str = "cpu", show_progress: bool = False) -> AuditedModel:
+                  rows: Sequence[int] | None = None, device: str = "cpu",
+                  show_progress: bool = False) -> AuditedModel:
     """Train `arch` on the split's members, checkpointing to `out` every epoch; return it with its record.
 
     With `negative_control=True` the model is trained on the split's `control` rows instead: it saw
     neither the members nor the externals, so auditing it with the same pipeline must give chance.
+    With `rows` it is trained on exactly those dataset rows (a reference model of gmint.reference, trained on
+    data the auditor controls); they are recorded in the checkpoint and are part of the recipe a resume checks.
     With `resume=True` an interrupted run continues from its last epoch and a finished one is returned
     as it is, its file untouched. A run with `config.target_accuracy` stops at the first epoch that reaches
     it; its record says whether the target was reached (`reached_target`). With `overwrite=True` an
@@ -115,12 +118,16 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
     Raises:
         InputError: before any file is written, for an existing `out` without `resume` or `overwrite`, both
             of them, or a checkpoint trained with another recipe (architecture, data, split, transform,
-            TrainConfig).
+            TrainConfig, rows), `rows` together with `negative_control`, or rows that are empty, repeated or
+            outside the data.
     """
     if split.dataset != data.name:
         raise InputError(f"the split is for '{split.dataset}', the data is '{data.name}'")
     augment = AUGMENTATIONS.get(config.augment)
-    members = np.asarray(split.control if negative_control else split.members)
+    if rows is not None:
+        members = _training_rows(rows, len(data), negative_control)
+    else:
+        members = np.asarray(split.control if negative_control else split.members)
     if len(members) == 0:
         raise InputError("the split has no control rows to train a negative control on; draw one with "
                          "`gmint split --control`")
@@ -146,7 +153,9 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
         "arch": arch, "arch_args": {k: v for k, v in arch_args.items() if k != "arch"},
         "dataset": data.name, "transform": transform.to_dict(), "split": asdict(split),
         "split_sha256": split.sha256, "train_config": asdict(config), "num_classes": len(data.classes),
-        "classes": list(data.classes), "trained_on": "control" if negative_control else "members",
+        "classes": list(data.classes),
+        "trained_on": "rows" if rows is not None else "control" if negative_control else "members",
+        **({"rows": [int(r) for r in members]} if rows is not None else {}),
     }
     history: list[dict[str, float]] = []
     start_epoch, elapsed = 0, 0.0
@@ -279,7 +288,21 @@ def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     save_checkpoint(out, model, meta, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
 
 
-RECIPE = ("arch", "arch_args", "dataset", "split_sha256", "train_config", "transform", "trained_on")
+RECIPE = ("arch", "arch_args", "dataset", "split_sha256", "train_config", "transform", "trained_on", "rows")
+
+
+def _training_rows(rows: Sequence[int], n: int, negative_control: bool) -> np.ndarray:
+    """Given training rows as a sorted int64 array: the same set trains the same model in whatever order."""
+    if negative_control:
+        raise InputError("rows and negative_control both choose the training rows: pass one of them")
+    members = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if len(members) == 0:
+        raise InputError("no training rows given")
+    if members.min() < 0 or members.max() >= n:
+        raise InputError(f"training rows must lie in 0..{n - 1}, got {int(members.min())}..{int(members.max())}")
+    if len(np.unique(members)) != len(members):
+        raise InputError(f"{len(members) - len(np.unique(members))} training rows are given twice")
+    return np.sort(members)
 
 
 def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -297,7 +320,7 @@ def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                          "resumed")
     saved = json.loads(payload["meta"])
     for key in RECIPE:
-        wanted = json.loads(json.dumps(meta[key]))
+        wanted = json.loads(json.dumps(meta.get(key)))
         if saved.get(key) != wanted:
             raise InputError(f"{out} was trained with a different {key} ({_difference(saved.get(key), wanted)}); "
                              "it cannot be resumed with these settings: choose another --out")
@@ -316,4 +339,10 @@ def _difference(saved: object, wanted: object) -> str:
     if isinstance(saved, dict) and isinstance(wanted, dict):
         keys = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
         return ", ".join(f"{k} {saved.get(k, '—')} → {wanted.get(k, '—')}" for k in keys)
+    if isinstance(saved, list) or isinstance(wanted, list):  # training rows: thousands of numbers
+        return f"{_count(saved)} → {_count(wanted)} rows, not the same set"
     return f"{saved} → {wanted}"
+
+
+def _count(rows: object) -> str:
+    return str(len(rows)) if isinstance(rows, list) else "no given"

@@ -1,0 +1,240 @@
+"""Reference models beside gMINT: LiRA, RMIA and calibrated gMINT per cell × mode × attack × K.
+
+Each cell trains an audited model on a seeded split (with a population of control rows), then, for each K in
+the config's `ks` (ascending), grows its reference set to K models (`gmint.reference.train_references`, one
+checkpoint per model, resumable), extracts the new models' stores, and runs every attack at that K on the same
+held-out rows; each result is appended to the JSONL as soon as it is measured, and finished (cell, mode,
+attack, K) rows are skipped on a rerun. Rows record each reference model's training seconds, the attack's
+parameters, the gmint version and commit, torch, the seeds and the cell's config.
+
+    python -m benchmarks.reference --out benchmarks/results/reference-cpu.jsonl --only mnist-small_cnn
+    python -m benchmarks.reference --report --out benchmarks/results/reference-cpu.jsonl
+
+(the config defaults to benchmarks/configs/reference-cpu.toml; the report to --out with .md, its figures under
+--out without the suffix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.grid import read_rows, train_config
+from benchmarks.speed import machine_info
+from gmint.assess.metrics import Estimate
+from gmint.data.readers import load_dataset
+from gmint.data.split import make_split
+from gmint.data.transforms import Transform
+from gmint.models.io import load_audited
+from gmint.models.train import train_audited
+from gmint.reference import ExtractSettings, compare_attacks, extract_references, load_signals, train_references
+from gmint.reference.attacks import ATTACKS
+from gmint.reference.compare import AttackResult, Comparison
+from gmint.reference.report import k_plot, write_comparison
+
+CALIBRATED = ("gmint-calibrated", "gmint-calibrated-norms")
+REFERENCE_ATTACKS = ("lira-offline", "lira-offline-global", "lira-online", "lira-online-global", "rmia",
+                     "rmia-online")
+
+
+def cell_name(cfg: Mapping[str, Any]) -> str:
+    """The cell's name: its `name`, else `<dataset>-<arch>`."""
+    return str(cfg.get("name") or f"{cfg['dataset']}-{cfg['arch']}")
+
+
+def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path, out: Path, figures: Path, *,
+             data_root: Path | None, show_progress: bool, machine: dict[str, Any]) -> None:
+    """One cell: audited model, then per mode and K the reference models, stores and attacks."""
+    cfg = {**defaults, **cell}
+    name = cell_name(cfg)
+    done = {(r["cell"], r["mode"], r["attack"], r["k"]) for r in read_rows(out)}
+    attacks = list(cfg["attacks"])
+    ks = sorted(int(k) for k in cfg["ks"])
+    wanted = [(mode, a, k) for mode in cfg["modes"] for a in attacks
+              for k in (ks if ATTACKS.get(a).references else [0])]
+    if all((name, *w) in done for w in wanted):
+        return
+    data = load_dataset(str(cfg["dataset"]), data_root, **dict(cfg.get("data_options", {})))
+    folder = workdir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    split = make_split(data, members=cfg["members"], external=cfg["external"], control=cfg["control"],
+                       holdout=float(cfg["holdout"]), protocol=str(cfg["protocol"]), seed=int(cfg["seed"]))
+    split.save(folder / "split.json")
+    audited_path = folder / "audited.pt"
+    audited = train_audited(data, split, arch=str(cfg["arch"]), transform=Transform(size=cfg.get("image_size")),
+                            config=train_config(cfg["train"]), out=audited_path,
+                            arch_options=dict(cfg.get("arch_options", {})), resume=True, show_progress=show_progress)
+    print(f"[{name}] audited: {audited.meta['record']}", flush=True)
+    settings = ExtractSettings(layers=str(cfg["layers"]), reduction=str(cfg["reduction"]), engine=str(cfg["engine"]),
+                               batch_size=int(cfg["batch_size"]), seed=int(cfg["seed"]))
+    for mode in cfg["modes"]:
+        refs = folder / f"references-{mode}"
+        for k in ks:
+            todo = [a for a in attacks if (name, mode, a, k if ATTACKS.get(a).references else 0) not in done]
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            train_references(data, audited_path, refs, mode=mode, k=k, seed=int(cfg["seed"]), init=str(cfg["init"]),
+                             resume=(refs / "references.json").exists(), show_progress=show_progress)
+            trained = time.perf_counter() - t0
+            extract_references(data, refs, k=k, settings=settings, show_progress=show_progress)
+            extracted = time.perf_counter() - t0 - trained
+            signals = load_signals(refs, k=k)
+            comparison = compare_attacks(signals, todo, [k], n_boot=int(cfg["n_boot"]), seed=int(cfg["seed"]))
+            write_comparison(comparison, figures / f"{name}-{mode}-k{k}", title=f"{name}, {mode}, K={k}")
+            reference_seconds = [float(load_audited(refs / f"ref-{i:02d}.pt").meta["train_seconds"])  # type: ignore[arg-type]
+                                 for i in range(k)]
+            for result in comparison.results:
+                row = {"cell": name, "dataset": cfg["dataset"], "arch": cfg["arch"], "mode": mode,
+                       "attack": result.attack, "k": result.k, **result.to_dict(),
+                       "rows": comparison.to_dict()["rows"], "audited_record": audited.meta["record"],
+                       "audited_train_seconds": audited.meta["train_seconds"],
+                       "reference_train_seconds": reference_seconds if result.k else [],
+                       "stage_seconds": {"train": round(trained, 1), "extract": round(extracted, 1)},
+                       "split": {"members": len(split.members), "external": len(split.external),
+                                 "control": len(split.control), "pool": len(split.pool),
+                                 "holdout": len(split.holdout), "sha256": split.sha256},
+                       "config": {k2: v for k2, v in cfg.items() if k2 != "attacks"}, "machine": machine}
+                with open(out, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                done.add((name, mode, result.attack, result.k))
+                metrics = result.metrics
+                shown = (f"AUC {metrics['auc'].value:.3f} TPR@1% {metrics['tpr_at_1pct_fpr'].value}"
+                         if metrics else result.unresolved)
+                print(f"[{name}] {mode} K={k} {result.attack:24s} {shown}", flush=True)
+
+
+def _fmt(metric: Mapping[str, Any] | None) -> str:
+    if metric is None:
+        return "—"
+    if metric.get("value") is None:
+        return "n/a"
+    return f"{metric['value']:.3f} [{metric['ci95_low']:.3f}, {metric['ci95_high']:.3f}]"
+
+
+def report(rows: list[dict[str, Any]], config: Mapping[str, Any] | None, figures: Path) -> str:
+    """The Markdown report: per cell the attack × K table, the aim checked, and what is pending."""
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    lines = ["# Reference models beside gMINT (CPU scale)", "",
+             "Every figure is measured on the same balanced held-out rows (≥ 2,000 per side where the dataset has "
+             "them), with bootstrap 95% intervals; a TPR at an FPR is given only where the held-out externals "
+             "resolve it. Attacks fit only on the auditor's pool. K reference models are the first K of one set "
+             "drawn in complementary pairs of halves of the population (offline: the split's control rows, "
+             "disjoint from every candidate).", ""]
+    for cell in cells:
+        mine = [r for r in rows if r["cell"] == cell]
+        first = mine[0]
+        rec = first["audited_record"]
+        lines += [f"## {cell}", "",
+                  f"Split: {first['split']['members']} members, {first['split']['external']} external, "
+                  f"{first['split']['control']} population rows; scored on {first['rows']['members']} + "
+                  f"{first['rows']['external']} held-out rows, attacks fitted on {first['rows']['fit_rows']} pool "
+                  f"rows. Audited model: member accuracy {rec['members_accuracy']:.3f}, external "
+                  f"{rec['external_accuracy']:.3f}" + (f", test {rec['test_accuracy']:.3f}" if "test_accuracy" in rec
+                                                      else "") +
+                  f"; trained in {first['audited_train_seconds']:.0f} s.", ""]
+        for mode in dict.fromkeys(r["mode"] for r in mine):
+            at = [r for r in mine if r["mode"] == mode]
+            seconds = max((r["reference_train_seconds"] for r in at), key=len, default=[])
+            lines += [f"### {mode} reference models", "",
+                      "Training seconds of each reference model: " + ", ".join(f"{s:.0f}" for s in seconds), "",
+                      "| attack | K | AUC | TPR @ 1% FPR | TPR @ 0.1% FPR |", "|---|---|---|---|---|"]
+            for r in sorted(at, key=lambda r: (list(dict.fromkeys(x["attack"] for x in at)).index(r["attack"]),
+                                               r["k"])):
+                m = r.get("metrics")
+                if m is None:
+                    lines.append(f"| {r['attack']} | {r['k'] or '—'} | n/a: {r['unresolved']} | | |")
+                    continue
+                tpr01 = m["tpr_at_0.1pct_fpr"]
+                lines.append(f"| {r['attack']} | {r['k'] or '—'} | {_fmt(m['auc'])} | {_fmt(m['tpr_at_1pct_fpr'])} | "
+                             + (_fmt(tpr01) if tpr01.get("value") is not None else f"n/a ({tpr01['unresolved']})")
+                             + " |")
+            lines += ["", *aim_lines(at), ""]
+            ks = sorted({r["k"] for r in at if r["k"]})
+            if ks:
+                plot = figures / f"{cell}-{mode}-vs-k.png"
+                k_plot(_as_comparison(mode, at), plot, title=f"{cell}, {mode}")
+                lines += [f"![AUC and TPR at 1% FPR against K]({figures.name}/{plot.name})", "",
+                          f"![ROC, log scale, K={ks[-1]}]({figures.name}/{cell}-{mode}-k{ks[-1]}/roc_log.png)", ""]
+    if config is not None and config.get("notes"):
+        lines += ["## Reading the figures", "", str(config["notes"]).strip(), ""]
+    if config is not None:
+        measured = set(cells)
+        pending = [cell_name({**config["defaults"], **c}) for c in config["cells"]
+                   if cell_name({**config["defaults"], **c}) not in measured]
+        if pending:
+            lines += ["## Pending", "", "Cells of the config not measured on this machine (2 shared CPU cores): "
+                      + ", ".join(pending) + ". Run them with `--only NAME`; rows append to the same JSONL.", ""]
+    return "\n".join(lines)
+
+
+def _as_comparison(mode: str, rows: list[dict[str, Any]]) -> Comparison:
+    """The JSONL rows of one cell and mode as a Comparison without scores (what the K plot reads)."""
+    results = tuple(AttackResult(r["attack"], r["k"], {n: Estimate.from_dict(e) for n, e in r["metrics"].items()}
+                                 if r.get("metrics") else None, unresolved=r.get("unresolved", "")) for r in rows)
+    return Comparison(mode, np.empty(0, np.int64), np.empty(0, np.int64), results, 0, 0)
+
+
+def aim_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The aim, checked at each K: calibrated gMINT ≥ the best of LiRA and RMIA in AUC and TPR at 1% FPR."""
+    out = []
+    for k in sorted({r["k"] for r in rows if r["k"]}):
+        at = {r["attack"]: r["metrics"] for r in rows if r["k"] == k and r.get("metrics")}
+        best = {m: max(((a, at[a][m]["value"]) for a in REFERENCE_ATTACKS if a in at
+                        and at[a][m]["value"] is not None), key=lambda p: p[1], default=None)
+                for m in ("auc", "tpr_at_1pct_fpr")}
+        for cal in CALIBRATED:
+            if cal not in at or best["auc"] is None:
+                continue
+            verdicts = []
+            for m, label in (("auc", "AUC"), ("tpr_at_1pct_fpr", "TPR@1%FPR")):
+                b, v = best[m], at[cal][m]["value"]
+                if b is None or v is None:
+                    continue
+                verdicts.append(f"{label} {v:.3f} vs {b[1]:.3f} ({b[0]}): {'met' if v >= b[1] else 'not met'}")
+            out.append(f"- K={k}, {cal} against the best of LiRA and RMIA: " + "; ".join(verdicts))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("benchmarks/configs/reference-cpu.toml"))
+    parser.add_argument("--out", type=Path, required=True, help="JSONL results (appended; done rows skipped)")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/reference"), help="models and stores")
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--only", action="append", default=None, help="run only the cell of this name (repeatable)")
+    parser.add_argument("--ks", default=None, help="override the config's ks, e.g. 1,2,4")
+    parser.add_argument("--report", action="store_true", help="write the Markdown report from --out and exit")
+    parser.add_argument("--markdown", type=Path, default=None, help="the report (default: --out with .md)")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args()
+    config = tomllib.loads(args.config.read_text())
+    figures = args.out.with_suffix("")
+    if args.report:
+        text = report(read_rows(args.out), config, figures)
+        (args.markdown or args.out.with_suffix(".md")).write_text(text, encoding="utf-8")
+        return
+    torch.set_num_threads(1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    defaults = dict(config["defaults"])
+    if args.ks:
+        defaults["ks"] = [int(k) for k in args.ks.split(",")]
+    machine = {key: value for key, value in machine_info(1, torch.device("cpu")).items()
+               if key in ("cpu", "cores", "torch", "python", "gmint", "commit", "uncommitted_changes", "date")}
+    for cell in config["cells"]:
+        if args.only and cell_name({**defaults, **cell}) not in args.only:
+            continue
+        run_cell(cell, {**defaults, "ks": defaults["ks"]}, args.workdir, args.out, figures, data_root=args.data_root,
+                 show_progress=args.progress, machine=machine)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""Reference models: K more models trained with the audited model's recipe, on data the auditor controls.
+
+A sample's signal under the audited model says little on its own: a hard sample has a high loss whether it
+was trained on or not. Difficulty calibration (LiRA, Carlini et al. 2022; RMIA, Zarifzadeh et al. 2024)
+compares it with the same sample's signal under reference models whose training data is known. A reference
+set is a folder:
+
+    references.json       the manifest: mode, K, seed, the pool the halves are drawn from, the inclusion matrix
+    ref-00.pt ... ref-<K-1>.pt   one gmint checkpoint per reference model (train_audited with `rows`)
+
+- **offline** (the auditor's realistic case): the pool is the split's `control` rows, a population disjoint
+  from the candidates (members and externals); no reference model ever trains on a candidate.
+- **online** (an upper bound, for experiments): the pool is control ∪ candidates, so each candidate is in
+  about half of the reference models.
+
+Halves come in complementary pairs (model 2j trains on a random half of the pool, model 2j+1 on the rest), so
+any even prefix of the set includes each pool row in exactly half of its models: K ∈ {2, 4, 8} are prefixes of
+one set of 8, and each is balanced. Where the data has groups (GTSRB tracks) whole groups are drawn, so no
+reference model sees part of a track. The models start from the audited model's initial weights
+(`init="audited"`: the same seed, hence the same initialisation, as per-filter Weight Modifiers of independently
+initialised networks are not aligned) or each from its own seed (`init="fresh"`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from gmint.data.base import ImageSet
+from gmint.data.split import MembershipSplit
+from gmint.data.transforms import Transform
+from gmint.errors import InputError
+from gmint.files import atomic_write
+from gmint.models.io import AuditedModel, load_audited
+from gmint.models.train import TrainConfig, train_audited
+from gmint.progress import progress_bar
+
+MODES = ("offline", "online")
+INITS = ("audited", "fresh")
+MANIFEST = "references.json"
+FORMAT = "gmint-references/1"
+# Recorded by train_audited in arch_args from the data and transform, not chosen by the recipe's options.
+_DERIVED_ARCH_ARGS = ("in_channels", "num_classes", "image_size")
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """The manifest of a reference set: how its models were drawn and which pool rows each trains on.
+
+    Attributes:
+        mode: `offline` (pool = the split's control rows) or `online` (pool = control ∪ candidates).
+        k: number of reference models.
+        seed: seeds the halves; recorded.
+        init: `audited` (every model starts from the audited model's seed) or `fresh` (model i from seed + 1 + i).
+        audited: the audited checkpoint the recipe was read from, as given.
+        audited_fingerprint: its weights' sha256, which the stores beside it must come from.
+        dataset: the dataset name.
+        split_sha256: the audited model's split.
+        pool: the dataset rows the halves are drawn from, sorted.
+        inclusion: (K, len(pool)) 0/1, 1 where model i trains on pool row j.
+        grouped_by: `group` when whole groups were drawn, else `row`.
+    """
+
+    mode: str
+    k: int
+    seed: int
+    init: str
+    audited: str
+    audited_fingerprint: str
+    dataset: str
+    split_sha256: str
+    pool: list[int]
+    inclusion: list[list[int]]
+    grouped_by: str = "row"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"unknown reference mode '{self.mode}'; choose from {list(MODES)}")
+        if self.init not in INITS:
+            raise InputError(f"unknown reference init '{self.init}'; choose from {list(INITS)}")
+        if self.k < 1 or len(self.inclusion) != self.k or any(len(r) != len(self.pool) for r in self.inclusion):
+            raise InputError(f"the inclusion matrix must be {self.k} × {len(self.pool)} (models × pool rows)")
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """(K, len(pool)) bool inclusion matrix."""
+        return np.asarray(self.inclusion, dtype=bool).reshape(self.k, len(self.pool))
+
+    def rows_of(self, i: int) -> np.ndarray:
+        """The dataset rows reference model `i` trains on."""
+        return np.asarray(self.pool, np.int64)[self.matrix[i]]
+
+    def included(self, rows: np.ndarray) -> np.ndarray:
+        """(K, len(rows)) bool: whether each reference model trained on each dataset row (False off the pool)."""
+        rows = np.asarray(rows, np.int64)
+        pool = np.asarray(self.pool, np.int64)
+        where = np.searchsorted(pool, rows).clip(0, max(len(pool) - 1, 0))
+        found = (pool[where] == rows) if len(pool) else np.zeros(len(rows), bool)
+        return self.matrix[:, where] & found[None, :]
+
+    def model_seed(self, i: int, audited_seed: int) -> int:
+        """The training seed of reference model `i`."""
+        return audited_seed if self.init == "audited" else audited_seed + 1 + i
+
+    @staticmethod
+    def model_file(i: int) -> str:
+        """ref-00.pt, ref-01.pt, ..."""
+        return f"ref-{i:02d}.pt"
+
+    def design(self) -> dict[str, object]:
+        """Everything but K and the inclusion: what must agree for two sets to share their first models."""
+        return {k: v for k, v in asdict(self).items() if k not in ("k", "inclusion", "audited")}
+
+    def save(self, folder: Path) -> Path:
+        """Write references.json into `folder`, whole or not at all."""
+        path = Path(folder) / MANIFEST
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"format": FORMAT, **asdict(self), "sha256": self.sha256}
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(payload))
+        return path
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the manifest's content."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def load(cls, folder: Path) -> ReferenceSet:
+        """Read the manifest of a reference folder.
+
+        Raises:
+            InputError: no manifest, not JSON, another format, or content edited after it was written.
+        """
+        path = Path(folder) / MANIFEST
+        try:
+            payload = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{folder} holds no reference set ({MANIFEST} not found); train one with "
+                             "`gmint reference train`") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path} is not valid JSON ({exc})") from None
+        if payload.pop("format", None) != FORMAT:
+            raise InputError(f"{path} is not a gmint reference manifest ({FORMAT})")
+        recorded = payload.pop("sha256", None)
+        try:
+            manifest = cls(**payload)
+        except TypeError as exc:
+            raise InputError(f"{path} has the wrong fields ({exc})") from None
+        if recorded != manifest.sha256:
+            raise InputError(f"{path} was modified after it was written (hash mismatch)")
+        return manifest
+
+
+def paired_halves(units: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """(k, len(units)) bool: complementary pairs of random halves over the units' distinct values.
+
+    Model 2j takes a random half of the distinct units (rows, or groups of rows), model 2j+1 the other half; an
+    odd last model takes a half of its own. Pairs are drawn one after another from one seeded generator, so the
+    design for k is the first k rows of the design for any larger k.
+    """
+    if k < 1:
+        raise InputError(f"the number of reference models must be at least 1, got {k}")
+    distinct = np.unique(units)
+    if len(distinct) < 2:
+        raise InputError(f"the reference pool has {len(distinct)} distinct rows or groups; halves need at least 2")
+    rng = np.random.default_rng(seed)
+    design = np.zeros((k, len(units)), bool)
+    for pair in range(0, k, 2):
+        half = rng.permutation(distinct)[: len(distinct) // 2]
+        taken = np.isin(units, half)
+        design[pair] = taken
+        if pair + 1 < k:
+            design[pair + 1] = ~taken
+    return design
+
+
+def reference_pool(split: MembershipSplit, mode: str) -> np.ndarray:
+    """The rows reference models draw their halves from: control rows (offline), control ∪ candidates (online).
+
+    Raises:
+        InputError: an unknown mode, or a split without control rows.
+    """
+    if mode not in MODES:
+        raise InputError(f"unknown reference mode '{mode}'; choose from {list(MODES)}")
+    if not split.control:
+        raise InputError("the split has no control (population) rows for reference models to train on; draw one "
+                         "with `gmint split --control`")
+    rows = split.control if mode == "offline" else split.control + split.members + split.external
+    return np.unique(np.asarray(rows, np.int64))
+
+
+def candidate_rows(split: MembershipSplit) -> np.ndarray:
+    """The rows whose membership is audited: members and externals of the split, sorted."""
+    return np.unique(np.asarray(split.members + split.external, np.int64))
+
+
+def design_references(audited: AuditedModel, audited_path: Path, data: ImageSet, *, mode: str, k: int,
+                      seed: int = 0, init: str = "audited") -> ReferenceSet:
+    """The manifest of K reference models for an audited gmint checkpoint (nothing is trained).
+
+    Raises:
+        InputError: the checkpoint records no recipe (a model trained outside gmint), another dataset, or
+            an offline design that would train on a candidate.
+    """
+    meta = audited.meta
+    missing = [key for key in ("arch", "arch_args", "transform", "train_config", "split") if key not in meta]
+    if missing:
+        raise InputError(f"{audited_path} records no training recipe ({', '.join(missing)} missing): reference "
+                         "models are trained with the audited model's recipe, which only a gmint checkpoint holds")
+    if meta.get("dataset") != data.name:
+        raise InputError(f"{audited_path} was trained on '{meta.get('dataset')}', the data is '{data.name}'")
+    split = _split_of(meta)
+    pool = reference_pool(split, mode)
+    units = data.groups[pool] if data.groups is not None else pool
+    inclusion = paired_halves(units, k, seed)
+    manifest = ReferenceSet(mode=mode, k=k, seed=seed, init=init, audited=str(audited_path),
+                            audited_fingerprint=audited.fingerprint, dataset=data.name,
+                            split_sha256=split.sha256, pool=[int(r) for r in pool],
+                            inclusion=inclusion.astype(int).tolist(),
+                            grouped_by="group" if data.groups is not None else "row")
+    check_offline(manifest, split)
+    return manifest
+
+
+def check_offline(manifest: ReferenceSet, split: MembershipSplit) -> None:
+    """Refuse an offline set in which any reference model trains on a candidate, from the recorded inclusion.
+
+    Raises:
+        InputError: naming the model and how many candidates it would see.
+    """
+    if manifest.mode != "offline":
+        return
+    candidates = candidate_rows(split)
+    for i in range(manifest.k):
+        seen = np.intersect1d(manifest.rows_of(i), candidates)
+        if len(seen):
+            raise InputError(f"offline reference model {i} would train on {len(seen)} candidate rows (e.g. "
+                             f"{int(seen[0])}); offline reference models see population rows only")
+
+
+def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str = "offline", k: int = 4,
+                     seed: int = 0, init: str = "audited", resume: bool = False, overwrite: bool = False,
+                     device: str = "cpu", show_progress: bool = False) -> ReferenceSet:
+    """Train K reference models with the audited checkpoint's recipe into the folder `out`.
+
+    The recipe (architecture and its options, preprocessing, TrainConfig, split) is read from the audited
+    checkpoint; only the training rows (a half of the pool) and, with `init="fresh"`, the seed differ. The
+    manifest is written before the first model, each model checkpoints every epoch, and `resume=True` continues
+    a killed run, reusing finished models; it also grows a set to a larger K (the first models are the same).
+
+    Args:
+        data: the dataset the audited model was trained on.
+        audited_path: the audited gmint checkpoint.
+        out: the reference folder.
+        mode: `offline` or `online` (see the module docstring).
+        k: number of reference models.
+        seed: seeds the halves.
+        init: `audited` or `fresh` (see ReferenceSet).
+        resume: continue (or grow) the set in `out`.
+        overwrite: replace a set of another design in `out` (its models are retrained).
+        device: where the models train.
+        show_progress: one bar over the models, and each model's own.
+
+    Raises:
+        InputError: an existing set without `resume`/`overwrite` or of another design, or one that cannot be
+            drawn (see design_references).
+    """
+    out = Path(out)
+    if resume and overwrite:
+        raise InputError(f"resume continues {out}, overwrite replaces it: pass one of them")
+    audited = load_audited(audited_path)
+    manifest = design_references(audited, audited_path, data, mode=mode, k=k, seed=seed, init=init)
+    existing = (out / MANIFEST).exists()
+    if existing and not (resume or overwrite):
+        raise InputError(f"{out} holds a reference set; pass --resume to continue it or --overwrite to replace it")
+    if existing and resume:
+        old = ReferenceSet.load(out)
+        if old.design() != manifest.design():
+            keys = [key for key, value in manifest.design().items() if old.design().get(key) != value]
+            raise InputError(f"{out} holds a reference set of another design ({', '.join(keys)} differ); choose "
+                             "another folder or pass --overwrite")
+        if old.k > manifest.k:  # a smaller K is the prefix of the set already drawn
+            manifest = old
+    manifest.save(out)
+    meta = audited.meta
+    split = _split_of(meta)
+    config = TrainConfig(**meta["train_config"])  # type: ignore[arg-type]
+    arch_args = meta["arch_args"]
+    assert isinstance(arch_args, dict)
+    options = {key: value for key, value in arch_args.items() if key not in _DERIVED_ARCH_ARGS}
+    transform = Transform.from_dict(meta["transform"])  # type: ignore[arg-type]
+    with progress_bar(f"reference models ({mode})", manifest.k, enabled=show_progress) as bar:
+        for i in range(manifest.k):
+            train_audited(data, split, arch=str(meta["arch"]), transform=transform,
+                          config=replace(config, seed=manifest.model_seed(i, config.seed)),
+                          out=out / manifest.model_file(i), arch_options=options, rows=manifest.rows_of(i).tolist(),
+                          resume=not overwrite, overwrite=overwrite, device=device, show_progress=show_progress)
+            bar.advance(1, manifest.model_file(i))
+    return manifest
+
+
+def reference_models(folder: Path, k: int | None = None) -> list[Path]:
+    """The checkpoints of the first `k` (default all) reference models of a set.
+
+    Raises:
+        InputError: a set with fewer models, or a model not trained yet.
+    """
+    manifest = ReferenceSet.load(folder)
+    k = manifest.k if k is None else k
+    if k > manifest.k:
+        raise InputError(f"{folder} holds {manifest.k} reference models, {k} asked for; train more with "
+                         f"`gmint reference train --k {k} --resume`")
+    paths = [Path(folder) / manifest.model_file(i) for i in range(k)]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise InputError(f"{folder}: {', '.join(missing)} not trained yet; run `gmint reference train --resume`")
+    return paths
+
+
+def _split_of(meta: dict[str, object]) -> MembershipSplit:
+    return MembershipSplit.from_json(json.dumps(meta["split"]))
+
+
+def train_seconds(paths: Sequence[Path]) -> list[float]:
+    """Each reference model's recorded training time (seconds of its epochs)."""
+    return [float(load_audited(p).meta.get("train_seconds", 0.0)) for p in paths]  # type: ignore[arg-type]

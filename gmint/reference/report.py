@@ -1,0 +1,168 @@
+"""Presenting a comparison of attacks: one table, one log-scale ROC plot, and AUC / TPR against K.
+
+Files under the report folder: comparison.json (every result with its parameters), comparison.md (the table),
+scores.csv (each attack's score per evaluation row), roc_log.png (each attack at its largest K, its AUC in the
+legend) and vs_k.png (AUC and TPR at 1% FPR against the number of reference models).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from gmint.assess.report import METRIC_LABELS, format_estimate
+from gmint.files import atomic_write
+from gmint.reference.compare import AttackResult, Comparison
+
+COLUMNS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy")
+
+
+def result_label(result: AttackResult) -> str:
+    """'rmia (K=4)', or the name alone for an attack that reads no reference model."""
+    return f"{result.attack} (K={result.k})" if result.k else result.attack
+
+
+def _cells(result: AttackResult) -> list[str]:
+    if result.metrics is None:
+        return [f"n/a ({result.unresolved})"] + [""] * (len(COLUMNS) - 1)
+    return [format_estimate(result.metrics[c]) for c in COLUMNS]
+
+
+def comparison_table(comparison: Comparison, title: str = "membership attacks side by side") -> Table:
+    """One row per attack and K: AUC, TPR at 1% and 0.1% FPR, balanced accuracy, each with its 95% interval."""
+    table = Table(title=title)
+    table.add_column("attack")
+    table.add_column("K", justify="right")
+    for c in COLUMNS:
+        table.add_column(METRIC_LABELS[c], justify="right")
+    for r in comparison.results:
+        table.add_row(r.attack, str(r.k) if r.k else "—", *_cells(r))
+    return table
+
+
+def comparison_markdown(comparison: Comparison) -> str:
+    """The table as Markdown, with the rows it was measured on."""
+    rows = comparison.to_dict()["rows"]
+    assert isinstance(rows, dict)
+    lines = [f"Held-out rows: {rows['members']} members, {rows['external']} external (balanced); attacks fitted on "
+             f"{rows['fit_rows']} pool rows; reference set: {comparison.mode}.", "",
+             "| attack | K | " + " | ".join(METRIC_LABELS[c] for c in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    lines += [f"| {r.attack} | {r.k or '—'} | " + " | ".join(_cells(r)) + " |" for r in comparison.results]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(comparison: Comparison, out_dir: Path, title: str = "") -> list[Path]:
+    """comparison.json, comparison.md, scores.csv, roc_log.png and vs_k.png under `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / n for n in ("comparison.json", "comparison.md", "scores.csv", "roc_log.png", "vs_k.png")]
+    with atomic_write(paths[0]) as tmp:
+        tmp.write_text(json.dumps(comparison.to_dict(), indent=2))
+    with atomic_write(paths[1]) as tmp:
+        tmp.write_text(f"# {title or 'Membership attacks side by side'}\n\n{comparison_markdown(comparison)}",
+                       encoding="utf-8")
+    scored = [r for r in comparison.results if r.score is not None]
+    with atomic_write(paths[2]) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sample_id", "membership", *map(result_label, scored)])
+        columns = [comparison.sample_id.tolist(), comparison.membership.tolist(),
+                   *(np.asarray(r.score).tolist() for r in scored)]
+        writer.writerows(zip(*columns, strict=True))
+    roc_plot(comparison, paths[3], title)
+    k_plot(comparison, paths[4], title)
+    return paths
+
+
+def _largest_k(comparison: Comparison) -> list[AttackResult]:
+    """Each attack's result at its largest K that ran (the reference-free ones as they are)."""
+    best: dict[str, AttackResult] = {}
+    for r in comparison.results:
+        if r.score is not None and (r.attack not in best or r.k > best[r.attack].k):
+            best[r.attack] = r
+    return list(best.values())
+
+
+def roc_plot(comparison: Comparison, path: Path, title: str = "") -> Path:
+    """Log-scale ROC: each attack at its largest K, the AUC in its legend entry, chance dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    for r in _largest_k(comparison):
+        fpr, tpr, _ = roc_curve(comparison.membership, np.asarray(r.score, np.float64))
+        assert r.metrics is not None
+        ax.plot(fpr, tpr, label=f"{result_label(r)}  AUC {r.metrics['auc'].value:.3f}")
+    n_ext = int((comparison.membership == 0).sum())
+    ax.plot([1e-4, 1], [1e-4, 1], "--", color="grey", label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(1 / max(n_ext, 1), 1)
+    ax.set_ylim(1e-3, 1)
+    ax.set_xlabel("false-positive rate (external called member)")
+    ax.set_ylabel("true-positive rate (members found)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+def k_plot(comparison: Comparison, path: Path, title: str = "") -> Path:
+    """AUC and TPR at 1% FPR against K, one line per attack; reference-free attacks as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted({r.k for r in comparison.results if r.k})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, metric in zip(axes, ("auc", "tpr_at_1pct_fpr"), strict=True):
+        for attack in dict.fromkeys(r.attack for r in comparison.results):
+            points = [(r.k, r.metrics[metric]) for r in comparison.results
+                      if r.attack == attack and r.metrics is not None and r.metrics[metric].value is not None]
+            if not points:
+                continue
+            if points[0][0] == 0:  # no references: the same at every K
+                value = points[0][1].value
+                ax.axhline(value, linestyle=":", linewidth=1, label=attack, color=_colour(attack))
+                continue
+            x = [k for k, _ in points]
+            y = [float(est.value or 0.0) for _, est in points]
+            low = [float(est.low if est.low is not None else v) for (_, est), v in zip(points, y, strict=True)]
+            high = [float(est.high if est.high is not None else v) for (_, est), v in zip(points, y, strict=True)]
+            err = [[v - lo for v, lo in zip(y, low, strict=True)], [hi - v for v, hi in zip(y, high, strict=True)]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=attack, color=_colour(attack))
+        ax.set_xscale("log", base=2)
+        if ks:
+            ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("reference models K")
+        ax.set_ylabel(METRIC_LABELS[metric])
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+_PALETTE: dict[str, str] = {}
+
+
+def _colour(attack: str) -> str:
+    """One colour per attack name across both panels."""
+    if attack not in _PALETTE:
+        _PALETTE[attack] = f"C{len(_PALETTE) % 10}"
+    return _PALETTE[attack]

@@ -1,0 +1,265 @@
+"""Signals of the audited model and of each reference model, extracted once per model into ordinary stores.
+
+Each model of a reference folder gets two stores beside its checkpoint, written by `gmint.features.extract`
+like any other and resumable like them:
+
+- `<model>-gradient.h5`: Weight Modifiers (the gMINT features) of the candidates (the split's pool and holdout
+  rows, in the order `gmint extract` uses);
+- `<model>-output.h5`: the `output` source (loss, confidence, entropy, Weight-Modifier norm) of the candidates
+  and then of the population rows (the split's control rows, membership −1): the reference points z of RMIA.
+
+`<model>` is `audited` or `ref-00` ... . Every store of a folder covers the same rows in the same order, so a
+row's signals line up across models; `load_signals` checks that they do and reads them into arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gmint.data.base import ImageSet
+from gmint.errors import InputError, StoreMismatchError
+from gmint.features.extract import Rows, extract, split_rows
+from gmint.features.store import FeatureStore
+from gmint.models.io import load_audited
+from gmint.progress import progress_bar
+from gmint.reference.models import ReferenceSet, _split_of, reference_models
+
+AUDITED = "audited"
+SOURCES = ("gradient", "output")
+
+
+def store_path(folder: Path, model: str, source: str) -> Path:
+    """`<folder>/<model>-<source>.h5` (model: `audited` or `ref-03`)."""
+    return Path(folder) / f"{model}-{source}.h5"
+
+
+def model_names(k: int) -> list[str]:
+    """`audited`, then `ref-00` ... `ref-<k-1>`."""
+    return [AUDITED, *(ReferenceSet.model_file(i).removesuffix(".pt") for i in range(k))]
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How the stores of a reference folder are extracted (recorded in each store's provenance)."""
+
+    layers: str = "combined"
+    reduction: str = "mean"
+    engine: str = "auto"
+    output_layers: str = "output"   # the layers whose Weight-Modifier norm the output store's grad_norm reads
+    batch_size: int = 128
+    seed: int = 0
+
+
+def extract_references(data: ImageSet, folder: Path, *, k: int | None = None,
+                       settings: ExtractSettings = ExtractSettings(), sources: tuple[str, ...] = SOURCES,
+                       device: str = "cpu", show_progress: bool = False) -> list[Path]:
+    """Extract the gradient and output stores of the audited model and the first `k` reference models.
+
+    Finished stores of the same extraction are kept as they are and interrupted ones resumed, so the command
+    can be run again after a kill, or after more reference models were trained.
+
+    Returns:
+        The stores, model by model.
+
+    Raises:
+        InputError: a model not trained yet, an audited checkpoint other than the one the set was drawn for,
+            or data whose sample ids are not row positions.
+        StoreMismatchError: a store in the folder from another extraction.
+    """
+    folder = Path(folder)
+    manifest = ReferenceSet.load(folder)
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown:
+        raise InputError(f"unknown reference source(s) {unknown}; choose from {list(SOURCES)}")
+    paths = {AUDITED: Path(manifest.audited), **{p.stem: p for p in reference_models(folder, k)}}
+    audited = load_audited(paths[AUDITED])
+    if audited.fingerprint != manifest.audited_fingerprint:
+        raise InputError(f"{paths[AUDITED]} is no longer the audited model the reference set was drawn for "
+                         "(its weights changed)")
+    split = _split_of(audited.meta)
+    candidates = split_rows(split)
+    population = np.asarray(split.control, np.int64)
+    everything = np.concatenate([candidates.index, population])
+    if not np.array_equal(data.sample_ids[everything], everything):
+        raise InputError(f"{data.name}: sample ids are not row positions; reference sets need the whole dataset")
+    rows = {"gradient": candidates,
+            "output": Rows(everything, np.concatenate([candidates.membership, np.full(len(population), -1, np.int8)]),
+                           np.concatenate([candidates.role, np.full(len(population), -1, np.int8)]))}
+    layers = {"gradient": settings.layers, "output": settings.output_layers}
+    written = []
+    with progress_bar("reference stores", len(paths) * len(sources), enabled=show_progress) as bar:
+        for name, path in paths.items():
+            model = audited if name == AUDITED else load_audited(path)
+            for source in sources:
+                out = store_path(folder, name, source)
+                written.append(extract(model, data, rows[source], out=out, layers=layers[source],
+                                       reduction=settings.reduction if source == "gradient" else "mean",
+                                       engine=settings.engine, source=source, batch_size=settings.batch_size,
+                                       seed=settings.seed, split=split, resume=out.exists(), device=device,
+                                       show_progress=show_progress))
+                bar.advance(1, out.name)
+    return written
+
+
+@dataclass(frozen=True)
+class OutputSignals:
+    """Output signals over the rows of the output stores (candidates, then population).
+
+    Attributes:
+        sample_id: (N,) dataset rows.
+        membership: (N,) audited membership: 1 member, 0 external, −1 population.
+        role: (N,) 0 auditor's pool, 1 held out, −1 population.
+        label: (N,) true class.
+        target_loss: (N,) the audited model's loss (float64).
+        reference_loss: (K, N) each reference model's loss.
+        inclusion: (K, N) bool, whether reference model i trained on the row.
+        finite: (N,) every model's loss is finite.
+    """
+
+    sample_id: np.ndarray
+    membership: np.ndarray
+    role: np.ndarray
+    label: np.ndarray
+    target_loss: np.ndarray
+    reference_loss: np.ndarray
+    inclusion: np.ndarray
+    finite: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.sample_id)
+        if self.reference_loss.ndim != 2 or self.reference_loss.shape[1] != n or \
+                self.inclusion.shape != self.reference_loss.shape or len(self.target_loss) != n:
+            raise InputError(f"output signals: {n} rows, target {self.target_loss.shape}, references "
+                             f"{self.reference_loss.shape}, inclusion {self.inclusion.shape} do not line up")
+
+    @property
+    def k(self) -> int:
+        """Number of reference models."""
+        return int(self.reference_loss.shape[0])
+
+
+@dataclass(frozen=True)
+class GradientSignals:
+    """Weight Modifiers over the candidate rows, for the audited model and each reference model.
+
+    Attributes:
+        sample_id, membership, role, label: (N,) as in the gradient stores.
+        target: (N, d) the audited model's reduced Weight Modifiers.
+        reference: (K, N, d) each reference model's, on the same rows.
+        inclusion: (K, N) bool, whether reference model i trained on the row.
+        layers: feature names, in column order; dims: their widths.
+        finite: (N,) every model's features are finite.
+    """
+
+    sample_id: np.ndarray
+    membership: np.ndarray
+    role: np.ndarray
+    label: np.ndarray
+    target: np.ndarray
+    reference: np.ndarray
+    inclusion: np.ndarray
+    layers: list[str]
+    dims: list[int]
+    finite: np.ndarray
+
+    def __post_init__(self) -> None:
+        n, d = self.target.shape
+        if self.reference.shape[1:] != (n, d) or self.inclusion.shape != (self.reference.shape[0], n) or \
+                sum(self.dims) != d:
+            raise InputError(f"gradient signals: target {self.target.shape}, references {self.reference.shape}, "
+                             f"inclusion {self.inclusion.shape}, dims {self.dims} do not line up")
+
+
+@dataclass(frozen=True)
+class ReferenceSignals:
+    """What the attacks read: output signals, Weight Modifiers (where extracted) and the set's mode."""
+
+    mode: str
+    output: OutputSignals
+    gradient: GradientSignals | None = None
+
+    @property
+    def k(self) -> int:
+        """Number of reference models."""
+        return self.output.k
+
+    def first(self, k: int) -> ReferenceSignals:
+        """The same signals with only the first `k` reference models.
+
+        Raises:
+            InputError: fewer than `k` models, or k < 1.
+        """
+        if not 1 <= k <= self.k:
+            raise InputError(f"{k} reference models asked for; the set holds {self.k}")
+        output = replace(self.output, reference_loss=self.output.reference_loss[:k],
+                         inclusion=self.output.inclusion[:k])
+        gradient = None if self.gradient is None else replace(
+            self.gradient, reference=self.gradient.reference[:k], inclusion=self.gradient.inclusion[:k])
+        return replace(self, output=output, gradient=gradient)
+
+
+def load_signals(folder: Path, *, k: int | None = None, gradient: bool = True) -> ReferenceSignals:
+    """Read the stores of a reference folder (the first `k` reference models; default all) into arrays.
+
+    Raises:
+        InputError: a store missing or incomplete (named), or a store of another audited model or split.
+        StoreMismatchError: stores whose rows do not line up.
+    """
+    folder = Path(folder)
+    manifest = ReferenceSet.load(folder)
+    k = manifest.k if k is None else k
+    names = model_names(k)
+    reference_models(folder, k)
+    output = _read(folder, names, "output", manifest)
+    out = OutputSignals(sample_id=output["sample_id"], membership=output["membership"], role=output["role"],
+                        label=output["label"], target_loss=output["loss"][0], reference_loss=output["loss"][1:],
+                        inclusion=manifest.included(output["sample_id"])[:k], finite=output["finite"])
+    grad = None
+    if gradient:
+        g = _read(folder, names, "gradient", manifest)
+        grad = GradientSignals(sample_id=g["sample_id"], membership=g["membership"], role=g["role"], label=g["label"],
+                               target=g["features"][0], reference=g["features"][1:],
+                               inclusion=manifest.included(g["sample_id"])[:k], layers=g["layers"],
+                               dims=g["dims"], finite=g["finite"])
+    return ReferenceSignals(manifest.mode, out, grad)
+
+
+def _read(folder: Path, names: list[str], source: str, manifest: ReferenceSet) -> dict[str, Any]:
+    """One source's stores of every model, stacked (model first), after checking they line up."""
+    columns: dict[str, np.ndarray] = {}
+    losses, features, finite = [], [], []
+    layers: list[str] = []
+    dims: list[int] = []
+    for name in names:
+        path = store_path(folder, name, source)
+        if not path.exists():
+            raise InputError(f"{path} not found; extract it with `gmint reference extract {folder}`")
+        with FeatureStore.open(path) as store:
+            store.require_complete()
+            prov = store.provenance
+            if prov.get("split_sha256") != manifest.split_sha256:
+                raise InputError(f"{path} was extracted on another split than the reference set's")
+            if name == AUDITED and prov.get("model_fingerprint") != manifest.audited_fingerprint:
+                raise InputError(f"{path} comes from another model than the audited one the set was drawn for")
+            if name != AUDITED and prov.get("model_fingerprint") == manifest.audited_fingerprint:
+                raise InputError(f"{path} comes from the audited model, not from reference model {name}")
+            mine = {c: store.column(c) for c in ("sample_id", "membership", "role", "label")}
+            if not columns:
+                columns, layers, dims = mine, store.layers, [store.dims[n] for n in store.layers]
+            elif any(not np.array_equal(columns[c], mine[c]) for c in mine) or store.layers != layers:
+                raise StoreMismatchError(f"{path} covers other rows or features than "
+                                         f"{store_path(folder, names[0], source)}; extract both with "
+                                         "`gmint reference extract`")
+            losses.append(store.column("loss").astype(np.float64))
+            finite.append(store.column("finite"))
+            if source == "gradient":
+                features.append(store.features())
+    result: dict[str, object] = {**columns, "loss": np.stack(losses), "finite": np.logical_and.reduce(finite),
+                                 "layers": layers, "dims": dims}
+    if features:
+        result["features"] = np.stack(features)
+    return result
