@@ -49,7 +49,7 @@ PROBES = (*(Probe("gMINT", setup, fraction) for setup in SETUPS for fraction in 
           *(Probe("negative control", setup) for setup in SETUPS))
 ROC_POINTS = 101  # a curve is kept at this many false-positive rates (log-spaced from 1e-3, and 0 and 1)
 CELL_KEYS = ("members", "external", "control", "holdout", "seed", "engine", "batch_size", "image_size",
-             "arch_options", "data_options", "mint_seeds", "n_boot", "train", "protocols")
+             "arch_options", "data_options", "mint_seeds", "n_boot", "train", "protocols", "device")
 
 Json = dict[str, Any]
 
@@ -119,7 +119,7 @@ def grid_recipe(cell: GridCell) -> Recipe:
                   protocol=cell.protocol, seed=int(s.get("seed", 0)), image_size=s.get("image_size"),
                   arch_options=dict(s.get("arch_options", {})), engine=str(s.get("engine", "auto")),
                   batch_size=int(s.get("batch_size", 128)), mint_seeds=int(s.get("mint_seeds", 1)),
-                  n_boot=int(s.get("n_boot", 1000)))
+                  n_boot=int(s.get("n_boot", 1000)), device=str(s.get("device", "cpu")))
 
 
 def train_config(table: Mapping[str, Any]) -> TrainConfig:

@@ -95,6 +95,7 @@ class Recipe:
     # Classifiers fitted per probe, with seeds seed, seed + 1, ...: the spread over them is uncertainty the
     # row bootstrap (which holds the classifier fixed) does not see. The first is the probe's measurement.
     mint_seeds: int = 1
+    device: str = "cpu"  # where the models train and the stores are extracted ("cuda" for a GPU)
 
     def __post_init__(self) -> None:
         if self.mint_seeds < 1:
@@ -166,7 +167,8 @@ def run_cell(data: ImageSet, recipe: Recipe, workdir: Path, *, on_measurement: C
     models = {role: train_audited(data, split, arch=recipe.arch, transform=Transform(size=recipe.image_size),
                                   config=recipe.train, out=workdir / f"{role}.pt",
                                   arch_options=dict(recipe.arch_options), resume=True,
-                                  negative_control=role == "control", show_progress=show_progress)
+                                  negative_control=role == "control", device=recipe.device,
+                                  show_progress=show_progress)
               for role in ("audited", "control") if any(p.model == role for p in recipe.probes)}
     rows = split_rows(split)
     stores: dict[tuple[str, str], Path] = {}
@@ -177,7 +179,8 @@ def run_cell(data: ImageSet, recipe: Recipe, workdir: Path, *, on_measurement: C
             stores[key] = extract(models[probe.model], data, rows, out=workdir / f"{probe.model}-{probe.source}.h5",
                                   layers=recipe.layers, reduction=recipe.reduction, source=probe.source,
                                   engine=recipe.engine, split=split, seed=recipe.seed, resume=True,
-                                  batch_size=recipe.batch_size, show_progress=show_progress)
+                                  batch_size=recipe.batch_size, device=recipe.device,
+                                  show_progress=show_progress)
         t0 = time.perf_counter()
         mint = train_mint(stores[key], kind=recipe.kind, setup=probe.setup, fraction=probe.fraction, seed=recipe.seed)
         mint.save(workdir / probe.mint_file)
