@@ -215,7 +215,7 @@ def design_references(audited: AuditedModel, audited_path: Path, data: ImageSet,
                          "models are trained with the audited model's recipe, which only a gmint checkpoint holds")
     if meta.get("dataset") != data.name:
         raise InputError(f"{audited_path} was trained on '{meta.get('dataset')}', the data is '{data.name}'")
-    split = _split_of(meta)
+    split = split_of(meta)
     pool = reference_pool(split, mode)
     units = data.groups[pool] if data.groups is not None else pool
     inclusion = paired_halves(units, k, seed)
@@ -289,7 +289,7 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
             manifest = old
     manifest.save(out)
     meta = audited.meta
-    split = _split_of(meta)
+    split = split_of(meta)
     config = TrainConfig(**meta["train_config"])  # type: ignore[arg-type]
     arch_args = meta["arch_args"]
     assert isinstance(arch_args, dict)
@@ -323,7 +323,8 @@ def reference_models(folder: Path, k: int | None = None) -> list[Path]:
     return paths
 
 
-def _split_of(meta: dict[str, object]) -> MembershipSplit:
+def split_of(meta: dict[str, object]) -> MembershipSplit:
+    """The membership split a checkpoint's meta records (the audited model's, which its references share)."""
     return MembershipSplit.from_json(json.dumps(meta["split"]))
 
 
