@@ -18,7 +18,6 @@ head with its spec, fitted rows and the calibration scores of held-out external 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +35,15 @@ from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.models.io import AuditedModel, fingerprint, read_checkpoint, save_checkpoint
-from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, Augmentation, TrainConfig, audited_record
+from gmint.models.train import (
+    AUGMENTATIONS,
+    OPTIMIZERS,
+    SCHEDULES,
+    Augmentation,
+    TrainConfig,
+    audited_record,
+    resumable_meta,
+)
 from gmint.models.zoo import build
 from gmint.progress import progress_bar
 from gmint.threads import torch_threads
@@ -293,19 +300,8 @@ def _restore(path: Path, model: nn.Module, head: MintHead, optimizer: torch.opti
         InputError: not an aMINT training checkpoint, another recipe, or an inconsistent progress record.
     """
     payload = read_checkpoint(path)
-    missing = [k for k in ("meta", "state_dict", "optimizer", "scheduler", "head_state") if k not in payload]
-    if missing:
-        raise InputError(f"{path} is not a gmint aMINT checkpoint (no {', '.join(missing)}); it cannot be resumed")
-    saved = json.loads(payload["meta"])
-    for key in RECIPE:
-        wanted = json.loads(json.dumps(meta[key]))
-        if saved.get(key) != wanted:
-            raise InputError(f"{path} was trained with a different {key} ({_difference(saved.get(key), wanted)}); "
-                             "it cannot be resumed with these settings: choose another output folder")
-    done, history = saved.get("epochs_done"), saved.get("history", [])
-    if not isinstance(done, int) or [h.get("epoch") for h in history] != list(range(1, done + 1)):
-        raise InputError(f"{path} does not record its training progress consistently (epochs_done {done}, "
-                         f"{len(history)} epochs of history); it cannot be resumed")
+    saved = resumable_meta(path, payload, meta, recipe=RECIPE,
+                           parts=("state_dict", "optimizer", "scheduler", "head_state"), kind="aMINT training")
     model.load_state_dict(payload["state_dict"])
     head.load_state_dict(payload["head_state"])
     optimizer.load_state_dict(payload["optimizer"])
@@ -313,9 +309,3 @@ def _restore(path: Path, model: nn.Module, head: MintHead, optimizer: torch.opti
     return saved
 
 
-def _difference(saved: object, wanted: object) -> str:
-    """'lr 0.001 → 0.01' for the fields of two dicts that differ; 'old → new' otherwise."""
-    if isinstance(saved, dict) and isinstance(wanted, dict):
-        keys = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
-        return ", ".join(f"{k} {saved.get(k, '—')} → {wanted.get(k, '—')}" for k in keys)
-    return f"{saved} → {wanted}"

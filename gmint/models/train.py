@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -314,23 +314,38 @@ def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
             training checkpoint, or its progress record is inconsistent.
     """
     payload = read_checkpoint(out)
-    missing = [k for k in ("meta", "state_dict", "optimizer", "scheduler") if k not in payload]
-    if missing:
-        raise InputError(f"{out} is not a gmint training checkpoint (no {', '.join(missing)}); it cannot be "
-                         "resumed")
-    saved = json.loads(payload["meta"])
-    for key in RECIPE:
-        wanted = json.loads(json.dumps(meta.get(key)))
-        if saved.get(key) != wanted:
-            raise InputError(f"{out} was trained with a different {key} ({_difference(saved.get(key), wanted)}); "
-                             "it cannot be resumed with these settings: choose another --out")
-    done, history = saved.get("epochs_done"), saved.get("history", [])
-    if not isinstance(done, int) or [h.get("epoch") for h in history] != list(range(1, done + 1)):
-        raise InputError(f"{out} does not record its training progress consistently (epochs_done {done}, "
-                         f"{len(history)} epochs of history); it cannot be resumed: train again with another --out")
+    saved = resumable_meta(out, payload, meta, recipe=RECIPE, parts=("state_dict", "optimizer", "scheduler"),
+                           kind="training")
     model.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
+    return saved
+
+
+def resumable_meta(path: Path, payload: Mapping[str, object], meta: Mapping[str, object], *,
+                   recipe: Sequence[str], parts: Sequence[str], kind: str) -> dict[str, object]:
+    """The meta of a checkpoint a run may continue: one holding `parts` (and its meta), trained with the same
+    values of the `recipe` keys as `meta`, and recording its progress consistently. Shared by every training
+    loop that resumes (audited models, aMINT).
+
+    Raises:
+        InputError: a part is missing, a recipe value differs (a resume would silently mix two recipes), or
+            the epochs done and the history disagree.
+    """
+    missing = [k for k in ("meta", *parts) if k not in payload]
+    if missing:
+        raise InputError(f"{path} is not a gmint {kind} checkpoint (no {', '.join(missing)}); it cannot be "
+                         "resumed")
+    saved = json.loads(str(payload["meta"]))
+    for key in recipe:
+        wanted = json.loads(json.dumps(meta.get(key)))
+        if saved.get(key) != wanted:
+            raise InputError(f"{path} was trained with a different {key} ({_difference(saved.get(key), wanted)}); "
+                             "it cannot be resumed with these settings: choose another output")
+    done, history = saved.get("epochs_done"), saved.get("history", [])
+    if not isinstance(done, int) or [h.get("epoch") for h in history] != list(range(1, done + 1)):
+        raise InputError(f"{path} does not record its training progress consistently (epochs_done {done}, "
+                         f"{len(history)} epochs of history); it cannot be resumed: train again with another output")
     return saved
 
 
