@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 import gmint
 from gmint.threads import fit_threads_to_cores
-from gmint_cli import amint, audited, demo, evaluate, extract, info, reference, score, serve, split, train
+from gmint_cli import amint, audited, demo, depth, evaluate, extract, info, reference, score, serve, split, train
 from gmint_cli.console import one_line_warnings, print_error
 
 if TYPE_CHECKING:  # the installed typer's (vendored) click, for its types only: the module is private
@@ -55,6 +55,7 @@ app.command("train")(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command("info")(info.info)
 app.command("score")(score.score)
+app.command("depth")(depth.depth)
 app.command("serve")(serve.serve)
 app.add_typer(amint.app, name="amint", help="Active MINT: train an audited model with its own MINT head.")
 app.add_typer(reference.app, name="reference", help="Reference models: LiRA, RMIA and calibrated gMINT "

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import typer
 
 from gmint.assess.candidates import TO_GREY_HINT, holdout_rows, load_image_folder, model_input, read_row_ids, subsample
-from gmint.assess.scoring import SUBSET_HINT, audit_set, write_scores
+from gmint.assess.exposure import contact_sheet, exposed_candidates, write_csv
+from gmint.assess.scoring import SUBSET_HINT, Audit, audit_set, write_scores
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.errors import InputError
 from gmint.mint import TrainedMint
@@ -67,7 +70,10 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
           overwrite: bool = flag("--overwrite", "Replace an existing --out."),
           json_out: bool = flag("--json", "Print the result as JSON instead."),
           batch_size: int = typer.Option(128, min=1, help="Candidates per batch."),
-          device: str = device_option()) -> None:
+          device: str = device_option(),
+          top: int = typer.Option(None, min=1, help="Also write the K candidates with the highest scores to "
+                                                    "<--out stem>-top.csv and an image sheet <--out stem>-top.png "
+                                                    "(default: none).")) -> None:
     """Score candidate samples and test "these samples were not in training" as a set."""
     if (images is None) == (data is None):
         raise InputError("give the candidates with either --images FOLDER or --data NAME --rows ...")
@@ -81,6 +87,9 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
         raise InputError(f"--out and --features are both {out}; give them different files")
     check_output(out, "--out", inputs=read, overwrite=overwrite)
     check_output(features, "--features", inputs=read, replaceable=False)
+    top_files = [out.with_name(f"{out.stem}-top.csv"), out.with_name(f"{out.stem}-top.png")] if top else []
+    for path in top_files:
+        check_output(path, "--top", inputs=read, overwrite=overwrite)
     classifier = TrainedMint.load(mint)
     audited = load_model(model, arch, torchscript, trust_pickle)
     if images is not None:
@@ -101,24 +110,40 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
                              f"{candidates.name} (0 to {len(candidates) - 1})")
     if sample is not None:
         index = subsample(index, sample, seed)
-    with option_hints():
-        result = audit_set(audited, classifier, candidates, index, calibration=store, out=features,
+    with tempfile.TemporaryDirectory(prefix="gmint-score-") as tmp, option_hints():
+        kept = features or (Path(tmp) / "candidates.h5" if top else None)  # --top reads the losses there
+        result = audit_set(audited, classifier, candidates, index, calibration=store, out=kept,
                            to_grey=to_grey, batch_size=batch_size, device=device, show_progress=show_progress())
+        exposed = exposed_candidates(result.scores, kept, top) if top and kept else []
     write_scores(result, out, alpha=alpha)
+    if exposed:
+        write_csv(exposed, top_files[0])
+        contact_sheet(exposed, candidates, top_files[1],
+                      title=f"the {len(exposed)} candidates with the highest MINT scores")
     v, cal = result.verdict, result.calibration
     if json_out:
         print_json({"candidates": source, "calibration_store": str(store), "calibration_excluded": cal.excluded,
-                    "verdict": v.to_dict(alpha), "out": str(out)})
+                    "verdict": v.to_dict(alpha), "out": str(out),
+                    **({"top": [asdict(r) for r in exposed], "top_files": list(map(str, top_files))} if top else {})})
         return
-    console.print(f"candidates: {v.n_candidates} from {source}; mean score {v.mean_candidate:.3f}")
-    console.print(f"calibration: {v.n_calibration} held-out external rows of {store} (never used to fit the "
-                  f"classifier{f'; {cal.excluded} left out as candidates' if cal.excluded else ''}); mean score "
+    print_set_verdict(result, source, f"of {store} (never used to fit the classifier", "score", alpha)
+    console.print(f"wrote {out}")
+    for path in top_files:
+        console.print(f"wrote {path}")
+
+
+def print_set_verdict(result: Audit, source: str, calibration: str, score_name: str, alpha: float) -> None:
+    """The candidates, the calibration rows (`calibration` says whose, and what they were never used for) and
+    the set verdict at `alpha`, in the words `gmint score` and `gmint amint score` share."""
+    v, cal = result.verdict, result.calibration
+    console.print(f"candidates: {v.n_candidates} from {source}; mean {score_name} {v.mean_candidate:.3f}")
+    console.print(f"calibration: {v.n_calibration} held-out external rows {calibration}"
+                  f"{f'; {cal.excluded} left out as candidates' if cal.excluded else ''}); mean {score_name} "
                   f"{v.mean_calibration:.3f}")
     decision = f"[bold]H0 rejected[/] at α = {alpha}" if v.rejects(alpha) else f"H0 not rejected at α = {alpha}"
     console.print(f"verdict: {v.test}: U = {v.statistic:.1f}, p = {v.p_value:.3g} → {decision} "
                   f"(P(candidate > external) = {v.effect:.3f})", highlight=False)
     console.print(v.conclusion(alpha), highlight=False)
-    console.print(f"wrote {out}")
 
 
 def candidate_rows(rows: str, split: MembershipSplit | None) -> np.ndarray:

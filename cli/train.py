@@ -20,8 +20,10 @@ def train(store: Path = typer.Argument(..., help="A complete feature store."),
                                                 "extraction), or the store's feature names/globs, comma-separated."),
           fraction: str = typer.Option("D100", help=f"{choices(FRACTIONS)} of the auditor's pool."),
           kind: str = typer.Option("mlp", help=f"MINT classifier: {choices(MINT_MODELS)}; cnn needs flat features, "
+                                               "map_cnn activation maps (--source activation-maps), "
                                                "threshold one signal, per_class a base in --options "
-                                               "({\"base\": \"mlp\"})."),
+                                               "({\"base\": \"mlp\"}); mlp and map_cnn take "
+                                               "{\"label_aware\": true} (the true class as an input)."),
           options: str = typer.Option("{}", help='Classifier options as a JSON object, e.g. {"hidden": [256, 64]}.'),
           seed: int = typer.Option(0, help="Seed of the fit (initialisation, validation part, sub-pools)."),
           out: Path = typer.Option(Path("mint.pt"), help="Classifier file to write."),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gmint.errors import UnsupportedModelError
+from gmint.errors import InputError, UnsupportedModelError
 from gmint.features.engine import ENGINES
 from gmint.features.layers import LAYER_PRESETS, resolve_layers
 from gmint.features.reduce import REDUCTIONS, parse_reduction
@@ -43,7 +43,8 @@ def test_naive_loop_is_the_gradient_of_one_sample() -> None:
     torch.testing.assert_close(got, expected.flatten())
 
 
-@pytest.mark.parametrize("reduction", REDUCTIONS.names())
+# `pool` pools activation maps: a Weight Modifier has none, and it is refused there (the test after this one).
+@pytest.mark.parametrize("reduction", [r for r in REDUCTIONS.names() if r != "pool"])
 def test_reductions_commute_with_engines(reduction: str) -> None:
     model, x, y = PROBLEMS[1].make()
     layers = resolve_layers(model, "combined", x)
@@ -52,6 +53,13 @@ def test_reductions_commute_with_engines(reduction: str) -> None:
     got = ENGINES.get("vmap")(model, layers, reduce, x, y, chunk_size=2)
     for name in layers:
         torch.testing.assert_close(got.features[name], ref.features[name], rtol=1e-5, atol=1e-10)
+
+
+def test_pooling_a_weight_modifier_is_refused_in_one_line() -> None:
+    model, x, y = PROBLEMS[1].make()
+    layers = resolve_layers(model, "entry", x)
+    with pytest.raises(InputError, match=r"averages \(B, C, H, W\) activation maps"):
+        ENGINES.get("vmap")(model, layers, parse_reduction("pool:2x2"), x, y)
 
 
 def test_selected_parameters_only_are_differentiated() -> None:

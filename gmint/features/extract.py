@@ -26,7 +26,6 @@ from gmint.features.engine import ENGINES
 from gmint.features.engine.base import check_chunk_size
 from gmint.features.engine.memory import max_batch_for_memory
 from gmint.features.engine.selfcheck import ProvenEngine
-from gmint.features.layers import preset_layers, resolve_layers
 from gmint.features.reduce import parse_reduction
 from gmint.features.shards import shard_bounds, shard_path
 from gmint.features.sources import SOURCES
@@ -108,7 +107,8 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         raise InputError(f"label {int(labels.max())} is outside the audited model's {num_classes} classes")
     model = audited.module.to(device).eval()
     example = transform(data.images[rows.index[:1]]).to(device)
-    names = resolve_layers(model, layers, example)
+    run = SOURCES.get(source)
+    names = run.select(model, layers, example)  # parameters, or modules for a source that reads them
     reduce = parse_reduction(reduction, seed)
     ENGINES.get(engine)  # unknown engine names fail here, before a store is created
     check_chunk_size(chunk_size)
@@ -120,7 +120,6 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     # fits the memory budget: hooks' memory scales with the batch, vmap's with the chunk.
     probe_batch = min(batch_size, fit) if fit else batch_size
     probe_chunk = min(chunk_size or batch_size, fit) if fit else chunk_size
-    run = SOURCES.get(source)
     feature_names = run.names
     proven = ProvenEngine(engine)
 
@@ -133,10 +132,10 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         "h5py_version": h5py.__version__, "python": platform.python_version(),
         "model_fingerprint": audited.fingerprint, "architecture": str(audited.meta.get("arch", "unknown")),
         "layers": feature_names(names), "parameters": names, "layer_setup": layers, "source": source,
-        "layer_shapes": {n: list(p.shape) for n, p in model.named_parameters() if n in names},
+        "layer_shapes": run.shapes(model, names, reduce, example),
         "reduction": reduction, "engine": engine, "loss_function": loss, "dataset": data.name,
         "max_memory": max_memory or 0,
-        "layer_presets": {p: feature_names(n) for p, n in preset_layers(model, example).items()},
+        "layer_presets": {p: feature_names(n) for p, n in run.presets(model, example).items()},
         "split_sha256": split.sha256 if split else "", "split_seed": split.seed if split else -1,
         "transform": transform.to_dict(), "seed": seed,
         "n_rows": len(rows.index),

@@ -133,3 +133,110 @@ def preset_layers(model: nn.Module, example_input: torch.Tensor | None = None) -
     `entry`, `middle`, ... out of a store extracted with more layers."""
     weights, _ = _split_by_use(model, example_input)
     return {name: LAYER_PRESETS.get(name)(weights) for name in LAYER_PRESETS.names()} if weights else {}
+
+
+# -- modules: what activation sources read --------------------------------------------------------------
+# Activation-MINT reads a module's output, and any module will do: a weight layer, a residual block, a pooling
+# or a normalisation. A *block* is one step of the model's spine: its top-level children, with containers that
+# only chain their children (nn.Sequential, nn.ModuleList) opened one level, in forward order.
+MODULE_PRESETS = ("blocks", "penultimate", *LAYER_PRESETS.names())
+_CONTAINERS = (nn.Sequential, nn.ModuleList)
+# Modules that only pass their input on (reshaped, or unchanged in eval mode) add no depth of their own.
+_PASS_THROUGH = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+
+
+def _called_modules(model: nn.Module, example_input: torch.Tensor | None) -> dict[str, int]:
+    """Module name → position of its first call in one forward pass on `example_input` (registration order
+    without one, or for TorchScript), for the modules that return a tensor with the batch's first dimension."""
+    modules = [(name, m) for name, m in model.named_modules() if name]
+    if example_input is None or isinstance(model, torch.jit.ScriptModule):
+        return {name: i for i, (name, _) in enumerate(modules)}
+    order: dict[str, int] = {}
+    started: dict[str, int] = {}
+    batch = int(example_input[:1].shape[0])
+
+    def pre(name: str) -> Callable[..., None]:
+        def note(_m: nn.Module, _i: object) -> None:
+            started.setdefault(name, len(started))
+        return note
+
+    def post(name: str) -> Callable[..., None]:
+        def record(_m: nn.Module, _i: object, out: object) -> None:
+            if isinstance(out, torch.Tensor) and out.dim() >= 1 and out.shape[0] == batch and name not in order:
+                order[name] = started[name]
+        return record
+
+    handles = [h for name, m in modules
+               for h in (m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post(name)))]
+    try:
+        with torch.no_grad():
+            model(example_input[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def model_blocks(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
+    """The model's blocks in forward order: top-level children, those that are containers (Sequential,
+    ModuleList) opened one level, keeping the modules the forward calls and that return a batch of tensors.
+
+    `small_cnn` gives its eleven layers (`0` … `10`), a ResNet `conv1, bn1, maxpool, layer1.0, …, avgpool, fc`,
+    a ViT `patch_embed, blocks.0, …, norm, head`.
+    """
+    called = _called_modules(model, example_input)
+
+    spine = [f"{name}.{inner}" if isinstance(child, _CONTAINERS) else name
+             for name, child in model.named_children()
+             for inner in ([n for n, _ in child.named_children()] if isinstance(child, _CONTAINERS) else [""])]
+    modules = dict(model.named_modules())
+    return sorted((b for b in spine if b in called and not isinstance(modules[b], _PASS_THROUGH)),
+                  key=called.__getitem__)
+
+
+def owner_module(parameter: str) -> str:
+    """The module owning a parameter (`layer1.0.conv1.weight` → `layer1.0.conv1`)."""
+    return parameter.rpartition(".")[0]
+
+
+def module_presets(model: nn.Module, example_input: torch.Tensor | None = None) -> dict[str, list[str]]:
+    """Module presets: `blocks` (every block), `penultimate` (the block before the one holding the last weight
+    layer: the embedding the classifier reads), and `entry`/`middle`/`output`/`combined` as the modules owning
+    the preset weights."""
+    blocks = model_blocks(model, example_input)
+    weights, _ = _split_by_use(model, example_input)
+    presets = {name: list(dict.fromkeys(owner_module(p) for p in LAYER_PRESETS.get(name)(weights)))
+               for name in LAYER_PRESETS.names()} if weights else {}
+    last = presets.get("output", [])
+    holder = [i for i, b in enumerate(blocks) if last and (last[0] == b or last[0].startswith(b + "."))]
+    penultimate = blocks[holder[0] - 1:holder[0]] if holder and holder[0] > 0 else blocks[-2:-1]
+    return {"blocks": blocks, "penultimate": penultimate, **presets}
+
+
+def resolve_modules(model: nn.Module, setup: str | Sequence[str],
+                    example_input: torch.Tensor | None = None) -> list[str]:
+    """Turn module presets, module names or globs over module names into module names, in forward order.
+
+    Args:
+        model: the audited model.
+        setup: `blocks` | `penultimate` | `entry` | `middle` | `output` | `combined`, or module names/globs such as
+            `layer3.1`, `features.*`, as a list or one comma-separated string (see `match_setup`).
+        example_input: one batch, used to order modules by forward execution.
+
+    Raises:
+        UnknownNameError: an item that matches no module, or a module the forward never calls.
+    """
+    called = _called_modules(model, example_input)
+    presets = module_presets(model, example_input)
+    matches = match_setup(setup, [name for name, _ in model.named_modules() if name], presets)
+    for item, found in matches.items():
+        if not found:
+            blocks = presets["blocks"]
+            raise UnknownNameError(f"module '{item}' matches no module; use a preset {list(MODULE_PRESETS)} or a "
+                                   f"module name such as {blocks[len(blocks) // 2]!r} (see `gmint depth --list`)")
+        silent = [n for n in found if n not in called]
+        if silent and not any(n in called for n in found):
+            raise UnknownNameError(f"module '{silent[0]}' returns no batch of tensors in the forward pass; choose "
+                                   "a module whose output is an activation")
+    names = list(dict.fromkeys(n for found in matches.values() for n in found if n in called))
+    return sorted(names, key=called.__getitem__)

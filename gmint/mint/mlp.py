@@ -1,4 +1,6 @@
-"""The dense MINT model (the paper's): an MLP on standardised Weight-Modifier features."""
+"""The dense MINT model (the paper's; the MINT papers' "vanilla" model): an MLP on standardised features —
+Weight Modifiers, or flattened activation maps and embeddings. With `label_aware` the true class, one-hot,
+joins the input."""
 
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ from gmint.mint.neural import NeuralMint
 
 @dataclass(frozen=True)
 class MlpNetwork:
-    """The MLP's options: hidden widths and the dropout after each hidden layer."""
+    """The MLP's options: hidden widths, the dropout after each hidden layer, and whether the one-hot true
+    class (of `classes`) is an input."""
 
     hidden: list[int] = field(default_factory=lambda: [128, 64])
     dropout: float = 0.1
+    label_aware: bool = False
+    classes: int = 0
 
 
 @MINT_MODELS.register("mlp")
@@ -26,7 +31,7 @@ class MlpMint(NeuralMint[MlpNetwork]):
 
     def _build(self) -> nn.Module:
         layers: list[nn.Module] = []
-        width = self.input_dim
+        width = self.input_dim + self.label_classes
         for h in self.network.hidden:
             layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(self.network.dropout)]
             width = h

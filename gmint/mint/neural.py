@@ -64,10 +64,40 @@ class NeuralMint(Generic[NetworkT]):
     def _build(self) -> nn.Module:
         raise NotImplementedError
 
+    @property
+    def label_classes(self) -> int:
+        """How many classes a label-aware network reads as a one-hot input (0: not label-aware).
+
+        A label-aware network sets `label_aware` and `classes` among its options (`gmint.mint.train` fills
+        `classes` in from the store); the one-hot true class is appended after the features.
+        """
+        if not getattr(self.network, "label_aware", False):
+            return 0
+        classes = int(getattr(self.network, "classes", 0))
+        if classes < 1:
+            raise InputError(f"a label-aware {type(self).__name__} needs the number of classes (option 'classes')")
+        return classes
+
+    def _inputs(self, x: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        """(n, d) standardised features, followed by the one-hot true class for a label-aware network."""
+        classes = self.label_classes
+        if not classes:
+            return x
+        if labels is None:
+            raise InputError("a label-aware MINT classifier needs each row's class label")
+        labels = np.asarray(labels, np.int64)
+        if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+            raise InputError(f"class {int(labels.max() if labels.max() >= classes else labels.min())} is outside "
+                             f"the {classes} classes the label-aware MINT classifier was fitted for")
+        return np.concatenate([x, np.eye(classes, dtype=np.float32)[labels]], axis=1)
+
     def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None) -> dict[str, object]:
-        """Train on (x, y) with y = 1 for members; return the training record (epochs, best val loss)."""
+        """Train on (x, y) with y = 1 for members; return the training record (epochs, best val loss).
+
+        `labels` (each row's true class) are read only by a label-aware network.
+        """
         with torch_threads(1):  # bit-reproducible whatever the core count, and fastest for a small net
-            return self._fit(x, y, seed)
+            return self._fit(self._inputs(x, labels), y, seed)
 
     def _fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, object]:
         hp = self.training
@@ -116,10 +146,11 @@ class NeuralMint(Generic[NetworkT]):
 
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-        """(n,) P(member) for standardised features; `labels` are not used."""
+        """(n,) P(member) for standardised features (and, for a label-aware network, the rows' classes)."""
         self.net.eval()
+        x = self._inputs(np.asarray(x, np.float32), labels)
         with torch_threads(1):
-            return torch.sigmoid(self.net(torch.from_numpy(np.asarray(x, np.float32))).squeeze(1)).numpy()
+            return torch.sigmoid(self.net(torch.from_numpy(x)).squeeze(1)).numpy()
 
     def state(self) -> dict[str, torch.Tensor]:
         """The network's weights."""

@@ -18,11 +18,19 @@ class PerClassMint:
     """One `base` classifier per class; classes whose pool rows lack members or externals use a shared
     classifier fitted on every row (recorded as `shared_classes`)."""
 
+    @staticmethod
+    def needs_shapes(options: dict[str, object]) -> bool:
+        """Whether the base reads the features' recorded shapes (the map CNN, the filter-wise CNN)."""
+        return bool(getattr(MINT_MODELS.get(str(options.get("base", "mlp"))), "needs_shapes", False))
+
     def __init__(self, input_dim: int, *, base: str = "mlp", classes: list[int] | None = None,
-                 shared_classes: list[int] | None = None, base_options: dict[str, object] | None = None) -> None:
+                 shared_classes: list[int] | None = None, base_options: dict[str, object] | None = None,
+                 shapes: list[list[int]] | None = None) -> None:
         if base == "per_class":
             raise InputError("per_class needs a base classifier such as mlp or logreg")
         self.input_dim, self.base, self.base_options = input_dim, base, dict(base_options or {})
+        if shapes is not None:  # handed on to a base that reads them (train_mint offers them only then)
+            self.base_options.setdefault("shapes", shapes)
         self.classes, self.shared_classes = list(classes or []), list(shared_classes or [])
         builder = MINT_MODELS.get(base)
         self.models: dict[str, MintClassifier] = {str(c): builder(input_dim, **self.base_options)

@@ -52,13 +52,18 @@ def _recorded_presets(store: FeatureStore) -> dict[str, list[str]]:
 
 
 def _parameter_shapes(store: FeatureStore, features: list[str]) -> list[list[int]]:
-    """The shape of the parameter behind each feature name, for classifiers that read a Weight Modifier's
-    filter structure (stores without `parameters` are older gradient stores: feature = parameter name)."""
+    """The recorded shape behind each feature name, for classifiers that read a feature's structure: a
+    Weight Modifier's parameter shape, or an activation map's (C, h, w) for an `activation-maps` store (stores
+    without `parameters` are older gradient stores: feature = parameter name)."""
     prov = store.provenance
     shapes, parameters = prov.get("layer_shapes", {}), prov.get("parameters", store.layers)
     if not isinstance(shapes, dict) or not isinstance(parameters, list):
         raise InputError(f"{store.path} records no parameter shapes for its features")
     parameter_of = dict(zip(store.layers, parameters, strict=True))
+    missing = [n for n in features if parameter_of[n] not in shapes]
+    if missing:
+        raise InputError(f"{store.path} records no shape for {missing[0]}; this classifier reads the features' "
+                         "structure (Weight Modifiers extracted with --reduction flat, or --source activation-maps)")
     return [list(shapes[parameter_of[n]]) for n in features]
 
 
@@ -114,8 +119,11 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
         labels = store.column("label")[rows]
         ids = store.column("sample_id")[rows]
         dims = store.dims
-        if getattr(builder, "needs_shapes", False):  # classifiers that read each layer's filter structure
+        needs_shapes = getattr(builder, "needs_shapes", False)  # a flag, or a function of the options
+        if needs_shapes(options) if callable(needs_shapes) else needs_shapes:  # classifiers reading each shape
             options.setdefault("shapes", _parameter_shapes(store, features))
+        if options.get("label_aware"):  # the one-hot true class is an input: as many columns as classes
+            options.setdefault("classes", int(store.column("label").max()) + 1)
     if len(np.unique(y)) < 2:
         raise InputError(f"the {fraction} pool has only one class (members or external); cannot fit")
     scaler = Standardiser.fit(x)

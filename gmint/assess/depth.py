@@ -1,0 +1,235 @@
+"""Layer depth: how much membership each block of the audited model gives away, from its activations and from
+its Weight Modifiers, beside the loss threshold.
+
+The object-classification MINT work found activations most telling at the penultimate layer; gMINT reads
+Weight Modifiers of entry, middle and output layers. A sweep answers both for the model at hand: for every
+block (`gmint.features.layers.model_blocks`) a MINT classifier is fitted on the block's activation maps
+(average-pooled to a stated size) and another on the MEAN Weight Modifiers of the block's weight layers, each
+on the auditor's pool and scored on the same held-out rows as the loss threshold.
+
+Two stores serve every depth (one forward pass for all activation maps, one extraction for all Weight
+Modifiers), both resumable; each finished point is appended to `depth.jsonl` in the work folder and skipped
+when the sweep runs again, so a killed sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gmint.assess.evaluate import evaluate_store
+from gmint.assess.metrics import Estimate
+from gmint.data.base import ImageSet
+from gmint.data.split import MembershipSplit
+from gmint.data.transforms import Transform
+from gmint.errors import InputError
+from gmint.features.extract import extract, split_rows
+from gmint.features.layers import resolve_modules, weight_layers
+from gmint.features.sources import module_output_name
+from gmint.mint import MINT_MODELS, train_mint
+from gmint.models.io import AuditedModel
+
+DEPTH_SOURCES = ("activation", "gradient")
+RESULTS = "depth.jsonl"
+
+
+@dataclass(frozen=True)
+class DepthPoint:
+    """One MINT classifier at one depth: the block, the source it read, its features and held-out metrics."""
+
+    depth: int
+    block: str
+    source: str                      # activation | gradient
+    kind: str
+    features: list[str]
+    width: int
+    mint: dict[str, Estimate]
+    loss_threshold: dict[str, Estimate]
+
+    def to_dict(self) -> dict[str, object]:
+        """One line of depth.jsonl."""
+        return {"depth": self.depth, "block": self.block, "source": self.source, "kind": self.kind,
+                "features": self.features, "width": self.width,
+                "mint": {k: v.to_dict() for k, v in self.mint.items()},
+                "loss_threshold": {k: v.to_dict() for k, v in self.loss_threshold.items()}}
+
+    @classmethod
+    def from_dict(cls, row: dict[str, object]) -> DepthPoint:
+        """The point a depth.jsonl line records."""
+        def metrics(d: object) -> dict[str, Estimate]:
+            return {k: Estimate.from_dict(v) for k, v in dict(d).items()}  # type: ignore[call-overload]
+
+        return cls(int(row["depth"]), str(row["block"]), str(row["source"]), str(row["kind"]),  # type: ignore[call-overload]
+                   [str(f) for f in row["features"]], int(row["width"]),  # type: ignore[attr-defined, call-overload]
+                   metrics(row["mint"]), metrics(row["loss_threshold"]))
+
+
+@dataclass(frozen=True)
+class DepthSweep:
+    """Every point of a sweep, in depth order, and the blocks it walked."""
+
+    blocks: list[str]
+    points: list[DepthPoint] = field(default_factory=list)
+
+    def series(self, source: str, kind: str) -> list[DepthPoint]:
+        """The points of one source and classifier kind, by depth."""
+        return sorted((p for p in self.points if p.source == source and p.kind == kind), key=lambda p: p.depth)
+
+    @property
+    def loss_threshold(self) -> dict[str, Estimate]:
+        """The loss threshold's metrics on the sweep's held-out rows (the same for every point)."""
+        if not self.points:
+            raise InputError("the sweep has no points yet")
+        return self.points[0].loss_threshold
+
+
+def block_parameters(model: torch.nn.Module, block: str, example: torch.Tensor) -> list[str]:
+    """The weight-layer weights inside `block` (what its Weight Modifiers are taken of); [] for a block
+    without any (a ReLU, a pooling)."""
+    return [p for p in weight_layers(model, example) if p.startswith(block + ".")]
+
+
+def sweep_depth(audited: AuditedModel, data: ImageSet, split: MembershipSplit, workdir: Path, *,
+                blocks: str | Sequence[str] = "blocks", pool: str = "pool:4x4", transform: Transform | None = None,
+                kinds: Sequence[str] = ("mlp",), sources: Sequence[str] = DEPTH_SOURCES, seed: int = 0,
+                n_boot: int = 200, batch_size: int = 128, engine: str = "auto",
+                on_point: Callable[[DepthPoint], None] | None = None, show_progress: bool = False) -> DepthSweep:
+    """Fit and evaluate a MINT classifier per block, source and classifier kind; resume what `workdir` holds.
+
+    Args:
+        audited: the audited model.
+        data: its dataset.
+        split: its membership split (pool rows fit the classifiers, held-out rows score them).
+        workdir: where the stores (`activation-maps.h5`, `gradient.h5`) and `depth.jsonl` go.
+        blocks: a module setup (default: every block), see `gmint.features.layers.resolve_modules`.
+        pool: the activation maps' reduction (`pool:<h>x<w>` bounds storage; `flat` keeps whole maps).
+        transform: preprocessing (default: the one recorded with the audited model).
+        kinds: MINT classifier kinds fitted at each point (`mlp`; `map_cnn` reads activation maps only); a kind
+            followed by `+label` is fitted label-aware (the one-hot true class as an input), e.g. `mlp+label`.
+        sources: `activation`, `gradient` or both.
+        seed: seeds the classifiers, the balancing of held-out rows and the bootstrap.
+        n_boot: bootstrap replicates of each interval.
+        batch_size: rows per extraction batch.
+        engine: where the gradient engine search starts.
+        on_point: called with each new point once it is written.
+        show_progress: progress bars for the extractions.
+
+    Raises:
+        InputError: an unknown source, or a depth.jsonl from another sweep in `workdir`.
+    """
+    unknown = [s for s in sources if s not in DEPTH_SOURCES]
+    if unknown:
+        raise InputError(f"unknown depth source '{unknown[0]}'; choose from {list(DEPTH_SOURCES)}")
+    fits = {kind: parse_kind(kind) for kind in kinds}
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = audited.module.eval()
+    recorded = audited.meta.get("transform")
+    transform = transform or (Transform.from_dict(recorded) if isinstance(recorded, dict) else Transform())
+    rows = split_rows(split)
+    example = transform(data.images[rows.index[:1]])
+    chosen = resolve_modules(model, blocks, example)
+    _check_sweep(workdir, audited.fingerprint, pool, chosen)
+    done = {(p.block, p.source, p.kind) for p in read_points(workdir)}
+    def store(name: str, layers: list[str], source: str, reduction: str) -> Path:
+        return extract(audited, data, rows, out=workdir / name, layers=",".join(layers), source=source,
+                       reduction=reduction, engine=engine, transform=transform, split=split, seed=seed, resume=True,
+                       batch_size=batch_size, show_progress=show_progress)
+
+    stores: dict[str, Path] = {}
+    if "activation" in sources:
+        stores["activation"] = store("activation-maps.h5", chosen, "activation-maps", pool)
+    parameters = {b: block_parameters(model, b, example) for b in chosen}
+    if "gradient" in sources and any(parameters.values()):
+        stores["gradient"] = store("gradient.h5", [p for b in chosen for p in parameters[b]], "gradient", "mean")
+    for depth, block in enumerate(chosen):
+        for source in sources:
+            features = [module_output_name(block)] if source == "activation" else parameters[block]
+            for kind in kinds:
+                base, options = fits[kind]
+                if not features or (block, source, kind) in done or (base == "map_cnn" and source != "activation"):
+                    continue
+                mint = train_mint(stores[source], kind=base, setup=",".join(features), seed=seed, options=options)
+                result = evaluate_store(mint, stores[source], n_boot=n_boot, seed=seed)
+                point = DepthPoint(depth, block, source, kind, features, sum(mint.spec.dims), result.mint,
+                                   result.loss_threshold)
+                with open(workdir / RESULTS, "a") as fh:
+                    fh.write(json.dumps(point.to_dict()) + "\n")
+                if on_point is not None:
+                    on_point(point)
+    return DepthSweep(chosen, sorted(read_points(workdir), key=lambda p: (p.depth, p.source, p.kind)))
+
+
+def parse_kind(kind: str) -> tuple[str, dict[str, object]]:
+    """`mlp` → ("mlp", {}); `mlp+label` → ("mlp", {"label_aware": True}).
+
+    Raises:
+        InputError: a suffix other than `+label`, or an unknown classifier kind.
+    """
+    base, plus, tag = kind.partition("+")
+    if plus and tag != "label":
+        raise InputError(f"classifier '{kind}': the only suffix is '+label' (label-aware), e.g. 'mlp+label'")
+    MINT_MODELS.get(base)
+    return base, ({"label_aware": True} if plus else {})
+
+
+def _check_sweep(workdir: Path, fingerprint: str, pool: str, blocks: list[str]) -> None:
+    """Refuse a work folder that holds another sweep (another model, pooling or blocks): its points would mix."""
+    record = workdir / "sweep.json"
+    mine = {"model_fingerprint": fingerprint, "pool": pool, "blocks": blocks}
+    if record.exists():
+        theirs = json.loads(record.read_text())
+        diff = [k for k in mine if theirs.get(k) != mine[k]]
+        if diff:
+            raise InputError(f"{workdir} holds a sweep with another {', '.join(diff)}; use a new work folder")
+    else:
+        record.write_text(json.dumps(mine, indent=2))
+
+
+def read_points(workdir: Path) -> list[DepthPoint]:
+    """The points a sweep finished in `workdir` (none when it has not started)."""
+    path = Path(workdir) / RESULTS
+    if not path.exists():
+        return []
+    return [DepthPoint.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_depth(sweep: DepthSweep, path: Path, *, title: str = "") -> Path:
+    """AUC and TPR @ 1% FPR against depth, one line per source and kind (95% intervals as bands), the loss
+    threshold as a horizontal line; written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 0.45 * len(sweep.blocks) + 4), 4.2), sharex=True)
+    series = sorted({(p.source, p.kind) for p in sweep.points})
+    for ax, metric, label in ((axes[0], "auc", "AUC"), (axes[1], "tpr_at_1pct_fpr", "TPR @ 1% FPR")):
+        for source, kind in series:
+            points = [p for p in sweep.series(source, kind) if p.mint[metric].value is not None]
+            x = [p.depth for p in points]
+            ax.plot(x, [p.mint[metric].value for p in points], marker="o", label=f"{source} MINT ({kind})")
+            ax.fill_between(x, [p.mint[metric].low for p in points], [p.mint[metric].high for p in points],
+                            alpha=0.15)
+        baseline = sweep.loss_threshold[metric] if sweep.points else None
+        if baseline is not None and baseline.value is not None:
+            ax.axhline(baseline.value, color="black", linestyle="--", label="loss threshold")
+        if metric == "auc":
+            ax.axhline(0.5, color="grey", linestyle=":", label="chance")
+        ax.set_ylabel(label)
+        ax.set_xticks(range(len(sweep.blocks)))
+        ax.set_xticklabels(sweep.blocks, rotation=60, ha="right", fontsize=7)
+        ax.set_xlabel("block (input → output)")
+    axes[0].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
