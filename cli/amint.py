@@ -26,7 +26,7 @@ from gmint_cli.console import cli_errors, console, print_json, show_progress
 from gmint_cli.inputs import load_data, size_hint
 from gmint_cli.options import choices, device_option, flag, json_object, positive
 from gmint_cli.outputs import check_output
-from gmint_cli.score import ROW_CHOICES, candidate_rows, option_hints
+from gmint_cli.score import ROW_CHOICES, candidate_rows, option_hints, print_set_verdict
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -165,12 +165,5 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
         print_json({"candidates": source, "calibration": str(head), "calibration_excluded": cal.excluded,
                     "verdict": v.to_dict(alpha), "out": str(out)})
         return
-    console.print(f"candidates: {v.n_candidates} from {source}; mean P(member) {v.mean_candidate:.3f}")
-    console.print(f"calibration: {v.n_calibration} held-out external rows scored by {head} (never used to train "
-                  f"it{f'; {cal.excluded} left out as candidates' if cal.excluded else ''}); mean P(member) "
-                  f"{v.mean_calibration:.3f}")
-    decision = f"[bold]H0 rejected[/] at α = {alpha}" if v.rejects(alpha) else f"H0 not rejected at α = {alpha}"
-    console.print(f"verdict: {v.test}: U = {v.statistic:.1f}, p = {v.p_value:.3g} → {decision} "
-                  f"(P(candidate > external) = {v.effect:.3f})", highlight=False)
-    console.print(v.conclusion(alpha), highlight=False)
+    print_set_verdict(result, source, f"scored by {head} (never used to train it", "P(member)", alpha)
     console.print(f"wrote {out}")
