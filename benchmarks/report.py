@@ -257,7 +257,8 @@ def report(rows: list[Row], paper: PaperTable, config: Mapping[str, Any], config
         heat = heat_map(protocol, mine, diff, figures / f"{protocol}-minus-paper.png")
         finite = diff[np.isfinite(diff)]
         lines += [f"## `{protocol}` protocol", "",
-                  f"Ours − paper over {finite.size} filled cells: median {np.median(finite):+.1f} points, "
+                  f"Ours − paper over {finite.size} filled entries (cell × setup × fraction): median "
+                  f"{np.median(finite):+.1f} points, "
                   f"{int((finite >= -1).sum())} within 1 point or above." if finite.size else "No cell yet.", "",
                   f"![ours − paper]({figures.name}/{heat.name})", "",
                   "### Accuracy % (ours · paper)", "", *layout_table(mine, indexed, paper, "accuracy"),
