@@ -266,3 +266,12 @@ def test_cli_trains_extracts_and_compares(setup: tuple[Path, MembershipSplit], t
                                                        "scores.csv", "vs_k.png"]
     header = (report / "scores.csv").read_text().splitlines()[0]
     assert header == "sample_id,membership,loss,lira-offline (K=2),rmia (K=1),rmia (K=2)"
+    # gmint eval shows the same attacks beside the classifier's own result, with every model of the set
+    mint = tmp_path / "mint.pt"
+    assert run("train", refs / "audited-gradient.h5", "--out", mint).code == 0
+    result = run("eval", mint, refs / "audited-gradient.h5", "--references", refs, "--n-boot", "20", "--json")
+    assert result.code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    attacks = {(r["attack"], r["k"]) for r in payload["references"]["results"]}
+    assert {("rmia", 2), ("lira-offline-global", 2), ("gmint-calibrated", 2), ("loss", 0)} <= attacks
+    assert "auc" in payload["mint"]
