@@ -71,7 +71,7 @@ def evaluate(mint: Path = typer.Argument(..., help="A MINT classifier from `gmin
                     contact_sheet(exposed, images, report / "exposed.png",
                                   title=f"the {len(exposed)} held-out members with the highest MINT scores")]
     if json_out:
-        extra = {"slices": [r.to_dict() for r in sliced]} if slicers else {}
+        extra: dict[str, object] = {"slices": [r.to_dict() for r in sliced]} if slicers else {}
         extra.update({"exposed": [asdict(r) for r in exposed]} if top else {})
         extra.update({"references": comparison.to_dict()} if comparison is not None else {})
         print_json({**result.to_dict(), **extra, **({"report_files": list(map(str, written))} if report else {})})
