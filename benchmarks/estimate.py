@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import time
 import tomllib
@@ -31,7 +32,8 @@ from gmint.models.zoo import build
 
 def step_seconds(arch: str, options: dict[str, Any], channels: int, classes: int, size: int, batch: int,
                  steps: int) -> float:
-    """Median seconds of one Adam step (forward, backward, update) on a random batch, after one warm-up step."""
+    """Seconds of one Adam step (forward, backward, update) on a random batch: the fastest of `steps` after one
+    warm-up step (a step that lost its core to another process says nothing about the model)."""
     torch.manual_seed(0)
     model = build(arch, channels, classes, size, **options).train()  # type: ignore[arg-type]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -44,7 +46,7 @@ def step_seconds(arch: str, options: dict[str, Any], channels: int, classes: int
         optimizer.step()
         if i:
             times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return min(times)
 
 
 def main() -> None:
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="estimate only cells whose name contains this")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
     measured: dict[tuple[str, str, int], float] = {}
     for cell in grid_cells(tomllib.loads(args.config.read_text())):
@@ -80,13 +83,15 @@ def main() -> None:
                      "image_size": size, "step_seconds": round(measured[key], 4), "epoch_seconds": round(epoch, 1),
                      "epochs": recipe.train.epochs, "training_hours": round(hours, 2)})
     info = {**code_version(), "cpu_threads": args.threads, "processor": platform.processor() or platform.machine(),
-            "steps": args.steps}
+            "steps": args.steps, "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)]}
     total = sum(r["training_hours"] for r in rows)
     lines = [f"# Expected training time per cell: {args.config.name}", "",
              f"Measured on this machine's CPU ({args.threads} threads; torch {info['torch']}, gmint at "
-             f"{info['commit']}): the median of {args.steps} Adam steps at the config's batch size, times the "
+             f"{info['commit']}): the fastest of {args.steps} Adam steps at the config's batch size, times the "
              "member batches of an epoch, times the epochs, for the audited and the control model. No GPU was "
-             f"measured. Total: {total:,.0f} CPU hours.", "",
+             f"measured. 1-minute load average {info['load_average'][0]} at the start, {info['load_average'][1]} at "
+             f"the end (other jobs shared the cores: the times are upper bounds). Total: {total:,.0f} CPU hours.",
+             "",
              "| cell | members | control | px | s / step | s / epoch | epochs | training hours (both models) |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['cell']} | {r['members']:,} | {r['control']:,} | {r['image_size']} | {r['step_seconds']:.3f} | "
