@@ -207,6 +207,29 @@ def floor_method(case: Case) -> Runner:
     return Runner(run, len(case.x))
 
 
+@METHODS.register("chain")
+def chain_method(case: Case) -> Runner:
+    """The backward every output-gradient method needs: the loss's gradient with respect to the outputs of the
+    selected layers' modules, and nothing else — no weight gradient, no capture, no reduction. hooks computes
+    this plus its reductions; the floor computes this plus the selected weights' gradients. So no method that
+    reads output gradients can run below chain, and hooks ÷ floor cannot fall below chain ÷ floor."""
+    model = frozen_copy(case.model, [])
+    modules = dict(model.named_modules())
+    owners = list(dict.fromkeys(name.rpartition(".")[0] for name in case.layers))
+    outputs: list[Tensor] = []
+    for owner in owners:  # on this private copy, for every call
+        modules[owner].register_forward_hook(lambda _m, _i, out: outputs.append(out))
+    loss_fn = LOSSES.get(case.loss)
+    x = case.x.detach().requires_grad_()  # a graph without trainable weights starts at the input
+
+    def run() -> None:
+        outputs.clear()
+        with torch.enable_grad():
+            torch.autograd.grad(loss_fn(model(x), case.y), outputs)
+
+    return Runner(run, len(case.x))
+
+
 def _engine_method(name: str) -> Callable[[Case], Runner]:
     def prepare(case: Case) -> Runner:
         if name not in ENGINES:

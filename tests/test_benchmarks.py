@@ -15,7 +15,7 @@ from benchmarks.speed import Config, load_config, refresh, run
 def _tiny(**overrides: object) -> Config:
     settings: dict[str, object] = {
         "models": [{"arch": "small_cnn", "options": {"width": 0.25}}], "setups": ["entry", "output"],
-        "methods": ["floor", "naive", "vmap", "hooks", "auto", "opacus", "backpack"], "batch_size": 4,
+        "methods": ["floor", "chain", "naive", "vmap", "hooks", "auto", "opacus", "backpack"], "batch_size": 4,
         "chunk_size": 2, "threads": 1, "image_size": 8, "warmup": 1, "repeats": 1, "naive_samples": 2,
         "extract_rows": 8, "extract_repeats": 1, "min_round_s": 0.0,
         "targets": {"hooks/floor": 1.1, "extract/floor": 1.25}, "memory_targets": {"hooks/floor": 1.0}, **overrides}
