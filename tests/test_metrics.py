@@ -12,7 +12,6 @@ from gmint.assess.metrics import (
     auc,
     balance,
     balanced_accuracy,
-    best_threshold,
     externals_needed,
     membership_metrics,
     roc_points,
@@ -20,6 +19,7 @@ from gmint.assess.metrics import (
     tpr_at_fpr,
 )
 from gmint.errors import InputError
+from gmint.mint.threshold import best_threshold
 
 # 4 members, 6 externals.
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])

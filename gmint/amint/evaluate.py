@@ -24,7 +24,7 @@ import numpy as np
 from gmint.amint.forward import RowOutputs, forward_rows
 from gmint.amint.train import AmintModel
 from gmint.assess.evaluate import Evaluation, evaluate_store
-from gmint.assess.metrics import Estimate, balance, best_threshold, membership_metrics, score_collapse
+from gmint.assess.metrics import Estimate, balance, membership_metrics, score_collapse
 from gmint.assess.report import METRIC_LABELS, format_estimate
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
@@ -32,6 +32,7 @@ from gmint.data.transforms import Transform
 from gmint.features.extract import extract, split_rows
 from gmint.files import atomic_write
 from gmint.mint import train_mint
+from gmint.mint.threshold import best_threshold
 from gmint.progress import progress_bar
 
 READINGS = {

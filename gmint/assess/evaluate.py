@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gmint.assess.metrics import Estimate, balance, best_threshold, membership_metrics, score_collapse
+from gmint.assess.metrics import Estimate, balance, membership_metrics, score_collapse
 from gmint.data.split import HOLDOUT, POOL
 from gmint.errors import InputError, StoreMismatchError
 from gmint.features.store import FeatureStore
 from gmint.mint.base import TrainedMint
+from gmint.mint.threshold import best_threshold
 from gmint.mint.train import train_mint
 
 

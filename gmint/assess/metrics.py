@@ -12,18 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 
 from gmint.errors import InputError
-
-
-def _check(membership: np.ndarray, score: np.ndarray) -> None:
-    if membership.shape != score.shape or membership.ndim != 1:
-        raise InputError(f"membership {membership.shape} and scores {score.shape} must be equal 1-D arrays")
-    if not np.isin(membership, (0, 1)).all() or len(np.unique(membership)) < 2:
-        raise InputError("evaluation needs both members (1) and external samples (0), and only those")
-    if not np.isfinite(score).all():
-        raise InputError("scores contain NaN or Inf")
+from gmint.mint.base import check_scores
 
 
 def accuracy(membership: np.ndarray, score: np.ndarray, threshold: float = 0.5) -> float:
@@ -127,7 +119,7 @@ def membership_metrics(membership: np.ndarray, score: np.ndarray, *, threshold: 
     value and interval None. Replicates keep the number of externals, so they resolve the same targets.
     """
     membership, score = np.asarray(membership), np.asarray(score, np.float64)
-    _check(membership, score)
+    check_scores(membership, score)
     point = _all_metrics(membership, score, threshold)
     pos, neg = np.flatnonzero(membership == 1), np.flatnonzero(membership == 0)
     low, high = point, point
@@ -161,14 +153,6 @@ def score_collapse(score: np.ndarray) -> str | None:
         return (f"{share:.1%} of the {len(score)} scores are {values[top]:.6g}: the classifier hardly ranks the "
                 "rows; its AUC and TPR reflect ties")
     return None
-
-
-def best_threshold(membership: np.ndarray, score: np.ndarray) -> float:
-    """The threshold maximising balanced accuracy (for baselines, fitted on the auditor's pool only)."""
-    _check(membership, np.asarray(score, np.float64))
-    fpr, tpr, thresholds = roc_curve(membership, score)
-    best = int(np.argmax(tpr - fpr))
-    return float(min(thresholds[best], np.finfo(np.float64).max))
 
 
 def balance(membership: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -22,6 +22,17 @@ from gmint.files import atomic_write
 from gmint.registry import Registry
 
 
+def check_scores(membership: np.ndarray, score: np.ndarray) -> None:
+    """Refuse membership labels and scores that cannot be fitted or evaluated: unequal or not 1-D, labels
+    other than 0 and 1 or one side missing, NaN or Inf scores."""
+    if membership.shape != score.shape or membership.ndim != 1:
+        raise InputError(f"membership {membership.shape} and scores {score.shape} must be equal 1-D arrays")
+    if not np.isin(membership, (0, 1)).all() or len(np.unique(membership)) < 2:
+        raise InputError("evaluation needs both members (1) and external samples (0), and only those")
+    if not np.isfinite(score).all():
+        raise InputError("scores contain NaN or Inf")
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """What a classifier's input columns mean; a store must match it to be scored.

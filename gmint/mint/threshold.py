@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 
-from gmint.assess.metrics import best_threshold
 from gmint.errors import InputError
-from gmint.mint.base import MINT_MODELS
+from gmint.mint.base import MINT_MODELS, check_scores
+
+
+def best_threshold(membership: np.ndarray, score: np.ndarray) -> float:
+    """The threshold maximising balanced accuracy: this classifier's fit, and the loss-threshold baseline's
+    (fitted on the auditor's pool only)."""
+    check_scores(membership, np.asarray(score, np.float64))
+    fpr, tpr, thresholds = roc_curve(membership, score)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], np.finfo(np.float64).max))
 
 
 @MINT_MODELS.register("threshold")

@@ -45,9 +45,10 @@ import numpy as np
 from scipy.special import expm1
 from scipy.stats import norm
 
-from gmint.assess.metrics import auc, best_threshold
+from gmint.assess.metrics import auc
 from gmint.errors import InputError
 from gmint.mint.base import MINT_MODELS, Standardiser
+from gmint.mint.threshold import best_threshold
 from gmint.reference.signals import GradientSignals, OutputSignals, ReferenceSignals
 from gmint.registry import Registry
 
