@@ -67,7 +67,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import _default_to_fused_or_foreach
 
 import gmint.models.train
-from benchmarks.speed import machine_info
+from benchmarks.speed import load_results, machine_info
 from gmint.data.base import ImageSet
 from gmint.data.readers import load_dataset
 from gmint.data.transforms import Transform
@@ -418,17 +418,6 @@ def case_data(case: Case, config: Config, root: Path | None) -> tuple[ImageSet, 
     if c != case.channels:
         raise SystemExit(f"{case.data} has {c} channels, the config says {case.channels}")
     return data, Transform(size=None if h == case.image_size else case.image_size)
-
-
-def load_results(path: Path, settings: Json) -> Json:
-    """The results so far, or an empty file; refuses a file measured with other settings."""
-    if not path.exists():
-        return {"settings": settings, "runs": [], "rows": []}
-    results: Json = json.loads(path.read_text())
-    if results["settings"] != settings:
-        diff = {k: (results["settings"].get(k), v) for k, v in settings.items() if results["settings"].get(k) != v}
-        raise SystemExit(f"{path} was measured with other settings {diff} (stored, now); use another --out")
-    return results
 
 
 def save(path: Path, results: Json) -> None:
