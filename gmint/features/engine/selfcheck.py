@@ -98,6 +98,8 @@ def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: 
     Raises:
         UnsupportedModelError: the naive loop itself cannot run the model on one sample.
     """
+    if check_rows < 1:
+        raise ValueError(f"check_rows must be at least 1, got {check_rows}")
     y = labels(y)
     chain = candidates(requested, model)
     plans = {name: prepare(model, layers, x) for name in chain if (prepare := ENGINES.get(name).prepare)}
@@ -105,7 +107,8 @@ def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: 
         # `auto` passes over an engine whose own method would not cover every parameter: one pass of the
         # next engine is faster than the first plus that engine for the rest.
         chain = tuple(name for name in chain if name not in plans or plans[name].complete)
-    _Reference.compute(model, layers, reduction, x[:1], y[:1], loss)  # a model that cannot run fails here, once
+    # Row 0 is always checked: its reference, computed first, refuses a model that cannot run, once.
+    first_row = _Reference.compute(model, layers, reduction, x[:1], y[:1], loss)
     trials: list[Trial] = []
     reference: _Reference | None = None
     rows: tuple[int, ...] = ()
@@ -129,7 +132,9 @@ def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: 
         else:
             if reference is None:
                 rows = _check_rows(result.loss, check_rows)
-                reference = _Reference.compute(model, layers, reduction, x[list(rows)], y[list(rows)], loss)
+                others = list(rows[1:])  # rows[0] is row 0, whose reference is computed already
+                reference = first_row.joined(_Reference.compute(model, layers, reduction, x[others], y[others], loss)
+                                             if others else None)
                 tolerance = math.sqrt(torch.finfo(reference.dtype).eps)
             error = reference.error(result, rows)
             passed = error <= tolerance
@@ -179,6 +184,14 @@ class _Reference:
         with torch.no_grad():
             return cls({n: reduction(g, n) for n, g in grads.items()},
                        {n: g.flatten(1).double().norm(dim=1) for n, g in grads.items()}, losses, dtype)
+
+    def joined(self, more: _Reference | None) -> _Reference:
+        """This reference's rows followed by those of `more`."""
+        if more is None:
+            return self
+        return _Reference({n: torch.cat([f, more.features[n]]) for n, f in self.features.items()},
+                          {n: torch.cat([w, more.wm_norms[n]]) for n, w in self.wm_norms.items()},
+                          torch.cat([self.loss, more.loss]), self.dtype)
 
     def error(self, result: EngineResult, rows: tuple[int, ...]) -> float:
         """Worst relative error of `result`'s checked rows against this reference."""
