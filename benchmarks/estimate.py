@@ -57,11 +57,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default=None, help="estimate only cells whose name contains this")
+    parser.add_argument("--probe-batch", type=int, default=None,
+                        help="time steps at this batch and scale to the config's (default: the config's batch)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
-    measured: dict[tuple[str, str, int], float] = {}
+    # Step times are kept as they are measured, so a killed run continues where it stopped.
+    cache = args.out.with_suffix(".json")
+    settings = {"threads": args.threads, "steps": args.steps, "probe_batch": args.probe_batch}
+    saved = json.loads(cache.read_text()) if cache.exists() else {}
+    measured: dict[str, float] = saved.get("step_seconds", {}) if saved.get("settings") == settings else {}
     for cell in grid_cells(tomllib.loads(args.config.read_text())):
         if args.only and args.only not in cell.name:
             continue
@@ -71,11 +77,14 @@ def main() -> None:
                            holdout=recipe.holdout, protocol=recipe.protocol, seed=recipe.seed)
         channels, height, _ = data.image_shape
         size = recipe.image_size or height
-        key = (cell.dataset, cell.arch, size)
+        key = f"{cell.dataset}-{cell.arch}@{size}"
         if key not in measured:
+            batch = args.probe_batch or recipe.train.batch_size
             measured[key] = step_seconds(cell.arch, dict(recipe.arch_options), channels, len(data.classes), size,
-                                         recipe.train.batch_size, args.steps)
-            print(f"{cell.dataset}-{cell.arch} @ {size}px: {measured[key]:.3f} s/step", flush=True)
+                                         batch, args.steps) * recipe.train.batch_size / batch
+            print(f"{key}: {measured[key]:.3f} s/step", flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"settings": settings, "step_seconds": measured}, indent=1))
         epoch = measured[key] * math.ceil(len(split.members) / recipe.train.batch_size)
         control_epoch = measured[key] * math.ceil(len(split.control) / recipe.train.batch_size)
         hours = (epoch + control_epoch) * recipe.train.epochs / 3600
@@ -83,11 +92,14 @@ def main() -> None:
                      "image_size": size, "step_seconds": round(measured[key], 4), "epoch_seconds": round(epoch, 1),
                      "epochs": recipe.train.epochs, "training_hours": round(hours, 2)})
     info = {**code_version(), "cpu_threads": args.threads, "processor": platform.processor() or platform.machine(),
-            "steps": args.steps, "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)]}
+            "steps": args.steps, "probe_batch": args.probe_batch,
+            "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)]}
     total = sum(r["training_hours"] for r in rows)
     lines = [f"# Expected training time per cell: {args.config.name}", "",
              f"Measured on this machine's CPU ({args.threads} threads; torch {info['torch']}, gmint at "
-             f"{info['commit']}): the fastest of {args.steps} Adam steps at the config's batch size, times the "
+             f"{info['commit']}): the fastest of {args.steps} Adam steps at the config's batch size"
+             + (f" (timed at batch {args.probe_batch} and scaled in proportion)" if args.probe_batch else "")
+             + ", times the "
              "member batches of an epoch, times the epochs, for the audited and the control model. No GPU was "
              f"measured. 1-minute load average {info['load_average'][0]} at the start, {info['load_average'][1]} at "
              f"the end (other jobs shared the cores: the times are upper bounds). Total: {total:,.0f} CPU hours.",
@@ -98,7 +110,8 @@ def main() -> None:
               f"{r['epoch_seconds']:,.0f} | {r['epochs']} | {r['training_hours']:,.1f} |" for r in rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps({"machine": info, "cells": rows}, indent=1))
+    cache.write_text(json.dumps({"settings": settings, "step_seconds": measured, "machine": info, "cells": rows},
+                                indent=1))
 
 
 if __name__ == "__main__":
