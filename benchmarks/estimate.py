@@ -96,7 +96,8 @@ def main() -> None:
             "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)]}
     total = sum(r["training_hours"] for r in rows)
     lines = [f"# Expected training time per cell: {args.config.name}", "",
-             f"Measured on this machine's CPU ({args.threads} threads; torch {info['torch']}, gmint at "
+             f"Measured on this machine's CPU ({args.threads} thread{'s' if args.threads > 1 else ''}; "
+             f"torch {info['torch']}, gmint at "
              f"{info['commit']}): the fastest of {args.steps} Adam steps at the config's batch size"
              + (f" (timed at batch {args.probe_batch} and scaled in proportion)" if args.probe_batch else "")
              + ", times the "
