@@ -47,8 +47,7 @@ def depth(model: Path = typer.Option(..., help=MODEL_HELP),
           batch_size: int = typer.Option(128, min=1, help="Rows per extraction batch."),
           overwrite: bool = flag("--overwrite", "Replace an existing --out plot."),
           json_out: bool = flag("--json", "Print the sweep as JSON instead.")) -> None:
-    """Sweep the audited model's blocks: MINT AUC and TPR @ 1% FPR per depth, activation and gradient, beside
-    the loss threshold, with a PNG plot."""
+    """Sweep the model's blocks: activation and gradient MINT per depth beside the loss threshold, with a plot."""
     out = out or work / "depth.png"
     audited = load_model(model, arch, torchscript, trust_pickle)
     name = data or audited.meta.get("dataset")
