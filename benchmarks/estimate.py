@@ -68,6 +68,7 @@ def main() -> None:
     settings = {"threads": args.threads, "steps": args.steps, "probe_batch": args.probe_batch}
     saved = json.loads(cache.read_text()) if cache.exists() else {}
     measured: dict[str, float] = saved.get("step_seconds", {}) if saved.get("settings") == settings else {}
+    loads: list[float] = list(saved.get("measured_load", [])) if measured else []  # load while steps were timed
     for cell in grid_cells(tomllib.loads(args.config.read_text())):
         if args.only and args.only not in cell.name:
             continue
@@ -83,8 +84,10 @@ def main() -> None:
             measured[key] = step_seconds(cell.arch, dict(recipe.arch_options), channels, len(data.classes), size,
                                          batch, args.steps) * recipe.train.batch_size / batch
             print(f"{key}: {measured[key]:.3f} s/step", flush=True)
+            loads.append(round(os.getloadavg()[0], 2))
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({"settings": settings, "step_seconds": measured}, indent=1))
+            cache.write_text(json.dumps({"settings": settings, "step_seconds": measured, "measured_load": loads},
+                                        indent=1))
         epoch = measured[key] * math.ceil(len(split.members) / recipe.train.batch_size)
         control_epoch = measured[key] * math.ceil(len(split.control) / recipe.train.batch_size)
         hours = (epoch + control_epoch) * recipe.train.epochs / 3600
@@ -93,7 +96,7 @@ def main() -> None:
                      "epochs": recipe.train.epochs, "training_hours": round(hours, 2)})
     info = {**code_version(), "cpu_threads": args.threads, "processor": platform.processor() or platform.machine(),
             "steps": args.steps, "probe_batch": args.probe_batch,
-            "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)]}
+            "load_average": [min(loads, default=load_start), max(loads, default=load_start)]}
     total = sum(r["training_hours"] for r in rows)
     lines = [f"# Expected training time per cell: {args.config.name}", "",
              f"Measured on this machine's CPU ({args.threads} thread{'s' if args.threads > 1 else ''}; "
@@ -102,8 +105,8 @@ def main() -> None:
              + (f" (timed at batch {args.probe_batch} and scaled in proportion)" if args.probe_batch else "")
              + ", times the "
              "member batches of an epoch, times the epochs, for the audited and the control model. No GPU was "
-             f"measured. 1-minute load average {info['load_average'][0]} at the start, {info['load_average'][1]} at "
-             f"the end (other jobs shared the cores: the times are upper bounds). Total: {total:,.0f} CPU hours.",
+             f"measured. 1-minute load average {info['load_average'][0]}–{info['load_average'][1]} while the steps "
+             f"were timed (other jobs shared the cores: the times are upper bounds). Total: {total:,.0f} CPU hours.",
              "",
              "| cell | members | control | px | s / step | s / epoch | epochs | training hours (both models) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -111,8 +114,8 @@ def main() -> None:
               f"{r['epoch_seconds']:,.0f} | {r['epochs']} | {r['training_hours']:,.1f} |" for r in rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    cache.write_text(json.dumps({"settings": settings, "step_seconds": measured, "machine": info, "cells": rows},
-                                indent=1))
+    cache.write_text(json.dumps({"settings": settings, "step_seconds": measured, "measured_load": loads,
+                                 "machine": info, "cells": rows}, indent=1))
 
 
 if __name__ == "__main__":
