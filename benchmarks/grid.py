@@ -208,8 +208,11 @@ def grid_row(cell: GridCell, result: Cell, version: Json) -> Json:
     measured = result.measurements[-1]
     probe, evaluation = measured.probe, measured.evaluation
     model, split = result.models[probe.model], result.split
-    with FeatureStore.open(evaluation.store) as store:
+    with_roc = probe.setup == "combined" and probe.fraction == "D100"  # its curves drawn in the report
+    with FeatureStore.open(evaluation.store) as store:  # one read: provenance, and the losses a curve needs
         prov = store.provenance
+        loss = dict(zip(store.column("sample_id").tolist(), store.column("loss").tolist(), strict=True)) \
+            if with_roc else {}
     seconds, rows = float(prov.get("extract_seconds") or 0.0), int(prov.get("rows_written") or 0)
     row: Json = {
         "cell": cell.name, "protocol": cell.protocol, "dataset": cell.dataset, "arch": cell.arch,
@@ -230,10 +233,8 @@ def grid_row(cell: GridCell, result: Cell, version: Json) -> Json:
         "mint_seconds": measured.seconds, "fit_rows": measured.fit_rows,
         "config_sha256": cell.config_sha256, "code": version,
     }
-    if probe.setup == "combined" and probe.fraction == "D100":
+    if with_roc:
         scores = evaluation.scores
-        with FeatureStore.open(evaluation.store) as store:
-            loss = dict(zip(store.column("sample_id").tolist(), store.column("loss").tolist(), strict=True))
         baseline = -np.array([loss[i] for i in scores.sample_id.tolist()])
         row["roc"] = {"mint": roc_summary(scores.membership, scores.score),
                       "loss_threshold": roc_summary(scores.membership, baseline)}
