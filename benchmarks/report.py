@@ -25,6 +25,7 @@ import numpy as np
 
 from benchmarks.grid import FRACTIONS, SETUPS, grid_cells
 from gmint.assess.metrics import Estimate
+from gmint.assess.report import pyplot, save_png
 
 PAPER_DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "gtsrb": "GTSRB", "tiny_imagenet": "Tiny ImageNet"}
 PAPER_ARCHS = {"mobilenet": "MobileNet", "resnet50": "ResNet50", "resnet101": "ResNet100",
@@ -170,12 +171,7 @@ def differences(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str, st
 
 
 def heat_map(protocol: str, cells: list[tuple[str, str, str]], diff: np.ndarray, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 0.35 * len(cells) + 1.8))
+    fig, ax = pyplot().subplots(figsize=(10, 0.35 * len(cells) + 1.8))
     image = ax.imshow(np.ma.masked_invalid(diff), cmap="RdBu", vmin=-50, vmax=50, aspect="auto")
     ax.set_xticks(range(diff.shape[1]), [f"{s} {f}" for s in SETUPS for f in FRACTIONS], rotation=60, ha="right",
                   fontsize=7)
@@ -184,19 +180,11 @@ def heat_map(protocol: str, cells: list[tuple[str, str, str]], diff: np.ndarray,
         ax.text(j, i, f"{diff[i, j]:.0f}", ha="center", va="center", fontsize=6)
     fig.colorbar(image, ax=ax, label="gMINT accuracy − paper (points)")
     ax.set_title(f"{protocol} protocol: ours − paper (blank: pending)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_png(fig, out)
 
 
 def roc_plot(dataset: str, protocol: str, rows: list[Row], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = pyplot().subplots(figsize=(5.5, 4.5))
     for i, row in enumerate(rows):
         for curve, style, label in (("mint", "-", "gMINT"), ("loss_threshold", ":", "loss")):
             roc = row["roc"][curve]
@@ -211,10 +199,7 @@ def roc_plot(dataset: str, protocol: str, rows: list[Row], out: Path) -> Path:
     ax.set_ylabel("true-positive rate")
     ax.set_title(f"{dataset}, {protocol} protocol: combined setup, D100")
     ax.legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_png(fig, out)
 
 
 def environment(rows: list[Row]) -> list[str]:

@@ -23,6 +23,7 @@ import torch
 
 from gmint.assess.evaluate import evaluate_store
 from gmint.assess.metrics import Estimate
+from gmint.assess.report import pyplot, save_png
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
@@ -201,12 +202,7 @@ def read_points(workdir: Path) -> list[DepthPoint]:
 def plot_depth(sweep: DepthSweep, path: Path, *, title: str = "") -> Path:
     """AUC and TPR @ 1% FPR against depth, one line per source and kind (95% intervals as bands), the loss
     threshold as a horizontal line; written as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 0.45 * len(sweep.blocks) + 4), 4.2), sharex=True)
+    fig, axes = pyplot().subplots(1, 2, figsize=(max(8.0, 0.45 * len(sweep.blocks) + 4), 4.2), sharex=True)
     series = sorted({(p.source, p.kind) for p in sweep.points})
     for ax, metric, label in ((axes[0], "auc", "AUC"), (axes[1], "tpr_at_1pct_fpr", "TPR @ 1% FPR")):
         for source, kind in series:
@@ -227,9 +223,4 @@ def plot_depth(sweep: DepthSweep, path: Path, *, title: str = "") -> Path:
     axes[0].legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from gmint.assess.evaluate import Evaluation
+from gmint.assess.report import pyplot, save_png
 from gmint.assess.scoring import SampleScores
 from gmint.assess.slices import slice_rows
 from gmint.data.base import ImageSet
@@ -82,11 +83,6 @@ def contact_sheet(records: Sequence[ExposedRecord], data: ImageSet, path: Path, 
     Raises:
         InputError: a record whose row id is not in `data` (another dataset than the one scored).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not records:
         raise InputError("no records to draw")
     position = {int(i): p for p, i in enumerate(data.sample_ids)}
@@ -95,7 +91,7 @@ def contact_sheet(records: Sequence[ExposedRecord], data: ImageSet, path: Path, 
         raise InputError(f"row {missing[0]} is not in {data.name}: give the dataset the rows were scored from")
     cols = min(len(records), max(1, math.ceil(math.sqrt(len(records)))))
     rows = math.ceil(len(records) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows + (0.4 if title else 0)), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows + (0.4 if title else 0)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, r in zip(axes.flat, records, strict=False):
@@ -106,12 +102,7 @@ def contact_sheet(records: Sequence[ExposedRecord], data: ImageSet, path: Path, 
         ax.set_title(f"#{r.rank} row {r.sample_id}\n{name[:14]} · {r.score:.3f}", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110)
 
 
 def exposed_members(evaluation: Evaluation, store_path: Path, k: int) -> list[ExposedRecord]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
@@ -12,6 +14,10 @@ from rich.table import Table
 
 from gmint.assess.evaluate import Evaluation
 from gmint.assess.metrics import Estimate
+from gmint.files import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "auc": "AUC",
                  "tpr_at_1pct_fpr": "TPR @ 1% FPR", "tpr_at_0.1pct_fpr": "TPR @ 0.1% FPR"}
@@ -91,16 +97,12 @@ def write_report(result: Evaluation, out_dir: Path) -> list[Path]:
 
 
 def _roc_plots(membership: np.ndarray, score: np.ndarray, out_dir: Path, label: str) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
     fpr, tpr, _ = roc_curve(membership, score)
     paths = []
     for name, log in (("roc.png", False), ("roc_log.png", True)):
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        fig, ax = pyplot().subplots(figsize=(4.5, 4.5))
         ax.plot(fpr, tpr, label=label)
         ax.plot([1e-4, 1], [1e-4, 1], "--", color="grey", label="chance")
         if log:
@@ -111,8 +113,26 @@ def _roc_plots(membership: np.ndarray, score: np.ndarray, out_dir: Path, label: 
         ax.set_xlabel("false-positive rate (external called member)")
         ax.set_ylabel("true-positive rate (members found)")
         ax.legend(loc="lower right")
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=120)
-        plt.close(fig)
-        paths.append(out_dir / name)
+        paths.append(save_png(fig, out_dir / name))
     return paths
+
+
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on its file-only backend (no display needed), imported only when a plot is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig: Figure, path: Path, dpi: int = 120) -> Path:
+    """Lay the figure out and write it as a PNG, whole or not at all (its folder created), then free it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
+    return path

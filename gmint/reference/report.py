@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from gmint.assess.report import METRIC_LABELS, format_estimate
+from gmint.assess.report import METRIC_LABELS, format_estimate, pyplot, save_png
 from gmint.files import atomic_write
 from gmint.reference.compare import AttackResult, Comparison
 
@@ -89,13 +89,9 @@ def _largest_k(comparison: Comparison) -> list[AttackResult]:
 
 def roc_plot(comparison: Comparison, path: Path, title: str = "") -> Path:
     """Log-scale ROC: each attack at its largest K, the AUC in its legend entry, chance dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    fig, ax = plt.subplots(figsize=(6, 5.5))
+    fig, ax = pyplot().subplots(figsize=(6, 5.5))
     for r in _largest_k(comparison):
         fpr, tpr, _ = roc_curve(comparison.membership, np.asarray(r.score, np.float64))
         assert r.metrics is not None
@@ -111,22 +107,13 @@ def roc_plot(comparison: Comparison, path: Path, title: str = "") -> Path:
     if title:
         ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def k_plot(comparison: Comparison, path: Path, title: str = "") -> Path:
     """AUC and TPR at 1% FPR against K, one line per attack; reference-free attacks as horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ks = sorted({r.k for r in comparison.results if r.k})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4.2))
     for ax, metric in zip(axes, ("auc", "tpr_at_1pct_fpr"), strict=True):
         for attack in dict.fromkeys(r.attack for r in comparison.results):
             points = [(r.k, r.metrics[metric]) for r in comparison.results
@@ -151,11 +138,7 @@ def k_plot(comparison: Comparison, path: Path, title: str = "") -> Path:
     axes[0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 _PALETTE: dict[str, str] = {}
