@@ -12,6 +12,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -57,21 +58,35 @@ def same_store(a: Path, b: Path) -> None:
             np.testing.assert_array_equal(x.column(column), y.column(column))
 
 
+class CrashSetup(NamedTuple):
+    model: Path
+    split: Path
+    reference: Path
+    write_seconds: float  # how long the reference run wrote its store: kills are drawn inside this span
+
+
+def wait_for_store(out: Path, proc: subprocess.Popen[str]) -> None:
+    while not out.exists() and proc.poll() is None:
+        time.sleep(0.01)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory, digits_split: MembershipSplit,
-          audited_digits: tuple[AuditedModel, Path]) -> tuple[Path, Path, Path]:
+          audited_digits: tuple[AuditedModel, Path]) -> CrashSetup:
     work = tmp_path_factory.mktemp("crash")
     split = work / "split.json"
     digits_split.save(split)
     reference = work / "reference.h5"
     proc = run_extract([str(audited_digits[1]), str(split), str(reference), "0"])
+    wait_for_store(reference, proc)
+    started = time.monotonic()
     assert proc.wait(timeout=300) == 0
-    return audited_digits[1], split, reference
+    return CrashSetup(audited_digits[1], split, reference, time.monotonic() - started)
 
 
 def test_sigkill_at_random_points_then_resume_gives_the_same_store(
-        tmp_path: Path, setup: tuple[Path, Path, Path], digits: ImageSet) -> None:
-    model, split_path, reference = setup
+        tmp_path: Path, setup: CrashSetup, digits: ImageSet) -> None:
+    model, split_path, reference, write_seconds = setup
     split = MembershipSplit.load(split_path)
     rng = random.Random(1234)
     interrupted, trial = 0, 0
@@ -79,9 +94,8 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_store(
         trial += 1
         out = tmp_path / f"killed-{trial}.h5"
         proc = run_extract([str(model), str(split_path), str(out), "0"])
-        while not out.exists() and proc.poll() is None:  # start the clock once the store exists
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 2.0))
+        wait_for_store(out, proc)  # start the clock once the store exists
+        time.sleep(rng.uniform(0.0, 0.8 * write_seconds))  # scaled to this machine's speed
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if not out.exists():
@@ -100,8 +114,8 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_store(
     assert interrupted >= 3, "the kills should mostly land mid-extraction"
 
 
-def test_store_can_be_read_while_it_is_written(tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
-    model, split_path, reference = setup
+def test_store_can_be_read_while_it_is_written(tmp_path: Path, setup: CrashSetup) -> None:
+    model, split_path, reference, _ = setup
     out = tmp_path / "live.h5"
     proc = run_extract([str(model), str(split_path), str(out), "0"])
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -125,10 +139,10 @@ def test_store_can_be_read_while_it_is_written(tmp_path: Path, setup: tuple[Path
     same_store(out, reference)
 
 
-def test_readers_never_disturb_the_writer(tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+def test_readers_never_disturb_the_writer(tmp_path: Path, setup: CrashSetup) -> None:
     """gmint's readers and plain h5py ones (SWMR or not, with HDF5's file locking) open and read the store
     in a tight loop; the extraction still finishes, complete and equal to an undisturbed one."""
-    model, split_path, reference = setup
+    model, split_path, reference, _ = setup
     out = tmp_path / "hammered.h5"
     proc = run_extract([str(model), str(split_path), str(out), "0"], stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
