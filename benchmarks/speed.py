@@ -28,6 +28,11 @@ through a transform giving that same layout.
   engine (`auto`, else `hooks`, else `vmap`), which it proves on its first batch against the naive loop
   (`gmint.features.engine.selfcheck`); its per-sample time is compared with the floor's. `extract_unchecked` is
   the same extraction without that proof, alternating with it in each round: the check's cost.
+- `extract_steady` (with `extract_steady = true`): what each further row of an extraction costs once it runs,
+  without its fixed start-up (engine choice and self-check, model and store set-up). Each round also runs the
+  shipped `extract` on twice the rows; the round's per-row time is (t(2N) − t(N)) / N, and the start-up
+  t(N) − N × that (`startup_s`, in seconds). A real audit extracts thousands of rows, so this is the ratio it
+  sees; `extract` on N rows carries the whole start-up.
 
 Every method's features are checked against `vmap`'s (largest error relative to the largest value).
 
@@ -103,6 +108,7 @@ from gmint.progress import progress_bar
 from gmint.registry import Registry
 
 EXTRACT_ENGINES = ("auto", "hooks", "vmap")   # the fastest exact engine first
+EXTRACT_METHODS = ("extract", "extract_unchecked", "extract_steady")  # whole-extraction columns
 Json = dict[str, Any]                          # a JSON object of the results
 MAX_CALLS = 50                                 # back-to-back calls per timed round, at most
 NOISY_SPREAD = 0.25                            # (max - min) / median of a method's times flagged as noisy
@@ -135,6 +141,7 @@ class Config:
     naive_samples: int = 8
     extract_rows: int = 256
     extract_repeats: int = 2
+    extract_steady: bool = False
     targets: dict[str, float] = field(default_factory=dict)
     memory_targets: dict[str, float] = field(default_factory=dict)
 
@@ -459,24 +466,28 @@ class UncheckedEngine(ProvenEngine):
 
 
 def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: str, arch: str,
-                    batch_size: int, rows: int, repeats: int, statistic: str) -> dict[str, Json]:
+                    batch_size: int, rows: int, repeats: int, statistic: str, steady: bool = False) -> dict[str, Json]:
     """Seconds of the whole `extract` on the first `rows` rows of `data`, with the fastest exact engine, as
     shipped (`extract`: engine chosen and checked on the first batch) and without the check
-    (`extract_unchecked`), alternating in each round."""
+    (`extract_unchecked`), alternating in each round; with `steady`, also on twice the rows, from which
+    `extract_steady` takes the per-row cost past the start-up."""
     engine = next((e for e in EXTRACT_ENGINES if e in ENGINES), None)
     if engine is None:
         return {"extract": {"unsupported": "no exact engine registered"}}
     audited = AuditedModel(case.model, {"arch": arch, "num_classes": len(data.classes)})
-    index = np.arange(rows, dtype=np.int64)
-    selection = Rows(index, np.full(rows, -1, dtype=np.int8), np.full(rows, -1, dtype=np.int8))
-    times: dict[str, list[float]] = {"extract": [], "extract_unchecked": []}
-    engines = {"extract": ProvenEngine, "extract_unchecked": UncheckedEngine}
+    variants = {"extract": (ProvenEngine, rows), "extract_unchecked": (UncheckedEngine, rows)}
+    if steady:
+        variants["extract_double"] = (ProvenEngine, 2 * rows)
+    times: dict[str, list[float]] = {name: [] for name in variants}
     module = importlib.import_module("gmint.features.extract")  # the module (gmint.extract is also the function)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for round_ in range(repeats):
             for name in sorted(times, reverse=bool(round_ % 2)):
-                module.ProvenEngine = engines[name]  # type: ignore[misc]
+                engine_class, n = variants[name]
+                index = np.arange(n, dtype=np.int64)
+                selection = Rows(index, np.full(n, -1, dtype=np.int8), np.full(n, -1, dtype=np.int8))
+                module.ProvenEngine = engine_class  # type: ignore[misc]
                 try:
                     t0 = time.perf_counter()
                     extract(audited, data, selection, out=Path(tmp) / "speed.h5", layers=setup, reduction="mean",
@@ -485,7 +496,25 @@ def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: 
                     times[name].append(time.perf_counter() - t0)
                 finally:
                     module.ProvenEngine = ProvenEngine  # type: ignore[misc]
-    return {name: {"engine": engine, "samples": rows, **summarise(t, rows, statistic)} for name, t in times.items()}
+    results = {name: {"engine": engine, "samples": rows, **summarise(times[name], rows, statistic)}
+               for name in ("extract", "extract_unchecked")}
+    if steady:
+        results["extract_steady"] = {"engine": engine, "samples": rows,
+                                     **steady_result(times["extract"], times["extract_double"], rows, statistic)}
+    return results
+
+
+def steady_result(single: list[float], double: list[float], rows: int, statistic: str) -> Json:
+    """Per-row seconds past the start-up, from paired rounds of `rows` and 2 × `rows` rows, and the start-up
+    itself; unresolved when the rounds' noise is larger than the rows' cost (more rows are needed)."""
+    per_row = [(d - s) / rows for s, d in zip(single, double, strict=True)]
+    best = STATISTICS[statistic](per_row)
+    if best <= 0:
+        return {"unsupported": f"unresolved: {rows} more rows cost no measurable time (noise); use more extract_rows"}
+    startup = [s - rows * r for s, r in zip(single, per_row, strict=True)]
+    return {"per_sample_s": best, "samples_per_s": 1 / best, "per_row_times": per_row, "double_times": double,
+            "startup_s": STATISTICS[statistic](startup), "startup_times": startup,
+            "spread": (max(per_row) - min(per_row)) / statistics.median(per_row)}
 
 
 def add_ratios(methods: dict[str, Json]) -> None:
@@ -603,7 +632,8 @@ def run(config: Config, out: Path, *, force: bool = False, only: list[str] | Non
                 if config.extract_rows:
                     methods |= measure_extract(case, data, transform, setup=setup, arch=arch,
                                                          batch_size=config.batch_size, rows=config.extract_rows,
-                                                         repeats=config.extract_repeats, statistic=config.statistic)
+                                                         repeats=config.extract_repeats, statistic=config.statistic,
+                                                         steady=config.extract_steady)
                 add_ratios(methods)
                 row = {"model": arch, "setup": setup, "options": options, "layers": case.layers,
                        "parameters": sum(p.numel() for p in model.parameters()),
@@ -647,8 +677,9 @@ def refresh(out: Path) -> None:
 
 
 def random_images(config: Config) -> ImageSet:
-    """Seeded uniform uint8 images and labels: enough rows for one batch and for `extract`."""
-    n = max(config.batch_size, config.extract_rows)
+    """Seeded uniform uint8 images and labels: enough rows for one batch and for `extract` (twice its rows
+    for `extract_steady`)."""
+    n = max(config.batch_size, config.extract_rows * (2 if config.extract_steady else 1))
     rng = np.random.default_rng(config.seed)
     size = config.image_size
     return ImageSet(name="speed-random", images=rng.integers(0, 256, (n, size, size, config.channels), dtype=np.uint8),
@@ -705,7 +736,8 @@ def _cell(result: Json | None, notes: list[str], *, memory: bool = False) -> str
     if float(result.get("max_rel_err", 0)) > 1e-4:
         flags += f" ⚠err {result['max_rel_err']:.0e}"
     ratio = f"{result['ratio']:.2f}× · " if "ratio" in result else ""
-    return f"{ratio}{result['samples_per_s']:.0f}/s{flags}"
+    startup = f" + {result['startup_s']:.2f} s start-up" if "startup_s" in result else ""
+    return f"{ratio}{result['samples_per_s']:.0f}/s{startup}{flags}"
 
 
 def markdown(results: Json) -> str:
@@ -715,7 +747,7 @@ def markdown(results: Json) -> str:
     rows: list[Json] = results["rows"]
     runs: list[Json] = results["runs"]
     methods = [m for m in results["methods"] if any(m in r["methods"] for r in rows)]
-    methods += [m for m in ("extract", "extract_unchecked") if any(m in r["methods"] for r in rows)]
+    methods += [m for m in EXTRACT_METHODS if any(m in r["methods"] for r in rows)]
     loads = [f"{r['load_start'][0]:.1f}→{r.get('load_end', r['load_start'])[0]:.1f}" for r in runs]
     lines = [
         "# Per-sample Weight Modifier speed", "",
@@ -735,7 +767,8 @@ def markdown(results: Json) -> str:
         f"{settings['loss']} loss; vmap chunk {settings['chunk_size']}; naive timed on "
         f"{settings['naive_samples']} samples; extract on {settings['extract_rows']} rows.",
         "- Cells: per-sample time ÷ the floor's (lower is better: the median over the timed rounds of the "
-        "per-round ratio; `extract`: its own time) · samples/s (from the "
+        "per-round ratio; `extract`: its own time; `extract_steady`: per further row, then its fixed start-up) "
+        "· samples/s (from the "
         f"{settings['statistic']} round). ⚠noisy: a method's rounds spread more than {NOISY_SPREAD:.0%} of "
         "their median; ⚠err: its features differ from vmap's by more than 1e-4 of their largest value. "
         "Methods and measurement: see `benchmarks/speed.py`.", "",

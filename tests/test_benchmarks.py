@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.check import MEMORY, Limit, check, main, ratio
-from benchmarks.speed import Config, load_config, refresh, run
+from benchmarks.speed import Config, load_config, refresh, run, steady_result
 
 
 def _tiny(**overrides: object) -> Config:
@@ -52,6 +52,25 @@ def test_speed_rows_reports_and_resume(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit, match="other settings"):
         run(_tiny(batch_size=8), out)
+
+
+def test_steady_extraction_splits_start_up_from_per_row_cost() -> None:
+    # 100 rows take 1.5 s and 200 rows 2.5 s: 10 ms a row past a 0.5 s start-up (and 12 ms, 0.3 s in round 2)
+    result = steady_result([1.5, 1.5], [2.5, 2.7], 100, "min")
+    assert result["per_row_times"] == pytest.approx([0.010, 0.012])
+    assert result["per_sample_s"] == pytest.approx(0.010) and result["samples_per_s"] == pytest.approx(100)
+    assert result["startup_times"] == pytest.approx([0.5, 0.3]) and result["startup_s"] == pytest.approx(0.3)
+    assert steady_result([1.5, 1.5], [2.5, 2.7], 100, "median")["per_sample_s"] == pytest.approx(0.011)
+    # noise larger than the rows' cost is said, not turned into a negative or infinite speed
+    assert "unresolved" in steady_result([1.5], [1.4], 100, "min")["unsupported"]
+
+
+def test_steady_extraction_is_measured_and_reported(tmp_path: Path) -> None:
+    results = run(_tiny(setups=["output"], methods=["floor"], extract_repeats=2, extract_steady=True,
+                        extract_rows=64, batch_size=16), tmp_path / "s.json")
+    steady = results["rows"][0]["methods"]["extract_steady"]
+    assert steady["samples"] == 64 and len(steady.get("double_times", [0, 0])) == 2
+    assert "extract_steady" in (tmp_path / "s.md").read_text()
 
 
 def test_unavailable_methods_are_recorded_not_fatal(tmp_path: Path) -> None:
