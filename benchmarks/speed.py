@@ -30,9 +30,12 @@ through a transform giving that same layout.
   the same extraction without that proof, alternating with it in each round: the check's cost.
 - `extract_steady` (with `extract_steady = true`): what each further row of an extraction costs once it runs,
   without its fixed start-up (engine choice and self-check, model and store set-up). Each round also runs the
-  shipped `extract` on twice the rows; the round's per-row time is (t(2N) − t(N)) / N, and the start-up
-  t(N) − N × that (`startup_s`, in seconds). A real audit extracts thousands of rows, so this is the ratio it
+  shipped `extract` on twice the rows; the per-row time is (t(2N) − t(N)) / N of the runs' `statistic`, and the
+  start-up t(N) − N × that (`startup_s`, in seconds). A real audit extracts thousands of rows, so this is the ratio it
   sees; `extract` on N rows carries the whole start-up.
+- `extract_floor`: the floor over as many rows, timed in the same rounds as the extractions; the `extract*`
+  columns are ratios to it (to `floor`, timed in other rounds, where it is absent), so a change of machine
+  load between the method rounds and the extraction rounds does not land in the ratio.
 
 Every method's features are checked against `vmap`'s (largest error relative to the largest value).
 
@@ -108,7 +111,7 @@ from gmint.progress import progress_bar
 from gmint.registry import Registry
 
 EXTRACT_ENGINES = ("auto", "hooks", "vmap")   # the fastest exact engine first
-EXTRACT_METHODS = ("extract", "extract_unchecked", "extract_steady")  # whole-extraction columns
+EXTRACT_METHODS = ("extract", "extract_unchecked", "extract_steady", "extract_floor")  # whole-extraction columns
 Json = dict[str, Any]                          # a JSON object of the results
 MAX_CALLS = 50                                 # back-to-back calls per timed round, at most
 NOISY_SPREAD = 0.25                            # (max - min) / median of a method's times flagged as noisy
@@ -478,12 +481,20 @@ def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: 
     variants = {"extract": (ProvenEngine, rows), "extract_unchecked": (UncheckedEngine, rows)}
     if steady:
         variants["extract_double"] = (ProvenEngine, 2 * rows)
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    times: dict[str, list[float]] = {name: [] for name in [*variants, "extract_floor"]}
+    floor = floor_method(case).run
+    floor_calls = math.ceil(rows / len(case.x))  # whole batches, scaled back to `rows` rows
     module = importlib.import_module("gmint.features.extract")  # the module (gmint.extract is also the function)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for round_ in range(repeats):
             for name in sorted(times, reverse=bool(round_ % 2)):
+                if name == "extract_floor":  # the floor over as many rows, in the same round
+                    t0 = time.perf_counter()
+                    for _ in range(floor_calls):
+                        floor()
+                    times[name].append((time.perf_counter() - t0) * rows / (len(case.x) * floor_calls))
+                    continue
                 engine_class, n = variants[name]
                 index = np.arange(n, dtype=np.int64)
                 selection = Rows(index, np.full(n, -1, dtype=np.int8), np.full(n, -1, dtype=np.int8))
@@ -497,7 +508,7 @@ def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: 
                 finally:
                     module.ProvenEngine = ProvenEngine  # type: ignore[misc]
     results = {name: {"engine": engine, "samples": rows, **summarise(times[name], rows, statistic)}
-               for name in ("extract", "extract_unchecked")}
+               for name in ("extract", "extract_unchecked", "extract_floor")}
     if steady:
         results["extract_steady"] = {"engine": engine, "samples": rows,
                                      **steady_result(times["extract"], times["extract_double"], rows, statistic)}
@@ -505,24 +516,25 @@ def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: 
 
 
 def steady_result(single: list[float], double: list[float], rows: int, statistic: str) -> Json:
-    """Per-row seconds past the start-up, from paired rounds of `rows` and 2 × `rows` rows, and the start-up
-    itself; unresolved when the rounds' noise is larger than the rows' cost (more rows are needed)."""
-    per_row = [(d - s) / rows for s, d in zip(single, double, strict=True)]
-    best = STATISTICS[statistic](per_row)
-    if best <= 0:
+    """Per-row seconds past the start-up, from rounds of `rows` and 2 × `rows` rows: the difference of the
+    two runs' `statistic` (with `min`, each run's best round, unbiased by a round that lost its core, where a
+    per-round difference would favour the round whose single run was slowed), and the start-up itself;
+    unresolved when the noise is larger than the rows' cost (more rows are needed)."""
+    per_row = (STATISTICS[statistic](double) - STATISTICS[statistic](single)) / rows
+    if per_row <= 0:
         return {"unsupported": f"unresolved: {rows} more rows cost no measurable time (noise); use more extract_rows"}
-    startup = [s - rows * r for s, r in zip(single, per_row, strict=True)]
-    return {"per_sample_s": best, "samples_per_s": 1 / best, "per_row_times": per_row, "double_times": double,
-            "startup_s": STATISTICS[statistic](startup), "startup_times": startup,
-            "spread": (max(per_row) - min(per_row)) / statistics.median(per_row)}
+    return {"per_sample_s": per_row, "samples_per_s": 1 / per_row, "double_times": double,
+            "startup_s": STATISTICS[statistic](single) - rows * per_row,
+            "spread": (max(double) - min(double)) / statistics.median(double)}
 
 
 def add_ratios(methods: dict[str, Json]) -> None:
     """Each measured method's time (paired per round, see `benchmarks.check.ratio`) and peak memory over
-    the floor's."""
+    the floor's; the whole extractions' times over the floor timed in their own rounds, where it was."""
     row = {"methods": methods}
     for name, result in methods.items():
-        if "per_sample_s" in result and (r := ratio(row, Limit(name, "floor", 1.0))) is not None:
+        floor = "extract_floor" if name in EXTRACT_METHODS and "extract_floor" in methods else "floor"
+        if "per_sample_s" in result and (r := ratio(row, Limit(name, floor, 1.0))) is not None:
             result["ratio"] = r
         if result.get("peak_mib") is not None and (r := ratio(row, Limit(name, "floor", 1.0, MEMORY))) is not None:
             result["peak_ratio"] = r
