@@ -81,6 +81,20 @@ def test_unavailable_methods_are_recorded_not_fatal(tmp_path: Path) -> None:
     assert "unknown benchmark method" in results["rows"][0]["methods"]["no_such_engine"]["error"]
 
 
+CONFIGS = Path(__file__).parents[1] / "benchmarks" / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("speed*.toml")), ids=lambda p: p.stem)
+def test_committed_speed_configs_load(path: Path) -> None:
+    config = load_config(path)
+    assert config.models and set(config.setups) <= {"entry", "middle", "output", "combined"}
+    for limit in config.targets:  # every target names measured methods or groups
+        num, den = limit.split("/")
+        known = {*config.methods, "gmint", "competitors", "extract", "extract_unchecked", "extract_steady",
+                 "extract_floor"}
+        assert {num, den} <= known, limit
+
+
 def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
     path = tmp_path / "speed.toml"
     path.write_text('models = [{ arch = "small_cnn" }]\nrepeat = 3\n')
