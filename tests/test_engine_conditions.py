@@ -21,7 +21,7 @@ from gmint.data.transforms import Transform
 from gmint.errors import InputError, UnsupportedModelError
 from gmint.features.engine import ENGINES, choose_engine
 from gmint.features.engine.hooks import HOOK_REDUCERS, HooksFallbackWarning, plan_hooks
-from gmint.features.engine.selfcheck import EngineCheckWarning
+from gmint.features.engine.selfcheck import ROUNDING_ALLOWANCE, EngineCheckWarning
 from gmint.features.extract import Rows, extract
 from gmint.features.layers import preset_layers, resolve_layers, weight_layers
 from gmint.features.reduce import parse_reduction
@@ -351,6 +351,60 @@ def test_self_check_catches_a_wrong_formula_and_records_it(monkeypatch: pytest.M
     assert 1e-3 < hooks_trial["max_error"] < 0.1
     ref = ENGINES.get("naive")(model, ["fc.weight", "head.weight"], reduce, x, y)
     torch.testing.assert_close(got.features["fc.weight"], ref.features["fc.weight"])
+
+
+def _linear_mean_scaled_in_float32(monkeypatch: pytest.MonkeyPatch, factor: float) -> None:
+    """The hooks formula for Linear MEAN, off by `factor` in float32 only: rounding, as a deep float32 net's
+    batched sums give, where the formula itself is right."""
+    right = HOOK_REDUCERS[(nn.Linear, "mean")]
+    monkeypatch.setitem(HOOK_REDUCERS, (nn.Linear, "mean"),
+                        lambda layer, a, g: right(layer, a, g) * (factor if a.dtype == torch.float32 else 1.0))
+
+
+def _float32(build: Callable[[], nn.Module], shape: tuple[int, ...]) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model, x, y = _make(build, shape)
+    return model.float(), x.float(), y
+
+
+def test_float32_rounding_past_the_tolerance_is_kept_once_float64_proves_the_formula(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x, y = _float32(KeywordInput, (6,))
+    _linear_mean_scaled_in_float32(monkeypatch, 1.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EngineCheckWarning)  # kept: no engine is passed over
+        choice, got = choose_engine(model, ["fc.weight", "head.weight"], parse_reduction("mean"), x, y)
+    assert choice.engine == "hooks"
+    (trial,) = choice.trials
+    assert trial.passed and trial.max_error is not None
+    assert choice.tolerance < trial.max_error <= ROUNDING_ALLOWANCE * choice.tolerance
+    assert trial.float64_error is not None and trial.float64_error < 1e-12
+    assert trial.note.startswith("rounding: differs from the naive loop by") and "in float64 by" in trial.note
+    recorded = choice.provenance()["engine_check"]["trials"][0]  # type: ignore[index]
+    assert recorded["float64_error"] == trial.float64_error and recorded["passed"]
+
+
+def test_float32_error_beyond_rounding_is_refused_though_float64_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x, y = _float32(KeywordInput, (6,))
+    _linear_mean_scaled_in_float32(monkeypatch, 1.2)
+    with pytest.warns(EngineCheckWarning, match="hooks engine passed over for vmap: .*in float64 by"):
+        choice, got = choose_engine(model, ["fc.weight", "head.weight"], parse_reduction("mean"), x, y)
+    hooks_trial = choice.trials[0]
+    assert choice.engine == "vmap" and not hooks_trial.passed
+    assert hooks_trial.max_error is not None and hooks_trial.max_error > ROUNDING_ALLOWANCE * choice.tolerance
+    assert hooks_trial.float64_error is not None and hooks_trial.float64_error < 1e-12
+
+
+def test_a_formula_wrong_in_float64_too_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x, y = _float32(KeywordInput, (6,))
+    right = HOOK_REDUCERS[(nn.Linear, "mean")]
+    monkeypatch.setitem(HOOK_REDUCERS, (nn.Linear, "mean"), lambda layer, a, g: right(layer, a, g) * 1.01)
+    with pytest.warns(EngineCheckWarning, match="hooks engine passed over for vmap"):
+        choice, got = choose_engine(model, ["fc.weight", "head.weight"], parse_reduction("mean"), x, y)
+    hooks_trial = choice.trials[0]
+    assert choice.engine == "vmap" and not hooks_trial.passed
+    assert hooks_trial.float64_error is not None and hooks_trial.float64_error > 1e-4
+    ref = ENGINES.get("naive")(model, ["fc.weight", "head.weight"], parse_reduction("mean"), x, y)
+    torch.testing.assert_close(got.features["fc.weight"], ref.features["fc.weight"], rtol=1e-4, atol=1e-6)
 
 
 def test_self_check_passes_a_correct_engine_with_room_to_spare() -> None:

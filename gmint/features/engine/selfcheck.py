@@ -12,10 +12,18 @@ unreduced Weight Modifier: a reduction that cancels (MEAN of a filter whose entr
 is judged against the size of what it summed, not against its own rounding noise. The tolerance is
 √ε of the features' dtype (3.5e-4 in float32, 1.5e-8 in float64), far above rounding and far below the
 40-130% a wrong formula gives.
+
+A deep float32 network can round further than that: a batched forward and backward through a trained
+ResNet-50 sums in another order than one sample alone, and there both fast engines landed 5.1e-4 from the
+float64 value (the float32 naive loop 1.5e-4). So a candidate that misses the float32 tolerance gets a second,
+stricter trial on a float64 copy of the model: run on the checked rows it must agree with the float64 naive
+loop to √ε of float64 — its formula is then right on this model — and its float32 features must lie within
+`ROUNDING_ALLOWANCE` × the float32 tolerance of the float64 value. Both errors are recorded.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -29,6 +37,7 @@ from gmint.features.engine.naive import naive_gradients
 from gmint.features.reduce import Reduction
 
 CHECK_ROWS = 4
+ROUNDING_ALLOWANCE = 10  # float32 rounding accepted, once the formula is proven in float64: 3.5e-3 relative
 
 
 class EngineCheckWarning(UserWarning):
@@ -44,6 +53,7 @@ class Trial:
     passed: bool
     max_error: float | None
     note: str = ""
+    float64_error: float | None = None  # the float64 trial's error against the float64 naive loop, if run
 
 
 @dataclass(frozen=True)
@@ -69,8 +79,8 @@ class EngineChoice:
 
     def provenance(self) -> dict[str, object]:
         """The record a store keeps: which engine ran, which were tried, how well each agreed."""
-        trials = [{**vars(t), "max_error": t.max_error if t.max_error is not None and math.isfinite(t.max_error)
-                   else None} for t in self.trials]
+        trials = [{**vars(t), "max_error": _finite(t.max_error), "float64_error": _finite(t.float64_error)}
+                  for t in self.trials]
         return {"engine_used": self.engine, "engine_fallbacks": self.fallbacks,
                 "engine_check": {"reference": "naive", "rows": list(self.rows), "tolerance": self.tolerance,
                                  "trials": trials}}
@@ -137,15 +147,47 @@ def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: 
                                              if others else None)
                 tolerance = math.sqrt(torch.finfo(reference.dtype).eps)
             error = reference.error(result, rows)
-            passed = error <= tolerance
-            trials.append(Trial(engine, passed, error,
-                                "" if passed else f"differs from the naive loop by {error:.2g} (tolerance "
-                                                  f"{tolerance:.2g})"))
-            if not passed:
+            trials.append(Trial(engine, True, error) if error <= tolerance else
+                          _float64_trial(engine, model, layers, reduction, x, y, rows, loss=loss,
+                                         chunk_size=chunk_size, result=result, error=error, tolerance=tolerance,
+                                         reference=reference))
+            if not trials[-1].passed:
                 _notice(engine, chain[position + 1], trials[-1].note)
                 continue
         return EngineChoice(requested, engine, rows, tolerance, tuple(trials), plans.get(engine)), result
     raise AssertionError("the naive loop ends every candidate list")  # pragma: no cover
+
+
+def _float64_trial(engine: str, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor,
+                   rows: tuple[int, ...], *, loss: str, chunk_size: int | None, result: EngineResult, error: float,
+                   tolerance: float, reference: _Reference) -> Trial:
+    """The trial of a candidate that missed the tolerance in its own dtype: passed only if, on a float64 copy
+    of the model, it agrees with the float64 naive loop on the checked rows, and its own result is within the
+    rounding allowance of the float64 value (see the module's docstring)."""
+    failed = Trial(engine, False, error, f"differs from the naive loop by {error:.2g} (tolerance {tolerance:.2g})")
+    if reference.dtype == torch.float64:
+        return failed
+    try:
+        wide = copy.deepcopy(model).double()
+        picked = list(rows)
+        xs = x[picked].double() if x.is_floating_point() else x[picked]
+        exact = _Reference.compute(wide, layers, reduction, xs, y[picked], loss)
+        prepare = ENGINES.get(engine).prepare
+        got = _run(engine, prepare(wide, layers, xs) if prepare else None, wide, layers, reduction, xs, y[picked],
+                   loss=loss, chunk_size=chunk_size)
+    except Exception as exc:  # a model that cannot run in float64 keeps the float32 verdict
+        return Trial(engine, False, error, f"{failed.note}; no float64 trial: {_one_line(exc)}")
+    formula = exact.error(got, tuple(range(len(picked))))
+    rounding = exact.error(result, rows)
+    naive_rounding = exact.distance(reference)
+    detail = (f"differs from the naive loop by {error:.2g} (tolerance {tolerance:.2g}); in float64 by {formula:.2g}"
+              f", and its own result is {rounding:.2g} from the float64 value (the naive loop's {naive_rounding:.2g})")
+    passed = formula <= math.sqrt(torch.finfo(torch.float64).eps) and rounding <= ROUNDING_ALLOWANCE * tolerance
+    return Trial(engine, passed, error, ("rounding: " if passed else "") + detail, formula)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _run(engine: str, plan: Plan | None, model: nn.Module, layers: list[str], reduction: Reduction,
@@ -195,12 +237,18 @@ class _Reference:
 
     def error(self, result: EngineResult, rows: tuple[int, ...]) -> float:
         """Worst relative error of `result`'s checked rows against this reference."""
-        worst = _relative(result.loss[list(rows)].unsqueeze(1), self.loss.unsqueeze(1),
-                          self.loss.double().abs() + 1.0)
+        picked = list(rows)
+        return self._error({n: f[picked] for n, f in result.features.items()}, result.loss[picked])
+
+    def distance(self, other: _Reference) -> float:
+        """Worst relative error of another reference of the same rows (the float32 naive loop's rounding)."""
+        return self._error(other.features, other.loss)
+
+    def _error(self, features: dict[str, Tensor], loss: Tensor) -> float:
+        worst = _relative(loss.unsqueeze(1), self.loss.unsqueeze(1), self.loss.double().abs() + 1.0)
         for name, ref in self.features.items():
-            got = result.features[name][list(rows)]
             scale = ref.flatten(1).double().norm(dim=1) + self.wm_norms[name]
-            worst = max(worst, _relative(got, ref, scale))
+            worst = max(worst, _relative(features[name], ref, scale))
         return worst
 
 
