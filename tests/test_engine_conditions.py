@@ -21,7 +21,7 @@ from gmint.data.transforms import Transform
 from gmint.errors import InputError, UnsupportedModelError
 from gmint.features.engine import ENGINES, choose_engine
 from gmint.features.engine.hooks import HOOK_REDUCERS, HooksFallbackWarning, plan_hooks
-from gmint.features.engine.selfcheck import ROUNDING_ALLOWANCE, EngineCheckWarning
+from gmint.features.engine.selfcheck import ROUNDING_LIMIT, EngineCheckWarning
 from gmint.features.extract import Rows, extract
 from gmint.features.layers import preset_layers, resolve_layers, weight_layers
 from gmint.features.reduce import parse_reduction
@@ -376,7 +376,7 @@ def test_float32_rounding_past_the_tolerance_is_kept_once_float64_proves_the_for
     assert choice.engine == "hooks"
     (trial,) = choice.trials
     assert trial.passed and trial.max_error is not None
-    assert choice.tolerance < trial.max_error <= ROUNDING_ALLOWANCE * choice.tolerance
+    assert choice.tolerance < trial.max_error <= ROUNDING_LIMIT
     assert trial.float64_error is not None and trial.float64_error < 1e-12
     assert trial.note.startswith("rounding: differs from the naive loop by") and "in float64 by" in trial.note
     recorded = choice.provenance()["engine_check"]["trials"][0]  # type: ignore[index]
@@ -390,7 +390,7 @@ def test_float32_error_beyond_rounding_is_refused_though_float64_agrees(monkeypa
         choice, got = choose_engine(model, ["fc.weight", "head.weight"], parse_reduction("mean"), x, y)
     hooks_trial = choice.trials[0]
     assert choice.engine == "vmap" and not hooks_trial.passed
-    assert hooks_trial.max_error is not None and hooks_trial.max_error > ROUNDING_ALLOWANCE * choice.tolerance
+    assert hooks_trial.max_error is not None and hooks_trial.max_error > ROUNDING_LIMIT
     assert hooks_trial.float64_error is not None and hooks_trial.float64_error < 1e-12
 
 
