@@ -17,7 +17,6 @@ parameters, the gmint version and commit, torch, the seeds and the cell's config
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import tomllib
 from collections.abc import Mapping
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.grid import read_rows, train_config
+from benchmarks.grid import append_row, read_rows, train_config
 from benchmarks.speed import machine_info
 from gmint.assess.metrics import Estimate
 from gmint.data.readers import load_dataset
@@ -103,8 +102,7 @@ def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path
                                  "control": len(split.control), "pool": len(split.pool),
                                  "holdout": len(split.holdout), "sha256": split.sha256},
                        "config": {k2: v for k2, v in cfg.items() if k2 != "attacks"}, "machine": machine}
-                with open(out, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+                append_row(out, row)  # locked: cells may run in parallel processes on one file
                 done.add((name, mode, result.attack, result.k))
                 metrics = result.metrics
                 shown = (f"AUC {metrics['auc'].value:.3f} TPR@1% {metrics['tpr_at_1pct_fpr'].value}"
