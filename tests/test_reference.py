@@ -170,6 +170,19 @@ def test_calibrate_is_the_per_sample_z_score() -> None:
     assert params["variance"] == "spread over rows, per feature"
 
 
+def test_calibrated_gmint_pools_sigma_below_lira_crossover() -> None:
+    """With 8 out models a row's own σ is noisy (the default waits for 64, as LiRA advises); the option
+    still gives the per-sample σ."""
+    rng = np.random.default_rng(2)
+    _, sig = gradient_signals(rng.normal(size=(8, 240, 6)), rng)
+    quick = {"mint_options": {"max_epochs": 5}}
+    pooled = compare_attacks(sig, ["gmint-calibrated"], [8], n_boot=1, options={"gmint-calibrated": quick})
+    assert pooled.results[0].params["variance"] == "pooled within-sample, per feature"
+    own = compare_attacks(sig, ["gmint-calibrated"], [8], n_boot=1,
+                          options={"gmint-calibrated": {**quick, "per_sample_min": 8}})
+    assert own.results[0].params["variance"] == "per sample"
+
+
 def test_paired_halves_balance_every_even_prefix() -> None:
     units = np.arange(101)
     design = paired_halves(units, 8, seed=3)
