@@ -210,6 +210,7 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--only", action="append", default=None, help="run only the cell of this name (repeatable)")
     parser.add_argument("--ks", default=None, help="override the config's ks, e.g. 1,2,4")
+    parser.add_argument("--modes", default=None, help="override every cell's modes, e.g. offline")
     parser.add_argument("--report", action="store_true", help="write the Markdown report from --out and exit")
     parser.add_argument("--markdown", type=Path, default=None, help="the report (default: --out with .md)")
     parser.add_argument("--progress", action="store_true")
@@ -230,6 +231,8 @@ def main() -> None:
     for cell in config["cells"]:
         if args.only and cell_name({**defaults, **cell}) not in args.only:
             continue
+        if args.modes:
+            cell = {**cell, "modes": args.modes.split(",")}
         run_cell(cell, {**defaults, "ks": defaults["ks"]}, args.workdir, args.out, figures, data_root=args.data_root,
                  show_progress=args.progress, machine=machine)
 
