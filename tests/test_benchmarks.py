@@ -164,3 +164,20 @@ def test_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--results", str(results), "--max", "hooks/floor"]) == 2
     assert main(["--results", str(tmp_path / "missing.json"), "--max", "hooks/floor=1"]) == 2
     assert main(["--results", str(results)]) == 2
+
+
+def test_reference_aims_are_checked_against_the_best_attack_and_the_loss_threshold() -> None:
+    from benchmarks.reference import aim_lines
+
+    def row(attack: str, k: int, auc: float, tpr: float) -> dict[str, object]:
+        return {"attack": attack, "k": k, "metrics": {"auc": {"value": auc}, "tpr_at_1pct_fpr": {"value": tpr}}}
+
+    rows = [row("loss", 0, 0.60, 0.01), row("rmia", 2, 0.66, 0.05), row("lira-offline-global", 2, 0.64, 0.08),
+            row("gmint-calibrated", 2, 0.67, 0.06), row("gmint-calibrated-norms", 2, 0.62, 0.09)]
+    calibrated, norms = aim_lines(rows)
+    assert calibrated == ("- K=2, gmint-calibrated: AUC 0.670 vs the best of LiRA and RMIA 0.660 (rmia): met; "
+                          "TPR@1%FPR 0.060 vs the best of LiRA and RMIA 0.080 (lira-offline-global): not met; "
+                          "AUC 0.670 vs the loss threshold's 0.600 + 0.05: met")
+    assert "AUC 0.620 vs the best of LiRA and RMIA 0.660 (rmia): not met" in norms
+    assert "TPR@1%FPR 0.090 vs the best of LiRA and RMIA 0.080 (lira-offline-global): met" in norms
+    assert norms.endswith("AUC 0.620 vs the loss threshold's 0.600 + 0.05: not met")
