@@ -87,6 +87,9 @@ def test_evaluation_json_keeps_its_shape_and_the_control_matches_the_cells(run: 
     assert checked["negative_control"] == control["mint"]  # the same recipe on the control store
     assert checked["negative_control_model"] == control["audited_model"]
     assert checked["negative_control_store"] == str(cell.workdir / "control-gradient.h5")
+    auc = checked["negative_control"]["auc"]
+    off_chance = not auc["ci95_low"] <= 0.5 <= auc["ci95_high"]
+    assert any(w.startswith("negative control: its AUC") for w in checked["warnings"]) == off_chance
 
 
 def test_a_second_run_reuses_the_models_and_stores_and_measures_the_same(run: tuple[Cell, list[Cell]],

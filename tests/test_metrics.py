@@ -12,6 +12,7 @@ from gmint.assess.metrics import (
     auc,
     balance,
     balanced_accuracy,
+    control_off_chance,
     externals_needed,
     membership_metrics,
     roc_points,
@@ -136,3 +137,12 @@ def test_estimate_json_round_trip() -> None:
     assert Estimate.from_dict({"value": 1, "ci95_low": 0, "ci95_high": 1}) == Estimate(1.0, 0.0, 1.0)
     with pytest.raises(InputError, match="a number or null, got 'high'"):
         Estimate.from_dict({"value": 0.5, "ci95_low": 0.4, "ci95_high": "high"})
+
+
+def test_a_negative_control_off_chance_is_said() -> None:
+    assert control_off_chance(Estimate(0.52, 0.49, 0.55)) is None            # chance inside the interval
+    below = control_off_chance(Estimate(0.36, 0.33, 0.40))
+    assert below is not None and "0.360 [0.330, 0.400] is below chance" in below
+    above = control_off_chance(Estimate(0.61, 0.57, 0.65))
+    assert above is not None and "is above chance" in above
+    assert control_off_chance(Estimate(None, None, None, "too few rows")) is None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gmint.assess.metrics import Estimate, balance, membership_metrics, score_collapse
+from gmint.assess.metrics import Estimate, balance, control_off_chance, membership_metrics, score_collapse
 from gmint.data.split import HOLDOUT, POOL
 from gmint.errors import InputError, StoreMismatchError
 from gmint.features.store import FeatureStore
@@ -193,6 +193,7 @@ def evaluate_with_control(mint: TrainedMint, store_path: Path, control_store: Pa
                          fraction=str(mint.record.get("fraction", "D100")),
                          seed=fitted_seed if isinstance(fitted_seed, int) else seed, options=mint.model.config())
     checked = evaluate_store(control, control_store, n_boot=n_boot, seed=seed)
-    collapsed = score_collapse(checked.scores.score)
+    problems = [text for text in (score_collapse(checked.scores.score), control_off_chance(checked.mint["auc"]))
+                if text]
     return replace(result, negative_control=NegativeControl(Path(control_store), checked.mint, checked.audited_model),
-                   warnings=(*result.warnings, *([f"negative control: {collapsed}"] if collapsed else [])))
+                   warnings=(*result.warnings, *(f"negative control: {text}" for text in problems)))

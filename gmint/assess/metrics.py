@@ -138,6 +138,23 @@ def membership_metrics(membership: np.ndarray, score: np.ndarray, *, threshold: 
     return result
 
 
+def control_off_chance(auc: Estimate) -> str | None:
+    """A warning when a negative control's AUC interval excludes chance, else None.
+
+    A control model saw neither side, so a classifier on its features can only tell members from externals
+    by something else the pool and the holdout differ in (which classes or groups are members, say). Below
+    chance, that difference flips between pool and holdout; above, it carries over. Either way it reaches
+    the audited model's classifier too, and its figures are not a clean membership signal.
+    """
+    low, high = auc.low, auc.high
+    if auc.value is None or low is None or high is None or low <= 0.5 <= high:
+        return None
+    side = "below" if high < 0.5 else "above"
+    return (f"its AUC {auc.value:.3f} [{low:.3f}, {high:.3f}] is {side} chance: pool and holdout differ in "
+            "something besides membership (e.g. which classes or groups are members), so the membership "
+            "figures above carry it too")
+
+
 def score_collapse(score: np.ndarray) -> str | None:
     """A warning when the scores have (nearly) stopped ranking rows, else None.
 
