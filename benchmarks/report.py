@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.grid import FRACTIONS, SETUPS, grid_cells
-from gmint.assess.metrics import Estimate
+from gmint.assess.metrics import Estimate, control_off_chance
 from gmint.assess.report import pyplot, save_png
 
 PAPER_DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "gtsrb": "GTSRB", "tiny_imagenet": "Tiny ImageNet"}
@@ -157,6 +157,21 @@ def baseline_table(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str,
     return [*out, ""]
 
 
+def controls_off_chance(cells: list[tuple[str, str, str]], rows: Iterable[Row]) -> list[str]:
+    """The negative-control probes whose AUC interval excludes chance, each with why that matters, and how
+    many of them chance alone would give (one in twenty 95% intervals)."""
+    names = {name for name, _, _ in cells}
+    controls = [r for r in rows if r["cell"] in names and r["signal"] == "negative control"]
+    found = [f"- {r['cell']} {r['setup']} {r['fraction']}: {text}" for r in controls
+             if (text := control_off_chance(metrics(r["mint"])["auc"]))]
+    if not found:
+        return []
+    return ["### Negative controls off chance", "",
+            f"{len(found)} of {len(controls)} control probes have an AUC interval that excludes 0.5; chance alone "
+            f"would give about {len(controls) / 20:.1f}. Scattered single probes are that; every probe of a cell "
+            "on one side of chance is a protocol that leaks.", "", *found, ""]
+
+
 def differences(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str, str, str], Row],
                 paper: PaperTable) -> np.ndarray:
     """(cells, setups × fractions) of ours − paper in accuracy points; NaN where either is missing."""
@@ -249,7 +264,8 @@ def report(rows: list[Row], paper: PaperTable, config: Mapping[str, Any], config
                   "### Accuracy % (ours · paper)", "", *layout_table(mine, indexed, paper, "accuracy"),
                   "### AUC [95% CI]", "", *layout_table(mine, indexed, paper, "auc"),
                   "### TPR at 1% FPR [95% CI]", "", *layout_table(mine, indexed, paper, "tpr_at_1pct_fpr"),
-                  "### What explains each cell", "", *baseline_table(mine, indexed)]
+                  "### What explains each cell", "", *baseline_table(mine, indexed),
+                  *controls_off_chance(mine, rows)]
         for dataset in dict.fromkeys(d for _, d, _ in mine):
             with_roc = [indexed[(n, "gMINT", "combined", "D100")] for n, d, _ in mine
                         if d == dataset and "roc" in indexed.get((n, "gMINT", "combined", "D100"), {})]

@@ -171,3 +171,21 @@ def test_smoke_grid_on_each_real_dataset_sits_beside_the_paper(dataset: str, tmp
     for cell in summary["cells"].values():  # every gMINT figure has the paper's beside it
         assert all(v["paper_accuracy"] is not None and v["ours_accuracy"] is not None for v in cell.values())
     assert text.count("· paper ") == 12 * len(protocols)
+
+
+def test_report_lists_negative_controls_off_chance_with_what_chance_alone_gives() -> None:
+    from benchmarks.report import controls_off_chance
+
+    def control(cell: str, setup: str, auc: tuple[float, float, float]) -> dict[str, object]:
+        value, low, high = auc
+        return {"cell": cell, "signal": "negative control", "setup": setup, "fraction": "D100",
+                "mint": {"auc": {"value": value, "ci95_low": low, "ci95_high": high}}}
+
+    rows = [control("grouped/a", "entry", (0.40, 0.36, 0.44)), control("grouped/a", "output", (0.51, 0.47, 0.55)),
+            control("paper/b", "entry", (0.30, 0.25, 0.35))]
+    lines = controls_off_chance([("grouped/a", "gtsrb", "mobilenet")], rows)
+    assert lines[2].startswith("1 of 2 control probes have an AUC interval that excludes 0.5; chance alone would "
+                               "give about 0.1.")
+    assert lines[4].startswith("- grouped/a entry D100: its AUC 0.400 [0.360, 0.440] is below chance")
+    assert not any("paper/b" in line for line in lines)  # another protocol's cells are reported with it
+    assert controls_off_chance([("grouped/a", "gtsrb", "mobilenet")], rows[1:2]) == []

@@ -150,9 +150,9 @@ def control_off_chance(auc: Estimate) -> str | None:
     if auc.value is None or low is None or high is None or low <= 0.5 <= high:
         return None
     side = "below" if high < 0.5 else "above"
-    return (f"its AUC {auc.value:.3f} [{low:.3f}, {high:.3f}] is {side} chance: pool and holdout differ in "
-            "something besides membership (e.g. which classes or groups are members), so the membership "
-            "figures above carry it too")
+    return (f"its AUC {auc.value:.3f} [{low:.3f}, {high:.3f}] is {side} chance: unless this is the one 95% "
+            "interval in twenty that misses, pool and holdout differ in something besides membership (e.g. which "
+            "classes or groups are members), and the membership figures above carry it too")
 
 
 def score_collapse(score: np.ndarray) -> str | None:
