@@ -125,6 +125,7 @@ def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: 
     reference: _Reference | None = None
     rows: tuple[int, ...] = ()
     tolerance = 0.0
+    float64: _Float64Copy | str | None = None  # made once, when a candidate first misses the tolerance
     for position, engine in enumerate(chain):
         last = position == len(chain) - 1
         try:
@@ -149,10 +150,14 @@ def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: 
                                              if others else None)
                 tolerance = math.sqrt(torch.finfo(reference.dtype).eps)
             error = reference.error(result, rows)
-            trials.append(Trial(engine, True, error) if error <= tolerance else
-                          _float64_trial(engine, model, layers, reduction, x, y, rows, loss=loss,
-                                         chunk_size=chunk_size, result=result, error=error, tolerance=tolerance,
-                                         reference=reference))
+            if error <= tolerance:
+                trials.append(Trial(engine, True, error))
+            else:
+                if float64 is None and reference.dtype != torch.float64:
+                    float64 = _Float64Copy.make(model, layers, reduction, x, y, rows, loss)
+                trials.append(_float64_trial(engine, float64, layers, reduction, rows, loss=loss,
+                                             chunk_size=chunk_size, result=result, error=error,
+                                             tolerance=tolerance, reference=reference))
             if not trials[-1].passed:
                 _notice(engine, chain[position + 1], trials[-1].note)
                 continue
@@ -160,30 +165,29 @@ def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: 
     raise AssertionError("the naive loop ends every candidate list")  # pragma: no cover
 
 
-def _float64_trial(engine: str, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor,
+def _float64_trial(engine: str, float64: _Float64Copy | str | None, layers: list[str], reduction: Reduction,
                    rows: tuple[int, ...], *, loss: str, chunk_size: int | None, result: EngineResult, error: float,
                    tolerance: float, reference: _Reference) -> Trial:
-    """The trial of a candidate that missed the tolerance in its own dtype: passed only if, on a float64 copy
-    of the model, it agrees with the float64 naive loop on the checked rows, and its own result is within
-    `ROUNDING_LIMIT` of the float64 value (see the module's docstring)."""
-    failed = Trial(engine, False, error, f"differs from the naive loop by {error:.2g} (tolerance {tolerance:.2g})")
-    if reference.dtype == torch.float64:
-        return failed
+    """The trial of a candidate that missed the tolerance in its own dtype: passed only if, on the float64
+    copy of the model, it agrees with the float64 naive loop on the checked rows, and its own result is within
+    `ROUNDING_LIMIT` of the float64 value (see the module's docstring). `float64` is None for a float64 model
+    (no second trial) or says why no copy could run."""
+    failed = f"differs from the naive loop by {error:.2g} (tolerance {tolerance:.2g})"
+    if float64 is None:
+        return Trial(engine, False, error, failed)
+    if isinstance(float64, str):
+        return Trial(engine, False, error, f"{failed}; no float64 trial: {float64}")
     try:
-        wide = copy.deepcopy(model).double()
-        picked = list(rows)
-        xs = x[picked].double() if x.is_floating_point() else x[picked]
-        exact = _Reference.compute(wide, layers, reduction, xs, y[picked], loss)
         prepare = ENGINES.get(engine).prepare
-        got = _run(engine, prepare(wide, layers, xs) if prepare else None, wide, layers, reduction, xs, y[picked],
-                   loss=loss, chunk_size=chunk_size)
-    except Exception as exc:  # a model that cannot run in float64 keeps the float32 verdict
-        return Trial(engine, False, error, f"{failed.note}; no float64 trial: {_one_line(exc)}")
-    formula = exact.error(got, tuple(range(len(picked))))
+        got = _run(engine, prepare(float64.model, layers, float64.x) if prepare else None, float64.model, layers,
+                   reduction, float64.x, float64.y, loss=loss, chunk_size=chunk_size)
+    except Exception as exc:  # an engine that cannot run in float64 keeps the float32 verdict
+        return Trial(engine, False, error, f"{failed}; no float64 trial: {_one_line(exc)}")
+    exact = float64.reference
+    formula = exact.error(got, tuple(range(len(rows))))
     rounding = exact.error(result, rows)
-    naive_rounding = exact.distance(reference)
-    detail = (f"differs from the naive loop by {error:.2g} (tolerance {tolerance:.2g}); in float64 by {formula:.2g}"
-              f", and its own result is {rounding:.2g} from the float64 value (the naive loop's {naive_rounding:.2g})")
+    detail = (f"{failed}; in float64 by {formula:.2g}, and its own result is {rounding:.2g} from the float64 value "
+              f"(the naive loop's {exact.distance(reference):.2g})")
     passed = formula <= math.sqrt(torch.finfo(torch.float64).eps) and rounding <= ROUNDING_LIMIT
     return Trial(engine, passed, error, ("rounding: " if passed else "") + detail, formula)
 
@@ -252,6 +256,29 @@ class _Reference:
             scale = ref.flatten(1).double().norm(dim=1) + self.wm_norms[name]
             worst = max(worst, _relative(features[name], ref, scale))
         return worst
+
+
+@dataclass(frozen=True)
+class _Float64Copy:
+    """A float64 copy of the model, the checked rows in float64 and the float64 naive loop's features on them:
+    made once per choice, for every candidate that needs a float64 trial."""
+
+    model: nn.Module
+    x: Tensor
+    y: Tensor
+    reference: _Reference
+
+    @classmethod
+    def make(cls, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor,
+             rows: tuple[int, ...], loss: str) -> _Float64Copy | str:
+        """The copy, or (one line) why the model cannot run in float64."""
+        picked = list(rows)
+        try:
+            wide = copy.deepcopy(model).double()
+            xs = x[picked].double() if x.is_floating_point() else x[picked]
+            return cls(wide, xs, y[picked], _Reference.compute(wide, layers, reduction, xs, y[picked], loss))
+        except Exception as exc:  # the float32 verdict stands
+            return _one_line(exc)
 
 
 def _relative(got: Tensor, ref: Tensor, scale: Tensor) -> float:
