@@ -490,10 +490,7 @@ def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: 
         for round_ in range(repeats):
             for name in sorted(times, reverse=bool(round_ % 2)):
                 if name == "extract_floor":  # the floor over as many rows, in the same round
-                    t0 = time.perf_counter()
-                    for _ in range(floor_calls):
-                        floor()
-                    times[name].append((time.perf_counter() - t0) * rows / (len(case.x) * floor_calls))
+                    times[name].append(_timed(floor, case.x.device, floor_calls) * rows / len(case.x))
                     continue
                 engine_class, n = variants[name]
                 index = np.arange(n, dtype=np.int64)

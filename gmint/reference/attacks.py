@@ -59,6 +59,7 @@ SIGMA_FLOOR = 1e-30
 # The smallest positive float32: a loss stored as 0 (p_y rounded to 1) is read as this, so φ stays finite (≈103).
 MIN_LOSS = float(np.nextafter(np.float32(0), np.float32(1)))
 A_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+PER_SAMPLE_MIN = 64  # out models per row before calibrated gMINT uses each row's own σ (see the docstring)
 
 
 class NotApplicable(InputError):
@@ -472,9 +473,6 @@ def calibrate(target: np.ndarray, reference: np.ndarray, out: np.ndarray, used: 
     diff = target - mean
     z = np.where(sigma > 0, diff / np.where(sigma > 0, sigma, 1.0), np.where(diff == 0, 0.0, diff / SIGMA_FLOOR))
     return z, {"variance": how, "out_models_per_row": [low, int(count[used].max())], "per_sample_min": per_sample_min}
-
-
-PER_SAMPLE_MIN = 64  # out models per row before calibrated gMINT uses each row's own σ (see the docstring)
 
 
 @register_attack("gmint-calibrated", gradient=True)
