@@ -37,6 +37,7 @@ from gmint.models.train import train_audited
 from gmint.reference import ExtractSettings, compare_attacks, extract_references, load_signals, train_references
 from gmint.reference.attacks import ATTACKS
 from gmint.reference.compare import AttackResult, Comparison
+from gmint.reference.models import MODES
 from gmint.reference.report import k_plot, write_comparison
 
 CALIBRATED = ("gmint-calibrated", "gmint-calibrated-norms")
@@ -223,6 +224,9 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     config = tomllib.loads(args.config.read_text())
+    modes = args.modes.split(",") if args.modes else None
+    if modes and (unknown := sorted(set(modes) - set(MODES))):
+        parser.error(f"--modes: unknown {unknown}; choose from {list(MODES)}")
     figures = args.out.with_suffix("")
     if args.report:
         text = report(read_rows(args.out), config, figures)
@@ -232,14 +236,17 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     defaults = dict(config["defaults"])
     if args.ks:
-        defaults["ks"] = [int(k) for k in args.ks.split(",")]
+        try:
+            defaults["ks"] = [int(k) for k in args.ks.split(",")]
+        except ValueError:
+            parser.error(f"--ks takes whole numbers separated by commas, e.g. 1,2,4; got {args.ks!r}")
     machine = {key: value for key, value in machine_info(1, torch.device("cpu")).items()
                if key in ("cpu", "cores", "torch", "python", "gmint", "commit", "uncommitted_changes", "date")}
     for cell in config["cells"]:
         if args.only and cell_name({**defaults, **cell}) not in args.only:
             continue
-        if args.modes:
-            cell = {**cell, "modes": args.modes.split(",")}
+        if modes:
+            cell = {**cell, "modes": modes}
         run_cell(cell, {**defaults, "ks": defaults["ks"]}, args.workdir, args.out, figures, data_root=args.data_root,
                  show_progress=args.progress, machine=machine)
 
