@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit, check_model_split, make_split, subpool_mask
@@ -49,6 +50,48 @@ def test_grouped_protocol_never_splits_a_group() -> None:
             assert side.setdefault(int(g), name) == name
     pool_groups, held_groups = set(data.groups[split.pool]), set(data.groups[split.holdout])
     assert not pool_groups & held_groups
+
+
+def _member_share_by_class(data: ImageSet, split: MembershipSplit, rows: list[int]) -> dict[int, float]:
+    index = np.asarray(rows)
+    membership = split.membership_of(index)
+    return {int(c): float(membership[data.labels[index] == c].mean()) for c in np.unique(data.labels[index])}
+
+
+@pytest.mark.parametrize("classes", [3, 40])  # 40 classes of two groups: GTSRB's many two-track classes
+def test_grouped_protocol_levels_every_class_in_the_pool_and_the_holdout(classes: int) -> None:
+    data = toy(n_groups=80, frames=5, classes=classes)
+    split = make_split(data, members=0.4, external=0.4, control=0.2, protocol="grouped", seed=3)
+    for rows in (split.pool, split.holdout):
+        assert set(_member_share_by_class(data, split, rows).values()) == {0.5}
+    assert len(split.members) == len(split.external) == 160 and len(split.control) == 80
+
+
+def test_a_class_prior_learned_on_the_grouped_pool_is_at_chance_on_the_holdout() -> None:
+    """The classifier's easiest shortcut, each class's member share in the pool, must carry no signal to
+    the held-out rows: drawn side by side, two-group classes pointed it the wrong way (AUC well below 0.5)."""
+    tracks = np.repeat(np.arange(43), [2] * 23 + [3] * 3 + [4] * 3 + [5] * 6 + [7] * 3 + [8] * 5)  # GTSRB's subset
+    labels = np.repeat(tracks, 30)
+    data = replace(toy(n_groups=len(tracks), frames=30, classes=43), labels=labels)
+    for seed in range(5):
+        split = make_split(data, members=1000, external=1000, control=1000, protocol="grouped", seed=seed)
+        prior = _member_share_by_class(data, split, split.pool)
+        held = np.asarray(split.holdout)
+        score = [prior.get(int(c), 0.5) for c in data.labels[held]]
+        assert roc_auc_score(split.membership_of(held), score) == pytest.approx(0.5)
+
+
+def test_grouped_protocol_keeps_pairs_when_one_side_asks_for_more() -> None:
+    data = toy(n_groups=60, frames=5, classes=3)
+    split = make_split(data, members=50, external=100, protocol="grouped", seed=0)
+    assert (len(split.members), len(split.external)) == (50, 100)
+    assert set(_member_share_by_class(data, split, split.holdout).values()) == {0.5}
+
+
+def test_grouped_protocol_refuses_more_rows_than_its_pairs_hold() -> None:
+    data = toy(n_groups=9, frames=5, classes=3)  # 3 groups a class: one pair each, 15 rows a side
+    with pytest.raises(InputError, match="3 such pairs .15 rows a side., fewer than the 20 asked for"):
+        make_split(data, members=20, external=20, protocol="grouped", seed=0)
 
 
 def test_paper_protocol_draws_frames_independently_and_tests_on_official_test() -> None:
@@ -102,7 +145,7 @@ def test_bad_split_requests_are_refused(digits: ImageSet, kwargs: dict[str, obje
 
 def test_too_small_data_gives_an_empty_split_error() -> None:
     with pytest.raises(InputError, match="empty split"):
-        make_split(toy(n_groups=2, frames=1, classes=2), members=0.5, external=0.5, seed=0)
+        make_split(toy(n_groups=2, frames=1, classes=2), members=0.5, external=0.5, protocol="paper", seed=0)
 
 
 @pytest.mark.parametrize("into, taken_from, message", [
