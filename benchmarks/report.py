@@ -244,7 +244,9 @@ def report(rows: list[Row], paper: PaperTable, config: Mapping[str, Any], config
         "epoch cap (memorised ✓ / ✗). Intervals are 95% row-bootstrap intervals; \"seeds\" is the range over "
         "the MINT classifier's training seeds on the same rows. Under the `paper` protocol the held-out "
         "externals come from the official test part where there is one (MNIST, CIFAR-10, Tiny ImageNet); "
-        "GTSRB has none, and is split by frame under `paper` and by track (physical sign) under `grouped`.", "",
+        "GTSRB has none, and is split by frame under `paper` and by track (physical sign) under `grouped`, "
+        "where member and external tracks are drawn as same-class pairs so that every class is level between "
+        "them in the pool and in the holdout.", "",
         f"- Cells finished: {len(done)} of {len(cells)}; rows: {len(rows)}.",
         f"- Config sha256: {hashlib.sha256(config_text.encode()).hexdigest()[:16]} (each row also records its "
         "cell's settings hash).",
