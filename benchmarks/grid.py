@@ -221,7 +221,7 @@ def grid_row(cell: GridCell, result: Cell, version: Json) -> Json:
         "arch_options": dict(cell.settings.get("arch_options", {})),
         "split": {"members": len(split.members), "external": len(split.external), "pool": len(split.pool),
                   "holdout": len(split.holdout), "sha256": split.sha256, "seed": split.seed},
-        "mint": {k: v.to_dict() for k, v in evaluation.mint.items()},
+        "mint": {k: v.to_dict() for k, v in evaluation.mint.items()}, "intervals": evaluation.intervals,
         "mint_seeds": {"seeds": list(range(split.seed, split.seed + len(measured.seed_metrics))),
                        **{name: [m[name] for m in measured.seed_metrics] for name in measured.seed_metrics[0]}},
         "loss_threshold": {k: v.to_dict() for k, v in evaluation.loss_threshold.items()},

@@ -14,6 +14,7 @@ from gmint.data.base import ImageSet
 from gmint.data.split import make_split
 from gmint.errors import InputError
 from gmint.experiment import Cell, Probe, Recipe, run_cell
+from gmint.features.store import FeatureStore
 from gmint.mint import TrainedMint
 from gmint.models.train import TrainConfig
 
@@ -75,7 +76,8 @@ def test_every_probe_scores_the_same_held_out_rows(run: tuple[Cell, list[Cell]])
 def test_evaluation_json_keeps_its_shape_and_the_control_matches_the_cells(run: tuple[Cell, list[Cell]]) -> None:
     cell, _ = run
     plain = cell.evaluation(GRADIENT).to_dict()
-    assert list(plain) == ["store", "rows", "protocol", "mint", "loss_threshold", "audited_model", "warnings"]
+    assert list(plain) == ["store", "rows", "protocol", "mint", "loss_threshold", "audited_model", "intervals",
+                           "warnings"]
     assert list(plain["rows"]) == ["members", "external", "excluded_nonfinite"]
     gap = plain["audited_model"]
     assert gap["accuracy_gap"] == gap["members_accuracy"] - gap["external_accuracy"]
@@ -124,3 +126,18 @@ def test_probes_name_their_signal_store_and_file() -> None:
 def test_a_probe_the_cell_did_not_measure_is_an_error(run: tuple[Cell, list[Cell]]) -> None:
     with pytest.raises(InputError, match="no measurement of"):
         run[0].evaluation(Probe("gMINT", "entry"))
+
+
+def test_grouped_rows_get_intervals_that_resample_whole_groups(digits: ImageSet, tmp_path: Path) -> None:
+    """Six digits to a group stand in for the frames of a track: the store keeps each row's group and the
+    evaluation's intervals resample groups, where rows of the same cell without groups resample rows."""
+    grouped = replace(digits, groups=np.arange(len(digits.labels)) // 6)
+    recipe = replace(RECIPE, probes=(GRADIENT,), control=0, protocol="grouped")
+    cell = run_cell(grouped, recipe, tmp_path / "grouped")
+    evaluation = cell.evaluation(GRADIENT)
+    with FeatureStore.open(evaluation.store) as store:
+        np.testing.assert_array_equal(store.column("group"), grouped.groups[store.column("sample_id")])
+    held_groups = len(np.unique(grouped.groups[cell.split.holdout]))
+    assert evaluation.intervals == f"whole groups ({held_groups} groups of rows)"
+    assert evaluation.to_dict()["intervals"] == evaluation.intervals
+    assert run_cell(digits, recipe, tmp_path / "rows").evaluation(GRADIENT).intervals == "rows"

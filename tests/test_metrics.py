@@ -15,6 +15,7 @@ from gmint.assess.metrics import (
     control_off_chance,
     externals_needed,
     membership_metrics,
+    resampled_groups,
     roc_points,
     score_collapse,
     tpr_at_fpr,
@@ -146,3 +147,40 @@ def test_a_negative_control_off_chance_is_said() -> None:
     above = control_off_chance(Estimate(0.61, 0.57, 0.65))
     assert above is not None and "is above chance" in above
     assert control_off_chance(Estimate(None, None, None, "too few rows")) is None
+
+
+def test_singleton_groups_are_the_row_bootstrap_replicate_for_replicate() -> None:
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(150), np.zeros(150)].astype(int)
+    s = rng.random(300) + 0.3 * y
+    by_row = membership_metrics(y, s, n_boot=200, seed=4)
+    by_group = membership_metrics(y, s, n_boot=200, seed=4, groups=np.arange(300))
+    assert {k: v.to_dict() for k, v in by_row.items()} == {k: v.to_dict() for k, v in by_group.items()}
+
+
+def test_copies_of_a_row_are_resampled_as_one_row() -> None:
+    """30 copies of each of 40 + 40 rows (frames of one sign, say): resampling whole groups gives the
+    interval of the 80 rows themselves, where resampling the 2,400 copies one by one draws one far too narrow."""
+    rng = np.random.default_rng(5)
+    y = np.r_[np.ones(40), np.zeros(40)].astype(int)
+    s = rng.random(80) + 0.4 * y
+    copies_y, copies_s, copies_g = np.repeat(y, 30), np.repeat(s, 30), np.repeat(np.arange(80), 30)
+    groups = resampled_groups(copies_y, copies_g)
+    assert groups is not None
+    originals = membership_metrics(y, s, n_boot=300, seed=6)["auc"]
+    by_group = membership_metrics(copies_y, copies_s, n_boot=300, seed=6, groups=groups)["auc"]
+    by_row = membership_metrics(copies_y, copies_s, n_boot=300, seed=6)["auc"]
+    assert by_group.to_dict() == pytest.approx(originals.to_dict())
+    assert by_row.value == pytest.approx(originals.value)
+    assert (by_row.high - by_row.low) < 0.3 * (by_group.high - by_group.low)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("groups, why", [
+    (np.repeat(np.arange(10), 6), None),
+    (np.tile(np.arange(30), 2), "a group on both sides"),
+    (np.arange(60), "every row its own group"),
+    (np.r_[np.repeat(np.arange(9), 6), np.full(6, -1)], "rows of no group"),
+])
+def test_groups_are_resampled_only_where_each_sits_on_one_side(groups: np.ndarray, why: str | None) -> None:
+    y = np.r_[np.ones(30), np.zeros(30)].astype(int)
+    assert (resampled_groups(y, groups) is None) == (why is not None)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from gmint.errors import IncompleteStoreError, InputError, StoreMismatchError
-from gmint.features.store import FeatureStore
+from gmint.features.store import FORMAT, FeatureStore, verify
 
 PROVENANCE = {"model_fingerprint": "abc", "layers": ["a.weight", "b.weight"], "reduction": "mean",
               "engine": "vmap", "dataset": "toy", "seed": 3, "split_sha256": "s", "n_rows": 10,
@@ -125,6 +125,33 @@ def test_foreign_hdf5_file_is_refused(tmp_path: Path) -> None:
         FeatureStore.open(path)
 
 
+def test_group_ids_are_kept_and_default_to_none(tmp_path: Path, features: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.h5"
+    write_in_chunks(path, features, chunk=5)
+    with FeatureStore.open(path) as store:
+        np.testing.assert_array_equal(store.column("group"), np.full(10, -1))
+    grouped = tmp_path / "g.h5"
+    with FeatureStore.create(grouped, columns={**make_columns(10), "group": np.arange(10) // 5}, dims={"a.weight": 4},
+                             provenance=PROVENANCE) as store:
+        np.testing.assert_array_equal(store.column("group"), np.arange(10) // 5)
+
+
+def test_a_store_written_before_group_ids_reads_as_rows_of_no_group(tmp_path: Path,
+                                                                      features: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.h5"
+    write_in_chunks(path, features, chunk=5)
+    with h5py.File(path, "r+") as h5:  # what gmint-feature-store/2 wrote: the same without /group
+        del h5["group"]
+        h5.attrs["format"] = "gmint-feature-store/2"
+    assert not [problem for problem in verify(path) if "group" in problem]
+    with FeatureStore.open(path) as store:
+        np.testing.assert_array_equal(store.column("group"), np.full(10, -1))
+        np.testing.assert_array_equal(store.features(["a.weight"]), features["a.weight"])
+    with h5py.File(path, "r+") as h5:
+        h5.attrs["format"] = FORMAT
+    assert "dataset /group is missing" in verify(path)
+
+
 def test_pytables_reads_the_store(tmp_path: Path, features: dict[str, np.ndarray]) -> None:
     tables = pytest.importorskip("tables", reason="PyTables is not installed (it is in the dev extra)")
     path = tmp_path / "s.h5"
@@ -157,12 +184,13 @@ def test_codes_are_spelled_out_in_the_file(tmp_path: Path, features: dict[str, n
     with h5py.File(path) as h5:
         assert h5["membership"].attrs["codes"] == "1 member, 0 external, -1 unknown"
         assert h5["role"].attrs["codes"] == "0 auditor's pool, 1 holdout, -1 n/a"
+        assert h5["group"].attrs["codes"].startswith("-1 none")
 
 
 KILLED_AFTER_A_BATCH = textwrap.dedent("""
     import os, signal, sys, time
     import numpy as np
-    from gmint.features.store import FeatureStore
+    from gmint.features.store import FORMAT, FeatureStore, verify
     columns = {"membership": np.zeros(10), "role": np.zeros(10), "label": np.zeros(10), "sample_id": np.arange(10)}
     store = FeatureStore.create(sys.argv[1], columns=columns, dims={"a.weight": 4}, provenance={})
     time.sleep(0.5)

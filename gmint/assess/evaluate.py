@@ -13,7 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from gmint.assess.metrics import Estimate, balance, control_off_chance, membership_metrics, score_collapse
+from gmint.assess.metrics import (
+    Estimate,
+    balance,
+    control_off_chance,
+    membership_metrics,
+    resampled_groups,
+    score_collapse,
+)
 from gmint.data.split import HOLDOUT, POOL
 from gmint.errors import InputError, StoreMismatchError
 from gmint.features.store import FeatureStore
@@ -77,6 +84,7 @@ class Evaluation:
 
     `protocol` records what was evaluated (split hash, dataset, architecture, reduction, engine, source,
     layers, setup, classifier, data fraction), as the store's provenance and the classifier give them.
+    `intervals` says what the bootstrap resampled: rows, or whole groups where rows come in groups.
     """
 
     store: Path
@@ -88,13 +96,15 @@ class Evaluation:
     scores: RowScores
     warnings: tuple[str, ...] = ()
     negative_control: NegativeControl | None = None
+    intervals: str = "rows"
 
     def to_dict(self) -> dict[str, object]:
         """The JSON of report.json and `gmint eval --json`: everything but the per-row scores (scores.csv)."""
         result: dict[str, object] = {
             "store": str(self.store), "rows": asdict(self.rows), "protocol": dict(self.protocol),
             "mint": _metrics_dict(self.mint), "loss_threshold": _metrics_dict(self.loss_threshold),
-            "audited_model": self.audited_model.to_dict(), "warnings": list(self.warnings)}
+            "audited_model": self.audited_model.to_dict(), "intervals": self.intervals,
+            "warnings": list(self.warnings)}
         if self.negative_control is not None:
             result.update(negative_control=_metrics_dict(self.negative_control.metrics),
                           negative_control_model=self.negative_control.model.to_dict(),
@@ -125,7 +135,7 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
         mint.spec.check(prov, store.dims, str(store_path))
         role, membership = store.column("role"), store.column("membership")
         ids, loss = store.column("sample_id"), store.column("loss").astype(np.float64)
-        labels = store.column("label")
+        labels, groups = store.column("label"), store.column("group")
         correct = store.column("pred") == store.column("label")
         finite = store.column("finite")
         nonfinite = int(((role == HOLDOUT) & ~finite).sum())
@@ -147,6 +157,7 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
     score = mint.predict_proba(features, labels[held])
     threshold = best_threshold(membership[pool], -loss[pool]) if len(np.unique(membership[pool])) == 2 else 0.0
     members, external = y == 1, y == 0
+    units = resampled_groups(y, groups[held])
     collapsed = {"MINT classifier": score_collapse(score), "loss threshold": score_collapse(-loss[held])}
     return Evaluation(
         store=Path(store_path),
@@ -155,12 +166,14 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
                   "architecture": prov.get("architecture"), "reduction": prov.get("reduction"),
                   "engine": prov.get("engine"), "source": prov.get("source"), "layers": mint.spec.layers,
                   "setup": mint.spec.setup, "classifier": mint.kind, "fraction": mint.record.get("fraction")},
-        mint=membership_metrics(y, score, n_boot=n_boot, seed=seed),
-        loss_threshold=membership_metrics(y, -loss[held], threshold=threshold, n_boot=n_boot, seed=seed),
+        mint=membership_metrics(y, score, n_boot=n_boot, seed=seed, groups=units),
+        loss_threshold=membership_metrics(y, -loss[held], threshold=threshold, n_boot=n_boot, seed=seed,
+                                          groups=units),
         audited_model=ModelGap(float(correct[held][members].mean()), float(correct[held][external].mean()),
                                float(loss[held][members].mean()), float(loss[held][external].mean())),
         scores=RowScores(ids[held], y, score),
         warnings=tuple(f"{name}: {text}" for name, text in collapsed.items() if text),
+        intervals="rows" if units is None else f"whole groups ({len(np.unique(units))} groups of rows)",
     )
 
 

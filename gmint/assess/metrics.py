@@ -1,8 +1,11 @@
 """Membership metrics on scores where members are the positive class (1) and external samples 0.
 
 Every metric comes with a stratified bootstrap 95% interval: resampling members and externals
-separately keeps the evaluation balanced in every replicate. A TPR at a target FPR is reported only where
-the externals resolve that FPR; otherwise it has no value and says how many externals it needs.
+separately keeps the evaluation balanced in every replicate. Where rows come in groups that each sit on
+one side (the frames of one GTSRB track), replicates resample whole groups: frames of one sign are not
+independent rows, and resampling them one by one would draw intervals far too narrow. A TPR at a target
+FPR is reported only where the externals resolve that FPR; otherwise it has no value and says how many
+externals it needs.
 """
 
 from __future__ import annotations
@@ -112,22 +115,24 @@ def _optional_float(value: object) -> float | None:
 
 
 def membership_metrics(membership: np.ndarray, score: np.ndarray, *, threshold: float = 0.5,
-                       n_boot: int = 1000, seed: int = 0) -> dict[str, Estimate]:
+                       n_boot: int = 1000, seed: int = 0, groups: np.ndarray | None = None) -> dict[str, Estimate]:
     """All METRIC_NAMES with stratified-bootstrap 95% intervals (n_boot = 0 gives point estimates only).
 
-    A TPR whose target FPR needs more externals than there are (see `externals_needed`) is unresolved:
-    value and interval None. Replicates keep the number of externals, so they resolve the same targets.
+    With `groups` (from `resampled_groups`), each replicate draws whole groups, with replacement, on each
+    side; with singleton groups that is the row bootstrap, replicate for replicate. A TPR whose target FPR
+    needs more externals than there are (see `externals_needed`) is unresolved: value and interval None.
     """
     membership, score = np.asarray(membership), np.asarray(score, np.float64)
     check_scores(membership, score)
     point = _all_metrics(membership, score, threshold)
-    pos, neg = np.flatnonzero(membership == 1), np.flatnonzero(membership == 0)
+    neg = np.flatnonzero(membership == 0)
     low, high = point, point
     if n_boot > 0:
         rng = np.random.default_rng(seed)
+        sides = [_units(membership == side, groups) for side in (1, 0)]
         samples = np.empty((n_boot, len(METRIC_NAMES)))
         for b in range(n_boot):
-            idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+            idx = np.concatenate([_draw(units, rng) for units in sides])
             samples[b] = _all_metrics(membership[idx], score[idx], threshold)
         low, high = np.percentile(samples, [2.5, 97.5], axis=0)
     result: dict[str, Estimate] = {}
@@ -136,6 +141,39 @@ def membership_metrics(membership: np.ndarray, score: np.ndarray, *, threshold: 
         result[name] = (Estimate(None, None, None, f"needs ≥ {needed:,} externals, has {len(neg):,}")
                         if len(neg) < needed else Estimate(point[i], float(low[i]), float(high[i])))
     return result
+
+
+def resampled_groups(membership: np.ndarray, groups: np.ndarray) -> np.ndarray | None:
+    """`groups` where the bootstrap should resample whole groups, else None (resample rows).
+
+    Only where every row has a group (-1 marks none) and every group sits on one side: a group on both
+    sides (GTSRB split by frame) cannot be drawn for one side alone.
+    """
+    membership, groups = np.asarray(membership), np.asarray(groups)
+    if len(groups) == 0 or (groups < 0).any():
+        return None
+    sides_per_group = np.unique(np.stack([groups, membership]), axis=1)[0]
+    if len(np.unique(sides_per_group)) < len(sides_per_group) or len(np.unique(groups)) == len(groups):
+        return None
+    return groups
+
+
+def _units(on_side: np.ndarray, groups: np.ndarray | None) -> np.ndarray | list[np.ndarray]:
+    """One side's resampling units: its row indices, or a list of each group's row indices."""
+    rows = np.flatnonzero(on_side)
+    if groups is None:
+        return rows
+    keys = groups[rows]
+    order = np.argsort(keys, kind="stable")
+    return np.split(rows[order], np.flatnonzero(np.diff(keys[order])) + 1)
+
+
+def _draw(units: np.ndarray | list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """A replicate of one side: as many units as it has, drawn with replacement (rows, or whole groups)."""
+    chosen = rng.choice(len(units), len(units))
+    if isinstance(units, np.ndarray):
+        return units[chosen]
+    return np.concatenate([units[i] for i in chosen])
 
 
 def control_off_chance(auc: Estimate) -> str | None:

@@ -55,7 +55,8 @@ def gap_lines(result: Evaluation) -> list[str]:
     """The audited model's own view of the same rows: the generalisation gap behind any signal."""
     a, rows = result.audited_model, result.rows
     return [
-        f"evaluated rows: {rows.members} members, {rows.external} external (balanced, held out)",
+        f"evaluated rows: {rows.members} members, {rows.external} external (balanced, held out); 95% intervals "
+        f"resample {result.intervals}",
         f"audited model on them: accuracy members {a.members_accuracy:.3f} vs external "
         f"{a.external_accuracy:.3f} (gap {a.accuracy_gap:+.3f}); mean loss members "
         f"{a.members_loss:.4f} vs external {a.external_loss:.4f}",

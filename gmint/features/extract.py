@@ -166,7 +166,8 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
                 out, overwrite=overwrite, provenance=provenance, chunk_rows=batch_size,
                 dims={n: f.shape[1] for n, f in first.features.items()},
                 columns={"membership": rows.membership, "role": rows.role, "label": labels,
-                         "sample_id": data.sample_ids[rows.index]}))
+                         "sample_id": data.sample_ids[rows.index],
+                         "group": data.groups[rows.index] if data.groups is not None else np.full(len(labels), -1)}))
         elif recorded.get("engine_used") != engine_used:  # both proven on this model; the record says so
             resumed_with = {"engine_used": f"{recorded.get('engine_used')}+{engine_used}",
                             "engine_check_resumed": chosen.get("engine_check", {})}

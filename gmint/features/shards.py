@@ -23,6 +23,7 @@ from gmint.features.store import (
     COMPUTED_COLUMNS,
     FORMAT,
     LIBVER,
+    READABLE_FORMATS,
     ROW_COLUMNS,
     SPEC_KEYS,
     FeatureStore,
@@ -77,7 +78,8 @@ def _merge(out: Path, world_size: int, *, rows_sha256: str, overwrite: bool) -> 
         with FeatureStore.open(path) as store:
             store.require_complete()
             info.append((len(store), store.provenance, store.dims, {n: store._h5[n].dtype for n in
-                                                                     (*ROW_COLUMNS, *COMPUTED_COLUMNS, "done")}))
+                                                                     (*ROW_COLUMNS, *COMPUTED_COLUMNS, "done")
+                                                                     if n in store._h5}))  # /2: no group
     first = info[0][1]
     for path, (_, prov, _, _) in zip(shards[1:], info[1:], strict=True):
         diff = [k for k in SPEC_KEYS if k not in PER_SHARD_KEYS and prov.get(k) != first.get(k)]
@@ -105,7 +107,7 @@ def _merge(out: Path, world_size: int, *, rows_sha256: str, overwrite: bool) -> 
         h5.create_group("features")
         for name, d in dims.items():
             join(h5, f"features/{name}", (d,), np.dtype(np.float32))
-        h5.attrs["format"] = FORMAT
+        h5.attrs["format"] = FORMAT if "group" in dtypes else READABLE_FORMATS[0]  # the shards' own format
         for key, value in first.items():
             if key not in PER_SHARD_KEYS and key != "format":
                 h5.attrs[key] = encode_attribute(value)

@@ -48,8 +48,10 @@ import numpy as np
 from gmint.errors import IncompleteStoreError, InputError, StoreBusyError, StoreMismatchError
 from gmint.files import atomic_write
 
-FORMAT = "gmint-feature-store/2"  # /2: per-row `finite` flags
-ROW_COLUMNS = {"membership": np.int8, "role": np.int8, "label": np.int64, "sample_id": np.int64}
+FORMAT = "gmint-feature-store/3"  # /2: per-row `finite` flags; /3: per-row `group` ids
+# /2 stores lack only /group, which reads as -1 (no group): they are read as they are, not extracted again.
+READABLE_FORMATS = ("gmint-feature-store/2", FORMAT)
+ROW_COLUMNS = {"membership": np.int8, "role": np.int8, "label": np.int64, "sample_id": np.int64, "group": np.int64}
 COMPUTED_COLUMNS = {"loss": np.float32, "pred": np.int64, "finite": bool}
 # Provenance keys that must agree for a resumed extraction to continue the same store.
 SPEC_KEYS = ("model_fingerprint", "layers", "source", "reduction", "engine", "loss_function", "dataset",
@@ -57,7 +59,8 @@ SPEC_KEYS = ("model_fingerprint", "layers", "source", "reduction", "engine", "lo
 CHUNK_BYTES = 1 << 20
 # What the integer codes of the per-row columns mean, written beside them for readers without gmint.
 CODES = {"membership": {1: "member", 0: "external", -1: "unknown"},
-         "role": {0: "auditor's pool", 1: "holdout", -1: "n/a"}}
+         "role": {0: "auditor's pool", 1: "holdout", -1: "n/a"},
+         "group": {-1: "none (other values: the dataset's group, e.g. a GTSRB track)"}}
 # Library-version bounds for every file written: SWMR needs the 1.10 superblock; anything newer locks out
 # HDF5 1.10 tools and PyTables.
 LIBVER = ("v110", "v110")
@@ -84,7 +87,8 @@ class FeatureStore:
         open for writing in SWMR mode. Refuses to replace a file unless asked, and always refuses a store
         another process is writing. Feature chunks hold `chunk_rows` rows (the writer's batch size), so
         each batch fills whole chunks: a compressed chunk written in pieces would be decompressed and
-        recompressed at every piece.
+        recompressed at every piece. `columns` holds every ROW_COLUMNS entry but `group`, which defaults
+        to -1 (rows of no group).
 
         The layout is written to a temporary file that then takes `path`'s place, so a crash never
         leaves a half-created store behind.
@@ -99,7 +103,8 @@ class FeatureStore:
             with atomic_write(path) as tmp:
                 with _h5file(tmp, "w") as h5:
                     for name, dtype in ROW_COLUMNS.items():
-                        h5.create_dataset(name, data=np.asarray(columns[name], dtype=dtype))
+                        given = columns[name] if name != "group" else columns.get(name, np.full(n, -1))
+                        h5.create_dataset(name, data=np.asarray(given, dtype=dtype))
                     # Written out in full now: storage allocated later, under SWMR, would change the
                     # datasets' layout while readers look at them ("invalid dataset size").
                     for name, column_type in [*COMPUTED_COLUMNS.items(), ("done", bool)]:
@@ -274,9 +279,11 @@ class FeatureStore:
         return _read_all(self.path, dataset)
 
     def column(self, name: str) -> np.ndarray:
-        """(N,) one per-row column (membership, role, label, sample_id, loss, pred, finite, done)."""
+        """(N,) one per-row column (membership, role, label, sample_id, group, loss, pred, finite, done)."""
         if name not in ROW_COLUMNS and name not in COMPUTED_COLUMNS and name != "done":
             raise InputError(f"no column '{name}' in {self.path}")
+        if name == "group" and name not in self._h5:  # a /2 store: written before groups were recorded
+            return np.full(len(self), -1, np.int64)
         return self._read(self._h5[name])
 
     def features(self, layers: Sequence[str] | None = None, rows: np.ndarray | None = None) -> np.ndarray:
@@ -302,7 +309,8 @@ def verify(path: Path) -> list[str]:
         h5, n = store._h5, len(store)
         for name in (*ROW_COLUMNS, *COMPUTED_COLUMNS, "done"):
             if name not in h5:
-                problems.append(f"dataset /{name} is missing")
+                if not (name == "group" and h5.attrs.get("format") != FORMAT):  # /2 stores have none
+                    problems.append(f"dataset /{name} is missing")
             elif h5[name].shape != (n,):
                 problems.append(f"/{name} has shape {h5[name].shape}, expected ({n},)")
         prov = store.provenance
@@ -317,10 +325,13 @@ def verify(path: Path) -> list[str]:
         if problems:
             return problems
         for name, codes in CODES.items():
-            allowed = tuple(sorted(codes))
-            bad = int(np.isin(store.column(name), allowed, invert=True).sum())
+            if name == "group":  # any id ≥ 0, or -1
+                bad, allowed_text = int((store.column(name) < -1).sum()), "-1 and the ids ≥ 0"
+            else:
+                allowed = tuple(sorted(codes))
+                bad, allowed_text = int(np.isin(store.column(name), allowed, invert=True).sum()), str(allowed)
             if bad:
-                problems.append(f"{bad} rows have a {name} outside {allowed}")
+                problems.append(f"{bad} rows have a {name} outside {allowed_text}")
         done = store.done_mask()
         nonfinite = int((done & ~store.column("finite")).sum())
         if nonfinite:
@@ -356,7 +367,8 @@ def _salvage(path: Path) -> None:
     with h5py.File(path, "r", swmr=True, locking=False) as old:
         done = old["done"][:]
         with FeatureStore.create(tmp, overwrite=True,
-                                 columns={name: old[name][:] for name in ROW_COLUMNS},
+                                 columns={name: old[name][:] if name in old else np.full(len(done), -1)
+                                          for name in ROW_COLUMNS},
                                  dims={name: ds.shape[1] for name, ds in old["features"].items()},
                                  provenance={k: decode_attribute(v) for k, v in old.attrs.items()
                                              if k not in ("format", "complete", "rows_written")}) as new:
@@ -391,7 +403,7 @@ def _open_h5(path: Path) -> h5py.File:
             raise InputError(f"{path} is not a readable HDF5 feature store ({exc.__class__.__name__})") from None
         h5 = _open_swmr(path)
     found = h5.attrs.get("format")
-    if found != FORMAT:
+    if found not in READABLE_FORMATS:
         h5.close()
         if isinstance(found, str) and found.startswith(FORMAT.split("/")[0]):
             raise InputError(f"{path} is a {found} store; this gmint reads {FORMAT}: extract it again")
@@ -416,9 +428,10 @@ def _open_swmr(path: Path) -> h5py.File:
 
 
 def describe_codes(h5: h5py.File) -> None:
-    """Spell out the integer codes of /membership and /role in a `codes` attribute on each."""
+    """Spell out the integer codes of /membership, /role and /group in a `codes` attribute on each."""
     for name, codes in CODES.items():
-        h5[name].attrs["codes"] = ", ".join(f"{code} {meaning}" for code, meaning in codes.items())
+        if name in h5:  # a join of /2 shards has no /group
+            h5[name].attrs["codes"] = ", ".join(f"{code} {meaning}" for code, meaning in codes.items())
 
 
 def lock_path(path: Path) -> Path:
