@@ -95,7 +95,8 @@ def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path
             for result in comparison.results:
                 row = {"cell": name, "dataset": cfg["dataset"], "arch": cfg["arch"], "mode": mode,
                        "attack": result.attack, "k": result.k, **result.to_dict(),
-                       "rows": comparison.to_dict()["rows"], "audited_record": audited.meta["record"],
+                       "rows": comparison.to_dict()["rows"], "intervals": comparison.intervals,
+                       "audited_record": audited.meta["record"],
                        "audited_train_seconds": audited.meta["train_seconds"],
                        "reference_train_seconds": reference_seconds if result.k else [],
                        "stage_seconds": {"train": round(trained, 1), "extract": round(extracted, 1)},

@@ -288,3 +288,17 @@ def test_cli_trains_extracts_and_compares(setup: tuple[Path, MembershipSplit], t
     attacks = {(r["attack"], r["k"]) for r in payload["references"]["results"]}
     assert {("rmia", 2), ("lira-offline-global", 2), ("gmint-calibrated", 2), ("loss", 0)} <= attacks
     assert "auc" in payload["mint"]
+
+
+def test_intervals_resample_whole_groups_where_the_rows_carry_them() -> None:
+    rng = np.random.default_rng(1)
+    n = 120
+    membership = np.repeat([1, 0], n // 2).astype(np.int8)
+    role = np.tile(np.repeat([0, 1], 15), 4).astype(np.int8)
+    loss = rng.random(n) + 0.5 * (membership == 0)
+    ref = rng.random((2, n))
+    for group, expected in ((None, "rows"), (np.arange(n) // 5, "whole groups (12 groups of rows)")):
+        output = OutputSignals(np.arange(n), membership, role, np.zeros(n, np.int64), loss, ref,
+                               np.zeros((2, n), bool), np.ones(n, bool), group)
+        comparison = compare_attacks(ReferenceSignals("offline", output), ["loss"], [1], n_boot=20)
+        assert comparison.intervals == expected == comparison.to_dict()["intervals"]

@@ -24,7 +24,14 @@ import numpy as np
 from gmint.amint.forward import RowOutputs, forward_rows
 from gmint.amint.train import AmintModel
 from gmint.assess.evaluate import Evaluation, evaluate_store
-from gmint.assess.metrics import Estimate, balance, membership_metrics, score_collapse
+from gmint.assess.metrics import (
+    Estimate,
+    balance,
+    membership_metrics,
+    resampled_groups,
+    resampling_unit,
+    score_collapse,
+)
 from gmint.assess.report import METRIC_LABELS, format_estimate
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
@@ -53,13 +60,15 @@ class Reading:
     loss_threshold: dict[str, Estimate]
     mean_member_score: float
     mean_external_score: float
+    intervals: str = "rows"  # what the bootstrap resampled: rows, or whole groups
 
     def to_dict(self) -> dict[str, object]:
         """The JSON form."""
         return {"name": self.name, "description": READINGS[self.name], "members": self.members,
                 "external": self.external, "amint": {k: v.to_dict() for k, v in self.amint.items()},
                 "loss_threshold": {k: v.to_dict() for k, v in self.loss_threshold.items()},
-                "mean_member_score": self.mean_member_score, "mean_external_score": self.mean_external_score}
+                "mean_member_score": self.mean_member_score, "mean_external_score": self.mean_external_score,
+                "intervals": self.intervals}
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,8 @@ def evaluate_amint(amint: AmintModel, data: ImageSet, split: MembershipSplit, *,
     threshold = best_threshold(pool_y, -pool.loss)
     readings, warnings = [], []
     for name, positives in (("held-out members", held_m), ("members the head saw", pool_m)):
-        reading, collapsed = _reading(name, out.take(positives), out.take(held_e), threshold, n_boot, seed)
+        groups = None if data.groups is None else np.r_[data.groups[positives], data.groups[held_e]]
+        reading, collapsed = _reading(name, out.take(positives), out.take(held_e), threshold, n_boot, seed, groups)
         readings.append(reading)
         warnings += [f"{name}: {collapsed}"] if collapsed else []
     evaluation = None
@@ -184,17 +194,20 @@ def evaluate_amint(amint: AmintModel, data: ImageSet, split: MembershipSplit, *,
 
 
 def _reading(name: str, positives: RowOutputs, negatives: RowOutputs, threshold: float, n_boot: int,
-             seed: int) -> tuple[Reading, str | None]:
-    """One reading, balanced by subsampling the larger side; the head's collapse warning, if any."""
+             seed: int, groups: np.ndarray | None) -> tuple[Reading, str | None]:
+    """One reading, balanced by subsampling the larger side; the head's collapse warning, if any. Intervals
+    resample whole groups where `groups` (dataset groups of the positives, then the negatives) allow."""
     score = np.r_[positives.score, negatives.score]
     loss = np.r_[positives.loss, negatives.loss]
     y = np.r_[np.ones(len(positives.score), np.int8), np.zeros(len(negatives.score), np.int8)]
     keep = balance(y, seed)
     score, loss, y = score[keep], loss[keep], y[keep]
+    units = None if groups is None else resampled_groups(y, groups[keep])
     reading = Reading(name, int((y == 1).sum()), int((y == 0).sum()),
-                      membership_metrics(y, score, n_boot=n_boot, seed=seed),
-                      membership_metrics(y, -loss, threshold=threshold, n_boot=n_boot, seed=seed),
-                      float(score[y == 1].mean()), float(score[y == 0].mean()))
+                      membership_metrics(y, score, n_boot=n_boot, seed=seed, groups=units),
+                      membership_metrics(y, -loss, threshold=threshold, n_boot=n_boot, seed=seed, groups=units),
+                      float(score[y == 1].mean()), float(score[y == 0].mean()),
+                      resampling_unit(units))
     return reading, score_collapse(score)
 
 

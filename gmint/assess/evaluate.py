@@ -19,6 +19,7 @@ from gmint.assess.metrics import (
     control_off_chance,
     membership_metrics,
     resampled_groups,
+    resampling_unit,
     score_collapse,
 )
 from gmint.data.split import HOLDOUT, POOL
@@ -173,7 +174,7 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
                                float(loss[held][members].mean()), float(loss[held][external].mean())),
         scores=RowScores(ids[held], y, score),
         warnings=tuple(f"{name}: {text}" for name, text in collapsed.items() if text),
-        intervals="rows" if units is None else f"whole groups ({len(np.unique(units))} groups of rows)",
+        intervals=resampling_unit(units),
     )
 
 

@@ -158,6 +158,11 @@ def resampled_groups(membership: np.ndarray, groups: np.ndarray) -> np.ndarray |
     return groups
 
 
+def resampling_unit(groups: np.ndarray | None) -> str:
+    """What the bootstrap resamples, in words, for a result to carry: `rows` or `whole groups (N groups of rows)`."""
+    return "rows" if groups is None else f"whole groups ({len(np.unique(groups))} groups of rows)"
+
+
 def _units(on_side: np.ndarray, groups: np.ndarray | None) -> np.ndarray | list[np.ndarray]:
     """One side's resampling units: its row indices, or a list of each group's row indices."""
     rows = np.flatnonzero(on_side)

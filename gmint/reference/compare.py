@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gmint.assess.metrics import Estimate, balance, membership_metrics
+from gmint.assess.metrics import Estimate, balance, membership_metrics, resampled_groups, resampling_unit
 from gmint.data.split import HOLDOUT, POOL
 from gmint.errors import InputError
-from gmint.reference.attacks import ATTACKS, NotApplicable, Task
+from gmint.reference.attacks import ATTACKS, NotApplicable, Task, positions
 from gmint.reference.signals import ReferenceSignals
 
 
@@ -56,13 +56,14 @@ class Comparison:
     results: tuple[AttackResult, ...]
     fit_rows: int
     seed: int
+    intervals: str = "rows"  # what the bootstrap resampled: rows, or whole groups
 
     def to_dict(self) -> dict[str, object]:
         """The JSON of comparison.json."""
         return {"mode": self.mode, "rows": {"members": int(self.membership.sum()),
                                             "external": int((self.membership == 0).sum()),
                                             "fit_rows": self.fit_rows},
-                "seed": self.seed, "results": [r.to_dict() for r in self.results]}
+                "seed": self.seed, "intervals": self.intervals, "results": [r.to_dict() for r in self.results]}
 
 
 def evaluation_rows(signals: ReferenceSignals, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,6 +109,8 @@ def compare_attacks(signals: ReferenceSignals, attacks: Sequence[str], ks: Seque
         if not 1 <= k <= signals.k:
             raise InputError(f"K = {k} reference models asked for; the folder holds {signals.k}")
     fit, ids, membership = evaluation_rows(signals, seed)
+    o = signals.output
+    groups = None if o.group is None else resampled_groups(membership, o.group[positions(o.sample_id, ids)])
     results = []
     for name in attacks:
         attack = ATTACKS.get(name)
@@ -120,7 +123,8 @@ def compare_attacks(signals: ReferenceSignals, attacks: Sequence[str], ks: Seque
                 results.append(AttackResult(name, k, None, unresolved=str(exc)))
                 continue
             metrics = membership_metrics(membership, scored.score, threshold=scored.threshold, n_boot=n_boot,
-                                         seed=seed)
+                                         seed=seed, groups=groups)
             results.append(AttackResult(name, k, metrics, {**scored.params, "threshold": scored.threshold},
                                         round(time.perf_counter() - t0, 3), scored.score))
-    return Comparison(signals.mode, ids, membership, tuple(results), len(fit), seed)
+    intervals = resampling_unit(groups)
+    return Comparison(signals.mode, ids, membership, tuple(results), len(fit), seed, intervals)

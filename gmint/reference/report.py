@@ -49,7 +49,8 @@ def comparison_markdown(comparison: Comparison) -> str:
     rows = comparison.to_dict()["rows"]
     assert isinstance(rows, dict)
     lines = [f"Held-out rows: {rows['members']} members, {rows['external']} external (balanced); attacks fitted on "
-             f"{rows['fit_rows']} pool rows; reference set: {comparison.mode}.", "",
+             f"{rows['fit_rows']} pool rows; reference set: {comparison.mode}; 95% intervals resample "
+             f"{comparison.intervals}.", "",
              "| attack | K | " + " | ".join(METRIC_LABELS[c] for c in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
     lines += [f"| {r.attack} | {r.k or '—'} | " + " | ".join(_cells(r)) + " |" for r in comparison.results]

@@ -118,6 +118,7 @@ class OutputSignals:
         reference_loss: (K, N) each reference model's loss.
         inclusion: (K, N) bool, whether reference model i trained on the row.
         finite: (N,) every model's loss is finite.
+        group: (N,) the row's group in the dataset (−1 none), or None where unknown.
     """
 
     sample_id: np.ndarray
@@ -128,6 +129,7 @@ class OutputSignals:
     reference_loss: np.ndarray
     inclusion: np.ndarray
     finite: np.ndarray
+    group: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.sample_id)
@@ -217,7 +219,8 @@ def load_signals(folder: Path, *, k: int | None = None, gradient: bool = True) -
     output = _read(folder, names, "output", manifest)
     out = OutputSignals(sample_id=output["sample_id"], membership=output["membership"], role=output["role"],
                         label=output["label"], target_loss=output["loss"][0], reference_loss=output["loss"][1:],
-                        inclusion=manifest.included(output["sample_id"])[:k], finite=output["finite"])
+                        inclusion=manifest.included(output["sample_id"])[:k], finite=output["finite"],
+                        group=output["group"])
     grad = None
     if gradient:
         g = _read(folder, names, "gradient", manifest)
@@ -247,7 +250,7 @@ def _read(folder: Path, names: list[str], source: str, manifest: ReferenceSet) -
                 raise InputError(f"{path} comes from another model than the audited one the set was drawn for")
             if name != AUDITED and prov.get("model_fingerprint") == manifest.audited_fingerprint:
                 raise InputError(f"{path} comes from the audited model, not from reference model {name}")
-            mine = {c: store.column(c) for c in ("sample_id", "membership", "role", "label")}
+            mine = {c: store.column(c) for c in ("sample_id", "membership", "role", "label", "group")}
             if not columns:
                 columns, layers, dims = mine, store.layers, [store.dims[n] for n in store.layers]
             elif any(not np.array_equal(columns[c], mine[c]) for c in mine) or store.layers != layers:
