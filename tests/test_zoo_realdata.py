@@ -29,7 +29,8 @@ def test_one_epoch_and_extraction_on_real_data(tmp_path: Path, real: Callable[[s
     rng = np.random.default_rng(0)
     train_rows = rng.permutation(np.flatnonzero(data.part == "train"))[:256]
     subset = data.take(np.sort(train_rows))  # 128 members, 128 external: one epoch is 2 batches
-    split = make_split(subset, members=0.5, external=0.5, seed=0)
+    # frames drawn at random: tracks are split across them, so rows are drawn one by one (`paper`)
+    split = make_split(subset, members=0.5, external=0.5, protocol="paper", seed=0)
     model = train_audited(subset, split, arch=arch, transform=Transform(), config=TrainConfig(epochs=1),
                           out=tmp_path / "m.pt", arch_options=CPU_SCALE.get(arch, {}))
     assert model.meta["epochs_done"] == 1
