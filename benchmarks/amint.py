@@ -130,7 +130,8 @@ def markdown(rows: list[dict[str, Any]], paper: list[dict[str, str]]) -> str:
         "**held-out**: members the audited model trained on but the head never saw; **head saw**: pool members "
         "the head was trained on (the authors' reading). Passive gMINT (MLP on MEAN Weight Modifiers, combined "
         "layers) and the loss threshold are fitted on the same pool and scored on the held-out rows. "
-        "Intervals: stratified bootstrap 95%. The head saw its pool externals too: never-seen rows often score "
+        "Intervals: stratified bootstrap 95%, resampling whole tracks under `grouped` (frames of one sign are not "
+        "independent rows). The head saw its pool externals too: never-seen rows often score "
         "above 0.5, which is why its accuracy trails its AUC.", "",
         "| cell | protocol | members / ext. / held-out | aMINT acc, held-out | aMINT AUC, held-out | "
         "TPR@1%FPR, held-out | aMINT acc, head saw | aMINT AUC, head saw | passive gMINT AUC | loss-threshold AUC |",
