@@ -42,7 +42,8 @@ def split(data: str = typer.Option("digits", help=f"Dataset: {choices(DATASETS)}
           control: str = typer.Option("0", help=f"Rows reserved for a negative-control model: {SIZE_HELP}; "
                                                 "0 for none."),
           protocol: str = typer.Option("grouped", help=f"{choices(PROTOCOLS)} (grouped: never splits a group, "
-                                                       "such as a GTSRB track, across sides)."),
+                                                       "such as a GTSRB track, across sides, and draws member and "
+                                                       "external groups as same-class pairs)."),
           seed: int = typer.Option(0, help="Seed of the split."),
           out: Path = typer.Option(Path("split.json"), help="Manifest to write."),
           overwrite: bool = flag("--overwrite", "Replace an existing --out."),
