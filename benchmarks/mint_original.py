@@ -152,6 +152,7 @@ def run_cell(cfg: Mapping[str, Any], work: Path, out: Path, data_root: Path | No
                "reduction": settings[probe.store]["reduction"], "setup": probe.setup, "kind": probe.kind,
                "options": dict(probe.options), "features": mint.spec.layers, "width": sum(mint.spec.dims),
                "rows": {"members": result.rows.members, "external": result.rows.external},
+               "intervals": result.intervals,
                "mint": {k: v.to_dict() for k, v in result.mint.items()},
                "loss_threshold": {k: v.to_dict() for k, v in result.loss_threshold.items()},
                "audited_model": result.audited_model.to_dict(), "model_record": audited.meta["record"],
@@ -223,7 +224,8 @@ def report(rows: list[dict[str, Any]], out: Path) -> str:
                   f"{gap['members_accuracy']:.3f} vs external {gap['external_accuracy']:.3f}, mean loss members "
                   f"{gap['members_loss']:.4f} vs external {gap['external_loss']:.4f}; official test accuracy "
                   f"{rec.get('test_accuracy', 'n/a')}. Evaluated rows: {first['rows']['members']} members, "
-                  f"{first['rows']['external']} external.", "",
+                  f"{first['rows']['external']} external; 95% intervals resample "
+                  f"{first.get('intervals', 'rows')}.", "",
                   "| MINT | store | setup | features | accuracy % | AUC [95% CI] | TPR @ 1% FPR [95% CI] |",
                   "|---|---|---|---|---|---|---|"]
         for r in mine:
