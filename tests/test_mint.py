@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,18 @@ def test_data_fractions_match_the_manifest(digits_store: Path, digits_split, fra
     assert sorted(ids.tolist()) == digits_split.subpools[fraction]
     mint = train_mint(digits_store, kind="logreg", setup="output", fraction=fraction)
     assert len(mint.fitted_ids) == len(digits_split.subpools[fraction])
+
+
+def test_a_fraction_held_up_by_one_row_per_stratum_says_how_many_rows_it_holds(digits_store: Path,
+                                                                                digits_split) -> None:
+    """D1 of digits' ~900 pool rows is about 9 rows, but one row per (side, class) is 20: the figures are for 20."""
+    with FeatureStore.open(digits_store) as store, pytest.warns(UserWarning) as caught:
+        pool_rows(store, "D1", digits_split.seed)
+    assert len(caught) == 1 and "one row of each of the 20 (member/external, class) strata gives 20" in \
+        str(caught[0].message)
+    with FeatureStore.open(digits_store) as store, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pool_rows(store, "D10", digits_split.seed)  # about 10% indeed: no word
 
 
 def test_evaluation_reports_baseline_and_gap(digits_store: Path) -> None:

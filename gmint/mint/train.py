@@ -67,6 +67,10 @@ def _parameter_shapes(store: FeatureStore, features: list[str]) -> list[list[int
     return [list(shapes[parameter_of[n]]) for n in features]
 
 
+# A data fraction kept at one row per stratum may hold several times the rows it names; past this ratio it says so.
+FLOOR_WARNING = 1.5
+
+
 def pool_rows(store: FeatureStore, fraction: str, split_seed: int) -> np.ndarray:
     """Boolean mask of the store's rows a classifier may be fitted on, for D100 / D10 / D1."""
     if fraction not in FRACTIONS:
@@ -82,6 +86,12 @@ def pool_rows(store: FeatureStore, fraction: str, split_seed: int) -> np.ndarray
     idx = np.flatnonzero(pool)
     idx = idx[np.argsort(store.column("sample_id")[idx], kind="stable")]  # the manifest's order
     keep = subpool_mask(membership[idx], store.column("label")[idx], FRACTIONS[fraction], split_seed)
+    asked = FRACTIONS[fraction] * len(idx)
+    if keep.sum() > FLOOR_WARNING * asked:  # e.g. D1 of 1,000 rows over 200 classes: as many rows as D10
+        strata = len(np.unique(np.stack([membership[idx], store.column("label")[idx]]), axis=1)[1])
+        warnings.warn(f"{fraction} asks for {FRACTIONS[fraction]:.0%} of the {len(idx)} pool rows (about "
+                      f"{asked:.0f}), but one row of each of the {strata} (member/external, class) strata gives "
+                      f"{int(keep.sum())}: its figures are for that many rows", stacklevel=2)
     mask = np.zeros(len(role), dtype=bool)
     mask[idx[keep]] = True
     return mask
