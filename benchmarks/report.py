@@ -126,13 +126,13 @@ def baseline_table(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str,
     """What explains each cell: the audited model, its losses, the loss threshold and the negative control."""
     out = ["| cell | epochs | memorised | accuracy members / external / test | loss q10/q50/q90 members | "
            "external | test | loss threshold acc % / AUC / TPR@1% | gMINT combined AUC | negative control "
-           "combined acc % / AUC | fit rows D100/D10/D1 | extraction rows/s | train s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "combined acc % / AUC | fit rows D100/D10/D1 | intervals resample | extraction rows/s | train s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, _, _ in cells:
         row = rows.get((name, "gMINT", "combined", "D100"))
         control = rows.get((name, "negative control", "combined", "D100"))
         if row is None:
-            out.append(f"| {name} | pending |" + " |" * 11)
+            out.append(f"| {name} | pending |" + " |" * 12)
             continue
         rec, model = row["model"]["record"], row["model"]
         accs = " / ".join(f"{rec[f'{s}_accuracy']:.3f}" if f"{s}_accuracy" in rec else "—"
@@ -152,7 +152,8 @@ def baseline_table(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str,
         out.append(f"| {name} | {model['epochs_done']} of {model['train_config']['epochs']} | {memorised(row)} | "
                    f"{accs} | {quantiles('members')} | {quantiles('external')} | {quantiles('test')} | "
                    f"{point(lt['accuracy'], True)} / {point(lt['auc'])} / {point(lt['tpr_at_1pct_fpr'])} | "
-                   f"{point(mint['auc'])} | {nc} | {fit} | {extraction.get('rows_per_second') or '—'} | "
+                   f"{point(mint['auc'])} | {nc} | {fit} | {row.get('intervals', 'rows')} | "
+                   f"{extraction.get('rows_per_second') or '—'} | "
                    f"{model['train_seconds']:.0f} |")
     return [*out, ""]
 
