@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -45,6 +46,7 @@ def info(store: Path = typer.Argument(..., help="A feature store."),
     table.add_row("rows", f"{about['rows']} ({about['rows_written']} written)")
     table.add_row("members / external", f"{about['members']} / {about['external']}")
     table.add_row("pool / holdout", f"{about['pool']} / {about['holdout']}")
+    table.add_row("groups", str(about["groups"]) if about["groups"] else "none")  # e.g. GTSRB tracks
     for feature, width in about["layers"].items():  # the store's feature names (datasets) → their widths
         table.add_row(f"layer {escape(feature)}", f"{width} features")
     for key, value in about["provenance"].items():
@@ -60,11 +62,12 @@ def info(store: Path = typer.Argument(..., help="A feature store."),
 def describe(fs: FeatureStore) -> dict[str, Any]:
     """What `info` shows, as plain values (the --json output); `layers` maps feature names to widths."""
     prov = fs.provenance
-    membership, role = fs.column("membership"), fs.column("role")
+    membership, role, group = fs.column("membership"), fs.column("role"), fs.column("group")
     return {"store": str(fs.path), "complete": fs.complete, "writer_pid": None if fs.complete else fs.writer,
             "rows": len(fs), "rows_written": prov["rows_written"],
             "members": int((membership == 1).sum()), "external": int((membership == 0).sum()),
             "unknown": int((membership == -1).sum()),
             "pool": int((role == 0).sum()), "holdout": int((role == 1).sum()),
+            "groups": len(np.unique(group[group >= 0])),
             "layers": fs.dims,
             "provenance": {k: prov[k] for k in sorted(prov) if k not in ("rows_written", "complete")}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,7 @@ def test_info_describes_the_store(store: Path) -> None:
     code, out = invoke("info", store)
     assert code == 0, out
     assert "complete" in out and "model_fingerprint" in out and "mean" in out
+    assert re.search(r"groups\s*│\s*none", out)  # digits rows come in no groups
 
 
 def test_layers_lists_presets(model: Path) -> None:
