@@ -140,4 +140,5 @@ def test_grouped_rows_get_intervals_that_resample_whole_groups(digits: ImageSet,
     held_groups = len(np.unique(grouped.groups[cell.split.holdout]))
     assert evaluation.intervals == f"whole groups ({held_groups} groups of rows)"
     assert evaluation.to_dict()["intervals"] == evaluation.intervals
+    assert str(TrainedMint.load(cell.workdir / GRADIENT.mint_file).record["validation"]).startswith("whole groups")
     assert run_cell(digits, recipe, tmp_path / "rows").evaluation(GRADIENT).intervals == "rows"

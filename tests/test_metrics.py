@@ -15,11 +15,11 @@ from gmint.assess.metrics import (
     control_off_chance,
     externals_needed,
     membership_metrics,
-    resampled_groups,
     roc_points,
     score_collapse,
     tpr_at_fpr,
 )
+from gmint.data.split import one_sided_groups
 from gmint.errors import InputError
 from gmint.mint.threshold import best_threshold
 
@@ -165,7 +165,7 @@ def test_copies_of_a_row_are_resampled_as_one_row() -> None:
     y = np.r_[np.ones(40), np.zeros(40)].astype(int)
     s = rng.random(80) + 0.4 * y
     copies_y, copies_s, copies_g = np.repeat(y, 30), np.repeat(s, 30), np.repeat(np.arange(80), 30)
-    groups = resampled_groups(copies_y, copies_g)
+    groups = one_sided_groups(copies_y, copies_g)
     assert groups is not None
     originals = membership_metrics(y, s, n_boot=300, seed=6)["auc"]
     by_group = membership_metrics(copies_y, copies_s, n_boot=300, seed=6, groups=groups)["auc"]
@@ -183,4 +183,4 @@ def test_copies_of_a_row_are_resampled_as_one_row() -> None:
 ])
 def test_groups_are_resampled_only_where_each_sits_on_one_side(groups: np.ndarray, why: str | None) -> None:
     y = np.r_[np.ones(30), np.zeros(30)].astype(int)
-    assert (resampled_groups(y, groups) is None) == (why is not None)
+    assert (one_sided_groups(y, groups) is None) == (why is not None)

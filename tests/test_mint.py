@@ -255,3 +255,18 @@ def test_class_specific_mint_routes_rows_by_class(tmp_path: Path, digits_store: 
     assert_figures_are_the_scores(evaluate_store(loaded, digits_store, n_boot=0))
     with pytest.raises(InputError, match="class label"):
         loaded.predict_proba(x)
+
+
+def test_a_classifier_stops_on_whole_groups_it_never_trained_on() -> None:
+    """Frames of one sign on both sides of the early-stopping split would stop training on how well the net
+    knows that sign: with groups, the validation part is whole groups (a fifth of each side's)."""
+    from gmint.mint.base import MINT_MODELS
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([1, 0], 200)
+    x = (rng.normal(size=(400, 6)) + 0.5 * y[:, None]).astype(np.float32)
+    groups = np.arange(400) // 5  # 40 groups a side
+    grouped = MINT_MODELS.get("mlp")(6, max_epochs=5).fit(x, y, seed=1, groups=groups)
+    assert grouped["validation"] == "whole groups (16)" and grouped["val_rows"] == 80
+    by_row = MINT_MODELS.get("mlp")(6, max_epochs=5).fit(x, y, seed=1)
+    assert by_row["validation"] == "rows" and by_row["val_rows"] == 80

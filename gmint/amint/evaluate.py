@@ -24,17 +24,10 @@ import numpy as np
 from gmint.amint.forward import RowOutputs, forward_rows
 from gmint.amint.train import AmintModel
 from gmint.assess.evaluate import Evaluation, evaluate_store
-from gmint.assess.metrics import (
-    Estimate,
-    balance,
-    membership_metrics,
-    resampled_groups,
-    resampling_unit,
-    score_collapse,
-)
+from gmint.assess.metrics import Estimate, balance, membership_metrics, resampling_unit, score_collapse
 from gmint.assess.report import METRIC_LABELS, format_estimate
 from gmint.data.base import ImageSet
-from gmint.data.split import MembershipSplit
+from gmint.data.split import MembershipSplit, one_sided_groups
 from gmint.data.transforms import Transform
 from gmint.features.extract import extract, split_rows
 from gmint.files import atomic_write
@@ -202,7 +195,7 @@ def _reading(name: str, positives: RowOutputs, negatives: RowOutputs, threshold:
     y = np.r_[np.ones(len(positives.score), np.int8), np.zeros(len(negatives.score), np.int8)]
     keep = balance(y, seed)
     score, loss, y = score[keep], loss[keep], y[keep]
-    units = None if groups is None else resampled_groups(y, groups[keep])
+    units = None if groups is None else one_sided_groups(y, groups[keep])
     reading = Reading(name, int((y == 1).sum()), int((y == 0).sum()),
                       membership_metrics(y, score, n_boot=n_boot, seed=seed, groups=units),
                       membership_metrics(y, -loss, threshold=threshold, n_boot=n_boot, seed=seed, groups=units),

@@ -18,11 +18,10 @@ from gmint.assess.metrics import (
     balance,
     control_off_chance,
     membership_metrics,
-    resampled_groups,
     resampling_unit,
     score_collapse,
 )
-from gmint.data.split import HOLDOUT, POOL
+from gmint.data.split import HOLDOUT, POOL, one_sided_groups
 from gmint.errors import InputError, StoreMismatchError
 from gmint.features.store import FeatureStore
 from gmint.mint.base import TrainedMint
@@ -158,7 +157,7 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
     score = mint.predict_proba(features, labels[held])
     threshold = best_threshold(membership[pool], -loss[pool]) if len(np.unique(membership[pool])) == 2 else 0.0
     members, external = y == 1, y == 0
-    units = resampled_groups(y, groups[held])
+    units = one_sided_groups(y, groups[held])
     collapsed = {"MINT classifier": score_collapse(score), "loss threshold": score_collapse(-loss[held])}
     return Evaluation(
         store=Path(store_path),

@@ -118,7 +118,7 @@ def membership_metrics(membership: np.ndarray, score: np.ndarray, *, threshold: 
                        n_boot: int = 1000, seed: int = 0, groups: np.ndarray | None = None) -> dict[str, Estimate]:
     """All METRIC_NAMES with stratified-bootstrap 95% intervals (n_boot = 0 gives point estimates only).
 
-    With `groups` (from `resampled_groups`), each replicate draws whole groups, with replacement, on each
+    With `groups` (from `one_sided_groups`), each replicate draws whole groups, with replacement, on each
     side; with singleton groups that is the row bootstrap, replicate for replicate. A TPR whose target FPR
     needs more externals than there are (see `externals_needed`) is unresolved: value and interval None.
     """
@@ -141,21 +141,6 @@ def membership_metrics(membership: np.ndarray, score: np.ndarray, *, threshold: 
         result[name] = (Estimate(None, None, None, f"needs ≥ {needed:,} externals, has {len(neg):,}")
                         if len(neg) < needed else Estimate(point[i], float(low[i]), float(high[i])))
     return result
-
-
-def resampled_groups(membership: np.ndarray, groups: np.ndarray) -> np.ndarray | None:
-    """`groups` where the bootstrap should resample whole groups, else None (resample rows).
-
-    Only where every row has a group (-1 marks none) and every group sits on one side: a group on both
-    sides (GTSRB split by frame) cannot be drawn for one side alone.
-    """
-    membership, groups = np.asarray(membership), np.asarray(groups)
-    if len(groups) == 0 or (groups < 0).any():
-        return None
-    sides_per_group = np.unique(np.stack([groups, membership]), axis=1)[0]
-    if len(np.unique(sides_per_group)) < len(sides_per_group) or len(np.unique(groups)) == len(groups):
-        return None
-    return groups
 
 
 def resampling_unit(groups: np.ndarray | None) -> str:

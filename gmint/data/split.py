@@ -139,6 +139,22 @@ def check_model_split(meta: Mapping[str, object], split: MembershipSplit, *, tra
                          "--model-trained-outside-gmint if the model was trained outside gmint on this split")
 
 
+def one_sided_groups(membership: np.ndarray, groups: np.ndarray) -> np.ndarray | None:
+    """`groups` where rows should be drawn by whole group, else None (draw rows one by one).
+
+    Only where every row has a group (-1 marks none), some group holds several rows, and every group sits
+    on one side: a group on both sides (GTSRB split by frame) cannot be drawn for one side alone. The
+    bootstrap resamples such groups, and a MINT classifier holds out whole groups to stop its training on.
+    """
+    membership, groups = np.asarray(membership), np.asarray(groups)
+    if len(groups) == 0 or (groups < 0).any():
+        return None
+    sides_per_group = np.unique(np.stack([groups, membership]), axis=1)[0]
+    if len(np.unique(sides_per_group)) < len(sides_per_group) or len(np.unique(groups)) == len(groups):
+        return None
+    return groups
+
+
 def make_split(data: ImageSet, *, members: float | int = 0.5, external: float | int = 0.5,
                holdout: float = 0.5, control: float | int = 0, protocol: str = "grouped",
                seed: int = 0) -> MembershipSplit:

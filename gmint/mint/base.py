@@ -101,8 +101,8 @@ class MintClassifier(Protocol):
     classifiers use them.
     """
 
-    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None
-            ) -> dict[str, object]:
+    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None,
+            groups: np.ndarray | None = None) -> dict[str, object]:
         """Fit on (n, d) standardised features and membership y (1 member, 0 external).
 
         Args:
@@ -110,6 +110,9 @@ class MintClassifier(Protocol):
             y: (n,) membership, 1 member, 0 external.
             seed: seeds everything random in the fit, so one seed gives one classifier.
             labels: (n,) the audited model's true class of each row.
+            groups: (n,) each row's group where rows come in groups on one side (see
+                `gmint.data.split.one_sided_groups`), else None: a classifier that holds out rows to stop
+                its training holds out whole groups, so it stops on how it does on groups it never saw.
 
         Returns:
             The fit's record (epochs, iterations, rows, ...), saved with the classifier.

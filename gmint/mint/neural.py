@@ -91,23 +91,30 @@ class NeuralMint(Generic[NetworkT]):
                              f"the {classes} classes the label-aware MINT classifier was fitted for")
         return np.concatenate([x, np.eye(classes, dtype=np.float32)[labels]], axis=1)
 
-    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None) -> dict[str, object]:
+    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None,
+            groups: np.ndarray | None = None) -> dict[str, object]:
         """Train on (x, y) with y = 1 for members; return the training record (epochs, best val loss).
 
-        `labels` (each row's true class) are read only by a label-aware network.
+        `labels` (each row's true class) are read only by a label-aware network; with `groups`, the
+        validation part is whole groups.
         """
         with torch_threads(1):  # bit-reproducible whatever the core count, and fastest for a small net
-            return self._fit(self._inputs(x, labels), y, seed)
+            return self._fit(self._inputs(x, labels), y, seed, groups)
 
-    def _fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, object]:
+    def _fit(self, x: np.ndarray, y: np.ndarray, seed: int, groups: np.ndarray | None) -> dict[str, object]:
         hp = self.training
         torch.manual_seed(seed)
         self.net = self._build()  # initialised under the fit's seed, so one seed gives one classifier
         rng = np.random.default_rng(seed)
         val = np.zeros(len(y), dtype=bool)
-        for side in (0, 1):  # stratified validation rows
-            idx = np.flatnonzero(y == side)
-            val[rng.permutation(idx)[: int(round(hp.val_fraction * len(idx)))]] = True
+        for side in (0, 1):  # stratified validation rows, or whole groups: frames of a sign on both parts
+            idx = np.flatnonzero(y == side)  # would stop training on how well it knows that sign
+            if groups is None:
+                val[rng.permutation(idx)[: int(round(hp.val_fraction * len(idx)))]] = True
+            else:
+                units = np.unique(groups[idx])
+                held = rng.permutation(units)[: int(round(hp.val_fraction * len(units)))]
+                val[idx[np.isin(groups[idx], held)]] = True
         if val.all() or not val.any():
             val[:] = False
         xt, yt = torch.from_numpy(x[~val]), torch.from_numpy(y[~val].astype(np.float32))
@@ -142,7 +149,8 @@ class NeuralMint(Generic[NetworkT]):
             self.net.load_state_dict(best_state)
         self.net.eval()
         return {"epochs_run": epoch + 1, "best_epoch": best_epoch, "best_val_loss": best,
-                "train_rows": int((~val).sum()), "val_rows": int(val.sum())}
+                "train_rows": int((~val).sum()), "val_rows": int(val.sum()),
+                "validation": "rows" if groups is None else f"whole groups ({len(np.unique(groups[val]))})"}
 
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:

@@ -37,7 +37,8 @@ class PerClassMint:
                                                   for c in self.classes}
         self.models["shared"] = builder(input_dim, **self.base_options)
 
-    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None) -> dict[str, object]:
+    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None,
+            groups: np.ndarray | None = None) -> dict[str, object]:
         """Fit the shared classifier on every row, then one per class that has members and externals.
 
         Args:
@@ -45,6 +46,7 @@ class PerClassMint:
             y: (n,) membership, 1 member, 0 external.
             seed: seeds every classifier's fit.
             labels: (n,) the audited model's true class of each row; required.
+            groups: (n,) each row's group, handed to every fit (see `MintClassifier.fit`).
 
         Returns:
             The base name, the classes fitted on their own, those left to the shared classifier, and each
@@ -54,22 +56,23 @@ class PerClassMint:
             raise InputError("class-specific MINT needs each row's class label")
         builder = MINT_MODELS.get(self.base)
         self.classes, self.shared_classes, self.models = [], [], {}
-        records: dict[str, object] = {"shared": self._fit_one("shared", builder, x, y, seed)}
+        records: dict[str, object] = {"shared": self._fit_one("shared", builder, x, y, seed, groups)}
         for c in np.unique(labels):
             rows = labels == c
             if len(np.unique(y[rows])) < 2:
                 self.shared_classes.append(int(c))
                 continue
             self.classes.append(int(c))
-            records[str(int(c))] = self._fit_one(str(int(c)), builder, x[rows], y[rows], seed)
+            records[str(int(c))] = self._fit_one(str(int(c)), builder, x[rows], y[rows], seed,
+                                                 None if groups is None else groups[rows])
         return {"base": self.base, "classes": len(self.classes), "shared_classes": self.shared_classes,
                 "per_class": records}
 
-    def _fit_one(self, key: str, builder: MintBuilder, x: np.ndarray, y: np.ndarray, seed: int
-                 ) -> dict[str, object]:
+    def _fit_one(self, key: str, builder: MintBuilder, x: np.ndarray, y: np.ndarray, seed: int,
+                 groups: np.ndarray | None) -> dict[str, object]:
         model = builder(self.input_dim, **self.base_options)
         self.models[key] = model
-        return model.fit(x, y, seed=seed)
+        return model.fit(x, y, seed=seed, groups=groups)
 
     def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """(n,) P(member), each row scored by its class's classifier (the shared one for other classes)."""

@@ -21,8 +21,9 @@ class LogRegMint:
         self.coef = np.zeros(input_dim, np.float64)
         self.intercept = 0.0
 
-    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None) -> dict[str, object]:
-        """Fit on (n, d) standardised features and membership; `labels` are not used."""
+    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None,
+            groups: np.ndarray | None = None) -> dict[str, object]:
+        """Fit on (n, d) standardised features and membership; `labels` and `groups` are not used."""
         clf = LogisticRegression(C=self.hparams["c"], max_iter=self.hparams["max_iter"],
                                  class_weight="balanced", random_state=seed)
         clf.fit(x, y)

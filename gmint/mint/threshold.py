@@ -34,7 +34,8 @@ class ThresholdMint:
                              "choose one with --setup (e.g. loss, confidence, entropy, grad_norm)")
         self.direction, self.threshold = 1.0, 0.0
 
-    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None) -> dict[str, object]:
+    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None,
+            groups: np.ndarray | None = None) -> dict[str, object]:
         """Choose the direction by AUC and the threshold of best balanced accuracy; nothing random."""
         signal = x[:, 0].astype(np.float64)
         self.direction = 1.0 if roc_auc_score(y, signal) >= 0.5 else -1.0

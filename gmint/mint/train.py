@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gmint.data.split import FRACTIONS, POOL, subpool_mask
+from gmint.data.split import FRACTIONS, POOL, one_sided_groups, subpool_mask
 from gmint.errors import InputError, UnknownNameError
 from gmint.features.layers import match_setup
 from gmint.features.store import FeatureStore
@@ -128,6 +128,7 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
         y = store.column("membership")[rows].astype(np.int64)
         labels = store.column("label")[rows]
         ids = store.column("sample_id")[rows]
+        groups = one_sided_groups(y, store.column("group")[rows])
         dims = store.dims
         needs_shapes = getattr(builder, "needs_shapes", False)  # a flag, or a function of the options
         if needs_shapes(options) if callable(needs_shapes) else needs_shapes:  # classifiers reading each shape
@@ -142,7 +143,7 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
     except TypeError as exc:  # an option the classifier does not take, or a value it cannot use
         raise InputError(f"{kind} MINT classifier: {exc}{_known_options(builder, x.shape[1], options)}") from None
     t0 = time.perf_counter()
-    record = model.fit(scaler(x), y, seed=seed, labels=labels)
+    record = model.fit(scaler(x), y, seed=seed, labels=labels, groups=groups)
     record.update(fraction=fraction, seed=seed, excluded_nonfinite=int(nonfinite.sum()), members=int(y.sum()),
                   external=int((y == 0).sum()),
                   fit_seconds=round(time.perf_counter() - t0, 3), store=str(store_path))

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gmint.assess.metrics import Estimate, balance, membership_metrics, resampled_groups, resampling_unit
-from gmint.data.split import HOLDOUT, POOL
+from gmint.assess.metrics import Estimate, balance, membership_metrics, resampling_unit
+from gmint.data.split import HOLDOUT, POOL, one_sided_groups
 from gmint.errors import InputError
 from gmint.reference.attacks import ATTACKS, NotApplicable, Task, positions
 from gmint.reference.signals import ReferenceSignals
@@ -110,7 +110,7 @@ def compare_attacks(signals: ReferenceSignals, attacks: Sequence[str], ks: Seque
             raise InputError(f"K = {k} reference models asked for; the folder holds {signals.k}")
     fit, ids, membership = evaluation_rows(signals, seed)
     o = signals.output
-    groups = None if o.group is None else resampled_groups(membership, o.group[positions(o.sample_id, ids)])
+    groups = None if o.group is None else one_sided_groups(membership, o.group[positions(o.sample_id, ids)])
     results = []
     for name in attacks:
         attack = ATTACKS.get(name)

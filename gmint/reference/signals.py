@@ -155,6 +155,7 @@ class GradientSignals:
         inclusion: (K, N) bool, whether reference model i trained on the row.
         layers: feature names, in column order; dims: their widths.
         finite: (N,) every model's features are finite.
+        group: (N,) the row's group in the dataset (−1 none), or None where unknown.
     """
 
     sample_id: np.ndarray
@@ -167,6 +168,7 @@ class GradientSignals:
     layers: list[str]
     dims: list[int]
     finite: np.ndarray
+    group: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, d = self.target.shape
@@ -227,7 +229,7 @@ def load_signals(folder: Path, *, k: int | None = None, gradient: bool = True) -
         grad = GradientSignals(sample_id=g["sample_id"], membership=g["membership"], role=g["role"], label=g["label"],
                                target=g["features"][0], reference=g["features"][1:],
                                inclusion=manifest.included(g["sample_id"])[:k], layers=g["layers"],
-                               dims=g["dims"], finite=g["finite"])
+                               dims=g["dims"], finite=g["finite"], group=g["group"])
     return ReferenceSignals(manifest.mode, out, grad)
 
 
