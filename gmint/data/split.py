@@ -266,13 +266,13 @@ def _grouped_roles(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_
     ranked = np.concatenate(pairs)[np.argsort(np.concatenate(keys), kind="stable")]
     smaller = 0 if n_members <= n_external else 1  # the side whose count decides how many pairs
     target = min(n_members, n_external)
-    cumulative = np.cumsum(sizes[ranked[:, smaller]])
-    if not len(ranked) or target - cumulative[-1] > sizes.max() / 2:
-        available = int(cumulative[-1]) if len(ranked) else 0
+    pair_rows = sizes[ranked[:, smaller]]
+    if not len(ranked) or target - pair_rows.sum() > sizes.max() / 2:
+        available = int(pair_rows.sum())
         raise InputError(f"the grouped protocol pairs each member group with an external group of the same "
                          f"class: the train part has {len(ranked)} such pairs ({available} rows a side), fewer "
                          f"than the {target} asked for; ask for fewer, or use --protocol paper")
-    taken = ranked[:int(np.argmin(np.abs(cumulative - target))) + 1]
+    taken = ranked[:_prefix_length(pair_rows, target)]
 
     def rows_of(unit_index: np.ndarray) -> np.ndarray:
         return np.sort(train[np.isin(unit_of, units[unit_index])])
@@ -285,7 +285,7 @@ def _grouped_roles(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_
     member_rows, external_rows = sides
     _refuse_empty(member_rows, external_rows)
     n_hold = int(round(holdout * min(len(member_rows), len(external_rows))))
-    held = taken[:int(np.argmin(np.abs(np.cumsum(sizes[taken[:, 0]]) - n_hold))) + 1]
+    held = taken[:_prefix_length(sizes[taken[:, 0]], n_hold)]
     control_rows, _ = _take(rest, labels, groups, n_control, rng)
     return Roles(control_rows, member_rows, external_rows, rows_of(held[:, 0]), rows_of(held[:, 1]))
 
@@ -327,10 +327,13 @@ def _take(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, count
     ranked = units[np.argsort(keys, kind="stable")]
     sizes = np.array([np.count_nonzero(unit_of == u) for u in ranked]) if groups is not None else \
         np.ones(len(ranked), np.int64)
-    cumulative = np.cumsum(sizes)
-    k = int(np.argmin(np.abs(cumulative - count))) + 1
-    taken = np.isin(unit_of, ranked[:k])
+    taken = np.isin(unit_of, ranked[:_prefix_length(sizes, count)])
     return np.sort(rows[taken]), rows[~taken]
+
+
+def _prefix_length(sizes: np.ndarray, count: int) -> int:
+    """How many of the leading units (of `sizes` rows each) come closest to `count` rows; at least one."""
+    return int(np.argmin(np.abs(np.cumsum(sizes) - count))) + 1
 
 
 def subpool_mask(membership: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

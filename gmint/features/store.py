@@ -367,8 +367,7 @@ def _salvage(path: Path) -> None:
     with h5py.File(path, "r", swmr=True, locking=False) as old:
         done = old["done"][:]
         with FeatureStore.create(tmp, overwrite=True,
-                                 columns={name: old[name][:] if name in old else np.full(len(done), -1)
-                                          for name in ROW_COLUMNS},
+                                 columns={name: old[name][:] for name in ROW_COLUMNS if name in old},  # /2: no group
                                  dims={name: ds.shape[1] for name, ds in old["features"].items()},
                                  provenance={k: decode_attribute(v) for k, v in old.attrs.items()
                                              if k not in ("format", "complete", "rows_written")}) as new:

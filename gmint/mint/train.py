@@ -85,10 +85,11 @@ def pool_rows(store: FeatureStore, fraction: str, split_seed: int) -> np.ndarray
         return pool
     idx = np.flatnonzero(pool)
     idx = idx[np.argsort(store.column("sample_id")[idx], kind="stable")]  # the manifest's order
-    keep = subpool_mask(membership[idx], store.column("label")[idx], FRACTIONS[fraction], split_seed)
+    labels = store.column("label")[idx]
+    keep = subpool_mask(membership[idx], labels, FRACTIONS[fraction], split_seed)
     asked = FRACTIONS[fraction] * len(idx)
     if keep.sum() > FLOOR_WARNING * asked:  # e.g. D1 of 1,000 rows over 200 classes: as many rows as D10
-        strata = len(np.unique(np.stack([membership[idx], store.column("label")[idx]]), axis=1)[1])
+        strata = len(np.unique(np.stack([membership[idx], labels]), axis=1)[1])
         warnings.warn(f"{fraction} asks for {FRACTIONS[fraction]:.0%} of the {len(idx)} pool rows (about "
                       f"{asked:.0f}), but one row of each of the {strata} (member/external, class) strata gives "
                       f"{int(keep.sum())}: its figures are for that many rows", stacklevel=2)
