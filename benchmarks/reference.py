@@ -167,13 +167,26 @@ def report(rows: list[dict[str, Any]], config: Mapping[str, Any] | None, figures
     if config is not None and config.get("notes"):
         lines += ["## Reading the figures", "", str(config["notes"]).strip(), ""]
     if config is not None:
-        measured = set(cells)
-        pending = [cell_name({**config["defaults"], **c}) for c in config["cells"]
-                   if cell_name({**config["defaults"], **c}) not in measured]
+        pending = pending_runs(rows, config)
         if pending:
-            lines += ["## Pending", "", "Cells of the config not measured on this machine (2 shared CPU cores): "
-                      + ", ".join(pending) + ". Run them with `--only NAME`; rows append to the same JSONL.", ""]
+            lines += ["## Pending", "", "Parts of the config not measured yet (run them with `--only NAME`, "
+                      "`--modes` and `--ks`; rows append to the same JSONL):", "", *pending, ""]
     return "\n".join(lines)
+
+
+def pending_runs(rows: list[dict[str, Any]], config: Mapping[str, Any]) -> list[str]:
+    """One line per config cell and mode with reference-model counts K that have no row yet."""
+    measured = {(r["cell"], r["mode"], r["k"]) for r in rows}
+    out = []
+    for cell in config["cells"]:
+        cfg = {**config["defaults"], **cell}
+        name = cell_name(cfg)
+        for mode in cfg["modes"]:
+            missing = [k for k in [0, *sorted(int(k) for k in cfg["ks"])] if (name, mode, k) not in measured]
+            if missing:
+                shown = "every K" if 0 in missing else "K = " + ", ".join(map(str, missing))
+                out.append(f"- {name}, {mode}: {shown}")
+    return out
 
 
 def _as_comparison(mode: str, rows: list[dict[str, Any]]) -> Comparison:

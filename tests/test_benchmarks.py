@@ -181,3 +181,14 @@ def test_reference_aims_are_checked_against_the_best_attack_and_the_loss_thresho
     assert "AUC 0.620 vs the best of LiRA and RMIA 0.660 (rmia): not met" in norms
     assert "TPR@1%FPR 0.090 vs the best of LiRA and RMIA 0.080 (lira-offline-global): met" in norms
     assert norms.endswith("AUC 0.620 vs the loss threshold's 0.600 + 0.05: not met")
+
+
+def test_reference_report_lists_every_unmeasured_cell_mode_and_k() -> None:
+    from benchmarks.reference import pending_runs
+
+    config = {"defaults": {"modes": ["offline", "online"], "ks": [1, 2, 4]},
+              "cells": [{"dataset": "mnist", "arch": "small_cnn"},
+                        {"name": "big", "dataset": "cifar10", "arch": "resnet18", "modes": ["offline"]}]}
+    rows = [{"cell": "mnist-small_cnn", "mode": "offline", "k": k} for k in (0, 1, 2, 4)]
+    rows += [{"cell": "big", "mode": "offline", "k": k} for k in (0, 1)]
+    assert pending_runs(rows, config) == ["- mnist-small_cnn, online: every K", "- big, offline: K = 2, 4"]
