@@ -165,7 +165,8 @@ def test_resume_continues_to_the_same_weights(tmp_path: Path, digits: ImageSet, 
     monkeypatch.setattr(amint_train, "_epoch", dying_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_amint(digits, small_split, out=tmp_path / "cut", **common)  # type: ignore[arg-type]
-    assert load_audited(tmp_path / "cut" / "audited.pt").meta["epochs_done"] == 2
+    with pytest.raises(InputError, match=r"unfinished training run \(it stopped after epoch 2 of"):
+        load_audited(tmp_path / "cut" / "audited.pt")
     assert not (tmp_path / "cut" / "head.pt").exists()
     monkeypatch.setattr(amint_train, "_epoch", real_epoch)
     with pytest.raises(InputError, match="exists; pass --overwrite to replace it or --resume"):

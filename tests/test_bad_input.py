@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -130,3 +131,21 @@ def test_split_for_another_dataset(tmp_path: Path, audited_digits: tuple[Audited
     one_line_error(*invoke("extract", "--model", audited_digits[1], "--split", tmp_path / "split.json",
                         "--out", tmp_path / "x.h5"), "the split is for 'mnist'")
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_an_unfinished_training_checkpoint_is_refused_by_every_command_that_audits_it(
+        tmp_path: Path, audited_digits: tuple[AuditedModel, Path]) -> None:
+    """A run killed mid-training leaves weights that are an accident of when it died, and no record."""
+    payload = torch.load(audited_digits[1], map_location="cpu", weights_only=True)
+    meta = json.loads(payload["meta"])
+    del meta["record"]
+    payload["meta"] = json.dumps(meta)
+    cut = tmp_path / "cut.pt"
+    torch.save(payload, cut)
+    with pytest.raises(InputError, match=f"unfinished training run \\(it stopped after epoch {meta['epochs_done']} of"):
+        load_audited(cut)
+    for args in (("extract", "--model", cut, "--out", tmp_path / "f.h5"),
+                 ("reference", "train", "--model", cut, "--out", tmp_path / "refs")):
+        code, out = invoke(*args)
+        one_line_error(code, out, "unfinished training run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pt"]

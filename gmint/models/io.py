@@ -165,6 +165,7 @@ def load_audited(path: Path, *, arch: str | None = None, torchscript: bool = Fal
     payload = read_checkpoint(path, hints=True)
     if "meta" in payload and "state_dict" in payload:
         meta = json.loads(payload["meta"])
+        refuse_unfinished(path, meta)
         module = _from_arch(arch) if arch else build(meta["arch"], **meta["arch_args"])
         _load_state(module, payload["state_dict"], path)
         return AuditedModel(module.eval(), meta)
@@ -173,6 +174,19 @@ def load_audited(path: Path, *, arch: str | None = None, torchscript: bool = Fal
     module = _from_arch(arch)
     _load_state(module, payload, path)
     return AuditedModel(module.eval(), {"format": "state-dict", "arch": arch})
+
+
+def refuse_unfinished(path: Path, meta: dict[str, Any]) -> None:
+    """Refuse a training checkpoint whose run stopped before its end: its weights are an accident of when it was
+    killed, and a model's record (accuracies, loss quantiles) is written only when training ends.
+
+    Raises:
+        InputError: `meta` records training progress (`epochs_done`) but no final `record`.
+    """
+    if "epochs_done" in meta and "record" not in meta:
+        cap = meta.get("train_config", {}).get("epochs", "?")
+        raise InputError(f"{path} is an unfinished training run (it stopped after epoch {meta['epochs_done']} of "
+                         f"{cap}); finish it with --resume on the command that trained it before auditing it")
 
 
 def _unsafe_load(path: Path, kinds: tuple[str, ...], wanted: str, load: Callable[[], Any]) -> Any:
