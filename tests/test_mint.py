@@ -270,3 +270,19 @@ def test_a_classifier_stops_on_whole_groups_it_never_trained_on() -> None:
     assert grouped["validation"] == "whole groups (16)" and grouped["val_rows"] == 80
     by_row = MINT_MODELS.get("mlp")(6, max_epochs=5).fit(x, y, seed=1)
     assert by_row["validation"] == "rows" and by_row["val_rows"] == 80
+
+
+def test_the_threshold_classifier_ranks_rows_as_its_signal_does_however_close_the_values() -> None:
+    """Two outliers make the spread large; members and externals then differ by 1e-7 on a signal whose
+    standardised values sit near -0.16, where float32 steps by 1.5e-8: rounded, every row would tie."""
+    from gmint.mint.base import MINT_MODELS, Standardiser, input_dtype
+
+    externals, members = np.arange(200) * 1e-10, 1e-7 + np.arange(200) * 1e-10
+    signal = np.concatenate([externals, members, [1e3, 1e3]])[:, None]
+    y = np.concatenate([np.zeros(200), np.ones(200), [0, 1]]).astype(np.int64)
+    model = MINT_MODELS.get("threshold")(1)
+    scaler = Standardiser.fit(signal)
+    model.fit(scaler(signal, input_dtype(model)), y, seed=0)
+    score = model.predict_proba(scaler(signal, input_dtype(model)))
+    assert roc_auc_score(y, score) == roc_auc_score(y, signal[:, 0]) > 0.99
+    assert len(np.unique(scaler(signal)[:400])) < 10  # the float32 a network takes has lost the ranking

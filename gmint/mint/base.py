@@ -89,9 +89,19 @@ class Standardiser:
         std = np.where(std > 0, std, 1.0)
         return cls(x.mean(axis=0).astype(np.float32), std.astype(np.float32))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """(n, d) raw features → (n, d) standardised float32."""
-        return ((x - self.mean) / self.std).astype(np.float32)
+    def __call__(self, x: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
+        """(n, d) raw features → (n, d) standardised, as `dtype`: a network's float32, or float64 for a classifier
+        that ranks one signal as it is (see `input_dtype`), computed at that precision or the features' own."""
+        work = np.asarray(x)
+        work = work.astype(np.promote_types(work.dtype, dtype), copy=False)  # float32 rows stay float32 for a net
+        return ((work - self.mean) / self.std).astype(dtype)
+
+
+def input_dtype(model: object) -> type[np.floating]:
+    """The dtype a classifier takes its standardised features in: float32 unless it declares `input_dtype`
+    (the threshold classifier does: float32 would round close values of one signal, such as the tiny losses
+    of memorised members, into ties its ranking then depends on)."""
+    return getattr(model, "input_dtype", np.float32)
 
 
 class MintClassifier(Protocol):
@@ -151,7 +161,7 @@ class TrainedMint:
     def predict_proba(self, features: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """(n,) P(member) for raw (unstandardised) features in the spec's column order, and the rows'
         true classes (needed by class-specific classifiers)."""
-        return self.model.predict_proba(self.scaler(features), labels)
+        return self.model.predict_proba(self.scaler(features, input_dtype(self.model)), labels)
 
     def save(self, path: Path) -> None:
         """Write the classifier, its spec, scaler, fitted ids and record to `path`, whole or not at all."""

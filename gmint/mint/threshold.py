@@ -26,7 +26,10 @@ def best_threshold(membership: np.ndarray, score: np.ndarray) -> float:
 
 @MINT_MODELS.register("threshold")
 class ThresholdMint:
-    """P(member) = sigmoid(direction · (x − threshold)) on one standardised signal."""
+    """P(member) = sigmoid(direction · (x − threshold)) on one standardised signal, in float64 throughout so
+    that its ranking is the signal's own."""
+
+    input_dtype = np.float64
 
     def __init__(self, input_dim: int) -> None:
         if input_dim != 1:
@@ -44,9 +47,10 @@ class ThresholdMint:
                 "threshold": self.threshold, "train_rows": len(y)}
 
     def predict_proba(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-        """(n,) P(member), above 0.5 exactly on the member side of the threshold."""
+        """(n,) P(member) in float64, above 0.5 exactly on the member side of the threshold (float32 would tie
+        values within 6e-8 of 0.5, i.e. signal values within about 2e-7 standard deviations of the threshold)."""
         z = self.direction * np.asarray(x, np.float64)[:, 0] - self.threshold
-        return (1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))).astype(np.float32)
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
 
     def state(self) -> dict[str, torch.Tensor]:
         """Direction and threshold."""

@@ -21,7 +21,7 @@ from gmint.data.split import FRACTIONS, POOL, one_sided_groups, subpool_mask
 from gmint.errors import InputError, UnknownNameError
 from gmint.features.layers import match_setup
 from gmint.features.store import FeatureStore
-from gmint.mint.base import MINT_MODELS, FeatureSpec, MintBuilder, Standardiser, TrainedMint
+from gmint.mint.base import MINT_MODELS, FeatureSpec, MintBuilder, Standardiser, TrainedMint, input_dtype
 
 
 def setup_features(store: FeatureStore, setup: str) -> list[str]:
@@ -144,7 +144,7 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
     except TypeError as exc:  # an option the classifier does not take, or a value it cannot use
         raise InputError(f"{kind} MINT classifier: {exc}{_known_options(builder, x.shape[1], options)}") from None
     t0 = time.perf_counter()
-    record = model.fit(scaler(x), y, seed=seed, labels=labels, groups=groups)
+    record = model.fit(scaler(x, input_dtype(model)), y, seed=seed, labels=labels, groups=groups)
     record.update(fraction=fraction, seed=seed, excluded_nonfinite=int(nonfinite.sum()), members=int(y.sum()),
                   external=int((y == 0).sum()),
                   fit_seconds=round(time.perf_counter() - t0, 3), store=str(store_path))

@@ -50,7 +50,7 @@ from scipy.stats import norm
 from gmint.assess.metrics import auc
 from gmint.data.split import one_sided_groups
 from gmint.errors import InputError
-from gmint.mint.base import MINT_MODELS, Standardiser
+from gmint.mint.base import MINT_MODELS, Standardiser, input_dtype
 from gmint.mint.threshold import best_threshold
 from gmint.reference.signals import GradientSignals, OutputSignals, ReferenceSignals
 from gmint.registry import Registry
@@ -424,8 +424,9 @@ def fit_mint_scores(x: np.ndarray, g: GradientSignals, fit: np.ndarray, rows: np
     scaler = Standardiser.fit(x[fit])
     model = MINT_MODELS.get(kind)(x.shape[1], **options)
     groups = None if g.group is None else one_sided_groups(y, g.group[fit])
-    record = model.fit(scaler(x[fit]), y, seed=task.seed, labels=g.label[fit], groups=groups)
-    score = model.predict_proba(scaler(x[rows]), g.label[rows])
+    dtype = input_dtype(model)
+    record = model.fit(scaler(x[fit], dtype), y, seed=task.seed, labels=g.label[fit], groups=groups)
+    score = model.predict_proba(scaler(x[rows], dtype), g.label[rows])
     return score, {"kind": kind, "mint_options": options, "fit_rows": int(len(fit)), "features": int(x.shape[1]),
                    "fit": {k: v for k, v in record.items() if isinstance(v, int | float | str)}}
 
