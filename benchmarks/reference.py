@@ -51,8 +51,9 @@ def cell_name(cfg: Mapping[str, Any]) -> str:
 
 
 def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path, out: Path, figures: Path, *,
-             data_root: Path | None, show_progress: bool, machine: dict[str, Any]) -> None:
-    """One cell: audited model, then per mode and K the reference models, stores and attacks."""
+             data_root: Path | None, show_progress: bool, machine: dict[str, Any], workers: int = 1) -> None:
+    """One cell: audited model, then per mode and K the reference models, stores and attacks (with `workers`,
+    that many reference models train at once, so a K trains ahead up to `workers` models when it is smaller)."""
     cfg = {**defaults, **cell}
     name = cell_name(cfg)
     done = {(r["cell"], r["mode"], r["attack"], r["k"]) for r in read_rows(out)}
@@ -82,8 +83,9 @@ def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path
             if not todo:
                 continue
             t0 = time.perf_counter()
-            train_references(data, audited_path, refs, mode=mode, k=k, seed=int(cfg["seed"]), init=str(cfg["init"]),
-                             resume=(refs / "references.json").exists(), show_progress=show_progress)
+            train_references(data, audited_path, refs, mode=mode, k=max(k, min(workers, ks[-1])),
+                             seed=int(cfg["seed"]), init=str(cfg["init"]), resume=(refs / "references.json").exists(),
+                             workers=workers, show_progress=show_progress)
             trained = time.perf_counter() - t0
             extract_references(data, refs, k=k, settings=settings, show_progress=show_progress)
             extracted = time.perf_counter() - t0 - trained
@@ -236,11 +238,15 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="write the Markdown report from --out and exit")
     parser.add_argument("--markdown", type=Path, default=None, help="the report (default: --out with .md)")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="reference models trained at once, one process "
+                        "each (the weights do not depend on it)")
     args = parser.parse_args()
     config = tomllib.loads(args.config.read_text())
     modes = args.modes.split(",") if args.modes else None
     if modes and (unknown := sorted(set(modes) - set(MODES))):
         parser.error(f"--modes: unknown {unknown}; choose from {list(MODES)}")
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     figures = args.out.with_suffix("")
     if args.report:
         text = report(read_rows(args.out), config, figures)
@@ -262,7 +268,7 @@ def main() -> None:
         if modes:
             cell = {**cell, "modes": modes}
         run_cell(cell, {**defaults, "ks": defaults["ks"]}, args.workdir, args.out, figures, data_root=args.data_root,
-                 show_progress=args.progress, machine=machine)
+                 show_progress=args.progress, machine=machine, workers=args.workers)
 
 
 if __name__ == "__main__":

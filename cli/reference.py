@@ -51,12 +51,16 @@ def train(model: Path = typer.Option(..., help="The audited gmint checkpoint: it
           data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
                                             "(default: $GMINT_DATA; digits needs none)."),
           device: str = device_option(),
+          workers: int = typer.Option(1, min=1, help="Models trained at once, each in its own process (each on "
+                                                     "its recipe's threads); the weights are the same for any "
+                                                     "number."),
           resume: bool = flag("--resume", "Continue (or grow to a larger --k) the set in --out."),
           overwrite: bool = flag("--overwrite", "Replace a set of another design in --out.")) -> None:
     """Train K reference models with the audited model's recipe, one checkpoint each, resumable."""
     check_output(out, "--out", folder=True, overwrite=overwrite, resume=resume, inputs={"--model": model})
     manifest = train_references(_audited_data(model, data_root), model, out, mode=mode, k=k, seed=seed, init=init,
-                                resume=resume, overwrite=overwrite, device=device, show_progress=show_progress())
+                                resume=resume, overwrite=overwrite, device=device, workers=workers,
+                                show_progress=show_progress())
     console.print(f"{out}: {manifest.k} {manifest.mode} reference models on halves of {len(manifest.pool)} pool rows "
                   f"({manifest.grouped_by}s drawn whole)")
     for i in range(manifest.k):

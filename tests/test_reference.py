@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit, make_split
@@ -221,6 +222,28 @@ def test_offline_reference_models_never_train_on_a_candidate(setup: tuple[Path, 
     assert ReferenceSet.load(folder / "offline") == manifest
 
 
+def test_models_trained_in_worker_processes_equal_the_sequential_ones(setup: tuple[Path, MembershipSplit],
+                                                                     digits: ImageSet, tmp_path: Path) -> None:
+    """Each model is seeded and trained alone, so two workers give the weights of the sequential loop; a pool
+    also resumes a set it only half trained, keeping the finished model's file."""
+    folder, _ = setup
+    sequential = train_references(digits, folder / "audited.pt", tmp_path / "one", mode="online", k=3)
+    train_references(digits, folder / "audited.pt", tmp_path / "two", mode="online", k=1)
+    first = (tmp_path / "two" / sequential.model_file(0)).read_bytes()
+    parallel = train_references(digits, folder / "audited.pt", tmp_path / "two", mode="online", k=3, workers=2,
+                                resume=True)
+    assert parallel == sequential and (tmp_path / "two" / sequential.model_file(0)).read_bytes() == first
+    for i in range(3):
+        one = load_audited(tmp_path / "one" / sequential.model_file(i))
+        two = load_audited(tmp_path / "two" / sequential.model_file(i))
+        assert one.meta["rows"] == two.meta["rows"] and one.meta["record"] == two.meta["record"]
+        for a, b in zip(one.module.state_dict().values(), two.module.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(InputError, match="workers must be at least 1"):
+        train_references(digits, folder / "audited.pt", tmp_path / "two", mode="online", k=3, workers=0,
+                         resume=True)
+
+
 def test_online_reference_models_hold_each_candidate_in_half(setup: tuple[Path, MembershipSplit],
                                                              digits: ImageSet) -> None:
     from gmint.reference.models import design_references
@@ -260,7 +283,7 @@ def test_training_rows_are_part_of_the_resume_recipe(tmp_path: Path, digits: Ima
 def test_cli_trains_extracts_and_compares(setup: tuple[Path, MembershipSplit], tmp_path: Path) -> None:
     folder, _ = setup
     refs, report = tmp_path / "refs", tmp_path / "report"
-    result = run("reference", "train", "--model", folder / "audited.pt", "--k", "2", "--out", refs)
+    result = run("reference", "train", "--model", folder / "audited.pt", "--k", "2", "--out", refs, "--workers", "2")
     assert result.code == 0, result.stderr
     again = run("reference", "train", "--model", folder / "audited.pt", "--k", "2", "--out", refs)
     assert again.code == 1 and "--resume" in again.stderr

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import multiprocessing
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -246,7 +248,7 @@ def check_offline(manifest: ReferenceSet, split: MembershipSplit) -> None:
 
 def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str = "offline", k: int = 4,
                      seed: int = 0, init: str = "audited", resume: bool = False, overwrite: bool = False,
-                     device: str = "cpu", show_progress: bool = False) -> ReferenceSet:
+                     device: str = "cpu", workers: int = 1, show_progress: bool = False) -> ReferenceSet:
     """Train K reference models with the audited checkpoint's recipe into the folder `out`.
 
     The recipe (architecture and its options, preprocessing, TrainConfig, split) is read from the audited
@@ -265,7 +267,9 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
         resume: continue (or grow) the set in `out`.
         overwrite: replace a set of another design in `out` (its models are retrained).
         device: where the models train.
-        show_progress: one bar over the models, and each model's own.
+        workers: models trained at once, each in its own process (on a machine with cores to spare: each
+            model uses its recipe's threads); the weights are the same for any number.
+        show_progress: one bar over the models, and (with one worker) each model's own.
 
     Raises:
         InputError: an existing set without `resume`/`overwrite` or of another design, or one that cannot be
@@ -274,6 +278,8 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
     out = Path(out)
     if resume and overwrite:
         raise InputError(f"resume continues {out}, overwrite replaces it: pass one of them")
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
     audited = load_audited(audited_path)
     manifest = design_references(audited, audited_path, data, mode=mode, k=k, seed=seed, init=init)
     existing = (out / MANIFEST).exists()
@@ -295,14 +301,73 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
     assert isinstance(arch_args, dict)
     options = {key: value for key, value in arch_args.items() if key not in _DERIVED_ARCH_ARGS}
     transform = Transform.from_dict(meta["transform"])  # type: ignore[arg-type]
+    jobs = [_ModelJob(arch=str(meta["arch"]), transform=transform,
+                      config=replace(config, seed=manifest.model_seed(i, config.seed)),
+                      out=out / manifest.model_file(i), arch_options=options, rows=manifest.rows_of(i).tolist(),
+                      overwrite=overwrite, device=device) for i in range(manifest.k)]
     with progress_bar(f"reference models ({mode})", manifest.k, enabled=show_progress) as bar:
-        for i in range(manifest.k):
-            train_audited(data, split, arch=str(meta["arch"]), transform=transform,
-                          config=replace(config, seed=manifest.model_seed(i, config.seed)),
-                          out=out / manifest.model_file(i), arch_options=options, rows=manifest.rows_of(i).tolist(),
-                          resume=not overwrite, overwrite=overwrite, device=device, show_progress=show_progress)
-            bar.advance(1, manifest.model_file(i))
+        if workers == 1:
+            for job in jobs:
+                job.run(data, split, show_progress=show_progress)
+                bar.advance(1, job.out.name)
+        else:
+            _train_in_workers(jobs, data, split, workers, lambda name: bar.advance(1, name))
     return manifest
+
+
+@dataclass(frozen=True)
+class _ModelJob:
+    """One reference model's training call: everything but the data, so a worker process can run it."""
+
+    arch: str
+    transform: Transform
+    config: TrainConfig
+    out: Path
+    arch_options: dict[str, object]
+    rows: list[int]
+    overwrite: bool
+    device: str
+
+    def run(self, data: ImageSet, split: MembershipSplit, *, show_progress: bool = False) -> str:
+        """Train (or resume, or keep a finished) model; its file name."""
+        train_audited(data, split, arch=self.arch, transform=self.transform, config=self.config, out=self.out,
+                      arch_options=self.arch_options, rows=self.rows, resume=not self.overwrite,
+                      overwrite=self.overwrite, device=self.device, show_progress=show_progress)
+        return self.out.name
+
+
+_WORKER_DATA: tuple[ImageSet, MembershipSplit] | None = None
+
+
+def _worker_init(data: ImageSet, split: MembershipSplit) -> None:
+    global _WORKER_DATA
+    _WORKER_DATA = (data, split)
+
+
+def _worker_run(job: _ModelJob) -> str:
+    assert _WORKER_DATA is not None
+    return job.run(*_WORKER_DATA)
+
+
+def _train_in_workers(jobs: Sequence[_ModelJob], data: ImageSet, split: MembershipSplit, workers: int,
+                      finished: Callable[[str], None]) -> None:
+    """Train the models in `workers` processes at once, each on its config's threads.
+
+    Every model is seeded and trained alone in its process, so its weights are those of a sequential run; each
+    checkpoints every epoch as usual, so a killed pool resumes like a killed loop. The data is sent to each worker
+    once. The first failure stops the pool (models not started stay untrained) and is raised here.
+    """
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools into the workers
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
+                             initargs=(data, split)) as pool:
+        futures = [pool.submit(_worker_run, job) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                finished(future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def reference_models(folder: Path, k: int | None = None) -> list[Path]:
