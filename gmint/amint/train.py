@@ -34,7 +34,7 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
-from gmint.models.io import AuditedModel, fingerprint, read_checkpoint, save_checkpoint
+from gmint.models.io import AuditedModel, fingerprint, read_checkpoint, save_checkpoint, training_finished
 from gmint.models.train import (
     AUGMENTATIONS,
     OPTIMIZERS,
@@ -178,7 +178,7 @@ def train_amint(data: ImageSet, split: MembershipSplit, *, arch: str, transform:
     start_epoch, elapsed, norms = 0, 0.0, None
     if resume and target.exists():
         saved = _restore(target, model, head, optimizer, scheduler, meta)
-        if saved["epochs_done"] == train_cfg.epochs and "record" in saved and (out / HEAD_FILE).exists():
+        if saved["epochs_done"] == train_cfg.epochs and training_finished(saved) and (out / HEAD_FILE).exists():
             finished = TrainedHead.load(out / HEAD_FILE)
             if finished.model_fingerprint == fingerprint(model):
                 return AmintModel(AuditedModel(model.eval(), saved), finished, out)

@@ -176,14 +176,20 @@ def load_audited(path: Path, *, arch: str | None = None, torchscript: bool = Fal
     return AuditedModel(module.eval(), {"format": "state-dict", "arch": arch})
 
 
+def training_finished(meta: dict[str, Any]) -> bool:
+    """Whether a training checkpoint's run reached its end (the cap, or the target accuracy): a model's record
+    (accuracies, loss quantiles) is written only then."""
+    return "record" in meta
+
+
 def refuse_unfinished(path: Path, meta: dict[str, Any]) -> None:
     """Refuse a training checkpoint whose run stopped before its end: its weights are an accident of when it was
-    killed, and a model's record (accuracies, loss quantiles) is written only when training ends.
+    killed.
 
     Raises:
-        InputError: `meta` records training progress (`epochs_done`) but no final `record`.
+        InputError: `meta` records training progress (`epochs_done`) but the run did not finish.
     """
-    if "epochs_done" in meta and "record" not in meta:
+    if "epochs_done" in meta and not training_finished(meta):
         cap = meta.get("train_config", {}).get("epochs", "?")
         raise InputError(f"{path} is an unfinished training run (it stopped after epoch {meta['epochs_done']} of "
                          f"{cap}); finish it with --resume on the command that trained it before auditing it")

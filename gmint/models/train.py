@@ -24,7 +24,7 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
-from gmint.models.io import AuditedModel, read_checkpoint, save_checkpoint
+from gmint.models.io import AuditedModel, read_checkpoint, save_checkpoint, training_finished
 from gmint.models.zoo import build
 from gmint.progress import progress_bar
 from gmint.registry import Registry
@@ -161,7 +161,7 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
     start_epoch, elapsed = 0, 0.0
     if resume and out.exists():
         saved = _restore(out, model, optimizer, scheduler, meta)
-        if "record" in saved:  # written only when training ends: at the cap, or at the target accuracy
+        if training_finished(saved):
             return AuditedModel(model.eval(), saved)  # a finished run: nothing to do, the file stays as it is
         history, start_epoch = saved["history"], saved["epochs_done"]  # type: ignore[assignment]
         elapsed = float(saved.get("train_seconds", 0.0))  # type: ignore[arg-type]
