@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,11 @@ def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path
                             config=train_config(cfg["train"]), out=audited_path,
                             arch_options=dict(cfg.get("arch_options", {})), resume=True, show_progress=show_progress)
     print(f"[{name}] audited: {audited.meta['record']}", flush=True)
+    if other := rows_of_another_model(read_rows(out), name, cfg["modes"], audited.fingerprint,
+                                      audited.meta["record"]):
+        raise SystemExit(f"{out} holds {other} rows of {name} measured on another audited model than "
+                         f"{audited_path} (trained again, or on another machine): one table's rows come from one "
+                         f"model; move them out of {out}, or write to another --out, and run the cell again")
     settings = ExtractSettings(layers=str(cfg["layers"]), reduction=str(cfg["reduction"]), engine=str(cfg["engine"]),
                                batch_size=int(cfg["batch_size"]), seed=int(cfg["seed"]))
     for mode in cfg["modes"]:
@@ -98,7 +103,7 @@ def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path
                 row = {"cell": name, "dataset": cfg["dataset"], "arch": cfg["arch"], "mode": mode,
                        "attack": result.attack, "k": result.k, **result.to_dict(),
                        "rows": comparison.to_dict()["rows"], "intervals": comparison.intervals,
-                       "audited_record": audited.meta["record"],
+                       "audited_record": audited.meta["record"], "audited_fingerprint": audited.fingerprint,
                        "audited_train_seconds": audited.meta["train_seconds"],
                        "reference_train_seconds": reference_seconds if result.k else [],
                        "stage_seconds": {"train": round(trained, 1), "extract": round(extracted, 1)},
@@ -112,6 +117,17 @@ def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path
                 shown = (f"AUC {metrics['auc'].value:.3f} TPR@1% {metrics['tpr_at_1pct_fpr'].value}"
                          if metrics else result.unresolved)
                 print(f"[{name}] {mode} K={k} {result.attack:24s} {shown}", flush=True)
+
+
+def rows_of_another_model(rows: list[dict[str, Any]], cell: str, modes: Sequence[str], fingerprint: str,
+                          record: Mapping[str, Any]) -> int:
+    """How many of `cell`'s rows in `modes` were measured on an audited model other than this one: by its
+    weights' sha256 where a row records it, else by its record (rows written before the fingerprint was).
+    Retraining a model on another CPU changes its low bits, so rows measured before and after must not share
+    a table."""
+    return sum(1 for r in rows if r["cell"] == cell and r["mode"] in modes
+               and (r["audited_fingerprint"] != fingerprint if "audited_fingerprint" in r
+                    else r["audited_record"] != dict(record)))
 
 
 def _fmt(metric: Mapping[str, Any] | None) -> str:
@@ -134,19 +150,15 @@ def report(rows: list[dict[str, Any]], config: Mapping[str, Any] | None, figures
     for cell in cells:
         mine = [r for r in rows if r["cell"] == cell]
         first = mine[0]
-        rec = first["audited_record"]
         lines += [f"## {cell}", "",
                   f"Split: {first['split']['members']} members, {first['split']['external']} external, "
                   f"{first['split']['control']} population rows; scored on {first['rows']['members']} + "
                   f"{first['rows']['external']} held-out rows, attacks fitted on {first['rows']['fit_rows']} pool "
-                  f"rows. Audited model: member accuracy {rec['members_accuracy']:.3f}, external "
-                  f"{rec['external_accuracy']:.3f}" + (f", test {rec['test_accuracy']:.3f}" if "test_accuracy" in rec
-                                                      else "") +
-                  f"; trained in {first['audited_train_seconds']:.0f} s.", ""]
+                  "rows.", ""]
         for mode in dict.fromkeys(r["mode"] for r in mine):
             at = [r for r in mine if r["mode"] == mode]
             seconds = max((r["reference_train_seconds"] for r in at), key=len, default=[])
-            lines += [f"### {mode} reference models", "",
+            lines += [f"### {mode} reference models", "", _audited_line(at[0]), "",
                       "Training seconds of each reference model: " + ", ".join(f"{s:.0f}" for s in seconds), "",
                       "| attack | K | AUC | TPR @ 1% FPR | TPR @ 0.1% FPR |", "|---|---|---|---|---|"]
             for r in sorted(at, key=lambda r: (list(dict.fromkeys(x["attack"] for x in at)).index(r["attack"]),
@@ -174,6 +186,14 @@ def report(rows: list[dict[str, Any]], config: Mapping[str, Any] | None, figures
             lines += ["## Pending", "", "Parts of the config not measured yet (run them with `--only NAME`, "
                       "`--modes` and `--ks`; rows append to the same JSONL):", "", *pending, ""]
     return "\n".join(lines)
+
+
+def _audited_line(row: Mapping[str, Any]) -> str:
+    """The audited model a table's rows were measured on (one per table: `rows_of_another_model`)."""
+    rec = row["audited_record"]
+    test = f", test {rec['test_accuracy']:.3f}" if "test_accuracy" in rec else ""
+    return (f"Audited model: member accuracy {rec['members_accuracy']:.3f}, external {rec['external_accuracy']:.3f}"
+            f"{test}, mean external loss {rec['external_loss']:.4f}; trained in {row['audited_train_seconds']:.0f} s.")
 
 
 def pending_runs(rows: list[dict[str, Any]], config: Mapping[str, Any]) -> list[str]:

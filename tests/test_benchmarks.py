@@ -192,3 +192,17 @@ def test_reference_report_lists_every_unmeasured_cell_mode_and_k() -> None:
     rows = [{"cell": "mnist-small_cnn", "mode": "offline", "k": k} for k in (0, 1, 2, 4)]
     rows += [{"cell": "big", "mode": "offline", "k": k} for k in (0, 1)]
     assert pending_runs(rows, config) == ["- mnist-small_cnn, online: every K", "- big, offline: K = 2, 4"]
+
+
+def test_reference_rows_of_another_audited_model_are_found() -> None:
+    from benchmarks.reference import rows_of_another_model
+
+    record = {"members_accuracy": 0.9658, "external_loss": 0.6665}
+    rows = [{"cell": "c", "mode": "offline", "audited_record": record},  # written before rows had fingerprints
+            {"cell": "c", "mode": "offline", "audited_record": record, "audited_fingerprint": "aa"},
+            {"cell": "c", "mode": "online", "audited_record": {**record, "external_loss": 0.7}},
+            {"cell": "d", "mode": "offline", "audited_record": {}, "audited_fingerprint": "zz"}]
+    assert rows_of_another_model(rows, "c", ["offline"], "aa", record) == 0
+    assert rows_of_another_model(rows, "c", ["offline"], "bb", record) == 1  # the fingerprint decides where kept
+    assert rows_of_another_model(rows, "c", ["offline"], "aa", {**record, "members_accuracy": 0.9674}) == 1
+    assert rows_of_another_model(rows, "c", ["offline", "online"], "aa", record) == 1
