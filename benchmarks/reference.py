@@ -281,7 +281,8 @@ def main() -> None:
         except ValueError:
             parser.error(f"--ks takes whole numbers separated by commas, e.g. 1,2,4; got {args.ks!r}")
     machine = {key: value for key, value in machine_info(1, torch.device("cpu")).items()
-               if key in ("cpu", "cores", "torch", "python", "gmint", "commit", "uncommitted_changes", "date")}
+               if key in ("cpu", "cpu_isa", "cores", "torch", "python", "gmint", "commit", "uncommitted_changes",
+                          "date")}
     for cell in config["cells"]:
         if args.only and cell_name({**defaults, **cell}) not in args.only:
             continue

@@ -537,12 +537,21 @@ def add_ratios(methods: dict[str, Json]) -> None:
             result["peak_ratio"] = r
 
 
+# The vector extensions that choose CPU kernels: two machines that differ in them can train the same seed to
+# weights that differ in the low bits, which the figures measured on them then carry.
+CPU_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
 def machine_info(threads: int, device: torch.device) -> Json:
-    """CPU model, cores, library versions, load, date and the gmint commit, for the report's header."""
+    """CPU model and vector extensions, cores, library versions, load, date and the gmint commit, for the
+    report's header."""
     cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in _read("/proc/cpuinfo").splitlines()
+                  if line.startswith("flags")), [])
     info: Json = {
-        "cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+        "cpu": cpu, "cpu_isa": [f for f in flags if f in CPU_ISA], "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
         "threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "device": str(device),
         "torch": torch.__version__, "python": platform.python_version(),
         "gmint": gmint.__version__, "commit": _git("rev-parse", "--short", "HEAD"),
