@@ -56,7 +56,8 @@ def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path
     that many reference models train at once, so a K trains ahead up to `workers` models when it is smaller)."""
     cfg = {**defaults, **cell}
     name = cell_name(cfg)
-    done = {(r["cell"], r["mode"], r["attack"], r["k"]) for r in read_rows(out)}
+    measured = read_rows(out)
+    done = {(r["cell"], r["mode"], r["attack"], r["k"]) for r in measured}
     attacks = list(cfg["attacks"])
     ks = sorted(int(k) for k in cfg["ks"])
     wanted = [(mode, a, k) for mode in cfg["modes"] for a in attacks
@@ -74,8 +75,8 @@ def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path
                             config=train_config(cfg["train"]), out=audited_path,
                             arch_options=dict(cfg.get("arch_options", {})), resume=True, show_progress=show_progress)
     print(f"[{name}] audited: {audited.meta['record']}", flush=True)
-    if other := rows_of_another_model(read_rows(out), name, cfg["modes"], audited.fingerprint,
-                                      audited.meta["record"]):
+    audited_fingerprint = audited.fingerprint  # sha256 over the weights: once, not per row
+    if other := rows_of_another_model(measured, name, cfg["modes"], audited_fingerprint, audited.meta["record"]):
         raise SystemExit(f"{out} holds {other} rows of {name} measured on another audited model than "
                          f"{audited_path} (trained again, or on another machine): one table's rows come from one "
                          f"model; move them out of {out}, or write to another --out, and run the cell again")
@@ -103,7 +104,7 @@ def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path
                 row = {"cell": name, "dataset": cfg["dataset"], "arch": cfg["arch"], "mode": mode,
                        "attack": result.attack, "k": result.k, **result.to_dict(),
                        "rows": comparison.to_dict()["rows"], "intervals": comparison.intervals,
-                       "audited_record": audited.meta["record"], "audited_fingerprint": audited.fingerprint,
+                       "audited_record": audited.meta["record"], "audited_fingerprint": audited_fingerprint,
                        "audited_train_seconds": audited.meta["train_seconds"],
                        "reference_train_seconds": reference_seconds if result.k else [],
                        "stage_seconds": {"train": round(trained, 1), "extract": round(extracted, 1)},

@@ -545,10 +545,10 @@ CPU_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 def machine_info(threads: int, device: torch.device) -> Json:
     """CPU model and vector extensions, cores, library versions, load, date and the gmint commit, for the
     report's header."""
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in _read("/proc/cpuinfo").splitlines()
-                  if line.startswith("flags")), [])
+    cpuinfo = _read("/proc/cpuinfo").splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+               platform.processor() or "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
     info: Json = {
         "cpu": cpu, "cpu_isa": [f for f in flags if f in CPU_ISA], "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
