@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 import gmint
 from gmint.threads import fit_threads_to_cores
-from gmint_cli import amint, audited, demo, depth, evaluate, extract, info, reference, score, serve, split, train
+from gmint_cli import amint, audited, demo, depth, evaluate, extract, info, model, reference, score, serve, split, train
 from gmint_cli.console import one_line_warnings, print_error
 
 if TYPE_CHECKING:  # the installed typer's (vendored) click, for its types only: the module is private
@@ -49,6 +49,8 @@ app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True
 app.command("demo")(demo.demo)
 app.command("split")(split.split)
 app.add_typer(audited.app, name="audited", help="Train audited models for experiments.")
+app.add_typer(model.app, name="model", help="Models trained outside gmint: describe one once (code, preprocessing, "
+              "output, classes), then audit it as any other.")
 app.command("extract")(extract.extract)
 app.command("layers")(extract.list_layers)
 app.command("train")(train.train)

@@ -14,7 +14,10 @@ import typer
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
-from gmint.errors import GmintError
+from gmint.errors import DESCRIBE_HINT, GmintError
+
+# Remedies the library names in its own terms, and the command that carries each out.
+HINTS = {DESCRIBE_HINT: "describe it once with `gmint model import` (its code, preprocessing, output and classes)"}
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -43,6 +46,8 @@ err_console = _Console(stderr=True, soft_wrap=True)
 
 def print_error(message: str) -> None:
     """One red line on stderr: how every user mistake is reported (brackets in it are text, not markup)."""
+    for phrase, command in HINTS.items():
+        message = message.replace(phrase, command)
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from gmint.assess.candidates import model_input
+from gmint.assess.candidates import model_classes, model_input, relabel
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
@@ -26,6 +27,7 @@ from gmint.features.reduce import REDUCTIONS
 from gmint.features.shards import merge_shards, run_distributed, world
 from gmint.features.sources import SOURCES
 from gmint.features.store import writer_pid
+from gmint.models.check import ModelCheck, check_model
 from gmint.models.io import AuditedModel
 from gmint_cli.console import cli_errors, console, print_json, show_progress
 from gmint_cli.inputs import ARCH_HELP, MODEL_HELP, TORCHSCRIPT_HELP, TRUST_PICKLE_HELP, load_data, load_model
@@ -94,6 +96,9 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
                                                            f"{choices(LOSSES)}."),
             image_size: int = typer.Option(None, min=1, help="Resize images to this side (default: the model's "
                                                             "recorded transform)."),
+            min_member_accuracy: float = typer.Option(None, min=0.0, max=1.0, help="Warn where the audited model "
+                                                      "classifies fewer of its declared members correctly (default: "
+                                                      "no floor; the other checks always run)."),
             batch_size: int = typer.Option(128, min=1, help="Rows per batch written to the store."),
             chunk_size: int = typer.Option(64, min=1, help="Samples per vmap call."),
             seed: int = typer.Option(0, help="Seed for seeded reductions."),
@@ -111,7 +116,7 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     name = data or audited.meta.get("dataset")
     if not name:
         raise InputError("--data is required for a model without gmint metadata")
-    images = load_data(str(name), data_root, size=image_size, size_option="--image-size")
+    images = as_model_classes(load_data(str(name), data_root, size=image_size, size_option="--image-size"), audited)
     if split:
         manifest = MembershipSplit.load(split)
     elif "split" in audited.meta:
@@ -124,11 +129,12 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     check_model_input(images, audited, transform)
     rows = split_rows(manifest)
     rank, world_size = world()
+    check = report_model_check(audited, images, manifest, transform, min_member_accuracy, device, seed, rank == 0)
 
     def run(shard: tuple[int, int], on_device: str) -> Path:
         return run_extract(audited, images, rows, out=out, layers=setup, reduction=reduction, engine=engine,
                            source=source, transform=transform, loss=loss, batch_size=batch_size,
-                           chunk_size=chunk_size, seed=seed, split=manifest,
+                           chunk_size=chunk_size, seed=seed, split=manifest, model_check=check,
                            trained_outside=model_trained_outside_gmint, resume=resume, overwrite=overwrite,
                            device=on_device, shard=shard, max_memory=budget,
                            show_progress=show_progress() and shard[0] == 0)
@@ -152,19 +158,37 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
                   f"layers {setup}, {source}, {reduction}, {engine})")
 
 
+def as_model_classes(images: ImageSet, audited: AuditedModel) -> ImageSet:
+    """The dataset labelled in the audited model's class indices, matched by class name (or by index where the
+    data's classes are named 0, 1, …); a class the model does not know is refused."""
+    classes = model_classes(audited)
+    return relabel(images, classes) if classes is not None and tuple(classes) != images.classes else images
+
+
+def report_model_check(audited: AuditedModel, images: ImageSet, split: MembershipSplit, transform: Transform,
+                       floor: float | None, device: str, seed: int, speak: bool) -> ModelCheck | None:
+    """How the audited model classifies its declared members and the externals, printed before any Weight
+    Modifier is computed, with a loud warning for each sign of a wrong description (recorded in the store too)."""
+    check = check_model(audited, images, split, transform, min_member_accuracy=floor, device=device, seed=seed)
+    if speak and check is not None:
+        console.print(check.summary())
+        for warning in check.warnings:
+            console.print(f"[bold yellow]WARNING:[/] {escape(warning)}", highlight=False)
+    return check
+
+
 def model_transform(audited: AuditedModel, image_size: int | None) -> Transform:
-    """The preprocessing `extract` applies: resizing to --image-size where given (or where the model records
-    no transform), else the transform recorded with the model."""
-    recorded = audited.meta.get("transform")
-    if image_size or not isinstance(recorded, Mapping):
-        return Transform(size=image_size)
-    return Transform.from_dict(dict(recorded))
+    """The preprocessing the audited model records, resized to --image-size where given (its normalisation
+    and channels stay the model's own); a model that records none is refused (see `AuditedModel.transform`)."""
+    transform = audited.transform
+    return replace(transform, size=image_size, crop=None) if image_size else transform
 
 
 def example_input(audited: AuditedModel, images: ImageSet | None, image_size: int | None) -> torch.Tensor | None:
     """One input as `extract` feeds the model (its first row, through the model's transform), so `layers`
-    orders weights exactly as `extract` does; zeros of the recorded input shape when no data is given."""
-    transform = model_transform(audited, image_size)
+    orders weights exactly as `extract` does; zeros of the recorded input shape when no data is given. The
+    order does not depend on the normalisation, so a model that records none is ordered on plain pixels."""
+    transform = model_transform(audited, image_size) if audited.description else Transform(size=image_size)
     if images is not None:
         return transform(images.images[:1])
     args = audited.meta.get("arch_args")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# The remedy for a model that records no preprocessing, in the library's terms; the CLI puts its own command
+# in this phrase's place.
+DESCRIBE_HINT = "import it once with its description (architecture, preprocessing, classes)"
+
 
 class GmintError(Exception):
     """Base class: a problem with the user's input or environment, not a bug in gmint."""

@@ -18,7 +18,6 @@ from gmint.assess.candidates import match_channels, model_input
 from gmint.assess.scoring import SUBSET_HINT, Audit, Calibration, SampleScores
 from gmint.assess.verdict import set_test
 from gmint.data.base import ImageSet
-from gmint.data.transforms import Transform
 from gmint.errors import InputError, StoreMismatchError
 from gmint.models.io import AuditedModel
 
@@ -65,8 +64,7 @@ def audit_with_head(audited: AuditedModel, head: TrainedHead, data: ImageSet, in
                          f"{SUBSET_HINT}")
     channels, side = model_input(audited)
     data = match_channels(data, channels, to_grey=to_grey)
-    recorded = audited.meta.get("transform")
-    transform = Transform.from_dict(dict(recorded)) if isinstance(recorded, dict) else Transform()
+    transform = audited.transform
     if side is not None and transform.size is None:
         transform = replace(transform, size=side)  # a no-op at the training size, a resize otherwise
     outputs = forward_rows(audited.module, head.module, data, index, transform, batch_size=batch_size,

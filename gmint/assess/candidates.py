@@ -8,7 +8,7 @@ Errors say what is wrong and what would fix it in the library's terms; the CLI n
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,11 +28,11 @@ TO_GREY_HINT = "convert them explicitly (to_grey: luma)"
 
 
 def model_input(audited: AuditedModel) -> tuple[int | None, int | None]:
-    """(channels, side) of the audited model's input: from its gmint metadata, else the channels of a
-    first convolution; None where unknown."""
-    args = audited.meta.get("arch_args")
-    if isinstance(args, Mapping) and "in_channels" in args and "image_size" in args:
-        return int(args["in_channels"]), int(args["image_size"])
+    """(channels, side) of the audited model's input: as its description records them, else the channels of
+    a first convolution; None where unknown."""
+    description = audited.description
+    if description is not None:
+        return description.input_channels, description.input_size
     names = weight_layers(audited.module)
     weight = dict(audited.module.named_parameters())[names[0]] if names else None
     return (int(weight.shape[1]) if weight is not None and weight.dim() == 4 else None), None
@@ -40,9 +40,10 @@ def model_input(audited: AuditedModel) -> tuple[int | None, int | None]:
 
 def model_classes(audited: AuditedModel) -> list[str] | None:
     """The audited model's class names (index = label), or `0..k-1` when only the count is recorded."""
-    classes, count = audited.meta.get("classes"), audited.meta.get("num_classes")
-    if isinstance(classes, list):
-        return [str(c) for c in classes]
+    description = audited.description
+    if description is not None and description.classes is not None:
+        return list(description.classes)
+    count = description.num_classes if description is not None else audited.meta.get("num_classes")
     if isinstance(count, int):
         return [str(c) for c in range(count)]
     return None

@@ -129,8 +129,7 @@ def sweep_depth(audited: AuditedModel, data: ImageSet, split: MembershipSplit, w
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model = audited.module.eval()
-    recorded = audited.meta.get("transform")
-    transform = transform or (Transform.from_dict(recorded) if isinstance(recorded, dict) else Transform())
+    transform = transform or audited.transform
     rows = split_rows(split)
     example = transform(data.images[rows.index[:1]])
     chosen = resolve_modules(model, blocks, example)

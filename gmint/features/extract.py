@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from gmint.features.reduce import parse_reduction
 from gmint.features.shards import shard_bounds, shard_path
 from gmint.features.sources import SOURCES
 from gmint.features.store import FeatureStore
+from gmint.models.check import ModelCheck, check_model
 from gmint.models.io import AuditedModel
 from gmint.progress import progress_bar
 from gmint.version import __version__
@@ -55,7 +57,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
             transform: Transform | None = None,
             loss: str = "cross_entropy", batch_size: int = 128, chunk_size: int | None = 64,
             seed: int = 0, split: MembershipSplit | None = None, trained_outside: bool = False,
-            resume: bool = False, overwrite: bool = False,
+            model_check: ModelCheck | None = None, resume: bool = False, overwrite: bool = False,
             device: str = "cpu", shard: tuple[int, int] = (0, 1), max_memory: int | None = None,
             show_progress: bool = False) -> Path:
     """Compute reduced Weight Modifiers of `rows` and stream them into the HDF5 store `out`.
@@ -80,6 +82,9 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
             split recorded with the audited model, if any.
         trained_outside: the audited model was trained outside gmint: accept a split other than the one
             its metadata records (see `gmint.data.split.check_model_split`).
+        model_check: how the model classifies the split's members and externals (`check_model`), recorded with
+            its warnings in the provenance; measured here, before any Weight Modifier, where a split is given
+            without one.
         resume: continue a partial store with the same provenance instead of refusing to touch it.
         overwrite: replace an existing store at `out`.
         device: where the model runs (`cpu`, `cuda`, `cuda:N`).
@@ -93,7 +98,11 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     """
     if split is not None:
         check_model_split(audited.meta, split, trained_outside=trained_outside)
-    transform = transform or Transform.from_dict(audited.meta["transform"])  # type: ignore[arg-type]
+    transform = transform or audited.transform
+    if split is not None and model_check is None:
+        model_check = check_model(audited, data, split, transform, device=device, seed=seed)
+        for warning in model_check.warnings if model_check is not None and shard[0] == 0 else ():
+            warnings.warn(warning, stacklevel=2)
     rank, world_size = shard
     if world_size > 1:
         lo, hi = shard_bounds(len(rows.index), batch_size, rank, world_size)
@@ -138,6 +147,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         "layer_presets": {p: feature_names(n) for p, n in run.presets(model, example).items()},
         "split_sha256": split.sha256 if split else "", "split_seed": split.seed if split else -1,
         "transform": transform.to_dict(), "seed": seed,
+        **({"model_check": model_check.to_dict()} if model_check is not None else {}),
         "n_rows": len(rows.index),
         "rows_sha256": rows_sha256(rows),
         "device": device,

@@ -7,8 +7,6 @@ A gmint checkpoint is a dict of tensors plus one JSON string (`meta`), so it loa
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
 import json
 import pickle
 import zipfile
@@ -20,9 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from gmint.errors import InputError, UnsupportedModelError
+from gmint.data.transforms import Transform
+from gmint.errors import DESCRIBE_HINT, InputError, UnsupportedModelError
 from gmint.files import atomic_write
-from gmint.models.zoo import build
+from gmint.models.description import TENSOR, ModelDescription, build_architecture, select_output
+
+# Where a TorchScript file imported with its description keeps it (an extra file of the archive).
+SCRIPT_META = "gmint/meta.json"
 
 
 @dataclass
@@ -31,6 +33,26 @@ class AuditedModel:
 
     module: nn.Module
     meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def description(self) -> ModelDescription | None:
+        """How the model is built, fed and read, as its checkpoint records it; None for a model that records
+        no preprocessing (a plain state dict, a TorchScript file or a pickle loaded as it is)."""
+        return ModelDescription.from_meta(self.meta)
+
+    @property
+    def transform(self) -> Transform:
+        """The preprocessing the model was trained with.
+
+        Raises:
+            InputError: the model records none; feeding it inputs prepared another way would audit a model
+                that never saw them, so nothing is assumed.
+        """
+        description = self.description
+        if description is None:
+            raise InputError(f"the audited model records no preprocessing (image size, mean, std), and auditing "
+                             f"it with guessed inputs would measure the wrong thing; {DESCRIBE_HINT}")
+        return description.transform
 
     @property
     def fingerprint(self) -> str:
@@ -135,15 +157,18 @@ def read_checkpoint(path: Path, *, hints: bool = False) -> dict[str, Any]:
         raise InputError(f"{path} is a damaged checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
 
 
-def load_audited(path: Path, *, arch: str | None = None, torchscript: bool = False,
-                 trust_pickle: bool = False) -> AuditedModel:
-    """Load an audited model, in eval mode.
+def load_audited(path: Path, *, arch: str | None = None, arch_args: Mapping[str, Any] | None = None,
+                 torchscript: bool = False, trust_pickle: bool = False) -> AuditedModel:
+    """Load an audited model, in eval mode, reading its logits as its description says.
 
     Args:
-        path: a gmint checkpoint, a plain state dict (with `arch`), a TorchScript file
-            (`torchscript=True`) or — only with `trust_pickle=True` — a pickled full module.
-        arch: `package.module:factory` building the module for a plain state dict (or, for a checkpoint,
-            instead of the zoo architecture it records).
+        path: a gmint checkpoint (trained by gmint, or a model from outside imported with its description), a
+            plain state dict (with `arch`), a TorchScript file (`torchscript=True`) or — only with
+            `trust_pickle=True` — a pickled full module. Only a checkpoint (or a TorchScript file imported
+            with its description) records the preprocessing an audit needs.
+        arch: a zoo name, `package.module:factory` or `path/to/file.py:factory` building the module for a
+            plain state dict (or, for a checkpoint, instead of the architecture it records).
+        arch_args: the factory's keyword arguments (default: those the checkpoint records, else none).
         torchscript: load `path` as TorchScript, which runs code from the file.
         trust_pickle: load `path` as a pickled module, which runs code from the file.
 
@@ -152,9 +177,11 @@ def load_audited(path: Path, *, arch: str | None = None, torchscript: bool = Fal
     """
     path = _model_file(path)
     if torchscript:
+        extra = {SCRIPT_META: ""}
         module = _unsafe_load(path, ("torchscript",), "a TorchScript archive",
-                              lambda: torch.jit.load(str(path), map_location="cpu"))
-        return AuditedModel(module.eval(), {"format": "torchscript"})
+                              lambda: torch.jit.load(str(path), map_location="cpu", _extra_files=extra))
+        meta = json.loads(extra[SCRIPT_META]) if extra[SCRIPT_META] else {"format": "torchscript"}
+        return AuditedModel(select_output(module.eval(), str(meta.get("output", TENSOR))), meta)
     if trust_pickle:
         module = _unsafe_load(path, ("torch", "pickle"), "a pickled module",
                               lambda: torch.load(path, map_location="cpu", weights_only=False))
@@ -166,14 +193,16 @@ def load_audited(path: Path, *, arch: str | None = None, torchscript: bool = Fal
     if "meta" in payload and "state_dict" in payload:
         meta = json.loads(payload["meta"])
         refuse_unfinished(path, meta)
-        module = _from_arch(arch) if arch else build(meta["arch"], **meta["arch_args"])
-        _load_state(module, payload["state_dict"], path)
-        return AuditedModel(module.eval(), meta)
+        recorded = dict(meta.get("arch_args") or {})
+        module = build_architecture(arch or meta["arch"], recorded if arch_args is None else arch_args,
+                                    sha256=None if arch else meta.get("arch_sha256"))
+        load_state(module, payload["state_dict"], path)
+        return AuditedModel(select_output(module.eval(), str(meta.get("output", TENSOR))), meta)
     if arch is None:
         raise InputError(f"{path} is a plain state dict; pass --arch package.module:factory to build the model")
-    module = _from_arch(arch)
-    _load_state(module, payload, path)
-    return AuditedModel(module.eval(), {"format": "state-dict", "arch": arch})
+    module = build_architecture(arch, arch_args or {})
+    load_state(module, payload, path)
+    return AuditedModel(module.eval(), {"format": "state-dict", "arch": arch, "arch_args": dict(arch_args or {})})
 
 
 def training_finished(meta: dict[str, Any]) -> bool:
@@ -211,30 +240,8 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().split("\n")[0]
 
 
-def _from_arch(arch: str) -> nn.Module:
-    module_name, _, attr = arch.partition(":")
-    if not attr:
-        raise InputError(f"--arch must look like package.module:factory, got '{arch}'")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise InputError(f"cannot import {arch} ({exc})") from None
-    if not callable(factory):
-        raise InputError(f"--arch {arch} is a {type(factory).__name__}, not a function or class building the model")
-    try:
-        inspect.signature(factory).bind()
-    except TypeError as exc:
-        raise InputError(f"--arch {arch} cannot be called without arguments ({exc}); give a factory that builds "
-                         "the model on its own, e.g. a module-level `def build(): return Net(...)`") from None
-    except ValueError:
-        pass  # no signature to check (some builtins): calling it is the check
-    model = factory()
-    if not isinstance(model, nn.Module):
-        raise InputError(f"{arch}() returned {type(model).__name__}, not an nn.Module")
-    return model
-
-
-def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load `state` into `module`, every key and shape matching (one line naming what differs, else)."""
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches raise even when strict=False

@@ -220,7 +220,8 @@ def audited_record(model: nn.Module, data: ImageSet, split: MembershipSplit, tra
     with progress_bar("evaluate audited model", sum(len(r) for r in sets.values()),
                       enabled=show_progress) as bar:
         for name, rows in sets.items():
-            losses, correct = sample_losses(model, data, rows, transform, device=device, on_batch=bar.advance)
+            losses, predicted = sample_losses(model, data, rows, transform, device=device, on_batch=bar.advance)
+            correct = predicted == data.labels[rows]
             record[f"{name}_accuracy"], record[f"{name}_loss"] = float(correct.mean()), float(losses.mean())
             for q in LOSS_QUANTILES:
                 record[f"{name}_loss_q{q}"] = float(np.percentile(losses, q))
@@ -234,8 +235,9 @@ def evaluate(model: nn.Module, data: ImageSet, rows: np.ndarray, transform: Tran
              device: str = "cpu", batch_size: int = 256,
              on_batch: Callable[[int], None] | None = None) -> tuple[float, float]:
     """(mean loss, accuracy) of the model on `rows`."""
-    losses, correct = sample_losses(model, data, rows, transform, device=device, batch_size=batch_size,
-                                    on_batch=on_batch)
+    losses, predicted = sample_losses(model, data, rows, transform, device=device, batch_size=batch_size,
+                                      on_batch=on_batch)
+    correct = predicted == data.labels[rows]
     return (float(losses.mean()), float(correct.mean())) if len(rows) else (0.0, 0.0)
 
 
@@ -243,20 +245,20 @@ def evaluate(model: nn.Module, data: ImageSet, rows: np.ndarray, transform: Tran
 def sample_losses(model: nn.Module, data: ImageSet, rows: np.ndarray, transform: Transform, *,
                   device: str = "cpu", batch_size: int = 256,
                   on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's cross-entropy loss (float64) and whether the model classifies it correctly."""
-    losses, correct = [], []
+    """Each row's cross-entropy loss (float64) and the class the model predicts for it."""
+    losses, predicted = [], []
     for start in range(0, len(rows), batch_size):
         idx = rows[start:start + batch_size]
         x = transform(data.images[idx]).to(device)
         y = torch.from_numpy(data.labels[idx]).to(device)
         logits = model(x).double()
         losses.append(F.cross_entropy(logits, y, reduction="none").cpu().numpy())
-        correct.append((logits.argmax(1) == y).cpu().numpy())
+        predicted.append(logits.argmax(1).cpu().numpy())
         if on_batch:
             on_batch(len(idx))
     if not losses:
-        return np.empty(0), np.empty(0, bool)
-    return np.concatenate(losses), np.concatenate(correct)
+        return np.empty(0), np.empty(0, np.int64)
+    return np.concatenate(losses), np.concatenate(predicted)
 
 
 def _epoch(model: nn.Module, data: ImageSet, members: np.ndarray, transform: Transform,
