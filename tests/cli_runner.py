@@ -39,3 +39,13 @@ def snapshot(folder: Path) -> dict[Path, tuple[bytes, int]]:
     """Bytes and modification time of every file under `folder`: equal snapshots mean nothing was written,
     replaced, created or deleted there."""
     return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def import_state_dict(state: Path, arch: str, out: Path, *, mean: str = "0.5", std: str = "0.5",
+                      image_size: int = 8) -> Path:
+    """`gmint model import` of a plain state dict, as a user describes a model from outside before auditing it
+    (the digits models of the tests take 8x8 images normalised as gmint's zoo is)."""
+    done = run("model", "import", state, "--arch", arch, "--image-size", image_size, "--channels", 1, "--mean", mean,
+               "--std", std, "--out", out)
+    assert done.code == 0, done.stderr
+    return out

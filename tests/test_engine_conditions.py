@@ -28,7 +28,7 @@ from gmint.features.reduce import parse_reduction
 from gmint.features.sources import SOURCES
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
-from tests.cli_runner import run
+from tests.cli_runner import import_state_dict, run
 
 
 class FunctionalReuseLinear(nn.Module):
@@ -520,7 +520,8 @@ class DigitsAttention(nn.Module):
 def test_layers_and_extract_agree_on_an_attention_model(tmp_path: Path) -> None:
     torch.manual_seed(0)
     torch.save(DigitsAttention().state_dict(), tmp_path / "sd.pt")
-    model = ["--model", tmp_path / "sd.pt", "--arch", "tests.test_engine_conditions:DigitsAttention"]
+    model = ["--model", import_state_dict(tmp_path / "sd.pt", "tests.test_engine_conditions:DigitsAttention",
+                                          tmp_path / "model.pt")]
     listed = run("layers", *model, "--data", "digits", "--json")
     assert listed.code == 0, listed.stderr
     found = json.loads(listed.stdout)
@@ -545,8 +546,10 @@ def test_cli_says_in_one_line_which_engine_ran_and_why(tmp_path: Path) -> None:
     torch.save(DigitsFunctionalReuse().state_dict(), tmp_path / "sd.pt")
     assert run("split", "--data", "digits", "--members", "60", "--external", "60",
                "--out", tmp_path / "split.json").code == 0
-    done = run("extract", "--model", tmp_path / "sd.pt", "--arch", "tests.test_engine_conditions:DigitsFunctionalReuse",
-               "--data", "digits", "--split", tmp_path / "split.json", "--layers", "fc.weight,head.weight",
+    model = import_state_dict(tmp_path / "sd.pt", "tests.test_engine_conditions:DigitsFunctionalReuse",
+                              tmp_path / "model.pt")
+    done = run("extract", "--model", model, "--data", "digits", "--split", tmp_path / "split.json",
+               "--layers", "fc.weight,head.weight",
                "--engine", "hooks", "--out", tmp_path / "f.h5")
     assert done.code == 0, done.stderr
     lines = done.stderr.strip().splitlines()

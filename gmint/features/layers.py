@@ -4,6 +4,11 @@ A *weight layer* is a module whose `weight` parameter has two or more dimensions
 layers whose per-sample update gMINT reads. Presets pick them by depth, in the order the forward pass
 first uses each weight when an example input is given (registration order can differ, e.g. a ViT head
 defined first); a weight the forward never uses is never picked by a preset.
+
+A weight shared by several modules (tied: `model.head.weight = model.embed.weight`) is one parameter with one
+gradient, the sum over its uses. It is named by its canonical name, the one `model.named_parameters()` lists
+(where it was first registered, `embed.weight`): layer lists and presets count it once, at its first use,
+any of its names selects it (`head.weight` too), and engines and stores know it by the canonical name.
 """
 
 from __future__ import annotations
@@ -48,16 +53,32 @@ def _combined(weights: list[str]) -> list[str]:
 
 
 def weight_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
-    """Names of the `weight` parameters of all weight layers, in forward order when possible (weights the
-    forward never uses come last)."""
+    """Canonical names of the `weight` parameters of all weight layers, in forward order when possible
+    (weights the forward never uses come last); a weight tied between layers is listed once, by the name
+    `named_parameters()` gives it (see `parameter_aliases` for its other names)."""
     used, unused = _split_by_use(model, example_input)
     return used + unused
 
 
+def parameter_aliases(model: nn.Module) -> dict[str, str]:
+    """Every other name of a shared parameter → its canonical name.
+
+    `named_parameters()` lists a parameter held in several places (a tied weight, a module registered under
+    two names) once, under its first registration; the rest are the aliases, which a user may still type.
+    `head.weight = embed.weight` gives `{"head.weight": "embed.weight"}`.
+    """
+    canonical = {id(p): name for name, p in model.named_parameters()}
+    return {name: canonical[id(p)] for name, p in model.named_parameters(remove_duplicate=False)
+            if canonical[id(p)] != name}
+
+
 def _weights(model: nn.Module) -> list[str]:
-    """Weight-layer weights in registration order."""
-    return [f"{name}.weight" if name else "weight" for name, m in model.named_modules()
-            if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() >= 2]
+    """Weight-layer weights in registration order, by canonical name, each once: names built from module
+    paths would name a tied weight under a module `named_parameters()` does not list it for."""
+    canonical = {id(p): name for name, p in model.named_parameters()}
+    return list(dict.fromkeys(canonical[id(m.weight)] for _, m in model.named_modules()
+                              if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() >= 2
+                              and id(m.weight) in canonical))
 
 
 def _split_by_use(model: nn.Module, example_input: torch.Tensor | None) -> tuple[list[str], list[str]]:
@@ -104,11 +125,13 @@ def resolve_layers(model: nn.Module, setup: str | Sequence[str],
     Args:
         model: the audited model.
         setup: `entry` | `middle` | `output` | `combined`, or names/globs such as `features.0.weight`,
-            `layer4.*.conv2.weight`, given as a list or one comma-separated string (see `match_setup`).
+            `layer4.*.conv2.weight`, given as a list or one comma-separated string (see `match_setup`). Names
+            and globs match every name of a tied parameter, its aliases included.
         example_input: one batch, used to order layers by forward execution.
 
     Returns:
-        Parameter names in forward order, without duplicates.
+        Canonical parameter names (a tied weight selected as `head.weight` comes back as the
+        `embed.weight` that `named_parameters()` lists), in forward order, without duplicates.
 
     Raises:
         UnknownNameError: a name or glob that matches no parameter, or a model without weight layers.
@@ -117,14 +140,15 @@ def resolve_layers(model: nn.Module, setup: str | Sequence[str],
     if not weights:
         raise UnknownNameError("the model has no weight layers (Conv/Linear) to audit")
     presets = {name: LAYER_PRESETS.get(name)(weights) for name in LAYER_PRESETS}
-    matches = match_setup(setup, [name for name, _ in model.named_parameters()], presets)
+    aliases = parameter_aliases(model)
+    matches = match_setup(setup, [name for name, _ in model.named_parameters(remove_duplicate=False)], presets)
     for item, found in matches.items():
         if not found:
             raise UnknownNameError(
                 f"layer '{item}' matches no parameter; use a preset {LAYER_PRESETS.names()} or a "
                 f"parameter name such as {weights[0]!r} (see `gmint layers`)")
     order = {n: i for i, n in enumerate(weights + unused)}
-    names = list(dict.fromkeys(n for found in matches.values() for n in found))
+    names = list(dict.fromkeys(aliases.get(n, n) for found in matches.values() for n in found))
     return sorted(names, key=lambda n: order.get(n, len(order)))
 
 

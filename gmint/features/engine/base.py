@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.func import vmap
 
 from gmint.errors import InputError, UnsupportedModelError
+from gmint.features.layers import parameter_aliases
 from gmint.registry import Registry
 
 
@@ -198,6 +199,9 @@ def check_auditable(model: nn.Module, layers: list[str]) -> None:
     params = dict(model.named_parameters())
     missing = [n for n in layers if n not in params]
     if missing:
-        raise UnsupportedModelError(f"the model has no parameters {missing}")
+        # A tied weight's other names are not keys of named_parameters(), which every engine indexes.
+        aliases = parameter_aliases(model)
+        shown = ", ".join(f"{n!r} (tied: name it {aliases[n]!r})" if n in aliases else repr(n) for n in missing)
+        raise UnsupportedModelError(f"the model has no parameters named {shown}")
     if not layers:
         raise UnsupportedModelError("no layers selected")

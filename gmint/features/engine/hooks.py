@@ -215,18 +215,22 @@ def _conv2d_l2(layer: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor | None:
 def unsupported_parameters(model: nn.Module, layers: list[str]) -> dict[str, str]:
     """Selected parameters the hooks engine cannot compute exactly, with the reason (known before running)."""
     owners = _owners(model)
-    holders: dict[int, set[int]] = {}
-    for _, module in model.named_modules(remove_duplicate=False):
+    # A parameter held by several modules (a tied weight) is used by each: its gradient sums every use,
+    # while the formulas see its own module's call only. Like a weight also used functionally elsewhere
+    # (found by `plan_hooks`' probe), it is left to `vmap`, which differentiates the parameter itself.
+    holders: dict[int, list[tuple[str, nn.Module]]] = {}
+    for module_name, module in model.named_modules():
         for p in module.parameters(recurse=False):
-            holders.setdefault(id(p), set()).add(id(module))
+            holders.setdefault(id(p), []).append((module_name or type(model).__name__, module))
     reasons = {}
     for name in layers:
-        module = owners[name][1]
-        kind = owners[name][2]
+        _, module, kind = owners[name]
+        others = [other for other, holder in holders[id(getattr(module, kind))] if holder is not module]
         if (type(module), kind) not in GRADIENTS:
             reasons[name] = f"{type(module).__name__}.{kind} has no hook formula"
-        elif len(holders[id(getattr(module, kind))]) > 1:
-            reasons[name] = "the parameter is shared with another module"
+        elif others:
+            reasons[name] = (f"the parameter is shared with {', '.join(others)} (tied), so its gradient sums "
+                             f"the uses of {len(others) + 1} modules")
     return reasons
 
 
