@@ -70,8 +70,9 @@ def import_(weights: Path = typer.Argument(..., help="The model's weights: a sta
             image_size: int = typer.Option(None, help="Side the images are resized to (no default: "
                                                       "required, or in --transform)."),
             crop: int = typer.Option(None, help="Centre crop after the resize (default: none)."),
-            channels: int = typer.Option(None, help="Convert images to 1 (luma) or 3 channels first (default: keep "
-                                                    "them; the model's channels are read from its first conv)."),
+            channels: int = typer.Option(None, help="Channels the model takes, 1 or 3; images with the other count "
+                                                    "are converted (grey repeated, colour to luma) (default: read "
+                                                    "from the first convolution, images never converted)."),
             mean: str = typer.Option(None, help="Normalisation mean, one value or one per channel, e.g. 0.1307 or "
                                                 "0.485,0.456,0.406 (no default: required, or in --transform)."),
             std: str = typer.Option(None, help="Normalisation std, as --mean (no default: required, or in "

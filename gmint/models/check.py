@@ -101,7 +101,7 @@ def check_model(audited: AuditedModel, data: ImageSet, split: MembershipSplit, t
         seed: seeds the samples of large sets.
     """
     description = audited.description
-    if description is not None and description.num_classes < 2:
+    if description is not None and description.num_classes is not None and description.num_classes < 2:
         return None
     model = audited.module.eval().to(device)
     rng = np.random.default_rng([seed, 7])
@@ -194,14 +194,17 @@ def _class_order(data: ImageSet, rows: np.ndarray, predicted: np.ndarray, accura
     """Classes the members are mostly predicted as another class, in words, where renaming them so would
     classify the members much better (a class list in another order); None otherwise."""
     labels = data.labels[rows]
-    renamed_right, moved = 0, []
+    renamed_right, moved, targets = 0, [], []
     for cls in np.unique(labels):
         counts = np.bincount(predicted[labels == cls], minlength=len(data.classes))
         top = int(counts.argmax())
         renamed_right += int(counts[top])
+        targets.append(top)
         if top != cls:
             moved.append((data.classes[cls], data.classes[top]))
-    if len(moved) < 2 or renamed_right / len(rows) - accuracy < CLASS_ORDER_GAIN:
+    # Only a renaming (no two classes predicted as one) is a class order; a model that predicts one class for
+    # everything is untrained or fed the wrong inputs, which the other checks speak of.
+    if len(moved) < 2 or len(set(targets)) < len(targets) or renamed_right / len(rows) - accuracy < CLASS_ORDER_GAIN:
         return None
     pairs = ", ".join(f"'{a}' as '{b}'" for a, b in moved[:4]) + (", …" if len(moved) > 4 else "")
     return (f"the class order looks wrong: members of {len(moved)} classes are mostly predicted as another class "

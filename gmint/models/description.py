@@ -44,11 +44,11 @@ class ModelDescription:
             path) or `path/to/file.py:factory` (recorded as an absolute path).
         arch_args: keyword arguments of the factory.
         transform: the preprocessing the model was trained with.
-        input_channels: channels the model takes.
+        input_channels: channels the model takes (None: not recorded, in metas older than descriptions).
         input_size: side of the square images the model takes (None: any).
         output: where the logits are: `tensor`, `index:N` or `key:NAME` (see `read_output`).
         classes: class names, index = label; None where only their number is known.
-        num_classes: outputs of the model (1 for a single logit).
+        num_classes: outputs of the model (1 for a single logit; None: not recorded).
         arch_sha256: hash of the source file `arch` is defined in, where it is the user's code: a changed
             file may compute another function with the same weights.
     """
@@ -56,16 +56,16 @@ class ModelDescription:
     arch: str
     arch_args: dict[str, Any]
     transform: Transform
-    input_channels: int
+    input_channels: int | None
     input_size: int | None
-    num_classes: int
+    num_classes: int | None
     output: str = TENSOR
     classes: tuple[str, ...] | None = None
     arch_sha256: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         parse_output(self.output)
-        if self.classes is not None:
+        if self.classes is not None and self.num_classes is not None:
             if len(self.classes) != self.num_classes and not (self.num_classes == 1 and len(self.classes) == 2):
                 raise InputError(f"{len(self.classes)} class names for a model with {self.num_classes} outputs")
             duplicated = sorted({c for c in self.classes if self.classes.count(c) > 1})
@@ -88,13 +88,16 @@ class ModelDescription:
             return None
         args = dict(meta.get("arch_args") or {})
         shape = meta.get("input") or {"channels": args.get("in_channels"), "size": args.get("image_size")}
-        classes = meta.get("classes")
+        classes, count = meta.get("classes"), meta.get("num_classes")
         return cls(arch=str(meta["arch"]), arch_args=args, transform=Transform.from_dict(meta["transform"]),
-                   input_channels=int(shape["channels"]),
-                   input_size=None if shape.get("size") is None else int(shape["size"]),
-                   num_classes=int(meta["num_classes"]), output=str(meta.get("output", TENSOR)),
+                   input_channels=_whole(shape.get("channels")), input_size=_whole(shape.get("size")),
+                   num_classes=_whole(count), output=str(meta.get("output", TENSOR)),
                    classes=tuple(map(str, classes)) if isinstance(classes, list) else None,
                    arch_sha256=meta.get("arch_sha256"))
+
+
+def _whole(value: object) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def parse_output(output: str) -> tuple[str, str | int]:
@@ -193,11 +196,10 @@ def select_output(module: nn.Module, selector: str) -> nn.Module:
     key = (cls, selector)
     if key not in _SELECTED:
         def forward(self: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
-            return read_output(super(selected, self).forward(*args, **kwargs), selector)
+            return read_output(cls.forward(self, *args, **kwargs), selector)
 
-        selected = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
-                                               "__qualname__": cls.__qualname__})
-        _SELECTED[key] = selected
+        _SELECTED[key] = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
+                                                     "__qualname__": cls.__qualname__})
     module.__class__ = _SELECTED[key]
     return module
 
@@ -321,10 +323,17 @@ def file_sha256(path: Path) -> str:
 
 
 def canonical_arch(arch: str) -> str:
-    """`arch` as recorded: a file path made absolute (a relative one would mean another file elsewhere)."""
+    """`arch` as recorded, so that it builds the same module from any working directory: a file path made
+    absolute, and a top-level module of the user's own (`mymodels:build` beside the working directory)
+    recorded as its file. Modules of packages keep their import name (their relative imports need it)."""
     target, sep, attr = arch.rpartition(":")
-    if sep and target.endswith(".py"):
+    if not sep:
+        return arch
+    if target.endswith(".py"):
         return f"{Path(target).expanduser().resolve()}:{attr}"
+    _, source = import_factory(arch)
+    if "." not in target and source is not None and source.name != "__init__.py":
+        return f"{source}:{attr}"
     return arch
 
 
