@@ -1,14 +1,16 @@
-"""`gmint split`: draw a seeded membership split and save its manifest."""
+"""`gmint split`: draw a seeded membership split, or describe the auditor's own lists, and save its manifest."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
 from gmint.data.base import DATASETS
-from gmint.data.split import PROTOCOLS, make_split
+from gmint.data.split import PAPER_HINT, PROTOCOLS, MembershipSplit, make_split, read_item_list, split_from_lists
 from gmint.errors import InputError
 from gmint_cli.console import cli_errors, console, print_json
 from gmint_cli.inputs import load_data
@@ -16,6 +18,9 @@ from gmint_cli.options import choices, flag
 from gmint_cli.outputs import check_output
 
 SIZE_HELP = "a fraction in (0, 1) of the train part, e.g. 0.4, or a whole number of rows, e.g. 900"
+LIST_HELP = ("a text file (one image path or row id a line; # comments), a CSV (its first column, or its file, "
+             "path, sample_id or row column) or a JSON list; paths are relative to the dataset folder")
+SIZES = ("members", "external", "control")
 
 
 def parse_size(text: str, option: str) -> float | int:
@@ -33,11 +38,17 @@ def parse_size(text: str, option: str) -> float | int:
 
 
 @cli_errors
-def split(data: str = typer.Option("digits", help=f"Dataset: {choices(DATASETS)}."),
+def split(ctx: typer.Context,
+          data: str = typer.Option("digits", help=f"Dataset: {choices(DATASETS)}."),
           data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
                                          "(default: $GMINT_DATA; digits needs none)."),
           members: str = typer.Option("0.5", help=f"Members: {SIZE_HELP}."),
           external: str = typer.Option("0.5", help=f"External: {SIZE_HELP}."),
+          members_list: Path = typer.Option(None, help=f"The rows that trained the model, listed: {LIST_HELP}. "
+                                            "Given with --external-list instead of --members/--external/"
+                                            "--control (default: none, a random split)."),
+          external_list: Path = typer.Option(None, help="The rows the model never saw, listed as for "
+                                             "--members-list (default: none)."),
           holdout: float = typer.Option(0.5, help="Fraction of the smaller side held out for evaluation."),
           control: str = typer.Option("0", help=f"Rows reserved for a negative-control model: {SIZE_HELP}; "
                                                 "0 for none."),
@@ -48,14 +59,57 @@ def split(data: str = typer.Option("digits", help=f"Dataset: {choices(DATASETS)}
           out: Path = typer.Option(Path("split.json"), help="Manifest to write."),
           overwrite: bool = flag("--overwrite", "Replace an existing --out."),
           json_out: bool = flag("--json", "Print the result as JSON instead.")) -> None:
-    """Draw a seeded, class-balanced membership split (members / external, pool / holdout)."""
-    check_output(out, "--out", overwrite=overwrite)
-    sizes = {name: parse_size(text, f"--{name}") for name, text in
-             (("members", members), ("external", external), ("control", control))}
-    images = load_data(data, data_root)
-    manifest = make_split(images, **sizes, holdout=holdout, protocol=protocol, seed=seed)
+    """Draw a seeded, class-balanced membership split (members / external, pool / holdout), or make one from
+    your own lists of members and external samples."""
+    listed = members_list is not None or external_list is not None
+    if listed:
+        if members_list is None or external_list is None:
+            raise InputError("--members-list and --external-list go together: pass both, or neither for a "
+                             "random split")
+        sized = [f"--{name}" for name in SIZES if given(ctx, name)]
+        if sized:
+            raise InputError(f"{' and '.join(sized)} cannot be given with --members-list and --external-list: "
+                             "sizes are for a random split, the lists name the rows themselves")
+    check_output(out, "--out", overwrite=overwrite, inputs={"--members-list": members_list,
+                                                            "--external-list": external_list})
+    if members_list is not None and external_list is not None:
+        with list_errors(members_list, external_list):
+            items = read_item_list(members_list), read_item_list(external_list)
+            images = load_data(data, data_root)
+            manifest = split_from_lists(images, *items, holdout=holdout, protocol=protocol, seed=seed)
+    else:
+        sizes = {name: parse_size(text, f"--{name}") for name, text in zip(SIZES, (members, external, control),
+                                                                          strict=True)}
+        images = load_data(data, data_root)
+        manifest = make_split(images, **sizes, holdout=holdout, protocol=protocol, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest.save(out)
+    report(manifest, out, json_out)
+
+
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option `name` was given (on the command line or otherwise), not left at its default.
+
+    By the source's name: typer vendors its own click, whose ParameterSource is not click's."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
+@contextmanager
+def list_errors(members_list: Path, external_list: Path) -> Iterator[None]:
+    """Name the options and files where the library speaks of `the members list`, `the external list` and
+    of the paper protocol."""
+    try:
+        yield
+    except InputError as exc:
+        message = (str(exc).replace("the members list", f"--members-list {members_list}")
+                   .replace("the external list", f"--external-list {external_list}")
+                   .replace(PAPER_HINT, "pass --protocol paper"))
+        raise InputError(message) from None
+
+
+def report(manifest: MembershipSplit, out: Path, json_out: bool) -> None:
+    """The one summary line (or JSON) of a manifest written to `out`."""
     counts = {"members": len(manifest.members), "external": len(manifest.external),
               "control": len(manifest.control), "pool": len(manifest.pool), "holdout": len(manifest.holdout)}
     if json_out:

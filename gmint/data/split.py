@@ -3,14 +3,21 @@
 One seeded manifest decides everything downstream, so it is saved as JSON with a content hash that
 feature stores and classifiers record. Splits are class-balanced and, under the `grouped` protocol,
 group-aware: all frames of one GTSRB track land on the same side, and each class gives the pool and the
-holdout as many member groups as external groups.
+holdout as many member groups as external groups. An auditor who knows which files trained the model lists
+them instead (`split_from_lists`): the lists fix members and external, the pool and the holdout are drawn
+from them in the same way.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
-from collections.abc import Mapping
+import posixpath
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -28,6 +35,12 @@ DISJOINT = (("members", "external"), ("pool", "holdout"), ("control", "members")
 PROTOCOLS = ("paper", "grouped")
 MEMBER, EXTERNAL = 1, 0
 POOL, HOLDOUT = 0, 1
+# Columns of a CSV list file that name its items, should a header name one; else the first column is read.
+LIST_COLUMNS = ("file", "path", "sample_id", "row")
+# The remedy for a group on both lists, in the library's terms; the CLI puts its own option in its place.
+PAPER_HINT = "use the paper protocol"
+# Offenders an error message quotes: enough to find the pattern, short enough for one line.
+_QUOTED = 3
 
 
 @dataclass(frozen=True)
@@ -177,10 +190,7 @@ def make_split(data: ImageSet, *, members: float | int = 0.5, external: float | 
     Raises:
         InputError: unknown protocol, sizes that do not fit, or an empty side.
     """
-    if protocol not in PROTOCOLS:
-        raise InputError(f"unknown protocol '{protocol}'; choose from {list(PROTOCOLS)}")
-    if not 0.0 < holdout < 1.0:
-        raise InputError(f"holdout must be a fraction in (0, 1), got {holdout}")
+    _check_request(protocol, holdout)
     rng = np.random.default_rng(seed)
     train = np.flatnonzero(data.part == "train")
     test = np.flatnonzero(data.part == "test")
@@ -194,6 +204,107 @@ def make_split(data: ImageSet, *, members: float | int = 0.5, external: float | 
     else:
         roles = _row_roles(train, test if protocol == "paper" else test[:0], data.labels, n_members, n_external,
                            n_control, holdout, rng)
+    options: dict[str, object] = {
+        "members": members, "external": external, "holdout": holdout, "control": control,
+        "grouped_by": "group" if protocol == "grouped" and data.groups is not None else "row"}
+    return _manifest(data, protocol, seed, roles, options, rng)
+
+
+def split_from_lists(data: ImageSet, members: Sequence[str | int], external: Sequence[str | int], *,
+                     holdout: float = 0.5, protocol: str = "grouped", seed: int = 0) -> MembershipSplit:
+    """The membership split the auditor's own lists describe: members and external as listed, and a seeded
+    pool and holdout drawn from them.
+
+    Each list names rows one way: by integer row id (`data.sample_ids`), or by image file path relative to
+    the dataset folder (`data.files`, e.g. `train/cat/001.png`; `./` prefixes and backslash separators are
+    normalised). The lists, not the official parts, decide membership: a listed row of the `test` part is a
+    member if the members list names it. The holdout pairs a member unit with an external unit of the same
+    class (a row, or a whole group under `grouped` where `data.groups` is given), so every class holds out as
+    many members as externals; units left unpaired stay in the pool. Nothing is drawn from outside the
+    lists: under `paper` too, the held-out externals come from the external list.
+
+    Args:
+        data: the dataset the lists name rows of.
+        members: the rows that trained the audited model (row ids or file paths).
+        external: rows it never saw, named the same way or the other.
+        holdout: fraction of the smaller list held out for evaluation, the same number on both sides.
+        protocol: `grouped` (a group may not have rows on both lists, and is held out whole) or `paper`
+            (rows are units, groups ignored).
+        seed: seeds the draw of the pool and holdout; recorded in the manifest with a hash of each list.
+
+    Raises:
+        InputError: unknown protocol or a holdout outside (0, 1); a list that is empty, mixes row ids with
+            paths, names an item twice or one the dataset lacks; paths for a dataset without one file per
+            row; an item on both lists; under `grouped`, a group with rows on both lists; no class on both
+            lists; too few rows for both a pool and a holdout.
+    """
+    _check_request(protocol, holdout)
+    listed = _resolve_list(data, members, "members"), _resolve_list(data, external, "external")
+    member_rows, external_rows = (np.sort(side.rows) for side in listed)
+    shared = np.intersect1d(member_rows, external_rows)
+    if len(shared):
+        named = [key for key, on_both in zip(listed[0].keys, np.isin(listed[0].rows, shared), strict=True)
+                 if on_both]
+        raise InputError(f"{_plural(len(shared), 'item')} on both lists: {_quote(named)}; a row is a member "
+                         "or external, not both")
+    groups = data.groups if protocol == "grouped" and data.groups is not None else None
+    if groups is not None:
+        _refuse_split_groups(groups, *listed)
+    rng = np.random.default_rng(seed)
+    n_hold = int(round(holdout * min(len(member_rows), len(external_rows))))
+    held_members, held_external = _paired_holdout(member_rows, external_rows, data.labels, groups, n_hold, rng)
+    roles = Roles(np.empty(0, np.int64), member_rows, external_rows, held_members, held_external)
+    options: dict[str, object] = {"source": "lists", "holdout": holdout,
+                                  "grouped_by": "group" if groups is not None else "row"}
+    for role, side in zip(("members", "external"), listed, strict=True):
+        options[f"{role}_by"] = side.by
+        options[f"{role}_sha256"] = side.sha256
+    return _manifest(data, protocol, seed, roles, options, rng)
+
+
+def read_item_list(path: Path) -> list[str | int]:
+    """The items of a list file, in its order: row ids (int) or image file paths (str), as given.
+
+    By suffix: `.json` holds a JSON list of strings and integers; `.csv` is read by its first column, or
+    by the first column its header names `file`, `path`, `sample_id` or `row` (a header naming none of
+    them would be read as an item); any other file is plain text, one item per line, blank lines and lines
+    starting with `#` skipped. An item that is a whole number, in any of them, is a row id.
+
+    Raises:
+        InputError: the file is missing, not UTF-8 text, not a valid JSON list of strings and integers, not
+            valid CSV, or has a CSV row without the item.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"list file {path} {'is a folder' if path.is_dir() else 'not found'}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets often begin a CSV with a BOM
+    except UnicodeDecodeError as exc:
+        raise InputError(f"list file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return _json_items(text, path)
+    if suffix == ".csv":
+        return _csv_items(text, path)
+    lines = (line.strip() for line in text.splitlines())
+    return [_item(line) for line in lines if line and not line.startswith("#")]
+
+
+def _check_request(protocol: str, holdout: float) -> None:
+    if protocol not in PROTOCOLS:
+        raise InputError(f"unknown protocol '{protocol}'; choose from {list(PROTOCOLS)}")
+    if not 0.0 < holdout < 1.0:
+        raise InputError(f"holdout must be a fraction in (0, 1), got {holdout}")
+
+
+def _manifest(data: ImageSet, protocol: str, seed: int, roles: Roles, options: dict[str, object],
+              rng: np.random.Generator) -> MembershipSplit:
+    """The split `roles` describe: the holdout trimmed to as many members as externals, the pool the rest of
+    both sides, and the pool's nested subpools.
+
+    Raises:
+        InputError: the pool or the holdout would lack members or external samples.
+    """
     control_rows, member_rows, external_rows, held_members, held_external = roles
     pool_members = np.setdiff1d(member_rows, held_members)
     pool_external = np.setdiff1d(external_rows, held_external)
@@ -212,9 +323,7 @@ def make_split(data: ImageSet, *, members: float | int = 0.5, external: float | 
         members=sorted(map(int, member_rows)), external=sorted(map(int, np.union1d(external_rows, held_external))),
         pool=sorted(map(int, pool)), holdout=sorted(map(int, held)),
         subpools={k: sorted(map(int, v)) for k, v in subpools.items()},
-        options={"members": members, "external": external, "holdout": holdout, "control": control,
-                 "grouped_by": "group" if protocol == "grouped" and data.groups is not None else "row"},
-        control=sorted(map(int, control_rows)),
+        options=options, control=sorted(map(int, control_rows)),
     )
 
 
@@ -262,7 +371,7 @@ def _grouped_roles(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_
         shuffled = rng.permutation(np.flatnonzero(unit_class == cls))
         count = len(shuffled) // 2
         pairs.append(np.stack([shuffled[0:2 * count:2], shuffled[1:2 * count:2]], axis=1))
-        keys.append((np.arange(count) + rng.random(count)) / max(count, 1))
+        keys.append(_rank_keys(count, rng))
     ranked = np.concatenate(pairs)[np.argsort(np.concatenate(keys), kind="stable")]
     smaller = 0 if n_members <= n_external else 1  # the side whose count decides how many pairs
     target = min(n_members, n_external)
@@ -288,6 +397,183 @@ def _grouped_roles(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_
     held = taken[:_prefix_length(sizes[taken[:, 0]], n_hold)]
     control_rows, _ = _take(rest, labels, groups, n_control, rng)
     return Roles(control_rows, member_rows, external_rows, rows_of(held[:, 0]), rows_of(held[:, 1]))
+
+
+class _Listed(NamedTuple):
+    """One list resolved against the dataset."""
+
+    rows: np.ndarray         # (K,) row positions, in the list's order
+    keys: list[str | int]    # the items as matched: row ids, or normalised paths
+    by: str                  # `row id` or `file`
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the items, one per line, sorted as text: the same for any order of the same list."""
+        return hashlib.sha256("".join(f"{key}\n" for key in sorted(map(str, self.keys))).encode()).hexdigest()
+
+
+def _item(text: str) -> str | int:
+    """One item as written: a whole number is a row id, anything else a path."""
+    text = text.strip()
+    return int(text) if re.fullmatch(r"[+-]?\d+", text) else text
+
+
+def _json_items(text: str, path: Path) -> list[str | int]:
+    try:
+        listed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"list file {path} is not valid JSON ({exc})") from None
+    if not isinstance(listed, list):
+        raise InputError(f"list file {path} must hold a JSON list of file paths or row ids, not a "
+                         f"{type(listed).__name__}")
+    odd = [item for item in listed if isinstance(item, bool) or not isinstance(item, (str, int))]
+    if odd:
+        raise InputError(f"list file {path} holds {_quote(odd)}: items are file paths (strings) or row ids "
+                         "(integers)")
+    return [_item(item) if isinstance(item, str) else item for item in listed]
+
+
+def _csv_items(text: str, path: Path) -> list[str | int]:
+    try:
+        reader = csv.reader(io.StringIO(text))
+        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except csv.Error as exc:
+        raise InputError(f"list file {path} is not valid CSV ({exc})") from None
+    header = [cell.strip().lower() for cell in rows[0][1]] if rows else []
+    named = [i for i, cell in enumerate(header) if cell in LIST_COLUMNS]
+    column = named[0] if named else 0
+    what = f"'{header[column]}' value" if named else "item in its first column"
+    items = []
+    for line, row in rows[1:] if named else rows:
+        cell = row[column].strip() if column < len(row) else ""
+        if not cell:
+            raise InputError(f"list file {path}, line {line}: no {what}")
+        items.append(_item(cell))
+    return items
+
+
+def _resolve_list(data: ImageSet, items: Sequence[str | int], role: str) -> _Listed:
+    """The rows one list names, refusing a list that is empty, mixed, repeated or names rows `data` lacks."""
+    if len(items) == 0:
+        raise InputError(f"the {role} list is empty")
+    items = [int(item) if isinstance(item, np.integer) else item for item in items]  # a NumPy array of ids
+    odd = [item for item in items if isinstance(item, bool) or not isinstance(item, (str, int))]
+    if odd:
+        raise InputError(f"the {role} list holds {_quote(odd)}: items are row ids (integers) or file paths (text)")
+    ids = [item for item in items if isinstance(item, int)]
+    paths = [item for item in items if isinstance(item, str)]
+    if ids and paths:
+        raise InputError(f"the {role} list mixes row ids ({_quote(ids)}) and file paths ({_quote(paths)}); "
+                         "name its rows one way")
+    keys: list[str | int]
+    if ids:
+        by, keys = "row id", list(ids)
+        index: dict[str | int, int] = {int(sid): row for row, sid in enumerate(data.sample_ids)}
+        hint = f"its row ids run from {int(data.sample_ids.min())} to {int(data.sample_ids.max())}"
+    else:
+        files = _per_image_files(data, role)
+        by, keys = "file", [_normal_path(p) for p in paths]
+        index = {_normal_path(str(f)): row for row, f in enumerate(files)}
+        hint = f"paths are relative to the dataset folder, as in '{files[0]}'"
+    repeated = [key for key, n in Counter(keys).items() if n > 1]
+    if repeated:
+        raise InputError(f"the {role} list names {_plural(len(repeated), 'item')} more than once: "
+                         f"{_quote(repeated)}")
+    unknown = [key for key in keys if key not in index]
+    if unknown:
+        raise InputError(f"the {role} list names {_plural(len(unknown), by)} that {data.name} lacks: "
+                         f"{_quote(unknown)} ({hint})")
+    return _Listed(np.array([index[key] for key in keys], dtype=np.int64), keys, by)
+
+
+def _per_image_files(data: ImageSet, role: str) -> np.ndarray:
+    """`data.files` where each row has a file of its own; else the list must name row ids."""
+    if data.files is None:
+        raise InputError(f"{data.name} records no image files, so the {role} list must name its rows by "
+                         "integer row id")
+    names, counts = np.unique(data.files, return_counts=True)
+    if counts.max() > 1:
+        raise InputError(f"{data.name} has no file per image (its file '{names[counts.argmax()]}' holds "
+                         f"{counts.max()} rows), so the {role} list must name its rows by integer row id")
+    return data.files
+
+
+def _normal_path(text: str) -> str:
+    """A listed path as `ImageSet.files` spells it: `/` separators, no `./` or doubled separators."""
+    return posixpath.normpath(text.strip().replace("\\", "/"))
+
+
+def _refuse_split_groups(groups: np.ndarray, members: _Listed, external: _Listed) -> None:
+    """Refuse lists that put one group (a GTSRB track) on both sides, naming the first such group."""
+    member_groups, external_groups = groups[members.rows], groups[external.rows]
+    shared = np.intersect1d(member_groups, external_groups)
+    if len(shared):
+        group = shared[0]
+        member = members.keys[int(np.flatnonzero(member_groups == group)[0])]
+        external_key = external.keys[int(np.flatnonzero(external_groups == group)[0])]
+        more = f", and so do {_plural(len(shared) - 1, 'other group')}" if len(shared) > 1 else ""
+        raise InputError(f"group {int(group)} has rows on both lists ({_quote([member])} a member, "
+                         f"{_quote([external_key])} external){more}; the grouped protocol keeps each group on "
+                         f"one side: list a group on one side only, or {PAPER_HINT}")
+
+
+class _Units(NamedTuple):
+    """Rows of one side as units (rows, or whole groups), each with its class and size."""
+
+    rows: np.ndarray
+    unit_of: np.ndarray   # (rows,) unit of each row
+    units: np.ndarray     # (U,) distinct units
+    classes: np.ndarray   # (U,) class of each unit (of its first row)
+    sizes: np.ndarray     # (U,) rows of each unit
+
+    @classmethod
+    def of(cls, rows: np.ndarray, labels: np.ndarray, groups: np.ndarray | None) -> _Units:
+        unit_of = groups[rows] if groups is not None else rows
+        units, first, sizes = np.unique(unit_of, return_index=True, return_counts=True)
+        return cls(rows, unit_of, units, labels[rows[first]], sizes)
+
+    def rows_of(self, index: np.ndarray) -> np.ndarray:
+        """The rows of the units at `index`, sorted."""
+        return np.sort(self.rows[np.isin(self.unit_of, self.units[index])])
+
+
+def _paired_holdout(members: np.ndarray, external: np.ndarray, labels: np.ndarray, groups: np.ndarray | None,
+                    count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """About `count` member rows held out as same-class pairs of a member unit and an external unit (a row,
+    or a whole group where `groups` is given) → (held members, held externals).
+
+    As in `_grouped_roles`, a class gives the holdout as many member units as external units, so its member
+    share there is even whatever its shares on the lists (a class prior learned on the pool carries no
+    signal to the holdout); pairs interleave classes by relative rank, so any prefix holds each class in
+    proportion to its pairs.
+
+    Raises:
+        InputError: no class has both members and external samples.
+    """
+    sides = _Units.of(members, labels, groups), _Units.of(external, labels, groups)
+    pairs, keys = [], []
+    for cls in np.intersect1d(sides[0].classes, sides[1].classes):
+        member_units = rng.permutation(np.flatnonzero(sides[0].classes == cls))
+        external_units = rng.permutation(np.flatnonzero(sides[1].classes == cls))
+        n = min(len(member_units), len(external_units))
+        pairs.append(np.stack([member_units[:n], external_units[:n]], axis=1))
+        keys.append(_rank_keys(n, rng))
+    if not pairs:
+        raise InputError("no class has both members and external samples: a holdout cannot compare them "
+                         "within a class")
+    ranked = np.concatenate(pairs)[np.argsort(np.concatenate(keys), kind="stable")]
+    held = ranked[:_prefix_length(sides[0].sizes[ranked[:, 0]], count)]
+    return sides[0].rows_of(held[:, 0]), sides[1].rows_of(held[:, 1])
+
+
+def _quote(items: Sequence[object]) -> str:
+    """The first few offenders for a one-line message: paths quoted, numbers bare."""
+    shown = ", ".join(repr(item) if isinstance(item, str) else str(item) for item in items[:_QUOTED])
+    return shown + (f" and {len(items) - _QUOTED} more" if len(items) > _QUOTED else "")
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _refuse_empty(member_rows: np.ndarray, external_rows: np.ndarray) -> None:
@@ -323,12 +609,19 @@ def _take(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, count
     for cls in np.unique(unit_class):
         members = np.flatnonzero(unit_class == cls)
         order = rng.permutation(len(members))
-        keys[members[order]] = (np.arange(len(members)) + rng.random(len(members))) / len(members)
+        keys[members[order]] = _rank_keys(len(members), rng)
     ranked = units[np.argsort(keys, kind="stable")]
     sizes = np.array([np.count_nonzero(unit_of == u) for u in ranked]) if groups is not None else \
         np.ones(len(ranked), np.int64)
     taken = np.isin(unit_of, ranked[:_prefix_length(sizes, count)])
     return np.sort(rows[taken]), rows[~taken]
+
+
+def _rank_keys(count: int, rng: np.random.Generator) -> np.ndarray:
+    """Sort keys in [0, 1) for `count` units of one class already in random order: the i-th lands in the
+    i-th of `count` equal slots, so sorting all classes' keys together interleaves the classes by relative
+    rank and any prefix holds each class in proportion."""
+    return (np.arange(count) + rng.random(count)) / max(count, 1)
 
 
 def _prefix_length(sizes: np.ndarray, count: int) -> int:
