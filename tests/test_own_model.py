@@ -258,3 +258,58 @@ def test_a_changed_module_file_is_refused_and_a_file_path_arch_loads_from_anywhe
     copy.write_text(SOURCE.replace("torch.relu(self.fc(h))", "torch.tanh(self.fc(h))"))
     done = run("layers", "--model", tmp_path / "m.pt")
     assert done.code == 1 and "changed since the model was described" in done.stderr
+
+
+class _Logits(torch.nn.Module):
+    """A TorchScript-able wrapper returning the logits of the dict-returning Net, as a user would script it."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)["logits"]
+
+
+def test_torchscript_and_trusted_pickles_import_as_the_state_dict_does(workdir: Path, cli_audit: dict,
+                                                                       tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(workdir)
+    reference = load_audited(workdir / "model.pt")  # reads the logits out of the dict already
+    net = import_factory(f"{workdir / MODULE}.py:build")[0](num_classes=10)
+    net.load_state_dict(torch.load(workdir / "weights.pt", weights_only=True))
+    torch.jit.trace(_Logits(net).eval(), torch.zeros(1, 1, 8, 8)).save(tmp_path / "script.pt")
+    torch.save(net, tmp_path / "pickled.pt")
+    common = ["--image-size", "8", "--channels", "1", "--mean", str(MEAN), "--std", str(STD)]
+    kept = run("model", "import", tmp_path / "script.pt", "--torchscript", *common, "--out", tmp_path / "ts.pt")
+    assert kept.code == 0, kept.stderr  # no --arch: the archive is kept, the description inside it
+    scripted = load_audited(tmp_path / "ts.pt", torchscript=True)
+    assert scripted.description is not None and scripted.description.transform == reference.transform
+    x = reference.transform(load_dataset("imagefolder", workdir / "images").images[:5])
+    torch.testing.assert_close(scripted.module(x), reference.module(x))
+    assert run("model", "import", tmp_path / "pickled.pt", "--trust-pickle", *common,
+               "--out", tmp_path / "p.pt").code == 1  # a pickle goes into its code, never kept as a pickle
+    done = run("model", "import", tmp_path / "pickled.pt", "--trust-pickle", "--arch", f"{MODULE}:build", *common,
+               "--out", tmp_path / "p.pt")
+    assert done.code == 0, done.stderr
+    assert load_audited(tmp_path / "p.pt").fingerprint == reference.fingerprint
+
+
+def resnet18(*, weights: None = None, num_classes: int = 1000) -> torch.nn.Module:
+    """A stand-in with torchvision's factory signature (PyPI's torchvision does not import beside the CPU torch
+    wheel here): keyword arguments, 1,000 classes unless told otherwise."""
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(8, num_classes))
+
+
+def test_a_library_factory_takes_its_arguments_from_the_description(tmp_path: Path) -> None:
+    torch.save(resnet18(num_classes=10).state_dict(), tmp_path / "r18.pt")
+    common = ["model", "import", tmp_path / "r18.pt", "--arch", "tests.test_own_model:resnet18", "--image-size",
+              "16", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
+    refused = run(*common, "--out", tmp_path / "m.pt")
+    assert refused.code == 1 and "does not match the architecture" in refused.stderr  # 1,000 classes by default
+    done = run(*common, "--arch-args", '{"num_classes": 10}', "--out", tmp_path / "m.pt", "--json")
+    assert done.code == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["num_classes"] == 10 and shown["input"] == {"channels": 3, "size": 16}
+    assert shown["arch"] == "tests.test_own_model:resnet18" and shown["arch_sha256"] is not None

@@ -67,18 +67,23 @@ def parameter_aliases(model: nn.Module) -> dict[str, str]:
     two names) once, under its first registration; the rest are the aliases, which a user may still type.
     `head.weight = embed.weight` gives `{"head.weight": "embed.weight"}`.
     """
-    canonical = {id(p): name for name, p in model.named_parameters()}
-    return {name: canonical[id(p)] for name, p in model.named_parameters(remove_duplicate=False)
-            if canonical[id(p)] != name}
+    return {name: first for name, first in _canonical_names(model) if first != name}
+
+
+def _canonical_names(model: nn.Module) -> list[tuple[str, str]]:
+    """(name, canonical name) of every parameter name, in registration order, from one pass: each tensor is
+    kept alive while its id is compared (a TorchScript module hands out a new wrapper per access, whose id a
+    freed one could otherwise reuse)."""
+    seen: dict[int, tuple[str, torch.Tensor]] = {}
+    return [(name, seen.setdefault(id(p), (name, p))[0]) for name, p in model.named_parameters(remove_duplicate=False)]
 
 
 def _weights(model: nn.Module) -> list[str]:
-    """Weight-layer weights in registration order, by canonical name, each once: names built from module
-    paths would name a tied weight under a module `named_parameters()` does not list it for."""
-    canonical = {id(p): name for name, p in model.named_parameters()}
-    return list(dict.fromkeys(canonical[id(m.weight)] for _, m in model.named_modules()
-                              if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() >= 2
-                              and id(m.weight) in canonical))
+    """Weight-layer weights (a `weight` of two or more dimensions) in registration order, by canonical name,
+    each once: a tied weight is one parameter, however many modules hold it."""
+    shapes = {name: p.dim() for name, p in model.named_parameters(remove_duplicate=False)}
+    return list(dict.fromkeys(first for name, first in _canonical_names(model)
+                              if name.rpartition(".")[2] == "weight" and shapes[name] >= 2))
 
 
 def _split_by_use(model: nn.Module, example_input: torch.Tensor | None) -> tuple[list[str], list[str]]:

@@ -262,7 +262,7 @@ def import_factory(arch: str) -> tuple[Callable[..., Any], Path | None]:
 
 
 def _import(name: str) -> ModuleType:
-    with _working_directory_on_path():
+    with working_directory_on_path():
         try:
             return importlib.import_module(name)
         except ImportError as exc:
@@ -284,7 +284,7 @@ def _load_file(path: Path) -> ModuleType:
         raise InputError(f"{path} cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # its classes pickle and its dataclasses resolve by this name
-    with _working_directory_on_path():
+    with working_directory_on_path():
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
@@ -294,8 +294,9 @@ def _load_file(path: Path) -> ModuleType:
 
 
 @contextmanager
-def _working_directory_on_path() -> Iterator[None]:
-    """The working directory first on sys.path while the user's module imports (as `python -m` puts it)."""
+def working_directory_on_path() -> Iterator[None]:
+    """The working directory first on sys.path while the user's code imports (as `python -m` puts it): a module
+    beside the working directory, or the classes a trusted pickle names."""
     cwd = str(Path.cwd())
     added = cwd not in sys.path
     if added:
@@ -383,7 +384,9 @@ def describe(module: nn.Module, *, arch: str, arch_args: Mapping[str, Any], tran
 
 
 def _first_conv_channels(module: nn.Module) -> int | None:
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d):
-            return int(layer.in_channels)
+    """In-channels of the first image convolution, from its (out, in, kh, kw) weight: read from parameters,
+    not module types, so a TorchScript module's convolutions count too."""
+    for name, p in module.named_parameters():
+        if name.endswith("weight") and p.dim() == 4:
+            return int(p.shape[1])
     return None

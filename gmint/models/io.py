@@ -21,7 +21,13 @@ from torch import nn
 from gmint.data.transforms import Transform
 from gmint.errors import DESCRIBE_HINT, InputError, UnsupportedModelError
 from gmint.files import atomic_write
-from gmint.models.description import TENSOR, ModelDescription, build_architecture, select_output
+from gmint.models.description import (
+    TENSOR,
+    ModelDescription,
+    build_architecture,
+    select_output,
+    working_directory_on_path,
+)
 
 # Where a TorchScript file imported with its description keeps it (an extra file of the archive).
 SCRIPT_META = "gmint/meta.json"
@@ -183,8 +189,9 @@ def load_audited(path: Path, *, arch: str | None = None, arch_args: Mapping[str,
         meta = json.loads(extra[SCRIPT_META]) if extra[SCRIPT_META] else {"format": "torchscript"}
         return AuditedModel(select_output(module.eval(), str(meta.get("output", TENSOR))), meta)
     if trust_pickle:
-        module = _unsafe_load(path, ("torch", "pickle"), "a pickled module",
-                              lambda: torch.load(path, map_location="cpu", weights_only=False))
+        with working_directory_on_path():
+            module = _unsafe_load(path, ("torch", "pickle"), "a pickled module",
+                                  lambda: torch.load(path, map_location="cpu", weights_only=False))
         if not isinstance(module, nn.Module):
             raise InputError(f"{path} holds a {type(module).__name__}, not a pickled nn.Module"
                              f"{'; load it without --trust-pickle' if isinstance(module, dict) else ''}")
