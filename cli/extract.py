@@ -16,7 +16,7 @@ from rich.table import Table
 
 from gmint.assess.candidates import model_classes, model_input, relabel
 from gmint.data.base import DATASETS, ImageSet
-from gmint.data.split import MembershipSplit
+from gmint.data.split import MembershipSplit, check_model_split
 from gmint.data.transforms import Transform
 from gmint.errors import InputError, StoreBusyError
 from gmint.features.engine import ENGINES, LOSSES
@@ -129,6 +129,7 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     check_model_input(images, audited, transform)
     rows = split_rows(manifest)
     rank, world_size = world()
+    check_model_split(audited.meta, manifest, trained_outside=model_trained_outside_gmint)  # before any output
     check = report_model_check(audited, images, manifest, transform, min_member_accuracy, device, seed, rank == 0)
 
     def run(shard: tuple[int, int], on_device: str) -> Path:
