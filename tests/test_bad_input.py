@@ -91,7 +91,7 @@ def test_nonfinite_rows_are_flagged_and_left_out(tmp_path: Path) -> None:
 
 def test_labels_outside_the_models_classes(tmp_path: Path, digits: ImageSet,
                                            audited_digits: tuple[AuditedModel, Path]) -> None:
-    meta = {**audited_digits[0].meta, "num_classes": 5, "classes": list("01234")}
+    meta = {**audited_digits[0].meta, "num_classes": 5, "classes": None}
     model = AuditedModel(audited_digits[0].module, meta)
     rows = Rows(np.arange(20), np.zeros(20, np.int8), np.ones(20, np.int8))
     with pytest.raises(InputError, match="outside the audited model's 5 classes"):

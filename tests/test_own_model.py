@@ -25,6 +25,7 @@ from gmint.data.base import DATASETS
 from gmint.data.readers import load_dataset
 from gmint.data.split import split_from_lists
 from gmint.data.transforms import Transform
+from gmint.errors import InputError
 from gmint.features.extract import extract, split_rows
 from gmint.features.store import FeatureStore
 from gmint.mint.train import train_mint
@@ -165,6 +166,9 @@ def test_the_cli_audit_equals_the_same_audit_declared_through_the_library(workdi
     with (workdir / "external.csv").open() as fh:
         external = [row["file"] for row in csv.DictReader(fh)]
     split = split_from_lists(folder, members, external)  # drawn on the folder as it is, as `gmint split` does
+    with pytest.raises(InputError, match=r"the data's classes \(eight, five, four, .*\) are not the audited "):
+        extract(audited, folder, split_rows(split), out=tmp_path / "sorted.h5", split=split)  # labels sorted by name
+    assert not (tmp_path / "sorted.h5").exists()
     data = relabel(folder, NAMES)
     extract(audited, data, split_rows(split), out=tmp_path / "lib.h5", split=split)
     with FeatureStore.open(tmp_path / "lib.h5") as lib, FeatureStore.open(workdir / "features.h5") as cli:

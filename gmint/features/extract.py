@@ -110,6 +110,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         out = shard_path(Path(out), rank, world_size)
     if int(rows.index.max()) >= len(data) or int(rows.index.min()) < 0:
         raise InputError(f"row index outside the {len(data)} rows of {data.name}")
+    audited.check_classes(data.classes)
     labels = data.labels[rows.index]
     num_classes = audited.meta.get("num_classes")
     if num_classes is not None and int(labels.max()) >= int(str(num_classes)):
@@ -143,6 +144,8 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         "layers": feature_names(names), "parameters": names, "layer_setup": layers, "source": source,
         "layer_shapes": run.shapes(model, names, reduce, example),
         "reduction": reduction, "engine": engine, "loss_function": loss, "dataset": data.name,
+        # Which folder the rows were read from and how (see ImageSet.root): sample ids match rows by these only.
+        "dataset_root": str(data.root) if data.root is not None else "", "dataset_files_sha256": data.files_sha256(),
         "max_memory": max_memory or 0,
         "layer_presets": {p: feature_names(n) for p, n in run.presets(model, example).items()},
         "split_sha256": split.sha256 if split else "", "split_seed": split.seed if split else -1,

@@ -103,6 +103,7 @@ def check_model(audited: AuditedModel, data: ImageSet, split: MembershipSplit, t
     description = audited.description
     if description is not None and description.num_classes is not None and description.num_classes < 2:
         return None
+    audited.check_classes(data.classes)
     model = audited.module.eval().to(device)
     rng = np.random.default_rng([seed, 7])
     members = _sample(np.asarray(split.members), MAX_ROWS, rng)

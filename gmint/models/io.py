@@ -10,7 +10,7 @@ import hashlib
 import json
 import pickle
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,10 +60,27 @@ class AuditedModel:
                              f"it with guessed inputs would measure the wrong thing; {DESCRIBE_HINT}")
         return description.transform
 
+    def check_classes(self, classes: Sequence[str]) -> None:
+        """Refuse data whose class names are not the model's, in the model's order: its labels would name other
+        classes than the model's outputs, and every loss and Weight Modifier would be of a wrong label.
+
+        Raises:
+            InputError: the names or their order differ (the data is to be relabelled by class name first).
+        """
+        description = self.description
+        if description is None or description.classes is None or tuple(classes) == description.classes:
+            return
+        raise InputError(f"the data's classes ({_listed(classes)}) are not the audited model's "
+                         f"({_listed(description.classes)}) in its order; relabel the data by class name first")
+
     @property
     def fingerprint(self) -> str:
         """The module's `fingerprint`: what stores and classifiers record to tell audited models apart."""
         return fingerprint(self.module)
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:6]) + (", …" if len(names) > 6 else "")
 
 
 def fingerprint(model: nn.Module) -> str:
