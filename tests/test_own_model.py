@@ -207,6 +207,10 @@ def test_a_wrong_normalisation_is_caught_before_any_weight_modifier(workdir: Pat
         recorded = json.loads(fh.attrs["model_check"])
     assert any("preprocessing looks wrong" in w for w in recorded["warnings"])
     assert recorded["members"]["accuracy"] < 0.99
+    assert run("train", "wrong.h5", "--out", "wrong-mint.pt").code == 0
+    evaluated = run("eval", "wrong-mint.pt", "wrong.h5", "--json", "--n-boot", "50")
+    said = json.loads(evaluated.stdout)["warnings"]  # every result from the store says it again
+    assert any(w.startswith("audited model: the preprocessing looks wrong") for w in said)
 
 
 def test_a_plain_state_dict_is_refused_rather_than_fed_guessed_inputs(workdir: Path, cli_audit: dict,

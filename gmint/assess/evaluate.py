@@ -8,6 +8,7 @@ is fitted on the auditor's pool — never on the rows being scored.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -172,9 +173,17 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
         audited_model=ModelGap(float(correct[held][members].mean()), float(correct[held][external].mean()),
                                float(loss[held][members].mean()), float(loss[held][external].mean())),
         scores=RowScores(ids[held], y, score),
-        warnings=tuple(f"{name}: {text}" for name, text in collapsed.items() if text),
+        warnings=(*model_check_warnings(prov), *(f"{name}: {text}" for name, text in collapsed.items() if text)),
         intervals=resampling_unit(units),
     )
+
+
+def model_check_warnings(provenance: Mapping[str, object]) -> tuple[str, ...]:
+    """What the check before extraction found wrong with the audited model's description (`model_check`), so
+    every result read from the store says it again: its numbers may be of inputs the model never saw."""
+    check = provenance.get("model_check")
+    found = check.get("warnings") if isinstance(check, Mapping) else None
+    return tuple(f"audited model: {text}" for text in found) if isinstance(found, list) else ()
 
 
 def evaluate_with_control(mint: TrainedMint, store_path: Path, control_store: Path, *, n_boot: int = 1000,
