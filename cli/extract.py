@@ -192,10 +192,9 @@ def example_input(audited: AuditedModel, images: ImageSet | None, image_size: in
     transform = model_transform(audited, image_size) if audited.description else Transform(size=image_size)
     if images is not None:
         return transform(images.images[:1])
-    args = audited.meta.get("arch_args")
-    if isinstance(args, dict):
-        size = int(args["image_size"])
-        return transform(np.zeros((1, size, size, int(args["in_channels"])), np.uint8))
+    channels, side = model_input(audited)
+    if channels is not None and side is not None:
+        return transform(np.zeros((1, side, side, channels), np.uint8))
     return None
 
 

@@ -118,6 +118,7 @@ def cli_audit(workdir: Path) -> dict[str, object]:
         steps = {
             "import": run(*_import(MEAN, STD, "model.pt")),
             "show": run("model", "show", "model.pt", "--json"),
+            "layers": run("layers", "--model", "model.pt", "--json"),
             "split": run("split", "--data", "imagefolder", "--data-root", "images", "--members-list", "members.txt",
                          "--external-list", "external.csv", "--out", "split.json"),
             "extract": run("extract", "--model", "model.pt", "--data", "imagefolder", "--data-root", "images",
@@ -140,6 +141,9 @@ def test_the_cli_audit_of_a_model_from_outside_runs_end_to_end(workdir: Path, cl
     assert shown["transform"] == {"size": 8, "mean": [MEAN], "std": [STD], "channels": 1}
     # the module found beside the working directory is recorded as its file, so the checkpoint loads anywhere
     assert shown["arch"] == f"{workdir / MODULE}.py:build" and shown["input"] == {"channels": 1, "size": 8}
+    listed = json.loads(cli_audit["layers"].stdout)  # ordered by a forward pass on the recorded input shape
+    assert listed["order"] == "forward" and [x["parameter"] for x in listed["layers"]] == ["conv.weight",
+                                                                                         "fc.weight", "head.weight"]
     printed = cli_audit["extract"].stdout
     assert "audited model on its declared members: accuracy 1.000" in printed and "WARNING" not in printed
     with FeatureStore.open(workdir / "features.h5") as store:
