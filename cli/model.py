@@ -33,8 +33,10 @@ def parse_numbers(text: str, option: str) -> tuple[float, ...]:
 
 def read_transform(text: str) -> dict[str, Any]:
     """--transform: a JSON object, or a file holding one."""
-    path = Path(text)
-    if not text.lstrip().startswith("{") and path.is_file():
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise InputError(f"--transform {text} is neither a JSON object nor a file holding one")
         text = path.read_text()
     return json_object(text, "--transform")
 
