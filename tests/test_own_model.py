@@ -238,7 +238,8 @@ def test_a_plain_state_dict_is_refused_rather_than_fed_guessed_inputs(workdir: P
     (["--classes-file", None, "--classes", "a,b,c"], "3 class names for a model with 10 outputs"),
     (["--std", "0"], "std must be positive"),
     (["--image-size", "4", "--crop", "6"], "crop 6 is larger"),
-    (["--mean", None, "--std", None, "--image-size", None, "--transform", "none.json"], "neither a JSON object"),
+    (["--mean", None, "--std", None, "--image-size", None, "--channels", None, "--transform", "none.json"],
+     "neither a JSON object"),
     (["--transform", '{"size": 8, "mean": 0.5, "std": 0.5}'], "--transform gives the whole preprocessing"),
     (["--channels", "3"], "the model fails on a 3x8x8 image as described"),
 ])
