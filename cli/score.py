@@ -12,7 +12,16 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from gmint.assess.candidates import TO_GREY_HINT, holdout_rows, load_image_folder, model_input, read_row_ids, subsample
+from gmint.assess.candidates import (
+    LABEL_SOURCES,
+    PREDICTED_HINT,
+    TO_GREY_HINT,
+    holdout_rows,
+    load_image_folder,
+    model_input,
+    read_row_ids,
+    subsample,
+)
 from gmint.assess.exposure import contact_sheet, exposed_candidates, write_csv
 from gmint.assess.scoring import SUBSET_HINT, Audit, audit_set, write_scores
 from gmint.data.split import MembershipSplit, check_model_split
@@ -28,13 +37,14 @@ from gmint_cli.inputs import (
     load_model,
     size_hint,
 )
-from gmint_cli.options import device_option, flag
+from gmint_cli.options import choices, device_option, flag
 from gmint_cli.outputs import check_output
 
 ROW_CHOICES = ("holdout-members", "holdout-external")
 # The library's remedies, in the words of this command's options.
 OPTION_HINTS = {TO_GREY_HINT: "convert them explicitly with --to-grey (luma)",
-                SUBSET_HINT: "audit a subset of them (--sample N)"}
+                SUBSET_HINT: "audit a subset of them (--sample N)",
+                PREDICTED_HINT: "label them with the audited model's predictions (--labels predicted)"}
 
 
 @cli_errors
@@ -45,8 +55,8 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
           mint: Path = typer.Option(..., help="A MINT classifier from `gmint train`."),
           store: Path = typer.Option(..., help="Calibration: the classifier's feature store; its held-out "
                                                "external rows (never fitted) are the reference scores."),
-          images: Path = typer.Option(None, help="Candidates: a folder of <class name>/ folders of images "
-                                                 "(default: none; or give --data)."),
+          images: Path = typer.Option(None, help="Candidates: a folder of <class>/ folders of images, each "
+                                                 "named by a class name or index (default: none; or give --data)."),
           data: str = typer.Option(None, help="Candidates from a dataset, with --rows (default: none; or give "
                                                "--images)."),
           data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
@@ -62,9 +72,14 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
                                                        "(default: all of them)."),
           seed: int = typer.Option(0, help="Seed of --sample."),
           to_grey: bool = flag("--to-grey", "Convert colour candidates to grey for a greyscale model."),
+          labels: str = typer.Option("true", help=f"{choices(LABEL_SOURCES)}: the label of each candidate's "
+                                                  "Weight Modifier. true: its class (folder or dataset); predicted: "
+                                                  "images with no class folder (loose in --images) get the audited "
+                                                  "model's own prediction, and the outputs say so."),
           alpha: float = typer.Option(0.05, help="Significance level of the verdict, in (0, 1)."),
-          out: Path = typer.Option(Path("scores.csv"), help="Per-sample scores: CSV (sample_id, file, score), "
-                                                           "or JSON with the verdict if it ends in .json."),
+          out: Path = typer.Option(Path("scores.csv"), help="Per-sample scores: CSV (sample_id, file, label, "
+                                                           "class, label_source, score), or JSON with the verdict "
+                                                           "if it ends in .json."),
           features: Path = typer.Option(None, help="Keep the candidates' feature store here, a new file "
                                                    "(default: not kept)."),
           overwrite: bool = flag("--overwrite", "Replace an existing --out."),
@@ -81,6 +96,8 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
         raise InputError("--data needs --rows (holdout-members, holdout-external or a JSON file of row ids)")
     if not 0.0 < alpha < 1.0:
         raise InputError(f"--alpha must be in (0, 1), got {alpha}")
+    if labels not in LABEL_SOURCES:
+        raise InputError(f"--labels must be {' or '.join(LABEL_SOURCES)}, got {labels!r}")
     read = {"--model": model, "--mint": mint, "--store": store, "--split": split,
             "--rows": Path(rows) if rows and rows not in ROW_CHOICES else None}
     if features is not None and features.resolve() == out.resolve():
@@ -93,8 +110,8 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
     classifier = TrainedMint.load(mint)
     audited = load_model(model, arch, torchscript, trust_pickle)
     if images is not None:
-        with size_hint(None):
-            candidates, source = load_image_folder(images, audited), str(images)
+        with size_hint(None), option_hints():
+            candidates, source = load_image_folder(images, audited, labels=labels), str(images)
         index = np.arange(len(candidates))
     else:
         manifest = MembershipSplit.load(split) if split else (
@@ -112,18 +129,20 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
         index = subsample(index, sample, seed)
     with tempfile.TemporaryDirectory(prefix="gmint-score-") as tmp, option_hints():
         kept = features or (Path(tmp) / "candidates.h5" if top else None)  # --top reads the losses there
-        result = audit_set(audited, classifier, candidates, index, calibration=store, out=kept,
-                           to_grey=to_grey, batch_size=batch_size, device=device, show_progress=show_progress())
+        result = audit_set(audited, classifier, candidates, index, calibration=store, out=kept, to_grey=to_grey,
+                           labels=labels, batch_size=batch_size, device=device, show_progress=show_progress())
         exposed = exposed_candidates(result.scores, kept, top) if top and kept else []
     write_scores(result, out, alpha=alpha)
     if exposed:
         write_csv(exposed, top_files[0])
         contact_sheet(exposed, candidates, top_files[1],
                       title=f"the {len(exposed)} candidates with the highest MINT scores")
-    v, cal = result.verdict, result.calibration
+    cal = result.calibration
     if json_out:
         print_json({"candidates": source, "calibration_store": str(store), "calibration_excluded": cal.excluded,
-                    "verdict": v.to_dict(alpha), "out": str(out),
+                    "calibration_misclassified": cal.misclassified, "label_source": labels,
+                    "predicted_labels": result.scores.n_predicted, "verdict": result.verdict_dict(alpha),
+                    "out": str(out),
                     **({"top": [asdict(r) for r in exposed], "top_files": list(map(str, top_files))} if top else {})})
         return
     print_set_verdict(result, source, f"of {store} (never used to fit the classifier", "score", alpha)
@@ -135,15 +154,20 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
 def print_set_verdict(result: Audit, source: str, calibration: str, score_name: str, alpha: float) -> None:
     """The candidates, the calibration rows (`calibration` says whose, and what they were never used for) and
     the set verdict at `alpha`, in the words `gmint score` and `gmint amint score` share."""
-    v, cal = result.verdict, result.calibration
+    v, cal, n_predicted = result.verdict, result.calibration, result.scores.n_predicted
     console.print(f"candidates: {v.n_candidates} from {source}; mean {score_name} {v.mean_candidate:.3f}")
+    if result.scores.label_source != "true" or n_predicted:
+        console.print(f"labels: {n_predicted} of {v.n_candidates} candidates scored under the audited model's own "
+                      f"prediction (no class given), {v.n_candidates - n_predicted} under their true class",
+                      highlight=False)
+    left_out = [f"{cal.excluded} left out as candidates"] if cal.excluded else []
+    left_out += [f"{cal.misclassified} misclassified by the model left out"] if cal.misclassified else []
     console.print(f"calibration: {v.n_calibration} held-out external rows {calibration}"
-                  f"{f'; {cal.excluded} left out as candidates' if cal.excluded else ''}); mean {score_name} "
-                  f"{v.mean_calibration:.3f}")
+                  f"{''.join(f'; {part}' for part in left_out)}); mean {score_name} {v.mean_calibration:.3f}")
     decision = f"[bold]H0 rejected[/] at α = {alpha}" if v.rejects(alpha) else f"H0 not rejected at α = {alpha}"
     console.print(f"verdict: {v.test}: U = {v.statistic:.1f}, p = {v.p_value:.3g} → {decision} "
                   f"(P(candidate > external) = {v.effect:.3f})", highlight=False)
-    console.print(v.conclusion(alpha), highlight=False)
+    console.print(result.conclusion(alpha), highlight=False)
 
 
 def candidate_rows(rows: str, split: MembershipSplit | None) -> np.ndarray:

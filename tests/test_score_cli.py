@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from gmint.data.base import ImageSet
+from gmint.data.readers import load_dataset
 from gmint.data.split import MembershipSplit
 from gmint.features.extract import Rows, extract
 from gmint.mint import train_mint
@@ -50,7 +51,9 @@ def test_scores_an_image_folder(setup: dict[str, Path], digits: ImageSet, digits
     assert "evidence that these samples were used in training" in text.lower()
     with out.open() as fh:
         table = list(csv.DictReader(fh))
-    assert len(table) == 40 and set(table[0]) == {"sample_id", "file", "score"}
+    assert len(table) == 40 and list(table[0]) == ["sample_id", "file", "label", "class", "label_source", "score"]
+    assert {r["label_source"] for r in table} == {"true"} and "labels:" not in text  # true classes: no label note
+    assert all(r["class"] == Path(r["file"]).parent.name == r["label"] for r in table)
     assert {Path(r["file"]).name for r in table} == {f"digit{i}.png" for i in rows}
     # The same pixels read from the dataset score the same: the folder is relabelled and resized, not altered.
     ids = setup["work"] / "folder-rows.json"
@@ -142,3 +145,108 @@ def test_colour_folder_for_a_grey_model_is_refused(setup: dict[str, Path], digit
                                  "was trained on")
     code, text = invoke(*_base(setup), "--images", folder.parent, "--to-grey", "--out", setup["work"] / "c.csv")
     assert code == 0, text
+
+
+# -- candidates of an imagefolder audit: the same item by file, never by position ------------------------
+
+
+@pytest.fixture(scope="module")
+def folder_audit(setup: dict[str, Path], digits: ImageSet, digits_split: MembershipSplit,
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An audit of the digits written as an imagefolder dataset (`<label>/<digits row>.png`), so its row ids
+    (class, then file order) are not the digits' ids; the MINT classifier is fitted on its pool rows."""
+    work = tmp_path_factory.mktemp("folder-audit")
+    root = work / "dataset"
+    for i in range(len(digits)):
+        (root / str(digits.labels[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits.images[i, :, :, 0]).save(root / str(digits.labels[i]) / f"{i}.png")
+    data = load_dataset("imagefolder", root, cache=False)
+    row_of = np.array([int(Path(str(f)).stem) for f in data.files])  # imagefolder row → digits row
+    index = np.flatnonzero(np.isin(row_of, digits_split.pool + digits_split.holdout))
+    rows = Rows(index, digits_split.membership_of(row_of[index]), digits_split.role_of(row_of[index]))
+    extract(load_audited(setup["model"]), data, rows, out=work / "features.h5", batch_size=300)
+    train_mint(work / "features.h5", kind="logreg", setup="combined", seed=0).save(work / "mint.pt")
+    return {"root": root, "store": work / "features.h5", "mint": work / "mint.pt", "work": work}
+
+
+def _folder_base(s: dict[str, Path], f: dict[str, Path]) -> list[str | Path]:
+    return ["score", "--model", s["model"], "--mint", f["mint"], "--store", f["store"]]
+
+
+def _link(folder: Path, target: Path) -> None:
+    (folder / target.parent.name).mkdir(parents=True, exist_ok=True)
+    (folder / target.parent.name / f"copy-{target.name}").symlink_to(target)
+
+
+def test_new_images_of_an_imagefolder_audit_are_scored_whatever_their_position(
+        setup: dict[str, Path], folder_audit: dict[str, Path], digits: ImageSet,
+        digits_split: MembershipSplit) -> None:
+    """Positions 0, 1, ... of a candidate folder are rows the classifier was fitted on, and held-out externals,
+    of the audit's dataset: neither matters, the images are new files."""
+    rows = np.intersect1d(digits_split.holdout, digits_split.members)[:40]
+    folder = _folder(folder_audit["work"] / "new", digits, rows)
+    code, text = invoke(*_folder_base(setup, folder_audit), "--images", folder, "--json",
+                        "--out", folder_audit["work"] / "new.csv")
+    assert code == 0, text
+    result = json.loads(text)
+    n_cal = len(np.intersect1d(digits_split.holdout, digits_split.external))
+    assert result["calibration_excluded"] == 0 and result["verdict"]["n_calibration"] == n_cal
+    assert result["verdict"]["n_candidates"] == 40 and result["label_source"] == "true"
+
+
+def test_files_of_the_audits_dataset_are_found_by_path(setup: dict[str, Path], folder_audit: dict[str, Path],
+                                                       digits_split: MembershipSplit,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GMINT_CACHE", str(folder_audit["work"] / "cache"))
+    root, work = folder_audit["root"], folder_audit["work"]
+    # The dataset's own folder holds the rows the classifier was fitted on: refused, naming a file.
+    code, text = invoke(*_folder_base(setup, folder_audit), "--images", root, "--out", work / "all.csv")
+    assert code == 1 and text.strip().count("\n") == 0, text
+    n_pool = len(digits_split.pool)
+    assert f"error: {n_pool} candidates were used to fit the MINT classifier" in text and ".png)" in text
+    # Links to held-out files of the dataset are those rows: the externals among them leave the calibration.
+    externals = np.intersect1d(digits_split.holdout, digits_split.external)[:7]
+    members = np.intersect1d(digits_split.holdout, digits_split.members)[:5]
+    for i in (*externals, *members):
+        _link(work / "links", next(root.glob(f"*/{i}.png")))
+    code, text = invoke(*_folder_base(setup, folder_audit), "--images", work / "links", "--json",
+                        "--out", work / "links.csv")
+    assert code == 0, text
+    result = json.loads(text)
+    n_cal = len(np.intersect1d(digits_split.holdout, digits_split.external))
+    assert result["calibration_excluded"] == 7 and result["verdict"]["n_calibration"] == n_cal - 7
+    # A link to a file the classifier was fitted on is that file.
+    _link(work / "links", next(root.glob(f"*/{digits_split.pool[0]}.png")))
+    code, text = invoke(*_folder_base(setup, folder_audit), "--images", work / "links", "--out", work / "l2.csv")
+    assert code == 1 and "error: 1 candidates were used to fit the MINT classifier" in text
+    assert f"copy-{digits_split.pool[0]}.png" in text
+
+
+def test_rows_that_cannot_be_told_apart_are_refused_saying_so(setup: dict[str, Path], folder_audit: dict[str, Path],
+                                                              digits: ImageSet, digits_split: MembershipSplit,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from gmint.assess.candidates import load_image_folder
+    from gmint.assess.scoring import score_samples
+    from gmint.errors import InputError
+    from gmint.mint import TrainedMint
+
+    monkeypatch.setenv("GMINT_CACHE", str(folder_audit["work"] / "cache"))
+    audited, mint = load_audited(setup["model"]), TrainedMint.load(folder_audit["mint"])
+    assert mint.spec.dataset_root == str(folder_audit["root"].resolve())
+    candidates = load_image_folder(folder_audit["root"], audited)
+    # A classifier that does not record where its rows were read from (an older gmint): said, not guessed.
+    older = replace(mint, spec=replace(mint.spec, dataset_root=None, dataset_files_sha256=None))
+    with pytest.raises(InputError, match=r"^cannot tell whether the candidates are files of the MINT classifier's "
+                                         r"imagefolder rows: it does not record the folder"):
+        score_samples(audited, older, candidates, np.arange(3))
+    # The folder changed since the classifier's store was read from it: its row ids name other files.
+    changed = replace(mint, spec=replace(mint.spec, dataset_files_sha256="0" * 64))
+    with pytest.raises(InputError, match=r"has changed since the MINT classifier was written: its files differ"):
+        score_samples(audited, changed, candidates, np.arange(3))
+    # Rows of the same dataset read from the same folder are matched by id.
+    data = load_dataset("imagefolder", folder_audit["root"], cache=False)
+    fitted = int(mint.fitted_ids[0])
+    with pytest.raises(InputError, match="1 candidates were used to fit the MINT classifier"):
+        score_samples(audited, mint, data, np.array([fitted]))

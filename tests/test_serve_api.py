@@ -146,6 +146,42 @@ def test_one_label_applies_to_every_image_and_other_sizes_are_resized(
                                atol=1e-6)
 
 
+def test_images_labelled_predicted_are_scored_under_the_models_prediction_and_said_so(
+        client: TestClient, audit_dir: Path, digits: ImageSet, digits_split: MembershipSplit) -> None:
+    import torch
+
+    from gmint.data.transforms import Transform
+
+    rows = np.intersect1d(digits_split.holdout, digits_split.external)[:6]
+    files, labels = uploads(digits, rows)
+    chosen = [labels[0], "predicted", labels[2], "predicted", "predicted", labels[5]]
+    code, result = score(client, files, chosen)
+    assert code == 200, result
+    audited = load_audited(audit_dir / "digits" / "audited.pt")
+    with torch.no_grad():
+        logits = audited.module.eval()(Transform.from_dict(audited.meta["transform"])(digits.images[rows]))
+    predicted = [str(int(c)) for c in logits.argmax(1)]
+    assert [r["label_source"] for r in result["images"]] == ["true" if c != "predicted" else "predicted"
+                                                              for c in chosen]
+    assert [r["label"] for r in result["images"]] == [c if c != "predicted" else p
+                                                      for c, p in zip(chosen, predicted, strict=True)]
+    verdict = result["verdict"]
+    assert verdict["label_source"] == "predicted" and verdict["predicted_labels"] == 3
+    assert "Labels: 3 of the 6 candidates were scored under the audited model's own predicted class" in \
+        verdict["conclusion"] and "not guaranteed" in verdict["conclusion"]
+    assert result["caveats"][0]["topic"] == "predicted_labels"
+    assert result["caveats"][0]["text"].startswith("3 of your 6 images were scored under the class the model itself")
+    # The calibration keeps the held-out externals the model classifies correctly: fewer than with true labels.
+    _, all_true = score(client, files, labels)
+    assert all_true["verdict"]["label_source"] == "true" and all_true["verdict"]["predicted_labels"] == 0
+    assert verdict["n_calibration"] < all_true["verdict"]["n_calibration"]
+    assert [c["topic"] for c in all_true["caveats"]] == ["gap", "false_positive_rate", "absence", "repeats"]
+    # "predicted" once labels every image so.
+    code, every = score(client, files, ["predicted"])
+    assert code == 200 and [r["label"] for r in every["images"]] == predicted
+    assert {r["label_source"] for r in every["images"]} == {"predicted"}
+
+
 def test_colour_images_need_to_grey(client: TestClient, digits: ImageSet) -> None:
     colour = np.zeros((8, 8, 3), np.uint8)
     colour[..., 0] = digits.images[0, :, :, 0]
@@ -189,7 +225,8 @@ def test_every_bad_upload_is_one_clear_line(client: TestClient, digits: ImageSet
          "big.png is 5000x5000 pixels; this server decodes images of at most 16,777,216 pixels"),
         ([("files", ("bomb.png", _bomb(30000), "image/png"))], ["0"], 413,
          "bomb.png claims more pixels than this server decodes (at most 16,777,216)"),
-        ([good], ["cat"], 422, "unknown class 'cat'; the audited model's classes are 0, 1, 2, 3, 4, 5, 6, 7, 8, 9"),
+        ([good], ["cat"], 422, "unknown class 'cat'; the audited model's classes are 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 "
+                               "(or “predicted” for the model's prediction)"),
         ([good, good, good], ["1", "2"], 422, "2 labels for 3 images; give one class per image, or one for all"),
         ([good] * 41, ["0"], 413, "41 images in one request; this server scores at most 40 at a time"),
         ([("files", ("../../../etc/x.png", b"GIF89a", "image/png"))], ["0"], 422,
@@ -200,8 +237,16 @@ def test_every_bad_upload_is_one_clear_line(client: TestClient, digits: ImageSet
         assert (code, body["detail"][:len(message)]) == (status, message)
     response = client.post("/api/audits/digits/score", data={"labels": ["0"]})
     assert (response.status_code, response.json()) == (422, {"detail": "files: field required"})
+    # No label, or an empty one, is no choice: no class is ever assumed for an image.
     response = client.post("/api/audits/digits/score", files=[good])
-    assert (response.status_code, response.json()) == (422, {"detail": "labels: field required"})
+    assert (response.status_code, response.json()) == (422, {"detail": (
+        "no labels: choose each image's class, or “predicted” for the model's prediction (labels: one per image, "
+        "or one for all of them)")})
+    for labels, message in ((["", "3"], "image 1 has no label: choose its class, or “predicted” for the model's "
+                                        "prediction"),
+                            ([" "], "the one label for every image is empty: choose their class, or “predicted”")):
+        code, body = score(client, [good, good], labels)
+        assert (code, body["detail"][:len(message)]) == (422, message)
     for name in ("nope", "digits..", "DIGITS", "%2E%2E"):
         code, body = score(client, [good], ["0"], name=name)
         assert (code, body) == (404, {"detail": f"unknown audit {name.replace('%2E', '.')!r}; this server has: "

@@ -170,8 +170,48 @@ def test_the_page_shows_the_servers_refusal(server: str, browser: webdriver.Chro
     notes = tmp_path / "notes.png"
     notes.write_text("not an image")
     browser.find_element(By.ID, "files").send_keys(str(notes))
+    Select(browser.find_element(By.CSS_SELECTOR, "#pending tbody select")).select_by_value("0")
     browser.find_element(By.ID, "check").click()
     _wait(browser, "!document.getElementById('error').hidden")
     assert browser.find_element(By.ID, "error").text == ("notes.png is not an image this server reads "
                                                          "(PNG, JPEG, BMP, PPM)")
     assert browser.find_element(By.ID, "result-section").is_displayed() is False
+
+
+def test_no_image_is_checked_before_it_has_a_label(server: str, browser: webdriver.Chrome, tmp_path: Path,
+                                                   digits: ImageSet, digits_split: MembershipSplit) -> None:
+    """No class is chosen for the person: the check stays disabled, saying why, until every image has a class
+    or the model's prediction; predicted labels are shown as such in the answer."""
+    import httpx
+
+    members = np.intersect1d(digits_split.holdout, digits_split.members)[:3]
+    browser.get(server + "/")
+    _wait(browser, "document.body.dataset.ready === 'true'")
+    assert Select(browser.find_element(By.ID, "batch-class")).first_selected_option.get_attribute("value") == ""
+    paths = _images(tmp_path / "c", digits, members)
+    browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in paths))
+    check, hint = browser.find_element(By.ID, "check"), browser.find_element(By.ID, "label-hint")
+    selects = [Select(s) for s in browser.find_elements(By.CSS_SELECTOR, "#pending tbody select")]
+    assert [s.first_selected_option.text for s in selects] == ["Choose…"] * 3
+    assert not check.is_enabled() and hint.text.startswith("Choose a class, or “The model's prediction”, for 3 images")
+    browser.find_element(By.ID, "apply-all").click()  # "Choose…" for all is no choice: nothing changes
+    selects[0].select_by_value(str(digits.labels[members[0]]))
+    selects[1].select_by_value("predicted")
+    assert not check.is_enabled() and "for 1 image before checking" in hint.text
+    selects[2].select_by_value("predicted")
+    assert check.is_enabled() and not hint.is_displayed()
+    check.click()
+    _wait(browser, "!document.getElementById('result-section').hidden")
+    api = httpx.post(f"{server}/api/audits/digits/score", timeout=60,
+                     files=[("files", (p.name, p.read_bytes(), "image/png")) for p in paths],
+                     data={"labels": [str(digits.labels[members[0]]), "predicted", "predicted"]}).json()
+    shown = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")[:2]]
+             for tr in browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")]
+    suffix = {"true": "", "predicted": " (model's prediction)"}
+    assert shown == [[p.name, image["label"] + suffix[image["label_source"]]]
+                     for p, image in zip(paths, api["images"], strict=True)]
+    assert [image["label_source"] for image in api["images"]] == ["true", "predicted", "predicted"]
+    assert browser.find_element(By.ID, "conclusion").text == api["verdict"]["conclusion"]
+    assert "2 of the 3 candidates were scored under the audited model's own predicted class" in api["verdict"][
+        "conclusion"]
+    assert browser.find_element(By.CSS_SELECTOR, "#caveats li").get_attribute("data-topic") == "predicted_labels"

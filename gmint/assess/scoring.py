@@ -5,11 +5,23 @@ the set is tested (`gmint.assess.verdict`) against the calibration: the store's 
 (membership 0, role 1), which the MINT classifier was never fitted on. Rows it was fitted on score lower
 than fresh externals (T learnt them as external), so calibrating on them would turn unseen samples into
 false positives; they are refused.
+
+Whether a candidate *is* one of those rows is decided by identity, never by position: sample ids are
+positions in one read of one dataset, so a candidate is the same item as a fitted or calibration row only
+if it is the same row of the same dataset (same name and folder, or the same files: `same_dataset`) or the
+same file of that dataset's folder (`same_items`). Where a record does not say which folder its rows were
+read from, that is said, not guessed.
+
+A candidate without a true class may be scored under the audited model's own prediction (the `predicted`
+label source). Its Weight Modifier is then that of a correctly classified sample, so the calibration keeps
+only held-out rows the model classifies correctly (whose stored Weight Modifiers are the same under either
+label), and every output says that the labels were predicted.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import tempfile
 from collections.abc import Mapping
@@ -18,12 +30,20 @@ from pathlib import Path
 
 import numpy as np
 
-from gmint.assess.candidates import match_channels, model_input
+from gmint.assess.candidates import (
+    LABEL_SOURCES,
+    UNLABELLED,
+    check_labels,
+    label_candidates,
+    match_channels,
+    model_classes,
+    model_input,
+)
 from gmint.assess.verdict import SetVerdict, set_test
 from gmint.data.base import ImageSet
 from gmint.data.split import EXTERNAL, HOLDOUT
 from gmint.data.transforms import Transform
-from gmint.errors import InputError, StoreMismatchError
+from gmint.errors import GmintError, InputError, StoreMismatchError
 from gmint.features.extract import Rows, extract
 from gmint.features.store import FeatureStore
 from gmint.mint.base import TrainedMint
@@ -32,25 +52,51 @@ from gmint.models.io import AuditedModel
 # The remedy named when every calibration row is also a candidate; callers with an option of their own
 # for it (the CLI's --sample) put its name in this phrase's place.
 SUBSET_HINT = "audit a subset of them"
+# The columns of a scores CSV, one row per candidate (`SampleScores.records`).
+SCORE_COLUMNS = ("sample_id", "file", "label", "class", "label_source", "score")
 
 
 @dataclass(frozen=True)
 class SampleScores:
-    """Per-sample membership probabilities of candidates (sample id and file of their dataset)."""
+    """Per-sample membership probabilities of candidates, with the label each was scored under.
+
+    Attributes:
+        dataset: the candidates' source (a dataset's name, or a candidate folder's).
+        sample_id: (N,) their row ids in that source.
+        file: (N,) their files, relative to the source's folder ("" where rows have none).
+        label: (N,) the class each Weight Modifier was computed under (the audited model's index).
+        score: (N,) P(member).
+        classes: class names of `label` (empty where unknown).
+        predicted: (N,) bool: the label is the audited model's prediction, not a true class (None: none is).
+        label_source: the label source they were scored under (a name in LABEL_SOURCES).
+    """
 
     dataset: str
     sample_id: np.ndarray
     file: np.ndarray
     label: np.ndarray
     score: np.ndarray
+    classes: tuple[str, ...] = ()
+    predicted: np.ndarray | None = None
+    label_source: str = "true"
 
     def __len__(self) -> int:
         return len(self.score)
 
+    @property
+    def n_predicted(self) -> int:
+        """How many candidates were scored under the model's prediction instead of a true class."""
+        return int(self.predicted.sum()) if self.predicted is not None else 0
+
     def records(self) -> list[dict[str, object]]:
-        """One {sample_id, file, score} per candidate: the rows of the scores file."""
-        return [{"sample_id": int(i), "file": str(f), "score": float(s)}
-                for i, f, s in zip(self.sample_id, self.file, self.score, strict=True)]
+        """One {sample_id, file, label, class, label_source, score} per candidate: the rows of the scores file.
+        `label_source` is `predicted` where the label is the audited model's prediction, else `true`."""
+        predicted = self.predicted if self.predicted is not None else np.zeros(len(self), bool)
+        return [{"sample_id": int(i), "file": str(f), "label": int(y),
+                 "class": self.classes[y] if 0 <= y < len(self.classes) else str(y),
+                 "label_source": "predicted" if p else "true", "score": float(s)}
+                for i, f, y, p, s in zip(self.sample_id, self.file, self.label.tolist(), predicted, self.score,
+                                         strict=True)]
 
 
 @dataclass(frozen=True)
@@ -62,6 +108,7 @@ class Calibration:
     score: np.ndarray
     excluded: int          # held-out external rows dropped because they are also candidates
     provenance: dict[str, object]
+    misclassified: int = 0  # held-out external rows dropped because the model misclassifies them (predicted labels)
 
 
 @dataclass(frozen=True)
@@ -71,6 +118,25 @@ class Audit:
     scores: SampleScores
     calibration: Calibration
     verdict: SetVerdict
+
+    def labels_note(self) -> str:
+        """What every reading of the verdict must say when labels were predicted ("" when none were)."""
+        n = self.scores.n_predicted
+        if not n:
+            return ""
+        return (f"Labels: {n} of the {len(self.scores)} candidates were scored under the audited model's own "
+                "predicted class, not a true class; the calibration keeps only the held-out external samples the "
+                f"model classifies correctly ({self.calibration.misclassified} misclassified left out), so the "
+                "false-positive rate is not guaranteed to be α.")
+
+    def conclusion(self, alpha: float = 0.05) -> str:
+        """The verdict in plain language, with the labels note where labels were predicted."""
+        return " ".join(part for part in (self.verdict.conclusion(alpha), self.labels_note()) if part)
+
+    def verdict_dict(self, alpha: float = 0.05) -> dict[str, object]:
+        """The verdict's JSON form at level α, its conclusion with the labels note, and the label source."""
+        return {**self.verdict.to_dict(alpha), "conclusion": self.conclusion(alpha),
+                "label_source": self.scores.label_source, "predicted_labels": self.scores.n_predicted}
 
 
 @dataclass(frozen=True)
@@ -86,40 +152,203 @@ class _Extraction:
     seed: int
 
 
-def calibration_scores(mint: TrainedMint, store_path: Path, *, exclude: np.ndarray | None = None) -> Calibration:
+# ---------------------------------------------------------------------------------------------------------
+# Which rows are the same items
+
+
+@dataclass(frozen=True)
+class DataOrigin:
+    """What a set of rows was read from, as far as its record tells: what its sample ids are ids of.
+
+    Attributes:
+        dataset: the dataset's name.
+        root: the folder its rows were read from, resolved; "" for data without one (digits); None where
+            it is not known (a record from an older gmint, or a file-based set built in memory).
+        files_sha256: `ImageSet.files_sha256` of the read ("" without files); None where not recorded.
+        what: how messages name the record ("the MINT classifier", a store's path, "the candidates").
+    """
+
+    dataset: str
+    root: str | None
+    files_sha256: str | None
+    what: str
+
+    @classmethod
+    def of(cls, data: ImageSet, what: str = "the candidates") -> DataOrigin:
+        """The origin of rows read now."""
+        return cls(data.name, _known_root(data.name, data.root), data.files_sha256(), what)
+
+    @classmethod
+    def recorded(cls, dataset: object, root: object, files_sha256: object, what: str) -> DataOrigin:
+        """The origin a store's provenance or a classifier's spec records (None where a key is missing)."""
+        return cls(str(dataset), _known_root(str(dataset), root),
+                   str(files_sha256) if files_sha256 is not None else None, what)
+
+    @classmethod
+    def of_store(cls, provenance: Mapping[str, object], where: object) -> DataOrigin:
+        """The origin of a store's rows, from its provenance."""
+        return cls.recorded(provenance.get("dataset"), provenance.get("dataset_root"),
+                            provenance.get("dataset_files_sha256"), str(where))
+
+    @classmethod
+    def of_classifier(cls, mint: TrainedMint) -> DataOrigin:
+        """The origin of the rows a MINT classifier was fitted on (its `fitted_ids`)."""
+        spec = mint.spec
+        return cls.recorded(spec.dataset, spec.dataset_root, spec.dataset_files_sha256, "the MINT classifier")
+
+
+def _known_root(dataset: str, root: object) -> str | None:
+    """A recorded folder as text; "" for a dataset that has none (embedded data); None where unknown."""
+    from gmint.data.readers.common import SOURCES  # which datasets are read from files
+
+    if isinstance(root, str | Path) and str(root):
+        return str(root)
+    return None if dataset in SOURCES else ""
+
+
+def same_dataset(a: DataOrigin, b: DataOrigin) -> bool:
+    """Whether sample ids of `a` and of `b` name the same items: the same dataset read from the same folder,
+    or from a copy of it (every sample id naming the same file).
+
+    Raises:
+        InputError: it cannot be told (a folder not recorded), or the folder's files changed between the two
+            reads, so one id may name two files.
+    """
+    if a.dataset != b.dataset:
+        return False
+    if a.files_sha256 and a.files_sha256 == b.files_sha256:
+        return True
+    unknown = next((o for o in (a, b) if o.root is None), None)
+    if unknown is not None:
+        raise InputError(f"cannot tell whether {a.what} and {b.what} hold the same {a.dataset} rows: the folder "
+                         f"behind {unknown.what} is not recorded (an older gmint wrote it, or it was built in memory); "
+                         "extract the store again (and train the classifier on it)")
+    if a.root != b.root:
+        return False
+    if a.files_sha256 is not None and b.files_sha256 is not None and a.files_sha256 != b.files_sha256:
+        raise InputError(f"{a.root or a.dataset} has changed between {a.what} and {b.what}: its files differ, so a "
+                         f"{a.dataset} row id no longer names the same file; extract the store again from the "
+                         "folder as it is")
+    return True
+
+
+def same_items(data: ImageSet, index: np.ndarray, origin: DataOrigin, *, side: int | None = None) -> np.ndarray:
+    """For each candidate row `index` of `data`, the sample id of the row of `origin` it is, else -1.
+
+    A candidate is a row of `origin` when it is the same row of the same dataset (`same_dataset`), or the same
+    file (resolved path, links followed) as a row read from `origin`'s folder — never by position alone. Files
+    are matched only where a candidate lies inside that folder; the folder is then read again (at `side`, as
+    the model's input) and must still hold the files `origin` recorded.
+
+    Raises:
+        InputError: where it cannot be told (see `same_dataset`), or the folder cannot be read again.
+    """
+    none = np.full(len(index), -1, dtype=np.int64)
+    if same_dataset(DataOrigin.of(data), origin):
+        return data.sample_ids[index].astype(np.int64)
+    if data.root is None or data.files is None or origin.root == "":
+        return none  # rows that are no files, or a dataset whose rows are no files
+    if origin.root is None:
+        raise InputError(f"cannot tell whether the candidates are files of {origin.what}'s {origin.dataset} rows: it "
+                         "does not record the folder they were read from (written by an older gmint); extract the "
+                         "store again (and train the classifier on it)")
+    base = Path(origin.root)
+    paths = [(data.root / str(f)).resolve() for f in data.files[index]]
+    if not any(p.is_relative_to(base) for p in paths):
+        return none
+    listing = _files_of(origin, side)
+    return np.array([listing.get(p, -1) for p in paths], dtype=np.int64)
+
+
+def _files_of(origin: DataOrigin, side: int | None) -> dict[Path, int]:
+    """Resolved file → sample id of every row of `origin`, from its folder read again."""
+    from gmint.data.base import DATASETS
+    from gmint.data.readers import load_dataset
+
+    try:
+        # Read as extraction reads a folder of mixed sizes (at the model's side); only the file list matters here.
+        if side and "size" in inspect.signature(DATASETS.get(origin.dataset)).parameters:
+            data = load_dataset(origin.dataset, origin.root, size=side)
+        else:
+            data = load_dataset(origin.dataset, origin.root)
+    except GmintError as exc:
+        raise InputError(f"cannot tell which candidates inside {origin.root} are rows of {origin.what}: "
+                         f"{exc}") from None
+    if origin.files_sha256 is not None and data.files_sha256() != origin.files_sha256:
+        raise InputError(f"{origin.root} has changed since {origin.what} was written: its files differ, so its "
+                         f"{origin.dataset} row ids no longer name the same files; extract the store again from the "
+                         "folder as it is")
+    if data.root is None or data.files is None:
+        return {}
+    return {(data.root / str(f)).resolve(): int(i) for f, i in zip(data.files, data.sample_ids, strict=True)}
+
+
+def _describe(data: ImageSet, row: int) -> str:
+    """A candidate as messages name it: its file where it has one, else its sample id."""
+    if data.files is not None and data.files[row]:
+        return str(data.files[row])
+    return f"sample id {int(data.sample_ids[row])}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Calibration, scores, the set audit
+
+
+def _calibration_store(mint: TrainedMint, store_path: Path) -> dict[str, object]:
+    """The provenance of a complete store that fits the classifier (else StoreMismatchError)."""
+    with FeatureStore.open(store_path) as store:
+        store.require_complete()
+        mint.spec.check(store.provenance, store.dims, str(store_path))
+        return store.provenance
+
+
+def calibration_scores(mint: TrainedMint, store_path: Path, *, exclude: np.ndarray | None = None,
+                       predicted: bool = False) -> Calibration:
     """MINT scores of a complete store's held-out external rows (membership 0, role 1).
 
     Args:
         mint: the MINT classifier.
         store_path: a complete store of its audited model.
-        exclude: sample ids to leave out (the candidates, when they come from the store's dataset): a
-            sample cannot be compared with itself.
+        exclude: sample ids of the store's rows to leave out (the candidates that are rows of it, see
+            `same_items`): a sample cannot be compared with itself.
+        predicted: candidates are scored under the model's predictions: keep only the rows the model
+            classifies correctly, whose Weight Modifiers (computed under the true class) are what they would be
+            under its prediction.
 
     Raises:
         StoreMismatchError: the store does not fit the classifier (other model, reduction, layers).
-        InputError: no held-out external rows, or some of them were used to fit the classifier.
+        InputError: no held-out external rows, some of them used to fit the classifier, or the store's rows
+            cannot be told from the classifier's (see `same_dataset`).
     """
+    prov = _calibration_store(mint, store_path)
     with FeatureStore.open(store_path) as store:
-        store.require_complete()
-        prov = store.provenance
-        mint.spec.check(prov, store.dims, str(store_path))
         rows = (store.column("membership") == EXTERNAL) & (store.column("role") == HOLDOUT)
         ids = store.column("sample_id")[rows]
         if not rows.any():
             raise InputError(f"{store_path} has no held-out external rows (membership 0, role 1) to calibrate "
                              "the verdict on")
+        fitted_on = DataOrigin.of_classifier(mint)
+        if not same_dataset(fitted_on, DataOrigin.of_store(prov, store_path)):
+            raise InputError(f"{store_path} was read from {prov.get('dataset_root')}, the MINT classifier was fitted "
+                             f"on rows read from {fitted_on.root}: its held-out rows cannot be checked against those "
+                             "it was fitted on; calibrate on a store of the classifier's own dataset folder")
         fitted = np.isin(ids, mint.fitted_ids)
         if fitted.any():
             raise InputError(f"{int(fitted.sum())} calibration rows of {store_path} were used to fit the MINT "
                              "classifier; the verdict needs external scores it has never been fitted on")
-        keep = ~np.isin(ids, exclude) if exclude is not None else np.ones(len(ids), bool)
-        if not keep.any():
+        candidate = np.isin(ids, exclude) if exclude is not None else np.zeros(len(ids), bool)
+        correct = store.column("pred")[rows] == store.column("label")[rows] if predicted else np.ones(len(ids), bool)
+        keep = ~candidate & correct
+        if not (~candidate).any():
             raise InputError(f"every held-out external row of {store_path} is a candidate, leaving nothing to "
                              f"calibrate on; {SUBSET_HINT}")
+        if not keep.any():
+            raise InputError(f"the audited model misclassifies every held-out external row of {store_path} left to "
+                             "calibrate predicted labels on")
         features = store.features(mint.spec.layers, rows)[keep]
         labels = store.column("label")[rows][keep]
     return Calibration(Path(store_path), ids[keep], mint.predict_proba(features, labels).astype(np.float64),
-                       int((~keep).sum()), prov)
+                       int(candidate.sum()), prov, int((~candidate & ~correct).sum()))
 
 
 def _extraction(audited: AuditedModel, mint: TrainedMint, like: Mapping[str, object] | None) -> _Extraction:
@@ -142,13 +371,15 @@ def _extraction(audited: AuditedModel, mint: TrainedMint, like: Mapping[str, obj
 
 def score_samples(audited: AuditedModel, mint: TrainedMint, data: ImageSet, index: np.ndarray | None = None, *,
                   like: Mapping[str, object] | None = None, out: Path | None = None, to_grey: bool = False,
-                  batch_size: int = 128, device: str = "cpu", show_progress: bool = False) -> SampleScores:
+                  labels: str = "true", batch_size: int = 128, device: str = "cpu",
+                  show_progress: bool = False) -> SampleScores:
     """MINT membership probabilities of rows `index` of `data` (all rows by default).
 
     The rows are extracted (membership and role unknown, -1) into the store `out`, or a temporary one,
     with the classifier's layers and reduction, and that store is checked against its feature spec.
     Images are brought to the audited model's input: resized by its recorded transform, channels matched
-    by `match_channels`.
+    by `match_channels`. Each is scored under its true class, or, under the `predicted` label source where it
+    has none, under the audited model's prediction (`label_candidates`).
 
     Args:
         audited: the audited model the classifier was trained on.
@@ -158,13 +389,15 @@ def score_samples(audited: AuditedModel, mint: TrainedMint, data: ImageSet, inde
         like: provenance of the calibration store, whose transform, engine, loss and seed are reused.
         out: keep the candidates' feature store here (must not exist yet).
         to_grey: convert colour candidates to grey (luma) for a greyscale model.
+        labels: a name in LABEL_SOURCES: what labels candidates without a true class.
         batch_size: candidates per extraction batch.
         device: where the audited model runs.
         show_progress: show a progress bar for the extraction.
 
     Raises:
         StoreMismatchError: the classifier was trained on another model's features.
-        InputError: repeated rows, rows the classifier was fitted on, or images that cannot be matched.
+        InputError: repeated rows, rows the classifier was fitted on (see `same_items`), candidates without a
+            class under `true` labels, or images that cannot be matched.
     """
     if audited.fingerprint != mint.spec.model_fingerprint:
         raise StoreMismatchError("the MINT classifier was trained on features of another model "
@@ -175,27 +408,25 @@ def score_samples(audited: AuditedModel, mint: TrainedMint, data: ImageSet, inde
         raise InputError("a candidate row is listed more than once; each sample can count only once")
     if len(index) and (index.min() < 0 or index.max() >= len(data)):
         raise InputError(f"candidate row outside the {len(data)} rows of {data.name}")
-    ids = data.sample_ids[index]
-    if data.name == mint.spec.dataset:
-        fitted = np.isin(ids, mint.fitted_ids)
-        if fitted.any():
-            raise InputError(f"{int(fitted.sum())} candidate rows were used to fit the MINT classifier; their "
-                             "scores say nothing about membership (e.g. sample id "
-                             f"{int(ids[np.flatnonzero(fitted)[0]])})")
+    check_labels(data, index, labels)
     channels, side = model_input(audited)
+    _refuse_fitted(mint, data, index, side)
     data = match_channels(data, channels, to_grey=to_grey)
     how = _extraction(audited, mint, like)
     transform = how.transform
     if transform.size is None and side is not None:
         transform = replace(transform, size=side)  # a no-op at the training size, a resize otherwise
+    chosen = label_candidates(audited, data, index, transform, labels=labels, batch_size=batch_size, device=device)
+    # The candidates alone, each under the label it is scored with (ids, files and folder kept).
+    scored = replace(data.take(index), labels=chosen.label, classes=_classes(audited, data, chosen.label))
     unknown = np.full(len(index), -1, dtype=np.int8)
     with tempfile.TemporaryDirectory(prefix="gmint-score-") as tmp:
         path = Path(out) if out is not None else Path(tmp) / "candidates.h5"
         if path.exists():
             raise InputError(f"{path} exists; write the candidates' features to a new file")
-        extract(audited, data, Rows(index, unknown, unknown), out=path, transform=transform, layers=how.layers,
-                reduction=how.reduction, source=how.source, engine=how.engine, loss=how.loss, seed=how.seed,
-                batch_size=batch_size, device=device, show_progress=show_progress)
+        extract(audited, scored, Rows(np.arange(len(index)), unknown, unknown), out=path, transform=transform,
+                layers=how.layers, reduction=how.reduction, source=how.source, engine=how.engine, loss=how.loss,
+                seed=how.seed, batch_size=batch_size, device=device, show_progress=show_progress)
         with FeatureStore.open(path) as store:
             # Candidates may come from any source (a folder, another dataset): only the dataset name is
             # allowed to differ from what the classifier was trained on.
@@ -203,18 +434,41 @@ def score_samples(audited: AuditedModel, mint: TrainedMint, data: ImageSet, inde
             features = store.features(mint.spec.layers)
     if not np.isfinite(features).all():
         raise InputError("the candidates' Weight Modifiers contain NaN or Inf")
-    files = data.files[index] if data.files is not None else np.full(len(index), "")
-    return SampleScores(data.name, ids, files, data.labels[index],
-                        mint.predict_proba(features, data.labels[index]).astype(np.float64))
+    files = scored.files if scored.files is not None else np.full(len(index), "")
+    return SampleScores(data.name, scored.sample_ids, files, scored.labels,
+                        mint.predict_proba(features, scored.labels).astype(np.float64), scored.classes,
+                        chosen.predicted, LABEL_SOURCES.get(labels).name)
+
+
+def _refuse_fitted(mint: TrainedMint, data: ImageSet, index: np.ndarray, side: int | None) -> None:
+    """Refuse candidates that are rows the classifier was fitted on (`same_items`): their scores say nothing."""
+    rows = same_items(data, index, DataOrigin.of_classifier(mint), side=side)
+    fitted = (rows >= 0) & np.isin(rows, mint.fitted_ids)
+    if fitted.any():
+        raise InputError(f"{int(fitted.sum())} candidates were used to fit the MINT classifier; their scores say "
+                         f"nothing about membership (e.g. {_describe(data, int(index[np.flatnonzero(fitted)[0]]))})")
+
+
+def _classes(audited: AuditedModel, data: ImageSet, labels: np.ndarray) -> tuple[str, ...]:
+    """Class names of the labels candidates are scored under: their own set's (without UNLABELLED, which no
+    scored candidate keeps), else, where predictions go beyond them, the audited model's."""
+    own = tuple(c for c in data.classes if c != UNLABELLED)
+    if len(labels) and int(labels.max()) < len(own):
+        return own
+    named = model_classes(audited)
+    return tuple(named) if named is not None else tuple(str(i) for i in range(int(labels.max(initial=0)) + 1))
 
 
 def audit_set(audited: AuditedModel, mint: TrainedMint, data: ImageSet, index: np.ndarray | None = None, *,
               calibration: Path, out: Path | None = None, alternative: str = "greater", to_grey: bool = False,
-              batch_size: int = 128, device: str = "cpu", show_progress: bool = False) -> Audit:
+              labels: str = "true", batch_size: int = 128, device: str = "cpu",
+              show_progress: bool = False) -> Audit:
     """Score candidates and test them as a set against the held-out external rows of `calibration`.
 
     The calibration is read (and checked) first, so a wrong store fails before any extraction. Candidates
-    drawn from the calibration store's own dataset are left out of the calibration.
+    that are rows of the calibration store (the same rows of its dataset, or the same files: `same_items`)
+    are left out of the calibration; when any candidate is labelled by the model's prediction, so are the
+    rows the model misclassifies (see `calibration_scores`).
 
     Args:
         audited: the audited model the classifier was trained on.
@@ -225,6 +479,7 @@ def audit_set(audited: AuditedModel, mint: TrainedMint, data: ImageSet, index: n
         out: keep the candidates' feature store here (must not exist yet).
         alternative: the set test's alternative (see `set_test`).
         to_grey: convert colour candidates to grey (luma) for a greyscale model.
+        labels: a name in LABEL_SOURCES: what labels candidates without a true class.
         batch_size: candidates per extraction batch.
         device: where the audited model runs.
         show_progress: show a progress bar for the extraction.
@@ -236,24 +491,31 @@ def audit_set(audited: AuditedModel, mint: TrainedMint, data: ImageSet, index: n
     if len(index) and (index.min() < 0 or index.max() >= len(data)):
         bad = int(index[(index < 0) | (index >= len(data))][0])
         raise InputError(f"row {bad} is outside the {len(data)} rows of {data.name} (0 to {len(data) - 1})")
-    same = data.name == mint.spec.dataset
-    cal = calibration_scores(mint, calibration, exclude=data.sample_ids[index] if same else None)
-    scores = score_samples(audited, mint, data, index, like=cal.provenance, out=out, to_grey=to_grey,
+    predicted = check_labels(data, index, labels)
+    provenance = _calibration_store(mint, calibration)
+    side = model_input(audited)[1]
+    _refuse_fitted(mint, data, index, side)  # before the calibration: a fitted candidate is the first problem
+    rows = same_items(data, index, DataOrigin.of_store(provenance, calibration), side=side)
+    cal = calibration_scores(mint, calibration, exclude=rows[rows >= 0], predicted=bool(predicted.any()))
+    scores = score_samples(audited, mint, data, index, like=cal.provenance, out=out, to_grey=to_grey, labels=labels,
                            batch_size=batch_size, device=device, show_progress=show_progress)
     return Audit(scores, cal, set_test(scores.score, cal.score, alternative=alternative))
 
 
 def write_scores(audit: Audit, path: Path, *, alpha: float = 0.05) -> Path:
-    """Per-sample scores as CSV (sample_id, file, score), or as JSON with the verdict for a `.json` path."""
+    """Per-sample scores as CSV (sample_id, file, label, class, label_source, score), or as JSON with the verdict
+    for a `.json` path. `label_source` says, per candidate, whether its label is a true class or the audited
+    model's prediction."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    records = audit.scores.records()
     if path.suffix.lower() == ".json":
-        payload = {"verdict": audit.verdict.to_dict(alpha), "calibration_store": str(audit.calibration.store),
-                   "dataset": audit.scores.dataset, "scores": audit.scores.records()}
+        payload = {"verdict": audit.verdict_dict(alpha), "calibration_store": str(audit.calibration.store),
+                   "dataset": audit.scores.dataset, "label_source": audit.scores.label_source, "scores": records}
         path.write_text(json.dumps(payload, indent=2))
         return path
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["sample_id", "file", "score"])
+        writer = csv.DictWriter(fh, fieldnames=list(SCORE_COLUMNS))
         writer.writeheader()
-        writer.writerows(audit.scores.records())
+        writer.writerows(records)
     return path

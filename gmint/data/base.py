@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,9 @@ class ImageSet:
             independent. Membership splits never put one group on both sides.
         files: (N,) str source file of each row, relative to the dataset root (for IDX and pickle rows,
             the container file, e.g. `data_batch_3`).
+        root: the folder the rows were read from, resolved (`files` are relative to it); None for embedded
+            data (digits) and for sets built in memory. With the name it tells two reads of one dataset from
+            reads of two datasets: sample ids are positions, so they match rows only within one dataset.
     """
 
     name: str
@@ -41,6 +45,7 @@ class ImageSet:
     classes: tuple[str, ...]
     groups: np.ndarray | None = None
     files: np.ndarray | None = field(default=None, repr=False)
+    root: Path | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -70,7 +75,17 @@ class ImageSet:
         return ImageSet(name=self.name, images=self.images[rows], labels=self.labels[rows],
                         sample_ids=self.sample_ids[rows], part=self.part[rows], classes=self.classes,
                         groups=None if self.groups is None else self.groups[rows],
-                        files=None if self.files is None else self.files[rows])
+                        files=None if self.files is None else self.files[rows], root=self.root)
+
+    def files_sha256(self) -> str:
+        """Hash of every row's (sample id, file), "" without files: two reads with the same hash name the same
+        file by each sample id, so their rows can be matched by id (stores record it; see `root`)."""
+        if self.files is None:
+            return ""
+        digest = hashlib.sha256()
+        for sample_id, file in zip(self.sample_ids.tolist(), self.files.tolist(), strict=True):
+            digest.update(f"{sample_id}\0{file}\n".encode())
+        return digest.hexdigest()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -39,7 +39,9 @@ class FeatureSpec:
 
     `layers` are feature names (the store's datasets, in column order; the field keeps its name, a key of
     saved classifier files) and `dims` their widths; `setup` is the layer setup they were chosen with (what
-    the user wrote, e.g. `combined`).
+    the user wrote, e.g. `combined`). `dataset_root` and `dataset_files_sha256` are the store's record of the
+    folder its rows were read from (`ImageSet.root`, `ImageSet.files_sha256`; "" where there is none): what
+    its fitted sample ids are rows of. None in classifiers saved before gmint recorded them.
     """
 
     layers: list[str]
@@ -50,6 +52,8 @@ class FeatureSpec:
     dataset: str
     setup: str = ""
     source: str = "gradient"
+    dataset_root: str | None = None
+    dataset_files_sha256: str | None = None
 
     def check(self, provenance: dict[str, object], dims: dict[str, int], where: str) -> None:
         """Raise StoreMismatchError naming the first difference between this spec and a store.

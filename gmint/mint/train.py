@@ -151,8 +151,16 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
     spec = FeatureSpec(layers=features, dims=[dims[n] for n in features], reduction=str(prov["reduction"]),
                        model_fingerprint=str(prov["model_fingerprint"]),
                        split_sha256=str(prov.get("split_sha256", "")), dataset=str(prov["dataset"]),
-                       setup=setup, source=str(prov.get("source", "gradient")))
+                       setup=setup, source=str(prov.get("source", "gradient")),
+                       dataset_root=_recorded(prov, "dataset_root"),
+                       dataset_files_sha256=_recorded(prov, "dataset_files_sha256"))
     return TrainedMint(kind, model, spec, scaler, ids, record)
+
+
+def _recorded(provenance: dict[str, object], key: str) -> str | None:
+    """A text the store's provenance records under `key`, or None where it has none (an older store)."""
+    value = provenance.get(key)
+    return str(value) if value is not None else None
 
 
 def _known_options(builder: MintBuilder, input_dim: int, options: dict[str, object]) -> str:

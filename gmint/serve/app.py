@@ -6,7 +6,9 @@ Routes (documented in `/openapi.json`; the interactive docs pages are off, as th
     GET  /api/audits                     the audits and the upload limits
     GET  /api/audits/{name}              one audit
     POST /api/audits/{name}/score        multipart: files (1..max_files images), labels (one per image, or one
-                                         for all), to_grey (bool) → per-image probabilities, verdict, caveats
+                                         for all: a class, or `predicted` for the model's prediction; required,
+                                         none is assumed), to_grey (bool) → per-image probabilities, verdict,
+                                         caveats
 
 An audit name in a URL is looked up in the listing built at start-up; no part of a request is ever joined into
 a path. Errors are JSON `{"detail": "<one line>"}` with 404 (unknown audit), 413 (too large, too many), 422
@@ -88,7 +90,8 @@ class AuditInfo(BaseModel):
     title: str
     description: str
     alpha: float = Field(description="The false-positive rate the verdict is calibrated to.")
-    classes: list[str] = Field(description="The audited model's classes; each image is labelled with one.")
+    classes: list[str] = Field(description="The audited model's classes; each image is labelled with one, or "
+                                           "with `predicted` (the model's own prediction).")
     input: ModelInput
     dataset: str = Field(description="The dataset the classifier's store was extracted from.")
     classifier: Classifier
@@ -114,10 +117,12 @@ class AuditList(BaseModel):
 
 
 class ImageResult(BaseModel):
-    """One image: the MINT classifier's membership probability under the class it was given."""
+    """One image: the MINT classifier's membership probability under the class it was scored with."""
 
     name: str = Field(description="The uploaded file's name, cleaned (display only).")
-    label: str
+    label: str = Field(description="The class it was scored under.")
+    label_source: str = Field(description="true: the class it was given; predicted: the audited model's own "
+                                          "prediction, asked for with the label `predicted`.")
     score: float = Field(description="P(member) from the MINT classifier.")
 
 
@@ -135,14 +140,17 @@ class Verdict(BaseModel):
     mean_candidate: float
     mean_calibration: float
     effect: float = Field(description="P(an image outscores an external sample); 0.5 under H0.")
-    conclusion: str = Field(description="The verdict in plain language.")
+    conclusion: str = Field(description="The verdict in plain language (saying so where labels were predicted).")
+    label_source: str = Field(description="true: every image had its class; predicted: images labelled "
+                                          "`predicted` were scored under the model's prediction.")
+    predicted_labels: int = Field(description="How many images were scored under the model's prediction.")
 
 
 class Caveat(BaseModel):
     """One thing to read beside the verdict."""
 
-    topic: str = Field(description="resized (only when images were) | gap | false_positive_rate | absence | "
-                                   "repeats")
+    topic: str = Field(description="predicted_labels (only when an image was labelled `predicted`) | resized "
+                                   "(only when images were) | gap | false_positive_rate | absence | repeats")
     text: str
 
 
@@ -165,7 +173,7 @@ class ErrorBody(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody, "description": text} for code, text in (
     (404, "Unknown audit."), (413, "Too many images, or a file or request over the limits."),
-    (422, "Not an image, a damaged one, an unknown class, wrong labels or sizes."))}
+    (422, "Not an image, a damaged one, no label or an unknown class, wrong labels or sizes."))}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -255,8 +263,8 @@ def create_app(audits: Mapping[str, PublishedAudit], limits: Limits | None = Non
     static = _static()
     app = FastAPI(title="gmint — was my data used to train this model?", version=gmint.__version__,
                   description="Membership-inference audits of image models (gMINT), published by whoever runs this "
-                              "server. Upload images with their classes; get each image's membership probability "
-                              "and a set-level verdict with its p-value.",
+                              "server. Upload images with their classes (or ask for the model's prediction); get "
+                              "each image's membership probability and a set-level verdict with its p-value.",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
 
@@ -301,8 +309,10 @@ def create_app(audits: Mapping[str, PublishedAudit], limits: Limits | None = Non
               summary="Score images and test them as a set")
     def score(name: Annotated[str, PathParam(max_length=64)],
               files: Annotated[list[UploadFile], File(description="The images (PNG, JPEG, BMP, PPM).")],
-              labels: Annotated[list[str], Form(description="The class of each image, in the order of `files`, "
-                                                            "or one class for all of them.")],
+              labels: Annotated[list[str] | None, Form(
+                  description="The class of each image, in the order of `files`, or one for all of them; "
+                              "`predicted` scores an image under the audited model's own prediction. Required: "
+                              "no class is assumed.")] = None,
               to_grey: Annotated[bool, Form(description="Convert colour images to grey (luma) for a greyscale "
                                                         "model; without it they are refused.")] = False,
               ) -> dict[str, object]:
@@ -319,8 +329,8 @@ def create_app(audits: Mapping[str, PublishedAudit], limits: Limits | None = Non
             # One byte more than allowed is enough to refuse it (check_image says so, with the limit).
             checked.append(check_image(shown, upload.file.read(limits.max_file_bytes + 1), limits))
         start = time.perf_counter()
-        result = score_uploads(audit, checked, labels, to_grey=to_grey, tmp_root=tmp_root)
-        return {**result.to_dict(), "caveats": caveats(audit, result.resized, len(checked)),
+        result = score_uploads(audit, checked, labels or [], to_grey=to_grey, tmp_root=tmp_root)
+        return {**result.to_dict(), "caveats": caveats(audit, result.resized, len(checked), result.predicted),
                 "seconds": round(time.perf_counter() - start, 4)}
 
     return app

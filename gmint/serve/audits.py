@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
-from gmint.assess.candidates import model_classes, model_input
+from gmint.assess.candidates import PREDICTED_LABELS, model_classes, model_input
 from gmint.assess.evaluate import ModelGap
 from gmint.assess.scoring import calibration_scores
 from gmint.errors import GmintError, InputError, StoreMismatchError
@@ -147,7 +147,8 @@ class PublishedAudit:
         audited: the audited model (eval mode).
         mint: its MINT classifier.
         store: the calibration store.
-        classes: the model's class names; each uploaded image is labelled with one of them.
+        classes: the model's class names; each uploaded image is labelled with one of them, or with the
+            model's prediction.
         channels / side: the model's input (channels, side in pixels); None where the checkpoint does not say.
         gap: the model's own accuracy and loss on members and externals, from its training record (None when
             the checkpoint has none).
@@ -224,6 +225,9 @@ def load_audit(folder: Path, name: str | None = None) -> PublishedAudit:
     bad = [c for c in classes if not c or c in (".", "..") or "/" in c or "\\" in c or c.startswith(".")]
     if bad:
         raise InputError(f"class name {bad[0]!r} of {paths['model']} cannot name an image folder")
+    if PREDICTED_LABELS.name in classes:  # on the page, that label asks for the model's own prediction
+        raise InputError(f"class name {PREDICTED_LABELS.name!r} of {paths['model']} is the label that asks for the "
+                         "model's prediction; a published audit cannot have a class so named")
     channels, side = model_input(audited)
     return PublishedAudit(name, manifest, audited, mint, paths["store"], tuple(classes), channels, side,
                           model_gap(audited), len(calibration.score))

@@ -14,6 +14,7 @@ its readers on import; what they share is in `common`.
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def load_dataset(name: str, root: Path | str | None = None, *, cache: bool = Tru
                  **options: object) -> ImageSet:
     """Dataset `name` from `root` (else $GMINT_DATA), decoded once and then served from the cache.
 
-    Datasets without files on disk (`digits`) need no root and are not cached.
+    Datasets without files on disk (`digits`) need no root and are not cached. The folder read is the
+    returned set's `root` (resolved), so stores can tell its rows from another folder's.
 
     Args:
         name: a registered dataset (`DATASETS`), e.g. `mnist`.
@@ -60,7 +62,9 @@ def load_dataset(name: str, root: Path | str | None = None, *, cache: bool = Tru
         return reader(root, **options)
     # Readers with several layouts take a `layout` option; it decides which folder is read.
     _, folder = locate(name, root, str(options.get("layout", "auto")))
+    # The folder read is part of the rows' identity (`ImageSet.root`), which every store records.
     if not cache:
-        return reader(folder, **options)
+        return replace(reader(folder, **options), root=folder.resolve())
     reader_id = f"{reader.__module__}.{reader.__qualname__}"
-    return cached(name, reader_id, folder, options, partial(reader, folder, **options))
+    data = cached(name, reader_id, folder, options, partial(reader, folder, **options))
+    return replace(data, root=folder.resolve())

@@ -1,6 +1,11 @@
 // The MINT-Demo page: pick an audit, add images with their classes, send them, read the answer.
 // Plain DOM: every text from the server or from file names goes in through textContent, never as HTML.
+// No image gets a class by default: each needs the person's choice, a class or the model's prediction
+// (PREDICTED), before the check can be sent.
 "use strict";
+
+const PREDICTED = "predicted";  // the label that asks the server for the model's own prediction
+const PREDICTED_TEXT = "The model's prediction";
 
 const state = { audits: [], limits: null, audit: null, items: [], nextId: 0 };
 const $ = (id) => document.getElementById(id);
@@ -23,6 +28,12 @@ function bytes(n) { return n >= 1048576 ? (n / 1048576).toFixed(1) + " MiB" : Ma
 
 function classSelect(value) {
   const select = el("select");
+  const none = el("option", "Choose…");
+  none.value = "";
+  select.appendChild(none);
+  const predicted = el("option", PREDICTED_TEXT);
+  predicted.value = PREDICTED;
+  select.appendChild(predicted);
   for (const name of state.audit.classes) {
     const option = el("option", name);
     option.value = name;
@@ -30,6 +41,22 @@ function classSelect(value) {
   }
   select.value = value;
   return select;
+}
+
+function labelChoices() {
+  return new Set([PREDICTED, ...(state.audit ? state.audit.classes : [])]);
+}
+
+// The check is sent only once every image has a label; until then the button stays disabled and says why.
+function updateCheck() {
+  const missing = state.items.filter((item) => !item.label).length;
+  $("check").disabled = state.items.length === 0 || !state.audit || missing > 0;
+  const hint = $("label-hint");
+  hint.textContent = missing
+    ? `Choose a class, or “${PREDICTED_TEXT}”, for ${missing === 1 ? "1 image" : `${missing} images`} ` +
+      "before checking: a wrong class gives a meaningless score."
+    : "";
+  hint.hidden = !missing;
 }
 
 function renderAudit() {
@@ -51,11 +78,12 @@ function renderAudit() {
   facts.appendChild(el("li", `Verdicts are calibrated to a false-positive rate of ${a.alpha} against ` +
     `${a.n_calibration} held-out images the model never saw.`));
   const batch = $("batch-class");
-  batch.replaceChildren(...classSelect(a.classes[0]).children);
-  batch.value = a.classes[0];
+  batch.replaceChildren(...classSelect("").children);
+  batch.value = "";
   $("grey-row").hidden = a.input.channels !== 1;
+  const choices = labelChoices();
   for (const item of state.items) {
-    if (!a.classes.includes(item.label)) item.label = a.classes[0];
+    if (!choices.has(item.label)) item.label = "";  // a class of another audit: no choice, not a guess
   }
   renderPending();
 }
@@ -76,7 +104,7 @@ function renderPending() {
     const cell = el("td");
     const select = classSelect(item.label);
     select.setAttribute("aria-label", `Class of ${item.file.name}`);
-    select.addEventListener("change", () => { item.label = select.value; });
+    select.addEventListener("change", () => { item.label = select.value; updateCheck(); });
     cell.appendChild(select);
     row.appendChild(cell);
     const remove = el("button", "Remove");
@@ -92,7 +120,7 @@ function renderPending() {
     body.appendChild(row);
   }
   $("pending-count").textContent = String(state.items.length);
-  $("check").disabled = state.items.length === 0 || !state.audit;
+  updateCheck();
 }
 
 function addFiles(fileList) {
@@ -138,7 +166,7 @@ function renderResult(result) {
   for (const image of result.images) {
     const row = el("tr");
     row.appendChild(el("td", image.name));
-    row.appendChild(el("td", image.label));
+    row.appendChild(el("td", image.label_source === PREDICTED ? `${image.label} (model's prediction)` : image.label));
     row.appendChild(el("td", image.score.toFixed(3), "number"));
     const barCell = el("td");
     const bar = el("meter");
@@ -177,7 +205,7 @@ async function check() {
     showError(`Could not reach the server (${err}).`);
     $("status").textContent = "";
   } finally {
-    $("check").disabled = state.items.length === 0;
+    updateCheck();
   }
 }
 
@@ -198,7 +226,9 @@ async function start() {
     renderPending();
   });
   $("apply-all").addEventListener("click", () => {
-    for (const item of state.items) item.label = $("batch-class").value;
+    const label = $("batch-class").value;
+    if (!label) return;  // "Choose…" is no choice: it never clears the ones made
+    for (const item of state.items) item.label = label;
     renderPending();
   });
   $("audit").addEventListener("change", () => {
