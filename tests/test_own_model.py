@@ -195,6 +195,8 @@ def test_the_published_page_takes_the_imported_model_with_its_class_names(workdi
     assert audit.classes == NAMES
     listed = TestClient(create_app({"own": audit})).get("/api/audits/own")
     assert listed.status_code == 200 and listed.json()["classes"] == list(NAMES)
+    gap = listed.json()["gap"]  # no training record: the gap the extraction measured on the declared sides
+    assert gap["members_accuracy"] == 1.0 and 0.5 < gap["external_accuracy"] < 1.0
 
 
 def test_a_wrong_normalisation_is_caught_before_any_weight_modifier(workdir: Path, cli_audit: dict,

@@ -183,13 +183,22 @@ class PublishedAudit:
                 "gap": self.gap.to_dict() if self.gap is not None else None, "n_calibration": self.n_calibration}
 
 
-def model_gap(audited: AuditedModel) -> ModelGap | None:
-    """The generalisation gap from a gmint checkpoint's training record, or None without one."""
-    record = audited.meta.get("record")
+def model_gap(audited: AuditedModel, store: Mapping[str, object]) -> ModelGap | None:
+    """The generalisation gap from a gmint checkpoint's training record, else from the check the store's
+    extraction ran on the declared members and externals (a model from outside records no training); None
+    without either."""
     keys = ("members_accuracy", "external_accuracy", "members_loss", "external_loss")
-    if not isinstance(record, Mapping) or not all(isinstance(record.get(k), int | float) for k in keys):
+    record = audited.meta.get("record")
+    if isinstance(record, Mapping) and all(isinstance(record.get(k), int | float) for k in keys):
+        return ModelGap(*(float(record[k]) for k in keys))
+    check = store.get("model_check")
+    if not isinstance(check, Mapping):
         return None
-    return ModelGap(*(float(record[k]) for k in keys))
+    members, external = check.get("members"), check.get("external")
+    if not isinstance(members, Mapping) or not isinstance(external, Mapping):
+        return None
+    return ModelGap(float(members["accuracy"]), float(external["accuracy"]), float(members["loss"]),
+                    float(external["loss"]))
 
 
 def load_audit(folder: Path, name: str | None = None) -> PublishedAudit:
@@ -230,7 +239,7 @@ def load_audit(folder: Path, name: str | None = None) -> PublishedAudit:
                          "model's prediction; a published audit cannot have a class so named")
     channels, side = model_input(audited)
     return PublishedAudit(name, manifest, audited, mint, paths["store"], tuple(classes), channels, side,
-                          model_gap(audited), len(calibration.score))
+                          model_gap(audited, calibration.provenance), len(calibration.score))
 
 
 def find_audits(root: Path) -> tuple[dict[str, PublishedAudit], list[str]]:
