@@ -39,6 +39,10 @@ COMMON_NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = 
 # How far a measured accuracy may fall below another before it counts: the larger of this and three standard
 # errors of the measurement.
 MIN_GAP = 0.02
+# How much lower the members' mean loss must be under another preprocessing, beside a clearly higher accuracy,
+# before it is named: a wrong normalisation costs a trained model an order of magnitude, while a barely trained
+# one (near chance under any input scaling) differs by a few percent either way.
+LOSS_RATIO = 0.5
 # How much better the class order the predictions imply must classify the members to be named.
 CLASS_ORDER_GAIN = 0.2
 
@@ -177,7 +181,7 @@ def _better_preprocessing(fit: Measure, data: ImageSet, rows: np.ndarray, transf
     margin = _margin(declared_fit.accuracy, len(rows))
     better = [(name, fit(rows, t, images)[0]) for name, t, images in candidates]
     better = [(name, f) for name, f in better
-              if f.accuracy - declared_fit.accuracy > margin and f.loss < declared_fit.loss]
+              if f.accuracy - declared_fit.accuracy > margin and f.loss < LOSS_RATIO * declared_fit.loss]
     if not better:
         return None
     # Most accurate first; ties keep COMMON_NORMALISATIONS' order (a loss alone does not rank them: inputs
