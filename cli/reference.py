@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from gmint.data.base import ImageSet
+from gmint.data.base import DATASETS, ImageSet
+from gmint.data.split import MembershipSplit
 from gmint.errors import InputError
-from gmint.models.io import load_audited
+from gmint.models.io import AuditedModel, load_audited
+from gmint.models.train import TrainConfig
 from gmint.reference import (
     ATTACKS,
     ExtractSettings,
@@ -18,9 +23,11 @@ from gmint.reference import (
     load_signals,
     train_references,
 )
-from gmint.reference.models import INITS, MODES
+from gmint.reference.models import INITS, MODES, records_recipe
 from gmint.reference.report import comparison_table, write_comparison
+from gmint_cli import audited as audited_cli
 from gmint_cli.console import cli_errors, console, print_json, show_progress
+from gmint_cli.extract import as_model_classes
 from gmint_cli.inputs import load_data
 from gmint_cli.options import choices, device_option, flag, json_object
 from gmint_cli.outputs import check_output
@@ -28,18 +35,72 @@ from gmint_cli.outputs import check_output
 app = typer.Typer(no_args_is_help=True)
 DEFAULT_ATTACKS = ("loss", "gmint", "negative-control", "lira-offline", "lira-offline-global", "rmia",
                    "gmint-calibrated", "gmint-calibrated-norms", "gmint-concat")
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+# The TrainConfig fields given as options, and the option of each; the seed is --train-seed here, as --seed
+# seeds the halves.
+RECIPE_OPTIONS = {name: f"--{name.replace('_', '-')}" for name in _DEFAULTS} | {"seed": "--train-seed"}
 
 
-def _audited_data(model: Path, data_root: Path | None) -> ImageSet:
-    """The audited checkpoint's dataset, as its record names it (preprocessing is the checkpoint's own)."""
-    meta = load_audited(model).meta
-    return load_data(str(meta.get("dataset", "digits")), data_root)
+def _recipe_option(name: str) -> Any:
+    """`gmint audited train`'s option for a TrainConfig field (its help, bounds and checks, defined there once),
+    without a default: the recipe of a model from outside is stated by its auditor; fields not stated keep
+    TrainConfig's defaults."""
+    info = inspect.signature(audited_cli.train).parameters[name].default
+    text = str(info.help).rstrip(".")
+    default = "" if "(default:" in text else f" (default: {_DEFAULTS[name]})"
+    return typer.Option(None, min=info.min, max=info.max, callback=info.callback,
+                        help=f"{text}: the recipe of a model from outside{default}.")
+
+
+def _given_recipe(values: dict[str, object], recipe: str | None) -> TrainConfig | None:
+    """The TrainConfig the recipe options or --recipe state (the rest at its defaults); None where none is."""
+    stated = {name: value for name, value in values.items() if value is not None}
+    if recipe is None:
+        return TrainConfig.from_mapping(stated) if stated else None
+    if stated:
+        options = ", ".join(RECIPE_OPTIONS[name] for name in stated)
+        raise InputError(f"give the training recipe as --recipe or as options ({options}), not both")
+    text = Path(recipe).read_text() if not recipe.lstrip().startswith("{") and Path(recipe).is_file() else recipe
+    return TrainConfig.from_mapping(json_object(text, "--recipe"))
+
+
+def _model_data(audited: AuditedModel, model: Path, data: str | None, data_root: Path | None) -> ImageSet:
+    """The data the audited model's references train and are read on, labelled in the model's classes (so the
+    reference stores are labelled exactly as the audited model's): --data, else the dataset its record names."""
+    name = data or audited.meta.get("dataset")
+    if name is None:
+        raise InputError(f"--data is required: {model} was trained outside gmint and records no dataset; give the "
+                         "one its split names (and --data-root)")
+    return as_model_classes(load_data(str(name), data_root), audited)
 
 
 @app.command("train")
 @cli_errors
-def train(model: Path = typer.Option(..., help="The audited gmint checkpoint: its recipe (architecture, optimiser, "
-                                               "epochs, preprocessing, split) trains the reference models."),
+def train(model: Path = typer.Option(..., help="The audited gmint checkpoint. A model gmint trained records its "
+                                               "recipe (architecture, optimiser, epochs, preprocessing, split), "
+                                               "which trains the reference models; a model imported with `gmint "
+                                               "model import` records its architecture and preprocessing, and "
+                                               "needs --split, --data and a recipe (the options below, or "
+                                               "--recipe)."),
+          split: Path = typer.Option(None, help="Split manifest, with control rows (`gmint split --control-list`): "
+                                                "required for a model from outside (default: the one a gmint "
+                                                "checkpoint records; another is refused)."),
+          data: str = typer.Option(None, help=f"Dataset: {choices(DATASETS)}; required for a model from outside "
+                                              "(default: the one the model was trained on)."),
+          epochs: int = _recipe_option("epochs"),
+          batch_size: int = _recipe_option("batch_size"),
+          optimizer: str = _recipe_option("optimizer"),
+          lr: float = _recipe_option("lr"),
+          weight_decay: float = _recipe_option("weight_decay"),
+          schedule: str = _recipe_option("schedule"),
+          augment: str = _recipe_option("augment"),
+          threads: int = _recipe_option("threads"),
+          target_accuracy: float = _recipe_option("target_accuracy"),
+          train_seed: int = typer.Option(None, help="Seed of the models' initialisation and shuffling: the recipe of "
+                                                    "a model from outside (default: 0)."),
+          recipe: str = typer.Option(None, help="The recipe of a model from outside as one JSON object of those "
+                                                "fields (or a file holding one), e.g. {\"epochs\": 20, \"lr\": "
+                                                "0.001}, instead of the options (default: none)."),
           out: Path = typer.Option(Path("references"), help="Folder for references.json and ref-NN.pt."),
           mode: str = typer.Option("offline", help=f"{choices(MODES)}: offline models train on halves of the split's "
                                                    "control rows, never on a candidate; online ones on halves of "
@@ -47,7 +108,8 @@ def train(model: Path = typer.Option(..., help="The audited gmint checkpoint: it
           k: int = typer.Option(4, "--k", min=1, help="Number of reference models (trained in complementary pairs)."),
           seed: int = typer.Option(0, help="Seed of the halves."),
           init: str = typer.Option("audited", help=f"{choices(INITS)}: start every model from the audited model's "
-                                                   "seed (aligned filters), or each from its own."),
+                                                   "seed (aligned filters; for a model from outside, the recipe's), "
+                                                   "or each from its own."),
           data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
                                             "(default: $GMINT_DATA; digits needs none)."),
           device: str = device_option(),
@@ -57,12 +119,30 @@ def train(model: Path = typer.Option(..., help="The audited gmint checkpoint: it
           resume: bool = flag("--resume", "Continue (or grow to a larger --k) the set in --out."),
           overwrite: bool = flag("--overwrite", "Replace a set of another design in --out.")) -> None:
     """Train K reference models with the audited model's recipe, one checkpoint each, resumable."""
-    check_output(out, "--out", folder=True, overwrite=overwrite, resume=resume, inputs={"--model": model})
-    manifest = train_references(_audited_data(model, data_root), model, out, mode=mode, k=k, seed=seed, init=init,
+    check_output(out, "--out", folder=True, overwrite=overwrite, resume=resume,
+                 inputs={"--model": model, "--split": split})
+    config = _given_recipe({"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
+                            "weight_decay": weight_decay, "schedule": schedule, "augment": augment, "seed": train_seed,
+                            "threads": threads, "target_accuracy": target_accuracy}, recipe)
+    audited = load_audited(model)
+    if records_recipe(audited) and config is not None:
+        raise InputError(f"{model} records the recipe gmint trained it with, which its reference models are trained "
+                         "with: drop the recipe options (they are for a model from outside)")
+    if not records_recipe(audited) and config is None:
+        raise InputError(f"{model} was trained outside gmint and records no training recipe: give the one its "
+                         "reference models are trained with, as options (--epochs, --lr, --optimizer, ...) or as "
+                         "--recipe JSON")
+    if not records_recipe(audited) and split is None:
+        raise InputError(f"--split is required: {model} was trained outside gmint and records no membership split; "
+                         "give the split of your lists, with control rows (`gmint split --control-list`)")
+    manifest = train_references(_model_data(audited, model, data, data_root), model, out, mode=mode, k=k, seed=seed,
+                                init=init, config=config, split=MembershipSplit.load(split) if split else None,
                                 resume=resume, overwrite=overwrite, device=device, workers=workers,
                                 show_progress=show_progress())
     console.print(f"{out}: {manifest.k} {manifest.mode} reference models on halves of {len(manifest.pool)} pool rows "
                   f"({manifest.grouped_by}s drawn whole)")
+    if config is not None:
+        console.print("  recipe given: " + ", ".join(f"{name} {value}" for name, value in asdict(config).items()))
     for i in range(manifest.k):
         meta = load_audited(out / manifest.model_file(i)).meta
         record = meta.get("record", {})
@@ -81,14 +161,19 @@ def extract(references: Path = typer.Argument(..., help="A folder from `gmint re
             engine: str = typer.Option("auto", help="Engine the extraction starts from."),
             batch_size: int = typer.Option(128, min=1, help="Rows per batch."),
             seed: int = typer.Option(0, help="Seed of seeded reductions."),
+            data: str = typer.Option(None, help=f"Dataset: {choices(DATASETS)} (default: the one the reference set "
+                                                "was drawn on; another is refused)."),
             data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
                                             "(default: $GMINT_DATA; digits needs none)."),
             device: str = device_option()) -> None:
     """Extract the gradient and output stores of the audited model and each reference model (resumable)."""
     manifest = ReferenceSet.load(references)
-    data = _audited_data(Path(manifest.audited), data_root)
+    if data is not None and data != manifest.dataset:
+        raise InputError(f"{references} was drawn on '{manifest.dataset}', --data is '{data}'")
+    audited = Path(manifest.audited)
+    images = _model_data(load_audited(audited), audited, manifest.dataset, data_root)
     settings = ExtractSettings(layers=layers, reduction=reduction, engine=engine, batch_size=batch_size, seed=seed)
-    for path in extract_references(data, references, k=k, settings=settings, device=device,
+    for path in extract_references(images, references, k=k, settings=settings, device=device,
                                    show_progress=show_progress()):
         console.print(f"{path}")
 

@@ -49,6 +49,10 @@ def split(ctx: typer.Context,
                                             "--control (default: none, a random split)."),
           external_list: Path = typer.Option(None, help="The rows the model never saw, listed as for "
                                              "--members-list (default: none)."),
+          control_list: Path = typer.Option(None, help="More rows the model never saw, listed as for "
+                                            "--members-list, kept out of the pool and the holdout: offline "
+                                            "reference models and negative controls train on them. Only with the "
+                                            "other lists (default: none)."),
           holdout: float = typer.Option(0.5, help="Fraction of the smaller side held out for evaluation."),
           control: str = typer.Option("0", help=f"Rows reserved for a negative-control model: {SIZE_HELP}; "
                                                 "0 for none."),
@@ -62,6 +66,9 @@ def split(ctx: typer.Context,
     """Draw a seeded, class-balanced membership split (members / external, pool / holdout), or make one from
     your own lists of members and external samples."""
     listed = members_list is not None or external_list is not None
+    if control_list is not None and not listed:
+        raise InputError("--control-list goes with --members-list and --external-list; a random split draws its "
+                         "control rows with --control")
     if listed:
         if members_list is None or external_list is None:
             raise InputError("--members-list and --external-list go together: pass both, or neither for a "
@@ -71,12 +78,15 @@ def split(ctx: typer.Context,
             raise InputError(f"{' and '.join(sized)} cannot be given with --members-list and --external-list: "
                              "sizes are for a random split, the lists name the rows themselves")
     check_output(out, "--out", overwrite=overwrite, inputs={"--members-list": members_list,
-                                                            "--external-list": external_list})
+                                                            "--external-list": external_list,
+                                                            "--control-list": control_list})
     if members_list is not None and external_list is not None:
-        with list_errors(members_list, external_list):
+        with list_errors(members_list, external_list, control_list):
             items = read_item_list(members_list), read_item_list(external_list)
+            controls = read_item_list(control_list) if control_list is not None else None
             images = load_data(data, data_root)
-            manifest = split_from_lists(images, *items, holdout=holdout, protocol=protocol, seed=seed)
+            manifest = split_from_lists(images, *items, control=controls, holdout=holdout, protocol=protocol,
+                                        seed=seed)
     else:
         sizes = {name: parse_size(text, f"--{name}") for name, text in zip(SIZES, (members, external, control),
                                                                           strict=True)}
@@ -96,14 +106,15 @@ def given(ctx: typer.Context, name: str) -> bool:
 
 
 @contextmanager
-def list_errors(members_list: Path, external_list: Path) -> Iterator[None]:
-    """Name the options and files where the library speaks of `the members list`, `the external list` and
-    of the paper protocol."""
+def list_errors(members_list: Path, external_list: Path, control_list: Path | None = None) -> Iterator[None]:
+    """Name the options and files where the library speaks of `the members list`, `the external list`, `the
+    control list` and of the paper protocol."""
     try:
         yield
     except InputError as exc:
         message = (str(exc).replace("the members list", f"--members-list {members_list}")
                    .replace("the external list", f"--external-list {external_list}")
+                   .replace("the control list", f"--control-list {control_list}")
                    .replace(PAPER_HINT, "pass --protocol paper"))
         raise InputError(message) from None
 

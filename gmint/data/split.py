@@ -5,7 +5,8 @@ feature stores and classifiers record. Splits are class-balanced and, under the 
 group-aware: all frames of one GTSRB track land on the same side, and each class gives the pool and the
 holdout as many member groups as external groups. An auditor who knows which files trained the model lists
 them instead (`split_from_lists`): the lists fix members and external, the pool and the holdout are drawn
-from them in the same way.
+from them in the same way, and a third list may name control rows, known never to have trained the model,
+for the models the auditor trains beside it (reference models, a negative control).
 """
 
 from __future__ import annotations
@@ -211,9 +212,10 @@ def make_split(data: ImageSet, *, members: float | int = 0.5, external: float | 
 
 
 def split_from_lists(data: ImageSet, members: Sequence[str | int], external: Sequence[str | int], *,
-                     holdout: float = 0.5, protocol: str = "grouped", seed: int = 0) -> MembershipSplit:
+                     control: Sequence[str | int] | None = None, holdout: float = 0.5, protocol: str = "grouped",
+                     seed: int = 0) -> MembershipSplit:
     """The membership split the auditor's own lists describe: members and external as listed, and a seeded
-    pool and holdout drawn from them.
+    pool and holdout drawn from them; control rows as listed, if a control list is given.
 
     Each list names rows one way: by integer row id (`data.sample_ids`), or by image file path relative to
     the dataset folder (`data.files`, e.g. `train/cat/001.png`; `./` prefixes and backslash separators are
@@ -223,10 +225,18 @@ def split_from_lists(data: ImageSet, members: Sequence[str | int], external: Seq
     many members as externals; units left unpaired stay in the pool. Nothing is drawn from outside the
     lists: under `paper` too, the held-out externals come from the external list.
 
+    Control rows are rows the auditor knows the model never saw, kept for the models trained beside it: the
+    offline reference models of gmint.reference train on halves of them, so they must not be candidates (a
+    reference model that trained on a candidate would calibrate it against itself). They are never in the pool
+    or the holdout, and under `grouped` a group is on the control list or on the others, not both.
+
     Args:
         data: the dataset the lists name rows of.
         members: the rows that trained the audited model (row ids or file paths).
         external: rows it never saw, named the same way or the other.
+        control: more rows it never saw, for reference models and negative controls (None: none). Its row
+            ids or paths and hash are recorded in the manifest's options only where it is given, so a split
+            without one keeps its hash.
         holdout: fraction of the smaller list held out for evaluation, the same number on both sides.
         protocol: `grouped` (a group may not have rows on both lists, and is held out whole) or `paper`
             (rows are units, groups ignored).
@@ -235,31 +245,48 @@ def split_from_lists(data: ImageSet, members: Sequence[str | int], external: Seq
     Raises:
         InputError: unknown protocol or a holdout outside (0, 1); a list that is empty, mixes row ids with
             paths, names an item twice or one the dataset lacks; paths for a dataset without one file per
-            row; an item on both lists; under `grouped`, a group with rows on both lists; no class on both
-            lists; too few rows for both a pool and a holdout.
+            row; an item on two lists; under `grouped`, a group with rows on two lists; no class on both
+            the members and the external lists; too few rows for both a pool and a holdout.
     """
     _check_request(protocol, holdout)
     listed = _resolve_list(data, members, "members"), _resolve_list(data, external, "external")
     member_rows, external_rows = (np.sort(side.rows) for side in listed)
     shared = np.intersect1d(member_rows, external_rows)
     if len(shared):
-        named = [key for key, on_both in zip(listed[0].keys, np.isin(listed[0].rows, shared), strict=True)
-                 if on_both]
-        raise InputError(f"{_plural(len(shared), 'item')} on both lists: {_quote(named)}; a row is a member "
-                         "or external, not both")
+        raise InputError(f"{_plural(len(shared), 'item')} on both lists: {_quote(_keys_of(listed[0], shared))}; a "
+                         "row is a member or external, not both")
+    controlled = _resolve_list(data, control, "control") if control is not None else None
+    if controlled is not None:
+        for side, role in zip(listed, ("members", "external"), strict=True):
+            shared = np.intersect1d(controlled.rows, side.rows)
+            if len(shared):
+                raise InputError(f"{_plural(len(shared), 'item')} on the control list and the {role} list: "
+                                 f"{_quote(_keys_of(controlled, shared))}; a control row is neither a member nor "
+                                 "external")
     groups = data.groups if protocol == "grouped" and data.groups is not None else None
     if groups is not None:
         _refuse_split_groups(groups, *listed)
+        if controlled is not None:
+            _refuse_control_groups(groups, controlled, listed)
     rng = np.random.default_rng(seed)
     n_hold = int(round(holdout * min(len(member_rows), len(external_rows))))
     held_members, held_external = _paired_holdout(member_rows, external_rows, data.labels, groups, n_hold, rng)
-    roles = Roles(np.empty(0, np.int64), member_rows, external_rows, held_members, held_external)
+    control_rows = np.sort(controlled.rows) if controlled is not None else np.empty(0, np.int64)
+    roles = Roles(control_rows, member_rows, external_rows, held_members, held_external)
     options: dict[str, object] = {"source": "lists", "holdout": holdout,
                                   "grouped_by": "group" if groups is not None else "row"}
-    for role, side in zip(("members", "external"), listed, strict=True):
+    sides = [("members", listed[0]), ("external", listed[1])]
+    if controlled is not None:
+        sides.append(("control", controlled))
+    for role, side in sides:
         options[f"{role}_by"] = side.by
         options[f"{role}_sha256"] = side.sha256
     return _manifest(data, protocol, seed, roles, options, rng)
+
+
+def _keys_of(listed: _Listed, rows: np.ndarray) -> list[str | int]:
+    """The items of a list that name `rows`, in the list's order."""
+    return [key for key, hit in zip(listed.keys, np.isin(listed.rows, rows), strict=True) if hit]
 
 
 def read_item_list(path: Path) -> list[str | int]:
@@ -515,6 +542,20 @@ def _refuse_split_groups(groups: np.ndarray, members: _Listed, external: _Listed
         raise InputError(f"group {int(group)} has rows on both lists ({_quote([member])} a member, "
                          f"{_quote([external_key])} external){more}; the grouped protocol keeps each group on "
                          f"one side: list a group on one side only, or {PAPER_HINT}")
+
+
+def _refuse_control_groups(groups: np.ndarray, control: _Listed, candidates: tuple[_Listed, _Listed]) -> None:
+    """Refuse a control list that shares a group (a GTSRB track) with the members or external list: a model
+    trained on control rows would see near-copies of candidates."""
+    for side, role in zip(candidates, ("members", "external"), strict=True):
+        shared = np.intersect1d(groups[control.rows], groups[side.rows])
+        if len(shared):
+            group = shared[0]
+            mine = control.keys[int(np.flatnonzero(groups[control.rows] == group)[0])]
+            theirs = side.keys[int(np.flatnonzero(groups[side.rows] == group)[0])]
+            raise InputError(f"group {int(group)} has rows on the control list ({_quote([mine])}) and the {role} "
+                             f"list ({_quote([theirs])}); the grouped protocol keeps each group on one list: list "
+                             f"it on one only, or {PAPER_HINT}")
 
 
 class _Units(NamedTuple):

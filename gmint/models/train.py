@@ -1,4 +1,6 @@
-"""Training audited models for experiments: a zoo architecture fitted on the members of a split.
+"""Training audited models for experiments: a zoo architecture fitted on the members of a split, or a
+described architecture (a model from outside's own code and preprocessing) fitted on given rows, as the
+reference models of gmint.reference are.
 
 Checkpoints every epoch (atomically) and resumes from the last one; shuffling is seeded per epoch, so a
 resumed run takes the same path as an uninterrupted one, and resuming a finished run changes nothing. Training
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
+from gmint.models.description import ModelDescription, build_architecture, select_output
 from gmint.models.io import AuditedModel, read_checkpoint, save_checkpoint, training_finished
 from gmint.models.zoo import build
 from gmint.progress import progress_bar
@@ -97,13 +100,40 @@ class TrainConfig:
             raise InputError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
         SCHEDULES.get(self.schedule)  # an unknown name fails here, listing the known ones
 
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object]) -> TrainConfig:
+        """A recipe as a JSON object states it (fields not given keep their defaults), every field checked.
 
-def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transform: Transform,
-                  config: TrainConfig, out: Path, arch_options: dict[str, object] | None = None,
+        Raises:
+            InputError: an unknown field, or a value of the wrong type (a whole number for epochs, batch_size,
+                seed and threads; a number for lr, weight_decay and target_accuracy; a name for the rest).
+        """
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise InputError(f"unknown training recipe field(s) {', '.join(unknown)}; the fields are "
+                             f"{', '.join(known)}")
+        for name, value in values.items():
+            default = known[name].default
+            wanted = (str,) if isinstance(default, str) else (int,) if isinstance(default, int) else (int, float)
+            if isinstance(value, bool) or not isinstance(value, wanted) and not (value is None and default is None):
+                kind = {str: "a name", int: "a whole number"}.get(wanted[0], "a number")
+                raise InputError(f"the training recipe's {name} must be {kind}, got {value!r}")
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = None,
+                  transform: Transform | None = None, config: TrainConfig, out: Path,
+                  arch_options: dict[str, object] | None = None, description: ModelDescription | None = None,
                   resume: bool = False, overwrite: bool = False, negative_control: bool = False,
                   rows: Sequence[int] | None = None, device: str = "cpu",
                   show_progress: bool = False) -> AuditedModel:
     """Train `arch` on the split's members, checkpointing to `out` every epoch; return it with its record.
+
+    The model is a zoo architecture (`arch`, `arch_options`, fed through `transform`), built for the data's
+    channels, classes and image size, or the architecture a `description` states (a model from outside: its own
+    factory and arguments, its preprocessing, where its logits are), built exactly as described; its checkpoint
+    then records the description too, so it loads, and is fed, as the model it was described from.
 
     With `negative_control=True` the model is trained on the split's `control` rows instead: it saw
     neither the members nor the externals, so auditing it with the same pipeline must give chance.
@@ -118,11 +148,16 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
     Raises:
         InputError: before any file is written, for an existing `out` without `resume` or `overwrite`, both
             of them, or a checkpoint trained with another recipe (architecture, data, split, transform,
-            TrainConfig, rows), `rows` together with `negative_control`, or rows that are empty, repeated or
-            outside the data.
+            TrainConfig, rows), `rows` together with `negative_control`, rows that are empty, repeated or
+            outside the data, a zoo `arch` and a `description` both or neither, or a description whose
+            classes or input the data does not fit.
     """
     if split.dataset != data.name:
         raise InputError(f"the split is for '{split.dataset}', the data is '{data.name}'")
+    zoo = arch is not None or transform is not None or bool(arch_options)
+    if (description is not None) == zoo or description is None and (arch is None or transform is None):
+        raise InputError("a model to train is a zoo architecture with its transform, or a model description: "
+                         "give one of them")
     augment = AUGMENTATIONS.get(config.augment)
     if rows is not None:
         members = _training_rows(rows, len(data), negative_control)
@@ -141,22 +176,33 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
     # The model being replaced stays where it is until its successor is finished.
     work = out.with_name(out.name + ".new") if overwrite and out.exists() else out
     c, h, _ = data.image_shape
-    size = transform.size or h
-    arch_args = {"arch": arch, "in_channels": c, "num_classes": len(data.classes), "image_size": size,
-                 **(arch_options or {})}
-    torch.manual_seed(config.seed)
-    model = build(**arch_args).to(device)  # type: ignore[arg-type]
+    if description is None:
+        assert arch is not None and transform is not None
+        size = transform.size or h
+        arch_args = {"arch": arch, "in_channels": c, "num_classes": len(data.classes), "image_size": size,
+                     **(arch_options or {})}
+        torch.manual_seed(config.seed)
+        model = build(**arch_args).to(device)  # type: ignore[arg-type]
+        arch_args.pop("arch")
+    else:
+        _check_described(description, data)
+        arch, arch_args, transform = description.arch, dict(description.arch_args), description.transform
+        torch.manual_seed(config.seed)
+        built = build_architecture(arch, arch_args, sha256=description.arch_sha256)
+        model = select_output(built, description.output).to(device)
     optimizer = OPTIMIZERS.get(config.optimizer)(model.parameters(), config.lr, config.weight_decay)
     schedule = SCHEDULES.get(config.schedule)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: schedule(epoch, config.epochs))
     meta: dict[str, object] = {
-        "arch": arch, "arch_args": {k: v for k, v in arch_args.items() if k != "arch"},
+        "arch": arch, "arch_args": arch_args,
         "dataset": data.name, "transform": transform.to_dict(), "split": asdict(split),
         "split_sha256": split.sha256, "train_config": asdict(config), "num_classes": len(data.classes),
         "classes": list(data.classes),
         "trained_on": "rows" if rows is not None else "control" if negative_control else "members",
         **({"rows": [int(r) for r in members]} if rows is not None else {}),
     }
+    if description is not None:  # the rest of the description: where the logits are, the input, the code's hash
+        meta.update({k: v for k, v in description.to_meta().items() if k not in meta})
     history: list[dict[str, float]] = []
     start_epoch, elapsed = 0, 0.0
     if resume and out.exists():
@@ -167,8 +213,8 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
         elapsed = float(saved.get("train_seconds", 0.0))  # type: ignore[arg-type]
     meta.update(history=history, epochs_done=start_epoch, train_seconds=round(elapsed, 2))
     try:
-        with torch_threads(config.threads), progress_bar(f"train {arch}", config.epochs, enabled=show_progress,
-                                                         completed=start_epoch) as bar:
+        with torch_threads(config.threads), progress_bar(f"train {arch.rsplit('/', 1)[-1]}", config.epochs,
+                                                         enabled=show_progress, completed=start_epoch) as bar:
             # A run killed after the epoch that reached the target, before its record, trains no further.
             reached = start_epoch > 0 and _reached_target(model, data, members, transform, config, device)
             for epoch in range(start_epoch, config.epochs if not reached else start_epoch):
@@ -194,6 +240,31 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str, transfor
         if work != out:  # the epochs beside the old model go, finished or not; a failed run never touched it
             work.unlink(missing_ok=True)
     return AuditedModel(model, meta)
+
+
+def _check_described(description: ModelDescription, data: ImageSet) -> None:
+    """Refuse data a described model cannot be trained on: other class names or another number of them (its
+    outputs are trained as one logit per class, labels in its own class order), or images its preprocessing
+    does not bring to the input it takes.
+
+    Raises:
+        InputError: naming what differs.
+    """
+    if description.num_classes is not None and description.num_classes != len(data.classes):
+        raise InputError(f"the model has {description.num_classes} outputs, {data.name} {len(data.classes)} "
+                         "classes: it is trained with one output (logit) per class")
+    if description.classes is not None and description.classes != data.classes:
+        raise InputError(f"the classes of {data.name} are not the model's in its order; relabel the data by class "
+                         "name first")
+    c, h, w = data.image_shape
+    transform = description.transform
+    channels, side = transform.channels or c, transform.side or (h if h == w else None)
+    if description.input_channels is not None and channels != description.input_channels:
+        raise InputError(f"the images of {data.name} reach the model with {channels} channels, it takes "
+                         f"{description.input_channels}")
+    if description.input_size is not None and side != description.input_size:
+        raise InputError(f"the images of {data.name} reach the model as {h}x{w}, it takes "
+                         f"{description.input_size}x{description.input_size}")
 
 
 def _reached_target(model: nn.Module, data: ImageSet, rows: np.ndarray, transform: Transform, config: TrainConfig,
@@ -289,7 +360,9 @@ def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     save_checkpoint(out, model, meta, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
 
 
-RECIPE = ("arch", "arch_args", "dataset", "split_sha256", "train_config", "transform", "trained_on", "rows")
+# What a resume must find unchanged. A described model's output selector and code hash are None for zoo models.
+RECIPE = ("arch", "arch_args", "dataset", "split_sha256", "train_config", "transform", "trained_on", "rows",
+          "output", "arch_sha256")
 
 
 def _training_rows(rows: Sequence[int], n: int, negative_control: bool) -> np.ndarray:

@@ -19,6 +19,14 @@ one set of 8, and each is balanced. Where the data has groups (GTSRB tracks) who
 reference model sees part of a track. The models start from the audited model's initial weights
 (`init="audited"`: the same seed, hence the same initialisation, as per-filter Weight Modifiers of independently
 initialised networks are not aligned) or each from its own seed (`init="fresh"`).
+
+The recipe is the audited checkpoint's own where gmint trained it. A model from outside (`gmint model import`)
+records how it is built and fed but not how it was trained, nor on which rows: the auditor gives the
+TrainConfig and the split of their own lists, and the reference models are its described architecture (its
+factory and arguments, its preprocessing, its output) trained with that recipe. The recipe and the split given
+are recorded in the manifest (a resume with another is refused) and in each reference checkpoint, which also
+records the description, so the reference models load and are read exactly as the audited model is. With
+`init="audited"` they then share the recipe's seed, which need not be the audited model's own initialisation.
 """
 
 from __future__ import annotations
@@ -38,8 +46,10 @@ from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.files import atomic_write
+from gmint.models.description import ModelDescription
 from gmint.models.io import AuditedModel, load_audited
 from gmint.models.train import TrainConfig, train_audited
+from gmint.models.zoo import ARCHITECTURES
 from gmint.progress import progress_bar
 
 MODES = ("offline", "online")
@@ -48,6 +58,9 @@ MANIFEST = "references.json"
 FORMAT = "gmint-references/1"
 # Recorded by train_audited in arch_args from the data and transform, not chosen by the recipe's options.
 _DERIVED_ARCH_ARGS = ("in_channels", "num_classes", "image_size")
+# Manifest fields written only where they hold something (a model from outside's given recipe and split), so
+# the manifests of models gmint trained keep their content and their hash.
+_GIVEN_ONLY = ("recipe", "split")
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,8 @@ class ReferenceSet:
         pool: the dataset rows the halves are drawn from, sorted.
         inclusion: (K, len(pool)) 0/1, 1 where model i trains on pool row j.
         grouped_by: `group` when whole groups were drawn, else `row`.
+        recipe: the TrainConfig the auditor gave for a model from outside (None: the audited checkpoint's own).
+        split: the split the auditor gave for a model from outside (None: the audited checkpoint's own).
     """
 
     mode: str
@@ -79,6 +94,8 @@ class ReferenceSet:
     pool: list[int]
     inclusion: list[list[int]]
     grouped_by: str = "row"
+    recipe: dict[str, object] | None = None
+    split: dict[str, object] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -115,14 +132,19 @@ class ReferenceSet:
         return f"ref-{i:02d}.pt"
 
     def design(self) -> dict[str, object]:
-        """Everything but K and the inclusion: what must agree for two sets to share their first models."""
-        return {k: v for k, v in asdict(self).items() if k not in ("k", "inclusion", "audited")}
+        """Everything but K and the inclusion: what must agree for two sets to share their first models (the
+        split given is compared by its hash)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("k", "inclusion", "audited", "split")}
+
+    def _fields(self) -> dict[str, object]:
+        """The manifest's content as written and hashed: fields of `_GIVEN_ONLY` only where given."""
+        return {k: v for k, v in asdict(self).items() if not (k in _GIVEN_ONLY and v is None)}
 
     def save(self, folder: Path) -> Path:
         """Write references.json into `folder`, whole or not at all."""
         path = Path(folder) / MANIFEST
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": FORMAT, **asdict(self), "sha256": self.sha256}
+        payload = {"format": FORMAT, **self._fields(), "sha256": self.sha256}
         with atomic_write(path) as tmp:
             tmp.write_text(json.dumps(payload))
         return path
@@ -130,7 +152,7 @@ class ReferenceSet:
     @property
     def sha256(self) -> str:
         """Hash of the manifest's content."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self._fields(), sort_keys=True).encode()).hexdigest()
 
     @classmethod
     def load(cls, folder: Path) -> ReferenceSet:
@@ -202,22 +224,110 @@ def candidate_rows(split: MembershipSplit) -> np.ndarray:
     return np.unique(np.asarray(split.members + split.external, np.int64))
 
 
-def design_references(audited: AuditedModel, audited_path: Path, data: ImageSet, *, mode: str, k: int,
-                      seed: int = 0, init: str = "audited") -> ReferenceSet:
-    """The manifest of K reference models for an audited gmint checkpoint (nothing is trained).
+@dataclass(frozen=True)
+class ReferenceRecipe:
+    """How every reference model of one audited model is trained, but for its rows and seed.
+
+    Attributes:
+        config: the TrainConfig (the audited checkpoint's, or the one given for a model from outside).
+        split: the audited model's membership split: its control rows are the offline pool.
+        arch: a zoo architecture (a model gmint trained), else None.
+        transform: the zoo architecture's preprocessing (a described model's is in its description).
+        arch_options: the zoo architecture's options, those train_audited derives from the data left out.
+        description: how a model from outside is built, fed and read (its reference models are built so), else
+            None.
+        given: the config and split were given by the auditor (a model from outside), not read from the model.
+    """
+
+    config: TrainConfig
+    split: MembershipSplit
+    arch: str | None = None
+    transform: Transform | None = None
+    arch_options: dict[str, object] | None = None
+    description: ModelDescription | None = None
+    given: bool = False
+
+
+def records_recipe(audited: AuditedModel) -> bool:
+    """Whether the audited checkpoint records the recipe it was trained with (gmint trained it)."""
+    return "train_config" in audited.meta
+
+
+def reference_recipe(audited: AuditedModel, audited_path: Path, *, config: TrainConfig | None = None,
+                     split: MembershipSplit | None = None) -> ReferenceRecipe:
+    """The recipe reference models of `audited` are trained with: a gmint checkpoint's own, or for a model from
+    outside its description with the TrainConfig and split the auditor gives.
+
+    A model gmint trained is refused a `config` (its reference models are trained as it was, not as stated) and
+    any `split` but its own.
 
     Raises:
-        InputError: the checkpoint records no recipe (a model trained outside gmint), another dataset, or
-            an offline design that would train on a candidate.
+        InputError: a config for a model that records its own, another split than its own; for a model from
+            outside no config or no split, or code that cannot be built afresh (a TorchScript file, a pickled
+            module); a checkpoint that records neither a recipe nor a description.
     """
     meta = audited.meta
-    missing = [key for key in ("arch", "arch_args", "transform", "train_config", "split") if key not in meta]
-    if missing:
-        raise InputError(f"{audited_path} records no training recipe ({', '.join(missing)} missing): reference "
-                         "models are trained with the audited model's recipe, which only a gmint checkpoint holds")
-    if meta.get("dataset") != data.name:
-        raise InputError(f"{audited_path} was trained on '{meta.get('dataset')}', the data is '{data.name}'")
-    split = split_of(meta)
+    if records_recipe(audited):
+        missing = [key for key in ("arch", "arch_args", "transform", "split") if key not in meta]
+        if missing:
+            raise InputError(f"{audited_path} records an incomplete training recipe ({', '.join(missing)} missing)")
+        if config is not None:
+            raise InputError(f"{audited_path} records the recipe it was trained with, which its reference models "
+                             "are trained with: give no other")
+        own = split_of(meta)
+        if split is not None and split.sha256 != own.sha256:
+            raise InputError(f"the split {split.sha256[:12]} is not the one {audited_path} was trained on "
+                             f"({own.sha256[:12]}): its reference models are drawn from its own")
+        arch_args = meta["arch_args"]
+        assert isinstance(arch_args, dict)
+        return ReferenceRecipe(config=TrainConfig(**meta["train_config"]),  # type: ignore[arg-type]
+                               split=own, transform=Transform.from_dict(meta["transform"]),  # type: ignore[arg-type]
+                               arch=str(meta["arch"]),
+                               arch_options={k: v for k, v in arch_args.items() if k not in _DERIVED_ARCH_ARGS})
+    description = audited.description
+    if description is None:
+        raise InputError(f"{audited_path} records no training recipe and no description of how it is built; "
+                         "reference models need at least the model's code and preprocessing")
+    if ":" not in description.arch and description.arch not in ARCHITECTURES:
+        raise InputError(f"{audited_path} is a {description.arch} model without the code that builds it, so no "
+                         "reference model can be trained like it; import it with its architecture")
+    if config is None:
+        raise InputError(f"{audited_path} was trained outside gmint and records no training recipe: give the one "
+                         "its reference models are trained with (epochs, learning rate, optimiser, ...)")
+    if split is None:
+        raise InputError(f"{audited_path} was trained outside gmint and records no membership split: give the "
+                         "split of its members and externals, with control rows for the reference models")
+    return ReferenceRecipe(config=config, split=split, description=description, given=True)
+
+
+def design_references(audited: AuditedModel, audited_path: Path, data: ImageSet, *, mode: str, k: int,
+                      seed: int = 0, init: str = "audited", config: TrainConfig | None = None,
+                      split: MembershipSplit | None = None) -> ReferenceSet:
+    """The manifest of K reference models for an audited gmint checkpoint (nothing is trained).
+
+    Args:
+        audited: the audited checkpoint.
+        audited_path: where it is (recorded).
+        data: the data the reference models train on (a model from outside's: labelled in its classes).
+        mode: `offline` or `online` (see ReferenceSet).
+        k: number of reference models.
+        seed: seeds the halves.
+        init: `audited` or `fresh` (see ReferenceSet).
+        config: the TrainConfig of a model from outside (see `reference_recipe`).
+        split: the membership split of a model from outside (see `reference_recipe`).
+
+    Raises:
+        InputError: no recipe (see `reference_recipe`), another dataset, data in other classes than the
+            model's, or an offline design that would train on a candidate.
+    """
+    recipe = reference_recipe(audited, audited_path, config=config, split=split)
+    recorded = audited.meta.get("dataset")
+    if recorded is not None and recorded != data.name:
+        raise InputError(f"{audited_path} was trained on '{recorded}', the data is '{data.name}'")
+    if recipe.split.dataset != data.name:
+        raise InputError(f"the split is for '{recipe.split.dataset}', the data is '{data.name}'")
+    audited.check_classes(data.classes)
+    split = recipe.split
     pool = reference_pool(split, mode)
     units = data.groups[pool] if data.groups is not None else pool
     inclusion = paired_halves(units, k, seed)
@@ -225,7 +335,9 @@ def design_references(audited: AuditedModel, audited_path: Path, data: ImageSet,
                             audited_fingerprint=audited.fingerprint, dataset=data.name,
                             split_sha256=split.sha256, pool=[int(r) for r in pool],
                             inclusion=inclusion.astype(int).tolist(),
-                            grouped_by="group" if data.groups is not None else "row")
+                            grouped_by="group" if data.groups is not None else "row",
+                            recipe=asdict(recipe.config) if recipe.given else None,
+                            split=asdict(split) if recipe.given else None)
     check_offline(manifest, split)
     return manifest
 
@@ -247,23 +359,28 @@ def check_offline(manifest: ReferenceSet, split: MembershipSplit) -> None:
 
 
 def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str = "offline", k: int = 4,
-                     seed: int = 0, init: str = "audited", resume: bool = False, overwrite: bool = False,
+                     seed: int = 0, init: str = "audited", config: TrainConfig | None = None,
+                     split: MembershipSplit | None = None, resume: bool = False, overwrite: bool = False,
                      device: str = "cpu", workers: int = 1, show_progress: bool = False) -> ReferenceSet:
     """Train K reference models with the audited checkpoint's recipe into the folder `out`.
 
     The recipe (architecture and its options, preprocessing, TrainConfig, split) is read from the audited
-    checkpoint; only the training rows (a half of the pool) and, with `init="fresh"`, the seed differ. The
-    manifest is written before the first model, each model checkpoints every epoch, and `resume=True` continues
-    a killed run, reusing finished models; it also grows a set to a larger K (the first models are the same).
+    checkpoint, or for a model from outside its description with the `config` and `split` given (see
+    `reference_recipe`); only the training rows (a half of the pool) and, with `init="fresh"`, the seed differ.
+    The manifest is written before the first model, each model checkpoints every epoch, and `resume=True`
+    continues a killed run, reusing finished models; it also grows a set to a larger K (the first models are the
+    same).
 
     Args:
-        data: the dataset the audited model was trained on.
+        data: the dataset the audited model was trained on (a model from outside's: labelled in its classes).
         audited_path: the audited gmint checkpoint.
         out: the reference folder.
         mode: `offline` or `online` (see the module docstring).
         k: number of reference models.
         seed: seeds the halves.
         init: `audited` or `fresh` (see ReferenceSet).
+        config: the TrainConfig of a model from outside (refused for a model that records its own).
+        split: the membership split of a model from outside (for one gmint trained: its own, or None).
         resume: continue (or grow) the set in `out`.
         overwrite: replace a set of another design in `out` (its models are retrained).
         device: where the models train.
@@ -272,8 +389,8 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
         show_progress: one bar over the models, and (with one worker) each model's own.
 
     Raises:
-        InputError: an existing set without `resume`/`overwrite` or of another design, or one that cannot be
-            drawn (see design_references).
+        InputError: an existing set without `resume`/`overwrite` or of another design (another recipe
+            among them), or one that cannot be drawn (see design_references).
     """
     out = Path(out)
     if resume and overwrite:
@@ -281,7 +398,9 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     audited = load_audited(audited_path)
-    manifest = design_references(audited, audited_path, data, mode=mode, k=k, seed=seed, init=init)
+    manifest = design_references(audited, audited_path, data, mode=mode, k=k, seed=seed, init=init, config=config,
+                                 split=split)
+    recipe = reference_recipe(audited, audited_path, config=config, split=split)
     existing = (out / MANIFEST).exists()
     if existing and not (resume or overwrite):
         raise InputError(f"{out} holds a reference set; pass --resume to continue it or --overwrite to replace it")
@@ -294,24 +413,17 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
         if old.k > manifest.k:  # a smaller K is the prefix of the set already drawn
             manifest = old
     manifest.save(out)
-    meta = audited.meta
-    split = split_of(meta)
-    config = TrainConfig(**meta["train_config"])  # type: ignore[arg-type]
-    arch_args = meta["arch_args"]
-    assert isinstance(arch_args, dict)
-    options = {key: value for key, value in arch_args.items() if key not in _DERIVED_ARCH_ARGS}
-    transform = Transform.from_dict(meta["transform"])  # type: ignore[arg-type]
-    jobs = [_ModelJob(arch=str(meta["arch"]), transform=transform,
-                      config=replace(config, seed=manifest.model_seed(i, config.seed)),
-                      out=out / manifest.model_file(i), arch_options=options, rows=manifest.rows_of(i).tolist(),
-                      overwrite=overwrite, device=device) for i in range(manifest.k)]
+    config = recipe.config
+    jobs = [_ModelJob(recipe=replace(recipe, config=replace(config, seed=manifest.model_seed(i, config.seed))),
+                      out=out / manifest.model_file(i), rows=manifest.rows_of(i).tolist(), overwrite=overwrite,
+                      device=device) for i in range(manifest.k)]
     with progress_bar(f"reference models ({mode})", manifest.k, enabled=show_progress) as bar:
         if workers == 1:
             for job in jobs:
-                job.run(data, split, show_progress=show_progress)
+                job.run(data, show_progress=show_progress)
                 bar.advance(1, job.out.name)
         else:
-            _train_in_workers(jobs, data, split, workers, lambda name: bar.advance(1, name))
+            _train_in_workers(jobs, data, workers, lambda name: bar.advance(1, name))
     return manifest
 
 
@@ -319,37 +431,36 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
 class _ModelJob:
     """One reference model's training call: everything but the data, so a worker process can run it."""
 
-    arch: str
-    transform: Transform
-    config: TrainConfig
+    recipe: ReferenceRecipe
     out: Path
-    arch_options: dict[str, object]
     rows: list[int]
     overwrite: bool
     device: str
 
-    def run(self, data: ImageSet, split: MembershipSplit, *, show_progress: bool = False) -> str:
+    def run(self, data: ImageSet, *, show_progress: bool = False) -> str:
         """Train (or resume, or keep a finished) model; its file name."""
-        train_audited(data, split, arch=self.arch, transform=self.transform, config=self.config, out=self.out,
-                      arch_options=self.arch_options, rows=self.rows, resume=not self.overwrite,
-                      overwrite=self.overwrite, device=self.device, show_progress=show_progress)
+        recipe = self.recipe
+        train_audited(data, recipe.split, arch=recipe.arch, transform=recipe.transform,
+                      arch_options=recipe.arch_options, description=recipe.description, config=recipe.config,
+                      out=self.out, rows=self.rows, resume=not self.overwrite, overwrite=self.overwrite,
+                      device=self.device, show_progress=show_progress)
         return self.out.name
 
 
-_WORKER_DATA: tuple[ImageSet, MembershipSplit] | None = None
+_WORKER_DATA: ImageSet | None = None
 
 
-def _worker_init(data: ImageSet, split: MembershipSplit) -> None:
+def _worker_init(data: ImageSet) -> None:
     global _WORKER_DATA
-    _WORKER_DATA = (data, split)
+    _WORKER_DATA = data
 
 
 def _worker_run(job: _ModelJob) -> str:
     assert _WORKER_DATA is not None
-    return job.run(*_WORKER_DATA)
+    return job.run(_WORKER_DATA)
 
 
-def _train_in_workers(jobs: Sequence[_ModelJob], data: ImageSet, split: MembershipSplit, workers: int,
+def _train_in_workers(jobs: Sequence[_ModelJob], data: ImageSet, workers: int,
                       finished: Callable[[str], None]) -> None:
     """Train the models in `workers` processes at once, each on its config's threads.
 
@@ -359,7 +470,7 @@ def _train_in_workers(jobs: Sequence[_ModelJob], data: ImageSet, split: Membersh
     """
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools into the workers
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
-                             initargs=(data, split)) as pool:
+                             initargs=(data,)) as pool:
         futures = [pool.submit(_worker_run, job) for job in jobs]
         try:
             for future in as_completed(futures):
@@ -391,6 +502,24 @@ def reference_models(folder: Path, k: int | None = None) -> list[Path]:
 def split_of(meta: dict[str, object]) -> MembershipSplit:
     """The membership split a checkpoint's meta records (the audited model's, which its references share)."""
     return MembershipSplit.from_json(json.dumps(meta["split"]))
+
+
+def set_split(manifest: ReferenceSet, audited: AuditedModel) -> MembershipSplit:
+    """The split of a reference set: the one given for a model from outside (recorded in the manifest), else
+    the one the audited checkpoint records.
+
+    Raises:
+        InputError: neither records one, or it is not the split the set was drawn on.
+    """
+    if manifest.split is not None:
+        split = MembershipSplit.from_json(json.dumps(manifest.split))
+    elif "split" in audited.meta:
+        split = split_of(audited.meta)
+    else:
+        raise InputError(f"neither the reference set nor {manifest.audited} records a membership split")
+    if split.sha256 != manifest.split_sha256:
+        raise InputError(f"the split of {manifest.audited} is not the one the reference set was drawn on")
+    return split
 
 
 def train_seconds(paths: Sequence[Path]) -> list[float]:

@@ -26,7 +26,7 @@ from gmint.features.extract import Rows, extract, split_rows
 from gmint.features.store import FeatureStore
 from gmint.models.io import load_audited
 from gmint.progress import progress_bar
-from gmint.reference.models import ReferenceSet, reference_models, split_of
+from gmint.reference.models import ReferenceSet, reference_models, set_split
 
 AUDITED = "audited"
 SOURCES = ("gradient", "output")
@@ -80,7 +80,7 @@ def extract_references(data: ImageSet, folder: Path, *, k: int | None = None,
     if audited.fingerprint != manifest.audited_fingerprint:
         raise InputError(f"{paths[AUDITED]} is no longer the audited model the reference set was drawn for "
                          "(its weights changed)")
-    split = split_of(audited.meta)
+    split = set_split(manifest, audited)
     candidates = split_rows(split)
     population = np.asarray(split.control, np.int64)
     everything = np.concatenate([candidates.index, population])
