@@ -18,6 +18,7 @@ head with its spec, fitted rows and the calibration scores of held-out external 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from gmint.models.train import (
     Augmentation,
     TrainConfig,
     audited_record,
+    refuse_divergence,
     resumable_meta,
 )
 from gmint.models.zoo import build
@@ -68,7 +70,8 @@ class AmintConfig:
     head_hidden: int = 128
 
     def __post_init__(self) -> None:
-        if self.task_weight < 0 or self.mint_weight < 0 or self.task_weight + self.mint_weight == 0:
+        if not (math.isfinite(self.task_weight) and math.isfinite(self.mint_weight)) or self.task_weight < 0 \
+                or self.mint_weight < 0 or self.task_weight + self.mint_weight == 0:
             raise InputError(f"loss weights must be ≥ 0 and not both 0, got task {self.task_weight}, "
                              f"mint {self.mint_weight}")
         if self.head_channels < 1 or self.head_hidden < 1:
@@ -195,6 +198,7 @@ def train_amint(data: ImageSet, split: MembershipSplit, *, arch: str, transform:
                 t0 = time.perf_counter()
                 stats, norms = _epoch(model, head, collector, data, rows, transform, optimizer, augment, config,
                                       epoch, device, norms)
+                refuse_divergence({k: float(v) for k, v in stats.items()}, epoch + 1)
                 scheduler.step()
                 elapsed += time.perf_counter() - t0
                 history.append({"epoch": epoch + 1, **stats})

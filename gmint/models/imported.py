@@ -21,7 +21,15 @@ from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.files import atomic_write
 from gmint.models.description import build_architecture, canonical_arch, describe, file_sha256
-from gmint.models.io import SCRIPT_META, AuditedModel, load_audited, load_state, read_checkpoint, save_checkpoint
+from gmint.models.io import (
+    SCRIPT_META,
+    AuditedModel,
+    load_audited,
+    load_state,
+    read_checkpoint,
+    refuse_nonfinite,
+    save_checkpoint,
+)
 from gmint.registry import Registry
 
 IMPORTED = "imported"
@@ -121,10 +129,7 @@ def import_model(weights: Path, spec: ModelSpec, *, out: Path, kind: str = "stat
     if out.exists() and out.resolve() == weights.resolve():
         raise InputError(f"{out} is the weights file itself; write the checkpoint to another file")
     module = WEIGHTS.get(kind)(weights, spec)
-    bad = [name for name, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise InputError(f"{weights} holds non-finite weights ({', '.join(bad[:3])}); a model with NaN or Inf "
-                         "weights cannot be audited")
+    refuse_nonfinite(module, weights)
     arch = canonical_arch(spec.arch) if spec.arch is not None else "torchscript"
     description, module = describe(module, arch=arch, arch_args=dict(spec.arch_args or {}),
                                    transform=spec.transform, classes=spec.classes, output_key=spec.output_key,

@@ -204,7 +204,8 @@ def load_audited(path: Path, *, arch: str | None = None, arch_args: Mapping[str,
         module = _unsafe_load(path, ("torchscript",), "a TorchScript archive",
                               lambda: torch.jit.load(str(path), map_location="cpu", _extra_files=extra))
         meta = json.loads(extra[SCRIPT_META]) if extra[SCRIPT_META] else {"format": "torchscript"}
-        return AuditedModel(select_output(module.eval(), str(meta.get("output", TENSOR))), meta)
+        return AuditedModel(select_output(refuse_nonfinite(module.eval(), path), str(meta.get("output", TENSOR))),
+                            meta)
     if trust_pickle:
         with working_directory_on_path():
             module = _unsafe_load(path, ("torch", "pickle"), "a pickled module",
@@ -212,8 +213,11 @@ def load_audited(path: Path, *, arch: str | None = None, arch_args: Mapping[str,
         if not isinstance(module, nn.Module):
             raise InputError(f"{path} holds a {type(module).__name__}, not a pickled nn.Module"
                              f"{'; load it without --trust-pickle' if isinstance(module, dict) else ''}")
-        return AuditedModel(module.eval(), {"format": "pickled-module"})
+        return AuditedModel(refuse_nonfinite(module.eval(), path), {"format": "pickled-module"})
     payload = read_checkpoint(path, hints=True)
+    other = _other_gmint_file(payload)
+    if other:
+        raise InputError(f"{path} is {other}, not an audited model")
     if "meta" in payload and "state_dict" in payload:
         meta = json.loads(payload["meta"])
         refuse_unfinished(path, meta)
@@ -221,12 +225,44 @@ def load_audited(path: Path, *, arch: str | None = None, arch_args: Mapping[str,
         module = build_architecture(arch or meta["arch"], recorded if arch_args is None else arch_args,
                                     sha256=None if arch else meta.get("arch_sha256"))
         load_state(module, payload["state_dict"], path)
-        return AuditedModel(select_output(module.eval(), str(meta.get("output", TENSOR))), meta)
+        return AuditedModel(select_output(refuse_nonfinite(module.eval(), path), str(meta.get("output", TENSOR))),
+                            meta)
     if arch is None:
         raise InputError(f"{path} is a plain state dict; pass --arch package.module:factory to build the model")
     module = build_architecture(arch, arch_args or {})
     load_state(module, payload, path)
-    return AuditedModel(module.eval(), {"format": "state-dict", "arch": arch, "arch_args": dict(arch_args or {})})
+    return AuditedModel(refuse_nonfinite(module.eval(), path),
+                        {"format": "state-dict", "arch": arch, "arch_args": dict(arch_args or {})})
+
+
+def refuse_nonfinite(module: nn.Module, path: Path) -> nn.Module:
+    """`module`, unless a weight or buffer holds NaN or Inf: every loss, Weight Modifier and score of such a
+    model is NaN or meaningless (a training run that diverged, a damaged file).
+
+    Raises:
+        InputError: naming up to three of the tensors.
+    """
+    bad = [name for name, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise InputError(f"{path} holds non-finite weights ({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''}); "
+                         "a model with NaN or Inf weights cannot be audited")
+    return module
+
+
+# What other gmint files are, by what their payload holds: loading one as a model must say what it is.
+_OTHER_FILES = {"gmint-mint/1": "a MINT classifier (gmint train)", "gmint-amint-head/1": "an aMINT head"}
+
+
+def _other_gmint_file(payload: Mapping[str, Any]) -> str | None:
+    """What a gmint file that is not an audited model is, in words; None for a checkpoint or a state dict."""
+    if not isinstance(payload.get("meta"), str):
+        return None
+    try:
+        meta = json.loads(payload["meta"])
+    except json.JSONDecodeError:
+        return None
+    found = meta.get("format") if isinstance(meta, dict) else None
+    return _OTHER_FILES.get(found) if isinstance(found, str) else None
 
 
 def training_finished(meta: dict[str, Any]) -> bool:

@@ -12,6 +12,7 @@ result sits beside.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -96,6 +97,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"lr must be a positive finite number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise InputError(f"weight_decay must be a finite number ≥ 0, got {self.weight_decay}")
         if self.target_accuracy is not None and not 0.0 < self.target_accuracy <= 1.0:
             raise InputError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
         SCHEDULES.get(self.schedule)  # an unknown name fails here, listing the known ones
@@ -220,6 +225,7 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = 
             for epoch in range(start_epoch, config.epochs if not reached else start_epoch):
                 t0 = time.perf_counter()
                 loss, acc = _epoch(model, data, members, transform, optimizer, augment, config, epoch, device)
+                refuse_divergence({"loss": loss}, epoch + 1)
                 scheduler.step()
                 reached = _reached_target(model, data, members, transform, config, device)
                 elapsed += time.perf_counter() - t0
@@ -265,6 +271,20 @@ def _check_described(description: ModelDescription, data: ImageSet) -> None:
     if description.input_size is not None and side != description.input_size:
         raise InputError(f"the images of {data.name} reach the model as {h}x{w}, it takes "
                          f"{description.input_size}x{description.input_size}")
+
+
+def refuse_divergence(losses: Mapping[str, float], epoch: int) -> None:
+    """Stop a run whose loss left the finite numbers: its weights are NaN or meaningless from here on, and a
+    checkpoint of them would be audited as a model. The epoch is not saved; the last finite one stays.
+
+    Raises:
+        InputError: naming the epoch and the loss.
+    """
+    bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
+    if bad:
+        name, value = next(iter(bad.items()))
+        raise InputError(f"training diverged at epoch {epoch} ({name} {value}); lower the learning rate (or the "
+                         "loss weights) and train again")
 
 
 def _reached_target(model: nn.Module, data: ImageSet, rows: np.ndarray, transform: Transform, config: TrainConfig,
