@@ -1,18 +1,33 @@
-"""`gmint serve`: the MINT-Demo page over a folder of published audits, on this machine."""
+"""`gmint serve`: the MINT-Demo page over a folder of published audits, on this machine.
+
+Uploads are written under one folder per server in the system's temporary folder, named after the server's
+process (`gmint-serve-<pid>-<start time>-…`) and locked by it while it runs. A server killed outright (kill -9,
+a power cut) cannot remove its folder, so every server sweeps, when it starts, the folders of servers that are
+gone: their process no longer exists, or its pid now belongs to a process started at another time, and nothing
+holds their lock. Another live server's folder is never removed.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import logging
+import math
+import os
+import re
+import shutil
 import signal
 import socket
+import stat
 import tempfile
 import threading
 import webbrowser
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 
 import typer
+from PIL import Image
 from rich.markup import escape
 
 from gmint.errors import InputError
@@ -21,7 +36,24 @@ from gmint.serve.limits import Limits
 from gmint_cli.console import cli_errors, console, err_console, print_error
 from gmint_cli.options import flag
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: there a folder is judged by its pid alone
+    fcntl = None  # type: ignore[assignment]
+
 MIB = 2**20
+# What an operator may set: every bound lets one image through and keeps a request within memory. 0.001 MiB
+# (1,049 bytes) holds a small image, such as an 8x8 grey PNG (about 100 bytes), with room for its header; 8x8
+# pixels is the smallest input of gmint's models. A request's images are held in memory while they are checked,
+# hence 1 GiB at most; PIL's decompression-bomb limit bounds the pixels (`Limits` holds to it too).
+FILES_RANGE = (1, 4096)
+MIB_RANGE = (0.001, 1024.0)
+PIXELS_RANGE = (8 * 8, Image.MAX_IMAGE_PIXELS or 89_478_485)
+# A server's folder: `gmint-serve-<pid>-<start time>-<random>` (older servers' `gmint-serve-<random>` never
+# matches, and is left alone).
+UPLOAD_PREFIX = "gmint-serve-"
+_UPLOAD_FOLDER = re.compile(re.escape(UPLOAD_PREFIX) + r"(\d+)-(\d+|x)-")
+LOCK = ".lock"
 # The audit `gmint demo --serve` publishes from its folder.
 DEMO_MANIFEST = AuditManifest(
     model="audited.pt", mint="mint-combined.pt", store="audited-gradient.h5",
@@ -31,27 +63,41 @@ DEMO_MANIFEST = AuditManifest(
                 "(any size, resized to 8x8 grey) with the digit each one shows.")
 
 
+def _bytes(value: float, option: str) -> int:
+    """A size in MiB, within MIB_RANGE, in bytes (inf and nan are refused here: neither is a byte count)."""
+    low, high = MIB_RANGE
+    bounds = f"a number of MiB from {low:g} to {high:g}"
+    if value <= 0:
+        raise InputError(f"{option} must be above 0, got {value}: {bounds}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InputError(f"{option} must be {bounds}, got {value}")
+    return round(value * MIB)
+
+
 @cli_errors
 def serve(audits: Path = typer.Option(..., help=f"Folder of published audits: DIR/{MANIFEST}, or "
                                                 f"DIR/<name>/{MANIFEST} for each audit."),
           host: str = typer.Option("127.0.0.1", help="Address to listen on (default: this machine only)."),
           port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
-          max_files: int = typer.Option(Limits.max_files, min=1, help="Images per request."),
-          max_file_mib: float = typer.Option(Limits.max_file_bytes / MIB, help="MiB per image file."),
-          max_request_mib: float = typer.Option(Limits.max_request_bytes / MIB, help="MiB per request."),
-          max_pixels: int = typer.Option(Limits.max_pixels, min=1, help="Pixels (width x height) per image, "
-                                                                          "read from its header before decoding."),
+          max_files: int = typer.Option(Limits.max_files, min=FILES_RANGE[0], max=FILES_RANGE[1],
+                                        help="Images per request."),
+          max_file_mib: float = typer.Option(Limits.max_file_bytes / MIB,
+                                             help=f"MiB per image file, {MIB_RANGE[0]:g} to {MIB_RANGE[1]:g}."),
+          max_request_mib: float = typer.Option(Limits.max_request_bytes / MIB,
+                                                help=f"MiB per request, {MIB_RANGE[0]:g} to {MIB_RANGE[1]:g} "
+                                                     "(at least --max-file-mib)."),
+          max_pixels: int = typer.Option(Limits.max_pixels, min=PIXELS_RANGE[0], max=PIXELS_RANGE[1],
+                                         help="Pixels (width x height) per image, read from its header before "
+                                              "decoding."),
           open_browser: bool = flag("--open", "Open the page in the default web browser.")) -> None:
     """Serve the page where people check whether their images trained an audited model."""
-    limits = Limits(max_files=max_files, max_file_bytes=_mib(max_file_mib, "--max-file-mib"),
-                    max_request_bytes=_mib(max_request_mib, "--max-request-mib"), max_pixels=max_pixels)
+    file_bytes, request_bytes = _bytes(max_file_mib, "--max-file-mib"), _bytes(max_request_mib, "--max-request-mib")
+    if file_bytes > request_bytes:
+        raise InputError(f"--max-file-mib ({max_file_mib:g}) is above --max-request-mib ({max_request_mib:g}); "
+                         "no request could carry such a file")
+    limits = Limits(max_files=max_files, max_file_bytes=file_bytes, max_request_bytes=request_bytes,
+                    max_pixels=max_pixels)
     serve_audits(load_audits(audits), limits, host=host, port=port, open_browser=open_browser)
-
-
-def _mib(value: float, option: str) -> int:
-    if not value > 0:
-        raise InputError(f"{option} must be above 0, got {value}")
-    return max(1, int(value * MIB))
 
 
 def load_audits(folder: Path) -> dict[str, PublishedAudit]:
@@ -67,7 +113,8 @@ def load_audits(folder: Path) -> dict[str, PublishedAudit]:
 
 def serve_audits(published: Mapping[str, PublishedAudit], limits: Limits, *, host: str = "127.0.0.1",
                  port: int = 8000, open_browser: bool = False) -> None:
-    """Run the web server until Ctrl+C, with every request's files under one temporary folder removed at exit."""
+    """Run the web server until Ctrl+C, with every request's files under one temporary folder removed at exit
+    (and the folders of killed servers swept first, see `sweep_upload_folders`)."""
     import uvicorn  # the server is needed by this verb alone
 
     from gmint.serve.app import create_app
@@ -80,21 +127,132 @@ def serve_audits(published: Mapping[str, PublishedAudit], limits: Limits, *, hos
     if not _is_loopback(host):
         err_console.print(f"[yellow]warning:[/] --host {escape(host)}: anyone who can reach this machine can upload "
                           "images to it", highlight=False)
+    swept = sweep_upload_folders(Path(tempfile.gettempdir()))
+    if swept:
+        console.print(f"removed {swept} upload folder{'s' if swept > 1 else ''} left in {tempfile.gettempdir()} by "
+                      "servers that were killed", highlight=False)
     # uvicorn stops gracefully on SIGTERM, then raises the signal again: with Python's default action the
     # process would end there, before the temporary folder is removed. This handler unwinds instead.
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
+    # Scoring faults (an audit's store changed or gone) are answered with a generic line; the cause is told here.
+    handler = _ErrorLines()
+    log = logging.getLogger("gmint.serve")
+    log.addHandler(handler)
     try:
-        with tempfile.TemporaryDirectory(prefix="gmint-serve-") as tmp:
-            app = create_app(published, limits, tmp_root=Path(tmp))
+        with upload_folder() as tmp:
+            app = create_app(published, limits, tmp_root=tmp)
             server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
             console.print(f"serving the page at {url} (Ctrl+C stops)", highlight=False)
             if open_browser:
                 threading.Timer(1.0, webbrowser.open, args=(url,)).start()
             server.run()
     finally:
+        log.removeHandler(handler)
         if main:
             signal.signal(signal.SIGTERM, previous)
+
+
+class _ErrorLines(logging.Handler):
+    """The server's log records as `error:` lines on stderr (with the traceback of an unexpected fault)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Print one record."""
+        print_error(record.getMessage())
+        if record.exc_info:
+            err_console.print(escape(logging.Formatter().formatException(record.exc_info)), highlight=False)
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks after boot, from /proc/<pid>/stat), or None where that cannot
+    be read (no such process, or no /proc). With its pid it names one process: pids are reused, start times
+    are not."""
+    try:
+        line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = line[line.rindex(")") + 2:].split()  # the name, in brackets, may hold spaces
+    return fields[19] if len(fields) > 19 else None  # field 22, counting from 1 before the name
+
+
+def _owner_alive(pid: int, start: str) -> bool:
+    """Whether the process that made a folder, named by pid and start time, may still be running."""
+    if pid <= 0:
+        return True  # not a name this module writes: leave it
+    now = process_start(pid)
+    if now is not None:
+        return start == "x" or now == start  # "x": made where start times could not be read
+    if Path("/proc/self/stat").exists():
+        return False  # /proc is readable and has no such process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_upload_folders(tmp: Path) -> int:
+    """Remove the upload folders under `tmp` that servers left when killed; return how many were removed.
+
+    A folder is removed only when it is this user's, its name says which process made it, that process is
+    gone (or its pid now names a process started at another time) and nothing holds the folder's lock: a
+    server running in another pid namespace (a container sharing /tmp) still holds its lock.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(tmp))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = _UPLOAD_FOLDER.match(entry.name)
+        if match is None:
+            continue
+        try:
+            status = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(status.st_mode) or (hasattr(os, "getuid") and status.st_uid != os.getuid()):
+            continue
+        if _owner_alive(int(match[1]), match[2]):
+            continue
+        with _locked(Path(entry.path) / LOCK, wait=False) as held:
+            if held:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += not os.path.lexists(entry.path)
+    return removed
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, wait: bool) -> Iterator[bool]:
+    """Hold an exclusive lock on `path` (creating it when `wait`): True when held, or when there is no lock to
+    hold; False when another process holds it. The system releases it when its holder dies, however it dies."""
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if wait else 0), 0o600)
+    except FileNotFoundError:
+        yield True  # a server killed before it locked its folder
+        return
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+        yield True
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def upload_folder() -> Iterator[Path]:
+    """This server's folder for uploads, under the system's temporary folder, named after its process and
+    locked while it runs; removed when it stops (a killed server's folder is swept by the next one)."""
+    start = process_start(os.getpid()) or "x"
+    with tempfile.TemporaryDirectory(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-{start}-") as tmp:
+        with _locked(Path(tmp) / LOCK, wait=True):
+            yield Path(tmp)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:

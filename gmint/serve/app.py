@@ -14,10 +14,16 @@ An audit name in a URL is looked up in the listing built at start-up; no part of
 a path. Errors are JSON `{"detail": "<one line>"}` with 404 (unknown audit), 413 (too large, too many), 422
 (not an image, unknown class, ...). Request bodies are counted while they stream in (`BodyLimit`), so an
 oversized upload is cut off before it is parsed, whatever its Content-Length claims.
+
+Only an `UploadError` speaks to the client: every refusal of a request's content is one, in words built from
+the request (display names, classes, limits). Any other failure while scoring is the server's own (an audit's
+store removed or replaced since start-up, a disk error, a bug): its answer is a generic 5xx line, as the
+library's messages name the server's files, and its cause goes to the `gmint.serve` log for whoever runs it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from importlib import resources
@@ -50,6 +56,11 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]
+log = logging.getLogger("gmint.serve")
+# The answers to the server's own faults: generic, as their causes name the server's files.
+FAULT = "the server could not score these images: a fault on its side, not in the images (its log says which)"
+CHANGED = ("audit {name!r} changed on the server since it started; it scores no images until the server is "
+           "restarted")
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/style.css": ("style.css", "text/css; charset=utf-8")}
 
@@ -173,7 +184,9 @@ class ErrorBody(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody, "description": text} for code, text in (
     (404, "Unknown audit."), (413, "Too many images, or a file or request over the limits."),
-    (422, "Not an image, a damaged one, no label or an unknown class, wrong labels or sizes."))}
+    (422, "Not an image, a damaged one, no label or an unknown class, wrong labels or sizes."),
+    (500, "A fault on the server's side (its log says which)."),
+    (503, "The audit's files changed on the server since it started."))}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -270,8 +283,10 @@ def create_app(audits: Mapping[str, PublishedAudit], limits: Limits | None = Non
 
     @app.exception_handler(GmintError)
     async def _gmint_error(request: Request, exc: GmintError) -> JSONResponse:
-        status = exc.status if isinstance(exc, UploadError) else 422
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        if isinstance(exc, UploadError):
+            return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        log.error("%s %s: %s", request.method, request.url.path, exc)  # its message may name server files
+        return JSONResponse({"detail": FAULT}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -322,15 +337,35 @@ def create_app(audits: Mapping[str, PublishedAudit], limits: Limits | None = Non
         against the MINT scores of held-out external samples; its false-positive rate is the audit's α.
         """
         audit = audit_named(name)
-        check_count(len(files), limits)
-        checked = []
-        for i, upload in enumerate(files):
-            shown = display_name(upload.filename, i)
-            # One byte more than allowed is enough to refuse it (check_image says so, with the limit).
-            checked.append(check_image(shown, upload.file.read(limits.max_file_bytes + 1), limits))
-        start = time.perf_counter()
-        result = score_uploads(audit, checked, labels or [], to_grey=to_grey, tmp_root=tmp_root)
+        try:
+            check_count(len(files), limits)
+            checked = []
+            for i, upload in enumerate(files):
+                shown = display_name(upload.filename, i)
+                # One byte more than allowed is enough to refuse it (check_image says so, with the limit).
+                checked.append(check_image(shown, upload.file.read(limits.max_file_bytes + 1), limits))
+            unchanged(audit)
+            start = time.perf_counter()
+            result = score_uploads(audit, checked, labels or [], to_grey=to_grey, tmp_root=tmp_root)
+            unchanged(audit)  # a store replaced while it was read may have given a mixed answer
+        except (UploadError, HTTPException):
+            raise
+        except (GmintError, OSError) as exc:
+            log.error("audit %s: scoring failed: %s", audit.name, exc)
+            raise HTTPException(500, FAULT) from None
+        except Exception:  # a bug: the client gets the same generic line, the log the traceback
+            log.exception("audit %s: scoring failed", audit.name)
+            raise HTTPException(500, FAULT) from None
         return {**result.to_dict(), "caveats": caveats(audit, result.resized, len(checked), result.predicted),
                 "seconds": round(time.perf_counter() - start, 4)}
 
     return app
+
+
+def unchanged(audit: PublishedAudit) -> None:
+    """Refuse (503) to score with an audit whose store was removed or replaced since it was loaded: its
+    verdict would no longer be the one published; the reason, naming the file, goes to the log."""
+    reason = audit.changed()
+    if reason is not None:
+        log.error("audit %s: %s; restart the server to publish it again", audit.name, reason)
+        raise HTTPException(503, CHANGED.format(name=audit.name))

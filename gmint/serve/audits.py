@@ -14,12 +14,21 @@ never runs code from its files.
 Everything is loaded and checked when the server starts (`find_audits`): the model, the classifier (trained on
 this model's features), the store (complete, matching the classifier, with held-out external rows the
 classifier was never fitted on). A bad audit is one line naming its folder, and is left out of the listing.
+Every file an audit names must be a regular file: a FIFO or a device would block the server's start-up on its
+first read. `audit.json` is read bounded (`MANIFEST_BYTES`, `MANIFEST_DEPTH`) before it is parsed, as Python's
+parser recurses once per nesting level and a deep enough file would end the start-up with a `RecursionError`.
+
+The store is read again for every scoring request (its held-out rows calibrate the verdict), so the server
+records its identity when it loads it (`PublishedAudit.changed`): a store replaced, rewritten or removed while
+the server runs is found before it is read, not trusted.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -38,7 +47,13 @@ FORMAT = "gmint-audit/1"
 # Audit names appear in URLs; they are looked up in the listing built at start-up, never joined into a path.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TITLE_LENGTH, DESCRIPTION_LENGTH = 200, 2000
+# A manifest is one flat object of short fields: the longest valid one (a 2,000-character description of
+# characters written as \uXXXX escapes) is about 13 KB. Anything larger, or nested deeper than an object holding
+# a list, is not a manifest, and is refused before Python's recursive JSON parser sees it.
+MANIFEST_BYTES = 64 * 1024
+MANIFEST_DEPTH = 2
 _FILES = ("model", "mint", "store")
+_WHAT = {"model": "audited model", "mint": "MINT classifier", "store": "feature store"}
 
 
 @dataclass(frozen=True)
@@ -110,16 +125,89 @@ def _relative_file(key: str, value: object) -> PurePosixPath:
 def read_manifest(path: Path) -> AuditManifest:
     """`audit.json` at `path`, checked.
 
+    The file is opened without blocking and must be a regular file of at most `MANIFEST_BYTES`, nested at most
+    `MANIFEST_DEPTH` deep: a FIFO would hang the reader and a deep nesting would exhaust the parser's recursion.
+
     Raises:
-        InputError: missing, not JSON, or not a valid manifest.
+        InputError: missing, not a regular file, too large or deep, not JSON, or not a valid manifest.
     """
+    path = Path(path)
+    regular_file(path)
     try:
-        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise InputError(f"{path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    with os.fdopen(fd, "rb") as fh:
+        _check_regular(path, os.fstat(fd))  # it could have been swapped between the check and the open
+        raw = fh.read(MANIFEST_BYTES + 1)
+    if len(raw) > MANIFEST_BYTES:
+        raise InputError(f"{path} is over {MANIFEST_BYTES:,} bytes; a manifest is a few short fields")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc})") from None
+    if json_depth(text, MANIFEST_DEPTH) > MANIFEST_DEPTH:
+        raise InputError(f"{path} is nested more than {MANIFEST_DEPTH} deep; a manifest is one flat JSON object")
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise InputError(f"{path} is not valid JSON ({exc})") from None
     return AuditManifest.from_dict(payload)
+
+
+def json_depth(text: str, stop: int | None = None) -> int:
+    """How deep JSON `text` nests arrays and objects, counted without parsing (brackets inside strings do not
+    count); the count stops once it passes `stop`. Malformed text gets a count too: the parser refuses it after."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if stop is not None and deepest > stop:
+                break
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def regular_file(path: Path, what: str = "") -> os.stat_result:
+    """`path`'s status, checked to be a regular file (following links) before anything opens it.
+
+    Args:
+        path: the file.
+        what: what it is, for messages ("MINT classifier", ...).
+
+    Raises:
+        InputError: missing, or a folder, FIFO, socket or device: a FIFO would block its reader forever.
+    """
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} not found".lstrip()) from None
+    _check_regular(path, status, what)
+    return status
+
+
+def _check_regular(path: Path, status: os.stat_result, what: str = "") -> None:
+    if not stat.S_ISREG(status.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(status.st_mode) else "a FIFO" if stat.S_ISFIFO(status.st_mode)
+                else "a socket" if stat.S_ISSOCK(status.st_mode) else "a device")
+        raise InputError(f"{what} {path} is {kind}, not a regular file".lstrip())
+
+
+def file_identity(status: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells a file from its replacement: device, inode, size, modification time (ns)."""
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def write_manifest(folder: Path, manifest: AuditManifest) -> Path:
@@ -153,6 +241,7 @@ class PublishedAudit:
         gap: the model's own accuracy and loss on members and externals, from its training record (None when
             the checkpoint has none).
         n_calibration: the held-out external rows the verdict is calibrated on.
+        store_identity: the store's `file_identity` when it was loaded; `changed` compares it with the file's.
         lock: one scoring at a time per audit: extraction engines briefly attach hooks to the shared model.
     """
 
@@ -166,12 +255,27 @@ class PublishedAudit:
     side: int | None
     gap: ModelGap | None
     n_calibration: int
+    store_identity: tuple[int, int, int, int]
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def title(self) -> str:
         """The manifest's title, else the audit's name."""
         return self.manifest.title or self.name
+
+    def changed(self) -> str | None:
+        """Why the store can no longer be trusted (removed, replaced, rewritten, not a regular file since the
+        audit was loaded), else None. The reason names server paths: it is for the server's log, not for the
+        people using the page. The classifier and model are held in memory, so only the store can change."""
+        try:
+            status = regular_file(self.store, "its feature store")
+        except InputError as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"its feature store {self.store} cannot be read ({exc.strerror or exc})"
+        if file_identity(status) != self.store_identity:
+            return f"its feature store {self.store} was replaced or rewritten since the audit was loaded"
+        return None
 
     def to_dict(self) -> dict[str, object]:
         """What the listing says about the audit (no file paths: they are the server's business)."""
@@ -195,10 +299,12 @@ def model_gap(audited: AuditedModel, store: Mapping[str, object]) -> ModelGap | 
     if not isinstance(check, Mapping):
         return None
     members, external = check.get("members"), check.get("external")
-    if not isinstance(members, Mapping) or not isinstance(external, Mapping):
-        return None
-    return ModelGap(float(members["accuracy"]), float(external["accuracy"]), float(members["loss"]),
-                    float(external["loss"]))
+    values = [part.get(k) if isinstance(part, Mapping) else None
+              for k in ("accuracy", "loss") for part in (members, external)]
+    numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(numbers) != len(values):
+        return None  # a store from elsewhere may record its check otherwise: no gap rather than a failed start
+    return ModelGap(*numbers)
 
 
 def load_audit(folder: Path, name: str | None = None) -> PublishedAudit:
@@ -218,6 +324,7 @@ def load_audit(folder: Path, name: str | None = None) -> PublishedAudit:
                          "64, starting with a letter or digit)")
     manifest = read_manifest(folder / MANIFEST)
     paths = {key: folder / getattr(manifest, key) for key in _FILES}
+    status = {key: regular_file(path, _WHAT[key]) for key, path in paths.items()}  # before any is opened: a FIFO blocks
     # Weights only: TorchScript archives and pickled modules are refused (with no hint at options that would
     # run their code), and so is a plain state dict, which records no architecture, classes or input.
     if not {"meta", "state_dict"} <= set(read_checkpoint(paths["model"])):
@@ -239,7 +346,8 @@ def load_audit(folder: Path, name: str | None = None) -> PublishedAudit:
                          "model's prediction; a published audit cannot have a class so named")
     channels, side = model_input(audited)
     return PublishedAudit(name, manifest, audited, mint, paths["store"], tuple(classes), channels, side,
-                          model_gap(audited, calibration.provenance), len(calibration.score))
+                          model_gap(audited, calibration.provenance), len(calibration.score),
+                          store_identity=file_identity(status["store"]))
 
 
 def find_audits(root: Path) -> tuple[dict[str, PublishedAudit], list[str]]:
@@ -254,8 +362,10 @@ def find_audits(root: Path) -> tuple[dict[str, PublishedAudit], list[str]]:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"audit folder {root} {'is a file' if root.exists() else 'not found'}")
-    folders = [root] if (root / MANIFEST).is_file() else sorted(
-        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
+    # Any `audit.json`, even one that is not a regular file, marks an audit folder: it is refused in one line
+    # (by `read_manifest`) rather than passed over in silence.
+    folders = [root] if os.path.lexists(root / MANIFEST) else sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and os.path.lexists(p / MANIFEST))
     audits: dict[str, PublishedAudit] = {}
     problems: list[str] = []
     for folder in folders:
@@ -266,6 +376,9 @@ def find_audits(root: Path) -> tuple[dict[str, PublishedAudit], list[str]]:
             continue
         except OSError as exc:
             problems.append(f"{folder / MANIFEST}: {exc.strerror or exc} ({exc.filename})")
+            continue
+        except RecursionError:  # a file of the audit (a store's or classifier's JSON record) nested too deep
+            problems.append(f"{folder / MANIFEST}: one of its files is nested too deeply to be read")
             continue
         audits[audit.name] = audit
     return audits, problems
