@@ -112,18 +112,10 @@ def load_image_folder(folder: Path, audited: AuditedModel, *, labels: str = "tru
 def _read_loose(folder: Path, files: Sequence[Path], side: int | None) -> ImageSet:
     """Images at the top of `folder`, all of class UNLABELLED: at `side` x `side` where the model records its
     side, else at their own common size; grey only when every one is."""
-    from PIL import Image
+    from gmint.data.readers.common import decode_image, decode_set, image_header
 
-    from gmint.data.readers.common import decode_image, decode_set
-
-    headers = []
-    for path in files:
-        try:
-            with Image.open(path) as img:
-                headers.append((img.mode, img.size))
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise InputError(f"cannot decode image {path}: {err}") from None
-    channels = 1 if all(mode in ("1", "L") for mode, _ in headers) else 3
+    headers = [image_header(path) for path in files]
+    channels = 1 if all(c == 1 for c, _ in headers) else 3
     if side is None:
         w, h = headers[0][1]
         odd = next((i for i, (_, size) in enumerate(headers) if size != (w, h)), None)

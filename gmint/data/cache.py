@@ -27,7 +27,7 @@ from gmint.files import atomic_write
 from gmint.version import __version__
 
 # Bump when the stored arrays or a reader's output change meaning, so old entries are not reused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def cache_dir() -> Path:

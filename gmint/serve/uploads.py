@@ -22,6 +22,7 @@ import numpy as np
 
 from gmint.assess.candidates import PREDICTED_LABELS, TO_GREY_HINT, TRUE_LABELS, load_image_folder
 from gmint.assess.scoring import Audit, audit_set
+from gmint.data.readers.common import decode_pixels
 from gmint.errors import InputError
 from gmint.serve.audits import PublishedAudit
 from gmint.serve.limits import CheckedImage, UploadError
@@ -156,6 +157,23 @@ def check_sizes(images: Sequence[CheckedImage], side: int | None) -> None:
                           "upload images of one size")
 
 
+def decoded(image: CheckedImage) -> CheckedImage:
+    """`image` once decoded as `gmint score` decodes its file (`decode_pixels`), with its size as read (upright).
+
+    A file gmint refuses (pixels that are not fully opaque, values with no known scale to 8 bits) is refused
+    here by its display name, before anything is written; the size is the one after its EXIF orientation,
+    which the size checks and the count of resized images need.
+
+    Raises:
+        UploadError: the image cannot be made 8-bit without a guess.
+    """
+    try:
+        pixels = decode_pixels(image.data, name=image.name)
+    except InputError as exc:
+        raise UploadError(str(exc)) from None
+    return replace(image, size=(pixels.shape[1], pixels.shape[0]))
+
+
 def score_uploads(audit: PublishedAudit, images: Sequence[CheckedImage], labels: Sequence[str], *,
                   to_grey: bool = False, tmp_root: Path | None = None) -> UploadAudit:
     """Score checked uploads and test them as a set, as `gmint score --images` would.
@@ -173,6 +191,7 @@ def score_uploads(audit: PublishedAudit, images: Sequence[CheckedImage], labels:
     if not images:
         raise UploadError("no images to score")
     chosen = resolve_labels(labels, len(images), audit.classes)
+    images = [decoded(image) for image in images]
     check_sizes(images, audit.side)
     source = PREDICTED_LABELS if PREDICTED in chosen else TRUE_LABELS
     with tempfile.TemporaryDirectory(prefix="gmint-serve-", dir=tmp_root) as tmp:

@@ -6,8 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from PIL import Image
-
 from gmint.data.base import ImageSet
 from gmint.data.readers.common import (
     IMAGE_SUFFIXES,
@@ -17,6 +15,7 @@ from gmint.data.readers.common import (
     decode_image,
     decode_set,
     image_files,
+    image_header,
     locate,
     positive_int,
     register_reader,
@@ -29,7 +28,6 @@ _IMAGEFOLDER_SOURCES = (Source(
     lambda folder: bool(subfolders(folder)),
     "<class>/ folders of images, optionally under train/ and test/",
 ),)
-_GREY_MODES = ("1", "L")
 
 
 def _imagefolder_parts(folder: Path) -> list[tuple[str, Path]]:
@@ -44,15 +42,6 @@ def _imagefolder_parts(folder: Path) -> list[tuple[str, Path]]:
     return [(part, folder / part) for part in splits]
 
 
-def _probe(path: Path) -> tuple[str, tuple[int, int]]:
-    """(mode, (W, H)) from the file header alone, without decoding pixels."""
-    try:
-        with Image.open(path) as img:
-            return img.mode, img.size
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise InputError(f"cannot decode image {path}: {err}") from None
-
-
 @register_reader("imagefolder", sources=_IMAGEFOLDER_SOURCES)
 def read_imagefolder(root: Path | str | None = None, *, size: int | None = None,
                      channels: int | None = None) -> ImageSet:
@@ -60,7 +49,8 @@ def read_imagefolder(root: Path | str | None = None, *, size: int | None = None,
 
     Classes are the folder names sorted (over all parts); rows go part, class, file in natural order. Images
     keep their size when all agree, else `size` must be given and every image is resized to size x size
-    (bilinear, aspect not kept). `channels` is 1 or 3; by default 1 only when every image is greyscale.
+    (bilinear, aspect not kept). `channels` is 1 or 3; by default 1 only when every image decodes to grey
+    (`decode_pixels`: 16-bit grey, a grey palette and the like count as grey).
     """
     if size is not None:
         size = positive_int("imagefolder", "size", size)
@@ -76,9 +66,9 @@ def read_imagefolder(root: Path | str | None = None, *, size: int | None = None,
         raise InputError(f"imagefolder: no {', '.join(IMAGE_SUFFIXES)} files in the class folders of "
                          f"{folder}")
     with ThreadPoolExecutor(WORKERS) as pool:
-        headers = list(pool.map(_probe, [path for _, path, _ in entries]))
+        headers = list(pool.map(image_header, [path for _, path, _ in entries]))
     if channels is None:
-        channels = 1 if all(mode in _GREY_MODES for mode, _ in headers) else 3
+        channels = 1 if all(c == 1 for c, _ in headers) else 3
     if size is None:
         (w, h) = headers[0][1]
         odd = next((i for i, (_, dims) in enumerate(headers) if dims != (w, h)), None)
