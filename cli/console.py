@@ -14,10 +14,11 @@ import typer
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
-from gmint.errors import DESCRIBE_HINT, GmintError
+from gmint.errors import DESCRIBE_HINT, ROOT_HINT, GmintError
 
 # Remedies the library names in its own terms, and the command that carries each out.
-HINTS = {DESCRIBE_HINT: "describe it once with `gmint model import` (its code, preprocessing, output and classes)"}
+HINTS = {DESCRIBE_HINT: "describe it once with `gmint model import` (its code, preprocessing, output and classes)",
+         ROOT_HINT: "pass --data-root or set GMINT_DATA"}
 
 P = ParamSpec("P")
 R = TypeVar("R")

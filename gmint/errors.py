@@ -5,6 +5,8 @@ from __future__ import annotations
 # The remedy for a model that records no preprocessing, in the library's terms; the CLI puts its own command
 # in this phrase's place.
 DESCRIBE_HINT = "import it once with its description (architecture, preprocessing, classes)"
+# What to do where no data root is given; the CLI names its option in this phrase's place.
+ROOT_HINT = "give the data root (the folder holding the datasets) or set GMINT_DATA"
 
 
 class GmintError(Exception):

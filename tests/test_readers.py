@@ -213,9 +213,9 @@ def test_resolve_root_argument_then_environment(tmp_path: Path, monkeypatch: pyt
 
 
 def test_resolve_root_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="pass --data-root or set GMINT_DATA"):
+    with pytest.raises(InputError, match="give the data root .* or set GMINT_DATA"):
         resolve_root(None)
-    with pytest.raises(InputError, match="missing.*is not a folder"):
+    with pytest.raises(InputError, match="missing does not exist"):
         resolve_root(tmp_path / "missing")
 
 
@@ -614,7 +614,7 @@ def test_load_dataset_names_and_options(tmp_path: Path) -> None:
         load_dataset("svhn", tmp_path)
     with pytest.raises(InputError, match="dataset 'gtsrb' has no option 'sise'; its options: size, roi"):
         load_dataset("gtsrb", tmp_path, sise=32)
-    with pytest.raises(InputError, match="no data root given: pass --data-root or set GMINT_DATA"):
+    with pytest.raises(InputError, match="no data root given: give the data root"):
         load_dataset("mnist")
     digits = load_dataset("digits")  # embedded: no root, no cache
     assert len(digits) == 1797 and not (tmp_path / "cache").exists()
@@ -745,3 +745,17 @@ def test_real_cache_round_trip(real: Callable[[str], ImageSet], monkeypatch: pyt
     _same(load_dataset("gtsrb", REAL_ROOT), data)
     monkeypatch.setattr(gtsrb, "decode_image", _refuse)
     _same(load_dataset("gtsrb", REAL_ROOT), data)
+
+
+def test_the_cli_names_its_option_only_where_no_data_root_was_given(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.cli_runner import run
+
+    monkeypatch.delenv("GMINT_DATA", raising=False)
+    given = run("split", "--data", "mnist", "--data-root", tmp_path / "nowhere", "--out", tmp_path / "s.json")
+    assert given.code == 1 and "data root" in given.stderr and "does not exist" in given.stderr
+    assert "--data-root" not in given.stderr  # it was given: advising it would mislead
+    empty = run("split", "--data", "mnist", "--data-root", tmp_path, "--out", tmp_path / "s.json")
+    assert empty.code == 1 and "under the data root" in empty.stderr and "--data-root" not in empty.stderr
+    missing = run("split", "--data", "mnist", "--out", tmp_path / "s.json")
+    assert missing.code == 1 and "no data root given: pass --data-root or set GMINT_DATA" in missing.stderr

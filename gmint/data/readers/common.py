@@ -21,11 +21,10 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from gmint.data.base import DATASETS, ImageSet, Reader
-from gmint.errors import InputError
+from gmint.errors import ROOT_HINT, InputError
 from gmint.progress import progress_bar
 from gmint.registry import Registry
 
-ROOT_HINT = "pass --data-root or set GMINT_DATA"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
 # Decoding threads: PIL releases the GIL while decoding.
 WORKERS = min(8, os.cpu_count() or 1)
@@ -44,8 +43,8 @@ def resolve_root(root: Path | str | None) -> Path:
         if root is None:
             raise InputError(f"no data root given: {ROOT_HINT}")
     path = Path(root).expanduser().resolve()
-    if not path.is_dir():
-        raise InputError(f"data root {path} is not a folder; {ROOT_HINT}")
+    if not path.is_dir():  # given, so no advice to give one: only what is wrong with it
+        raise InputError(f"data root {path} {'is a file, not a folder' if path.exists() else 'does not exist'}")
     return path
 
 
@@ -102,7 +101,8 @@ def locate(name: str, root: Path | str | None, layout: str = "auto") -> tuple[st
         if folder is not None:
             return source.layout, folder
     expected = " or ".join(source.expected for source in chosen)
-    raise InputError(f"{name}: no {expected} under {base}; {ROOT_HINT}")
+    raise InputError(f"{name}: no {expected} under the data root {base}; the data root is the folder that holds "
+                     "the dataset's usual folder, or that folder itself")
 
 
 def subfolders(folder: Path) -> list[str]:
