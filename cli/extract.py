@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from gmint.assess.candidates import model_classes, model_input, relabel
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.data.transforms import Transform
-from gmint.errors import InputError, StoreBusyError
+from gmint.errors import GmintError, InputError, StoreBusyError
 from gmint.features.engine import ENGINES, LOSSES
 from gmint.features.extract import extract as run_extract
 from gmint.features.extract import rows_sha256, split_rows
@@ -26,7 +28,7 @@ from gmint.features.layers import LAYER_PRESETS, preset_layers, weight_layers
 from gmint.features.reduce import REDUCTIONS
 from gmint.features.shards import merge_shards, run_distributed, world
 from gmint.features.sources import SOURCES
-from gmint.features.store import writer_pid
+from gmint.features.store import ANOTHER_STORE_HINT, REBUILD_HINT, check_resumable, writer_pid
 from gmint.models.check import ModelCheck, check_model
 from gmint.models.io import AuditedModel
 from gmint_cli.console import cli_errors, console, print_json, show_progress
@@ -34,6 +36,9 @@ from gmint_cli.inputs import ARCH_HELP, MODEL_HELP, TORCHSCRIPT_HELP, TRUST_PICK
 from gmint_cli.options import choices, device_option, flag
 from gmint_cli.outputs import check_output
 
+# Remedies the library names in its own terms, and this command's option that carries each out.
+OPTION_HINTS = {REBUILD_HINT: "pass --overwrite to extract it again in its place",
+                ANOTHER_STORE_HINT: "choose another --out"}
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
@@ -110,6 +115,11 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     if (pid := writer_pid(out)) is not None:
         raise StoreBusyError(f"{out} is being written by PID {pid}; wait for it to finish or stop it")
     check_output(out, "--out", inputs={"--model": model, "--split": split}, overwrite=overwrite, resume=resume)
+    # A file no resume can continue is refused before the model is even loaded (under torchrun --out is the
+    # join of the shards, which rank 0 checks when it joins them).
+    if resume and out.is_file() and world()[1] == 1:
+        with option_hints():
+            check_resumable(out)
     budget = parse_bytes(max_memory) if max_memory else None
     audited = load_model(model, arch, torchscript, trust_pickle)
     check_loss(loss, audited)
@@ -133,12 +143,13 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     check = report_model_check(audited, images, manifest, transform, min_member_accuracy, device, seed, rank == 0)
 
     def run(shard: tuple[int, int], on_device: str) -> Path:
-        return run_extract(audited, images, rows, out=out, layers=setup, reduction=reduction, engine=engine,
-                           source=source, transform=transform, loss=loss, batch_size=batch_size,
-                           chunk_size=chunk_size, seed=seed, split=manifest, model_check=check,
-                           trained_outside=model_trained_outside_gmint, resume=resume, overwrite=overwrite,
-                           device=on_device, shard=shard, max_memory=budget,
-                           show_progress=show_progress() and shard[0] == 0)
+        with option_hints():
+            return run_extract(audited, images, rows, out=out, layers=setup, reduction=reduction, engine=engine,
+                               source=source, transform=transform, loss=loss, batch_size=batch_size,
+                               chunk_size=chunk_size, seed=seed, split=manifest, model_check=check,
+                               trained_outside=model_trained_outside_gmint, resume=resume, overwrite=overwrite,
+                               device=on_device, shard=shard, max_memory=budget,
+                               show_progress=show_progress() and shard[0] == 0)
 
     if world_size > 1:  # under torchrun: this rank's shard, then rank 0 joins them
         local = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if device == "cuda" else device
@@ -157,6 +168,20 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
         path = run((0, 1), device)
     console.print(f"{path}: complete ({len(rows.index)} rows{f' in {world_size} shards' if world_size > 1 else ''}, "
                   f"layers {setup}, {source}, {reduction}, {engine})")
+
+
+@contextmanager
+def option_hints() -> Iterator[None]:
+    """Name this command's options where the library's errors name a remedy (see OPTION_HINTS)."""
+    try:
+        yield
+    except GmintError as exc:
+        text = str(exc)
+        for phrase, option in OPTION_HINTS.items():
+            text = text.replace(phrase, option)
+        if text == str(exc):
+            raise
+        raise type(exc)(text) from None
 
 
 def as_model_classes(images: ImageSet, audited: AuditedModel) -> ImageSet:

@@ -290,7 +290,8 @@ def test_mnist_count_mismatch_and_label_range(tmp_path: Path) -> None:
 
 
 def test_mnist_missing_files(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"mnist: no MNIST/raw/.*IDX files.* under the data root .*holds the dataset's usual folder"):
+    with pytest.raises(InputError,
+                       match=r"mnist: no MNIST/raw/.*IDX files.* under the data root .*holds the dataset's usual"):
         readers.read_mnist(tmp_path)
     make_mnist(tmp_path)
     _mnist_file(tmp_path, "train-labels-idx1-ubyte").unlink()

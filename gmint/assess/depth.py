@@ -9,7 +9,9 @@ on the auditor's pool and scored on the same held-out rows as the loss threshold
 
 Two stores serve every depth (one forward pass for all activation maps, one extraction for all Weight
 Modifiers), both resumable; each finished point is appended to `depth.jsonl` in the work folder and skipped
-when the sweep runs again, so a killed sweep continues where it stopped.
+when the sweep runs again, so a killed sweep continues where it stopped. A point is one line, written whole
+with its newline: a last line without one is what a kill in the middle of that write leaves, and is dropped
+(the point is fitted again); any other line that does not read is damage, and refused.
 """
 
 from __future__ import annotations
@@ -133,8 +135,9 @@ def sweep_depth(audited: AuditedModel, data: ImageSet, split: MembershipSplit, w
     rows = split_rows(split)
     example = transform(data.images[rows.index[:1]])
     chosen = resolve_modules(model, blocks, example)
+    done = {(p.block, p.source, p.kind) for p in read_points(workdir)}  # a damaged file is refused before any write
     _check_sweep(workdir, audited.fingerprint, pool, chosen)
-    done = {(p.block, p.source, p.kind) for p in read_points(workdir)}
+    _drop_torn_line(workdir / RESULTS)  # the next point must start a line of its own
     def store(name: str, layers: list[str], source: str, reduction: str) -> Path:
         return extract(audited, data, rows, out=workdir / name, layers=",".join(layers), source=source,
                        reduction=reduction, engine=engine, transform=transform, split=split, seed=seed, resume=True,
@@ -191,11 +194,37 @@ def _check_sweep(workdir: Path, fingerprint: str, pool: str, blocks: list[str]) 
 
 
 def read_points(workdir: Path) -> list[DepthPoint]:
-    """The points a sweep finished in `workdir` (none when it has not started)."""
+    """The points a sweep finished in `workdir` (none when it has not started), without a last line that a
+    kill tore (see the module docstring).
+
+    Raises:
+        InputError: a whole line that is not a depth point (the file was damaged or edited).
+    """
     path = Path(workdir) / RESULTS
     if not path.exists():
         return []
-    return [DepthPoint.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    *lines, _torn = path.read_text().split("\n")  # after the last newline: "" or a line cut short
+    points = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            points.append(DepthPoint.from_dict(json.loads(line)))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+            raise InputError(f"{path}: line {number} is not a depth point ({exc.__class__.__name__}: {exc}); "
+                             "delete that line to fit its point again, or use a new work folder") from None
+    return points
+
+
+def _drop_torn_line(path: Path) -> None:
+    """Cut a last line without its newline off the file, so that appends start on a line of their own."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    whole = data.rfind(b"\n") + 1
+    if whole < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(whole)
 
 
 def plot_depth(sweep: DepthSweep, path: Path, *, title: str = "") -> Path:

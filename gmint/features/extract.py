@@ -6,18 +6,22 @@ memory holds one batch and a killed run resumes where it stopped (`resume=True`)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import h5py
 import numpy as np
 import torch
+from torch import nn
 
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit, check_model_split
@@ -30,7 +34,7 @@ from gmint.features.engine.selfcheck import ProvenEngine
 from gmint.features.reduce import parse_reduction
 from gmint.features.shards import shard_bounds, shard_path
 from gmint.features.sources import SOURCES
-from gmint.features.store import FeatureStore
+from gmint.features.store import REBUILD_HINT, FeatureStore
 from gmint.models.check import ModelCheck, check_model
 from gmint.models.io import AuditedModel
 from gmint.progress import progress_bar
@@ -52,6 +56,73 @@ class Rows:
             raise InputError("rows, membership and role must have the same length")
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class ModuleState:
+    """What an extraction changes on the caller's module, recorded to give the module back as it was lent:
+    each submodule's training flag, each parameter's requires_grad, and where each parameter and buffer lies.
+
+    The extraction needs eval mode on its device; the caller's module may be half in training (a frozen
+    BatchNorm inside a model being fine-tuned) and is theirs to keep using afterwards, so nothing is left
+    changed behind their back.
+    """
+
+    training: list[tuple[nn.Module, bool]]
+    requires_grad: list[tuple[nn.Parameter, bool]]
+    devices: list[tuple[nn.Module, str, bool, torch.device]]  # (module, name, is a parameter, device)
+
+    @classmethod
+    def of(cls, module: nn.Module) -> ModuleState:
+        """The state of `module` and every submodule now."""
+        modules = list(module.modules())
+        return cls([(m, m.training) for m in modules],
+                   [(p, p.requires_grad) for p in module.parameters()],
+                   [(m, name, is_parameter, t.device) for m in modules
+                    for is_parameter, named in ((True, m.named_parameters(recurse=False)),
+                                                (False, m.named_buffers(recurse=False)))
+                    for name, t in named])
+
+    def restore(self) -> None:
+        """Put every flag back, and every tensor that moved back on its device (one that did not move is not
+        touched, so a CPU module's tensors stay the very same objects)."""
+        for m, training in self.training:  # parents first: each module's own flag is set last
+            m.train(training)
+        for p, requires_grad in self.requires_grad:
+            p.requires_grad_(requires_grad)
+        for m, name, is_parameter, device in self.devices:
+            now = dict(m.named_parameters(recurse=False) if is_parameter else m.named_buffers(recurse=False))[name]
+            if now.device == device:
+                continue
+            if is_parameter:
+                now.data = now.data.to(device)
+                if now.grad is not None:
+                    now.grad = now.grad.to(device)
+            else:
+                setattr(m, name, now.to(device))
+
+
+def gives_module_back(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run `fn(audited, ...)` and give `audited.module` back as it was (see `ModuleState`), whether `fn`
+    returns or raises."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        audited = args[0] if args else kwargs.get("audited")
+        if not isinstance(audited, AuditedModel):  # nothing lent: `fn` refuses it itself
+            return fn(*args, **kwargs)
+        lent = ModuleState.of(audited.module)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            lent.restore()
+
+    return wrapper
+
+
+@gives_module_back
 def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, layers: str = "combined",
             reduction: str = "mean", engine: str = "auto", source: str = "gradient",
             transform: Transform | None = None,
@@ -95,6 +166,9 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
 
     Returns:
         The path of the complete store (the shard's path when sharded).
+
+    The audited module is put in eval mode on `device` for the extraction and given back as it was
+    (training flags, requires_grad, device), also when the extraction fails.
     """
     if split is not None:
         check_model_split(audited.meta, split, trained_outside=trained_outside)
@@ -159,7 +233,8 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     out = Path(out)
     with ExitStack() as stack:
         # A resumed store is opened (and its writer lock taken) once, before any compute: a finished one is
-        # left as it is, one from another extraction is refused at once.
+        # left as it is (`resume` refuses one that only carries the complete mark: a file cut short, a damaged
+        # one), one from another extraction is refused at once.
         store = stack.enter_context(FeatureStore.resume(out, provenance)) if resume and out.exists() else None
         if store is not None and store.complete:
             return out
@@ -174,10 +249,14 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         chosen = choice.provenance() if choice else {"engine_used": engine_used}
         provenance.update(batch_size=batch_size, chunk_size=chunk_size or 0, **chosen)
         resumed_with: dict[str, object] = {}
+        widths = {n: int(f.shape[1]) for n, f in first.features.items()}
+        if store is not None and store.dims != widths:  # same provenance, other widths: only damage does that
+            raise InputError(f"{out} is damaged (its layers hold {store.dims} features per row, this extraction "
+                             f"computes {widths}); it cannot be resumed: {REBUILD_HINT}")
         if store is None:
             store = stack.enter_context(FeatureStore.create(
                 out, overwrite=overwrite, provenance=provenance, chunk_rows=batch_size,
-                dims={n: f.shape[1] for n, f in first.features.items()},
+                dims=widths,
                 columns={"membership": rows.membership, "role": rows.role, "label": labels,
                          "sample_id": data.sample_ids[rows.index],
                          "group": data.groups[rows.index] if data.groups is not None else np.full(len(labels), -1)}))

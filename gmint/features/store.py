@@ -19,7 +19,9 @@ while extraction is still writing it, and the file stays consistent if the write
 creating objects or attributes while writing, so every dataset is created up front (the extraction
 knows each layer's width from its first batch) and the final attributes are set after SWMR ends.
 A crash loses at most the batch in flight: features are written and flushed before `done` is set,
-and `complete` is set only after the last row. Every reader refuses an incomplete store.
+and `complete` is set only after the last row. Every reader refuses an incomplete store, and one whose file
+does not bear its complete mark out (cut short, rows or layers missing: `FeatureStore.damage`); a resume
+refuses such a file too, rather than take it for finished.
 
 One writer per store: a writer (create, resume, salvage, join) holds an exclusive lock on the sidecar
 `<store>.lock`, which names its PID; the kernel drops the lock when the writer closes or dies. A second
@@ -36,6 +38,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -66,6 +69,9 @@ CODES = {"membership": {1: "member", 0: "external", -1: "unknown"},
 LIBVER = ("v110", "v110")
 # How long a writer retries the lock before refusing: a reader asking who writes holds it for microseconds.
 LOCK_WAIT_S = 0.5
+# Remedies for a file no resume can continue, in the library's terms (the CLI names its own options instead).
+REBUILD_HINT = "remove it, or extract it again with overwrite"
+ANOTHER_STORE_HINT = "extract into another file"
 
 
 class FeatureStore:
@@ -127,8 +133,9 @@ class FeatureStore:
 
     @classmethod
     def resume(cls, path: Path, provenance: Mapping[str, object]) -> FeatureStore:
-        """Reopen a store for writing after checking it belongs to the same extraction and no other
-        process is writing it (a complete one has nothing left to write and is opened read-only).
+        """Reopen a store for writing after checking it belongs to the same extraction, is sound (see
+        `check_resumable`) and no other process is writing it (a complete one has nothing left to write and
+        is opened read-only).
 
         A writer that died in SWMR mode leaves the file flagged "open for write"; HDF5 then refuses
         to reopen it for writing (only its own h5clear tool resets the flag), although SWMR readers
@@ -140,14 +147,9 @@ class FeatureStore:
             raise InputError(f"feature store {path} not found")
         with ExitStack() as held:
             lock = held.enter_context(WriterLock(path))
-            with cls.open(path) as old:
-                theirs, complete = old.provenance, old.complete
-                diff = [k for k in SPEC_KEYS if k in provenance and theirs.get(k) != _roundtrip(provenance[k])]
-                if diff:
-                    raise StoreMismatchError(f"{path} was written by a different extraction (differs in "
-                                             f"{', '.join(diff)}); use a new --out or --overwrite")
+            complete = _check_resumable(path, provenance)
             if complete:  # nothing to write: leave the file untouched
-                h5 = _open_h5(path)
+                h5 = _open_h5(path, held=True)
             else:
                 try:
                     h5 = _h5file(path, "r+")
@@ -230,8 +232,58 @@ class FeatureStore:
 
     @property
     def complete(self) -> bool:
-        """Every row was written and the extraction finished."""
+        """Every row was written and the extraction finished: marked complete, and its rows and layers bear
+        the mark out (see `damage`). The mark alone is not enough: a file cut short, a joined store missing a
+        shard or one edited by hand may carry it."""
+        return self.marked_complete and self.damage() is None
+
+    @property
+    def marked_complete(self) -> bool:
+        """The writer marked the store complete (a damaged store may carry the mark too: see `complete`)."""
         return bool(self._h5.attrs.get("complete", False))
+
+    def damage(self) -> str | None:
+        """What makes this file unusable as the store it says it is, or None when nothing does.
+
+        Checked: every row column and the done flags hold one value per row; every recorded layer has a
+        (rows, width) dataset; the provenance's row count is the store's; and a store marked complete has
+        every row done and records that many. Only the done flags are read, never the features, so this is
+        cheap enough for every open (`verify` reads every value).
+        """
+        h5 = self._h5
+        if "sample_id" not in h5 or h5["sample_id"].ndim != 1:
+            return "dataset /sample_id is missing"
+        n = len(self)
+        for name in (*ROW_COLUMNS, *COMPUTED_COLUMNS, "done"):
+            if name not in h5:
+                if name != "group":  # /2 stores have none; missing, it reads as rows of no group
+                    return f"dataset /{name} is missing"
+            elif h5[name].shape != (n,):
+                return f"/{name} has shape {h5[name].shape}, the store {n} rows"
+        recorded = h5.attrs.get("n_rows")
+        if recorded is not None and int(recorded) != n:
+            return f"its provenance records {int(recorded)} rows, it holds {n}"
+        group = h5.get("features")
+        if not isinstance(group, h5py.Group):
+            return "group /features is missing"
+        for name in self.layers:
+            if name not in group:
+                return f"layer {name} has no dataset under /features"
+            if group[name].ndim != 2 or group[name].shape[0] != n:
+                return f"/features/{name} has shape {group[name].shape}, expected ({n}, width)"
+        if not self.marked_complete:
+            return None
+        try:
+            missing = int(np.count_nonzero(~self.done_mask()))
+        except InputError:
+            return "its done flags cannot be read"
+        if missing:
+            shards = "; its shard files must lie beside it" if "shards" in h5.attrs else ""
+            return f"marked complete, but {missing} of {n} rows are not written{shards}"
+        written = h5.attrs.get("rows_written")
+        if written is not None and int(written) != n:
+            return f"marked complete with {int(written)} rows written, but it holds {n}"
+        return None
 
     @property
     def provenance(self) -> dict[str, object]:
@@ -267,9 +319,16 @@ class FeatureStore:
         """PID of the process writing this store now (None when no one is)."""
         return writer_pid(self.path)
 
+    def require_sound(self) -> None:
+        """Refuse a damaged store (see `damage`), saying what is wrong with it and how to rebuild it."""
+        damage = self.damage()
+        if damage is not None:
+            raise InputError(f"{self.path} is damaged ({damage}); {REBUILD_HINT}")
+
     def require_complete(self) -> None:
-        """Refuse an unfinished store, saying whether a live process is still writing it."""
-        if not self.complete:
+        """Refuse a damaged store, and an unfinished one saying whether a live process is still writing it."""
+        self.require_sound()
+        if not self.marked_complete:
             pid = self.writer
             todo = (f"it is being written by PID {pid}; wait for it to finish" if pid else
                     "finish it with `gmint extract ... --resume`")
@@ -344,7 +403,7 @@ def verify(path: Path) -> list[str]:
                 unflagged += int((~np.isfinite(block).all(axis=1) & flagged).sum())
             if unflagged:
                 problems.append(f"layer {name}: {unflagged} rows hold NaN/Inf without being flagged")
-        if not store.complete:
+        if not store.marked_complete:
             pid = store.writer
             todo = f"being written by PID {pid}" if pid else "continue with --resume"
             problems.append(f"incomplete: {int(done.sum())} of {n} rows written ({todo})")
@@ -360,10 +419,50 @@ def _read_all(path: Path, dataset: h5py.Dataset, start: int = 0, stop: int | Non
         raise InputError(f"{path} is damaged: reading {dataset.name} failed ({exc})") from None
 
 
+def check_resumable(path: Path) -> None:
+    """Refuse, before any work, a file at `path` that no resume can continue: one HDF5 cannot read, one that
+    is not a feature store, or a damaged store (see `FeatureStore.damage`). A sound store, finished or not,
+    passes; whether it belongs to the same extraction is checked when `FeatureStore.resume` opens it.
+
+    Raises:
+        InputError: the file cannot be resumed (the message says why and how to rebuild it).
+        StoreBusyError: another process is writing it.
+    """
+    with WriterLock(Path(path)):
+        _check_resumable(Path(path), {})
+
+
+def _check_resumable(path: Path, provenance: Mapping[str, object]) -> bool:
+    """Whether the store at `path` is complete, after refusing one that is unreadable, damaged or from another
+    extraction than `provenance` describes (the caller holds `path`'s writer lock, so no one else writes it:
+    the file is read as it lies on disk, never through a live writer's eyes)."""
+    with FeatureStore(path, _open_h5(path, held=True)) as old:
+        damage = old.damage()
+        if damage is not None:
+            raise InputError(f"{path} is damaged ({damage}); it cannot be resumed: {REBUILD_HINT}")
+        theirs = old.provenance
+        diff = [k for k in SPEC_KEYS if k in provenance and theirs.get(k) != _roundtrip(provenance[k])]
+        if diff:
+            raise StoreMismatchError(f"{path} was written by a different extraction (differs in "
+                                     f"{', '.join(diff)}); {ANOTHER_STORE_HINT}, or {REBUILD_HINT}")
+        return old.complete
+
+
 def _salvage(path: Path) -> None:
     """Copy a crashed store's rows into a new file and put it in the old one's place (the caller holds
-    `path`'s writer lock)."""
+    `path`'s writer lock). A row that cannot be read refuses the salvage and leaves the file as it was."""
     tmp = path.with_name(path.name + ".salvage")
+    try:
+        _copy_rows(path, tmp)
+    except OSError as exc:  # corrupt chunks surface only when read
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"{path} is damaged (its writer died and {_why(exc)}); it cannot be resumed: "
+                         f"{REBUILD_HINT}") from None
+    tmp.replace(path)
+
+
+def _copy_rows(path: Path, tmp: Path) -> None:
+    """Every dataset and attribute of the crashed store at `path` into a new store at `tmp`."""
     with h5py.File(path, "r", swmr=True, locking=False) as old:
         done = old["done"][:]
         with FeatureStore.create(tmp, overwrite=True,
@@ -380,7 +479,6 @@ def _salvage(path: Path) -> None:
             new._h5.flush()
             new._h5["done"][:] = done
             new._h5.flush()
-    tmp.replace(path)
 
 
 def _h5file(path: Path, mode: str) -> h5py.File:
@@ -389,41 +487,59 @@ def _h5file(path: Path, mode: str) -> h5py.File:
     return h5py.File(path, mode, libver=LIBVER, locking=False)
 
 
-def _open_h5(path: Path) -> h5py.File:
+def _open_h5(path: Path, *, held: bool = False) -> h5py.File:
+    """A reader's handle on the store at `path`. `held`: the caller holds the writer lock, so no live
+    process writes the file and it is read as it lies on disk."""
     if not path.exists():
         raise InputError(f"feature store {path} not found")
     # A store being written (or whose writer died) is read as an SWMR reader: a plain one may find it
-    # flagged "open for write", or its end not yet extended. Only then: for a damaged file an SWMR
-    # reader retries each failing read with back-off.
+    # flagged "open for write", or its end not yet extended. Only then: an SWMR reader skips HDF5's check
+    # that the file is as long as it records and retries failing reads with back-off, so a file cut short
+    # may open showing its complete mark, or hang.
+    tail = f"; it cannot be resumed: {REBUILD_HINT}" if held else ""
     try:
-        h5 = _open_swmr(path) if writer_pid(path) else h5py.File(path, "r", locking=False)
+        h5 = _open_swmr(path, tail) if not held and writer_pid(path) else h5py.File(path, "r", locking=False)
     except OSError as exc:
-        if "already open for write" not in str(exc) and not writer_pid(path):
-            raise InputError(f"{path} is not a readable HDF5 feature store ({exc.__class__.__name__})") from None
-        h5 = _open_swmr(path)
+        # A flagged file whose writer is gone: HDF5 checks its length first, so this one is whole.
+        if "already open for write" not in str(exc) and (held or not writer_pid(path)):
+            raise InputError(f"{path} is not a readable HDF5 feature store ({_why(exc)}){tail}") from None
+        h5 = _open_swmr(path, tail, held=held)
     found = h5.attrs.get("format")
     if found not in READABLE_FORMATS:
         h5.close()
         if isinstance(found, str) and found.startswith(FORMAT.split("/")[0]):
-            raise InputError(f"{path} is a {found} store; this gmint reads {FORMAT}: extract it again")
-        raise InputError(f"{path} is not a gmint feature store (format attribute missing or different)")
+            raise InputError(f"{path} is a {found} store; this gmint reads {FORMAT}: {REBUILD_HINT}")
+        raise InputError(f"{path} is not a gmint feature store (format attribute missing or different){tail}")
     return h5
 
 
-def _open_swmr(path: Path) -> h5py.File:
+def _open_swmr(path: Path, tail: str = "", *, held: bool = False) -> h5py.File:
     """An SWMR reader's handle. A live writer leaves SWMR mode for a moment to set the final attributes,
-    and nothing can read the file then: wait that moment out."""
+    and nothing can read the file then: wait that moment out (`held`: the caller is the writer, so there
+    is no such moment to wait for)."""
     deadline = time.monotonic() + 2.0
     while True:
         try:
             return h5py.File(path, "r", swmr=True, locking=False)
         except OSError as exc:
-            pid = writer_pid(path)
+            pid = None if held else writer_pid(path)
             if pid is None:
-                raise InputError(f"{path} is not a readable HDF5 feature store ({exc.__class__.__name__})") from None
+                raise InputError(f"{path} is not a readable HDF5 feature store ({_why(exc)}){tail}") from None
             if time.monotonic() > deadline:
                 raise InputError(f"{path} is being written by PID {pid} and cannot be read now; try again") from None
             time.sleep(0.02)
+
+
+def _why(exc: OSError) -> str:
+    """Why HDF5 could not read a file, in words: a file cut short says how much of it is left."""
+    text = str(exc)
+    cut = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", text)
+    if cut:
+        return f"cut short: {cut.group(1)} of its {cut.group(2)} bytes are left"
+    if "file signature not found" in text:
+        return "not an HDF5 file"
+    inner = re.findall(r"\(([^()]+)\)", text)
+    return inner[-1] if inner else exc.__class__.__name__
 
 
 def describe_codes(h5: h5py.File) -> None:
