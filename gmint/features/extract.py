@@ -30,7 +30,7 @@ from gmint.errors import InputError
 from gmint.features.engine import ENGINES
 from gmint.features.engine.base import check_chunk_size
 from gmint.features.engine.memory import max_batch_for_memory
-from gmint.features.engine.selfcheck import ProvenEngine
+from gmint.features.engine.selfcheck import EngineCheckWarning, EngineDisagreement, ProvenEngine
 from gmint.features.reduce import parse_reduction
 from gmint.features.shards import shard_bounds, shard_path
 from gmint.features.sources import SOURCES
@@ -205,7 +205,6 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     probe_batch = min(batch_size, fit) if fit else batch_size
     probe_chunk = min(chunk_size or batch_size, fit) if fit else chunk_size
     feature_names = run.names
-    proven = ProvenEngine(engine)
 
     def load(start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = rows.index[start:start + size]
@@ -231,75 +230,95 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         **({"shard": [rank, world_size]} if world_size > 1 else {}),
     }
     out = Path(out)
-    with ExitStack() as stack:
-        # A resumed store is opened (and its writer lock taken) once, before any compute: a finished one is
-        # left as it is (`resume` refuses one that only carries the complete mark: a file cut short, a damaged
-        # one), one from another extraction is refused at once.
-        store = stack.enter_context(FeatureStore.resume(out, provenance)) if resume and out.exists() else None
-        if store is not None and store.complete:
-            return out
-        recorded = store.provenance if store is not None else {}
-        first = run(model, names, reduce, *load(0, probe_batch), engine=proven, loss=loss, chunk_size=probe_chunk)
-        choice = proven.choice
-        engine_used = choice.engine if choice else "none"  # the activation source runs no engine
-        if fit and engine_used in ("vmap", "naive"):
-            chunk_size = probe_chunk
-        elif fit:
-            batch_size = probe_batch
-        chosen = choice.provenance() if choice else {"engine_used": engine_used}
-        provenance.update(batch_size=batch_size, chunk_size=chunk_size or 0, **chosen)
-        resumed_with: dict[str, object] = {}
-        widths = {n: int(f.shape[1]) for n, f in first.features.items()}
-        if store is not None and store.dims != widths:  # same provenance, other widths: only damage does that
-            raise InputError(f"{out} is damaged (its layers hold {store.dims} features per row, this extraction "
-                             f"computes {widths}); it cannot be resumed: {REBUILD_HINT}")
-        if store is None:
-            store = stack.enter_context(FeatureStore.create(
-                out, overwrite=overwrite, provenance=provenance, chunk_rows=batch_size,
-                dims=widths,
-                columns={"membership": rows.membership, "role": rows.role, "label": labels,
-                         "sample_id": data.sample_ids[rows.index],
-                         "group": data.groups[rows.index] if data.groups is not None else np.full(len(labels), -1)}))
-        elif recorded.get("engine_used") != engine_used:  # both proven on this model; the record says so
-            resumed_with = {"engine_used": f"{recorded.get('engine_used')}+{engine_used}",
-                            "engine_check_resumed": chosen.get("engine_check", {})}
-        done = store.done_mask()
-        t0 = time.perf_counter()
-        todo = [s for s in range(0, len(done), batch_size) if not done[s:s + batch_size].all()]
-        # The batch the engine was chosen on is written as it is, when it is the store's first batch.
-        reused = first if probe_batch == batch_size or len(rows.index) <= probe_batch else None
+    restarts: list[str] = []
 
-        def prepare(i: int) -> Future[tuple[torch.Tensor, torch.Tensor]] | None:
-            """Load batch `todo[i]` on a helper thread (not the reused one, nor past the end)."""
-            if i >= len(todo) or (todo[i] == 0 and reused is not None):
-                return None
-            return pool.submit(load, todo[i], batch_size)
+    def attempt(proven: ProvenEngine, resume: bool, overwrite: bool) -> None:
+        """One pass over the rows on the engine `proven` chooses (see the loop below)."""
+        nonlocal batch_size, chunk_size
+        with ExitStack() as stack:
+            # A resumed store is opened (and its writer lock taken) once, before any compute: a finished one is
+            # left as it is (`resume` refuses one that only carries the complete mark: a file cut short, a damaged
+            # one), one from another extraction is refused at once.
+            store = stack.enter_context(FeatureStore.resume(out, provenance)) if resume and out.exists() else None
+            if store is not None and store.complete:
+                return
+            recorded = store.provenance if store is not None else {}
+            first = run(model, names, reduce, *load(0, probe_batch), engine=proven, loss=loss,
+                        chunk_size=probe_chunk)
+            choice = proven.choice
+            engine_used = choice.engine if choice else "none"  # the activation source runs no engine
+            if fit and engine_used in ("vmap", "naive"):
+                chunk_size = probe_chunk
+            elif fit:
+                batch_size = probe_batch
+            chosen = choice.provenance() if choice else {"engine_used": engine_used}
+            provenance.update(batch_size=batch_size, chunk_size=chunk_size or 0, **chosen)
+            resumed_with: dict[str, object] = {}
+            widths = {n: int(f.shape[1]) for n, f in first.features.items()}
+            if store is not None and store.dims != widths:  # same provenance, other widths: only damage does that
+                raise InputError(f"{out} is damaged (its layers hold {store.dims} features per row, this extraction "
+                                 f"computes {widths}); it cannot be resumed: {REBUILD_HINT}")
+            if store is None:
+                store = stack.enter_context(FeatureStore.create(
+                    out, overwrite=overwrite, provenance=provenance, chunk_rows=batch_size,
+                    dims=widths,
+                    columns={"membership": rows.membership, "role": rows.role, "label": labels,
+                             "sample_id": data.sample_ids[rows.index],
+                             "group": data.groups[rows.index] if data.groups is not None
+                             else np.full(len(labels), -1)}))
+            elif recorded.get("engine_used") != engine_used:  # both proven on this model; the record says so
+                resumed_with = {"engine_used": f"{recorded.get('engine_used')}+{engine_used}",
+                                "engine_check_resumed": chosen.get("engine_check", {})}
+            done = store.done_mask()
+            t0 = time.perf_counter()
+            todo = [s for s in range(0, len(done), batch_size) if not done[s:s + batch_size].all()]
+            # The batch the engine was chosen on is written as it is, when it is the store's first batch.
+            reused = first if probe_batch == batch_size or len(rows.index) <= probe_batch else None
 
-        # Two helper threads overlap I/O with the engine: one prepares the next batch, one writes the
-        # previous one (torch kernels and HDF5's compression both run outside the GIL for the most part).
-        # One write in flight at a time keeps the store's rows in order.
-        with progress_bar(f"extract {engine}/{reduction}", len(done), enabled=show_progress,
-                          completed=int(done.sum())) as bar, ThreadPoolExecutor(2) as pool:
-            pending: Future[None] | None = None
-            batch = prepare(0)
-            for i, start in enumerate(todo):
-                current, batch = batch, prepare(i + 1)
-                if current is None:
-                    assert reused is not None
-                    result = reused
-                else:
-                    x, y = current.result()
-                    result = run(model, names, reduce, x, y, engine=proven, loss=loss, chunk_size=chunk_size)
-                features = {n: f.float().cpu().numpy() for n, f in result.features.items()}
+            def prepare(i: int) -> Future[tuple[torch.Tensor, torch.Tensor]] | None:
+                """Load batch `todo[i]` on a helper thread (not the reused one, nor past the end)."""
+                if i >= len(todo) or (todo[i] == 0 and reused is not None):
+                    return None
+                return pool.submit(load, todo[i], batch_size)
+
+            # Two helper threads overlap I/O with the engine: one prepares the next batch, one writes the
+            # previous one (torch kernels and HDF5's compression both run outside the GIL for the most part).
+            # One write in flight at a time keeps the store's rows in order.
+            with progress_bar(f"extract {engine}/{reduction}", len(done), enabled=show_progress,
+                              completed=int(done.sum())) as bar, ThreadPoolExecutor(2) as pool:
+                pending: Future[None] | None = None
+                batch = prepare(0)
+                for i, start in enumerate(todo):
+                    current, batch = batch, prepare(i + 1)
+                    if current is None:
+                        assert reused is not None
+                        result = reused
+                    else:
+                        x, y = current.result()
+                        result = run(model, names, reduce, x, y, engine=proven.at(start, last=i == len(todo) - 1),
+                                     loss=loss, chunk_size=chunk_size)
+                    features = {n: f.float().cpu().numpy() for n, f in result.features.items()}
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(store.write, start, features, loss=result.loss.float().cpu().numpy(),
+                                          pred=result.pred.cpu().numpy())
+                    bar.advance(len(result.loss))
                 if pending is not None:
                     pending.result()
-                pending = pool.submit(store.write, start, features, loss=result.loss.float().cpu().numpy(),
-                                      pred=result.pred.cpu().numpy())
-                bar.advance(len(result.loss))
-            if pending is not None:
-                pending.result()
-        store.mark_complete(extract_seconds=round(time.perf_counter() - t0, 3), **resumed_with)
-    return out
+            checked = {"engine_recheck": proven.record()} if proven.choice is not None else {}
+            store.mark_complete(extract_seconds=round(time.perf_counter() - t0, 3), **resumed_with, **checked,
+                                **({"engine_restarts": restarts} if restarts else {}))
+
+    requested = engine
+    while True:
+        try:
+            attempt(ProvenEngine(requested, seed=seed), resume, overwrite)
+            return out
+        except EngineDisagreement as exc:
+            # Every row the engine wrote is suspect, those of an earlier run of it included: all are redone.
+            warnings.warn(str(exc), EngineCheckWarning, stacklevel=2)
+            restarts.append(str(exc))
+            requested, resume, overwrite = exc.replacement, False, True
 
 
 def rows_sha256(rows: Rows) -> str:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import math
+import random
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -40,10 +42,25 @@ from gmint.features.reduce import Reduction
 
 CHECK_ROWS = 4
 ROUNDING_LIMIT = 3.5e-3  # rounding accepted once the formula is proven in float64 (10 × float32's √ε)
+# Through the run, the share of the engine's time spent re-checking one random row of a later batch against
+# the naive loop (and the last batch always): a model can mix or reorder its batch only from its second batch on
+# (a sort, a rescale by the batch maximum that bites later), which the first batch's check cannot see.
+RECHECK_SHARE = 0.02
 
 
 class EngineCheckWarning(UserWarning):
     """An engine disagreed with the naive loop on the first batch (or failed) and was passed over."""
+
+
+class EngineDisagreement(Exception):
+    """The chosen engine disagreed with the naive loop on a later batch: every row it computed is suspect, so
+    the extraction starts again on the next engine (`replacement`)."""
+
+    def __init__(self, engine: str, replacement: str, row: int, error: float, limit: float) -> None:
+        super().__init__(f"the {engine} engine disagreed with the naive loop on row {row} ({error:.3g} against a "
+                         f"tolerance of {limit:.3g}) after agreeing on the first batch; every row is extracted "
+                         f"again with the {replacement} engine")
+        self.engine, self.replacement = engine, replacement
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,13 @@ class EngineChoice:
             loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
         """One batch on the chosen engine, with the plan it made when it was chosen."""
         return _run(self.engine, self.plan, model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+
+    @property
+    def limit(self) -> float:
+        """The error a later batch's re-checked row may have: the tolerance the choice was made with, or the
+        rounding limit where the chosen engine passed through its float64 trial."""
+        chosen = next((t for t in self.trials if t.engine == self.engine and t.passed), None)
+        return ROUNDING_LIMIT if chosen is not None and chosen.float64_error is not None else self.tolerance
 
     @property
     def fallbacks(self) -> dict[str, str]:
@@ -302,21 +326,66 @@ def _notice(engine: str, replacement: str, why: str) -> None:
 
 
 class ProvenEngine:
-    """An engine (same call as `vmap_engine`) that chooses itself with `choose_engine` on its first batch
-    and runs that choice on every later one: what an extraction hands to its feature source."""
+    """An engine (same call as `vmap_engine`) that chooses itself with `choose_engine` on its first batch and
+    runs that choice on every later one, re-checking one random row of later batches against the naive loop
+    while the checks stay within `share` of the engine's time, and always on the last batch: what an
+    extraction hands to its feature source. The extraction says where each batch sits with `at`."""
 
-    def __init__(self, requested: str = "auto") -> None:
+    def __init__(self, requested: str = "auto", *, seed: int = 0, share: float = RECHECK_SHARE) -> None:
         self.requested = requested
         self.choice: EngineChoice | None = None
+        self.share = share
+        self._rng = random.Random(seed)
+        self._engine_seconds = 0.0
+        self._check_seconds = 0.0
+        self._checked: list[tuple[int, float]] = []
+        self._start, self._last = 0, False
+
+    def at(self, start: int, *, last: bool) -> ProvenEngine:
+        """This engine, told that its next batch starts at row `start` of the extraction (and whether it is the
+        last one, which is always re-checked)."""
+        self._start, self._last = start, last
+        return self
 
     def __call__(self, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                  loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
-        """The batch's reduced Weight Modifiers: chosen and checked on the first call, the choice after."""
+        """The batch's reduced Weight Modifiers: chosen and checked on the first call, the choice after.
+
+        Raises:
+            EngineDisagreement: a re-checked row of a later batch disagrees with the naive loop.
+        """
         if self.choice is None:
             self.choice, result = choose_engine(model, layers, reduction, x, y, requested=self.requested,
                                                 loss=loss, chunk_size=chunk_size)
             return result
-        return self.choice.run(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+        t0 = time.perf_counter()
+        result = self.choice.run(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+        self._engine_seconds += time.perf_counter() - t0
+        if self.choice.engine != "naive" and len(y) and (
+                self._last or self._check_seconds < self.share * self._engine_seconds):
+            self._recheck(self.choice, model, layers, reduction, x, y, result, loss)
+        return result
+
+    def _recheck(self, choice: EngineChoice, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor,
+                 y: Tensor, result: EngineResult, loss: str) -> None:
+        t0 = time.perf_counter()
+        row = self._rng.randrange(len(y))
+        reference = _Reference.compute(model, layers, reduction, x[row:row + 1], labels(y)[row:row + 1], loss)
+        picked = EngineResult({n: f[row:row + 1] for n, f in result.features.items()}, result.loss[row:row + 1],
+                              result.pred[row:row + 1])
+        error = reference.error(picked, (0,))
+        self._check_seconds += time.perf_counter() - t0
+        self._checked.append((self._start + row, error))
+        if error > choice.limit:
+            following = candidates(choice.engine, model)
+            raise EngineDisagreement(choice.engine, following[1] if len(following) > 1 else "naive",
+                                     self._start + row, error, choice.limit)
+
+    def record(self) -> dict[str, object]:
+        """What the re-checks found, for the store's provenance (`engine_recheck`)."""
+        errors = [e for _, e in self._checked]
+        return {"rows": [r for r, _ in self._checked], "max_error": _finite(max(errors)) if errors else None,
+                "check_seconds": round(self._check_seconds, 4), "engine_seconds": round(self._engine_seconds, 4)}
 
 
 @register_engine("auto", rank=None, torchscript=True)
