@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import typer
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.errors import InputError
-from gmint.models.io import AuditedModel, load_audited
+from gmint.models.io import AuditedModel, file_kind, load_audited, read_checkpoint
 from gmint.models.train import TrainConfig
 from gmint.reference import (
     ATTACKS,
@@ -23,6 +24,8 @@ from gmint.reference import (
     load_signals,
     train_references,
 )
+from gmint.reference.attacks import attack_options
+from gmint.reference.compare import Comparison
 from gmint.reference.models import INITS, MODES, records_recipe
 from gmint.reference.report import comparison_table, write_comparison
 from gmint_cli import audited as audited_cli
@@ -39,6 +42,9 @@ _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 # The TrainConfig fields given as options, and the option of each; the seed is --train-seed here, as --seed
 # seeds the halves.
 RECIPE_OPTIONS = {name: f"--{name.replace('_', '-')}" for name in _DEFAULTS} | {"seed": "--train-seed"}
+# The options each attack takes, for --options' help (attacks that take none are left out).
+OPTIONS_HELP = "; ".join(f"{name} takes {', '.join(ATTACKS.get(name).options.ranges())}" for name in ATTACKS.names()
+                         if ATTACKS.get(name).options.ranges())
 
 
 def _recipe_option(name: str) -> Any:
@@ -62,6 +68,34 @@ def _given_recipe(values: dict[str, object], recipe: str | None) -> TrainConfig 
         raise InputError(f"give the training recipe as --recipe or as options ({options}), not both")
     text = Path(recipe).read_text() if not recipe.lstrip().startswith("{") and Path(recipe).is_file() else recipe
     return TrainConfig.from_mapping(json_object(text, "--recipe"))
+
+
+# Where a model file is not a gmint checkpoint: what `reference train` needs instead.
+NEEDS_CHECKPOINT = ("reference models are trained from a gmint checkpoint, which records how the model is built and "
+                    "fed; import the model once with `gmint model import`")
+
+
+def _audited_checkpoint(model: Path) -> AuditedModel:
+    """The audited model as `reference train` reads it: a gmint checkpoint only. A TorchScript file, a pickled
+    module or a plain state dict is refused in one line that names `gmint model import` (with the option each
+    needs there), not options of `gmint extract` that this command does not have."""
+    if not model.is_file():
+        return load_audited(model)  # its own line for a missing file or a folder
+    kind = file_kind(model)
+    if kind == "torchscript":
+        raise InputError(f"{model} is a TorchScript archive, not a gmint checkpoint; {NEEDS_CHECKPOINT} "
+                         "(--torchscript, with --arch for the code that builds it)")
+    try:
+        payload = read_checkpoint(model)  # a pickled module is refused here, before anything in it runs
+    except InputError as exc:
+        if kind not in ("torch", "pickle"):
+            raise
+        raise InputError(f"{exc}; for a model from outside, {NEEDS_CHECKPOINT} (a pickled module with "
+                         "--trust-pickle and --arch)") from None
+    if not ("meta" in payload and "state_dict" in payload):
+        raise InputError(f"{model} is a plain state dict, not a gmint checkpoint; {NEEDS_CHECKPOINT} (--arch, "
+                         "and its preprocessing)")
+    return load_audited(model)
 
 
 def _model_data(audited: AuditedModel, model: Path, data: str | None, data_root: Path | None) -> ImageSet:
@@ -124,7 +158,7 @@ def train(model: Path = typer.Option(..., help="The audited gmint checkpoint. A 
     config = _given_recipe({"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
                             "weight_decay": weight_decay, "schedule": schedule, "augment": augment, "seed": train_seed,
                             "threads": threads, "target_accuracy": target_accuracy}, recipe)
-    audited = load_audited(model)
+    audited = _audited_checkpoint(model)
     if records_recipe(audited) and config is not None:
         raise InputError(f"{model} records the recipe gmint trained it with, which its reference models are trained "
                          "with: drop the recipe options (they are for a model from outside)")
@@ -152,6 +186,14 @@ def train(model: Path = typer.Option(..., help="The audited gmint checkpoint. A 
                       f"external {record.get('external_accuracy', float('nan')):.3f}")
 
 
+def _check_k(k: int | None, manifest: ReferenceSet, references: Path) -> None:
+    """Refuse a --k the set cannot give, naming the command that grows it."""
+    if k is not None and not 1 <= k <= manifest.k:
+        grow = f"; train more with `gmint reference train --k {k} --resume`" if k > manifest.k else ""
+        raise InputError(f"--k takes a number of reference models from 1 to {manifest.k} ({references} holds "
+                         f"{manifest.k}), got {k}{grow}")
+
+
 @app.command("extract")
 @cli_errors
 def extract(references: Path = typer.Argument(..., help="A folder from `gmint reference train`."),
@@ -166,10 +208,14 @@ def extract(references: Path = typer.Argument(..., help="A folder from `gmint re
             data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
                                             "(default: $GMINT_DATA; digits needs none)."),
             device: str = device_option()) -> None:
-    """Extract the gradient and output stores of the audited model and each reference model (resumable)."""
+    """Extract the gradient and output stores of the audited model and each reference model (resumable).
+
+    Each model's checkpoint and stores are checked against the set's record of it first; a set trained before
+    gmint recorded its models has them recorded now (with a warning)."""
     manifest = ReferenceSet.load(references)
     if data is not None and data != manifest.dataset:
         raise InputError(f"{references} was drawn on '{manifest.dataset}', --data is '{data}'")
+    _check_k(k, manifest, references)
     audited = Path(manifest.audited)
     images = _model_data(load_audited(audited), audited, manifest.dataset, data_root)
     settings = ExtractSettings(layers=layers, reduction=reduction, engine=engine, batch_size=batch_size, seed=seed)
@@ -178,13 +224,25 @@ def extract(references: Path = typer.Argument(..., help="A folder from `gmint re
         console.print(f"{path}")
 
 
+def _option_hints(comparison: Comparison) -> list[str]:
+    """For each attack that one of its options would let run, how to give it with --options (its range is in
+    the attack's own line of the table)."""
+    hints = {}
+    for r in comparison.results:
+        if r.needs_option:
+            example = f"{{{json.dumps(r.attack)}: {{{json.dumps(r.needs_option)}: VALUE}}}}"
+            hints[r.attack] = f"{r.attack}: give its option {r.needs_option} with --options '{example}'"
+    return list(hints.values())
+
+
 @app.command("attack")
 @cli_errors
 def attack(references: Path = typer.Argument(..., help="A folder whose stores `gmint reference extract` wrote."),
            attacks: str = typer.Option(",".join(DEFAULT_ATTACKS), help=f"Comma-separated: {choices(ATTACKS)}."),
            k: str = typer.Option(None, "--k", help="Comma-separated numbers of reference models, e.g. 1,2,4 "
                                                     "(default: all of the set)."),
-           options: str = typer.Option("{}", help='Attack options as JSON, e.g. {"rmia": {"a": 0.3, "gamma": 2}}.'),
+           options: str = typer.Option("{}", help="Attack options as JSON, attack name → its options, e.g. "
+                                                  '{"rmia": {"a": 0.3, "gamma": 2}}: ' + OPTIONS_HELP + "."),
            report: Path = typer.Option(None, help="Folder for comparison.json/.md, scores.csv, roc_log.png and "
                                                   "vs_k.png (default: no report)."),
            overwrite: bool = flag("--overwrite", "Write into an existing, non-empty --report folder."),
@@ -194,16 +252,22 @@ def attack(references: Path = typer.Argument(..., help="A folder whose stores `g
     """LiRA, RMIA, calibrated gMINT and the baselines side by side on the same held-out rows."""
     check_output(report, "--report", folder=True, overwrite=overwrite, inputs={"the reference folder": references})
     names = [a.strip() for a in attacks.split(",") if a.strip()]
+    if not names:
+        raise InputError(f"--attacks names no attack; choose from {', '.join(ATTACKS.names())}")
     for name in names:
         ATTACKS.get(name)
     per_attack = json_object(options, "--options")
-    if any(not isinstance(v, dict) for v in per_attack.values()):
-        raise InputError('--options maps attack names to objects of options, e.g. {"rmia": {"a": 0.3}}')
+    try:
+        attack_options(names, per_attack)  # every option checked before anything is read
+    except InputError as exc:
+        raise InputError(f"--options: {exc}") from None
     manifest = ReferenceSet.load(references)
     try:
         ks = [int(v) for v in k.split(",")] if k else [manifest.k]
     except ValueError:
         raise InputError(f"--k takes comma-separated whole numbers, got '{k}'") from None
+    for value in ks:
+        _check_k(value, manifest, references)
     needs_gradient = any(ATTACKS.get(n).gradient for n in names)
     signals = load_signals(references, k=max(ks), gradient=needs_gradient)
     comparison = compare_attacks(signals, names, ks, n_boot=n_boot, seed=seed, options=per_attack)
@@ -212,5 +276,7 @@ def attack(references: Path = typer.Argument(..., help="A folder whose stores `g
         print_json({**comparison.to_dict(), **({"report_files": list(map(str, written))} if report else {})})
         return
     console.print(comparison_table(comparison))
+    for hint in _option_hints(comparison):
+        console.print(hint, highlight=False)
     for path in written:
         console.print(f"wrote {path}")

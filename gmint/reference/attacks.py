@@ -36,11 +36,15 @@ higher meaning "member", with the decision threshold its accuracy is read at and
 - `gmint-concat` (ablation): the audited model's Weight Modifiers and each reference model's side by side.
 - `negative-control`: the MINT classifier on reference model 0's Weight Modifiers, which trained on no
   candidate in offline mode: must sit near chance.
+
+Each attack is registered with the record of the options it takes (gmint.reference.options): RMIA's a, γ and
+population, the MINT attacks' classifier and its options, calibrated gMINT's per_sample_min; any other option,
+or a value outside its range, is refused before anything runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +56,7 @@ from gmint.data.split import one_sided_groups
 from gmint.errors import InputError
 from gmint.mint.base import MINT_MODELS, Standardiser, input_dtype
 from gmint.mint.threshold import best_threshold
+from gmint.reference.options import AttackOptions, OptionsT, json_mapping, number, one_of, option, whole
 from gmint.reference.signals import GradientSignals, OutputSignals, ReferenceSignals
 from gmint.registry import Registry
 
@@ -61,10 +66,80 @@ SIGMA_FLOOR = 1e-30
 MIN_LOSS = float(np.nextafter(np.float32(0), np.float32(1)))
 A_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 PER_SAMPLE_MIN = 64  # out models per row before calibrated gMINT uses each row's own σ (see the docstring)
+# The MINT classifiers that read one flat vector of features per row, which is what every MINT attack here gives
+# (the CNNs need unreduced per-layer shapes; the threshold classifier one column).
+FLAT_MINT_KINDS = ("mlp", "logreg", "per_class")
 
 
 class NotApplicable(InputError):
-    """The attack cannot score with these reference models (too few out of a row, or no online models)."""
+    """The attack cannot score with these reference models (too few out of a row, or no online models).
+
+    Attributes:
+        option: the attack's option that, given a value, would let it run ("" where none would): a caller
+            that knows how the user gives options can say how.
+    """
+
+    def __init__(self, message: str, *, option: str = "") -> None:
+        super().__init__(message)
+        self.option = option
+
+
+@dataclass(frozen=True)
+class RmiaOnlineOptions(AttackOptions):
+    """Online RMIA's options (Pr(x) is the mean over all reference models: there is no `a`).
+
+    Attributes:
+        gamma: the likelihood-ratio threshold; LR is a ratio of positive probabilities, so γ ≤ 0 counts every
+            pair and scores every row 1.
+        population: how many population rows serve as z (a seeded subset), or None: all of them.
+    """
+
+    who = "online RMIA"
+
+    gamma: float = option(number(above=0), 1.0)
+    population: int | None = option(whole(low=1, none="every population row"), None)
+
+
+@dataclass(frozen=True)
+class RmiaOptions(RmiaOnlineOptions):
+    """Offline RMIA's options: online RMIA's and `a`.
+
+    Attributes:
+        a: Pr(x)'s offline scaling, in [0, 1] by its definition (½((1 + a)·Pr_out(x) + (1 − a)) is a
+            probability only there), or "auto": fitted as the module docstring says.
+    """
+
+    who = "RMIA"
+
+    a: float | str = option(number(low=0, high=1, also=("auto",)), "auto")
+
+
+@dataclass(frozen=True)
+class MintOptions(AttackOptions):
+    """The MINT attacks' options: the classifier and its own options (refused here already where it does not
+    take them, not after the features are computed)."""
+
+    who = "the MINT attacks"
+
+    kind: str = option(one_of(FLAT_MINT_KINDS), "mlp")
+    mint_options: dict[str, object] = option(json_mapping("the MINT classifier's options"), factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            MINT_MODELS.get(self.kind)(1, **self.mint_options)
+        except (TypeError, InputError) as exc:
+            raise InputError(f"the {self.kind} MINT classifier does not take mint_options "
+                             f"{sorted(self.mint_options)} ({exc})") from None
+
+
+@dataclass(frozen=True)
+class CalibratedOptions(MintOptions):
+    """Calibrated gMINT's options: the MINT attacks', and how many out models a row needs before its own σ is
+    used (≥ 2: the spread of one model's value is 0)."""
+
+    who = "calibrated gMINT"
+
+    per_sample_min: int = option(whole(low=2), PER_SAMPLE_MIN)
 
 
 @dataclass(frozen=True)
@@ -75,13 +150,26 @@ class Task:
         fit: (n_fit,) sample ids the attack may fit on (the auditor's pool: membership known to the auditor).
         score: (n,) sample ids to score.
         seed: seeds everything random in the attack (MINT classifiers, subsampling).
-        options: the attack's options (a, gamma, kind, ...), each with a default.
+        options: the attack's options record (see `Attack.parse_options`), or a mapping the attack parses into
+            its own (a, gamma, kind, ...); what is not given keeps its default.
     """
 
     fit: np.ndarray
     score: np.ndarray
     seed: int = 0
-    options: Mapping[str, object] = field(default_factory=dict)
+    options: AttackOptions | Mapping[str, object] = field(default_factory=dict)
+
+    def options_as(self, kind: type[OptionsT]) -> OptionsT:
+        """The options as the record `kind` of the attack reading them.
+
+        Raises:
+            InputError: options outside `kind`'s (see AttackOptions.parse), or another attack's record.
+        """
+        if isinstance(self.options, kind):
+            return self.options
+        if isinstance(self.options, AttackOptions):
+            raise InputError(f"{kind.who} reads {kind.__name__}, not {type(self.options).__name__}")
+        return kind.parse(self.options)
 
 
 @dataclass(frozen=True)
@@ -99,27 +187,61 @@ AttackFn = Callable[[ReferenceSignals, Task], Scored]
 
 @dataclass(frozen=True)
 class Attack:
-    """A scorer with what it reads: `references` (False: the same for every K) and `gradient` (Weight Modifiers)."""
+    """A scorer with what it reads: `references` (False: the same for every K), `gradient` (Weight Modifiers),
+    and the record of the options it takes."""
 
     run: AttackFn
     references: bool = True
     gradient: bool = False
+    options: type[AttackOptions] = AttackOptions
 
     def __call__(self, signals: ReferenceSignals, task: Task) -> Scored:
         """Score the task's rows."""
         return self.run(signals, task)
 
+    def parse_options(self, name: str, given: Mapping[str, object]) -> AttackOptions:
+        """The options `given` to the attack registered as `name`, checked (see AttackOptions.parse)."""
+        return self.options.parse(given, name)
+
 
 ATTACKS: Registry[Attack] = Registry("attack")
 
 
-def register_attack(name: str, *, references: bool = True, gradient: bool = False) -> Callable[[AttackFn], AttackFn]:
-    """Decorator declaring a scorer in ATTACKS."""
+def register_attack(name: str, *, references: bool = True, gradient: bool = False,
+                    options: type[AttackOptions] = AttackOptions) -> Callable[[AttackFn], AttackFn]:
+    """Decorator declaring a scorer in ATTACKS, with the record of the options it takes (default: none)."""
     def add(fn: AttackFn) -> AttackFn:
-        ATTACKS.register(name)(Attack(fn, references, gradient))
+        ATTACKS.register(name)(Attack(fn, references, gradient, options))
         return fn
 
     return add
+
+
+def attack_options(attacks: Sequence[str], given: Mapping[str, object] | None) -> dict[str, AttackOptions]:
+    """Every chosen attack's options record, from `given` (attack name → its options; the rest at defaults).
+
+    Raises:
+        UnknownNameError: an attack not registered (chosen, or given options).
+        InputError: no attack chosen, options for an attack not among those chosen (they would be ignored), or
+            options an attack does not take (see AttackOptions.parse).
+    """
+    if not attacks:
+        raise InputError(f"no attack chosen; choose from {ATTACKS.names()}")
+    for name in [*attacks, *(given or {})]:
+        ATTACKS.get(name)
+    unused = [name for name in (given or {}) if name not in attacks]
+    if unused:
+        raise InputError(f"options are given for {', '.join(unused)}, which {'is' if len(unused) == 1 else 'are'} "
+                         f"not among the attacks run ({', '.join(attacks)})")
+    return {name: ATTACKS.get(name).parse_options(name, _mapping((given or {}).get(name, {}), name))
+            for name in dict.fromkeys(attacks)}
+
+
+def _mapping(value: object, name: str) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise InputError(f"the options of attack '{name}' must be an object of option names and values, e.g. "
+                         f"{{}}; it {ATTACKS.get(name).options.described()}")
+    return value
 
 
 def logit_confidence(loss: np.ndarray) -> np.ndarray:
@@ -172,10 +294,6 @@ def _require(count: np.ndarray, needed: int, what: str) -> None:
     if len(count) and int(count.min()) < needed:
         raise NotApplicable(f"needs ≥ {needed} reference model{'s' if needed > 1 else ''} {what} each scored row, "
                             f"has {int(count.min())}")
-
-
-def _option(task: Task, name: str, default: object) -> object:
-    return task.options.get(name, default)
 
 
 def _pool_threshold(score_fit: np.ndarray, membership_fit: np.ndarray) -> float:
@@ -300,14 +418,13 @@ def rmia_scores(ratio_x: np.ndarray, ratio_z: np.ndarray, gamma: float, chunk: i
     return out
 
 
-def _population(o: OutputSignals, eligible: np.ndarray, task: Task) -> np.ndarray:
-    """Indices of the population rows used as z: all eligible ones, or a seeded subset of `population` rows."""
+def _population(o: OutputSignals, eligible: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """Indices of the population rows used as z: all eligible ones, or a seeded subset of `limit` rows."""
     z = np.flatnonzero((o.membership < 0) & eligible & o.finite)
     if len(z) == 0:
         raise NotApplicable("needs population rows (the split's control rows) with a reference model out of them")
-    limit = _option(task, "population", None)
-    if isinstance(limit, int) and 0 < limit < len(z):
-        z = np.sort(np.random.default_rng(task.seed).choice(z, limit, replace=False))
+    if limit is not None and limit < len(z):
+        z = np.sort(np.random.default_rng(seed).choice(z, limit, replace=False))
     return z
 
 
@@ -346,7 +463,7 @@ def fit_rmia_a(o: OutputSignals, task: Task, gamma: float, z: np.ndarray, fit: n
     y = o.membership[fit].astype(int)
     if len(np.unique(y)) < 2:
         raise NotApplicable("cannot fit RMIA's a: no reference model can serve as a target and the auditor's pool "
-                            "lacks a side; pass a value with --option a=0.3")
+                            "lacks a side; give its option a (a number in [0, 1])", option="a")
     for a in A_GRID:
         auc_by_a[str(a)] = auc(y, _rmia_once(o.target_loss, o.reference_loss, o.inclusion, fit, z, a, gamma))
     best = max(A_GRID, key=lambda a: auc_by_a[str(a)])
@@ -359,7 +476,8 @@ def _rmia(signals: ReferenceSignals, task: Task, *, online: bool) -> Scored:
     o = signals.output
     fit, rows = positions(o.sample_id, task.fit), positions(o.sample_id, task.score)
     used = np.union1d(fit, rows)
-    gamma = float(_option(task, "gamma", 1.0))  # type: ignore[arg-type]
+    options: RmiaOnlineOptions = task.options_as(RmiaOnlineOptions) if online else task.options_as(RmiaOptions)
+    gamma = options.gamma
     out_count = (~o.inclusion).sum(axis=0)
     params: dict[str, object] = {"signal": "Pr(x|theta) = p_y", "gamma": gamma,
                                  "score": "fraction of population z with LR(x, z) > gamma"}
@@ -367,20 +485,18 @@ def _rmia(signals: ReferenceSignals, task: Task, *, online: bool) -> Scored:
         if len(used) and int(o.inclusion[:, used].sum(axis=0).min()) == 0:
             raise NotApplicable("needs reference models trained on each scored row: an online reference set "
                                 "(`gmint reference train --mode online`)")
-        z = _population(o, np.ones(len(o.sample_id), bool), task)
+        z = _population(o, np.ones(len(o.sample_id), bool), options.population, task.seed)
         a: float | None = None
         params["pr_x"] = "mean over all reference models"
     else:
+        assert isinstance(options, RmiaOptions)
         _require(out_count[used], 1, "out of")
-        z = _population(o, out_count > 0, task)
-        chosen = _option(task, "a", "auto")
-        if chosen == "auto":
+        z = _population(o, out_count > 0, options.population, task.seed)
+        if isinstance(options.a, str):  # "auto"
             a, fitted = fit_rmia_a(o, task, gamma, z, fit)
             params.update(fitted)
         else:
-            a = float(chosen)  # type: ignore[arg-type]
-            if not 0.0 <= a <= 1.0:
-                raise InputError(f"RMIA's a must lie in [0, 1], got {a}")
+            a = options.a
             params["a_fitted_on"] = "given"
         params.update(a=a, pr_x="0.5 * ((1 + a) * Pr_out(x) + (1 - a))")
     params["population"] = int(len(z))
@@ -393,13 +509,13 @@ def _rmia(signals: ReferenceSignals, task: Task, *, online: bool) -> Scored:
     return Scored(score, threshold, params)
 
 
-@register_attack("rmia")
+@register_attack("rmia", options=RmiaOptions)
 def rmia(signals: ReferenceSignals, task: Task) -> Scored:
     """Offline RMIA (reference models out of the scored rows, `a` fitted)."""
     return _rmia(signals, task, online=False)
 
 
-@register_attack("rmia-online")
+@register_attack("rmia-online", options=RmiaOnlineOptions)
 def rmia_online(signals: ReferenceSignals, task: Task) -> Scored:
     """Online RMIA (Pr(x) over all reference models)."""
     return _rmia(signals, task, online=True)
@@ -415,8 +531,8 @@ def fit_mint_scores(x: np.ndarray, g: GradientSignals, fit: np.ndarray, rows: np
                     ) -> tuple[np.ndarray, dict[str, object]]:
     """Fit a MINT classifier (option `kind`, default mlp; `mint_options`) on the fit rows of `x`, standardised
     on them, as `gmint train` does; return P(member) of the scored rows and the fit's record."""
-    kind = str(_option(task, "kind", "mlp"))
-    options = dict(_option(task, "mint_options", {}) or {})  # type: ignore[call-overload]
+    chosen = task.options_as(MintOptions)
+    kind, options = chosen.kind, dict(chosen.mint_options)
     fit = fit[g.finite[fit]]
     y = g.membership[fit].astype(np.int64)
     if len(np.unique(y)) < 2:
@@ -440,7 +556,7 @@ def _mint_attack(signals: ReferenceSignals, task: Task, features: Callable[[Grad
     return Scored(score, 0.5, {**params, **record})
 
 
-@register_attack("gmint", references=False, gradient=True)
+@register_attack("gmint", references=False, gradient=True, options=MintOptions)
 def gmint_plain(signals: ReferenceSignals, task: Task) -> Scored:
     """The MINT classifier on the audited model's Weight Modifiers."""
     return _mint_attack(signals, task, lambda g, used: (g.target, {"features_from": "audited model"}))
@@ -478,10 +594,10 @@ def calibrate(target: np.ndarray, reference: np.ndarray, out: np.ndarray, used: 
     return z, {"variance": how, "out_models_per_row": [low, int(count[used].max())], "per_sample_min": per_sample_min}
 
 
-@register_attack("gmint-calibrated", gradient=True)
+@register_attack("gmint-calibrated", gradient=True, options=CalibratedOptions)
 def gmint_calibrated(signals: ReferenceSignals, task: Task) -> Scored:
     """Per-feature z-scores of the audited Weight Modifiers against the reference models', to the MINT classifier."""
-    per_sample_min = int(_option(task, "per_sample_min", PER_SAMPLE_MIN))  # type: ignore[call-overload]
+    per_sample_min = task.options_as(CalibratedOptions).per_sample_min
 
     def features(g: GradientSignals, used: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:
         z, params = calibrate(g.target.astype(np.float64), g.reference.astype(np.float64), ~g.inclusion, used,
@@ -499,10 +615,10 @@ def layer_log_norms(features: np.ndarray, dims: list[int]) -> np.ndarray:
     return np.log(np.maximum(np.stack(norms, axis=-1), 1e-30))
 
 
-@register_attack("gmint-calibrated-norms", gradient=True)
+@register_attack("gmint-calibrated-norms", gradient=True, options=CalibratedOptions)
 def gmint_calibrated_norms(signals: ReferenceSignals, task: Task) -> Scored:
     """Per-layer Weight-Modifier log-norms, z-scored against the reference models', to the MINT classifier."""
-    per_sample_min = int(_option(task, "per_sample_min", PER_SAMPLE_MIN))  # type: ignore[call-overload]
+    per_sample_min = task.options_as(CalibratedOptions).per_sample_min
 
     def features(g: GradientSignals, used: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:
         z, params = calibrate(layer_log_norms(g.target, g.dims), layer_log_norms(g.reference, g.dims),
@@ -513,7 +629,7 @@ def gmint_calibrated_norms(signals: ReferenceSignals, task: Task) -> Scored:
     return _mint_attack(signals, task, features)
 
 
-@register_attack("gmint-concat", gradient=True)
+@register_attack("gmint-concat", gradient=True, options=MintOptions)
 def gmint_concat(signals: ReferenceSignals, task: Task) -> Scored:
     """The audited and every reference model's Weight Modifiers side by side (ablation)."""
     def features(g: GradientSignals, used: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:
@@ -523,7 +639,7 @@ def gmint_concat(signals: ReferenceSignals, task: Task) -> Scored:
     return _mint_attack(signals, task, features)
 
 
-@register_attack("negative-control", references=False, gradient=True)
+@register_attack("negative-control", references=False, gradient=True, options=MintOptions)
 def negative_control(signals: ReferenceSignals, task: Task) -> Scored:
     """The MINT classifier on reference model 0's Weight Modifiers (it saw no candidate: must be ~chance)."""
     def features(g: GradientSignals, used: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:

@@ -18,14 +18,15 @@ import numpy as np
 from gmint.assess.metrics import Estimate, balance, membership_metrics, resampling_unit
 from gmint.data.split import HOLDOUT, POOL, one_sided_groups
 from gmint.errors import InputError
-from gmint.reference.attacks import ATTACKS, NotApplicable, Task, positions
+from gmint.reference.attacks import ATTACKS, NotApplicable, Task, attack_options, positions
 from gmint.reference.signals import ReferenceSignals
 
 
 @dataclass(frozen=True)
 class AttackResult:
-    """One attack at one K: its metrics (None with `unresolved` where it could not run), its parameters, the
-    seconds it took and its scores on the evaluation rows. K is 0 for attacks that read no reference model."""
+    """One attack at one K: its metrics (None with `unresolved` where it could not run, and `needs_option` where
+    one of its options, given, would let it run), its parameters, the seconds it took and its scores on the
+    evaluation rows. K is 0 for attacks that read no reference model."""
 
     attack: str
     k: int
@@ -34,6 +35,7 @@ class AttackResult:
     seconds: float = 0.0
     score: np.ndarray | None = None
     unresolved: str = ""
+    needs_option: str = ""
 
     def to_dict(self) -> dict[str, object]:
         """The JSON form (without the per-row scores)."""
@@ -43,6 +45,8 @@ class AttackResult:
             result["metrics"] = {name: est.to_dict() for name, est in self.metrics.items()}
         else:
             result["unresolved"] = self.unresolved
+            if self.needs_option:
+                result["needs_option"] = self.needs_option
         return result
 
 
@@ -97,17 +101,21 @@ def compare_attacks(signals: ReferenceSignals, attacks: Sequence[str], ks: Seque
         ks: numbers of reference models; each uses the set's first K models.
         n_boot: bootstrap replicates of the intervals.
         seed: seeds the balancing, the bootstrap and the attacks.
-        options: attack name → its options (e.g. {"rmia": {"a": 0.3}}).
+        options: attack name → its options (e.g. {"rmia": {"a": 0.3}}), each checked against the options the
+            attack takes before any attack runs.
 
     Raises:
         UnknownNameError: an unknown attack.
-        InputError: a K larger than the set.
+        InputError: no attack or no K, a K outside 1 to the signals' number of reference models, or options an
+            attack does not take (see `attack_options`).
     """
-    for name in attacks:
-        ATTACKS.get(name)
+    chosen = attack_options(attacks, options)
+    if not ks:
+        raise InputError("no number of reference models chosen")
     for k in ks:
         if not 1 <= k <= signals.k:
-            raise InputError(f"K = {k} reference models asked for; the folder holds {signals.k}")
+            raise InputError(f"K = {k} reference models asked for; the signals hold {signals.k} (K from 1 to "
+                             f"{signals.k})")
     fit, ids, membership = evaluation_rows(signals, seed)
     o = signals.output
     groups = None if o.group is None else one_sided_groups(membership, o.group[positions(o.sample_id, ids)])
@@ -115,12 +123,12 @@ def compare_attacks(signals: ReferenceSignals, attacks: Sequence[str], ks: Seque
     for name in attacks:
         attack = ATTACKS.get(name)
         for k in sorted(set(ks)) if attack.references else [0]:
-            task = Task(fit, ids, seed, dict((options or {}).get(name, {})))
+            task = Task(fit, ids, seed, chosen[name])
             t0 = time.perf_counter()
             try:
                 scored = attack(signals.first(k) if k else signals.first(1), task)
             except NotApplicable as exc:
-                results.append(AttackResult(name, k, None, unresolved=str(exc)))
+                results.append(AttackResult(name, k, None, unresolved=str(exc), needs_option=exc.option))
                 continue
             metrics = membership_metrics(membership, scored.score, threshold=scored.threshold, n_boot=n_boot,
                                          seed=seed, groups=groups)

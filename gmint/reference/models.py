@@ -5,7 +5,8 @@ was trained on or not. Difficulty calibration (LiRA, Carlini et al. 2022; RMIA, 
 compares it with the same sample's signal under reference models whose training data is known. A reference
 set is a folder:
 
-    references.json       the manifest: mode, K, seed, the pool the halves are drawn from, the inclusion matrix
+    references.json       the manifest: mode, K, seed, the pool the halves are drawn from, the inclusion matrix,
+                          and each trained model's record (its weights' fingerprint, its training rows' hash)
     ref-00.pt ... ref-<K-1>.pt   one gmint checkpoint per reference model (train_audited with `rows`)
 
 - **offline** (the auditor's realistic case): the pool is the split's `control` rows, a population disjoint
@@ -27,16 +28,31 @@ factory and arguments, its preprocessing, its output) trained with that recipe. 
 are recorded in the manifest (a resume with another is refused) and in each reference checkpoint, which also
 records the description, so the reference models load and are read exactly as the audited model is. With
 `init="audited"` they then share the recipe's seed, which need not be the audited model's own initialisation.
+
+Every model is recorded in the manifest as it finishes (`ModelRecord`), and checked against that record before
+it is used: a checkpoint by its weights' fingerprint, a store by the fingerprint its provenance records. A file
+copied over another (ref-00.pt over ref-01.pt, or ref-00-output.h5 over ref-01-output.h5) would otherwise be
+read as a second, independent reference model: the attacks would run, and report, on one model counted twice
+(LiRA's σ_out fell from 0.749 to 0.671 so). A set trained before models were recorded has them recorded by its
+next extraction (or resumed training), from each checkpoint, once the training rows the checkpoint records are
+found to be the ones the manifest gives that model; the record says so (`recorded`), and a warning too.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +63,7 @@ from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.files import atomic_write
 from gmint.models.description import ModelDescription
-from gmint.models.io import AuditedModel, load_audited
+from gmint.models.io import AuditedModel, load_audited, read_checkpoint, training_finished
 from gmint.models.train import TrainConfig, train_audited
 from gmint.models.zoo import ARCHITECTURES
 from gmint.progress import progress_bar
@@ -58,9 +74,36 @@ MANIFEST = "references.json"
 FORMAT = "gmint-references/1"
 # Recorded by train_audited in arch_args from the data and transform, not chosen by the recipe's options.
 _DERIVED_ARCH_ARGS = ("in_channels", "num_classes", "image_size")
-# Manifest fields written only where they hold something (a model from outside's given recipe and split), so
-# the manifests of models gmint trained keep their content and their hash.
-_GIVEN_ONLY = ("recipe", "split")
+# Manifest fields written only where they hold something (a model from outside's given recipe and split, the
+# records of models trained), so the manifests written before each existed keep their content and their hash.
+_GIVEN_ONLY = ("recipe", "split", "models")
+# How a model came to be recorded (ModelRecord.recorded).
+AT_TRAINING = "at training"
+FROM_CHECKPOINT = "from its checkpoint (trained before models were recorded; its training rows checked)"
+# How often a training worker looks whether the process that started it is still alive (seconds): a worker
+# outlives a killed parent by at most this, where the kernel does not end it at once (see `_exit_with_parent`).
+PARENT_POLL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1  # prctl option from <linux/prctl.h>: a signal for this process when its parent dies
+
+
+def rows_sha256(rows: Sequence[int] | np.ndarray) -> str:
+    """Hash of a set of dataset rows (sorted, as int64): a reference model's training rows, as recorded."""
+    return hashlib.sha256(np.unique(np.asarray(rows, np.int64)).astype(np.int64).tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What a reference model was when it was recorded: every later use checks its files against this.
+
+    Attributes:
+        fingerprint: `gmint.models.io.fingerprint` of its weights, which its stores' provenance records too.
+        rows_sha256: `rows_sha256` of the dataset rows it trained on (those the manifest's inclusion gives it).
+        recorded: `AT_TRAINING`, or `FROM_CHECKPOINT` for a model of a set trained before models were recorded.
+    """
+
+    fingerprint: str
+    rows_sha256: str
+    recorded: str = AT_TRAINING
 
 
 @dataclass(frozen=True)
@@ -81,6 +124,8 @@ class ReferenceSet:
         grouped_by: `group` when whole groups were drawn, else `row`.
         recipe: the TrainConfig the auditor gave for a model from outside (None: the audited checkpoint's own).
         split: the split the auditor gave for a model from outside (None: the audited checkpoint's own).
+        models: model file (ref-00.pt, ...) → its record, for each model trained (empty in a set written before
+            models were recorded, until they are).
     """
 
     mode: str
@@ -96,6 +141,7 @@ class ReferenceSet:
     grouped_by: str = "row"
     recipe: dict[str, object] | None = None
     split: dict[str, object] | None = None
+    models: dict[str, ModelRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -132,13 +178,17 @@ class ReferenceSet:
         return f"ref-{i:02d}.pt"
 
     def design(self) -> dict[str, object]:
-        """Everything but K and the inclusion: what must agree for two sets to share their first models (the
-        split given is compared by its hash)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("k", "inclusion", "audited", "split")}
+        """Everything but K, the inclusion and the records: what must agree for two sets to share their first
+        models (the split given is compared by its hash)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("k", "inclusion", "audited", "split", "models")}
+
+    def with_record(self, i: int, record: ModelRecord) -> ReferenceSet:
+        """The manifest with model `i` recorded."""
+        return replace(self, models={**self.models, self.model_file(i): record})
 
     def _fields(self) -> dict[str, object]:
-        """The manifest's content as written and hashed: fields of `_GIVEN_ONLY` only where given."""
-        return {k: v for k, v in asdict(self).items() if not (k in _GIVEN_ONLY and v is None)}
+        """The manifest's content as written and hashed: fields of `_GIVEN_ONLY` only where they hold something."""
+        return {k: v for k, v in asdict(self).items() if not (k in _GIVEN_ONLY and not v)}
 
     def save(self, folder: Path) -> Path:
         """Write references.json into `folder`, whole or not at all."""
@@ -159,7 +209,8 @@ class ReferenceSet:
         """Read the manifest of a reference folder.
 
         Raises:
-            InputError: no manifest, not JSON, another format, or content edited after it was written.
+            InputError: no manifest, not a JSON object (a list, a truncated file), another format, fields of
+                the wrong kind, or content edited after it was written.
         """
         path = Path(folder) / MANIFEST
         try:
@@ -167,18 +218,31 @@ class ReferenceSet:
         except FileNotFoundError:
             raise InputError(f"{folder} holds no reference set ({MANIFEST} not found); train one with "
                              "`gmint reference train`") from None
+        except IsADirectoryError:
+            raise InputError(f"{path} is a folder, not a reference manifest") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path} is not valid JSON ({exc})") from None
+            raise InputError(f"{path} is not a gmint reference manifest: it is not valid JSON ({exc}); a "
+                             "manifest is written whole, so it was cut short or edited") from None
+        if not isinstance(payload, dict):
+            raise InputError(f"{path} is not a gmint reference manifest: it holds a JSON {_json_kind(payload)}, "
+                             "not an object")
         if payload.pop("format", None) != FORMAT:
             raise InputError(f"{path} is not a gmint reference manifest ({FORMAT})")
         recorded = payload.pop("sha256", None)
         try:
+            models = payload.pop("models", {})
+            payload["models"] = {str(name): ModelRecord(**record) for name, record in models.items()}
             manifest = cls(**payload)
-        except TypeError as exc:
-            raise InputError(f"{path} has the wrong fields ({exc})") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{path} is not a gmint reference manifest: its fields are wrong ({exc})") from None
         if recorded != manifest.sha256:
             raise InputError(f"{path} was modified after it was written (hash mismatch)")
         return manifest
+
+
+def _json_kind(value: object) -> str:
+    """'list', 'string', 'number', ... : what a JSON value is, in JSON's words."""
+    return {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
 def paired_halves(units: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -367,9 +431,10 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
     The recipe (architecture and its options, preprocessing, TrainConfig, split) is read from the audited
     checkpoint, or for a model from outside its description with the `config` and `split` given (see
     `reference_recipe`); only the training rows (a half of the pool) and, with `init="fresh"`, the seed differ.
-    The manifest is written before the first model, each model checkpoints every epoch, and `resume=True`
-    continues a killed run, reusing finished models; it also grows a set to a larger K (the first models are the
-    same).
+    The manifest is written before the first model and again as each model finishes, with its record
+    (`ModelRecord`); each model checkpoints every epoch, and `resume=True` continues a killed run, reusing
+    finished models once each is found to be the one recorded; it also grows a set to a larger K (the first
+    models are the same).
 
     Args:
         data: the dataset the audited model was trained on (a model from outside's: labelled in its classes).
@@ -385,12 +450,14 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
         overwrite: replace a set of another design in `out` (its models are retrained).
         device: where the models train.
         workers: models trained at once, each in its own process (on a machine with cores to spare: each
-            model uses its recipe's threads); the weights are the same for any number.
+            model uses its recipe's threads); the weights are the same for any number. A worker ends when the
+            process that started it does, however it ends.
         show_progress: one bar over the models, and (with one worker) each model's own.
 
     Raises:
         InputError: an existing set without `resume`/`overwrite` or of another design (another recipe
-            among them), or one that cannot be drawn (see design_references).
+            among them), a finished model that is not the one recorded, or a set that cannot be drawn (see
+            design_references).
     """
     out = Path(out)
     if resume and overwrite:
@@ -403,28 +470,120 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
     recipe = reference_recipe(audited, audited_path, config=config, split=split)
     existing = (out / MANIFEST).exists()
     if existing and not (resume or overwrite):
-        raise InputError(f"{out} holds a reference set; pass --resume to continue it or --overwrite to replace it")
+        raise InputError(f"{out} holds a reference set; resume it to continue, or overwrite it to replace it")
+    unrecorded: set[str] = set()
     if existing and resume:
         old = ReferenceSet.load(out)
         if old.design() != manifest.design():
             keys = [key for key, value in manifest.design().items() if old.design().get(key) != value]
             raise InputError(f"{out} holds a reference set of another design ({', '.join(keys)} differ); choose "
-                             "another folder or pass --overwrite")
-        if old.k > manifest.k:  # a smaller K is the prefix of the set already drawn
-            manifest = old
+                             "another folder or overwrite it")
+        # a smaller K is the prefix of the set already drawn; a larger one keeps the first models' records
+        manifest = old if old.k > manifest.k else replace(manifest, models=old.models)
+        for i in range(manifest.k):
+            path = out / manifest.model_file(i)
+            if path.exists() and manifest.model_file(i) in manifest.models:
+                check_model(manifest, i, load_audited(path), path)
+            elif path.exists() and training_finished(json.loads(read_checkpoint(path)["meta"])):
+                unrecorded.add(path.name)  # a finished model of a set trained before models were recorded
     manifest.save(out)
     config = recipe.config
     jobs = [_ModelJob(recipe=replace(recipe, config=replace(config, seed=manifest.model_seed(i, config.seed))),
                       out=out / manifest.model_file(i), rows=manifest.rows_of(i).tolist(), overwrite=overwrite,
                       device=device) for i in range(manifest.k)]
+    done = manifest
+
+    def record(i: int, finished: ModelRecord) -> None:
+        """Record model `i` as it finishes (the same record for a model kept as it was)."""
+        nonlocal done
+        path = out / done.model_file(i)
+        if finished.rows_sha256 != rows_sha256(done.rows_of(i)):
+            raise InputError(f"{path} trained on other rows than the {len(done.rows_of(i))} the set gives model {i}")
+        known = done.models.get(path.name)
+        if known is not None and known.fingerprint == finished.fingerprint:
+            return
+        how = FROM_CHECKPOINT if path.name in unrecorded else AT_TRAINING
+        done = done.with_record(i, replace(finished, recorded=how))
+        done.save(out)
+
     with progress_bar(f"reference models ({mode})", manifest.k, enabled=show_progress) as bar:
         if workers == 1:
-            for job in jobs:
-                job.run(data, show_progress=show_progress)
+            for i, job in enumerate(jobs):
+                record(i, job.run(data, show_progress=show_progress))
                 bar.advance(1, job.out.name)
         else:
-            _train_in_workers(jobs, data, workers, lambda name: bar.advance(1, name))
-    return manifest
+            def finished(i: int, result: ModelRecord) -> None:
+                record(i, result)
+                bar.advance(1, jobs[i].out.name)
+
+            _train_in_workers(jobs, data, workers, finished)
+    warn_recorded(out, sorted(name for name, r in done.models.items() if name in unrecorded and
+                              r.recorded == FROM_CHECKPOINT))
+    return done
+
+
+def check_model(manifest: ReferenceSet, i: int, model: AuditedModel, path: Path) -> None:
+    """Refuse reference model `i`'s checkpoint where its weights are not those recorded when it was trained.
+
+    Raises:
+        InputError: one line naming the file, its fingerprint and the one recorded (or that none is).
+    """
+    record = manifest.models.get(manifest.model_file(i))
+    if record is None:
+        raise InputError(f"{path}: the reference set records no fingerprint of it")
+    if model.fingerprint != record.fingerprint:
+        raise InputError(f"{path} is not reference model {i} of the set: its weights' fingerprint is "
+                         f"{model.fingerprint[:12]}, {MANIFEST} records {record.fingerprint[:12]} (trained on its "
+                         f"{len(manifest.rows_of(i))} rows); put back that model, or train the set again")
+
+
+def record_model(manifest: ReferenceSet, i: int, model: AuditedModel, path: Path) -> ModelRecord:
+    """The record of reference model `i` from its checkpoint, for a set trained before models were recorded:
+    only once the training rows its checkpoint records are those the manifest gives model `i` (a model copied
+    over another records the other's rows).
+
+    Raises:
+        InputError: a checkpoint that records no training rows, or other ones.
+    """
+    rows = model.meta.get("rows")
+    if not isinstance(rows, list):
+        raise InputError(f"{path} records no training rows: it is not a reference model of the set")
+    if rows_sha256(rows) != rows_sha256(manifest.rows_of(i)):
+        raise InputError(f"{path} is not reference model {i} of the set: it trained on {len(rows)} rows (hash "
+                         f"{rows_sha256(rows)[:12]}), the set gives model {i} {len(manifest.rows_of(i))} others (hash "
+                         f"{rows_sha256(manifest.rows_of(i))[:12]}); put back that model, or train the set again")
+    return ModelRecord(model.fingerprint, rows_sha256(rows), FROM_CHECKPOINT)
+
+
+def verify_references(folder: Path, manifest: ReferenceSet, k: int | None = None
+                      ) -> tuple[ReferenceSet, list[str]]:
+    """Check the checkpoints of the first `k` (default all) reference models against the manifest's records;
+    record those a set trained before models were recorded lacks (see `record_model`). Nothing is written.
+
+    Returns:
+        The manifest with every model recorded, and the files recorded now (to be saved by the caller).
+
+    Raises:
+        InputError: a model not trained, or not the one recorded (see `check_model`, `record_model`).
+    """
+    paths = reference_models(folder, k, manifest=manifest)
+    recorded_now = []
+    for i, path in enumerate(paths):
+        model = load_audited(path)
+        if path.name in manifest.models:
+            check_model(manifest, i, model, path)
+        else:
+            manifest = manifest.with_record(i, record_model(manifest, i, model, path))
+            recorded_now.append(path.name)
+    return manifest, recorded_now
+
+
+def warn_recorded(folder: Path, names: Sequence[str]) -> None:
+    """Say that models of a set trained before models were recorded were recorded now."""
+    if names:
+        warnings.warn(f"{Path(folder) / MANIFEST} recorded no fingerprint of {', '.join(names)} (the set was trained "
+                      "before gmint recorded its models): recorded now from the checkpoints, whose training rows "
+                      "are those the set gives them", stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -437,65 +596,96 @@ class _ModelJob:
     overwrite: bool
     device: str
 
-    def run(self, data: ImageSet, *, show_progress: bool = False) -> str:
-        """Train (or resume, or keep a finished) model; its file name."""
+    def run(self, data: ImageSet, *, show_progress: bool = False) -> ModelRecord:
+        """Train (or resume, or keep a finished) model; its record, read back from the file written."""
         recipe = self.recipe
         train_audited(data, recipe.split, arch=recipe.arch, transform=recipe.transform,
                       arch_options=recipe.arch_options, description=recipe.description, config=recipe.config,
                       out=self.out, rows=self.rows, resume=not self.overwrite, overwrite=self.overwrite,
                       device=self.device, show_progress=show_progress)
-        return self.out.name
+        model = load_audited(self.out)
+        rows = model.meta["rows"]  # train_audited records the rows it was given
+        assert isinstance(rows, list)
+        return ModelRecord(model.fingerprint, rows_sha256(rows))
 
 
 _WORKER_DATA: ImageSet | None = None
 
 
-def _worker_init(data: ImageSet) -> None:
+def _worker_init(data: ImageSet, parent: int) -> None:
     global _WORKER_DATA
+    _exit_with_parent(parent)
     _WORKER_DATA = data
 
 
-def _worker_run(job: _ModelJob) -> str:
+def _worker_run(job: _ModelJob) -> ModelRecord:
     assert _WORKER_DATA is not None
     return job.run(_WORKER_DATA)
 
 
+def _exit_with_parent(parent: int, poll: float = PARENT_POLL_SECONDS) -> None:
+    """End this worker process as soon as `parent`, the process that started it, ends.
+
+    A parent killed with SIGKILL runs no clean-up: its workers would train on for minutes, writing checkpoints
+    no one waits for and holding the cores a rerun needs. On Linux the kernel kills the worker at once
+    (prctl PR_SET_PDEATHSIG); everywhere, a daemon thread polls the parent's pid, as the worker is re-parented
+    when its parent dies (also the fallback where prctl is missing, and for a parent that died before it ran).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no libc prctl: the thread below does it
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(1)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="gmint-exit-with-parent", daemon=True).start()
+
+
 def _train_in_workers(jobs: Sequence[_ModelJob], data: ImageSet, workers: int,
-                      finished: Callable[[str], None]) -> None:
+                      finished: Callable[[int, ModelRecord], None]) -> None:
     """Train the models in `workers` processes at once, each on its config's threads.
 
     Every model is seeded and trained alone in its process, so its weights are those of a sequential run; each
     checkpoints every epoch as usual, so a killed pool resumes like a killed loop. The data is sent to each worker
-    once. The first failure stops the pool (models not started stay untrained) and is raised here.
+    once. The first failure stops the pool (models not started stay untrained) and is raised here; `finished`
+    gets each model's index and record as it finishes. Workers end with this process (see `_exit_with_parent`).
     """
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools into the workers
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
-                             initargs=(data,)) as pool:
-        futures = [pool.submit(_worker_run, job) for job in jobs]
+                             initargs=(data, os.getpid())) as pool:
+        futures = {pool.submit(_worker_run, job): i for i, job in enumerate(jobs)}
         try:
             for future in as_completed(futures):
-                finished(future.result())
+                finished(futures[future], future.result())
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
 
 
-def reference_models(folder: Path, k: int | None = None) -> list[Path]:
-    """The checkpoints of the first `k` (default all) reference models of a set.
+def reference_models(folder: Path, k: int | None = None, *, manifest: ReferenceSet | None = None) -> list[Path]:
+    """The checkpoints of the first `k` (default all) reference models of a set (its manifest read from `folder`
+    unless given).
 
     Raises:
-        InputError: a set with fewer models, or a model not trained yet.
+        InputError: a k outside 1 to the set's K, or a model not trained yet.
     """
-    manifest = ReferenceSet.load(folder)
+    manifest = ReferenceSet.load(folder) if manifest is None else manifest
     k = manifest.k if k is None else k
-    if k > manifest.k:
-        raise InputError(f"{folder} holds {manifest.k} reference models, {k} asked for; train more with "
-                         f"`gmint reference train --k {k} --resume`")
+    if not 1 <= k <= manifest.k:
+        raise InputError(f"{folder} holds {manifest.k} reference models, {k} asked for (from 1 to {manifest.k}); "
+                         "a resumed training with a larger K grows the set")
     paths = [Path(folder) / manifest.model_file(i) for i in range(k)]
     missing = [p.name for p in paths if not p.exists()]
     if missing:
-        raise InputError(f"{folder}: {', '.join(missing)} not trained yet; run `gmint reference train --resume`")
+        raise InputError(f"{folder}: {', '.join(missing)} not trained yet; resume the set's training to train "
+                         f"{'it' if len(missing) == 1 else 'them'}")
     return paths
 
 

@@ -9,7 +9,10 @@ like any other and resumable like them:
   and then of the population rows (the split's control rows, membership −1): the reference points z of RMIA.
 
 `<model>` is `audited` or `ref-00` ... . Every store of a folder covers the same rows in the same order, so a
-row's signals line up across models; `load_signals` checks that they do and reads them into arrays.
+row's signals line up across models; `load_signals` checks that they do and reads them into arrays. Each store
+is also checked to come from its model: the fingerprint its provenance records must be the audited model's, or
+the one references.json records for that reference model (a store copied over another's is refused, by
+`extract_references` before it writes anything and by `load_signals` before it reads anything).
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from gmint.features.extract import Rows, extract, split_rows
 from gmint.features.store import FeatureStore
 from gmint.models.io import load_audited
 from gmint.progress import progress_bar
-from gmint.reference.models import ReferenceSet, reference_models, set_split
+from gmint.reference.models import (
+    MANIFEST,
+    ReferenceSet,
+    check_model,
+    reference_models,
+    set_split,
+    verify_references,
+    warn_recorded,
+)
 
 AUDITED = "audited"
 SOURCES = ("gradient", "output")
@@ -60,14 +71,18 @@ def extract_references(data: ImageSet, folder: Path, *, k: int | None = None,
     """Extract the gradient and output stores of the audited model and the first `k` reference models.
 
     Finished stores of the same extraction are kept as they are and interrupted ones resumed, so the command
-    can be run again after a kill, or after more reference models were trained.
+    can be run again after a kill, or after more reference models were trained. Before anything is written,
+    every checkpoint is checked against the manifest's record of it (a set trained before models were recorded
+    has them recorded now, see gmint.reference.models, with a warning) and every store already there against
+    its model's fingerprint.
 
     Returns:
         The stores, model by model.
 
     Raises:
-        InputError: a model not trained yet, an audited checkpoint other than the one the set was drawn for,
-            or data whose sample ids are not row positions.
+        InputError: a model not trained yet, a checkpoint or store not of the model the set records, an
+            audited checkpoint other than the one the set was drawn for, or data whose sample ids are not row
+            positions.
         StoreMismatchError: a store in the folder from another extraction.
     """
     folder = Path(folder)
@@ -75,11 +90,16 @@ def extract_references(data: ImageSet, folder: Path, *, k: int | None = None,
     unknown = sorted(set(sources) - set(SOURCES))
     if unknown:
         raise InputError(f"unknown reference source(s) {unknown}; choose from {list(SOURCES)}")
-    paths = {AUDITED: Path(manifest.audited), **{p.stem: p for p in reference_models(folder, k)}}
+    paths = {AUDITED: Path(manifest.audited), **{p.stem: p for p in reference_models(folder, k, manifest=manifest)}}
     audited = load_audited(paths[AUDITED])
     if audited.fingerprint != manifest.audited_fingerprint:
         raise InputError(f"{paths[AUDITED]} is no longer the audited model the reference set was drawn for "
                          "(its weights changed)")
+    manifest, recorded_now = verify_references(folder, manifest, k)
+    expected = model_fingerprints(folder, manifest, list(paths))
+    for name in paths:
+        for source in sources:
+            check_store(store_path(folder, name, source), name, expected[name], required=False)
     split = set_split(manifest, audited)
     candidates = split_rows(split)
     population = np.asarray(split.control, np.int64)
@@ -90,10 +110,15 @@ def extract_references(data: ImageSet, folder: Path, *, k: int | None = None,
             "output": Rows(everything, np.concatenate([candidates.membership, np.full(len(population), -1, np.int8)]),
                            np.concatenate([candidates.role, np.full(len(population), -1, np.int8)]))}
     layers = {"gradient": settings.layers, "output": settings.output_layers}
+    if recorded_now:  # every check passed: the records are the first thing written
+        manifest.save(folder)
+        warn_recorded(folder, recorded_now)
     written = []
     with progress_bar("reference stores", len(paths) * len(sources), enabled=show_progress) as bar:
-        for name, path in paths.items():
+        for i, (name, path) in enumerate(paths.items()):
             model = audited if name == AUDITED else load_audited(path)
+            if name != AUDITED:  # the file checked above, read again: it must still be the same
+                check_model(manifest, i - 1, model, path)
             for source in sources:
                 out = store_path(folder, name, source)
                 written.append(extract(model, data, rows[source], out=out, layers=layers[source],
@@ -206,18 +231,68 @@ class ReferenceSignals:
         return replace(self, output=output, gradient=gradient)
 
 
+def model_fingerprints(folder: Path, manifest: ReferenceSet, names: list[str]) -> dict[str, str]:
+    """Model name (`audited`, `ref-00`, ...) → the fingerprint its stores must record: the audited model's, and
+    each reference model's as the manifest records it.
+
+    Raises:
+        InputError: a reference model the manifest records no fingerprint of (a set trained before models were
+            recorded, whose next extraction records them).
+    """
+    missing = [f"{name}.pt" for name in names if name != AUDITED and f"{name}.pt" not in manifest.models]
+    if missing:
+        raise InputError(f"{Path(folder) / MANIFEST} records no fingerprint of {', '.join(missing)} (a set trained "
+                         "before gmint "
+                         "recorded its models), so its stores cannot be checked against them; extract the set "
+                         "again (`gmint reference extract`), which records them from the checkpoints")
+    return {name: manifest.audited_fingerprint if name == AUDITED else manifest.models[f"{name}.pt"].fingerprint
+            for name in names}
+
+
+def check_store(path: Path, name: str, fingerprint: str, *, required: bool = True) -> None:
+    """Refuse a store that does not come from model `name` (its provenance's fingerprint is not `fingerprint`).
+
+    Args:
+        path: the store.
+        name: `audited` or `ref-03`, for the message.
+        fingerprint: the model's weights' fingerprint.
+        required: whether a missing store is an error (else there is nothing to check).
+
+    Raises:
+        InputError: one line naming the store, the model it should come from and both fingerprints.
+    """
+    if not path.exists():
+        if required:
+            raise InputError(f"{path} not found; extract it with `gmint reference extract {path.parent}`")
+        return
+    with FeatureStore.open(path) as store:
+        recorded = str(store.provenance.get("model_fingerprint", ""))
+    if recorded != fingerprint:
+        model = "the audited model" if name == AUDITED else f"reference model {name}.pt"
+        raise InputError(f"{path} does not come from {model}: its provenance records model fingerprint "
+                         f"{recorded[:12] or 'none'}, the set's {fingerprint[:12]}; remove it and extract it again")
+
+
 def load_signals(folder: Path, *, k: int | None = None, gradient: bool = True) -> ReferenceSignals:
     """Read the stores of a reference folder (the first `k` reference models; default all) into arrays.
 
+    Every store is checked first: its model's fingerprint (the audited model's, or the one the manifest records
+    for the reference model), its split and its rows (those of the audited model's store).
+
     Raises:
-        InputError: a store missing or incomplete (named), or a store of another audited model or split.
+        InputError: a k outside 1 to the set's K, a store missing or incomplete (named), a store of another
+            model (see `check_store`) or split, or a set whose models are not recorded yet.
         StoreMismatchError: stores whose rows do not line up.
     """
     folder = Path(folder)
     manifest = ReferenceSet.load(folder)
     k = manifest.k if k is None else k
+    reference_models(folder, k, manifest=manifest)
     names = model_names(k)
-    reference_models(folder, k)
+    expected = model_fingerprints(folder, manifest, names)
+    for source in ("output", "gradient") if gradient else ("output",):
+        for name in names:
+            check_store(store_path(folder, name, source), name, expected[name])
     output = _read(folder, names, "output", manifest)
     out = OutputSignals(sample_id=output["sample_id"], membership=output["membership"], role=output["role"],
                         label=output["label"], target_loss=output["loss"][0], reference_loss=output["loss"][1:],
@@ -239,6 +314,7 @@ def _read(folder: Path, names: list[str], source: str, manifest: ReferenceSet) -
     losses, features, finite = [], [], []
     layers: list[str] = []
     dims: list[int] = []
+    rows: object = None  # the first store's rows_sha256, which every other store must record too
     for name in names:
         path = store_path(folder, name, source)
         if not path.exists():
@@ -248,14 +324,12 @@ def _read(folder: Path, names: list[str], source: str, manifest: ReferenceSet) -
             prov = store.provenance
             if prov.get("split_sha256") != manifest.split_sha256:
                 raise InputError(f"{path} was extracted on another split than the reference set's")
-            if name == AUDITED and prov.get("model_fingerprint") != manifest.audited_fingerprint:
-                raise InputError(f"{path} comes from another model than the audited one the set was drawn for")
-            if name != AUDITED and prov.get("model_fingerprint") == manifest.audited_fingerprint:
-                raise InputError(f"{path} comes from the audited model, not from reference model {name}")
             mine = {c: store.column(c) for c in ("sample_id", "membership", "role", "label", "group")}
             if not columns:
                 columns, layers, dims = mine, store.layers, [store.dims[n] for n in store.layers]
-            elif any(not np.array_equal(columns[c], mine[c]) for c in mine) or store.layers != layers:
+                rows = prov.get("rows_sha256")
+            elif any(not np.array_equal(columns[c], mine[c]) for c in mine) or store.layers != layers or \
+                    prov.get("rows_sha256") != rows:
                 raise StoreMismatchError(f"{path} covers other rows or features than "
                                          f"{store_path(folder, names[0], source)}; extract both with "
                                          "`gmint reference extract`")
