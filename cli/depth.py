@@ -75,11 +75,16 @@ def depth(model: Path = typer.Option(..., help=MODEL_HELP),
     kind_names = [k.strip() for k in kinds.split(",") if k.strip()]
     for kind in kind_names:
         parse_kind(kind)
+    source_names = [s.strip() for s in sources.split(",") if s.strip()]
+    if "activation" not in source_names and all(parse_kind(k)[0] == "map_cnn" for k in kind_names):
+        raise InputError("map_cnn fits activation maps only, and --sources has no activation: no classifier would "
+                         "be fitted; add activation to --sources or choose another --kinds")
     sweep = sweep_depth(audited, images, manifest, work, blocks=chosen, pool=pool, transform=transform,
-                        kinds=kind_names, sources=[s.strip() for s in sources.split(",") if s.strip()], seed=seed,
+                        kinds=kind_names, sources=source_names, seed=seed,
                         n_boot=n_boot, batch_size=batch_size, show_progress=show_progress())
     if not sweep.points:
-        raise InputError("the sweep produced no point: no selected block has activations or weight layers")
+        raise InputError(f"the sweep produced no point: none of the {len(chosen)} selected blocks has "
+                         f"{' or '.join(f'{s} features' for s in source_names)} to fit on; see --list")
     plot_depth(sweep, out, title=f"{model.name}: MINT per block")
     if json_out:
         print_json({"blocks": sweep.blocks, "points": [p.to_dict() for p in sweep.points], "plot": str(out)})

@@ -90,3 +90,12 @@ def test_depth_on_the_command_line(tmp_path: Path, audited_digits: tuple[Audited
     assert code == 1 and "depth.png exists; pass --overwrite" in out
     code, out = invoke("depth", "--model", model, "--work", tmp_path / "v", "--blocks", "layer9")
     assert code == 1 and "module 'layer9' matches no module" in out
+
+
+def test_depth_says_why_no_classifier_would_be_fitted(tmp_path: Path,
+                                                      audited_digits: tuple[AuditedModel, Path]) -> None:
+    _, model = audited_digits
+    code, out = invoke("depth", "--model", model, "--work", tmp_path / "w", "--blocks", "3",
+                       "--sources", "gradient", "--kinds", "map_cnn")
+    assert code == 1 and out.count("\n") == 1 and "map_cnn fits activation maps only" in out
+    assert not (tmp_path / "w").exists()
