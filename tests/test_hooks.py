@@ -320,7 +320,7 @@ def test_max_batch_for_memory_scales_with_the_budget() -> None:
     large = max_batch_for_memory(model, layers, mean, x, 2**22, chunk_size=None)
     assert 1 <= small and 4 * small <= large < 4 * (small + 1)
     assert max_batch_for_memory(model, layers, flat, x, 2**20, chunk_size=None) <= small
-    with pytest.raises(InputError, match="does not fit one sample"):
+    with pytest.raises(InputError, match=r"a memory budget of 64 B does not fit one sample \(about [0-9.]+ KiB\)"):
         max_batch_for_memory(model, layers, mean, x, 64)
     # Per-sample cost at least covers the activations of the backward region (float64, 5×5 maps).
     assert small <= 2**20 // (4 * 5 * 5 * 8 * 3)

@@ -107,9 +107,18 @@ def max_batch_for_memory(model: nn.Module, layers: list[str], reduction: Reducti
     wm = sum(_materialised_bytes(owners[n][1], owners[n][2], captures[owners[n][0]], reduction, n not in slow)
              for n in layers)
     if per_sample + wm > budget_bytes:
-        raise InputError(f"a memory budget of {budget_bytes / 2**20:.1f} MiB does not fit one sample "
-                         f"(about {(per_sample + wm) / 2**20:.1f} MiB)")
+        raise InputError(f"a memory budget of {size_text(budget_bytes)} does not fit one sample "
+                         f"(about {size_text(per_sample + wm)})")
     batch = budget_bytes // (per_sample + wm)
     if chunk_size is not None and batch > chunk_size:
         batch = max(chunk_size, (budget_bytes - chunk_size * wm) // per_sample)
     return int(batch)
+
+
+def size_text(n_bytes: int) -> str:
+    """A byte count a person reads: in the largest unit that keeps it at 1 or more (a 1-byte budget is "1 B",
+    never "0.0 MiB")."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.1f} {unit}"
+    return f"{n_bytes} B"
