@@ -28,6 +28,9 @@ through a transform giving that same layout.
   engine (`auto`, else `hooks`, else `vmap`), which it proves on its first batch against the naive loop
   (`gmint.features.engine.selfcheck`); its per-sample time is compared with the floor's. `extract_unchecked` is
   the same extraction without that proof, alternating with it in each round: the check's cost.
+  `extract_unrechecked` (with `extract_recheck = true`) keeps the first-batch proof but not the re-checks of
+  later batches (one random row recomputed by the naive loop within 2% of the engine's time, and the last
+  batch always): what proving the engine through the whole run costs.
 - `extract_steady` (with `extract_steady = true`): what each further row of an extraction costs once it runs,
   without its fixed start-up (engine choice and self-check, model and store set-up). Each round also runs the
   shipped `extract` on twice the rows; the per-row time is (t(2N) − t(N)) / N of the runs' `statistic`, and the
@@ -103,6 +106,7 @@ from gmint.features.engine.selfcheck import ProvenEngine, choose_engine
 from gmint.features.extract import Rows, extract
 from gmint.features.layers import resolve_layers
 from gmint.features.reduce import Reduction, parse_reduction
+from gmint.features.store import FeatureStore
 from gmint.files import atomic_write
 from gmint.models.architectures import CPU_SCALE
 from gmint.models.io import AuditedModel
@@ -111,7 +115,8 @@ from gmint.progress import progress_bar
 from gmint.registry import Registry
 
 EXTRACT_ENGINES = ("auto", "hooks", "vmap")   # the fastest exact engine first
-EXTRACT_METHODS = ("extract", "extract_unchecked", "extract_steady", "extract_floor")  # whole-extraction columns
+EXTRACT_METHODS = ("extract", "extract_unchecked", "extract_unrechecked", "extract_steady",
+                   "extract_floor")  # whole-extraction columns
 Json = dict[str, Any]                          # a JSON object of the results
 MAX_CALLS = 50                                 # back-to-back calls per timed round, at most
 NOISY_SPREAD = 0.25                            # (max - min) / median of a method's times flagged as noisy
@@ -145,6 +150,7 @@ class Config:
     extract_rows: int = 256
     extract_repeats: int = 2
     extract_steady: bool = False
+    extract_recheck: bool = False
     targets: dict[str, float] = field(default_factory=dict)
     memory_targets: dict[str, float] = field(default_factory=dict)
 
@@ -455,6 +461,17 @@ def summarise(times: list[float], samples: int, statistic: str) -> Json:
             "spread": (max(times) - min(times)) / median}
 
 
+class UnrecheckedEngine(ProvenEngine):
+    """`extract`'s engine with its first-batch proof but without the re-checks of later batches: timed beside the
+    shipped one (`extract_unrechecked`), it measures what proving the engine through the whole run costs."""
+
+    def __init__(self, requested: str = "auto", *, seed: int = 0, share: float = 0.0) -> None:
+        super().__init__(requested, seed=seed, share=0.0)
+
+    def _recheck(self, *args: object) -> None:
+        """No re-check (the last batch's included)."""
+
+
 class UncheckedEngine(ProvenEngine):
     """`extract`'s engine without its first-batch proof (no probe batches, no naive-loop check): what an
     extraction cost before the self-check, timed beside it to measure what the check adds."""
@@ -469,11 +486,13 @@ class UncheckedEngine(ProvenEngine):
 
 
 def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: str, arch: str,
-                    batch_size: int, rows: int, repeats: int, statistic: str, steady: bool = False) -> dict[str, Json]:
+                    batch_size: int, rows: int, repeats: int, statistic: str, steady: bool = False,
+                    recheck: bool = False) -> dict[str, Json]:
     """Seconds of the whole `extract` on the first `rows` rows of `data`, with the fastest exact engine, as
     shipped (`extract`: engine chosen and checked on the first batch) and without the check
     (`extract_unchecked`), alternating in each round; with `steady`, also on twice the rows, from which
-    `extract_steady` takes the per-row cost past the start-up."""
+    `extract_steady` takes the per-row cost past the start-up; with `recheck`, also without the re-checks of
+    later batches (`extract_unrechecked`), the cost of proving the engine through the run."""
     engine = next((e for e in EXTRACT_ENGINES if e in ENGINES), None)
     if engine is None:
         return {"extract": {"unsupported": "no exact engine registered"}}
@@ -481,7 +500,10 @@ def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: 
     variants = {"extract": (ProvenEngine, rows), "extract_unchecked": (UncheckedEngine, rows)}
     if steady:
         variants["extract_double"] = (ProvenEngine, 2 * rows)
+    if recheck:
+        variants["extract_unrechecked"] = (UnrecheckedEngine, rows)
     times: dict[str, list[float]] = {name: [] for name in [*variants, "extract_floor"]}
+    shares: list[float] = []  # the shipped extraction's own record: its re-checks' seconds over its wall time
     floor = floor_method(case).run
     floor_calls = math.ceil(rows / len(case.x))  # whole batches, scaled back to `rows` rows
     module = importlib.import_module("gmint.features.extract")  # the module (gmint.extract is also the function)
@@ -502,14 +524,25 @@ def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: 
                             engine=engine, transform=transform, loss=case.loss, batch_size=batch_size,
                             chunk_size=case.chunk_size, overwrite=True, device=str(case.x.device))
                     times[name].append(time.perf_counter() - t0)
+                    if name == "extract":
+                        shares.append(_recheck_seconds(Path(tmp) / "speed.h5") / times[name][-1])
                 finally:
                     module.ProvenEngine = ProvenEngine  # type: ignore[misc]
     results = {name: {"engine": engine, "samples": rows, **summarise(times[name], rows, statistic)}
-               for name in ("extract", "extract_unchecked", "extract_floor")}
+               for name in ("extract", "extract_unchecked", "extract_floor", "extract_unrechecked") if name in times}
+    if shares:
+        results["extract"]["recheck_share"] = statistics.median(shares)
     if steady:
         results["extract_steady"] = {"engine": engine, "samples": rows,
                                      **steady_result(times["extract"], times["extract_double"], rows, statistic)}
     return results
+
+
+def _recheck_seconds(store: Path) -> float:
+    """Seconds the extraction in `store` spent re-checking later batches, as its provenance records them."""
+    with FeatureStore.open(store) as opened:
+        record = opened.provenance.get("engine_recheck")
+    return float(record.get("check_seconds", 0.0)) if isinstance(record, dict) else 0.0
 
 
 def steady_result(single: list[float], double: list[float], rows: int, statistic: str) -> Json:
@@ -651,7 +684,8 @@ def run(config: Config, out: Path, *, force: bool = False, only: list[str] | Non
                     methods |= measure_extract(case, data, transform, setup=setup, arch=arch,
                                                          batch_size=config.batch_size, rows=config.extract_rows,
                                                          repeats=config.extract_repeats, statistic=config.statistic,
-                                                         steady=config.extract_steady)
+                                                         steady=config.extract_steady,
+                                                         recheck=config.extract_recheck)
                 add_ratios(methods)
                 row = {"model": arch, "setup": setup, "options": options, "layers": case.layers,
                        "parameters": sum(p.numel() for p in model.parameters()),
@@ -807,6 +841,11 @@ def markdown(results: Json) -> str:
             cells = [_cell(r["methods"].get(m), notes, memory=True) for m in methods]
             lines.append(f"| {r['setup']} | | " + " | ".join(cells) + " |")
         lines.append("")
+        shares = [(r["setup"], r["methods"].get("extract", {}).get("recheck_share")) for r in arch_rows]
+        if any(share is not None for _, share in shares):
+            lines += ["Re-checks of later batches against the naive loop, by the shipped extraction's own record: "
+                      + ", ".join(f"{setup} {share:.1%}" for setup, share in shares if share is not None)
+                      + " of its wall time (median over rounds).", ""]
     lines += targets_table(results, rows)
     lines += ["## Notes", ""] + [f"{i}. {n}" for i, n in enumerate(notes, 1)]
     warned: dict[str, set[str]] = {}
