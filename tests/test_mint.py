@@ -286,3 +286,13 @@ def test_the_threshold_classifier_ranks_rows_as_its_signal_does_however_close_th
     score = model.predict_proba(scaler(signal, input_dtype(model)))
     assert roc_auc_score(y, score) == roc_auc_score(y, signal[:, 0]) > 0.99
     assert len(np.unique(scaler(signal)[:400])) < 10  # the float32 a network takes has lost the ranking
+
+
+def test_an_unknown_classifier_option_is_named_with_the_classifier_and_what_it_takes(tmp_path: Path,
+                                                                                    digits_store: Path) -> None:
+    from tests.cli_runner import run
+
+    done = run("train", digits_store, "--options", '{"hiden": [8]}', "--out", tmp_path / "m.pt")
+    assert done.code == 1 and done.stderr.count("\n") == 1
+    assert "unknown option hiden for the mlp classifier; it takes lr," in done.stderr and "hidden" in done.stderr
+    assert "MlpMint" not in done.stderr and not (tmp_path / "m.pt").exists()

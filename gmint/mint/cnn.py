@@ -57,6 +57,7 @@ class CnnNetwork:
 class CnnMint(NeuralMint[CnnNetwork]):
     """Filter-wise convolutional encoder per layer, dense head, one logit. Needs `flat` features."""
 
+    KIND = "cnn"
     NETWORK = CnnNetwork
     needs_shapes = True
 

@@ -83,6 +83,7 @@ class MapCnnMint(NeuralMint[MapCnnNetwork]):
     """2-D convolutions per activation map, dense head, one logit (the original MINT's CNN). Needs an
     `activation-maps` store (`flat` or `pool:<h>x<w>`), whose shapes it reads."""
 
+    KIND = "map_cnn"
     NETWORK = MapCnnNetwork
     needs_shapes = True
 

@@ -27,6 +27,7 @@ class MlpNetwork:
 class MlpMint(NeuralMint[MlpNetwork]):
     """Linear-ReLU-Dropout blocks of widths `hidden`, one logit."""
 
+    KIND = "mlp"
     NETWORK = MlpNetwork
 
     def _build(self) -> nn.Module:

@@ -46,6 +46,7 @@ class NeuralMint(Generic[NetworkT]):
     """
 
     NETWORK: type[NetworkT]
+    KIND: str  # the classifier's name in MINT_MODELS, which messages use
 
     def __init__(self, input_dim: int, *, lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 256,
                  max_epochs: int = 200, patience: int = 15, val_fraction: float = 0.2, **network: object) -> None:
@@ -53,8 +54,9 @@ class NeuralMint(Generic[NetworkT]):
         known = sorted(f.name for f in fields(defaults))
         unknown = set(network) - set(known)
         if unknown:
-            raise InputError(f"unknown options {sorted(unknown)} for {type(self).__name__}; network options: "
-                             f"{known}")
+            raise InputError(f"unknown option{'s' * (len(unknown) > 1)} {', '.join(sorted(unknown))} for the "
+                             f"{self.KIND} classifier; it takes lr, weight_decay, batch_size, max_epochs, patience, "
+                             f"val_fraction and {', '.join(known)}")
         self.input_dim = input_dim
         self.training = Training(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
                                  patience=patience, val_fraction=val_fraction)
@@ -75,7 +77,7 @@ class NeuralMint(Generic[NetworkT]):
             return 0
         classes = int(getattr(self.network, "classes", 0))
         if classes < 1:
-            raise InputError(f"a label-aware {type(self).__name__} needs the number of classes (option 'classes')")
+            raise InputError(f"a label-aware {self.KIND} classifier needs the number of classes (option 'classes')")
         return classes
 
     def _inputs(self, x: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
