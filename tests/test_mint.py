@@ -296,3 +296,14 @@ def test_an_unknown_classifier_option_is_named_with_the_classifier_and_what_it_t
     assert done.code == 1 and done.stderr.count("\n") == 1
     assert "unknown option hiden for the mlp classifier; it takes lr," in done.stderr and "hidden" in done.stderr
     assert "MlpMint" not in done.stderr and not (tmp_path / "m.pt").exists()
+
+
+def test_a_file_given_as_a_classifier_is_named_for_what_it_is(tmp_path: Path, digits_store: Path,
+                                                               audited_digits: tuple[object, Path]) -> None:
+    from gmint.errors import InputError
+    from gmint.mint import TrainedMint
+
+    with pytest.raises(InputError, match="is not a gmint MINT classifier: it is an audited model's checkpoint"):
+        TrainedMint.load(audited_digits[1])
+    with pytest.raises(InputError, match=r"is not a gmint MINT classifier: it is an HDF5 file"):
+        TrainedMint.load(digits_store)

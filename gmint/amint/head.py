@@ -24,6 +24,7 @@ from torch import nn
 
 from gmint.errors import InputError
 from gmint.files import atomic_write
+from gmint.models.io import what_file
 
 HEAD_FORMAT = "gmint-amint-head/1"
 
@@ -156,8 +157,8 @@ class TrainedHead:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             meta = json.loads(payload["meta"])
-        except Exception as exc:  # corrupt or foreign file: many exception types
-            raise InputError(f"{path} is not a gmint aMINT head ({type(exc).__name__})") from None
+        except Exception:  # corrupt or foreign file: many exception types; say what the file is instead
+            raise InputError(f"{path} is not a gmint aMINT head: it is {what_file(path)}") from None
         if not isinstance(meta, dict) or meta.get("format") != HEAD_FORMAT:
             raise InputError(f"{path} is not a gmint aMINT head (an `gmint amint train` output's head.pt)")
         module = MintHead(HeadSpec.from_dict(meta["spec"]))

@@ -19,6 +19,7 @@ import torch
 
 from gmint.errors import InputError, StoreMismatchError
 from gmint.files import atomic_write
+from gmint.models.io import what_file
 from gmint.registry import Registry
 
 
@@ -193,10 +194,10 @@ class TrainedMint:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             meta = json.loads(payload["meta"])
-        except Exception as exc:  # corrupt or foreign file: many exception types
-            raise InputError(f"{path} is not a gmint MINT classifier ({type(exc).__name__})") from None
-        if meta.get("format") != "gmint-mint/1":
-            raise InputError(f"{path} is not a gmint MINT classifier")
+        except Exception:  # corrupt or foreign file: many exception types; say what the file is instead
+            raise InputError(f"{path} is not a gmint MINT classifier: it is {what_file(path)}") from None
+        if not isinstance(meta, dict) or meta.get("format") != "gmint-mint/1":
+            raise InputError(f"{path} is not a gmint MINT classifier: it is {what_file(path)}")
         spec = FeatureSpec(**meta["spec"])
         model = MINT_MODELS.get(meta["kind"])(sum(spec.dims), **meta["config"])
         model.load_state(payload["state"])

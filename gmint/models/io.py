@@ -147,6 +147,25 @@ def file_kind(path: Path) -> str:
     return "pickle" if head[0] == 0x80 and 2 <= head[1] <= 5 else "unknown"  # PROTO opcode, protocol 2-5
 
 
+def what_file(path: Path) -> str:
+    """What a file is, in words, for a message refusing it: its kind (FILE_KINDS), or for a torch archive
+    what its meta says it is (a checkpoint, a MINT classifier, an aMINT head)."""
+    kind = file_kind(path)
+    if kind in ("torch", "pickle"):
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            return "a torch archive of pickled objects, or a damaged one"
+        if isinstance(payload, dict):
+            other = _other_gmint_file(payload)
+            if other:
+                return other
+            if "meta" in payload and "state_dict" in payload:
+                return "an audited model's checkpoint"
+            return "a state dict or another torch archive"
+    return FILE_KINDS[kind]
+
+
 def _model_file(path: Path) -> Path:
     path = Path(path)
     if not path.is_file():
