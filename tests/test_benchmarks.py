@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.check import MEMORY, Limit, check, main, ratio
-from benchmarks.speed import Config, load_config, refresh, run, steady_result
+from benchmarks.speed import EXTRACT_METHODS, Config, load_config, refresh, run, steady_result
 
 
 def _tiny(**overrides: object) -> Config:
@@ -90,8 +90,7 @@ def test_committed_speed_configs_load(path: Path) -> None:
     assert config.models and set(config.setups) <= {"entry", "middle", "output", "combined"}
     for limit in config.targets:  # every target names measured methods or groups
         num, den = limit.split("/")
-        known = {*config.methods, "gmint", "competitors", "extract", "extract_unchecked", "extract_steady",
-                 "extract_floor"}
+        known = {*config.methods, "gmint", "competitors", *EXTRACT_METHODS}
         assert {num, den} <= known, limit
 
 
