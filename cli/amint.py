@@ -22,11 +22,11 @@ from gmint.errors import InputError
 from gmint.models.io import load_audited
 from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
 from gmint.models.zoo import ARCHITECTURES
-from gmint_cli.console import cli_errors, console, print_json, show_progress
+from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
 from gmint_cli.inputs import load_data, size_hint
 from gmint_cli.options import choices, device_option, flag, json_object, positive
 from gmint_cli.outputs import check_output
-from gmint_cli.score import ROW_CHOICES, candidate_rows, option_hints, print_set_verdict
+from gmint_cli.score import OPTION_HINTS, ROW_CHOICES, candidate_rows, print_set_verdict
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -156,7 +156,7 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
         index = candidate_rows(rows, manifest)
     if sample is not None:
         index = subsample(index, sample, seed)
-    with option_hints():
+    with option_hints(OPTION_HINTS):
         result = audit_with_head(audited, trained, candidates, index, head_path=head, to_grey=to_grey,
                                  batch_size=batch_size, device=device)
     write_scores(result, out, alpha=alpha)

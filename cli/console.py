@@ -6,7 +6,7 @@ import functools
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
@@ -47,8 +47,6 @@ err_console = _Console(stderr=True, soft_wrap=True)
 
 def print_error(message: str) -> None:
     """One red line on stderr: how every user mistake is reported (brackets in it are text, not markup)."""
-    for phrase, command in HINTS.items():
-        message = message.replace(phrase, command)
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
@@ -68,13 +66,29 @@ def one_line_warnings() -> Iterator[None]:
         warnings.showwarning = before
 
 
+@contextmanager
+def option_hints(hints: Mapping[str, str]) -> Iterator[None]:
+    """Name a verb's own options where the library's errors name a remedy in library terms: each phrase of
+    `hints` found in an error is replaced by the option that carries it out (as HINTS does for every verb)."""
+    try:
+        yield
+    except GmintError as exc:
+        text = str(exc)
+        for phrase, option in hints.items():
+            text = text.replace(phrase, option)
+        if text == str(exc):
+            raise
+        raise type(exc)(text) from None
+
+
 def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn gmint's user-facing errors, and files the system refuses, into one line on stderr and exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return fn(*args, **kwargs)
+            with option_hints(HINTS):
+                return fn(*args, **kwargs)
         except GmintError as exc:
             print_error(str(exc))
         except OSError as exc:  # disk full, permissions, a path the checks could not foresee

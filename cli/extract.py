@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from gmint.assess.candidates import model_classes, model_input, relabel
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.data.transforms import Transform
-from gmint.errors import GmintError, InputError, StoreBusyError
+from gmint.errors import InputError, StoreBusyError
 from gmint.features.engine import ENGINES, LOSSES
 from gmint.features.extract import extract as run_extract
 from gmint.features.extract import rows_sha256, split_rows
@@ -31,7 +29,7 @@ from gmint.features.sources import SOURCES
 from gmint.features.store import ANOTHER_STORE_HINT, REBUILD_HINT, check_resumable, writer_pid
 from gmint.models.check import ModelCheck, check_model
 from gmint.models.io import AuditedModel
-from gmint_cli.console import cli_errors, console, print_json, show_progress
+from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
 from gmint_cli.inputs import ARCH_HELP, MODEL_HELP, TORCHSCRIPT_HELP, TRUST_PICKLE_HELP, load_data, load_model
 from gmint_cli.options import choices, device_option, flag
 from gmint_cli.outputs import check_output
@@ -118,7 +116,7 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     # A file no resume can continue is refused before the model is even loaded (under torchrun --out is the
     # join of the shards, which rank 0 checks when it joins them).
     if resume and out.is_file() and world()[1] == 1:
-        with option_hints():
+        with option_hints(OPTION_HINTS):
             check_resumable(out)
     budget = parse_bytes(max_memory) if max_memory else None
     audited = load_model(model, arch, torchscript, trust_pickle)
@@ -143,7 +141,7 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     check = report_model_check(audited, images, manifest, transform, min_member_accuracy, device, seed, rank == 0)
 
     def run(shard: tuple[int, int], on_device: str) -> Path:
-        with option_hints():
+        with option_hints(OPTION_HINTS):
             return run_extract(audited, images, rows, out=out, layers=setup, reduction=reduction, engine=engine,
                                source=source, transform=transform, loss=loss, batch_size=batch_size,
                                chunk_size=chunk_size, seed=seed, split=manifest, model_check=check,
@@ -170,18 +168,6 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
                   f"layers {setup}, {source}, {reduction}, {engine})")
 
 
-@contextmanager
-def option_hints() -> Iterator[None]:
-    """Name this command's options where the library's errors name a remedy (see OPTION_HINTS)."""
-    try:
-        yield
-    except GmintError as exc:
-        text = str(exc)
-        for phrase, option in OPTION_HINTS.items():
-            text = text.replace(phrase, option)
-        if text == str(exc):
-            raise
-        raise type(exc)(text) from None
 
 
 def as_model_classes(images: ImageSet, audited: AuditedModel) -> ImageSet:

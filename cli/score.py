@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from gmint.assess.scoring import SUBSET_HINT, Audit, audit_set, write_scores
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.errors import InputError
 from gmint.mint import TrainedMint
-from gmint_cli.console import cli_errors, console, print_json, show_progress
+from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
 from gmint_cli.inputs import (
     ARCH_HELP,
     MODEL_HELP,
@@ -110,7 +108,7 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
     classifier = TrainedMint.load(mint)
     audited = load_model(model, arch, torchscript, trust_pickle)
     if images is not None:
-        with size_hint(None), option_hints():
+        with size_hint(None), option_hints(OPTION_HINTS):
             candidates, source = load_image_folder(images, audited, labels=labels), str(images)
         index = np.arange(len(candidates))
     else:
@@ -127,7 +125,7 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
                              f"{candidates.name} (0 to {len(candidates) - 1})")
     if sample is not None:
         index = subsample(index, sample, seed)
-    with tempfile.TemporaryDirectory(prefix="gmint-score-") as tmp, option_hints():
+    with tempfile.TemporaryDirectory(prefix="gmint-score-") as tmp, option_hints(OPTION_HINTS):
         kept = features or (Path(tmp) / "candidates.h5" if top else None)  # --top reads the losses there
         result = audit_set(audited, classifier, candidates, index, calibration=store, out=kept, to_grey=to_grey,
                            labels=labels, batch_size=batch_size, device=device, show_progress=show_progress())
@@ -184,15 +182,3 @@ def candidate_rows(rows: str, split: MembershipSplit | None) -> np.ndarray:
         raise InputError(f"--rows: {exc}") from None
 
 
-@contextmanager
-def option_hints() -> Iterator[None]:
-    """Name this command's options where the library's errors name a remedy (see OPTION_HINTS)."""
-    try:
-        yield
-    except InputError as exc:
-        text = str(exc)
-        for phrase, option in OPTION_HINTS.items():
-            text = text.replace(phrase, option)
-        if text == str(exc):
-            raise
-        raise InputError(text) from None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -112,22 +111,9 @@ def load_image_folder(folder: Path, audited: AuditedModel, *, labels: str = "tru
 def _read_loose(folder: Path, files: Sequence[Path], side: int | None) -> ImageSet:
     """Images at the top of `folder`, all of class UNLABELLED: at `side` x `side` where the model records its
     side, else at their own common size; grey only when every one is."""
-    from gmint.data.readers.common import decode_image, decode_set, image_header
+    from gmint.data.readers.imagefolder import read_entries
 
-    headers = [image_header(path) for path in files]
-    channels = 1 if all(c == 1 for c, _ in headers) else 3
-    if side is None:
-        w, h = headers[0][1]
-        odd = next((i for i, (_, size) in enumerate(headers) if size != (w, h)), None)
-        if odd is not None:
-            ow, oh = headers[odd][1]
-            raise InputError(f"{files[odd]} is {ow}x{oh} but {files[0]} is {w}x{h}; give a size N to resize every "
-                             "image to NxN")
-        shape = (h, w, channels)
-    else:
-        shape = (side, side, channels)
-    jobs = [partial(decode_image, path, shape, resize=True) for path in files]
-    return decode_set(FOLDER, folder, [("train", path, 0) for path in files], (UNLABELLED,), shape, jobs=jobs)
+    return read_entries(FOLDER, folder, [("train", path, 0) for path in files], (UNLABELLED,), size=side)
 
 
 def _stack(classed: ImageSet, loose: ImageSet) -> ImageSet:

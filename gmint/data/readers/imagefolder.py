@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -65,6 +66,15 @@ def read_imagefolder(root: Path | str | None = None, *, size: int | None = None,
     if not entries:
         raise InputError(f"imagefolder: no {', '.join(IMAGE_SUFFIXES)} files in the class folders of "
                          f"{folder}")
+    return read_entries("imagefolder", folder, entries, classes, size=size, channels=channels)
+
+
+def read_entries(name: str, folder: Path, entries: Sequence[Entry], classes: tuple[str, ...], *,
+                 size: int | None = None, channels: int | None = None) -> ImageSet:
+    """Decode `entries` (part, file, label) of `folder` into one ImageSet: every image at size x size where
+    `size` is given, else at their common size (images of several sizes are refused); greyscale only where
+    every image decodes to grey, unless `channels` says. Shared by the imagefolder reader and candidate folders
+    of loose images."""
     with ThreadPoolExecutor(WORKERS) as pool:
         headers = list(pool.map(image_header, [path for _, path, _ in entries]))
     if channels is None:
@@ -74,10 +84,10 @@ def read_imagefolder(root: Path | str | None = None, *, size: int | None = None,
         odd = next((i for i, (_, dims) in enumerate(headers) if dims != (w, h)), None)
         if odd is not None:
             ow, oh = headers[odd][1]
-            raise InputError(f"imagefolder: {entries[odd][1]} is {ow}x{oh} but {entries[0][1]} is {w}x{h}; "
+            raise InputError(f"{name}: {entries[odd][1]} is {ow}x{oh} but {entries[0][1]} is {w}x{h}; "
                              "give a size N to resize every image to NxN")
         shape = (h, w, channels)
     else:
         shape = (size, size, channels)
     jobs = [partial(decode_image, path, shape, resize=True) for _, path, _ in entries]
-    return decode_set("imagefolder", folder, entries, classes, shape, jobs=jobs)
+    return decode_set(name, folder, entries, classes, shape, jobs=jobs)
