@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,3 +67,23 @@ def digits_store(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet, dig
     out = tmp_path_factory.mktemp("store") / "features.h5"
     return extract(audited_digits[0], digits, split_rows(digits_split), out=out, layers="combined",
                    reduction="mean", split=digits_split, batch_size=200)
+
+
+@pytest.fixture(scope="session")
+def publish_audit(digits_store: Path, audited_digits: tuple[AuditedModel, Path]) -> Callable[..., Path]:
+    """Writes a published audit, `<parent>/digits/`, of the session's model and store with a logistic MINT
+    classifier; keyword arguments go into its audit.json (title, description, alpha). Returns the folder."""
+    from gmint.mint import train_mint
+    from gmint.serve.audits import AuditManifest, write_manifest
+
+    def publish(parent: Path, **manifest: object) -> Path:
+        folder = parent / "digits"
+        folder.mkdir()
+        shutil.copy(audited_digits[1], folder / "audited.pt")
+        shutil.copy(digits_store, folder / "features.h5")
+        train_mint(digits_store, kind="logreg", setup="combined", seed=0).save(folder / "mint.pt")
+        write_manifest(folder, AuditManifest(model="audited.pt", mint="mint.pt", store="features.h5",
+                                             **{"title": "Digits", **manifest}))  # type: ignore[arg-type]
+        return folder
+
+    return publish

@@ -8,7 +8,6 @@ writes a small file with Pillow and asserts the exact uint8 array every path get
 from __future__ import annotations
 
 import io
-import shutil
 import struct
 import warnings
 import zlib
@@ -26,9 +25,8 @@ from gmint.data.base import ImageSet
 from gmint.data.readers import load_dataset
 from gmint.data.readers.common import decode_pixels
 from gmint.errors import InputError
-from gmint.mint import train_mint
 from gmint.models.io import AuditedModel
-from gmint.serve.audits import AuditManifest, find_audits, write_manifest
+from gmint.serve.audits import find_audits
 from gmint.serve.limits import Limits, check_image
 from tests.cli_runner import invoke, snapshot
 
@@ -252,16 +250,9 @@ def test_score_candidates_read_every_mode_to_its_8_bit_pixels(
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory, digits_store: Path,
-              audited_digits: tuple[AuditedModel, Path]) -> Path:
+def published(tmp_path_factory: pytest.TempPathFactory, publish_audit: Callable[..., Path]) -> Path:
     """A published audit (DIR/digits/) of the session's model, store and a logistic MINT classifier."""
-    folder = tmp_path_factory.mktemp("published") / "digits"
-    folder.mkdir()
-    shutil.copy(audited_digits[1], folder / "audited.pt")
-    shutil.copy(digits_store, folder / "features.h5")
-    train_mint(digits_store, kind="logreg", setup="combined", seed=0).save(folder / "mint.pt")
-    write_manifest(folder, AuditManifest(model="audited.pt", mint="mint.pt", store="features.h5", title="Digits"))
-    return folder
+    return publish_audit(tmp_path_factory.mktemp("published"))
 
 
 @pytest.mark.parametrize("case", REFUSED[:3], ids=lambda c: c.id)

@@ -9,6 +9,7 @@ import struct
 import threading
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,9 +21,8 @@ from PIL import Image
 from gmint.assess.scoring import audit_set
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
-from gmint.mint import train_mint
 from gmint.models.io import AuditedModel, load_audited
-from gmint.serve.audits import MANIFEST, AuditManifest, find_audits, load_audit, write_manifest
+from gmint.serve.audits import MANIFEST, find_audits, load_audit
 from gmint.serve.limits import Limits, UploadError, check_image, display_name
 from gmint.serve.uploads import check_sizes
 from tests.cli_runner import invoke, snapshot
@@ -37,18 +37,9 @@ Files = list[tuple[str, tuple[str, bytes, str]]]
 
 
 @pytest.fixture(scope="module")
-def audit_dir(tmp_path_factory: pytest.TempPathFactory, digits_store: Path,
-              audited_digits: tuple[AuditedModel, Path]) -> Path:
+def audit_dir(tmp_path_factory: pytest.TempPathFactory, publish_audit: Callable[..., Path]) -> Path:
     """DIR/digits/audit.json over the session's audited model and store, with a logistic MINT classifier."""
-    root = tmp_path_factory.mktemp("published")
-    folder = root / "digits"
-    folder.mkdir()
-    shutil.copy(audited_digits[1], folder / "audited.pt")
-    shutil.copy(digits_store, folder / "features.h5")
-    train_mint(digits_store, kind="logreg", setup="combined", seed=0).save(folder / "mint.pt")
-    write_manifest(folder, AuditManifest(model="audited.pt", mint="mint.pt", store="features.h5",
-                                         title="Digits", description="A test audit.", alpha=0.05))
-    return root
+    return publish_audit(tmp_path_factory.mktemp("published"), description="A test audit.", alpha=0.05).parent
 
 
 @pytest.fixture(scope="module")

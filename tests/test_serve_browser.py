@@ -12,7 +12,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,7 @@ from PIL import Image
 
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
-from gmint.mint import train_mint
-from gmint.models.io import AuditedModel
-from gmint.serve.audits import AuditManifest, find_audits, write_manifest
+from gmint.serve.audits import find_audits
 from gmint.serve.limits import Limits
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -44,19 +42,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, digits_store: Path,
-           audited_digits: tuple[AuditedModel, Path]) -> Iterator[str]:
+def server(tmp_path_factory: pytest.TempPathFactory, publish_audit: Callable[..., Path]) -> Iterator[str]:
     import uvicorn
 
     from gmint.serve.app import create_app
 
-    folder = tmp_path_factory.mktemp("published") / "digits"
-    folder.mkdir()
-    shutil.copy(audited_digits[1], folder / "audited.pt")
-    shutil.copy(digits_store, folder / "features.h5")
-    train_mint(digits_store, kind="logreg", setup="combined", seed=0).save(folder / "mint.pt")
-    write_manifest(folder, AuditManifest(model="audited.pt", mint="mint.pt", store="features.h5",
-                                         title="Handwritten digits", description="Browser test audit."))
+    folder = publish_audit(tmp_path_factory.mktemp("published"), title="Handwritten digits",
+                           description="Browser test audit.")
     audits, problems = find_audits(folder.parent)
     assert problems == []
     port = _free_port()

@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +26,7 @@ from PIL import Image
 
 from gmint.data.base import ImageSet
 from gmint.errors import InputError, StoreMismatchError
-from gmint.mint import train_mint
-from gmint.models.io import AuditedModel
-from gmint.serve.audits import (
-    MANIFEST,
-    MANIFEST_BYTES,
-    AuditManifest,
-    PublishedAudit,
-    find_audits,
-    json_depth,
-    read_manifest,
-    write_manifest,
-)
+from gmint.serve.audits import MANIFEST, MANIFEST_BYTES, PublishedAudit, find_audits, json_depth, read_manifest
 from gmint.serve.limits import Limits
 from gmint_cli.serve import process_start, sweep_upload_folders
 from tests.cli_runner import run
@@ -51,16 +41,9 @@ LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /
 
 
 @pytest.fixture(scope="module")
-def audit_dir(tmp_path_factory: pytest.TempPathFactory, digits_store: Path,
-              audited_digits: tuple[AuditedModel, Path]) -> Path:
+def audit_dir(tmp_path_factory: pytest.TempPathFactory, publish_audit: Callable[..., Path]) -> Path:
     """One good audit folder (DIR/digits) over the session's audited model and store."""
-    folder = tmp_path_factory.mktemp("published") / "digits"
-    folder.mkdir()
-    shutil.copy(audited_digits[1], folder / "audited.pt")
-    shutil.copy(digits_store, folder / "features.h5")
-    train_mint(digits_store, kind="logreg", setup="combined", seed=0).save(folder / "mint.pt")
-    write_manifest(folder, AuditManifest(model="audited.pt", mint="mint.pt", store="features.h5", title="Digits"))
-    return folder
+    return publish_audit(tmp_path_factory.mktemp("published"))
 
 
 def _copy(audit_dir: Path, root: Path, name: str) -> Path:
