@@ -20,8 +20,6 @@ from gmint_cli.outputs import check_output
 
 app = typer.Typer(no_args_is_help=True)
 
-PREPROCESSING_OPTIONS = ("--image-size", "--crop", "--channels", "--mean", "--std", "--interpolation")
-
 
 def parse_numbers(text: str, option: str) -> tuple[float, ...]:
     """'0.1307' or '0.485,0.456,0.406' → floats, or one line naming the option."""
@@ -124,8 +122,8 @@ def show(model: Path = typer.Argument(..., help="A gmint checkpoint (or, with --
 def _transform(spec: str | None, size: int | None, crop: int | None, channels: int | None, mean: str | None,
                std: str | None, interpolation: str) -> Transform:
     if spec is not None:
-        given = [o for o, v in zip(PREPROCESSING_OPTIONS, (size, crop, channels, mean, std), strict=False)
-                 if v is not None]
+        values = {"--image-size": size, "--crop": crop, "--channels": channels, "--mean": mean, "--std": std}
+        given = [option for option, value in values.items() if value is not None]
         if given or interpolation != "bilinear":
             raise InputError(f"--transform gives the whole preprocessing; drop {', '.join(given) or '--interpolation'}")
         return Transform.from_dict(read_transform(spec))
