@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install demo test lint typecheck
+.PHONY: install demo test lint typecheck docs
 
 install:
 	$(PIP) install -q torch==2.13.0   # the CPU wheel on this machine's disk; pins torch before anything else asks
@@ -22,3 +22,7 @@ lint:
 typecheck:
 	mkdir -p build/typecheck && ln -sfn ../../cli build/typecheck/gmint_cli
 	MYPYPATH=build/typecheck $(PYTHON) -m mypy -p gmint -p gmint_cli
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict turns every broken link or reference into a failure.
+docs:
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict -d site
