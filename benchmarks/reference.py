@@ -34,10 +34,16 @@ from gmint.data.split import make_split
 from gmint.data.transforms import Transform
 from gmint.models.io import load_audited
 from gmint.models.train import train_audited
-from gmint.reference import ExtractSettings, compare_attacks, extract_references, load_signals, train_references
-from gmint.reference.attacks import ATTACKS
+from gmint.reference import (
+    ATTACKS,
+    ExtractSettings,
+    compare_attacks,
+    extract_references,
+    load_signals,
+    train_references,
+)
 from gmint.reference.compare import AttackResult, Comparison
-from gmint.reference.models import MODES
+from gmint.reference.manifest import MODES
 from gmint.reference.report import k_plot, write_comparison
 
 CALIBRATED = ("gmint-calibrated", "gmint-calibrated-norms")

@@ -14,7 +14,7 @@ from gmint.assess.slices import SLICERS, add_to_report, evaluate_slices, parse_s
 from gmint.errors import InputError
 from gmint.mint import TrainedMint
 from gmint.reference.compare import Comparison, compare_attacks
-from gmint.reference.models import ReferenceSet
+from gmint.reference.manifest import ReferenceSet
 from gmint.reference.report import comparison_table, write_comparison
 from gmint.reference.signals import load_signals
 from gmint_cli.console import cli_errors, console, print_json

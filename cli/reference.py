@@ -19,14 +19,15 @@ from gmint.reference import (
     ATTACKS,
     ExtractSettings,
     ReferenceSet,
+    attack_options,
     compare_attacks,
     extract_references,
     load_signals,
     train_references,
 )
-from gmint.reference.attacks import attack_options
 from gmint.reference.compare import Comparison
-from gmint.reference.models import INITS, MODES, records_recipe
+from gmint.reference.design import records_recipe
+from gmint.reference.manifest import INITS, MODES
 from gmint.reference.report import comparison_table, write_comparison
 from gmint_cli import audited as audited_cli
 from gmint_cli.console import cli_errors, console, print_json, show_progress

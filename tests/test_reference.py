@@ -18,8 +18,9 @@ from gmint.errors import InputError
 from gmint.models.io import load_audited
 from gmint.models.train import TrainConfig, train_audited
 from gmint.reference import ATTACKS, NotApplicable, ReferenceSet, Task, compare_attacks, train_references
-from gmint.reference.attacks import calibrate, logit_confidence
-from gmint.reference.models import candidate_rows, paired_halves
+from gmint.reference.calibrated import calibrate
+from gmint.reference.design import candidate_rows, paired_halves
+from gmint.reference.lira import logit_confidence
 from gmint.reference.signals import GradientSignals, OutputSignals, ReferenceSignals
 from tests.cli_runner import run
 
@@ -29,7 +30,7 @@ TINY = TrainConfig(epochs=2, batch_size=64)
 IDS = np.arange(6)
 MEMBERSHIP = np.array([1, 0, 1, 0, -1, -1], np.int8)
 ROLE = np.array([0, 0, 1, 1, -1, -1], np.int8)
-TARGET_LOSS = np.array([0.05, 1.2, 0.02, 0.9, 0.4, 2.0])
+AUDITED_LOSS = np.array([0.05, 1.2, 0.02, 0.9, 0.4, 2.0])
 REFERENCE_LOSS = np.array([[0.7, 1.1, 0.3, 1.5, 0.2, 1.8],
                            [0.4, 2.0, 0.6, 0.8, 0.9, 0.5]])
 OFFLINE = np.array([[0, 0, 0, 0, 1, 0],       # reference 0 trained on population row 4, reference 1 on row 5
@@ -37,8 +38,8 @@ OFFLINE = np.array([[0, 0, 0, 0, 1, 0],       # reference 0 trained on populatio
 
 
 def signals(loss: np.ndarray = REFERENCE_LOSS, inclusion: np.ndarray = OFFLINE, mode: str = "offline",
-            target_loss: np.ndarray = TARGET_LOSS) -> ReferenceSignals:
-    output = OutputSignals(IDS, MEMBERSHIP, ROLE, np.zeros(6, np.int64), target_loss, loss, inclusion,
+            audited_loss: np.ndarray = AUDITED_LOSS) -> ReferenceSignals:
+    output = OutputSignals(IDS, MEMBERSHIP, ROLE, np.zeros(6, np.int64), audited_loss, loss, inclusion,
                            np.ones(6, bool))
     return ReferenceSignals(mode, output)
 
@@ -68,7 +69,7 @@ def test_lira_offline_equals_the_hand_computed_z() -> None:
         ref = [phi(REFERENCE_LOSS[k, row]) for k in range(2)]
         mu = sum(ref) / 2
         sigma = math.sqrt(sum((r - mu) ** 2 for r in ref) / 2)
-        expected.append((phi(TARGET_LOSS[row]) - mu) / sigma)
+        expected.append((phi(AUDITED_LOSS[row]) - mu) / sigma)
     np.testing.assert_allclose(got.score, expected, rtol=1e-9)
     assert got.params["variance"] == "per sample"
 
@@ -78,7 +79,7 @@ def test_lira_offline_global_uses_one_sigma_over_the_candidates_out_observations
     observations = [phi(REFERENCE_LOSS[k, row]) for k in range(2) for row in range(4)]
     mean = sum(observations) / len(observations)
     sigma = math.sqrt(sum((o - mean) ** 2 for o in observations) / len(observations))
-    expected = [(phi(TARGET_LOSS[row]) - (phi(REFERENCE_LOSS[0, row]) + phi(REFERENCE_LOSS[1, row])) / 2) / sigma
+    expected = [(phi(AUDITED_LOSS[row]) - (phi(REFERENCE_LOSS[0, row]) + phi(REFERENCE_LOSS[1, row])) / 2) / sigma
                 for row in (2, 3, 0)]
     np.testing.assert_allclose(got.score, expected, rtol=1e-9)
     assert got.params["sigma_out"] == pytest.approx(sigma)
@@ -94,8 +95,8 @@ def test_lira_online_equals_the_hand_computed_likelihood_ratio() -> None:
         ins, outs = [phi(loss[k, row]) for k in (0, 1)], [phi(loss[k, row]) for k in (2, 3)]
         mu_in, mu_out = sum(ins) / 2, sum(outs) / 2
         s_in, s_out = abs(ins[0] - ins[1]) / 2, abs(outs[0] - outs[1]) / 2
-        expected.append(normal_logpdf(phi(TARGET_LOSS[row]), mu_in, s_in)
-                        - normal_logpdf(phi(TARGET_LOSS[row]), mu_out, s_out))
+        expected.append(normal_logpdf(phi(AUDITED_LOSS[row]), mu_in, s_in)
+                        - normal_logpdf(phi(AUDITED_LOSS[row]), mu_out, s_out))
     np.testing.assert_allclose(got.score, expected, rtol=1e-9)
 
 
@@ -108,7 +109,7 @@ def test_rmia_offline_equals_the_hand_computed_pairwise_test() -> None:
         return 0.5 * ((1 + a) * sum(outs) / len(outs) + (1 - a))
 
     def ratio(row: int) -> float:
-        return math.exp(-TARGET_LOSS[row]) / pr(row)
+        return math.exp(-AUDITED_LOSS[row]) / pr(row)
 
     expected = [sum(ratio(x) / ratio(z) > gamma for z in (4, 5)) / 2 for x in (2, 3, 0)]
     np.testing.assert_allclose(got.score, expected)
@@ -119,7 +120,8 @@ def test_rmia_offline_equals_the_hand_computed_pairwise_test() -> None:
 def test_rmia_fits_a_on_a_grid_and_records_where() -> None:
     got = ATTACKS.get("rmia")(signals(), SCORED)
     assert got.params["a"] in [round(0.1 * i, 1) for i in range(11)]
-    assert "auditor's pool" in str(got.params["a_fitted_on"])  # two models, one each: none can serve as a target
+    # two models, one each of every pool row: neither can stand in for the audited model
+    assert "auditor's pool" in str(got.params["a_fitted_on"])
     assert len(got.params["a_fit_auc"]) == 11  # type: ignore[arg-type]
 
 
@@ -135,10 +137,10 @@ def gradient_signals(reference: np.ndarray, rng: np.random.Generator, n: int = 2
                                                                                               ReferenceSignals]:
     membership = np.tile([1, 0], n // 2).astype(np.int8)
     role = np.repeat([0, 1], n // 2).astype(np.int8)
-    target = rng.normal(size=(n, 6)).astype(np.float32) + 2.0 * membership[:, None]
-    ref = reference if reference.ndim == 3 else np.stack([target] * int(reference))
+    audited = rng.normal(size=(n, 6)).astype(np.float32) + 2.0 * membership[:, None]
+    ref = reference if reference.ndim == 3 else np.stack([audited] * int(reference))
     ids = np.arange(n)
-    gradient = GradientSignals(ids, membership, role, np.zeros(n, np.int64), target, ref,
+    gradient = GradientSignals(ids, membership, role, np.zeros(n, np.int64), audited, ref,
                                np.zeros((len(ref), n), bool), ["a.weight", "b.weight"], [4, 2], np.ones(n, bool))
     output = OutputSignals(ids, membership, role, np.zeros(n, np.int64), np.ones(n), np.ones((len(ref), n)),
                            np.zeros((len(ref), n), bool), np.ones(n, bool))
@@ -161,13 +163,13 @@ def test_calibrating_against_the_audited_model_itself_gives_chance() -> None:
 
 def test_calibrate_is_the_per_sample_z_score() -> None:
     rng = np.random.default_rng(1)
-    target, reference = rng.normal(size=(5, 3)), rng.normal(size=(4, 5, 3))
+    audited, reference = rng.normal(size=(5, 3)), rng.normal(size=(4, 5, 3))
     out = np.ones((4, 5), bool)
-    z, params = calibrate(target, reference, out, np.arange(5), per_sample_min=4)
-    np.testing.assert_allclose(z, (target - reference.mean(0)) / reference.std(0))
+    z, params = calibrate(audited, reference, out, np.arange(5), per_sample_min=4)
+    np.testing.assert_allclose(z, (audited - reference.mean(0)) / reference.std(0))
     assert params["variance"] == "per sample"
-    z, params = calibrate(target, reference[:1], out[:1], np.arange(5), per_sample_min=4)
-    np.testing.assert_allclose(z, (target - reference[0]) / reference[0].std(0))
+    z, params = calibrate(audited, reference[:1], out[:1], np.arange(5), per_sample_min=4)
+    np.testing.assert_allclose(z, (audited - reference[0]) / reference[0].std(0))
     assert params["variance"] == "spread over rows, per feature"
 
 
@@ -246,7 +248,7 @@ def test_models_trained_in_worker_processes_equal_the_sequential_ones(setup: tup
 
 def test_online_reference_models_hold_each_candidate_in_half(setup: tuple[Path, MembershipSplit],
                                                              digits: ImageSet) -> None:
-    from gmint.reference.models import design_references
+    from gmint.reference.design import design_references
 
     folder, split = setup
     manifest = design_references(load_audited(folder / "audited.pt"), folder / "audited.pt", digits, mode="online",
@@ -255,7 +257,7 @@ def test_online_reference_models_hold_each_candidate_in_half(setup: tuple[Path, 
 
 
 def test_an_offline_manifest_that_trains_on_a_candidate_is_refused(setup: tuple[Path, MembershipSplit]) -> None:
-    from gmint.reference.models import check_offline
+    from gmint.reference.design import check_offline
 
     _, split = setup
     pool = sorted(split.control[:5] + split.members[:1])

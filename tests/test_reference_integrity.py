@@ -28,7 +28,7 @@ from gmint.data.transforms import Transform
 from gmint.models.io import load_audited
 from gmint.models.train import TrainConfig, train_audited
 from gmint.reference import ReferenceSet
-from gmint.reference.models import AT_TRAINING, FROM_CHECKPOINT, rows_sha256
+from gmint.reference.manifest import AT_TRAINING, FROM_CHECKPOINT, rows_sha256
 from tests.cli_runner import run, snapshot
 
 
@@ -194,7 +194,8 @@ def test_attack_options_given_are_the_ones_used(clean: Path) -> None:
 
 def test_an_a_that_cannot_be_fitted_names_the_option_as_the_cli_takes_it(clean: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """An auditor's pool with one side only (no reference model of a pair can serve as RMIA's target either)."""
+    """An auditor's pool with one side only (and no reference model of a pair can stand in for the audited
+    model in RMIA's fit either)."""
     from gmint.reference import compare
 
     real = compare.evaluation_rows

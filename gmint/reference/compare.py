@@ -18,7 +18,7 @@ import numpy as np
 from gmint.assess.metrics import Estimate, balance, membership_metrics, resampling_unit
 from gmint.data.split import HOLDOUT, POOL, one_sided_groups
 from gmint.errors import InputError
-from gmint.reference.attacks import ATTACKS, NotApplicable, Task, attack_options, positions
+from gmint.reference.base import ATTACKS, NotApplicable, Task, attack_options, positions
 from gmint.reference.signals import ReferenceSignals
 
 

@@ -13,13 +13,16 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar, TypeVar, overload
 
 from gmint.errors import InputError
 
 
 class _Rejected(Exception):
     """A value outside an option's range (turned into the one-line InputError by `AttackOptions.parse`)."""
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,19 @@ def json_mapping(what: str) -> Accepts:
     return Accepts(f"an object of {what}", convert)
 
 
-def option(accepts: Accepts, default: Any = None, *, factory: Callable[[], Any] | None = None) -> Any:
-    """A field of an AttackOptions record: its default and what it accepts."""
+@overload
+def option(accepts: Accepts, default: T) -> T: ...
+
+
+@overload
+def option(accepts: Accepts, *, factory: Callable[[], T]) -> T: ...
+
+
+def option(accepts: Accepts, default: object = None, *, factory: Callable[[], object] | None = None) -> object:
+    """A field of an AttackOptions record: its default (or the factory of a mutable one) and what it accepts.
+
+    Typed as the default it is given, so a record's field and its default cannot disagree.
+    """
     if factory is not None:
         return field(default_factory=factory, metadata={"accepts": accepts})
     return field(default=default, metadata={"accepts": accepts})

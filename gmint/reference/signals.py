@@ -29,7 +29,7 @@ from gmint.features.extract import Rows, extract, split_rows
 from gmint.features.store import FeatureStore
 from gmint.models.io import load_audited
 from gmint.progress import progress_bar
-from gmint.reference.models import (
+from gmint.reference.manifest import (
     MANIFEST,
     ReferenceSet,
     check_model,
@@ -73,7 +73,7 @@ def extract_references(data: ImageSet, folder: Path, *, k: int | None = None,
     Finished stores of the same extraction are kept as they are and interrupted ones resumed, so the command
     can be run again after a kill, or after more reference models were trained. Before anything is written,
     every checkpoint is checked against the manifest's record of it (a set trained before models were recorded
-    has them recorded now, see gmint.reference.models, with a warning) and every store already there against
+    has them recorded now, see gmint.reference.manifest, with a warning) and every store already there against
     its model's fingerprint.
 
     Returns:
@@ -139,7 +139,7 @@ class OutputSignals:
         membership: (N,) audited membership: 1 member, 0 external, −1 population.
         role: (N,) 0 auditor's pool, 1 held out, −1 population.
         label: (N,) true class.
-        target_loss: (N,) the audited model's loss (float64).
+        audited_loss: (N,) the audited model's loss (float64).
         reference_loss: (K, N) each reference model's loss.
         inclusion: (K, N) bool, whether reference model i trained on the row.
         finite: (N,) every model's loss is finite.
@@ -150,7 +150,7 @@ class OutputSignals:
     membership: np.ndarray
     role: np.ndarray
     label: np.ndarray
-    target_loss: np.ndarray
+    audited_loss: np.ndarray
     reference_loss: np.ndarray
     inclusion: np.ndarray
     finite: np.ndarray
@@ -159,8 +159,8 @@ class OutputSignals:
     def __post_init__(self) -> None:
         n = len(self.sample_id)
         if self.reference_loss.ndim != 2 or self.reference_loss.shape[1] != n or \
-                self.inclusion.shape != self.reference_loss.shape or len(self.target_loss) != n:
-            raise InputError(f"output signals: {n} rows, target {self.target_loss.shape}, references "
+                self.inclusion.shape != self.reference_loss.shape or len(self.audited_loss) != n:
+            raise InputError(f"output signals: {n} rows, audited {self.audited_loss.shape}, references "
                              f"{self.reference_loss.shape}, inclusion {self.inclusion.shape} do not line up")
 
     @property
@@ -175,7 +175,7 @@ class GradientSignals:
 
     Attributes:
         sample_id, membership, role, label: (N,) as in the gradient stores.
-        target: (N, d) the audited model's reduced Weight Modifiers.
+        audited: (N, d) the audited model's reduced Weight Modifiers.
         reference: (K, N, d) each reference model's, on the same rows.
         inclusion: (K, N) bool, whether reference model i trained on the row.
         layers: feature names, in column order; dims: their widths.
@@ -187,7 +187,7 @@ class GradientSignals:
     membership: np.ndarray
     role: np.ndarray
     label: np.ndarray
-    target: np.ndarray
+    audited: np.ndarray
     reference: np.ndarray
     inclusion: np.ndarray
     layers: list[str]
@@ -196,10 +196,10 @@ class GradientSignals:
     group: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        n, d = self.target.shape
+        n, d = self.audited.shape
         if self.reference.shape[1:] != (n, d) or self.inclusion.shape != (self.reference.shape[0], n) or \
                 sum(self.dims) != d:
-            raise InputError(f"gradient signals: target {self.target.shape}, references {self.reference.shape}, "
+            raise InputError(f"gradient signals: audited {self.audited.shape}, references {self.reference.shape}, "
                              f"inclusion {self.inclusion.shape}, dims {self.dims} do not line up")
 
 
@@ -295,14 +295,14 @@ def load_signals(folder: Path, *, k: int | None = None, gradient: bool = True) -
             check_store(store_path(folder, name, source), name, expected[name])
     output = _read(folder, names, "output", manifest)
     out = OutputSignals(sample_id=output["sample_id"], membership=output["membership"], role=output["role"],
-                        label=output["label"], target_loss=output["loss"][0], reference_loss=output["loss"][1:],
+                        label=output["label"], audited_loss=output["loss"][0], reference_loss=output["loss"][1:],
                         inclusion=manifest.included(output["sample_id"])[:k], finite=output["finite"],
                         group=output["group"])
     grad = None
     if gradient:
         g = _read(folder, names, "gradient", manifest)
         grad = GradientSignals(sample_id=g["sample_id"], membership=g["membership"], role=g["role"], label=g["label"],
-                               target=g["features"][0], reference=g["features"][1:],
+                               audited=g["features"][0], reference=g["features"][1:],
                                inclusion=manifest.included(g["sample_id"])[:k], layers=g["layers"],
                                dims=g["dims"], finite=g["finite"], group=g["group"])
     return ReferenceSignals(manifest.mode, out, grad)
