@@ -343,7 +343,7 @@ def create_app(audits: Mapping[str, PublishedAudit], limits: Limits | None = Non
             for i, upload in enumerate(files):
                 shown = display_name(upload.filename, i)
                 # One byte more than allowed is enough to refuse it (check_image says so, with the limit).
-                checked.append(check_image(shown, upload.file.read(limits.max_file_bytes + 1), limits))
+                checked.append(check_image(shown, upload.file.read(limits.max_file_bytes + 1), limits, audit.side))
             unchanged(audit)
             start = time.perf_counter()
             result = score_uploads(audit, checked, labels or [], to_grey=to_grey, tmp_root=tmp_root)
