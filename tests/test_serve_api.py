@@ -228,7 +228,11 @@ def test_every_bad_upload_is_one_clear_line(client: TestClient, digits: ImageSet
         code, body = score(client, files, labels)
         assert (code, body["detail"][:len(message)]) == (status, message)
     response = client.post("/api/audits/digits/score", data={"labels": ["0"]})
-    assert (response.status_code, response.json()) == (422, {"detail": "files: field required"})
+    assert (response.status_code, response.json()) == (422, {"detail": "no images in the request; send one or more "
+                                                                       "image files"})
+    response = client.post("/api/audits/digits/score", files=[good], data={"labels": ["0"], "to_grey": "maybe"})
+    assert (response.status_code, response.json()) == (422, {"detail": "“convert colour images to grey” must be "
+                                                                       "true or false"})
     # No label, or an empty one, is no choice: no class is ever assumed for an image.
     response = client.post("/api/audits/digits/score", files=[good])
     assert (response.status_code, response.json()) == (422, {"detail": (
