@@ -272,8 +272,8 @@ def create_app(audits: Mapping[str, PublishedAudit], limits: Limits | None = Non
     Args:
         audits: the published audits by name; the listing every URL is looked up in.
         limits: upload limits (default: `Limits()`).
-        tmp_root: where each request's temporary folder is made (default: the system's); it is removed when
-            the request ends.
+        tmp_root: where each request's temporary folder, for its candidates' feature store, is made (default:
+            the system's); it is removed when the request ends.
     """
     limits = limits or Limits()
     audits = dict(audits)
