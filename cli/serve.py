@@ -247,7 +247,8 @@ def _locked(path: Path, *, wait: bool) -> Iterator[bool]:
 
 @contextlib.contextmanager
 def upload_folder() -> Iterator[Path]:
-    """This server's folder for uploads, under the system's temporary folder, named after its process and
+    """This server's folder for the files made from uploads (each request's candidates' feature store; the
+    images themselves are scored from memory), under the system's temporary folder, named after its process and
     locked while it runs; removed when it stops (a killed server's folder is swept by the next one)."""
     start = process_start(os.getpid()) or "x"
     with tempfile.TemporaryDirectory(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-{start}-") as tmp:

@@ -288,13 +288,13 @@ def client(published: Path, requests: Path) -> TestClient:
 def decoded_uploads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ImageSet]]:
     """The images each request's candidates are read as, by the page's own path."""
     seen: list[ImageSet] = []
-    read: Callable[..., ImageSet] = uploads.load_image_folder
+    read: Callable[..., ImageSet] = uploads.upload_set
 
     def recording(*args: object, **kwargs: object) -> ImageSet:
         seen.append(read(*args, **kwargs))
         return seen[-1]
 
-    monkeypatch.setattr(uploads, "load_image_folder", recording)
+    monkeypatch.setattr(uploads, "upload_set", recording)
     yield seen
 
 
@@ -327,4 +327,5 @@ def test_uploads_refuse_a_file_in_one_line_and_write_nothing(client: TestClient,
 def test_an_upload_turned_by_exif_is_sized_as_shown() -> None:
     """Size checks and the count of resized images see the upright size, the one that is scored."""
     stored = check_image("t.png", with_orientation(COLOUR[:4], 6), Limits())
-    assert stored.size == (8, 4) and uploads.decoded(stored).size == (4, 8)
+    assert stored.size == (4, 8) and stored.pixels.shape == (8, 4, 3) and not stored.resized
+    assert check_image("t.png", with_orientation(COLOUR[:4], 6), Limits(), side=8).resized

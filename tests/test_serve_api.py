@@ -18,13 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
+from gmint.assess.candidates import load_image_folder, model_classes, model_input
 from gmint.assess.scoring import audit_set
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.models.io import AuditedModel, load_audited
 from gmint.serve.audits import MANIFEST, find_audits, load_audit
 from gmint.serve.limits import Limits, UploadError, check_image, display_name
-from gmint.serve.uploads import check_sizes
+from gmint.serve.uploads import PREDICTED, check_sizes, resolve_labels, upload_set
 from tests.cli_runner import invoke, snapshot
 
 with warnings.catch_warnings():  # starlette's note about its httpx client, not about gmint
@@ -211,7 +212,9 @@ def test_every_bad_upload_is_one_clear_line(client: TestClient, digits: ImageSet
          "anim.gif is not an image this server reads (PNG, JPEG, BMP, PPM)"),
         ([("files", ("empty.png", b"", "image/png"))], ["0"], 422, "empty.png is an empty file"),
         ([("files", ("cut.png", png(digits.images[0, :, :, 0])[:60], "image/png"))], ["0"], 422,
-         "cut.png is a damaged PNG image"),
+         "cut.png is a damaged PNG image: it ends early or its data is corrupt; save it again"),
+        ([("files", ("head.bmp", b"BM" + b"\0" * 60, "image/bmp"))], ["0"], 422,
+         "head.bmp cannot be read as an image: its header is damaged"),
         ([("files", ("big.png", _bomb(5000), "image/png"))], ["0"], 413,
          "big.png is 5000x5000 pixels; this server decodes images of at most 16,777,216 pixels"),
         ([("files", ("bomb.png", _bomb(30000), "image/png"))], ["0"], 413,
@@ -227,7 +230,11 @@ def test_every_bad_upload_is_one_clear_line(client: TestClient, digits: ImageSet
         code, body = score(client, files, labels)
         assert (code, body["detail"][:len(message)]) == (status, message)
     response = client.post("/api/audits/digits/score", data={"labels": ["0"]})
-    assert (response.status_code, response.json()) == (422, {"detail": "files: field required"})
+    assert (response.status_code, response.json()) == (422, {"detail": "no images in the request; send one or more "
+                                                                       "image files"})
+    response = client.post("/api/audits/digits/score", files=[good], data={"labels": ["0"], "to_grey": "maybe"})
+    assert (response.status_code, response.json()) == (422, {"detail": "“convert colour images to grey” must be "
+                                                                       "true or false"})
     # No label, or an empty one, is no choice: no class is ever assumed for an image.
     response = client.post("/api/audits/digits/score", files=[good])
     assert (response.status_code, response.json()) == (422, {"detail": (
@@ -331,6 +338,39 @@ def test_sizes_must_agree_where_the_model_records_no_input_side(digits: ImageSet
     with pytest.raises(UploadError, match=r"^b.png is 9x9 but a.png is 8x8, and this audited model records no "
                                           r"input size to resize them to; upload images of one size$"):
         check_sizes([a, b], None)
+
+
+@pytest.mark.parametrize("kinds", [("grey", "grey-large", "grey-odd"),
+                                   ("grey", "grey-large", "colour", "colour-odd", "grey-odd")])
+def test_uploads_hold_the_pixels_load_image_folder_reads_from_the_same_files(
+        tmp_path: Path, audited_digits: tuple[AuditedModel, Path], digits: ImageSet, kinds: tuple[str, ...]) -> None:
+    """What the model is given for an upload is what `gmint score` gives it for the same file in a candidate
+    folder: one decoder, the same resize to its side, grey only where every image is, in upload order."""
+    audited = audited_digits[0]
+    rng = np.random.default_rng(3)
+    made = {"grey": ("PNG", digits.images[0, :, :, 0]), "grey-large": ("PNG", rng.integers(0, 256, (32, 32), np.uint8)),
+            "grey-odd": ("BMP", rng.integers(0, 256, (5, 9), np.uint8)),
+            "colour": ("JPEG", rng.integers(0, 256, (8, 8, 3), np.uint8)),
+            "colour-odd": ("PNG", rng.integers(0, 256, (13, 20, 3), np.uint8))}
+    suffix = {"PNG": ".png", "BMP": ".bmp", "JPEG": ".jpg"}
+    labels = [("3", PREDICTED, "7")[k % 3] for k in range(len(kinds))]
+    folder = tmp_path / "images"  # as `gmint score --images` takes them: <class>/ folders, predicted ones loose
+    checked = []
+    for k, (kind, label) in enumerate(zip(kinds, labels, strict=True)):
+        fmt, pixels = made[kind]
+        data = png(pixels, fmt)
+        place = folder if label == PREDICTED else folder / label
+        place.mkdir(parents=True, exist_ok=True)
+        (place / f"{k}{suffix[fmt]}").write_bytes(data)
+        checked.append(check_image(f"{kind}{suffix[fmt]}", data, Limits(), side=model_input(audited)[1]))
+    classes = model_classes(audited) or []
+    uploaded = upload_set(checked, resolve_labels(labels, len(kinds), classes), classes)
+    read = load_image_folder(folder, audited, labels="predicted")
+    order = np.argsort([int(Path(str(f)).stem) for f in read.files])
+    assert uploaded.images.shape == (len(kinds), 8, 8, 1 if "colour" not in kinds else 3)
+    assert np.array_equal(uploaded.images, read.images[order])
+    assert [uploaded.classes[y] for y in uploaded.labels] == [read.classes[y] for y in read.labels[order]]
+    assert [image.resized for image in checked] == [kind != "grey" and kind != "colour" for kind in kinds]
 
 
 def _manifest(folder: Path, **changes: object) -> None:

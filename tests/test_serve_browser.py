@@ -128,6 +128,9 @@ def test_the_page_checks_digit_images_and_shows_the_verdict(server: str, browser
 
     browser.find_element(By.ID, "check").click()
     _wait(browser, "!document.getElementById('result-section').hidden")
+    # The answer appears below the twelve images: the page brings it into view.
+    top = browser.execute_script("return document.getElementById('result-section').getBoundingClientRect().top;")
+    assert browser.execute_script("return window.scrollY;") > 0 and abs(top) < 2
     headline = browser.find_element(By.ID, "headline").text
     p_value = browser.find_element(By.ID, "p-value").text
     assert headline in ("Evidence that these images were used to train the model.",
@@ -207,3 +210,49 @@ def test_no_image_is_checked_before_it_has_a_label(server: str, browser: webdriv
     assert "2 of the 3 candidates were scored under the audited model's own predicted class" in api["verdict"][
         "conclusion"]
     assert browser.find_element(By.CSS_SELECTOR, "#caveats li").get_attribute("data-topic") == "predicted_labels"
+
+
+def _verdict(rejects: bool, scores: list[float]) -> dict[str, object]:
+    """A result as the API returns it, to show the page a given verdict and given scores."""
+    return {"verdict": {"rejects_h0": rejects, "conclusion": "A conclusion.", "p_value": 0.01 if rejects else 0.4,
+                        "alpha": 0.05, "n_candidates": len(scores), "n_calibration": 100, "test": "Mann-Whitney U"},
+            "caveats": [{"topic": "absence", "text": "Not proof."}],
+            "images": [{"name": f"d{k}.png", "label": "3", "label_source": "true", "score": score}
+                       for k, score in enumerate(scores)]}
+
+
+def test_no_evidence_is_neutral_not_an_all_clear_and_tied_scores_are_flagged(server: str,
+                                                                              browser: webdriver.Chrome) -> None:
+    browser.get(server + "/")
+    _wait(browser, "document.body.dataset.ready === 'true'")
+
+    def show(result: dict[str, object]) -> tuple[str, str, str]:
+        browser.execute_script("renderResult(arguments[0]);", result)
+        border = browser.execute_script(
+            "return getComputedStyle(document.getElementById('verdict')).borderLeftColor;")
+        note, ties = (browser.find_element(By.ID, key) for key in ("headline-note", "ties"))
+        return border, note.text if note.is_displayed() else "", ties.text if ties.is_displayed() else ""
+
+    border, note, ties = show(_verdict(False, [0.537] * 8 + [0.41, 0.6, 0.52, 0.49]))
+    assert border == "rgb(138, 147, 158)"  # neutral grey, not the green of an all-clear
+    assert note.startswith("This is not an all-clear: it does not show that the images were not used")
+    assert ties == ("The classifier gives the same probability, 0.537, to 8 of your 12 images, so it cannot rank "
+                    "them against each other.")
+    border, note, ties = show(_verdict(True, [0.7, 0.7, 0.8, 0.3, 0.3, 0.3]))
+    assert border == "rgb(163, 59, 0)" and note == ""
+    assert ties == ("The classifier gives identical probabilities to 5 of your 6 images (3 at 0.300, 2 at 0.700), so "
+                    "it cannot rank them against each other.")
+    assert show(_verdict(False, [0.2, 0.3, 0.4]))[2] == ""
+
+
+def test_an_unreachable_server_is_said_in_plain_words(server: str, browser: webdriver.Chrome, tmp_path: Path,
+                                                      digits: ImageSet) -> None:
+    browser.get(server + "/")
+    _wait(browser, "document.body.dataset.ready === 'true'")
+    browser.find_element(By.ID, "files").send_keys(str(_images(tmp_path, digits, np.arange(1))[0]))
+    Select(browser.find_element(By.CSS_SELECTOR, "#pending tbody select")).select_by_value("0")
+    browser.execute_script("window.fetch = () => Promise.reject(new TypeError('Failed to fetch'));")
+    browser.find_element(By.ID, "check").click()
+    _wait(browser, "!document.getElementById('error').hidden")
+    assert browser.find_element(By.ID, "error").text == ("Could not reach the server: check your connection, then "
+                                                         "try again.")

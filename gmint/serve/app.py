@@ -61,6 +61,10 @@ log = logging.getLogger("gmint.serve")
 FAULT = "the server could not score these images: a fault on its side, not in the images (its log says which)"
 CHANGED = ("audit {name!r} changed on the server since it started; it scores no images until the server is "
            "restarted")
+# A malformed request, field by field, in the page's words (pydantic's own messages speak of types).
+MALFORMED = {"files": "no images in the request; send one or more image files",
+             "to_grey": "“convert colour images to grey” must be true or false",
+             "name": "an audit's name has at most 64 characters"}
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/style.css": ("style.css", "text/css; charset=utf-8")}
 
@@ -268,8 +272,8 @@ def create_app(audits: Mapping[str, PublishedAudit], limits: Limits | None = Non
     Args:
         audits: the published audits by name; the listing every URL is looked up in.
         limits: upload limits (default: `Limits()`).
-        tmp_root: where each request's temporary folder is made (default: the system's); it is removed when
-            the request ends.
+        tmp_root: where each request's temporary folder, for its candidates' feature store, is made (default:
+            the system's); it is removed when the request ends.
     """
     limits = limits or Limits()
     audits = dict(audits)
@@ -291,8 +295,9 @@ def create_app(audits: Mapping[str, PublishedAudit], limits: Limits | None = Non
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
-        return JSONResponse({"detail": f"{where}: {str(first.get('msg', 'invalid')).lower()}"}, status_code=422)
+        loc = first.get("loc", ())  # ("body" | "path", field, ...)
+        field = str(loc[1]) if len(loc) > 1 else "request"
+        return JSONResponse({"detail": MALFORMED.get(field, f"the {field} sent is not valid")}, status_code=422)
 
     def audit_named(name: str) -> PublishedAudit:
         if name not in audits:
@@ -343,7 +348,7 @@ def create_app(audits: Mapping[str, PublishedAudit], limits: Limits | None = Non
             for i, upload in enumerate(files):
                 shown = display_name(upload.filename, i)
                 # One byte more than allowed is enough to refuse it (check_image says so, with the limit).
-                checked.append(check_image(shown, upload.file.read(limits.max_file_bytes + 1), limits))
+                checked.append(check_image(shown, upload.file.read(limits.max_file_bytes + 1), limits, audit.side))
             unchanged(audit)
             start = time.perf_counter()
             result = score_uploads(audit, checked, labels or [], to_grey=to_grey, tmp_root=tmp_root)

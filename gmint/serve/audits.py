@@ -338,9 +338,6 @@ def load_audit(folder: Path, name: str | None = None) -> PublishedAudit:
     classes = model_classes(audited)
     if not classes:
         raise InputError(f"{paths['model']} records no classes; uploads could not be labelled")
-    bad = [c for c in classes if not c or c in (".", "..") or "/" in c or "\\" in c or c.startswith(".")]
-    if bad:
-        raise InputError(f"class name {bad[0]!r} of {paths['model']} cannot name an image folder")
     if PREDICTED_LABELS.name in classes:  # on the page, that label asks for the model's own prediction
         raise InputError(f"class name {PREDICTED_LABELS.name!r} of {paths['model']} is the label that asks for the "
                          "model's prediction; a published audit cannot have a class so named")

@@ -1,9 +1,10 @@
 """What the page accepts from a browser: how many files, how many bytes, which formats, how many pixels.
 
-An upload is untrusted bytes. Each one is checked here, in memory and before anything is written: its size,
-its format (read from its first bytes, not from its name or content type), its pixel count (read from its
-header, so a decompression bomb is refused before a pixel is decoded), and then decoded once, warnings as
-errors, so a truncated or damaged file is refused with its name rather than half read later.
+An upload is untrusted bytes. Each one is checked here, in memory (nothing is ever written): its size, its
+format (read from its first bytes, not from its name or content type), its pixel count (read from its header,
+so a decompression bomb is refused before a pixel is decoded), and then decoded once, by the decoder every
+gmint reader uses (`opened_pixels`), warnings as errors, so a truncated or damaged file is refused with its
+name. The decoded pixels are what is scored: no upload is decoded twice.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import unicodedata
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
+from gmint.data.readers.common import fit_pixels, opened_pixels
 from gmint.errors import InputError
 
-# PIL format → the suffix `gmint.data.readers.imagefolder` reads it by (IMAGE_SUFFIXES): only what the
-# folder reader decodes is accepted, so a web upload scores exactly as the same file under `gmint score`.
-FORMATS = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "PPM": ".ppm"}
+# The PIL formats of the files `gmint.data.readers.imagefolder` reads (IMAGE_SUFFIXES): only what the folder
+# reader decodes is accepted, so a web upload scores exactly as the same file under `gmint score`.
+FORMATS = ("PNG", "JPEG", "BMP", "PPM")
+# What Pillow raises while decoding a damaged file (its header read, its data not).
+_DAMAGED = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 _NAME_CHARS = re.compile(r"[^\w .,()+-]")
 NAME_LENGTH = 80
 
@@ -72,23 +77,25 @@ class Limits:
                 "max_request_bytes": self.max_request_bytes, "max_pixels": self.max_pixels}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CheckedImage:
-    """An upload that decoded cleanly within the limits.
+    """An upload that decoded cleanly within the limits, held as its pixels (the file's bytes are not kept).
 
     Attributes:
         name: the browser's file name, cleaned for display only (it never names a file on disk).
-        data: the file's bytes, unchanged.
-        suffix: the suffix its format is read by (`FORMATS`).
-        size: (width, height) in pixels.
-        mode: PIL's mode (`L`, `RGB`, ...).
+        pixels: (H, W, C) uint8 as `decode_pixels` reads the file (upright, C = 1 grey or 3 colour), already
+            brought to the model's input side where `check_image` was given one.
+        size: (width, height) of the file as uploaded (upright), before any resizing.
     """
 
     name: str
-    data: bytes
-    suffix: str
+    pixels: np.ndarray
     size: tuple[int, int]
-    mode: str
+
+    @property
+    def resized(self) -> bool:
+        """Whether the pixels are of another size than the file (brought to the model's input side)."""
+        return self.size != (self.pixels.shape[1], self.pixels.shape[0])
 
 
 def display_name(raw: str | None, index: int) -> str:
@@ -114,17 +121,21 @@ def check_count(n: int, limits: Limits) -> None:
         raise UploadTooLarge(f"{n} images in one request; this server scores at most {limits.max_files} at a time")
 
 
-def check_image(name: str, data: bytes, limits: Limits) -> CheckedImage:
+def check_image(name: str, data: bytes, limits: Limits, side: int | None = None) -> CheckedImage:
     """Check one uploaded file and decode it once, bounded.
 
     Args:
         name: its display name (see `display_name`), for messages.
         data: its bytes.
         limits: the server's limits.
+        side: the audited model's input side, if it records one: the image is resized to side x side (as the
+            folder reader resizes, channels kept) as soon as it is decoded, so a request holds at most one
+            full-size image at a time, not `max_files` of them.
 
     Raises:
         UploadTooLarge: over `max_file_bytes` or `max_pixels`.
-        UploadError: empty, not an image, a format the folder reader does not read, damaged or truncated.
+        UploadError: empty, not an image, a format the folder reader does not read, damaged or truncated, or
+            pixels that cannot be made 8-bit without a guess (see `decode_pixels`).
     """
     if len(data) > limits.max_file_bytes:
         raise UploadTooLarge(f"{name} is over {limits.max_file_bytes:,} bytes, this server's limit for one image")
@@ -133,14 +144,14 @@ def check_image(name: str, data: bytes, limits: Limits) -> CheckedImage:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data), formats=list(FORMATS))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
         except Image.UnidentifiedImageError:
             raise UploadError(f"{name} is not an image this server reads ({', '.join(FORMATS)})") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # PIL's own, far higher, bound
             raise UploadTooLarge(f"{name} claims more pixels than this server decodes (at most "
                                  f"{limits.max_pixels:,})") from None
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise UploadError(f"{name} cannot be read as an image ({_first_line(exc)})") from None
+        except _DAMAGED:
+            raise UploadError(f"{name} cannot be read as an image: its header is damaged") from None
         with img:
             width, height = img.size
             if width * height > limits.max_pixels:
@@ -148,13 +159,14 @@ def check_image(name: str, data: bytes, limits: Limits) -> CheckedImage:
                                      f"{limits.max_pixels:,} pixels")
             if width < 1 or height < 1:
                 raise UploadError(f"{name} has no pixels ({width}x{height})")
-            try:
-                img.load()  # bounded by the pixel check above; a truncated file fails here, by its name
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-                    Image.DecompressionBombWarning) as exc:
-                raise UploadError(f"{name} is a damaged {img.format} image ({_first_line(exc)})") from None
-            return CheckedImage(name, data, FORMATS[str(img.format)], (width, height), img.mode)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().split("\n")[0][:200] or type(exc).__name__
+            try:  # bounded by the pixel check above; a truncated file fails here, by its name
+                pixels = opened_pixels(img, name)
+            except InputError as exc:  # pixels with no 8-bit reading (transparency, an unknown scale)
+                raise UploadError(str(exc)) from None
+            except _DAMAGED:
+                raise UploadError(f"{name} is a damaged {img.format} image: it ends early or its data is corrupt; "
+                                  "save it again") from None
+    size = (pixels.shape[1], pixels.shape[0])  # upright: after the file's EXIF orientation
+    if side is not None:
+        pixels = fit_pixels(pixels, (side, side, pixels.shape[2]), resize=True, shown=name)
+    return CheckedImage(name, pixels, size)

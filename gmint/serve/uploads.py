@@ -1,34 +1,35 @@
 """Auditing uploaded images: the page's one computation, a thin layer over `gmint score`'s library.
 
-Checked uploads (`limits.check_image`) are laid out as `gmint score --images` expects them, in a temporary
-folder that is removed when the request ends: `<tmp>/images/<class name>/<n>.<suffix>`, where the class name
-comes from the audited model's own list and `n` is the upload's position, or `<tmp>/images/<n>.<suffix>` for
-an image the person asked to label with the model's prediction (`gmint score --labels predicted`). Every
-image needs one of the two choices: none is made for the person, since an image scored under a class it
-does not show gets a meaningless score. Nothing from the request names a file: the browser's file names
-are only echoed back. From there on it is the command's path: `load_image_folder` (labels, resizing to the
-model's input, channels), `audit_set` (Weight Modifiers, MINT scores and the set-level test against the
-store's held-out externals), with the candidates' store written into the same temporary folder.
+Checked uploads (`limits.check_image`: each decoded once, by the decoder every gmint reader uses, and brought
+to the model's input side) become one in-memory image set in upload order (`upload_set`), as
+`load_image_folder` would read the same files from a candidate folder: each image under the class the person
+chose from the audited model's own list, or, where they asked for the model's prediction, with no class
+(UNLABELLED) under the `predicted` label source. Every image needs one of the two choices: none is made for
+the person, since an image scored under a class it does not show gets a meaningless score. No upload is
+written anywhere, and nothing from the request names a file: the browser's file names are only echoed back.
+From there on it is the library's path: `audit_set` (Weight Modifiers, MINT scores and the set-level test
+against the store's held-out externals), with the candidates' feature store in a temporary folder removed
+when the request ends.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gmint.assess.candidates import PREDICTED_LABELS, TO_GREY_HINT, TRUE_LABELS, load_image_folder
+from gmint.assess.candidates import PREDICTED_LABELS, TO_GREY_HINT, TRUE_LABELS, UNLABELLED
 from gmint.assess.scoring import Audit, audit_set
-from gmint.data.readers.common import decode_pixels
+from gmint.data.base import ImageSet
 from gmint.errors import InputError
 from gmint.serve.audits import PublishedAudit
 from gmint.serve.limits import CheckedImage, UploadError
 
-# The dataset name uploads are scored under: never a dataset's own name (their temporary folder is their
-# own source as well), so their positions (0, 1, ...) are never taken for rows of the store or of the pool.
+# The dataset name uploads are scored under: never a dataset's own name, so their positions (0, 1, ...) are
+# never taken for rows of the store or of the pool.
 UPLOADS = "uploads"
 TO_GREY_REMEDY = "tick “convert colour images to grey” (to_grey=true)"
 # The label that asks for the audited model's prediction instead of a class (a class so named is refused
@@ -157,33 +158,42 @@ def check_sizes(images: Sequence[CheckedImage], side: int | None) -> None:
                           "upload images of one size")
 
 
-def decoded(image: CheckedImage) -> CheckedImage:
-    """`image` once decoded as `gmint score` decodes its file (`decode_pixels`), with its size as read (upright).
+def upload_set(images: Sequence[CheckedImage], labels: Sequence[str], classes: Sequence[str]) -> ImageSet:
+    """The checked uploads as one image set, row k = upload k, holding the pixels `load_image_folder` reads
+    from the same files laid out as a candidate folder.
 
-    A file gmint refuses (pixels that are not fully opaque, values with no known scale to 8 bits) is refused
-    here by its display name, before anything is written; the size is the one after its EXIF orientation,
-    which the size checks and the count of resized images need.
+    As there, the set is greyscale only where every image is (a grey image beside colour ones has its channel
+    repeated, which is what converting it to RGB does), and an image labelled PREDICTED has class UNLABELLED,
+    after the model's classes, for the `predicted` label source to label. The images are of one size already:
+    the model's side (`check_image`), or their own common size (`check_sizes`).
 
-    Raises:
-        UploadError: the image cannot be made 8-bit without a guess.
+    Args:
+        images: the uploads, each checked by `check_image`.
+        labels: each image's label as `resolve_labels` gives it: one of `classes`, or PREDICTED.
+        classes: the audited model's classes.
     """
-    try:
-        pixels = decode_pixels(image.data, name=image.name)
-    except InputError as exc:
-        raise UploadError(str(exc)) from None
-    return replace(image, size=(pixels.shape[1], pixels.shape[0]))
+    channels = 1 if all(image.pixels.shape[2] == 1 for image in images) else 3
+    pixels = [image.pixels if image.pixels.shape[2] == channels else np.repeat(image.pixels, 3, axis=2)
+              for image in images]
+    names = (*classes, UNLABELLED) if PREDICTED in labels else tuple(classes)
+    n = len(images)
+    return ImageSet(name=UPLOADS, images=np.stack(pixels), sample_ids=np.arange(n, dtype=np.int64),
+                    labels=np.array([names.index(UNLABELLED if label == PREDICTED else label) for label in labels],
+                                    dtype=np.int64),
+                    part=np.full(n, "train"), classes=names)
 
 
 def score_uploads(audit: PublishedAudit, images: Sequence[CheckedImage], labels: Sequence[str], *,
                   to_grey: bool = False, tmp_root: Path | None = None) -> UploadAudit:
-    """Score checked uploads and test them as a set, as `gmint score --images` would.
+    """Score checked uploads and test them as a set, as `gmint score` scores a folder of the same files.
 
     Args:
         audit: the published audit.
-        images: the uploads, each checked by `check_image`.
+        images: the uploads, each checked by `check_image` at the audit's input side.
         labels: their classes, or PREDICTED for the model's prediction (see `resolve_labels`).
         to_grey: convert colour images to grey (luma) for a greyscale model; without it they are refused.
-        tmp_root: where the request's temporary folder is made (default: the system's).
+        tmp_root: where the request's temporary folder for the candidates' feature store is made (default:
+            the system's).
 
     Raises:
         UploadError: labels, sizes or channels that do not fit the audited model.
@@ -191,18 +201,11 @@ def score_uploads(audit: PublishedAudit, images: Sequence[CheckedImage], labels:
     if not images:
         raise UploadError("no images to score")
     chosen = resolve_labels(labels, len(images), audit.classes)
-    images = [decoded(image) for image in images]
     check_sizes(images, audit.side)
+    data = upload_set(images, chosen, audit.classes)
     source = PREDICTED_LABELS if PREDICTED in chosen else TRUE_LABELS
     with tempfile.TemporaryDirectory(prefix="gmint-serve-", dir=tmp_root) as tmp:
-        folder = Path(tmp) / "images"
-        folder.mkdir()
-        for i, (image, label) in enumerate(zip(images, chosen, strict=True)):
-            place = folder if label == PREDICTED else folder / label  # loose at the top: no class, predicted
-            place.mkdir(exist_ok=True)
-            (place / f"{i}{image.suffix}").write_bytes(image.data)
         try:
-            data = replace(load_image_folder(folder, audit.audited, labels=source.name), name=UPLOADS)
             # One extraction at a time per audit; the audit's model is shared by every request.
             with audit.lock:
                 result = audit_set(audit.audited, audit.mint, data, calibration=audit.store,
@@ -211,11 +214,7 @@ def score_uploads(audit: PublishedAudit, images: Sequence[CheckedImage], labels:
             if TO_GREY_HINT in str(exc):
                 raise UploadError(str(exc).replace(TO_GREY_HINT, TO_GREY_REMEDY)) from None
             raise
-    records = result.scores.records()
-    position = np.array([int(Path(str(r["file"])).stem) for r in records])
-    scored = tuple(ImageScore(images[int(position[k])].name, str(records[k]["class"]),
-                              str(records[k]["label_source"]), float(result.scores.score[k]))
-                   for k in np.argsort(position))
-    side = audit.side
-    resized = sum(1 for image in images if side is not None and image.size != (side, side))
+    scored = tuple(ImageScore(image.name, str(record["class"]), str(record["label_source"]), float(score))
+                   for image, record, score in zip(images, result.scores.records(), result.scores.score, strict=True))
+    resized = sum(1 for image in images if image.resized)
     return UploadAudit(audit.name, scored, result, audit.manifest.alpha, resized)

@@ -187,10 +187,17 @@ def decode_pixels(source: Path | bytes, *, name: str | None = None) -> np.ndarra
     shown = name if name is not None else str(source)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            ImageOps.exif_transpose(img, in_place=True)
-            pixels = _eight_bit(img, shown)
+            return opened_pixels(img, shown)
     except _DECODE_ERRORS as err:
         raise InputError(f"cannot decode image {shown}: {_first_line(err)}") from None
+
+
+def opened_pixels(img: Image.Image, shown: str) -> np.ndarray:
+    """`decode_pixels` of an image already opened (its header checked by the caller), so a caller that read the
+    header for checks of its own decodes the file once. Pillow's decoding errors (a damaged file) propagate as
+    they are, for the caller to word; pixels that cannot be made 8-bit are the one-line `InputError`."""
+    ImageOps.exif_transpose(img, in_place=True)
+    pixels = _eight_bit(img, shown)
     return np.ascontiguousarray(pixels if pixels.ndim == 3 else pixels[..., None])
 
 
@@ -310,11 +317,22 @@ def decode_image(path: Path, shape: tuple[int, int, int], *, resize: bool = Fals
         box: crop first (PIL box, right/lower edges exclusive).
         native: the (W, H) an annotation promises; another size is an error.
     """
-    h, w, c = shape
     pixels = decode_pixels(path)
     if native is not None and (pixels.shape[1], pixels.shape[0]) != native:
         raise InputError(f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]}, its annotation says "
                          f"{native[0]}x{native[1]}")
+    return fit_pixels(pixels, shape, resize=resize, box=box, shown=str(path))
+
+
+def fit_pixels(pixels: np.ndarray, shape: tuple[int, int, int], *, resize: bool = False,
+               box: tuple[int, int, int, int] | None = None, shown: str = "image") -> np.ndarray:
+    """Decoded (H, W, C) pixels brought to `shape` as `decode_image` brings a file's: cropped to `box`, channels
+    matched (grey repeated, colour to Pillow's luma), then resized (PIL bilinear) where `resize` allows.
+
+    Raises:
+        InputError: another size than `shape` without `resize`, naming the image as `shown`.
+    """
+    h, w, c = shape
     if box is None and pixels.shape == shape:
         return pixels  # the common case: nothing to crop, convert or resize
     out = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
@@ -325,7 +343,7 @@ def decode_image(path: Path, shape: tuple[int, int, int], *, resize: bool = Fals
         out = out.convert(mode)
     if out.size != (w, h):
         if not resize:
-            raise InputError(f"{path}: image is {out.width}x{out.height}, expected {w}x{h}")
+            raise InputError(f"{shown}: image is {out.width}x{out.height}, expected {w}x{h}")
         out = out.resize((w, h), Image.Resampling.BILINEAR)
     return np.asarray(out).reshape(h, w, c)
 

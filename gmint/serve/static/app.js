@@ -143,11 +143,29 @@ function addFiles(fileList) {
   renderPending();
 }
 
+// Images the classifier gives one identical probability cannot be ranked against each other: say how many.
+function tiesNote(images) {
+  const counts = new Map();
+  for (const image of images) counts.set(image.score, (counts.get(image.score) || 0) + 1);
+  const groups = [...counts].filter(([, count]) => count > 1).sort((a, b) => b[1] - a[1]);
+  if (groups.length === 0) return "";
+  const tied = groups.reduce((sum, [, count]) => sum + count, 0);
+  const which = groups.length === 1
+    ? `the same probability, ${groups[0][0].toFixed(3)}, to ${tied} of your ${images.length} images`
+    : `identical probabilities to ${tied} of your ${images.length} images (` +
+      groups.map(([score, count]) => `${count} at ${score.toFixed(3)}`).join(", ") + ")";
+  return `The classifier gives ${which}, so it cannot rank them against each other.`;
+}
+
 function renderResult(result) {
   const v = result.verdict;
   $("headline").textContent = v.rejects_h0
     ? "Evidence that these images were used to train the model."
     : "No evidence that these images were used to train the model.";
+  $("headline-note").textContent = v.rejects_h0 ? ""
+    : "This is not an all-clear: it does not show that the images were not used, only that this test could " +
+      "not tell them apart from images the model never saw.";
+  $("headline-note").hidden = v.rejects_h0;
   $("verdict").classList.toggle("evidence", v.rejects_h0);
   $("conclusion").textContent = v.conclusion;
   $("p-value").textContent = v.p_value < 0.001 ? v.p_value.toExponential(2) : v.p_value.toFixed(3);
@@ -177,7 +195,11 @@ function renderResult(result) {
     row.appendChild(barCell);
     body.appendChild(row);
   }
+  const ties = tiesNote(result.images);
+  $("ties").textContent = ties;
+  $("ties").hidden = !ties;
   $("result-section").hidden = false;
+  $("result-section").scrollIntoView({ block: "start" });  // the answer is below the images: bring it up
 }
 
 async function check() {
@@ -193,16 +215,17 @@ async function check() {
   try {
     const response = await fetch(`/api/audits/${encodeURIComponent(state.audit.name)}/score`,
       { method: "POST", body: form });
-    const payload = await response.json().catch(() => ({ detail: `the server answered ${response.status}` }));
+    const unreadable = "The server could not answer this check; try again in a moment.";
+    const payload = await response.json().catch(() => ({ detail: unreadable }));
     if (!response.ok) {
-      showError(typeof payload.detail === "string" ? payload.detail : `the server answered ${response.status}`);
+      showError(typeof payload.detail === "string" ? payload.detail : unreadable);
       $("status").textContent = "";
       return;
     }
     renderResult(payload);
     $("status").textContent = `Done in ${payload.seconds.toFixed(2)} s.`;
-  } catch (err) {
-    showError(`Could not reach the server (${err}).`);
+  } catch {
+    showError("Could not reach the server: check your connection, then try again.");
     $("status").textContent = "";
   } finally {
     updateCheck();
@@ -256,8 +279,8 @@ async function start() {
     state.audit = state.audits[0];
     renderAudit();
     document.body.dataset.ready = "true";
-  } catch (err) {
-    showError(`Could not load the audits (${err}).`);
+  } catch {
+    showError("Could not load the audits from the server: check your connection, then reload the page.");
   }
 }
 
