@@ -1,0 +1,1 @@
+"""`gmint audit`: one configuration, one resumable run, one report (JSON and a self-contained HTML page)."""

@@ -8,7 +8,7 @@ default. Paths are read relative to the configuration file's folder, so a config
 from __future__ import annotations
 
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -216,7 +216,7 @@ def describe() -> str:
         for f in fields(cls):
             if is_dataclass(hints[f.name]):
                 continue
-            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            default = getattr(cls(), f.name)
             lines.append(f"{f.name} = {_toml(default)}  # {f.metadata['doc']}")
 
     table(AuditConfig, None)
