@@ -7,7 +7,7 @@ the benchmarks import it.
 from gmint.reference.attacks import ATTACKS, NotApplicable, Task
 from gmint.reference.compare import Comparison, compare_attacks
 from gmint.reference.models import ReferenceSet, design_references, train_references
-from gmint.reference.signals import ExtractSettings, extract_references, load_signals
+from gmint.reference.signals import ReferenceExtraction, extract_references, load_signals
 
-__all__ = ["ATTACKS", "Comparison", "ExtractSettings", "NotApplicable", "ReferenceSet", "Task", "compare_attacks",
+__all__ = ["ATTACKS", "Comparison", "NotApplicable", "ReferenceExtraction", "ReferenceSet", "Task", "compare_attacks",
            "design_references", "extract_references", "load_signals", "train_references"]
