@@ -193,7 +193,8 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, settings: Extract
     """
     plan = plan_extraction(audited, data, rows, settings, out=out, split=split, trained_outside=trained_outside,
                            model_check=model_check, shard=shard)
-    requested, restarts = settings.engine, []
+    requested = settings.engine
+    restarts: list[str] = []  # each disagreement that restarted the run, recorded in the store
     while True:
         try:
             _stream(plan, ProvenEngine(requested, seed=settings.seed), resume=resume, overwrite=overwrite,
