@@ -26,7 +26,7 @@ from gmint_cli.console import cli_errors, console, option_hints, print_json, sho
 from gmint_cli.inputs import load_data, size_hint
 from gmint_cli.options import choices, device_option, flag, json_object, positive
 from gmint_cli.outputs import check_output
-from gmint_cli.verdict import OPTION_HINTS, ROWS_HELP, print_set_verdict
+from gmint_cli.verdict import OPTION_HINTS, ROWS_HELP, ROWS_HINTS, print_set_verdict
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -151,7 +151,8 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
     else:
         candidates = load_data(data, data_root, size=model_input(audited)[1])
         source = f"{data} --rows {rows}"
-        index = select_rows(rows, audit_split(audited), candidates)
+        with option_hints(ROWS_HINTS):
+            index = select_rows(rows, audit_split(audited), candidates)
     if sample is not None:
         index = subsample(index, sample, seed)
     with option_hints(OPTION_HINTS):

@@ -28,7 +28,7 @@ from gmint_cli.inputs import (
 )
 from gmint_cli.options import choices, device_option, flag
 from gmint_cli.outputs import check_output
-from gmint_cli.verdict import OPTION_HINTS, ROWS_HELP, print_set_verdict
+from gmint_cli.verdict import OPTION_HINTS, ROWS_HELP, ROWS_HINTS, print_set_verdict
 
 
 @cli_errors
@@ -101,7 +101,8 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
                                trained_outside=model_trained_outside_gmint)
         candidates = load_data(data, data_root, size=model_input(audited)[1])
         source = f"{data} --rows {rows}"
-        index = select_rows(rows, manifest, candidates)
+        with option_hints(ROWS_HINTS):
+            index = select_rows(rows, manifest, candidates)
     if sample is not None:
         index = subsample(index, sample, seed)
     with tempfile.TemporaryDirectory(prefix="gmint-score-") as tmp, option_hints(OPTION_HINTS):

@@ -25,6 +25,7 @@ from gmint.features.engine.selfcheck import ROUNDING_LIMIT, EngineCheckWarning
 from gmint.features.extract import Rows, extract
 from gmint.features.layers import preset_layers, resolve_layers, weight_layers
 from gmint.features.reduce import parse_reduction
+from gmint.features.settings import ExtractSettings
 from gmint.features.sources import SOURCES
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
@@ -438,7 +439,7 @@ def _extract_digits(out: Path, digits: ImageSet, module: nn.Module, engine: str,
     """Extract 40 digits rows with a user model; the store's provenance and features."""
     rows = Rows(np.arange(40, dtype=np.int64), np.zeros(40, np.int8), np.zeros(40, np.int8))
     audited = AuditedModel(module.eval(), {"arch": "custom", "num_classes": 10, "transform": PLAIN})
-    extract(audited, digits, rows, out=out, layers=layers, engine=engine, batch_size=16)
+    extract(audited, digits, rows, ExtractSettings(layer_setup=layers, engine=engine, batch_size=16), out=out)
     with FeatureStore.open(out) as store:
         return store.provenance, {n: store.features([n]) for n in store.layers}
 

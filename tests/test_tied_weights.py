@@ -23,6 +23,7 @@ from gmint.features.engine.naive import naive_gradients
 from gmint.features.extract import Rows, extract
 from gmint.features.layers import LAYER_PRESETS, parameter_aliases, preset_layers, resolve_layers, weight_layers
 from gmint.features.reduce import parse_reduction
+from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 from tests.cli_runner import import_state_dict, run
@@ -130,8 +131,10 @@ def test_extraction_stores_the_tied_weight_under_its_canonical_name(tmp_path: Pa
     module = TiedDigits().eval()
     rows = Rows(np.arange(24, dtype=np.int64), np.zeros(24, np.int8), np.zeros(24, np.int8))
     audited = AuditedModel(module, {"arch": "custom", "num_classes": 10, "transform": PLAIN})
-    extract(audited, digits, rows, out=tmp_path / "s.h5", layers="head.weight,entry", engine="auto", batch_size=12,
-            transform=Transform.from_dict(PLAIN))
+    extract(audited, digits, rows,
+            ExtractSettings(layer_setup="head.weight,entry", engine="auto", batch_size=12,
+                            transform=Transform.from_dict(PLAIN)),
+            out=tmp_path / "s.h5")
     with FeatureStore.open(tmp_path / "s.h5") as store:
         assert store.layers == ["stem.weight", "encode.weight"]
         assert store.provenance["engine_used"] == "vmap"

@@ -16,6 +16,8 @@ from gmint.models.io import AuditedModel
 
 # Candidate rows named by their place in the audited model's split; anything else names a JSON file of row ids.
 ROW_SELECTIONS = ("holdout-members", "holdout-external")
+# How this module's errors name a row selection; callers with an option for it put the option's name in its place.
+ROWS_PHRASE = "candidate rows"
 
 
 def audit_split(audited: AuditedModel, split: MembershipSplit | None = None, *,
@@ -42,15 +44,16 @@ def select_rows(rows: str, split: MembershipSplit | None, data: ImageSet) -> np.
     """
     if rows in ROW_SELECTIONS:
         if split is None:
-            raise InputError(f"candidate rows {rows} need the audited model's membership split")
+            raise InputError(f"{ROWS_PHRASE} {rows}: the audited model records no membership split to take them "
+                             "from")
         index = holdout_rows(split, members=rows == "holdout-members")
     elif not Path(rows).is_file():
-        raise InputError(f"candidate rows must be {' or '.join(ROW_SELECTIONS)} or a JSON file of row ids; "
+        raise InputError(f"{ROWS_PHRASE} must be {' or '.join(ROW_SELECTIONS)} or a JSON file of row ids; "
                          f"{rows} not found")
     else:
         index = read_row_ids(Path(rows))
     outside = index[(index < 0) | (index >= len(data))]
     if len(outside):
-        raise InputError(f"candidate rows {rows}: row {int(outside[0])} is outside the {len(data)} rows of "
+        raise InputError(f"{ROWS_PHRASE} {rows}: row {int(outside[0])} is outside the {len(data)} rows of "
                          f"{data.name} (0 to {len(data) - 1})")
     return index
