@@ -104,7 +104,7 @@ from gmint.features.engine import ENGINES, LOSSES, EngineChoice, EngineResult
 from gmint.features.engine.hooks import HooksPlan, unsupported_parameters
 from gmint.features.engine.selfcheck import ProvenEngine, choose_engine
 from gmint.features.extract import Rows, extract
-from gmint.features.layers import resolve_layers
+from gmint.features.layers import resolve_parameters
 from gmint.features.reduce import Reduction, parse_reduction
 from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
@@ -677,7 +677,7 @@ def run(config: Config, out: Path, *, force: bool = False, only: list[str] | Non
             model = build(arch, config.channels, config.num_classes, config.image_size, **options)
             model = randomise_norms(model).to(device).eval()
             for setup in arch_setups:
-                case = Case(model, resolve_layers(model, setup, x), reduction, x, y, config.chunk_size, config.loss,
+                case = Case(model, resolve_parameters(model, setup, x), reduction, x, y, config.chunk_size, config.loss,
                             config.naive_samples)
                 load_start = os.getloadavg()[0]
                 methods = measure(case, config.methods, warmup=config.warmup, repeats=config.repeats,

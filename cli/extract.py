@@ -22,7 +22,7 @@ from gmint.errors import InputError, StoreBusyError
 from gmint.features.engine import ENGINES, LOSSES
 from gmint.features.extract import extract as run_extract
 from gmint.features.extract import rows_sha256, split_rows
-from gmint.features.layers import LAYER_PRESETS, preset_layers, weight_layers
+from gmint.features.layers import LAYER_PRESETS, preset_parameters, weight_layers
 from gmint.features.reduce import REDUCTIONS
 from gmint.features.settings import ExtractSettings
 from gmint.features.shards import merge_shards, run_distributed, world
@@ -228,11 +228,11 @@ def list_layers(model: Path = typer.Option(..., help=MODEL_HELP),
     name = data or audited.meta.get("dataset")
     images = load_data(str(name), data_root, size=image_size, size_option="--image-size") if name else None
     example = example_input(audited, images, image_size)
-    preset_parameters = preset_layers(audited.module, example)
+    presets_of = preset_parameters(audited.module, example)
     shapes = {n: list(p.shape) for n, p in audited.module.named_parameters()}
     order = "forward" if example is not None and not isinstance(audited.module, torch.jit.ScriptModule) \
         else "registration"
-    found = [(n, shapes[n], [p for p, names in preset_parameters.items() if n in names])
+    found = [(n, shapes[n], [p for p, names in presets_of.items() if n in names])
              for n in weight_layers(audited.module, example)]
     if json_out:
         print_json({"model": str(model), "order": order,

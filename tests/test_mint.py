@@ -176,14 +176,14 @@ def test_a_setup_selects_in_the_store_what_it_selected_in_the_model(digits_store
     """One grammar: presets, comma lists and exact names pick the same layers at extraction (parameter names
     of the model) and at training (feature names of a gradient store); globs match within the store."""
     from gmint.data.transforms import Transform
-    from gmint.features.layers import resolve_layers
+    from gmint.features.layers import resolve_parameters
     from gmint.mint.train import setup_features
 
     model, example = audited_digits[0].module, Transform()(digits.images[:1])
     with FeatureStore.open(digits_store) as store:
         for setup in ("entry", "middle", "output", "combined", "output, entry", "entry,8.weight"):
-            assert setup_features(store, setup) == resolve_layers(model, setup, example), setup
-        assert setup_features(store, "all") == store.layers == resolve_layers(model, "combined", example)
+            assert setup_features(store, setup) == resolve_parameters(model, setup, example), setup
+        assert setup_features(store, "all") == store.layers == resolve_parameters(model, "combined", example)
         assert setup_features(store, "*.weight") == store.layers
 
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from gmint.errors import InputError, UnsupportedModelError
 from gmint.features.engine import Engine, EngineResult, auto_engine, check_auditable
 from gmint.features.engine.base import per_sample_losses, predictions, sample_mixing_modules
-from gmint.features.layers import module_presets, preset_layers, resolve_layers, resolve_modules
+from gmint.features.layers import module_presets, preset_parameters, resolve_modules, resolve_parameters
 from gmint.features.reduce import REDUCTIONS, NamedReduction, Reduction, parse_reduction
 from gmint.registry import Registry
 
@@ -62,8 +62,8 @@ class Source:
 
     run: SourceFn
     names: FeatureNames
-    select: Select = resolve_layers
-    presets: Presets = preset_layers
+    select: Select = resolve_parameters
+    presets: Presets = preset_parameters
     shapes: Shapes = parameter_shapes
 
     def __call__(self, *args: Any, **kwargs: Any) -> EngineResult:
