@@ -51,7 +51,10 @@ def select_rows(rows: str, split: MembershipSplit | None, data: ImageSet) -> np.
         raise InputError(f"{ROWS_PHRASE} must be {' or '.join(ROW_SELECTIONS)} or a JSON file of row ids; "
                          f"{rows} not found")
     else:
-        index = read_row_ids(Path(rows))
+        try:
+            index = read_row_ids(Path(rows))
+        except InputError as exc:
+            raise InputError(f"{ROWS_PHRASE}: {exc}") from None
     outside = index[(index < 0) | (index >= len(data))]
     if len(outside):
         raise InputError(f"{ROWS_PHRASE} {rows}: row {int(outside[0])} is outside the {len(data)} rows of "
