@@ -40,6 +40,7 @@ import gmint
 from gmint.assess.metrics import roc_points
 from gmint.data.readers import load_dataset
 from gmint.experiment import Cell, Probe, Recipe, run_cell
+from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.models.train import TrainConfig
 
@@ -117,8 +118,10 @@ def grid_recipe(cell: GridCell) -> Recipe:
     return Recipe(arch=cell.arch, train=train_config(s.get("train", {})), probes=PROBES, members=s["members"],
                   external=s["external"], control=s["control"], holdout=float(s.get("holdout", 0.5)),
                   protocol=cell.protocol, seed=int(s.get("seed", 0)), image_size=s.get("image_size"),
-                  arch_options=dict(s.get("arch_options", {})), engine=str(s.get("engine", "auto")),
-                  batch_size=int(s.get("batch_size", 128)), mint_seeds=int(s.get("mint_seeds", 1)),
+                  arch_options=dict(s.get("arch_options", {})),
+                  extraction=ExtractSettings(engine=str(s.get("engine", "auto")),
+                                             batch_size=int(s.get("batch_size", 128))),
+                  mint_seeds=int(s.get("mint_seeds", 1)),
                   n_boot=int(s.get("n_boot", 1000)), device=str(s.get("device", "cpu")))
 
 

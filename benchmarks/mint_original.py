@@ -46,6 +46,7 @@ from gmint.data.readers import load_dataset
 from gmint.data.split import make_split
 from gmint.data.transforms import Transform
 from gmint.features.extract import extract, split_rows
+from gmint.features.settings import ExtractSettings
 from gmint.mint import train_mint
 from gmint.models.train import TrainConfig, train_audited
 
@@ -132,16 +133,17 @@ def run_cell(cfg: Mapping[str, Any], work: Path, out: Path, data_root: Path | No
                             arch_options=dict(cfg.get("arch_options", {})), resume=True)
     print(f"[{name}] audited model ready ({time.perf_counter() - t0:.0f} s): {audited.meta['record']}", flush=True)
     rows = split_rows(split)
-    common = {"split": split, "seed": int(cfg["seed"]), "resume": True, "batch_size": int(cfg["batch_size"])}
-    settings = {"gradient": {"layers": "combined", "source": "gradient", "reduction": "mean"},
-                "activation": {"layers": "combined", "source": "activation", "reduction": "mean"},
-                "maps": {"layers": str(cfg["modules"]), "source": "activation-maps", "reduction": str(cfg["pool"])}}
+    common = {"seed": int(cfg["seed"]), "batch_size": int(cfg["batch_size"])}
+    settings = {"gradient": ExtractSettings(layer_setup="combined", source="gradient", reduction="mean", **common),
+                "activation": ExtractSettings(layer_setup="combined", source="activation", reduction="mean", **common),
+                "maps": ExtractSettings(layer_setup=str(cfg["modules"]), source="activation-maps",
+                                        reduction=str(cfg["pool"]), **common)}
     stores: dict[str, Path] = {}
     for probe in probes:
         if probe.store not in stores:
             t0 = time.perf_counter()
-            stores[probe.store] = extract(audited, data, rows, out=workdir / STORE_FILES[probe.store],
-                                          **settings[probe.store], **common)  # type: ignore[arg-type]
+            stores[probe.store] = extract(audited, data, rows, settings[probe.store],
+                                          out=workdir / STORE_FILES[probe.store], split=split, resume=True)
             print(f"[{name}] {probe.store} store ready ({time.perf_counter() - t0:.0f} s)", flush=True)
         t0 = time.perf_counter()
         mint = train_mint(stores[probe.store], kind=probe.kind, setup=probe.setup, seed=int(cfg["seed"]),

@@ -29,7 +29,7 @@ from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.features.engine import ENGINES
 from gmint.features.extract import split_rows
-from gmint.features.layers import resolve_layers
+from gmint.features.layers import resolve_parameters
 from gmint.features.reduce import parse_reduction
 from gmint.models.io import load_audited
 
@@ -72,7 +72,7 @@ def main() -> None:
     model = audited.module.eval()
     wide = copy.deepcopy(model).double().eval()
     x_all, y_all = transform(data.images[index]), torch.from_numpy(data.labels[index])
-    layers = resolve_layers(model, args.layers, x_all[:1])
+    layers = resolve_parameters(model, args.layers, x_all[:1])
     reduce = parse_reduction(args.reduction)
 
     feats: dict[str, dict[str, list[torch.Tensor]]] = {e: {n: [] for n in layers} for e in (*ENGINE_NAMES, "truth")}

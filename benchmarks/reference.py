@@ -32,16 +32,10 @@ from gmint.assess.metrics import Estimate
 from gmint.data.readers import load_dataset
 from gmint.data.split import make_split
 from gmint.data.transforms import Transform
+from gmint.features.settings import ExtractSettings
 from gmint.models.io import load_audited
 from gmint.models.train import train_audited
-from gmint.reference import (
-    ATTACKS,
-    ExtractSettings,
-    compare_attacks,
-    extract_references,
-    load_signals,
-    train_references,
-)
+from gmint.reference import ATTACKS, ReferenceExtraction, compare_attacks, extract_references, load_signals, train_references
 from gmint.reference.compare import AttackResult, Comparison
 from gmint.reference.manifest import MODES
 from gmint.reference.report import k_plot, write_comparison
@@ -86,8 +80,9 @@ def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path
         raise SystemExit(f"{out} holds {other} rows of {name} measured on another audited model than "
                          f"{audited_path} (trained again, or on another machine): one table's rows come from one "
                          f"model; move them out of {out}, or write to another --out, and run the cell again")
-    settings = ExtractSettings(layers=str(cfg["layers"]), reduction=str(cfg["reduction"]), engine=str(cfg["engine"]),
-                               batch_size=int(cfg["batch_size"]), seed=int(cfg["seed"]))
+    settings = ReferenceExtraction(ExtractSettings(layer_setup=str(cfg["layers"]), reduction=str(cfg["reduction"]),
+                                                   engine=str(cfg["engine"]), batch_size=int(cfg["batch_size"]),
+                                                   seed=int(cfg["seed"])))
     for mode in cfg["modes"]:
         refs = folder / f"references-{mode}"
         for k in ks:
@@ -99,7 +94,7 @@ def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path
                              seed=int(cfg["seed"]), init=str(cfg["init"]), resume=(refs / "references.json").exists(),
                              workers=workers, show_progress=show_progress)
             trained = time.perf_counter() - t0
-            extract_references(data, refs, k=k, settings=settings, show_progress=show_progress)
+            extract_references(data, refs, k=k, extraction=settings, show_progress=show_progress)
             extracted = time.perf_counter() - t0 - trained
             signals = load_signals(refs, k=k)
             comparison = compare_attacks(signals, todo, [k], n_boot=int(cfg["n_boot"]), seed=int(cfg["seed"]))

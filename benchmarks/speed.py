@@ -104,8 +104,9 @@ from gmint.features.engine import ENGINES, LOSSES, EngineChoice, EngineResult
 from gmint.features.engine.hooks import HooksPlan, unsupported_parameters
 from gmint.features.engine.selfcheck import ProvenEngine, choose_engine
 from gmint.features.extract import Rows, extract
-from gmint.features.layers import resolve_layers
+from gmint.features.layers import resolve_parameters
 from gmint.features.reduce import Reduction, parse_reduction
+from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.files import atomic_write
 from gmint.models.architectures import CPU_SCALE
@@ -520,9 +521,10 @@ def measure_extract(case: Case, data: ImageSet, transform: Transform, *, setup: 
                 module.ProvenEngine = engine_class  # type: ignore[misc]
                 try:
                     t0 = time.perf_counter()
-                    extract(audited, data, selection, out=Path(tmp) / "speed.h5", layers=setup, reduction="mean",
-                            engine=engine, transform=transform, loss=case.loss, batch_size=batch_size,
-                            chunk_size=case.chunk_size, overwrite=True, device=str(case.x.device))
+                    settings = ExtractSettings(layer_setup=setup, reduction="mean", engine=engine, transform=transform,
+                                               loss=case.loss, batch_size=batch_size, chunk_size=case.chunk_size,
+                                               device=str(case.x.device))
+                    extract(audited, data, selection, settings, out=Path(tmp) / "speed.h5", overwrite=True)
                     times[name].append(time.perf_counter() - t0)
                     if name == "extract":
                         shares.append(_recheck_seconds(Path(tmp) / "speed.h5") / times[name][-1])
@@ -675,7 +677,7 @@ def run(config: Config, out: Path, *, force: bool = False, only: list[str] | Non
             model = build(arch, config.channels, config.num_classes, config.image_size, **options)
             model = randomise_norms(model).to(device).eval()
             for setup in arch_setups:
-                case = Case(model, resolve_layers(model, setup, x), reduction, x, y, config.chunk_size, config.loss,
+                case = Case(model, resolve_parameters(model, setup, x), reduction, x, y, config.chunk_size, config.loss,
                             config.naive_samples)
                 load_start = os.getloadavg()[0]
                 methods = measure(case, config.methods, warmup=config.warmup, repeats=config.repeats,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from gmint.amint.train import HEAD_FILE, MODEL_FILE
 from gmint.assess.candidates import load_image_folder, model_input, subsample
 from gmint.assess.report import METRIC_LABELS, format_estimate
 from gmint.assess.scoring import write_scores
+from gmint.assess.selection import ROW_SELECTIONS, audit_split, select_rows
 from gmint.data.base import DATASETS
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
@@ -26,7 +26,7 @@ from gmint_cli.console import cli_errors, console, option_hints, print_json, sho
 from gmint_cli.inputs import load_data, size_hint
 from gmint_cli.options import choices, device_option, flag, json_object, positive
 from gmint_cli.outputs import check_output
-from gmint_cli.score import OPTION_HINTS, ROW_CHOICES, candidate_rows, print_set_verdict
+from gmint_cli.verdict import OPTION_HINTS, ROWS_HELP, ROWS_HINTS, print_set_verdict
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -121,8 +121,7 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
                                                "--images)."),
           data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
                                          "(default: $GMINT_DATA; digits needs none)."),
-          rows: str = typer.Option(None, help=f"{' | '.join(ROW_CHOICES)} of the model's split, or a JSON "
-                                              "file listing row ids of --data (default: none)."),
+          rows: str = typer.Option(None, help=ROWS_HELP),
           sample: int = typer.Option(None, min=1, help="Audit a seeded random subset of this many candidates "
                                                        "(default: all of them)."),
           seed: int = typer.Option(0, help="Seed of --sample."),
@@ -141,7 +140,7 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
         raise InputError("--data needs --rows (holdout-members, holdout-external or a JSON file of row ids)")
     if not 0.0 < alpha < 1.0:
         raise InputError(f"--alpha must be in (0, 1), got {alpha}")
-    read = {"--model": model, "--head": head, "--rows": Path(rows) if rows and rows not in ROW_CHOICES else None}
+    read = {"--model": model, "--head": head, "--rows": Path(rows) if rows and rows not in ROW_SELECTIONS else None}
     check_output(out, "--out", inputs=read, overwrite=overwrite)
     trained = TrainedHead.load(head)
     audited = load_audited(model)
@@ -150,10 +149,10 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
             candidates, source = load_image_folder(images, audited), str(images)
         index = np.arange(len(candidates))
     else:
-        manifest = MembershipSplit.from_json(json.dumps(audited.meta["split"])) if "split" in audited.meta else None
         candidates = load_data(data, data_root, size=model_input(audited)[1])
         source = f"{data} --rows {rows}"
-        index = candidate_rows(rows, manifest)
+        with option_hints(ROWS_HINTS):
+            index = select_rows(rows, audit_split(audited), candidates)
     if sample is not None:
         index = subsample(index, sample, seed)
     with option_hints(OPTION_HINTS):

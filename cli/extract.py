@@ -22,8 +22,9 @@ from gmint.errors import InputError, StoreBusyError
 from gmint.features.engine import ENGINES, LOSSES
 from gmint.features.extract import extract as run_extract
 from gmint.features.extract import rows_sha256, split_rows
-from gmint.features.layers import LAYER_PRESETS, preset_layers, weight_layers
+from gmint.features.layers import LAYER_PRESETS, preset_parameters, weight_layers
 from gmint.features.reduce import REDUCTIONS
+from gmint.features.settings import ExtractSettings
 from gmint.features.shards import merge_shards, run_distributed, world
 from gmint.features.sources import SOURCES
 from gmint.features.store import ANOTHER_STORE_HINT, REBUILD_HINT, check_resumable, writer_pid
@@ -118,7 +119,10 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     if resume and out.is_file() and world()[1] == 1:
         with option_hints(OPTION_HINTS):
             check_resumable(out)
-    budget = parse_bytes(max_memory) if max_memory else None
+    # Unknown names are refused here, before the model is loaded; the transform is the model's (see below).
+    settings = ExtractSettings(layer_setup=setup, reduction=reduction, source=source, engine=engine, loss=loss,
+                               seed=seed, batch_size=batch_size, chunk_size=chunk_size, device=device,
+                               max_memory=parse_bytes(max_memory) if max_memory else None)
     audited = load_model(model, arch, torchscript, trust_pickle)
     check_loss(loss, audited)
     name = data or audited.meta.get("dataset")
@@ -142,12 +146,10 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
 
     def run(shard: tuple[int, int], on_device: str) -> Path:
         with option_hints(OPTION_HINTS):
-            return run_extract(audited, images, rows, out=out, layers=setup, reduction=reduction, engine=engine,
-                               source=source, transform=transform, loss=loss, batch_size=batch_size,
-                               chunk_size=chunk_size, seed=seed, split=manifest, model_check=check,
+            return run_extract(audited, images, rows, replace(settings, transform=transform, device=on_device),
+                               out=out, split=manifest, model_check=check,
                                trained_outside=model_trained_outside_gmint, resume=resume, overwrite=overwrite,
-                               device=on_device, shard=shard, max_memory=budget,
-                               show_progress=show_progress() and shard[0] == 0)
+                               shard=shard, show_progress=show_progress() and shard[0] == 0)
 
     if world_size > 1:  # under torchrun: this rank's shard, then rank 0 joins them
         local = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if device == "cuda" else device
@@ -226,11 +228,11 @@ def list_layers(model: Path = typer.Option(..., help=MODEL_HELP),
     name = data or audited.meta.get("dataset")
     images = load_data(str(name), data_root, size=image_size, size_option="--image-size") if name else None
     example = example_input(audited, images, image_size)
-    preset_parameters = preset_layers(audited.module, example)
+    presets_of = preset_parameters(audited.module, example)
     shapes = {n: list(p.shape) for n, p in audited.module.named_parameters()}
     order = "forward" if example is not None and not isinstance(audited.module, torch.jit.ScriptModule) \
         else "registration"
-    found = [(n, shapes[n], [p for p, names in preset_parameters.items() if n in names])
+    found = [(n, shapes[n], [p for p, names in presets_of.items() if n in names])
              for n in weight_layers(audited.module, example)]
     if json_out:
         print_json({"model": str(model), "order": order,

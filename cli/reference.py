@@ -13,11 +13,12 @@ import typer
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.errors import InputError
+from gmint.features.settings import ExtractSettings
 from gmint.models.io import AuditedModel, file_kind, load_audited, read_checkpoint
 from gmint.models.train import TrainConfig
 from gmint.reference import (
     ATTACKS,
-    ExtractSettings,
+    ReferenceExtraction,
     ReferenceSet,
     attack_options,
     compare_attacks,
@@ -219,8 +220,9 @@ def extract(references: Path = typer.Argument(..., help="A folder from `gmint re
     _check_k(k, manifest, references)
     audited = Path(manifest.audited)
     images = _model_data(load_audited(audited), audited, manifest.dataset, data_root)
-    settings = ExtractSettings(layers=layers, reduction=reduction, engine=engine, batch_size=batch_size, seed=seed)
-    for path in extract_references(images, references, k=k, settings=settings, device=device,
+    settings = ExtractSettings(layer_setup=layers, reduction=reduction, engine=engine, batch_size=batch_size,
+                               seed=seed, device=device)
+    for path in extract_references(images, references, k=k, extraction=ReferenceExtraction(settings),
                                    show_progress=show_progress()):
         console.print(f"{path}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -10,19 +9,11 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from gmint.assess.candidates import (
-    LABEL_SOURCES,
-    PREDICTED_HINT,
-    TO_GREY_HINT,
-    holdout_rows,
-    load_image_folder,
-    model_input,
-    read_row_ids,
-    subsample,
-)
+from gmint.assess.candidates import LABEL_SOURCES, load_image_folder, model_input, subsample
 from gmint.assess.exposure import contact_sheet, exposed_candidates, write_csv
-from gmint.assess.scoring import SUBSET_HINT, Audit, audit_set, write_scores
-from gmint.data.split import MembershipSplit, check_model_split
+from gmint.assess.scoring import audit_set, write_scores
+from gmint.assess.selection import ROW_SELECTIONS, audit_split, select_rows
+from gmint.data.split import MembershipSplit
 from gmint.errors import InputError
 from gmint.mint import TrainedMint
 from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
@@ -37,12 +28,7 @@ from gmint_cli.inputs import (
 )
 from gmint_cli.options import choices, device_option, flag
 from gmint_cli.outputs import check_output
-
-ROW_CHOICES = ("holdout-members", "holdout-external")
-# The library's remedies, in the words of this command's options.
-OPTION_HINTS = {TO_GREY_HINT: "convert them explicitly with --to-grey (luma)",
-                SUBSET_HINT: "audit a subset of them (--sample N)",
-                PREDICTED_HINT: "label them with the audited model's predictions (--labels predicted)"}
+from gmint_cli.verdict import OPTION_HINTS, ROWS_HELP, ROWS_HINTS, print_set_verdict
 
 
 @cli_errors
@@ -59,8 +45,7 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
                                                "--images)."),
           data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
                                          "(default: $GMINT_DATA; digits needs none)."),
-          rows: str = typer.Option(None, help=f"{' | '.join(ROW_CHOICES)} of the model's split, or a JSON "
-                                              "file listing row ids of --data (default: none)."),
+          rows: str = typer.Option(None, help=ROWS_HELP),
           split: Path = typer.Option(None, help="Split manifest for --rows (default: the one stored with the "
                                                 "model)."),
           model_trained_outside_gmint: bool = flag(
@@ -97,7 +82,7 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
     if labels not in LABEL_SOURCES:
         raise InputError(f"--labels must be {' or '.join(LABEL_SOURCES)}, got {labels!r}")
     read = {"--model": model, "--mint": mint, "--store": store, "--split": split,
-            "--rows": Path(rows) if rows and rows not in ROW_CHOICES else None}
+            "--rows": Path(rows) if rows and rows not in ROW_SELECTIONS else None}
     if features is not None and features.resolve() == out.resolve():
         raise InputError(f"--out and --features are both {out}; give them different files")
     check_output(out, "--out", inputs=read, overwrite=overwrite)
@@ -112,17 +97,12 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
             candidates, source = load_image_folder(images, audited, labels=labels), str(images)
         index = np.arange(len(candidates))
     else:
-        manifest = MembershipSplit.load(split) if split else (
-            MembershipSplit.from_json(json.dumps(audited.meta["split"])) if "split" in audited.meta else None)
-        if split:  # another split's holdout-members would be the model's externals, and back
-            check_model_split(audited.meta, manifest, trained_outside=model_trained_outside_gmint)
+        manifest = audit_split(audited, MembershipSplit.load(split) if split else None,
+                               trained_outside=model_trained_outside_gmint)
         candidates = load_data(data, data_root, size=model_input(audited)[1])
         source = f"{data} --rows {rows}"
-        index = candidate_rows(rows, manifest)
-        outside = index[(index < 0) | (index >= len(candidates))]
-        if len(outside):
-            raise InputError(f"--rows {rows}: row {int(outside[0])} is outside the {len(candidates)} rows of "
-                             f"{candidates.name} (0 to {len(candidates) - 1})")
+        with option_hints(ROWS_HINTS):
+            index = select_rows(rows, manifest, candidates)
     if sample is not None:
         index = subsample(index, sample, seed)
     with tempfile.TemporaryDirectory(prefix="gmint-score-") as tmp, option_hints(OPTION_HINTS):
@@ -147,38 +127,3 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
     console.print(f"wrote {out}")
     for path in top_files:
         console.print(f"wrote {path}")
-
-
-def print_set_verdict(result: Audit, source: str, calibration: str, score_name: str, alpha: float) -> None:
-    """The candidates, the calibration rows (`calibration` says whose, and what they were never used for) and
-    the set verdict at `alpha`, in the words `gmint score` and `gmint amint score` share."""
-    v, cal, n_predicted = result.verdict, result.calibration, result.scores.n_predicted
-    console.print(f"candidates: {v.n_candidates} from {source}; mean {score_name} {v.mean_candidate:.3f}")
-    if result.scores.label_source != "true" or n_predicted:
-        console.print(f"labels: {n_predicted} of {v.n_candidates} candidates scored under the audited model's own "
-                      f"prediction (no class given), {v.n_candidates - n_predicted} under their true class",
-                      highlight=False)
-    left_out = [f"{cal.excluded} left out as candidates"] if cal.excluded else []
-    left_out += [f"{cal.misclassified} misclassified by the model left out"] if cal.misclassified else []
-    console.print(f"calibration: {v.n_calibration} held-out external rows {calibration}"
-                  f"{''.join(f'; {part}' for part in left_out)}); mean {score_name} {v.mean_calibration:.3f}")
-    decision = f"[bold]H0 rejected[/] at α = {alpha}" if v.rejects(alpha) else f"H0 not rejected at α = {alpha}"
-    console.print(f"verdict: {v.test}: U = {v.statistic:.1f}, p = {v.p_value:.3g} → {decision} "
-                  f"(P(candidate > external) = {v.effect:.3f})", highlight=False)
-    console.print(result.conclusion(alpha), highlight=False)
-
-
-def candidate_rows(rows: str, split: MembershipSplit | None) -> np.ndarray:
-    """--rows: the split's held-out members or externals, or the rows a JSON file lists."""
-    if rows in ROW_CHOICES:
-        if split is None:
-            raise InputError(f"--rows {rows} needs the audited model's membership split")
-        return holdout_rows(split, members=rows == "holdout-members")
-    if not Path(rows).is_file():
-        raise InputError(f"--rows must be {' or '.join(ROW_CHOICES)} or a JSON file of row ids; {rows} not found")
-    try:
-        return read_row_ids(Path(rows))
-    except InputError as exc:
-        raise InputError(f"--rows: {exc}") from None
-
-

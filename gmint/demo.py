@@ -35,6 +35,5 @@ def run_demo(workdir: Path, *, seed: int = 0, epochs: int = 40, show_progress: b
         The cell; `PROBES` names its measurements.
     """
     recipe = Recipe(arch="small_cnn", train=TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, seed=seed),
-                    probes=tuple(PROBES.values()), members=0.4, external=0.4, control=0.2, holdout=0.5, seed=seed,
-                    engine="auto")
+                    probes=tuple(PROBES.values()), members=0.4, external=0.4, control=0.2, holdout=0.5, seed=seed)
     return run_cell(DATASETS.get("digits")(), recipe, workdir, show_progress=show_progress)

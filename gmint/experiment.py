@@ -20,6 +20,7 @@ from gmint.data.split import FRACTIONS, MembershipSplit, make_split
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.features.extract import extract, split_rows
+from gmint.features.settings import ExtractSettings
 from gmint.mint import train_mint
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig, train_audited
@@ -73,7 +74,11 @@ class Probe:
 class Recipe:
     """Everything that decides a cell's figures besides its data: the split, the models, the features, the
     classifiers and the probes. One seed drives the split, the extraction, the classifiers and the bootstrap;
-    training has its own in `train`."""
+    training has its own in `train`.
+
+    `extraction` says how every store of the cell is extracted; each store's source is its probes' own, and its
+    seed and device are the recipe's (`store_settings`), so the one seed and the one device hold for the cell.
+    """
 
     arch: str
     train: TrainConfig
@@ -86,10 +91,7 @@ class Recipe:
     seed: int = 0
     image_size: int | None = None
     arch_options: Mapping[str, object] = field(default_factory=dict)
-    layers: str = "combined"
-    reduction: str = "mean"
-    engine: str = "auto"
-    batch_size: int = 128
+    extraction: ExtractSettings = ExtractSettings()
     kind: str = "mlp"
     n_boot: int = 1000
     # Classifiers fitted per probe, with seeds seed, seed + 1, ...: the spread over them is uncertainty the
@@ -100,6 +102,11 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.mint_seeds < 1:
             raise InputError(f"mint_seeds must be at least 1, got {self.mint_seeds}")
+
+    def store_settings(self, source: str) -> ExtractSettings:
+        """How the cell's store of `source` features is extracted: the recipe's extraction, with its seed and
+        device."""
+        return replace(self.extraction, source=source, seed=self.seed, device=self.device)
 
 
 @dataclass(frozen=True)
@@ -176,10 +183,8 @@ def run_cell(data: ImageSet, recipe: Recipe, workdir: Path, *, on_measurement: C
     for probe in recipe.probes:
         key = (probe.model, probe.source)
         if key not in stores:
-            stores[key] = extract(models[probe.model], data, rows, out=workdir / f"{probe.model}-{probe.source}.h5",
-                                  layers=recipe.layers, reduction=recipe.reduction, source=probe.source,
-                                  engine=recipe.engine, split=split, seed=recipe.seed, resume=True,
-                                  batch_size=recipe.batch_size, device=recipe.device,
+            stores[key] = extract(models[probe.model], data, rows, recipe.store_settings(probe.source),
+                                  out=workdir / f"{probe.model}-{probe.source}.h5", split=split, resume=True,
                                   show_progress=show_progress)
         t0 = time.perf_counter()
         mint = train_mint(stores[key], kind=recipe.kind, setup=probe.setup, fraction=probe.fraction, seed=recipe.seed)

@@ -15,6 +15,7 @@ from gmint.data.readers import load_dataset
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
 from gmint.features.extract import extract, split_rows
+from gmint.features.settings import ExtractSettings
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig, train_audited
 
@@ -65,8 +66,9 @@ def audited_digits(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet,
 def digits_store(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet, digits_split: MembershipSplit,
                  audited_digits: tuple[AuditedModel, Path]) -> Path:
     out = tmp_path_factory.mktemp("store") / "features.h5"
-    return extract(audited_digits[0], digits, split_rows(digits_split), out=out, layers="combined",
-                   reduction="mean", split=digits_split, batch_size=200)
+    return extract(audited_digits[0], digits, split_rows(digits_split),
+                   ExtractSettings(layer_setup="combined", reduction="mean", batch_size=200), out=out,
+                   split=digits_split)
 
 
 @pytest.fixture(scope="session")

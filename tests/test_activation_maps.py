@@ -19,6 +19,7 @@ from gmint.errors import InputError, UnknownNameError
 from gmint.features.extract import extract, split_rows
 from gmint.features.layers import model_blocks, module_presets, resolve_modules
 from gmint.features.reduce import parse_reduction
+from gmint.features.settings import ExtractSettings
 from gmint.features.sources import map_shapes
 from gmint.features.store import FeatureStore
 from gmint.mint import MINT_MODELS, TrainedMint, train_mint
@@ -36,8 +37,10 @@ FAMILIES = {"small_cnn": {"width": 0.25}, "mlp": {"width": 0.25}, "resnet18": {"
 def maps_store(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet, digits_split: MembershipSplit,
                audited_digits: tuple[AuditedModel, Path]) -> Path:
     out = tmp_path_factory.mktemp("maps") / "maps.h5"
-    return extract(audited_digits[0], digits, split_rows(digits_split), out=out, layers="2,penultimate",
-                   source="activation-maps", reduction="flat", split=digits_split, batch_size=200)
+    return extract(audited_digits[0], digits, split_rows(digits_split),
+                   ExtractSettings(layer_setup="2,penultimate", source="activation-maps", reduction="flat",
+                                   batch_size=200),
+                   out=out, split=digits_split)
 
 
 def test_blocks_of_the_small_cnn_and_a_resnet() -> None:
@@ -84,8 +87,9 @@ def test_store_holds_the_forward_activations(maps_store: Path, digits: ImageSet,
 def test_pooled_maps_are_adaptive_averages(tmp_path: Path, digits: ImageSet, digits_split: MembershipSplit,
                                            audited_digits: tuple[AuditedModel, Path]) -> None:
     model = audited_digits[0].module
-    path = extract(audited_digits[0], digits, split_rows(digits_split), out=tmp_path / "p.h5", layers="5,8",
-                   source="activation-maps", reduction="pool:3x2", split=digits_split, batch_size=400)
+    path = extract(audited_digits[0], digits, split_rows(digits_split),
+                   ExtractSettings(layer_setup="5,8", source="activation-maps", reduction="pool:3x2", batch_size=400),
+                   out=tmp_path / "p.h5", split=digits_split)
     with FeatureStore.open(path) as store:
         assert store.provenance["layer_shapes"] == {"5": [16, 3, 2], "8": [32]}
         ids = store.column("sample_id")[:8]
@@ -102,8 +106,9 @@ def test_pool_refuses_weight_modifiers_and_bad_sizes(tmp_path: Path, digits: Ima
                                                      digits_split: MembershipSplit,
                                                      audited_digits: tuple[AuditedModel, Path]) -> None:
     with pytest.raises(InputError, match=r"pool:2x2 averages \(B, C, H, W\) activation maps; 0.weight"):
-        extract(audited_digits[0], digits, split_rows(digits_split), out=tmp_path / "g.h5", layers="entry",
-                reduction="pool:2x2", engine="vmap", split=digits_split)
+        extract(audited_digits[0], digits, split_rows(digits_split),
+                ExtractSettings(layer_setup="entry", reduction="pool:2x2", engine="vmap"), out=tmp_path / "g.h5",
+                split=digits_split)
     with pytest.raises(InputError, match="needs a spatial size such as 'pool:4x4'"):
         parse_reduction("pool:4by4")
 

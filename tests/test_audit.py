@@ -29,6 +29,7 @@ from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.features.extract import Rows, extract
+from gmint.features.settings import ExtractSettings
 from gmint.mint import TrainedMint, train_mint
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig, train_audited
@@ -171,7 +172,8 @@ def overfit(digits: ImageSet, tmp_path_factory: pytest.TempPathFactory) -> tuple
     assert model.meta["record"]["members_loss"] < 0.01  # memorised
     index = np.r_[pool, holdout]
     rows = Rows(index, np.isin(index, members).astype(np.int8), np.isin(index, holdout).astype(np.int8))
-    store = extract(model, digits, rows, out=work / "features.h5", layers="combined", split=split, batch_size=256)
+    store = extract(model, digits, rows, ExtractSettings(layer_setup="combined", batch_size=256),
+                    out=work / "features.h5", split=split)
     return model, train_mint(store, kind="mlp", setup="combined", seed=0), store, members[100:]
 
 

@@ -22,6 +22,7 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.errors import IncompleteStoreError, InputError
 from gmint.features.extract import extract, split_rows
+from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel, load_audited
 
@@ -33,12 +34,14 @@ EXTRACT = textwrap.dedent("""
     from gmint.data.base import DATASETS
     from gmint.data.split import MembershipSplit
     from gmint.features.extract import extract, split_rows
+    from gmint.features.settings import ExtractSettings
     from gmint.models.io import load_audited
     model, split, out, resume = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
     split = MembershipSplit.load(split)
     print("ready", flush=True)
-    extract(load_audited(model), DATASETS.get("digits")(), split_rows(split), out=out, layers="combined",
-            reduction="mean", split=split, batch_size=8, resume=resume)
+    extract(load_audited(model), DATASETS.get("digits")(), split_rows(split),
+            ExtractSettings(layer_setup="combined", reduction="mean", batch_size=8), out=out, split=split,
+            resume=resume)
 """)
 
 
@@ -108,8 +111,9 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_store(
                 written = store.rows_written
                 assert 0 <= written < len(store)
         if not FeatureStore.open(out).complete:
-            extract(load_audited(model), digits, split_rows(split), out=out, layers="combined",
-                    reduction="mean", split=split, batch_size=8, resume=True)
+            extract(load_audited(model), digits, split_rows(split),
+                    ExtractSettings(layer_setup="combined", reduction="mean", batch_size=8), out=out, split=split,
+                    resume=True)
         same_store(out, reference)
     assert interrupted >= 3, "the kills should mostly land mid-extraction"
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from gmint.errors import InputError, UnsupportedModelError
 from gmint.features.engine import ENGINES
-from gmint.features.layers import LAYER_PRESETS, resolve_layers
+from gmint.features.layers import LAYER_PRESETS, resolve_parameters
 from gmint.features.reduce import REDUCTIONS, parse_reduction
 from tests.problems import PROBLEMS, Problem
 
@@ -22,7 +22,7 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 @pytest.mark.parametrize("chunk_size", [None, 4])
 def test_vmap_matches_naive_loop(problem: Problem, setup: str, chunk_size: int | None) -> None:
     model, x, y = problem.make()
-    layers = resolve_layers(model, setup, x)
+    layers = resolve_parameters(model, setup, x)
     flat = parse_reduction("flat")
     ref = ENGINES.get("naive")(model, layers, flat, x, y)
     got = ENGINES.get("vmap")(model, layers, flat, x, y, chunk_size=chunk_size)
@@ -47,7 +47,7 @@ def test_naive_loop_is_the_gradient_of_one_sample() -> None:
 @pytest.mark.parametrize("reduction", [r for r in REDUCTIONS.names() if r != "pool"])
 def test_reductions_commute_with_engines(reduction: str) -> None:
     model, x, y = PROBLEMS[1].make()
-    layers = resolve_layers(model, "combined", x)
+    layers = resolve_parameters(model, "combined", x)
     reduce = parse_reduction(reduction if reduction != "project" else "project:8", seed=3)
     ref = ENGINES.get("naive")(model, layers, reduce, x, y)
     got = ENGINES.get("vmap")(model, layers, reduce, x, y, chunk_size=2)
@@ -57,7 +57,7 @@ def test_reductions_commute_with_engines(reduction: str) -> None:
 
 def test_pooling_a_weight_modifier_is_refused_in_one_line() -> None:
     model, x, y = PROBLEMS[1].make()
-    layers = resolve_layers(model, "entry", x)
+    layers = resolve_parameters(model, "entry", x)
     with pytest.raises(InputError, match=r"averages \(B, C, H, W\) activation maps"):
         ENGINES.get("vmap")(model, layers, parse_reduction("pool:2x2"), x, y)
 
@@ -90,19 +90,19 @@ def test_presets_follow_forward_order() -> None:
             return self.head(self.body(self.stem(x)))
 
     model, x = HeadFirst(), torch.randn(2, 6)
-    assert resolve_layers(model, "entry", x) == ["stem.weight"]
-    assert resolve_layers(model, "middle", x) == ["body.weight"]
-    assert resolve_layers(model, "output", x) == ["head.weight"]
-    assert resolve_layers(model, "combined", x) == ["stem.weight", "body.weight", "head.weight"]
-    assert resolve_layers(model, "*.bias,head.weight", x) == ["head.weight", "head.bias", "body.bias",
+    assert resolve_parameters(model, "entry", x) == ["stem.weight"]
+    assert resolve_parameters(model, "middle", x) == ["body.weight"]
+    assert resolve_parameters(model, "output", x) == ["head.weight"]
+    assert resolve_parameters(model, "combined", x) == ["stem.weight", "body.weight", "head.weight"]
+    assert resolve_parameters(model, "*.bias,head.weight", x) == ["head.weight", "head.bias", "body.bias",
                                                               "stem.bias"]
 
 
 def test_torchscript_models_run_on_the_naive_engine_and_vmap_says_why_not() -> None:
     model, x, y = PROBLEMS[2].make()
     scripted = torch.jit.script(model)
-    layers = resolve_layers(scripted, "combined", x)
-    assert layers == resolve_layers(model, "combined", x)
+    layers = resolve_parameters(scripted, "combined", x)
+    assert layers == resolve_parameters(model, "combined", x)
     got = ENGINES.get("naive")(scripted, layers, parse_reduction("mean"), x, y)
     ref = ENGINES.get("naive")(model, layers, parse_reduction("mean"), x, y)
     for name in layers:
@@ -115,7 +115,7 @@ def test_auto_engine_takes_the_naive_loop_for_torchscript() -> None:
     from gmint.features.engine import choose_engine
 
     model, x, y = PROBLEMS[1].make()
-    layers, mean = resolve_layers(model, "combined", x), parse_reduction("mean")
+    layers, mean = resolve_parameters(model, "combined", x), parse_reduction("mean")
     assert choose_engine(model, layers, mean, x, y)[0].engine == "hooks"
     assert choose_engine(torch.jit.script(model), layers, mean, x, y)[0].engine == "naive"
     got = ENGINES.get("auto")(torch.jit.script(model), layers, parse_reduction("mean"), x, y)

@@ -23,8 +23,9 @@ from gmint.features.engine import ENGINES, choose_engine
 from gmint.features.engine.hooks import HOOK_REDUCERS, HooksFallbackWarning, plan_hooks
 from gmint.features.engine.selfcheck import ROUNDING_LIMIT, EngineCheckWarning
 from gmint.features.extract import Rows, extract
-from gmint.features.layers import preset_layers, resolve_layers, weight_layers
+from gmint.features.layers import preset_parameters, resolve_parameters, weight_layers
 from gmint.features.reduce import parse_reduction
+from gmint.features.settings import ExtractSettings
 from gmint.features.sources import SOURCES
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
@@ -316,9 +317,9 @@ def test_aliased_module_keeps_its_trainable_parameters() -> None:
 def test_presets_order_weights_by_first_use_not_by_module_call() -> None:
     model, x, y = _make(DigitsAttention, (1, 8, 8))
     assert weight_layers(model, x) == ["embed.weight", "attn.out_proj.weight", "head.weight"]
-    assert resolve_layers(model, "output", x) == ["head.weight"]
-    assert preset_layers(model, x)["middle"] == ["attn.out_proj.weight"]
-    _assert_equal_to_naive(model, x, y, "auto", resolve_layers(model, "combined", x), "mean")
+    assert resolve_parameters(model, "output", x) == ["head.weight"]
+    assert preset_parameters(model, x)["middle"] == ["attn.out_proj.weight"]
+    _assert_equal_to_naive(model, x, y, "auto", resolve_parameters(model, "combined", x), "mean")
 
 
 def test_presets_skip_weights_the_forward_never_uses() -> None:
@@ -334,7 +335,7 @@ def test_presets_skip_weights_the_forward_never_uses() -> None:
 
     model, x = Spare(), torch.randn(2, 4)
     assert weight_layers(model, x) == ["body.weight", "head.weight", "unused.weight"]
-    assert resolve_layers(model, "output", x) == ["head.weight"]
+    assert resolve_parameters(model, "output", x) == ["head.weight"]
 
 
 def test_self_check_catches_a_wrong_formula_and_records_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -438,7 +439,7 @@ def _extract_digits(out: Path, digits: ImageSet, module: nn.Module, engine: str,
     """Extract 40 digits rows with a user model; the store's provenance and features."""
     rows = Rows(np.arange(40, dtype=np.int64), np.zeros(40, np.int8), np.zeros(40, np.int8))
     audited = AuditedModel(module.eval(), {"arch": "custom", "num_classes": 10, "transform": PLAIN})
-    extract(audited, digits, rows, out=out, layers=layers, engine=engine, batch_size=16)
+    extract(audited, digits, rows, ExtractSettings(layer_setup=layers, engine=engine, batch_size=16), out=out)
     with FeatureStore.open(out) as store:
         return store.provenance, {n: store.features([n]) for n in store.layers}
 

@@ -17,6 +17,7 @@ from gmint.features.engine.naive import naive_gradients
 from gmint.features.engine.selfcheck import EngineCheckWarning
 from gmint.features.extract import Rows, extract
 from gmint.features.reduce import parse_reduction
+from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 
@@ -54,8 +55,8 @@ def _extract(tmp_path: Path, digits: ImageSet, module: nn.Module, rows: np.ndarr
     codes = np.zeros(len(rows), np.int8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        extract(audited, digits, Rows(rows, codes, codes), out=tmp_path / "f.h5", layers=",".join(LAYERS),
-                engine=engine, batch_size=16)
+        extract(audited, digits, Rows(rows, codes, codes),
+                ExtractSettings(layer_setup=",".join(LAYERS), engine=engine, batch_size=16), out=tmp_path / "f.h5")
     with FeatureStore.open(tmp_path / "f.h5") as store:
         features = {n: store.features([n]) for n in store.layers}
         return store.provenance, features, [str(w.message) for w in caught if w.category is EngineCheckWarning]

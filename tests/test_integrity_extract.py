@@ -10,6 +10,7 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit, make_split
 from gmint.errors import InputError
 from gmint.features.extract import extract, split_rows
+from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 
@@ -25,8 +26,8 @@ def test_a_split_the_model_was_not_trained_on_is_refused_before_anything_is_writ
                                          rf"\({digits_split.sha256}\)"):
         extract(audited_digits[0], digits, split_rows(other), out=out, split=other)
     assert not out.exists()
-    extract(audited_digits[0], digits, split_rows(other), out=out, split=other, trained_outside=True,
-            batch_size=400)
+    extract(audited_digits[0], digits, split_rows(other), ExtractSettings(batch_size=400), out=out, split=other,
+            trained_outside=True)
     with FeatureStore.open(out) as store:
         assert store.complete and store.provenance["split_sha256"] == other.sha256
 

@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from gmint.assess.evaluate import Evaluation, evaluate_store
 from gmint.errors import InputError, StoreMismatchError, UnknownNameError
+from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.mint import TrainedMint, train_mint
 from gmint.mint.train import pool_rows
@@ -133,8 +134,9 @@ def test_fitted_rows_are_refused_whatever_split_the_store_was_extracted_with(
     other = make_split(digits, members=0.2, external=0.2, holdout=0.5, seed=7)
     unrecorded = AuditedModel(audited_digits[0].module, {k: v for k, v in audited_digits[0].meta.items()
                                                          if k not in ("split", "split_sha256")})
-    store = extract(unrecorded, digits, split_rows(other), out=tmp_path / "other.h5", layers="combined",
-                    reduction="mean", split=other, batch_size=400)
+    store = extract(unrecorded, digits, split_rows(other),
+                    ExtractSettings(layer_setup="combined", reduction="mean", batch_size=400),
+                    out=tmp_path / "other.h5", split=other)
     overlap = int(np.isin(other.holdout, mint.fitted_ids).sum())
     assert overlap > 0
     with pytest.raises(InputError, match=f"^{overlap} of the {len(other.holdout)} evaluation rows of .* were used "
@@ -174,14 +176,14 @@ def test_a_setup_selects_in_the_store_what_it_selected_in_the_model(digits_store
     """One grammar: presets, comma lists and exact names pick the same layers at extraction (parameter names
     of the model) and at training (feature names of a gradient store); globs match within the store."""
     from gmint.data.transforms import Transform
-    from gmint.features.layers import resolve_layers
+    from gmint.features.layers import resolve_parameters
     from gmint.mint.train import setup_features
 
     model, example = audited_digits[0].module, Transform()(digits.images[:1])
     with FeatureStore.open(digits_store) as store:
         for setup in ("entry", "middle", "output", "combined", "output, entry", "entry,8.weight"):
-            assert setup_features(store, setup) == resolve_layers(model, setup, example), setup
-        assert setup_features(store, "all") == store.layers == resolve_layers(model, "combined", example)
+            assert setup_features(store, setup) == resolve_parameters(model, setup, example), setup
+        assert setup_features(store, "all") == store.layers == resolve_parameters(model, "combined", example)
         assert setup_features(store, "*.weight") == store.layers
 
 
@@ -207,8 +209,9 @@ def test_options_a_classifier_does_not_take_are_input_errors(digits_store: Path)
 def flat_store(tmp_path_factory: pytest.TempPathFactory, digits, digits_split, audited_digits) -> Path:
     from gmint.features.extract import extract, split_rows
 
-    return extract(audited_digits[0], digits, split_rows(digits_split), out=tmp_path_factory.mktemp("flat") / "f.h5",
-                   layers="entry,output", reduction="flat", split=digits_split)
+    return extract(audited_digits[0], digits, split_rows(digits_split),
+                   ExtractSettings(layer_setup="entry,output", reduction="flat"),
+                   out=tmp_path_factory.mktemp("flat") / "f.h5", split=digits_split)
 
 
 def test_cnn_reads_the_filter_structure_of_flat_features(tmp_path: Path, flat_store: Path) -> None:

@@ -15,6 +15,7 @@ from gmint.data.base import ImageSet
 from gmint.data.readers import load_dataset
 from gmint.data.split import MembershipSplit
 from gmint.features.extract import Rows, extract
+from gmint.features.settings import ExtractSettings
 from gmint.mint import train_mint
 from gmint.models.io import AuditedModel, load_audited, save_checkpoint
 from tests.cli_runner import invoke
@@ -164,7 +165,7 @@ def folder_audit(setup: dict[str, Path], digits: ImageSet, digits_split: Members
     row_of = np.array([int(Path(str(f)).stem) for f in data.files])  # imagefolder row → digits row
     index = np.flatnonzero(np.isin(row_of, digits_split.pool + digits_split.holdout))
     rows = Rows(index, digits_split.membership_of(row_of[index]), digits_split.role_of(row_of[index]))
-    extract(load_audited(setup["model"]), data, rows, out=work / "features.h5", batch_size=300)
+    extract(load_audited(setup["model"]), data, rows, ExtractSettings(batch_size=300), out=work / "features.h5")
     train_mint(work / "features.h5", kind="logreg", setup="combined", seed=0).save(work / "mint.pt")
     return {"root": root, "store": work / "features.h5", "mint": work / "mint.pt", "work": work}
 

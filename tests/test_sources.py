@@ -16,6 +16,7 @@ from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.features.extract import extract, split_rows
+from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.mint import train_mint
 from gmint.models.io import AuditedModel
@@ -26,8 +27,9 @@ from gmint.models.train import TrainConfig, train_audited
 def stores(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet, digits_split: MembershipSplit,
            audited_digits: tuple[AuditedModel, Path]) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("sources")
-    return {source: extract(audited_digits[0], digits, split_rows(digits_split), out=out / f"{source}.h5",
-                            layers="combined", source=source, split=digits_split)
+    return {source: extract(audited_digits[0], digits, split_rows(digits_split),
+                            ExtractSettings(layer_setup="combined", source=source), out=out / f"{source}.h5",
+                            split=digits_split)
             for source in ("activation", "output")}
 
 

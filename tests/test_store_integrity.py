@@ -21,6 +21,7 @@ from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
 from gmint.errors import IncompleteStoreError, InputError, UnknownNameError
 from gmint.features.extract import Rows, extract, split_rows
+from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore, lock_path
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig, train_audited
@@ -190,10 +191,10 @@ def test_extract_gives_the_module_back_as_it_was_lent(tmp_path: Path, half_train
     assert True in before[0] and False in before[0] and False in before[1]
     rows = split_rows(digits_split)
     few = Rows(rows.index[:64], rows.membership[:64], rows.role[:64])
-    extract(half_trained, digits, few, out=tmp_path / "s.h5", split=digits_split, batch_size=64)
+    extract(half_trained, digits, few, ExtractSettings(batch_size=64), out=tmp_path / "s.h5", split=digits_split)
     assert lent_state(module) == before
     with pytest.raises(UnknownNameError):  # refused after the module was put in eval mode
-        extract(half_trained, digits, few, out=tmp_path / "r.h5", engine="no-such-engine")
+        extract(half_trained, digits, few, ExtractSettings(layer_setup="no.such.weight"), out=tmp_path / "r.h5")
     assert lent_state(module) == before
 
 
@@ -204,7 +205,8 @@ def test_extract_moves_the_module_back_from_the_gpu(tmp_path: Path, half_trained
     training, requires_grad, _, _ = lent_state(module)
     rows = split_rows(digits_split)
     few = Rows(rows.index[:64], rows.membership[:64], rows.role[:64])
-    extract(half_trained, digits, few, out=tmp_path / "s.h5", split=digits_split, batch_size=64, device="cuda")
+    extract(half_trained, digits, few, ExtractSettings(batch_size=64, device="cuda"), out=tmp_path / "s.h5",
+            split=digits_split)
     after = lent_state(module)
     assert after[:2] == (training, requires_grad) and {d.type for d in after[2]} == {"cpu"}
 

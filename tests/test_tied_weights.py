@@ -21,8 +21,9 @@ from gmint.features.engine import ENGINES, choose_engine
 from gmint.features.engine.hooks import HooksFallbackWarning
 from gmint.features.engine.naive import naive_gradients
 from gmint.features.extract import Rows, extract
-from gmint.features.layers import LAYER_PRESETS, parameter_aliases, preset_layers, resolve_layers, weight_layers
+from gmint.features.layers import LAYER_PRESETS, parameter_aliases, preset_parameters, resolve_parameters, weight_layers
 from gmint.features.reduce import parse_reduction
+from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 from tests.cli_runner import import_state_dict, run
@@ -61,13 +62,13 @@ def test_a_tied_weight_is_listed_once_by_its_canonical_name() -> None:
     assert parameter_aliases(model) == {"head.weight": "encode.weight"}
     assert weight_layers(model, x) == WEIGHTS
     assert weight_layers(model) == WEIGHTS  # registration order: the tie's first registration is encode
-    assert preset_layers(model, x) == {p: SETUPS[p] for p in LAYER_PRESETS.names()}
+    assert preset_parameters(model, x) == {p: SETUPS[p] for p in LAYER_PRESETS.names()}
 
 
 @pytest.mark.parametrize("setup", list(SETUPS))
 def test_every_setup_resolves_to_canonical_names(setup: str) -> None:
     model, x, _ = TIED.make()
-    assert resolve_layers(model, setup, x) == SETUPS[setup]
+    assert resolve_parameters(model, setup, x) == SETUPS[setup]
 
 
 def test_the_naive_loop_sums_the_gradients_of_both_uses() -> None:
@@ -87,7 +88,7 @@ def test_the_naive_loop_sums_the_gradients_of_both_uses() -> None:
 @pytest.mark.parametrize("setup", ["combined", "entry", "head.weight", "head.*"])
 def test_engines_equal_the_naive_loop_on_a_tied_model(engine: str, setup: str) -> None:
     model, x, y = TIED.make()
-    layers = resolve_layers(model, setup, x)
+    layers = resolve_parameters(model, setup, x)
     flat = parse_reduction("flat")
     ref = ENGINES.get("naive")(model, layers, flat, x, y)
     tied = "encode.weight" in layers
@@ -130,8 +131,10 @@ def test_extraction_stores_the_tied_weight_under_its_canonical_name(tmp_path: Pa
     module = TiedDigits().eval()
     rows = Rows(np.arange(24, dtype=np.int64), np.zeros(24, np.int8), np.zeros(24, np.int8))
     audited = AuditedModel(module, {"arch": "custom", "num_classes": 10, "transform": PLAIN})
-    extract(audited, digits, rows, out=tmp_path / "s.h5", layers="head.weight,entry", engine="auto", batch_size=12,
-            transform=Transform.from_dict(PLAIN))
+    extract(audited, digits, rows,
+            ExtractSettings(layer_setup="head.weight,entry", engine="auto", batch_size=12,
+                            transform=Transform.from_dict(PLAIN)),
+            out=tmp_path / "s.h5")
     with FeatureStore.open(tmp_path / "s.h5") as store:
         assert store.layers == ["stem.weight", "encode.weight"]
         assert store.provenance["engine_used"] == "vmap"

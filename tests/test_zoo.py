@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from gmint.errors import InputError
 from gmint.features.engine import ENGINES
-from gmint.features.layers import resolve_layers, weight_layers
+from gmint.features.layers import resolve_parameters, weight_layers
 from gmint.features.reduce import parse_reduction
 from gmint.models.architectures import CPU_SCALE
 from gmint.models.zoo import ARCHITECTURES, build
@@ -77,7 +77,7 @@ def test_presets_and_vmap_engine_match_the_naive_loop(name: str, dataset: str) -
     model.eval()
     x, y = torch.randn(3, channels, size, size, dtype=torch.float64), torch.tensor([0, 3, classes - 1])
     assert len(weight_layers(model, x)) == len(weight_modules(model)), "some weight layer never runs"
-    layers = resolve_layers(model, "combined", x)
+    layers = resolve_parameters(model, "combined", x)
     assert len(layers) == 3
     flat = parse_reduction("flat")
     ref = ENGINES.get("naive")(model, layers, flat, x, y)

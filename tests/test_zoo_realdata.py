@@ -13,6 +13,7 @@ from gmint.data.base import ImageSet
 from gmint.data.split import make_split
 from gmint.data.transforms import Transform
 from gmint.features.extract import extract, split_rows
+from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.models.architectures import CPU_SCALE
 from gmint.models.train import TrainConfig, train_audited
@@ -35,8 +36,8 @@ def test_one_epoch_and_extraction_on_real_data(tmp_path: Path, real: Callable[[s
                           out=tmp_path / "m.pt", arch_options=CPU_SCALE.get(arch, {}))
     assert model.meta["epochs_done"] == 1
     assert all(np.isfinite(v) for v in model.meta["record"].values())
-    store = extract(model, subset, split_rows(split), out=tmp_path / "f.h5", layers="combined", split=split,
-                    batch_size=64)
+    store = extract(model, subset, split_rows(split), ExtractSettings(layer_setup="combined", batch_size=64),
+                    out=tmp_path / "f.h5", split=split)
     with FeatureStore.open(store) as fs:
         fs.require_complete()
         assert len(fs.layers) == 3 and np.isfinite(fs.features()).all()

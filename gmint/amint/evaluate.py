@@ -30,6 +30,7 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit, one_sided_groups
 from gmint.data.transforms import Transform
 from gmint.features.extract import extract, split_rows
+from gmint.features.settings import ExtractSettings
 from gmint.files import atomic_write
 from gmint.mint import train_mint
 from gmint.mint.threshold import best_threshold
@@ -164,9 +165,10 @@ def evaluate_amint(amint: AmintModel, data: ImageSet, split: MembershipSplit, *,
     evaluation = None
     if passive:
         folder = Path(workdir) if workdir is not None else amint.folder
-        store = extract(amint.audited, data, split_rows(split), out=folder / PASSIVE_STORE, layers="combined",
-                        reduction="mean", split=split, seed=seed, resume=not overwrite, overwrite=overwrite,
-                        transform=transform, show_progress=show_progress)
+        store = extract(amint.audited, data, split_rows(split),
+                        ExtractSettings(layer_setup="combined", reduction="mean", seed=seed, transform=transform),
+                        out=folder / PASSIVE_STORE, split=split, resume=not overwrite, overwrite=overwrite,
+                        show_progress=show_progress)
         mint = train_mint(store, kind="mlp", setup="combined", seed=seed)
         mint.save(folder / PASSIVE_MINT)
         evaluation = evaluate_store(mint, store, n_boot=n_boot, seed=seed)

@@ -75,7 +75,7 @@ def load_image_folder(folder: Path, audited: AuditedModel, *, labels: str = "tru
 
     The set is a source of its own (named FOLDER, `root` the folder): its row ids are positions in it and
     match no dataset's; a file it shares with the audit's dataset is found by its path (see
-    `gmint.assess.scoring.same_items`).
+    `gmint.assess.origin.same_items`).
 
     Args:
         folder: the candidates' folder.

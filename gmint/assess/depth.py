@@ -32,6 +32,7 @@ from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.features.extract import extract, split_rows
 from gmint.features.layers import resolve_modules, weight_layers
+from gmint.features.settings import ExtractSettings
 from gmint.features.sources import module_output_name
 from gmint.mint import MINT_MODELS, train_mint
 from gmint.models.io import AuditedModel
@@ -139,9 +140,10 @@ def sweep_depth(audited: AuditedModel, data: ImageSet, split: MembershipSplit, w
     _check_sweep(workdir, audited.fingerprint, pool, chosen)
     _drop_torn_line(workdir / RESULTS)  # the next point must start a line of its own
     def store(name: str, layers: list[str], source: str, reduction: str) -> Path:
-        return extract(audited, data, rows, out=workdir / name, layers=",".join(layers), source=source,
-                       reduction=reduction, engine=engine, transform=transform, split=split, seed=seed, resume=True,
-                       batch_size=batch_size, show_progress=show_progress)
+        settings = ExtractSettings(layer_setup=tuple(layers), source=source, reduction=reduction, engine=engine,
+                                   transform=transform, seed=seed, batch_size=batch_size)
+        return extract(audited, data, rows, settings, out=workdir / name, split=split, resume=True,
+                       show_progress=show_progress)
 
     stores: dict[str, Path] = {}
     if "activation" in sources:

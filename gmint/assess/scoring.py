@@ -6,11 +6,11 @@ the set is tested (`gmint.assess.verdict`) against the calibration: the store's 
 than fresh externals (T learnt them as external), so calibrating on them would turn unseen samples into
 false positives; they are refused.
 
-Whether a candidate *is* one of those rows is decided by identity, never by position: sample ids are
-positions in one read of one dataset, so a candidate is the same item as a fitted or calibration row only
-if it is the same row of the same dataset (same name and folder, or the same files: `same_dataset`) or the
-same file of that dataset's folder (`same_items`). Where a record does not say which folder its rows were
-read from, that is said, not guessed.
+Whether a candidate *is* one of those rows is decided by identity, never by position (see
+`gmint.assess.origin`).
+
+Candidates are extracted exactly like the calibration store: its recorded settings are read back
+(`ExtractSettings.recorded`), with the classifier's parameters, reduction and source.
 
 A candidate without a true class may be scored under the audited model's own prediction (the `predicted`
 label source). Its Weight Modifier is then that of a correctly classified sample, so the calibration keeps
@@ -21,7 +21,6 @@ label), and every output says that the labels were predicted.
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import tempfile
 from collections.abc import Mapping
@@ -39,12 +38,14 @@ from gmint.assess.candidates import (
     model_classes,
     model_input,
 )
+from gmint.assess.origin import DataOrigin, same_dataset, same_items
 from gmint.assess.verdict import SetVerdict, set_test
 from gmint.data.base import ImageSet
 from gmint.data.split import EXTERNAL, HOLDOUT
 from gmint.data.transforms import Transform
-from gmint.errors import GmintError, InputError, StoreMismatchError
+from gmint.errors import InputError, StoreMismatchError
 from gmint.features.extract import Rows, extract
+from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.mint.base import TrainedMint
 from gmint.models.io import AuditedModel
@@ -139,150 +140,6 @@ class Audit:
                 "label_source": self.scores.label_source, "predicted_labels": self.scores.n_predicted}
 
 
-@dataclass(frozen=True)
-class _Extraction:
-    """How candidates are extracted so that their features compare with the calibration store's."""
-
-    transform: Transform
-    layers: str
-    reduction: str
-    source: str
-    engine: str
-    loss: str
-    seed: int
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Which rows are the same items
-
-
-@dataclass(frozen=True)
-class DataOrigin:
-    """What a set of rows was read from, as far as its record tells: what its sample ids are ids of.
-
-    Attributes:
-        dataset: the dataset's name.
-        root: the folder its rows were read from, resolved; "" for data without one (digits); None where
-            it is not known (a record from an older gmint, or a file-based set built in memory).
-        files_sha256: `ImageSet.files_sha256` of the read ("" without files); None where not recorded.
-        what: how messages name the record ("the MINT classifier", a store's path, "the candidates").
-    """
-
-    dataset: str
-    root: str | None
-    files_sha256: str | None
-    what: str
-
-    @classmethod
-    def of(cls, data: ImageSet, what: str = "the candidates") -> DataOrigin:
-        """The origin of rows read now."""
-        return cls(data.name, _known_root(data.name, data.root), data.files_sha256(), what)
-
-    @classmethod
-    def recorded(cls, dataset: object, root: object, files_sha256: object, what: str) -> DataOrigin:
-        """The origin a store's provenance or a classifier's spec records (None where a key is missing)."""
-        return cls(str(dataset), _known_root(str(dataset), root),
-                   str(files_sha256) if files_sha256 is not None else None, what)
-
-    @classmethod
-    def of_store(cls, provenance: Mapping[str, object], where: object) -> DataOrigin:
-        """The origin of a store's rows, from its provenance."""
-        return cls.recorded(provenance.get("dataset"), provenance.get("dataset_root"),
-                            provenance.get("dataset_files_sha256"), str(where))
-
-    @classmethod
-    def of_classifier(cls, mint: TrainedMint) -> DataOrigin:
-        """The origin of the rows a MINT classifier was fitted on (its `fitted_ids`)."""
-        spec = mint.spec
-        return cls.recorded(spec.dataset, spec.dataset_root, spec.dataset_files_sha256, "the MINT classifier")
-
-
-def _known_root(dataset: str, root: object) -> str | None:
-    """A recorded folder as text; "" for a dataset that has none (embedded data); None where unknown."""
-    from gmint.data.readers.common import SOURCES  # which datasets are read from files
-
-    if isinstance(root, str | Path) and str(root):
-        return str(root)
-    return None if dataset in SOURCES else ""
-
-
-def same_dataset(a: DataOrigin, b: DataOrigin) -> bool:
-    """Whether sample ids of `a` and of `b` name the same items: the same dataset read from the same folder,
-    or from a copy of it (every sample id naming the same file).
-
-    Raises:
-        InputError: it cannot be told (a folder not recorded), or the folder's files changed between the two
-            reads, so one id may name two files.
-    """
-    if a.dataset != b.dataset:
-        return False
-    if a.files_sha256 and a.files_sha256 == b.files_sha256:
-        return True
-    unknown = next((o for o in (a, b) if o.root is None), None)
-    if unknown is not None:
-        raise InputError(f"cannot tell whether {a.what} and {b.what} hold the same {a.dataset} rows: the folder "
-                         f"behind {unknown.what} is not recorded (an older gmint wrote it, or it was built in memory); "
-                         "extract the store again (and train the classifier on it)")
-    if a.root != b.root:
-        return False
-    if a.files_sha256 is not None and b.files_sha256 is not None and a.files_sha256 != b.files_sha256:
-        raise InputError(f"{a.root or a.dataset} has changed between {a.what} and {b.what}: its files differ, so a "
-                         f"{a.dataset} row id no longer names the same file; extract the store again from the "
-                         "folder as it is")
-    return True
-
-
-def same_items(data: ImageSet, index: np.ndarray, origin: DataOrigin, *, side: int | None = None) -> np.ndarray:
-    """For each candidate row `index` of `data`, the sample id of the row of `origin` it is, else -1.
-
-    A candidate is a row of `origin` when it is the same row of the same dataset (`same_dataset`), or the same
-    file (resolved path, links followed) as a row read from `origin`'s folder — never by position alone. Files
-    are matched only where a candidate lies inside that folder; the folder is then read again (at `side`, as
-    the model's input) and must still hold the files `origin` recorded.
-
-    Raises:
-        InputError: where it cannot be told (see `same_dataset`), or the folder cannot be read again.
-    """
-    none = np.full(len(index), -1, dtype=np.int64)
-    if same_dataset(DataOrigin.of(data), origin):
-        return data.sample_ids[index].astype(np.int64)
-    if data.root is None or data.files is None or origin.root == "":
-        return none  # rows that are no files, or a dataset whose rows are no files
-    if origin.root is None:
-        raise InputError(f"cannot tell whether the candidates are files of {origin.what}'s {origin.dataset} rows: it "
-                         "does not record the folder they were read from (written by an older gmint); extract the "
-                         "store again (and train the classifier on it)")
-    base = Path(origin.root)
-    paths = [(data.root / str(f)).resolve() for f in data.files[index]]
-    if not any(p.is_relative_to(base) for p in paths):
-        return none
-    listing = _files_of(origin, side)
-    return np.array([listing.get(p, -1) for p in paths], dtype=np.int64)
-
-
-def _files_of(origin: DataOrigin, side: int | None) -> dict[Path, int]:
-    """Resolved file → sample id of every row of `origin`, from its folder read again."""
-    from gmint.data.base import DATASETS
-    from gmint.data.readers import load_dataset
-
-    try:
-        # Read as extraction reads a folder of mixed sizes (at the model's side); only the file list matters here.
-        if side and "size" in inspect.signature(DATASETS.get(origin.dataset)).parameters:
-            data = load_dataset(origin.dataset, origin.root, size=side)
-        else:
-            data = load_dataset(origin.dataset, origin.root)
-    except GmintError as exc:
-        raise InputError(f"cannot tell which candidates inside {origin.root} are rows of {origin.what}: "
-                         f"{exc}") from None
-    if origin.files_sha256 is not None and data.files_sha256() != origin.files_sha256:
-        raise InputError(f"{origin.root} has changed since {origin.what} was written: its files differ, so its "
-                         f"{origin.dataset} row ids no longer name the same files; extract the store again from the "
-                         "folder as it is")
-    if data.root is None or data.files is None:
-        return {}
-    return {(data.root / str(f)).resolve(): int(i) for f, i in zip(data.files, data.sample_ids, strict=True)}
-
-
 def _describe(data: ImageSet, row: int) -> str:
     """A candidate as messages name it: its file where it has one, else its sample id."""
     if data.files is not None and data.files[row]:
@@ -351,22 +208,32 @@ def calibration_scores(mint: TrainedMint, store_path: Path, *, exclude: np.ndarr
                        int(candidate.sum()), prov, int((~candidate & ~correct).sum()))
 
 
-def _extraction(audited: AuditedModel, mint: TrainedMint, like: Mapping[str, object] | None) -> _Extraction:
-    """The calibration store's settings (else the audited model's transform and extract's defaults)."""
-    like = like or {}
-    recorded = like.get("transform") or audited.meta.get("transform")
-    transform = Transform.from_dict(dict(recorded)) if isinstance(recorded, Mapping) else Transform()
-    recorded_parameters, seed = like.get("parameters"), like.get("seed", 0)
+def candidate_settings(audited: AuditedModel, mint: TrainedMint, like: Mapping[str, object] | None, *,
+                       side: int | None = None, batch_size: int = 128, device: str = "cpu") -> ExtractSettings:
+    """How candidates are extracted: as the calibration store `like` records (else with the audited model's
+    transform and the recorded defaults), over the classifier's parameters, with its reduction and source.
+
+    A transform without a size is given the model's input `side`: a no-op at the training size, a resize otherwise.
+
+    Raises:
+        InputError: a classifier on features other than Weight Modifiers, and no recorded parameters to read.
+    """
+    settings = ExtractSettings.recorded(like or {}, batch_size=batch_size, device=device)
+    transform = settings.transform
+    if transform is None:
+        recorded = audited.meta.get("transform")
+        transform = Transform.from_dict(dict(recorded)) if isinstance(recorded, Mapping) else Transform()
+    if transform.size is None and side is not None:
+        transform = replace(transform, size=side)
     if mint.spec.source == "gradient":
-        parameters = list(mint.spec.layers)  # exactly the classifier's layers, nothing more
-    elif isinstance(recorded_parameters, list):
-        parameters = [str(p) for p in recorded_parameters]
+        parameters = tuple(mint.spec.layers)  # exactly the classifier's layers, nothing more
+    elif not isinstance(settings.layer_setup, str):  # the recorded parameter names
+        parameters = settings.layer_setup
     else:
         raise InputError(f"a classifier on '{mint.spec.source}' features needs the calibration store to "
                          "know which layers to extract")
-    return _Extraction(transform, ",".join(parameters), mint.spec.reduction, mint.spec.source,
-                       str(like.get("engine", "vmap")), str(like.get("loss_function", "cross_entropy")),
-                       seed if isinstance(seed, int) else 0)
+    return replace(settings, layer_setup=parameters, reduction=mint.spec.reduction, source=mint.spec.source,
+                   transform=transform)
 
 
 def score_samples(audited: AuditedModel, mint: TrainedMint, data: ImageSet, index: np.ndarray | None = None, *,
@@ -412,10 +279,8 @@ def score_samples(audited: AuditedModel, mint: TrainedMint, data: ImageSet, inde
     channels, side = model_input(audited)
     _refuse_fitted(mint, data, index, side)
     data = match_channels(data, channels, to_grey=to_grey)
-    how = _extraction(audited, mint, like)
-    transform = how.transform
-    if transform.size is None and side is not None:
-        transform = replace(transform, size=side)  # a no-op at the training size, a resize otherwise
+    settings = candidate_settings(audited, mint, like, side=side, batch_size=batch_size, device=device)
+    transform = settings.transform or audited.transform  # candidate_settings always names one
     chosen = label_candidates(audited, data, index, transform, labels=labels, batch_size=batch_size, device=device)
     # The candidates alone, each under the label it is scored with (ids, files and folder kept).
     scored = replace(data.take(index), labels=chosen.label, classes=_classes(audited, data, chosen.label))
@@ -424,9 +289,8 @@ def score_samples(audited: AuditedModel, mint: TrainedMint, data: ImageSet, inde
         path = Path(out) if out is not None else Path(tmp) / "candidates.h5"
         if path.exists():
             raise InputError(f"{path} exists; write the candidates' features to a new file")
-        extract(audited, scored, Rows(np.arange(len(index)), unknown, unknown), out=path, transform=transform,
-                layers=how.layers, reduction=how.reduction, source=how.source, engine=how.engine, loss=how.loss,
-                seed=how.seed, batch_size=batch_size, device=device, show_progress=show_progress)
+        extract(audited, scored, Rows(np.arange(len(index)), unknown, unknown), settings, out=path,
+                show_progress=show_progress)
         with FeatureStore.open(path) as store:
             # Candidates may come from any source (a folder, another dataset): only the dataset name is
             # allowed to differ from what the classifier was trained on.

@@ -123,8 +123,8 @@ def match_setup(setup: str | Sequence[str], names: Sequence[str],
             else [n for n in names if fnmatch.fnmatchcase(n, item)] for item in items}
 
 
-def resolve_layers(model: nn.Module, setup: str | Sequence[str],
-                   example_input: torch.Tensor | None = None) -> list[str]:
+def resolve_parameters(model: nn.Module, setup: str | Sequence[str],
+                       example_input: torch.Tensor | None = None) -> list[str]:
     """Turn a preset name, a comma list, or parameter names / globs into parameter names.
 
     Args:
@@ -157,7 +157,7 @@ def resolve_layers(model: nn.Module, setup: str | Sequence[str],
     return sorted(names, key=lambda n: order.get(n, len(order)))
 
 
-def preset_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> dict[str, list[str]]:
+def preset_parameters(model: nn.Module, example_input: torch.Tensor | None = None) -> dict[str, list[str]]:
     """Every preset's parameter names for this model; stores record it so a MINT classifier can pick
     `entry`, `middle`, ... out of a store extracted with more layers."""
     weights, _ = _split_by_use(model, example_input)

@@ -22,7 +22,7 @@ feature has before it is flattened (`shapes`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,26 +33,26 @@ from torch import Tensor, nn
 from gmint.errors import InputError, UnsupportedModelError
 from gmint.features.engine import Engine, EngineResult, auto_engine, check_auditable
 from gmint.features.engine.base import per_sample_losses, predictions, sample_mixing_modules
-from gmint.features.layers import module_presets, preset_layers, resolve_layers, resolve_modules
+from gmint.features.layers import module_presets, preset_parameters, resolve_modules, resolve_parameters
 from gmint.features.reduce import REDUCTIONS, NamedReduction, Reduction, parse_reduction
 from gmint.registry import Registry
 
 # A source: (model, parameters, reduction, x, y, *, engine, loss, chunk_size) → EngineResult.
 SourceFn = Callable[..., EngineResult]
-# Selected parameters → the store's feature names for them.
+# Parameters (what a layer setup selected) → the store's feature names for them.
 FeatureNames = Callable[[list[str]], list[str]]
-# (model, layer setup, example input) → what the source reads (parameter or module names).
-Select = Callable[[nn.Module, str, Tensor], list[str]]
+# (model, layer setup, example input) → the parameters the source reads (parameter or module names).
+Select = Callable[[nn.Module, str | Sequence[str], Tensor], list[str]]
 # (model, example input) → preset → selected names, recorded in a store so a classifier can pick a preset.
 Presets = Callable[[nn.Module, Tensor], dict[str, list[str]]]
-# (model, selected names, reduction, example input) → selected name → shape of its feature before flattening.
+# (model, parameters, reduction, example input) → parameter → shape of its feature before flattening.
 Shapes = Callable[[nn.Module, list[str], NamedReduction, Tensor], dict[str, list[int]]]
 
 
-def parameter_shapes(model: nn.Module, names: list[str], reduction: NamedReduction, example: Tensor
+def parameter_shapes(model: nn.Module, parameters: list[str], reduction: NamedReduction, example: Tensor
                      ) -> dict[str, list[int]]:
     """The selected parameters' shapes (what a Weight Modifier's filter structure is read from)."""
-    return {n: list(p.shape) for n, p in model.named_parameters() if n in names}
+    return {n: list(p.shape) for n, p in model.named_parameters() if n in parameters}
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ class Source:
 
     run: SourceFn
     names: FeatureNames
-    select: Select = resolve_layers
-    presets: Presets = preset_layers
+    select: Select = resolve_parameters
+    presets: Presets = preset_parameters
     shapes: Shapes = parameter_shapes
 
     def __call__(self, *args: Any, **kwargs: Any) -> EngineResult:
@@ -91,24 +91,24 @@ def activation_name(parameter: str) -> str:
 
 
 @register_source("gradient", names=list)
-def gradient_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+def gradient_source(model: nn.Module, parameters: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                     engine: Engine = auto_engine, loss: str = "cross_entropy",
                     chunk_size: int | None = 64) -> EngineResult:
     """Reduced Weight Modifiers (gMINT)."""
-    return engine(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
+    return engine(model, parameters, reduction, x, y, loss=loss, chunk_size=chunk_size)
 
 
 @register_source("activation", names=lambda parameters: list(dict.fromkeys(map(activation_name, parameters))))
-def activation_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+def activation_source(model: nn.Module, parameters: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                       engine: Engine = auto_engine, loss: str = "cross_entropy",
                       chunk_size: int | None = 64) -> EngineResult:
-    """Reduced output activations of the modules owning `layers` (activation-MINT)."""
-    check_auditable(model, layers)
+    """Reduced output activations of the modules owning `parameters` (activation-MINT)."""
+    check_auditable(model, parameters)
     _refuse_sample_mixing(model)
     modules = dict(model.named_modules())
     captured: dict[str, Tensor] = {}
     handles = []
-    for name in layers:
+    for name in parameters:
         owner = name.rpartition(".")[0]
         handles.append(modules[owner].register_forward_hook(
             lambda _m, _i, out, key=activation_name(name): captured.__setitem__(key, out.detach())))
@@ -171,16 +171,16 @@ def map_shapes(model: nn.Module, modules: list[str], reduction: NamedReduction, 
 
 @register_source("activation-maps", names=lambda modules: [module_output_name(m) for m in modules],
                  select=resolve_modules, presets=module_presets, shapes=map_shapes)
-def activation_map_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+def activation_map_source(model: nn.Module, modules: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                           engine: Engine = auto_engine, loss: str = "cross_entropy",
                           chunk_size: int | None = 64) -> EngineResult:
-    """The outputs of the modules `layers` (activation maps or embeddings), reduced (`flat`, `pool:<h>x<w>`,
-    or per channel), from one forward pass in eval mode."""
+    """The outputs of `modules` (activation maps or embeddings), reduced (`flat`, `pool:<h>x<w>`, or per channel),
+    from one forward pass in eval mode."""
     if model.training:
         raise UnsupportedModelError("activation maps need model.eval(): BatchNorm/dropout would mix samples")
     _refuse_sample_mixing(model)
-    captured, out = _capture(model, layers, x)
-    features = {module_output_name(m): reduction(captured[m], module_output_name(m)) for m in layers}
+    captured, out = _capture(model, modules, x)
+    features = {module_output_name(m): reduction(captured[m], module_output_name(m)) for m in modules}
     return EngineResult(features, per_sample_losses(out, y, loss), predictions(out))
 
 
@@ -218,12 +218,12 @@ def _pool_factory(arg: str | None, seed: int) -> Reduction:
 
 
 @register_source("output", names=lambda parameters: list(OUTPUT_SIGNALS))
-def output_source(model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
+def output_source(model: nn.Module, parameters: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
                   engine: Engine = auto_engine, loss: str = "cross_entropy",
                   chunk_size: int | None = 64) -> EngineResult:
     """Loss, confidence, entropy and Weight-Modifier norm, one column each (threshold baselines)."""
     _refuse_sample_mixing(model)
-    grads = engine(model, layers, parse_reduction("l2"), x, y, loss=loss, chunk_size=chunk_size)
+    grads = engine(model, parameters, parse_reduction("l2"), x, y, loss=loss, chunk_size=chunk_size)
     with torch.no_grad():
         out = model(x)
     probs = torch.softmax(out, dim=-1)

@@ -11,7 +11,7 @@ from gmint.reference.compare import Comparison, compare_attacks
 from gmint.reference.design import design_references
 from gmint.reference.manifest import ReferenceSet
 from gmint.reference.models import train_references
-from gmint.reference.signals import ExtractSettings, extract_references, load_signals
+from gmint.reference.signals import ReferenceExtraction, extract_references, load_signals
 
-__all__ = ["ATTACKS", "Comparison", "ExtractSettings", "NotApplicable", "ReferenceSet", "Task", "attack_options",
+__all__ = ["ATTACKS", "Comparison", "NotApplicable", "ReferenceExtraction", "ReferenceSet", "Task", "attack_options",
            "compare_attacks", "design_references", "extract_references", "load_signals", "train_references"]

@@ -26,6 +26,7 @@ import numpy as np
 from gmint.data.base import ImageSet
 from gmint.errors import InputError, StoreMismatchError
 from gmint.features.extract import Rows, extract, split_rows
+from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.models.io import load_audited
 from gmint.progress import progress_bar
@@ -54,20 +55,29 @@ def model_names(k: int) -> list[str]:
 
 
 @dataclass(frozen=True)
-class ExtractSettings:
-    """How the stores of a reference folder are extracted (recorded in each store's provenance)."""
+class ReferenceExtraction:
+    """How the stores of a reference folder are extracted (recorded in each store's provenance).
 
-    layers: str = "combined"
-    reduction: str = "mean"
-    engine: str = "auto"
-    output_layers: str = "output"   # the layers whose Weight-Modifier norm the output store's grad_norm reads
-    batch_size: int = 128
-    seed: int = 0
+    Attributes:
+        settings: how the gradient stores are extracted; the output stores share its engine, batch, seed and
+            device.
+        output_layer_setup: the layer setup whose Weight-Modifier norm the output stores' `grad_norm` reads
+            (their other signals read no layer; they always use the `mean` reduction, which `grad_norm` ignores).
+    """
+
+    settings: ExtractSettings = ExtractSettings()
+    output_layer_setup: str = "output"
+
+    def of(self, source: str) -> ExtractSettings:
+        """The settings of `source`'s stores (`gradient` or `output`)."""
+        if source == "gradient":
+            return replace(self.settings, source=source)
+        return replace(self.settings, source=source, layer_setup=self.output_layer_setup, reduction="mean")
 
 
 def extract_references(data: ImageSet, folder: Path, *, k: int | None = None,
-                       settings: ExtractSettings = ExtractSettings(), sources: tuple[str, ...] = SOURCES,
-                       device: str = "cpu", show_progress: bool = False) -> list[Path]:
+                       extraction: ReferenceExtraction = ReferenceExtraction(), sources: tuple[str, ...] = SOURCES,
+                       show_progress: bool = False) -> list[Path]:
     """Extract the gradient and output stores of the audited model and the first `k` reference models.
 
     Finished stores of the same extraction are kept as they are and interrupted ones resumed, so the command
@@ -109,7 +119,6 @@ def extract_references(data: ImageSet, folder: Path, *, k: int | None = None,
     rows = {"gradient": candidates,
             "output": Rows(everything, np.concatenate([candidates.membership, np.full(len(population), -1, np.int8)]),
                            np.concatenate([candidates.role, np.full(len(population), -1, np.int8)]))}
-    layers = {"gradient": settings.layers, "output": settings.output_layers}
     if recorded_now:  # every check passed: the records are the first thing written
         manifest.save(folder)
         warn_recorded(folder, recorded_now)
@@ -121,11 +130,8 @@ def extract_references(data: ImageSet, folder: Path, *, k: int | None = None,
                 check_model(manifest, i - 1, model, path)
             for source in sources:
                 out = store_path(folder, name, source)
-                written.append(extract(model, data, rows[source], out=out, layers=layers[source],
-                                       reduction=settings.reduction if source == "gradient" else "mean",
-                                       engine=settings.engine, source=source, batch_size=settings.batch_size,
-                                       seed=settings.seed, split=split, resume=out.exists(), device=device,
-                                       show_progress=show_progress))
+                written.append(extract(model, data, rows[source], extraction.of(source), out=out, split=split,
+                                       resume=out.exists(), show_progress=show_progress))
                 bar.advance(1, out.name)
     return written
 
