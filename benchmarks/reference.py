@@ -35,7 +35,14 @@ from gmint.data.transforms import Transform
 from gmint.features.settings import ExtractSettings
 from gmint.models.io import load_audited
 from gmint.models.train import train_audited
-from gmint.reference import ATTACKS, ReferenceExtraction, compare_attacks, extract_references, load_signals, train_references
+from gmint.reference import (
+    ATTACKS,
+    ReferenceExtraction,
+    compare_attacks,
+    extract_references,
+    load_signals,
+    train_references,
+)
 from gmint.reference.compare import AttackResult, Comparison
 from gmint.reference.manifest import MODES
 from gmint.reference.report import k_plot, write_comparison

@@ -145,12 +145,13 @@ class Cell:
         raise InputError(f"the cell has no measurement of {probe}")
 
 
-def run_cell(data: ImageSet, recipe: Recipe, workdir: Path, *, on_measurement: Callable[[Cell], None] | None = None,
-             show_progress: bool = False) -> Cell:
+def run_cell(data: ImageSet, recipe: Recipe, workdir: Path, *, split: MembershipSplit | None = None,
+             models: Mapping[str, AuditedModel] | None = None, trained_outside: bool = False,
+             on_measurement: Callable[[Cell], None] | None = None, show_progress: bool = False) -> Cell:
     """Build and measure one audit cell in `workdir`, reusing what a run of the same recipe finished there.
 
-    The split is drawn from the recipe and saved as split.json; the audited model (and the control model,
-    if a probe reads it) are trained into audited.pt and control.pt; each store (`<model>-<source>.h5`) is
+    The split is drawn from the recipe (or given) and saved as split.json; the audited model (and the control
+    model, if a probe reads it) are trained into audited.pt and control.pt (or given); each store (`<model>-<source>.h5`) is
     extracted when a probe first needs it; each probe's classifier is fitted, saved as its `mint_file` and
     evaluated on the store's held-out rows.
 
@@ -158,34 +159,45 @@ def run_cell(data: ImageSet, recipe: Recipe, workdir: Path, *, on_measurement: C
         data: the dataset the split is drawn from.
         recipe: how the cell is built and what it measures.
         workdir: the cell's folder (created if needed).
+        split: the membership split, where the auditor has one (their own lists); None: drawn from the recipe.
+        models: the models by role ('audited', and 'control' where a probe reads it), where the auditor has them;
+            None: trained from the recipe on the split.
+        trained_outside: the given models were trained outside gmint: their split is the auditor's, not one they
+            record (see `gmint.data.split.check_model_split`).
         on_measurement: called with the cell so far after each probe (its last measurement the new one),
             e.g. to write results before the next probe starts.
         show_progress: progress bars for training and extraction.
 
     Raises:
-        InputError: a model in `workdir` was trained with another recipe.
+        InputError: a model in `workdir` was trained with another recipe; given models lack a role a probe reads.
         StoreMismatchError: a store in `workdir` was extracted with other settings.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    split = make_split(data, members=recipe.members, external=recipe.external, control=recipe.control,
-                       holdout=recipe.holdout, protocol=recipe.protocol, seed=recipe.seed)
+    if split is None:
+        split = make_split(data, members=recipe.members, external=recipe.external, control=recipe.control,
+                           holdout=recipe.holdout, protocol=recipe.protocol, seed=recipe.seed)
     split.save(workdir / "split.json")
-    models = {role: train_audited(data, split, arch=recipe.arch, transform=Transform(size=recipe.image_size),
-                                  config=recipe.train, out=workdir / f"{role}.pt",
-                                  arch_options=dict(recipe.arch_options), resume=True,
-                                  negative_control=role == "control", device=recipe.device,
-                                  show_progress=show_progress)
-              for role in ("audited", "control") if any(p.model == role for p in recipe.probes)}
+    roles = [role for role in ("audited", "control") if any(p.model == role for p in recipe.probes)]
+    if models is None:
+        models = {role: train_audited(data, split, arch=recipe.arch, transform=Transform(size=recipe.image_size),
+                                      config=recipe.train, out=workdir / f"{role}.pt",
+                                      arch_options=dict(recipe.arch_options), resume=True,
+                                      negative_control=role == "control", device=recipe.device,
+                                      show_progress=show_progress)
+                  for role in roles}
+    missing = [role for role in roles if role not in models]
+    if missing:
+        raise InputError(f"the recipe reads the {missing[0]} model, and none is given")
     rows = split_rows(split)
     stores: dict[tuple[str, str], Path] = {}
-    cell = Cell(workdir, split, models)
+    cell = Cell(workdir, split, dict(models))
     for probe in recipe.probes:
         key = (probe.model, probe.source)
         if key not in stores:
             stores[key] = extract(models[probe.model], data, rows, recipe.store_settings(probe.source),
                                   out=workdir / f"{probe.model}-{probe.source}.h5", split=split, resume=True,
-                                  show_progress=show_progress)
+                                  trained_outside=trained_outside, show_progress=show_progress)
         t0 = time.perf_counter()
         mint = train_mint(stores[key], kind=recipe.kind, setup=probe.setup, fraction=probe.fraction, seed=recipe.seed)
         mint.save(workdir / probe.mint_file)

@@ -142,8 +142,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for name, value in values.items():
         expected = hints[name]
-        label = f"{where}.{name}" if where != "the audit configuration" else name
-        if is_dataclass(expected):
+        label = f"{where} {name}" if where != "the audit configuration" else name
+        if isinstance(expected, type) and is_dataclass(expected):
             if not isinstance(value, dict):
                 raise InputError(f"[{name}] must be a table of settings")
             kwargs[name] = _build(expected, value, f"[{name}]")

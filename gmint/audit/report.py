@@ -29,19 +29,17 @@ from gmint.files import atomic_write
 from gmint.version import __version__
 
 SHOWN_METRICS = ("accuracy", "auc", "tpr_at_1pct_fpr")
+LOSS_THRESHOLD = "loss threshold (baseline)"
 # Candidates listed by name on the page, highest score first; report.json holds them all.
 CANDIDATES_SHOWN = 50
 
 
 def comparison_rows(run: AuditRun) -> list[tuple[str, dict[str, Estimate]]]:
-    """(signal, metrics) for every probe, with the loss threshold beside the last gMINT setup."""
+    """(signal, metrics) for every probe, the loss threshold (on the main probe's rows) before the control."""
     by_probe = {m.probe: m.evaluation for m in run.cell.measurements}
-    rows: list[tuple[str, dict[str, Estimate]]] = []
-    for name, probe in run.labels.items():
-        evaluation = by_probe[probe]
-        rows.append((name, dict(evaluation.mint)))
-        if probe == _main_probe(run):
-            rows.append(("loss threshold (baseline)", dict(evaluation.loss_threshold)))
+    rows = [(name, dict(by_probe[probe].mint)) for name, probe in run.labels.items() if probe.model != "control"]
+    rows.append((LOSS_THRESHOLD, dict(by_probe[_main_probe(run)].loss_threshold)))
+    rows += [(name, dict(by_probe[probe].mint)) for name, probe in run.labels.items() if probe.model == "control"]
     return rows
 
 
@@ -54,16 +52,17 @@ def _loss_curve(run: AuditRun) -> RocCurve:
     """The loss threshold's held-out scores: lower loss reads as member (the threshold's own direction)."""
     evaluation = run.cell.evaluation(_main_probe(run))
     rows = slice_rows(evaluation, evaluation.store)
-    return RocCurve("loss threshold", rows.membership, -rows.loss)
+    return RocCurve(LOSS_THRESHOLD, rows.membership, -rows.loss)
 
 
 def write_report(run: AuditRun, out: Path, *, config_text: str = "") -> tuple[Path, Path]:
     """report.json and report.html (with its figures as PNGs beside them) in `out`."""
     figures = out / "figures"
     main = run.cell.evaluation(_main_probe(run))
-    curves = [RocCurve(name, m.evaluation.scores.membership, np.asarray(m.evaluation.scores.score, np.float64))
-              for name, probe in run.labels.items() for m in run.cell.measurements if m.probe == probe]
-    curves.insert(len(run.config.features.setups), _loss_curve(run))
+    curves = [_loss_curve(run) if name == LOSS_THRESHOLD else
+              RocCurve(name, run.cell.evaluation(run.labels[name]).scores.membership,
+                       np.asarray(run.cell.evaluation(run.labels[name]).scores.score, np.float64))
+              for name, _ in comparison_rows(run)]
     roc = roc_figure(curves, figures / "roc.png", title="every signal on the same held-out rows")
     rows = comparison_rows(run)
     header = ("signal", *(METRIC_LABELS[k] + (" (95% interval)" if k != "accuracy" else "") for k in SHOWN_METRICS))
@@ -143,7 +142,7 @@ def _headline(run: AuditRun, rows: list[tuple[str, dict[str, Estimate]]]) -> tup
         return run.candidates.conclusion(alpha), run.candidates.verdict.rejects(alpha)
     metrics = dict(rows)
     name = f"gMINT {run.config.features.setups[-1]}"
-    auc, loss = metrics[name]["auc"], metrics["loss threshold (baseline)"]["auc"]
+    auc, loss = metrics[name]["auc"], metrics[LOSS_THRESHOLD]["auc"]
     control = next((m["auc"] for n, m in rows if n.startswith("negative control")), None)
     text = (f"{name} tells held-out members from externals at AUC {format_estimate(auc)}; the loss threshold "
             f"reads {format_estimate(loss)}")

@@ -88,7 +88,8 @@ def run_audit(config: AuditConfig, base: Path, out: Path, *, config_text: str,
     if control is not None and audited is None:
         raise InputError("a negative-control model is given without the audited model it controls for")
     models = {"audited": audited, **({"control": control} if control is not None else {})} if audited else None
-    has_control = control is not None or (audited is None and (split is None and config.split.control > 0))
+    trains_control = audited is None and (len(split.control) > 0 if split is not None else config.split.control > 0)
+    has_control = control is not None or trains_control
     named = probes(config, control=has_control)
     recipe = Recipe(arch=config.model.arch, probes=tuple(named.values()),
                     train=TrainConfig(epochs=config.model.epochs, batch_size=config.model.batch_size,
