@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +149,7 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
             candidates, source = load_image_folder(images, audited), str(images)
         index = np.arange(len(candidates))
     else:
-        manifest = MembershipSplit.from_json(json.dumps(audited.meta["split"])) if "split" in audited.meta else None
+        manifest = MembershipSplit.of(audited.meta)
         candidates = load_data(data, data_root, size=model_input(audited)[1])
         source = f"{data} --rows {rows}"
         index = candidate_rows(rows, manifest)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -54,11 +53,8 @@ def depth(model: Path = typer.Option(..., help=MODEL_HELP),
     if not name:
         raise InputError("--data is required for a model without gmint metadata")
     images = load_data(str(name), data_root)
-    if split:
-        manifest = MembershipSplit.load(split)
-    elif "split" in audited.meta:
-        manifest = MembershipSplit.from_json(json.dumps(audited.meta["split"]))
-    else:
+    manifest = MembershipSplit.of(audited.meta, split)
+    if manifest is None:
         raise InputError("--split is required for a model trained outside gmint")
     transform = model_transform(audited, None)
     check_model_input(images, audited, transform)

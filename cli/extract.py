@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import replace
@@ -125,11 +124,8 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     if not name:
         raise InputError("--data is required for a model without gmint metadata")
     images = as_model_classes(load_data(str(name), data_root, size=image_size, size_option="--image-size"), audited)
-    if split:
-        manifest = MembershipSplit.load(split)
-    elif "split" in audited.meta:
-        manifest = MembershipSplit.from_json(json.dumps(audited.meta["split"]))
-    else:
+    manifest = MembershipSplit.of(audited.meta, split)
+    if manifest is None:
         raise InputError("--split is required for a model trained outside gmint")
     if manifest.dataset != images.name:
         raise InputError(f"the split is for '{manifest.dataset}', the data is '{images.name}'")

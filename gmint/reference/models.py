@@ -338,7 +338,8 @@ def reference_recipe(audited: AuditedModel, audited_path: Path, *, config: Train
         if config is not None:
             raise InputError(f"{audited_path} records the recipe it was trained with, which its reference models "
                              "are trained with: give no other")
-        own = split_of(meta)
+        own = MembershipSplit.of(meta)
+        assert own is not None  # "split" is in meta (checked above)
         if split is not None and split.sha256 != own.sha256:
             raise InputError(f"the split {split.sha256[:12]} is not the one {audited_path} was trained on "
                              f"({own.sha256[:12]}): its reference models are drawn from its own")
@@ -689,11 +690,6 @@ def reference_models(folder: Path, k: int | None = None, *, manifest: ReferenceS
     return paths
 
 
-def split_of(meta: dict[str, object]) -> MembershipSplit:
-    """The membership split a checkpoint's meta records (the audited model's, which its references share)."""
-    return MembershipSplit.from_json(json.dumps(meta["split"]))
-
-
 def set_split(manifest: ReferenceSet, audited: AuditedModel) -> MembershipSplit:
     """The split of a reference set: the one given for a model from outside (recorded in the manifest), else
     the one the audited checkpoint records.
@@ -701,11 +697,9 @@ def set_split(manifest: ReferenceSet, audited: AuditedModel) -> MembershipSplit:
     Raises:
         InputError: neither records one, or it is not the split the set was drawn on.
     """
-    if manifest.split is not None:
-        split = MembershipSplit.from_json(json.dumps(manifest.split))
-    elif "split" in audited.meta:
-        split = split_of(audited.meta)
-    else:
+    split = (MembershipSplit.from_json(json.dumps(manifest.split)) if manifest.split is not None
+             else MembershipSplit.of(audited.meta))
+    if split is None:
         raise InputError(f"neither the reference set nor {manifest.audited} records a membership split")
     if split.sha256 != manifest.split_sha256:
         raise InputError(f"the split of {manifest.audited} is not the one the reference set was drawn on")
