@@ -22,7 +22,7 @@ import numpy as np
 
 from gmint.assess.candidates import PREDICTED_LABELS, TO_GREY_HINT, TRUE_LABELS, load_image_folder
 from gmint.assess.scoring import Audit, audit_set
-from gmint.data.readers.common import decode_pixels
+from gmint.data.readers.pixels import decode_pixels
 from gmint.errors import InputError
 from gmint.serve.audits import PublishedAudit
 from gmint.serve.limits import CheckedImage, UploadError
