@@ -22,10 +22,9 @@ from gmint.models.io import load_audited
 from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
 from gmint.models.zoo import ARCHITECTURES
 from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
-from gmint_cli.inputs import load_data, size_hint
-from gmint_cli.options import choices, device_option, flag, json_object, positive
-from gmint_cli.outputs import check_output
-from gmint_cli.score import OPTION_HINTS, ROW_CHOICES, candidate_rows, print_set_verdict
+from gmint_cli.inputs import CANDIDATE_HINTS, ROW_CHOICES, candidate_rows, load_data, size_hint
+from gmint_cli.options import choices, data_root_option, device_option, flag, json_object, positive
+from gmint_cli.outputs import check_output, print_set_verdict
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -34,8 +33,7 @@ app = typer.Typer(no_args_is_help=True)
 @cli_errors
 def train(arch: str = typer.Option("small_cnn", help=f"Architecture from the zoo: {choices(ARCHITECTURES)}."),
           data: str = typer.Option("digits", help=f"Dataset: {choices(DATASETS)}."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                         "(default: $GMINT_DATA; digits needs none)."),
+          data_root: Path = data_root_option(),
           split: Path = typer.Option(None, help="Split manifest (default: a new grouped split, seed --seed)."),
           taps: str = typer.Option(None, help="Modules the head reads, comma-separated (default: the "
                                               f"architecture's preset; presets for {choices(TAP_PRESETS)})."),
@@ -118,8 +116,7 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
                                                  "(default: none; or give --data)."),
           data: str = typer.Option(None, help="Candidates from a dataset, with --rows (default: none; or give "
                                                "--images)."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                         "(default: $GMINT_DATA; digits needs none)."),
+          data_root: Path = data_root_option(),
           rows: str = typer.Option(None, help=f"{' | '.join(ROW_CHOICES)} of the model's split, or a JSON "
                                               "file listing row ids of --data (default: none)."),
           sample: int = typer.Option(None, min=1, help="Audit a seeded random subset of this many candidates "
@@ -155,7 +152,7 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
         index = candidate_rows(rows, manifest)
     if sample is not None:
         index = subsample(index, sample, seed)
-    with option_hints(OPTION_HINTS):
+    with option_hints(CANDIDATE_HINTS):
         result = audit_with_head(audited, trained, candidates, index, head_path=head, to_grey=to_grey,
                                  batch_size=batch_size, device=device)
     write_scores(result, out, alpha=alpha)

@@ -7,7 +7,7 @@ library's stages, which take seconds to load, and `gmint --help` or a typo shoul
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
@@ -72,12 +72,42 @@ VERBS = {
 }
 
 
+class _LoadedVerbs(MutableMapping[str, "Command"]):
+    """The root group's verbs by name, each built (and kept) the first time it is looked up, so whoever walks
+    the group's commands (click, the tests of every verb's options) sees every verb, and only pays for those
+    it opens."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, Command] = {}
+
+    def __getitem__(self, name: str) -> Command:
+        if name not in self._built:
+            self._built[name] = VERBS[name].command(name)
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Command) -> None:
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(VERBS)
+
+    def __len__(self) -> int:
+        return len(VERBS)
+
+
 class _Verbs(TyperGroup):
     """The root group: verbs are described from `VERBS` and loaded only when one is resolved to run.
 
     A usage mistake (unknown option, bad or missing value) is reported like every other bad input: one line
     on stderr and exit code 1, instead of click's usage block, error box and exit code 2.
     """
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = _LoadedVerbs()
 
     def list_commands(self, ctx: Context) -> list[str]:
         """Every verb, in `VERBS` order."""
@@ -91,7 +121,7 @@ class _Verbs(TyperGroup):
     def resolve_command(self, ctx: Context, args: list[str]) -> tuple[str | None, Command | None, list[str]]:
         """The verb the command line names, loaded: to run it, show its help or complete its options."""
         name, _, rest = super().resolve_command(ctx, args)
-        return name, VERBS[name].command(name) if name else None, rest
+        return name, self.commands[name] if name else None, rest
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Outputs, checked before anything is read or written: never over an input, never without --overwrite."""
+"""Outputs, checked before anything is read or written: never over an input, never without --overwrite; and
+the set verdict, printed alike by every verb that audits candidates."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from gmint.assess.scoring import Audit
 from gmint.errors import InputError
+from gmint_cli.console import console
 
 
 def check_output(path: Path | None, option: str, *, inputs: Mapping[str, Path | None] | None = None,
@@ -62,3 +65,22 @@ def _same(a: Path, b: Path) -> bool:
 
 def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
+
+
+def print_set_verdict(result: Audit, source: str, calibration: str, score_name: str, alpha: float) -> None:
+    """The candidates, the calibration rows (`calibration` says whose, and what they were never used for) and
+    the set verdict at `alpha`, in the words `gmint score` and `gmint amint score` share."""
+    v, cal, n_predicted = result.verdict, result.calibration, result.scores.n_predicted
+    console.print(f"candidates: {v.n_candidates} from {source}; mean {score_name} {v.mean_candidate:.3f}")
+    if result.scores.label_source != "true" or n_predicted:
+        console.print(f"labels: {n_predicted} of {v.n_candidates} candidates scored under the audited model's own "
+                      f"prediction (no class given), {v.n_candidates - n_predicted} under their true class",
+                      highlight=False)
+    left_out = [f"{cal.excluded} left out as candidates"] if cal.excluded else []
+    left_out += [f"{cal.misclassified} misclassified by the model left out"] if cal.misclassified else []
+    console.print(f"calibration: {v.n_calibration} held-out external rows {calibration}"
+                  f"{''.join(f'; {part}' for part in left_out)}); mean {score_name} {v.mean_calibration:.3f}")
+    decision = f"[bold]H0 rejected[/] at α = {alpha}" if v.rejects(alpha) else f"H0 not rejected at α = {alpha}"
+    console.print(f"verdict: {v.test}: U = {v.statistic:.1f}, p = {v.p_value:.3g} → {decision} "
+                  f"(P(candidate > external) = {v.effect:.3f})", highlight=False)
+    console.print(result.conclusion(alpha), highlight=False)

@@ -9,39 +9,27 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from gmint.assess.candidates import (
-    LABEL_SOURCES,
-    PREDICTED_HINT,
-    TO_GREY_HINT,
-    holdout_rows,
-    load_image_folder,
-    model_input,
-    read_row_ids,
-    subsample,
-)
+from gmint.assess.candidates import LABEL_SOURCES, load_image_folder, model_input, subsample
 from gmint.assess.exposure import contact_sheet, exposed_candidates, write_csv
-from gmint.assess.scoring import SUBSET_HINT, Audit, audit_set, write_scores
+from gmint.assess.scoring import audit_set, write_scores
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.errors import InputError
 from gmint.mint import TrainedMint
 from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
 from gmint_cli.inputs import (
     ARCH_HELP,
+    CANDIDATE_HINTS,
     MODEL_HELP,
+    ROW_CHOICES,
     TORCHSCRIPT_HELP,
     TRUST_PICKLE_HELP,
+    candidate_rows,
     load_data,
     load_model,
     size_hint,
 )
-from gmint_cli.options import choices, device_option, flag
-from gmint_cli.outputs import check_output
-
-ROW_CHOICES = ("holdout-members", "holdout-external")
-# The library's remedies, in the words of this command's options.
-OPTION_HINTS = {TO_GREY_HINT: "convert them explicitly with --to-grey (luma)",
-                SUBSET_HINT: "audit a subset of them (--sample N)",
-                PREDICTED_HINT: "label them with the audited model's predictions (--labels predicted)"}
+from gmint_cli.options import choices, data_root_option, device_option, flag
+from gmint_cli.outputs import check_output, print_set_verdict
 
 
 @cli_errors
@@ -56,8 +44,7 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
                                                  "named by a class name or index (default: none; or give --data)."),
           data: str = typer.Option(None, help="Candidates from a dataset, with --rows (default: none; or give "
                                                "--images)."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                         "(default: $GMINT_DATA; digits needs none)."),
+          data_root: Path = data_root_option(),
           rows: str = typer.Option(None, help=f"{' | '.join(ROW_CHOICES)} of the model's split, or a JSON "
                                               "file listing row ids of --data (default: none)."),
           split: Path = typer.Option(None, help="Split manifest for --rows (default: the one stored with the "
@@ -107,7 +94,7 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
     classifier = TrainedMint.load(mint)
     audited = load_model(model, arch, torchscript, trust_pickle)
     if images is not None:
-        with size_hint(None), option_hints(OPTION_HINTS):
+        with size_hint(None), option_hints(CANDIDATE_HINTS):
             candidates, source = load_image_folder(images, audited, labels=labels), str(images)
         index = np.arange(len(candidates))
     else:
@@ -123,7 +110,7 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
                              f"{candidates.name} (0 to {len(candidates) - 1})")
     if sample is not None:
         index = subsample(index, sample, seed)
-    with tempfile.TemporaryDirectory(prefix="gmint-score-") as tmp, option_hints(OPTION_HINTS):
+    with tempfile.TemporaryDirectory(prefix="gmint-score-") as tmp, option_hints(CANDIDATE_HINTS):
         kept = features or (Path(tmp) / "candidates.h5" if top else None)  # --top reads the losses there
         result = audit_set(audited, classifier, candidates, index, calibration=store, out=kept, to_grey=to_grey,
                            labels=labels, batch_size=batch_size, device=device, show_progress=show_progress())
@@ -145,38 +132,3 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
     console.print(f"wrote {out}")
     for path in top_files:
         console.print(f"wrote {path}")
-
-
-def print_set_verdict(result: Audit, source: str, calibration: str, score_name: str, alpha: float) -> None:
-    """The candidates, the calibration rows (`calibration` says whose, and what they were never used for) and
-    the set verdict at `alpha`, in the words `gmint score` and `gmint amint score` share."""
-    v, cal, n_predicted = result.verdict, result.calibration, result.scores.n_predicted
-    console.print(f"candidates: {v.n_candidates} from {source}; mean {score_name} {v.mean_candidate:.3f}")
-    if result.scores.label_source != "true" or n_predicted:
-        console.print(f"labels: {n_predicted} of {v.n_candidates} candidates scored under the audited model's own "
-                      f"prediction (no class given), {v.n_candidates - n_predicted} under their true class",
-                      highlight=False)
-    left_out = [f"{cal.excluded} left out as candidates"] if cal.excluded else []
-    left_out += [f"{cal.misclassified} misclassified by the model left out"] if cal.misclassified else []
-    console.print(f"calibration: {v.n_calibration} held-out external rows {calibration}"
-                  f"{''.join(f'; {part}' for part in left_out)}); mean {score_name} {v.mean_calibration:.3f}")
-    decision = f"[bold]H0 rejected[/] at α = {alpha}" if v.rejects(alpha) else f"H0 not rejected at α = {alpha}"
-    console.print(f"verdict: {v.test}: U = {v.statistic:.1f}, p = {v.p_value:.3g} → {decision} "
-                  f"(P(candidate > external) = {v.effect:.3f})", highlight=False)
-    console.print(result.conclusion(alpha), highlight=False)
-
-
-def candidate_rows(rows: str, split: MembershipSplit | None) -> np.ndarray:
-    """--rows: the split's held-out members or externals, or the rows a JSON file lists."""
-    if rows in ROW_CHOICES:
-        if split is None:
-            raise InputError(f"--rows {rows} needs the audited model's membership split")
-        return holdout_rows(split, members=rows == "holdout-members")
-    if not Path(rows).is_file():
-        raise InputError(f"--rows must be {' or '.join(ROW_CHOICES)} or a JSON file of row ids; {rows} not found")
-    try:
-        return read_row_ids(Path(rows))
-    except InputError as exc:
-        raise InputError(f"--rows: {exc}") from None
-
-

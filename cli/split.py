@@ -14,7 +14,7 @@ from gmint.data.split import PAPER_HINT, PROTOCOLS, MembershipSplit, make_split,
 from gmint.errors import InputError
 from gmint_cli.console import cli_errors, console, print_json
 from gmint_cli.inputs import load_data
-from gmint_cli.options import choices, flag
+from gmint_cli.options import choices, data_root_option, flag
 from gmint_cli.outputs import check_output
 
 SIZE_HELP = "a fraction in (0, 1) of the train part, e.g. 0.4, or a whole number of rows, e.g. 900"
@@ -40,8 +40,7 @@ def parse_size(text: str, option: str) -> float | int:
 @cli_errors
 def split(ctx: typer.Context,
           data: str = typer.Option("digits", help=f"Dataset: {choices(DATASETS)}."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                         "(default: $GMINT_DATA; digits needs none)."),
+          data_root: Path = data_root_option(),
           members: str = typer.Option("0.5", help=f"Members: {SIZE_HELP}."),
           external: str = typer.Option("0.5", help=f"External: {SIZE_HELP}."),
           members_list: Path = typer.Option(None, help=f"The rows that trained the model, listed: {LIST_HELP}. "
