@@ -23,7 +23,16 @@ from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
 from gmint.models.zoo import ARCHITECTURES
 from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
 from gmint_cli.inputs import CANDIDATE_HINTS, ROW_CHOICES, candidate_rows, load_data, size_hint
-from gmint_cli.options import choices, data_root_option, device_option, flag, json_object, positive
+from gmint_cli.options import (
+    choices,
+    data_root_option,
+    device_option,
+    flag,
+    json_flag,
+    json_object,
+    overwrite_flag,
+    positive,
+)
 from gmint_cli.outputs import check_output, print_set_verdict
 
 app = typer.Typer(no_args_is_help=True)
@@ -126,8 +135,8 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
           alpha: float = typer.Option(0.05, help="Significance level of the verdict, in (0, 1)."),
           out: Path = typer.Option(Path("scores.csv"), help="Per-sample scores: CSV (sample_id, file, score), "
                                                            "or JSON with the verdict if it ends in .json."),
-          overwrite: bool = flag("--overwrite", "Replace an existing --out."),
-          json_out: bool = flag("--json", "Print the result as JSON instead."),
+          overwrite: bool = overwrite_flag(),
+          json_out: bool = json_flag(),
           batch_size: int = typer.Option(256, min=1, help="Candidates per batch."),
           device: str = device_option()) -> None:
     """Score candidate samples with an aMINT head and test "these samples were not in training" as a set."""
