@@ -2,9 +2,10 @@ r"""Training speed of the zoo on CPU: the cheap wins beside what `gmint.models.t
 
 Audited-model training dominates every grid cell and every reference model, so each candidate speed-up of its
 step is measured per architecture, as samples/s of whole training steps (data path, forward, cross-entropy,
-backward, Adam step, the running loss and accuracy `_epoch` keeps):
+backward, Adam step, the running loss and accuracy `train_epoch` keeps):
 
-- `baseline`: exactly `gmint.models.train._epoch`'s inner loop: index the uint8 rows, `Transform` them
+- `baseline`: the library's own step, the parts `gmint.models.train.train_epoch` is made of (`epoch_batches`,
+  `train_step`): index the uint8 rows, `Transform` them
   (which returns batches with channels-last strides: it permutes (B, H, W, C) memory; convolutions follow
   their input's layout, so the whole network already runs channels-last, with NCHW-stored weights), the
   configured augmentation, forward, Adam from the `OPTIMIZERS` registry (torch's default
@@ -24,7 +25,7 @@ backward, Adam step, the running loss and accuracy `_epoch` keeps):
   already one of the variants.
 
 Every variant's model is built from the same seed and sees the same batches in the same order (the epoch
-shuffles of `_epoch`), so the loss of each step can be compared with the baseline's: the report gives the
+shuffles of `epoch_batches`), so the loss of each step can be compared with the baseline's: the report gives the
 largest relative difference over the first `warmup` steps and over all steps taken, and the parameters'
 relative difference after the warmup (fused Adam, compiled kernels and NCHW convolutions sum in other orders).
 
@@ -48,6 +49,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -62,7 +64,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.optimizer import _default_to_fused_or_foreach
 
@@ -73,7 +74,7 @@ from gmint.data.readers import load_dataset
 from gmint.data.transforms import Transform
 from gmint.files import atomic_write
 from gmint.models.architectures import CPU_SCALE
-from gmint.models.train import AUGMENTATIONS, OPTIMIZERS
+from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, TrainConfig, epoch_batches, train_step
 from gmint.models.zoo import build
 from gmint.registry import Registry
 from gmint.threads import torch_threads
@@ -86,7 +87,7 @@ ADAMS = ("default", "foreach", "fused")
 
 @dataclass(frozen=True)
 class Variant:
-    """One way of running the training step; the default values are `_epoch`'s.
+    """One way of running the training step; the default values are `train_epoch`'s.
 
     Attributes:
         layout: `transform` (the batch as `Transform` returns it, the model NCHW), `nchw` (the batch made
@@ -184,11 +185,11 @@ class Config:
 
 
 class Trainer:
-    """One variant's model, optimiser and batch stream, stepping as `_epoch` does.
+    """One variant's model, optimiser and batch stream, stepping with the library's `train_step`.
 
-    Batches follow `_epoch`: epoch e shuffles the rows with a generator seeded `seed * 100_003 + e`, which the
-    augmentation then draws from, batch after batch. Every Trainer of a run starts from `torch.manual_seed(seed)`,
-    so all variants train the same model on the same batches and their losses can be compared step by step.
+    Batches come from the library's `epoch_batches`, epoch after epoch. Every Trainer of a run starts from
+    `torch.manual_seed(seed)`, so all variants train the same model on the same batches and their losses can be
+    compared step by step.
     """
 
     def __init__(self, variant: Variant, case: Case, config: Config, data: ImageSet, transform: Transform) -> None:
@@ -208,11 +209,10 @@ class Trainer:
         if variant.compiled:
             _cold_compiles(config.compile_cache)
             self.forward = torch.compile(self.model, backend=config.compile_backend)
-        self.rows = np.arange(len(data))
-        self.batches_per_epoch = math.ceil(len(self.rows) / config.batch_size)
-        self._gen = torch.Generator()
-        self._order = self.rows
-        self._prepared = 0                          # batches prepared so far (the next one's index)
+        recipe = TrainConfig(batch_size=config.batch_size, lr=config.lr, augment=config.augment, seed=config.seed)
+        rows = np.arange(len(data))
+        self._batches = (batch for epoch in itertools.count()
+                         for batch in epoch_batches(data, rows, transform, self.augment, recipe, epoch))
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if variant.prefetch else None
         self._next: Future[tuple[Tensor, Tensor, int]] | None = None
         self.losses: list[float] = []
@@ -220,19 +220,13 @@ class Trainer:
         self.data_s = 0.0                           # time the step spent getting its batch
 
     def _prepare(self) -> tuple[Tensor, Tensor, int]:
-        """The next batch, as `_epoch` makes it, in this variant's layout."""
-        epoch, j = divmod(self._prepared, self.batches_per_epoch)
-        self._prepared += 1
-        if j == 0:
-            self._gen = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-            self._order = self.rows[torch.randperm(len(self.rows), generator=self._gen).numpy()]
-        idx = self._order[j * self.config.batch_size:(j + 1) * self.config.batch_size]
-        x = self.augment(self.transform(self.data.images[idx]), self._gen)
+        """The next batch, as `train_epoch` gets it, in this variant's layout."""
+        x, y = next(self._batches)
         if self.variant.layout == "nchw":   # not contiguous(): a one-channel batch passes as NCHW already
             x = x.clone(memory_format=torch.contiguous_format)
         elif self.variant.layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, torch.from_numpy(self.data.labels[idx]), len(idx)
+        return x, y, len(y)
 
     def step(self) -> float:
         """One training step; returns its loss."""
@@ -245,11 +239,7 @@ class Trainer:
             x, y, n = self._next.result()
             self._next = self._pool.submit(self._prepare)
         self.data_s += time.perf_counter() - t0
-        logits = self.forward(x)
-        loss = F.cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        loss, logits = train_step(self.forward, self.optimizer, x, y)
         value = loss.item()
         self.total_loss += value * n
         self.correct += int((logits.argmax(1) == y).sum())
@@ -574,7 +564,7 @@ def markdown(results: Json) -> str:
         "rounds, so load changes hit every variant alike.",
         *[f"- Note (run {i}): {r['note']}" for i, r in enumerate(runs) if r.get("note")],
         f"- Training step at batch {settings['batch_size']} (seeded random uint8 pixels unless the case says "
-        f"otherwise, {settings['rows']} rows shuffled per epoch as `_epoch` does, augmentation "
+        f"otherwise, {settings['rows']} rows shuffled per epoch as `epoch_batches` does, augmentation "
         f"`{settings['augment']}`), Adam lr {settings['lr']}; {settings['warmup']} untimed steps per variant, then "
         f"{settings['rounds']} rounds (rotating order) of ≥ {settings['min_round_s']} s each; torch.compile backend "
         f"`{settings['compile_backend']}`, caches {'on' if settings['compile_cache'] else 'off (a first run)'}.",

@@ -24,7 +24,16 @@ from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
 from gmint.models.zoo import ARCHITECTURES
 from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
 from gmint_cli.inputs import load_data, size_hint
-from gmint_cli.options import choices, device_option, flag, json_object, positive
+from gmint_cli.options import (
+    choices,
+    data_root_option,
+    device_option,
+    flag,
+    json_flag,
+    json_object,
+    overwrite_flag,
+    positive,
+)
 from gmint_cli.outputs import check_output
 from gmint_cli.verdict import OPTION_HINTS, ROWS_HELP, ROWS_HINTS, print_set_verdict
 
@@ -35,8 +44,7 @@ app = typer.Typer(no_args_is_help=True)
 @cli_errors
 def train(arch: str = typer.Option("small_cnn", help=f"Architecture from the zoo: {choices(ARCHITECTURES)}."),
           data: str = typer.Option("digits", help=f"Dataset: {choices(DATASETS)}."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                         "(default: $GMINT_DATA; digits needs none)."),
+          data_root: Path = data_root_option(),
           split: Path = typer.Option(None, help="Split manifest (default: a new grouped split, seed --seed)."),
           taps: str = typer.Option(None, help="Modules the head reads, comma-separated (default: the "
                                               f"architecture's preset; presets for {choices(TAP_PRESETS)})."),
@@ -119,8 +127,7 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
                                                  "(default: none; or give --data)."),
           data: str = typer.Option(None, help="Candidates from a dataset, with --rows (default: none; or give "
                                                "--images)."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                         "(default: $GMINT_DATA; digits needs none)."),
+          data_root: Path = data_root_option(),
           rows: str = typer.Option(None, help=ROWS_HELP),
           sample: int = typer.Option(None, min=1, help="Audit a seeded random subset of this many candidates "
                                                        "(default: all of them)."),
@@ -129,8 +136,8 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
           alpha: float = typer.Option(0.05, help="Significance level of the verdict, in (0, 1)."),
           out: Path = typer.Option(Path("scores.csv"), help="Per-sample scores: CSV (sample_id, file, score), "
                                                            "or JSON with the verdict if it ends in .json."),
-          overwrite: bool = flag("--overwrite", "Replace an existing --out."),
-          json_out: bool = flag("--json", "Print the result as JSON instead."),
+          overwrite: bool = overwrite_flag(),
+          json_out: bool = json_flag(),
           batch_size: int = typer.Option(256, min=1, help="Candidates per batch."),
           device: str = device_option()) -> None:
     """Score candidate samples with an aMINT head and test "these samples were not in training" as a set."""

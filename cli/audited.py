@@ -14,7 +14,7 @@ from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
 from gmint.models.zoo import ARCHITECTURES
 from gmint_cli.console import cli_errors, console, show_progress
 from gmint_cli.inputs import load_data
-from gmint_cli.options import choices, device_option, flag, json_object, positive
+from gmint_cli.options import choices, data_root_option, device_option, flag, json_object, positive
 from gmint_cli.outputs import check_output
 
 app = typer.Typer(no_args_is_help=True)
@@ -24,8 +24,7 @@ app = typer.Typer(no_args_is_help=True)
 @cli_errors
 def train(arch: str = typer.Option("small_cnn", help=f"Architecture from the zoo: {choices(ARCHITECTURES)}."),
           data: str = typer.Option("digits", help=f"Dataset: {choices(DATASETS)}."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                         "(default: $GMINT_DATA; digits needs none)."),
+          data_root: Path = data_root_option(),
           split: Path = typer.Option(None, help="Split manifest (default: a new grouped split, seed --seed)."),
           width: float = typer.Option(1.0, callback=positive, help="Channel width multiplier (> 0)."),
           arch_options: str = typer.Option("{}", help='Extra architecture options as a JSON object, e.g. '

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -16,9 +15,17 @@ from gmint.features.extract import split_rows
 from gmint.features.layers import MODULE_PRESETS, resolve_modules
 from gmint.mint import MINT_MODELS
 from gmint_cli.console import cli_errors, console, print_json, show_progress
-from gmint_cli.extract import check_model_input, model_transform
-from gmint_cli.inputs import ARCH_HELP, MODEL_HELP, TORCHSCRIPT_HELP, TRUST_PICKLE_HELP, load_data, load_model
-from gmint_cli.options import choices, flag
+from gmint_cli.inputs import (
+    ARCH_HELP,
+    MODEL_HELP,
+    TORCHSCRIPT_HELP,
+    TRUST_PICKLE_HELP,
+    check_model_input,
+    load_data,
+    load_model,
+    model_transform,
+)
+from gmint_cli.options import choices, data_root_option, flag
 from gmint_cli.outputs import check_output
 
 
@@ -28,8 +35,7 @@ def depth(model: Path = typer.Option(..., help=MODEL_HELP),
           torchscript: bool = flag("--torchscript", TORCHSCRIPT_HELP),
           trust_pickle: bool = flag("--trust-pickle", TRUST_PICKLE_HELP),
           data: str = typer.Option(None, help="Dataset (default: the one the model was trained on)."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                         "(default: $GMINT_DATA; digits needs none)."),
+          data_root: Path = data_root_option(),
           split: Path = typer.Option(None, help="Split manifest (default: the one stored with the model)."),
           blocks: str = typer.Option("blocks", help=f"Modules to sweep: {choices(MODULE_PRESETS)}, or module "
                                                     "names/globs, comma-separated (default: every block)."),
@@ -54,11 +60,8 @@ def depth(model: Path = typer.Option(..., help=MODEL_HELP),
     if not name:
         raise InputError("--data is required for a model without gmint metadata")
     images = load_data(str(name), data_root)
-    if split:
-        manifest = MembershipSplit.load(split)
-    elif "split" in audited.meta:
-        manifest = MembershipSplit.from_json(json.dumps(audited.meta["split"]))
-    else:
+    manifest = MembershipSplit.of(audited.meta, split)
+    if manifest is None:
         raise InputError("--split is required for a model trained outside gmint")
     transform = model_transform(audited, None)
     check_model_input(images, audited, transform)

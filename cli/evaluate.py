@@ -19,9 +19,8 @@ from gmint.reference.report import comparison_table, write_comparison
 from gmint.reference.signals import load_signals
 from gmint_cli.console import cli_errors, console, print_json
 from gmint_cli.inputs import load_data
-from gmint_cli.options import choices, flag
+from gmint_cli.options import DEFAULT_ATTACKS, choices, data_root_option, flag
 from gmint_cli.outputs import check_output
-from gmint_cli.reference import DEFAULT_ATTACKS
 
 
 @cli_errors
@@ -41,8 +40,8 @@ def evaluate(mint: Path = typer.Argument(..., help="A MINT classifier from `gmin
              top: int = typer.Option(None, min=1, help="Write the K held-out members with the highest scores to "
                                                        "exposed.csv and an image sheet exposed.png in --report "
                                                        "(default: none)."),
-             data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the store's dataset, "
-                                            "for --top's images (default: $GMINT_DATA; digits needs none)."),
+             data_root: Path = data_root_option("Folder holding the store's dataset, for --top's images "
+                                                "(default: $GMINT_DATA; digits needs none)."),
              references: Path = typer.Option(None, help="A reference folder of the same audited model (`gmint "
                                                         "reference extract`): also run LiRA, RMIA and calibrated "
                                                         "gMINT with all its models (default: none).")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import replace
@@ -14,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from gmint.assess.candidates import model_classes, model_input, relabel
+from gmint.assess.candidates import model_input
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.data.transforms import Transform
@@ -31,8 +30,18 @@ from gmint.features.store import ANOTHER_STORE_HINT, REBUILD_HINT, check_resumab
 from gmint.models.check import ModelCheck, check_model
 from gmint.models.io import AuditedModel
 from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
-from gmint_cli.inputs import ARCH_HELP, MODEL_HELP, TORCHSCRIPT_HELP, TRUST_PICKLE_HELP, load_data, load_model
-from gmint_cli.options import choices, device_option, flag
+from gmint_cli.inputs import (
+    ARCH_HELP,
+    MODEL_HELP,
+    TORCHSCRIPT_HELP,
+    TRUST_PICKLE_HELP,
+    as_model_classes,
+    check_model_input,
+    load_data,
+    load_model,
+    model_transform,
+)
+from gmint_cli.options import choices, data_root_option, device_option, flag
 from gmint_cli.outputs import check_output
 
 # Remedies the library names in its own terms, and this command's option that carries each out.
@@ -51,19 +60,6 @@ def parse_bytes(text: str) -> int:
     return budget
 
 
-def check_model_input(images: ImageSet, audited: AuditedModel, transform: Transform) -> None:
-    """Refuse images the audited model cannot take, before a store is created: another channel count, or a
-    side the transform does not bring to the model's (the model would fail on the first batch, or, for a
-    model that pools globally, silently compute features of images it was never shown at that size)."""
-    channels, side = model_input(audited)
-    c, h, w = images.image_shape
-    if channels is not None and c != channels:
-        raise InputError(f"the images of {images.name} have {c} channel{'s' * (c != 1)}, the audited model takes "
-                         f"{channels}")
-    seen = (transform.size, transform.size) if transform.size else (h, w)
-    if side is not None and seen != (side, side):
-        raise InputError(f"the audited model takes {side}x{side} images, those of {images.name} would reach it as "
-                         f"{seen[0]}x{seen[1]}; pass --image-size {side} to resize them")
 
 
 def check_loss(loss: str, audited: AuditedModel) -> None:
@@ -81,8 +77,7 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
             trust_pickle: bool = flag("--trust-pickle", TRUST_PICKLE_HELP),
             data: str = typer.Option(None, help=f"Dataset: {choices(DATASETS)} (default: the one the model was "
                                                 "trained on)."),
-            data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                           "(default: $GMINT_DATA; digits needs none)."),
+            data_root: Path = data_root_option(),
             split: Path = typer.Option(None, help="Split manifest (default: the one stored with the model)."),
             model_trained_outside_gmint: bool = flag(
                 "--model-trained-outside-gmint",
@@ -129,11 +124,8 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     if not name:
         raise InputError("--data is required for a model without gmint metadata")
     images = as_model_classes(load_data(str(name), data_root, size=image_size, size_option="--image-size"), audited)
-    if split:
-        manifest = MembershipSplit.load(split)
-    elif "split" in audited.meta:
-        manifest = MembershipSplit.from_json(json.dumps(audited.meta["split"]))
-    else:
+    manifest = MembershipSplit.of(audited.meta, split)
+    if manifest is None:
         raise InputError("--split is required for a model trained outside gmint")
     if manifest.dataset != images.name:
         raise InputError(f"the split is for '{manifest.dataset}', the data is '{images.name}'")
@@ -172,11 +164,6 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
 
 
 
-def as_model_classes(images: ImageSet, audited: AuditedModel) -> ImageSet:
-    """The dataset labelled in the audited model's class indices, matched by class name (or by index where the
-    data's classes are named 0, 1, …); a class the model does not know is refused."""
-    classes = model_classes(audited)
-    return relabel(images, classes) if classes is not None and tuple(classes) != images.classes else images
 
 
 def report_model_check(audited: AuditedModel, images: ImageSet, split: MembershipSplit, transform: Transform,
@@ -191,11 +178,6 @@ def report_model_check(audited: AuditedModel, images: ImageSet, split: Membershi
     return check
 
 
-def model_transform(audited: AuditedModel, image_size: int | None) -> Transform:
-    """The preprocessing the audited model records, resized to --image-size where given (its normalisation
-    and channels stay the model's own); a model that records none is refused (see `AuditedModel.transform`)."""
-    transform = audited.transform
-    return replace(transform, size=image_size, crop=None) if image_size else transform
 
 
 def example_input(audited: AuditedModel, images: ImageSet | None, image_size: int | None) -> torch.Tensor | None:
@@ -218,8 +200,7 @@ def list_layers(model: Path = typer.Option(..., help=MODEL_HELP),
            trust_pickle: bool = flag("--trust-pickle", TRUST_PICKLE_HELP),
            data: str = typer.Option(None, help="Dataset whose first image orders the layers by the forward pass "
                                                "(default: the one the model was trained on, if recorded)."),
-           data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                          "(default: $GMINT_DATA; digits needs none)."),
+           data_root: Path = data_root_option(),
            image_size: int = typer.Option(None, min=1, help="Resize images to this side (default: the model's "
                                                            "recorded transform)."),
            json_out: bool = flag("--json", "Print the layers as JSON instead.")) -> None:

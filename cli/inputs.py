@@ -1,14 +1,18 @@
-"""Inputs every verb reads: audited models and datasets, with errors that name the verb's own options."""
+"""Inputs every verb reads: audited models and datasets (fitted to the model's classes and input), and the
+candidate rows a verb scores, with errors that name the verb's own options."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
+from gmint.assess.candidates import model_classes, model_input, relabel
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.readers import load_dataset
+from gmint.data.transforms import Transform
 from gmint.errors import GmintError, InputError
 from gmint.models.io import AuditedModel, load_audited
 
@@ -18,8 +22,6 @@ MODEL_HELP = "Audited model: a gmint checkpoint, a state dict (with --arch) or T
 ARCH_HELP = "package.module:factory building the model for a state dict (default: the checkpoint's own)."
 TORCHSCRIPT_HELP = "--model is a TorchScript file."
 TRUST_PICKLE_HELP = "Allow a pickled full module (loading it runs its code!)."
-
-
 def load_model(model: Path, arch: str | None, torchscript: bool, trust_pickle: bool) -> AuditedModel:
     """The audited model as every verb that reads one loads it (--model, --arch, --torchscript, --trust-pickle)."""
     return load_audited(model, arch=arch, torchscript=torchscript, trust_pickle=trust_pickle)
@@ -59,3 +61,32 @@ def size_hint(option: str | None) -> Iterator[None]:
         hint = (f"pass {option} N to resize every image to NxN" if option
                 else "resize them to one size first (this command does not resize)")
         raise InputError(str(exc).replace(READER_SIZE_HINT, hint)) from None
+
+
+def model_transform(audited: AuditedModel, image_size: int | None) -> Transform:
+    """The preprocessing the audited model records, resized to --image-size where given (its normalisation
+    and channels stay the model's own); a model that records none is refused (see `AuditedModel.transform`)."""
+    transform = audited.transform
+    return replace(transform, size=image_size, crop=None) if image_size else transform
+
+
+def check_model_input(images: ImageSet, audited: AuditedModel, transform: Transform) -> None:
+    """Refuse images the audited model cannot take, before a store is created: another channel count, or a
+    side the transform does not bring to the model's (the model would fail on the first batch, or, for a
+    model that pools globally, silently compute features of images it was never shown at that size)."""
+    channels, side = model_input(audited)
+    c, h, w = images.image_shape
+    if channels is not None and c != channels:
+        raise InputError(f"the images of {images.name} have {c} channel{'s' * (c != 1)}, the audited model takes "
+                         f"{channels}")
+    seen = (transform.size, transform.size) if transform.size else (h, w)
+    if side is not None and seen != (side, side):
+        raise InputError(f"the audited model takes {side}x{side} images, those of {images.name} would reach it as "
+                         f"{seen[0]}x{seen[1]}; pass --image-size {side} to resize them")
+
+
+def as_model_classes(images: ImageSet, audited: AuditedModel) -> ImageSet:
+    """The dataset labelled in the audited model's class indices, matched by class name (or by index where the
+    data's classes are named 0, 1, …); a class the model does not know is refused."""
+    classes = model_classes(audited)
+    return relabel(images, classes) if classes is not None and tuple(classes) != images.classes else images

@@ -1,4 +1,5 @@
-"""Option helpers every verb shares: choices from registries, flags, checked numbers, devices, JSON options."""
+"""Option helpers every verb shares: choices from registries, flags, checked numbers, devices, JSON options,
+and the options several verbs declare alike (declared here once, so they read the same in every --help)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import torch
 import typer
 
 from gmint.errors import InputError
+
+DATA_ROOT_HELP = "Folder holding the datasets (default: $GMINT_DATA; digits needs none)."
+# The attacks `gmint reference attack` runs, and `gmint eval --references` shows, when none are named.
+DEFAULT_ATTACKS = ("loss", "gmint", "negative-control", "lira-offline", "lira-offline-global", "rmia",
+                   "gmint-calibrated", "gmint-calibrated-norms", "gmint-concat")
 
 
 def choices(names: Iterable[str]) -> str:
@@ -52,6 +58,21 @@ def check_device(value: str) -> str:
 def device_option() -> Any:
     """--device, checked when the command line is read."""
     return typer.Option("cpu", callback=check_device, help="Where the model runs: cpu, cuda, cuda:N or mps.")
+
+
+def data_root_option(help: str = DATA_ROOT_HELP) -> Any:
+    """--data-root, from $GMINT_DATA where not given; `help` says what the verb reads there, if not datasets."""
+    return typer.Option(None, envvar="GMINT_DATA", help=help)
+
+
+def overwrite_flag() -> Any:
+    """--overwrite, for a verb whose output is the file --out."""
+    return flag("--overwrite", "Replace an existing --out.")
+
+
+def json_flag() -> Any:
+    """--json, for a verb that prints a result."""
+    return flag("--json", "Print the result as JSON instead.")
 
 
 def json_object(text: str, option: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Outputs, checked before anything is read or written: never over an input, never without --overwrite."""
+"""Outputs, checked before anything is read or written: never over an input, never without --overwrite; and
+the set verdict, printed alike by every verb that audits candidates."""
 
 from __future__ import annotations
 

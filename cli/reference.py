@@ -32,14 +32,11 @@ from gmint.reference.manifest import INITS, MODES
 from gmint.reference.report import comparison_table, write_comparison
 from gmint_cli import audited as audited_cli
 from gmint_cli.console import cli_errors, console, print_json, show_progress
-from gmint_cli.extract import as_model_classes
-from gmint_cli.inputs import load_data
-from gmint_cli.options import choices, device_option, flag, json_object
+from gmint_cli.inputs import as_model_classes, load_data
+from gmint_cli.options import DEFAULT_ATTACKS, choices, data_root_option, device_option, flag, json_object
 from gmint_cli.outputs import check_output
 
 app = typer.Typer(no_args_is_help=True)
-DEFAULT_ATTACKS = ("loss", "gmint", "negative-control", "lira-offline", "lira-offline-global", "rmia",
-                   "gmint-calibrated", "gmint-calibrated-norms", "gmint-concat")
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 # The TrainConfig fields given as options, and the option of each; the seed is --train-seed here, as --seed
 # seeds the halves.
@@ -146,8 +143,7 @@ def train(model: Path = typer.Option(..., help="The audited gmint checkpoint. A 
           init: str = typer.Option("audited", help=f"{choices(INITS)}: start every model from the audited model's "
                                                    "seed (aligned filters; for a model from outside, the recipe's), "
                                                    "or each from its own."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                            "(default: $GMINT_DATA; digits needs none)."),
+          data_root: Path = data_root_option(),
           device: str = device_option(),
           workers: int = typer.Option(1, min=1, help="Models trained at once, each in its own process (each on "
                                                      "its recipe's threads); the weights are the same for any "
@@ -207,8 +203,7 @@ def extract(references: Path = typer.Argument(..., help="A folder from `gmint re
             seed: int = typer.Option(0, help="Seed of seeded reductions."),
             data: str = typer.Option(None, help=f"Dataset: {choices(DATASETS)} (default: the one the reference set "
                                                 "was drawn on; another is refused)."),
-            data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                            "(default: $GMINT_DATA; digits needs none)."),
+            data_root: Path = data_root_option(),
             device: str = device_option()) -> None:
     """Extract the gradient and output stores of the audited model and each reference model (resumable).
 

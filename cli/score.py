@@ -26,7 +26,7 @@ from gmint_cli.inputs import (
     load_model,
     size_hint,
 )
-from gmint_cli.options import choices, device_option, flag
+from gmint_cli.options import choices, data_root_option, device_option, flag
 from gmint_cli.outputs import check_output
 from gmint_cli.verdict import OPTION_HINTS, ROWS_HELP, ROWS_HINTS, print_set_verdict
 
@@ -43,8 +43,7 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
                                                  "named by a class name or index (default: none; or give --data)."),
           data: str = typer.Option(None, help="Candidates from a dataset, with --rows (default: none; or give "
                                                "--images)."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                         "(default: $GMINT_DATA; digits needs none)."),
+          data_root: Path = data_root_option(),
           rows: str = typer.Option(None, help=ROWS_HELP),
           split: Path = typer.Option(None, help="Split manifest for --rows (default: the one stored with the "
                                                 "model)."),

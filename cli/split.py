@@ -14,7 +14,7 @@ from gmint.data.split import PAPER_HINT, PROTOCOLS, MembershipSplit, make_split,
 from gmint.errors import InputError
 from gmint_cli.console import cli_errors, console, print_json
 from gmint_cli.inputs import load_data
-from gmint_cli.options import choices, flag
+from gmint_cli.options import choices, data_root_option, json_flag, overwrite_flag
 from gmint_cli.outputs import check_output
 
 SIZE_HELP = "a fraction in (0, 1) of the train part, e.g. 0.4, or a whole number of rows, e.g. 900"
@@ -40,8 +40,7 @@ def parse_size(text: str, option: str) -> float | int:
 @cli_errors
 def split(ctx: typer.Context,
           data: str = typer.Option("digits", help=f"Dataset: {choices(DATASETS)}."),
-          data_root: Path = typer.Option(None, envvar="GMINT_DATA", help="Folder holding the datasets "
-                                         "(default: $GMINT_DATA; digits needs none)."),
+          data_root: Path = data_root_option(),
           members: str = typer.Option("0.5", help=f"Members: {SIZE_HELP}."),
           external: str = typer.Option("0.5", help=f"External: {SIZE_HELP}."),
           members_list: Path = typer.Option(None, help=f"The rows that trained the model, listed: {LIST_HELP}. "
@@ -61,8 +60,8 @@ def split(ctx: typer.Context,
                                                        "external groups as same-class pairs)."),
           seed: int = typer.Option(0, help="Seed of the split."),
           out: Path = typer.Option(Path("split.json"), help="Manifest to write."),
-          overwrite: bool = flag("--overwrite", "Replace an existing --out."),
-          json_out: bool = flag("--json", "Print the result as JSON instead.")) -> None:
+          overwrite: bool = overwrite_flag(),
+          json_out: bool = json_flag()) -> None:
     """Draw a seeded, class-balanced membership split (members / external, pool / holdout), or make one from
     your own lists of members and external samples."""
     listed = members_list is not None or external_list is not None

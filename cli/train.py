@@ -10,7 +10,7 @@ from gmint.data.split import FRACTIONS
 from gmint.features.layers import LAYER_PRESETS
 from gmint.mint import MINT_MODELS, train_mint
 from gmint_cli.console import cli_errors, console, print_json
-from gmint_cli.options import choices, flag, json_object
+from gmint_cli.options import choices, json_flag, json_object, overwrite_flag
 from gmint_cli.outputs import check_output
 
 
@@ -27,8 +27,8 @@ def train(store: Path = typer.Argument(..., help="A complete feature store."),
           options: str = typer.Option("{}", help='Classifier options as a JSON object, e.g. {"hidden": [256, 64]}.'),
           seed: int = typer.Option(0, help="Seed of the fit (initialisation, validation part, sub-pools)."),
           out: Path = typer.Option(Path("mint.pt"), help="Classifier file to write."),
-          overwrite: bool = flag("--overwrite", "Replace an existing --out."),
-          json_out: bool = flag("--json", "Print the result as JSON instead.")) -> None:
+          overwrite: bool = overwrite_flag(),
+          json_out: bool = json_flag()) -> None:
     """Fit a MINT classifier (member vs external) on the pool rows of a store."""
     check_output(out, "--out", inputs={"the store": store}, overwrite=overwrite)
     mint = train_mint(store, kind=kind, setup=setup, fraction=fraction, seed=seed,

@@ -150,10 +150,10 @@ def run_cell(data: ImageSet, recipe: Recipe, workdir: Path, *, split: Membership
              on_measurement: Callable[[Cell], None] | None = None, show_progress: bool = False) -> Cell:
     """Build and measure one audit cell in `workdir`, reusing what a run of the same recipe finished there.
 
-    The split is drawn from the recipe (or given) and saved as split.json; the audited model (and the control
-    model, if a probe reads it) are trained into audited.pt and control.pt (or given); each store (`<model>-<source>.h5`) is
-    extracted when a probe first needs it; each probe's classifier is fitted, saved as its `mint_file` and
-    evaluated on the store's held-out rows.
+    The split is drawn from the recipe (or given) and saved as split.json; the audited model (and the
+    control model, if a probe reads it) are trained into audited.pt and control.pt (or given); each store
+    (`<model>-<source>.h5`) is extracted when a probe first needs it; each probe's classifier is fitted, saved as
+    its `mint_file` and evaluated on the store's held-out rows.
 
     Args:
         data: the dataset the split is drawn from.

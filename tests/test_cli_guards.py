@@ -362,7 +362,7 @@ def test_overwrite_keeps_the_old_model_when_training_fails_midway(work: Path, tm
     shutil.copy(work / "audited.pt", old)
     args = ["audited", "train", "--split", work / "split.json", "--width", "0.25", "--epochs", "3", "--out", old,
             "--overwrite"]
-    real_epoch, calls = train_module._epoch, {"n": 0}
+    real_epoch, calls = train_module.train_epoch, {"n": 0}
 
     def failing_epoch(*a: object, **k: object) -> tuple[float, float]:
         calls["n"] += 1
@@ -371,10 +371,10 @@ def test_overwrite_keeps_the_old_model_when_training_fails_midway(work: Path, tm
         return real_epoch(*a, **k)
 
     before = snapshot(tmp_path)
-    monkeypatch.setattr(train_module, "_epoch", failing_epoch)
+    monkeypatch.setattr(train_module, "train_epoch", failing_epoch)
     assert_one_line_error(run(*args), ["audited", "train"], "No space left on device")
     assert calls["n"] == 2 and snapshot(tmp_path) == before  # the old model, and no leftover
-    monkeypatch.setattr(train_module, "_epoch", real_epoch)
+    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
     code, out, err = run(*args[:-5], "--epochs", "1", "--out", old, "--overwrite")
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audited.pt"]

@@ -23,7 +23,7 @@ import gmint.serve.uploads as uploads
 from gmint.assess.candidates import load_image_folder
 from gmint.data.base import ImageSet
 from gmint.data.readers import load_dataset
-from gmint.data.readers.common import decode_pixels
+from gmint.data.readers.pixels import decode_pixels
 from gmint.errors import InputError
 from gmint.models.io import AuditedModel
 from gmint.serve.audits import find_audits

@@ -179,3 +179,17 @@ def test_a_split_other_than_the_models_is_refused_naming_both_hashes(digits: Ima
         check_model_split(meta, other)
     check_model_split(meta, other, trained_outside=True)  # the caller vouches for it
     check_model_split({"format": "state-dict"}, other)     # nothing recorded: the manifest is all there is
+
+
+def test_the_split_of_a_model_is_the_given_file_else_the_recorded_copy(digits: ImageSet, tmp_path: Path) -> None:
+    """One lookup for every command: a manifest file wins, the checkpoint's copy comes next, else none."""
+    trained = make_split(digits, members=0.5, external=0.5, seed=0)
+    meta = json.loads(json.dumps({"split": {**asdict(trained), "sha256": trained.sha256}}))  # as a checkpoint
+    given = make_split(digits, members=0.5, external=0.5, seed=1)
+    given.save(tmp_path / "split.json")
+    assert MembershipSplit.of(meta) == trained
+    assert MembershipSplit.of(meta, tmp_path / "split.json") == given
+    assert MembershipSplit.of({"format": "state-dict"}, tmp_path / "split.json") == given
+    assert MembershipSplit.of({"format": "state-dict"}) is None
+    with pytest.raises(InputError, match="not found"):
+        MembershipSplit.of(meta, tmp_path / "missing.json")

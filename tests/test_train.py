@@ -36,7 +36,7 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path, digits: ImageSet,
     common = {"arch": "small_cnn", "transform": Transform(), "arch_options": {"width": 0.25}}
     straight = train_audited(digits, digits_split, config=CONFIG, out=tmp_path / "full.pt", **common)
     calls = {"n": 0}
-    real_epoch = train_module._epoch
+    real_epoch = train_module.train_epoch
 
     def dying_epoch(*args: object, **kwargs: object) -> tuple[float, float]:
         calls["n"] += 1
@@ -44,12 +44,12 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path, digits: ImageSet,
             raise KeyboardInterrupt  # the run dies during its third epoch
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_epoch", dying_epoch)
+    monkeypatch.setattr(train_module, "train_epoch", dying_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_audited(digits, digits_split, config=CONFIG, out=tmp_path / "cut.pt", **common)
     with pytest.raises(InputError, match=r"unfinished training run \(it stopped after epoch 2 of 4\)"):
         load_audited(tmp_path / "cut.pt")  # its weights are an accident of when it died: nothing audits them
-    monkeypatch.setattr(train_module, "_epoch", real_epoch)
+    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
     resumed = train_audited(digits, digits_split, config=CONFIG, out=tmp_path / "cut.pt", resume=True, **common)
     assert [h["epoch"] for h in resumed.meta["history"]] == [1, 2, 3, 4]
     for a, b in zip(straight.module.state_dict().values(), resumed.module.state_dict().values(), strict=True):
@@ -193,7 +193,7 @@ def test_overwrite_replaces_a_model_only_with_a_finished_one(tmp_path: Path, dig
         train_audited(digits, digits_split, config=config, out=path, **COMMON)
     with pytest.raises(InputError, match="pass one of them"):
         train_audited(digits, digits_split, config=config, out=path, resume=True, overwrite=True, **COMMON)
-    real_epoch, seen = train_module._epoch, []
+    real_epoch, seen = train_module.train_epoch, []
 
     def killed_in_second_epoch(*args: object, **kwargs: object) -> tuple[float, float]:
         if seen:
@@ -202,12 +202,12 @@ def test_overwrite_replaces_a_model_only_with_a_finished_one(tmp_path: Path, dig
         seen.append(None)
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_epoch", killed_in_second_epoch)
+    monkeypatch.setattr(train_module, "train_epoch", killed_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_audited(digits, digits_split, config=config, out=path, overwrite=True, **COMMON)
     assert seen == [None, (True, True)]  # mid-run: the old model in place, the first new epoch beside it
     assert path.read_bytes() == old and sorted(tmp_path.iterdir()) == [path]  # the unfinished one dropped
-    monkeypatch.setattr(train_module, "_epoch", real_epoch)
+    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
     new = train_audited(digits, digits_split, config=config, out=path, overwrite=True, **COMMON)
     assert sorted(tmp_path.iterdir()) == [path] and load_audited(path).meta["epochs_done"] == 2
     assert load_audited(path).meta["record"] == new.meta["record"]
@@ -283,8 +283,8 @@ def test_the_target_is_checked_in_eval_mode_whatever_the_running_accuracy(
     less than its eval-mode accuracy, which is what the target is about."""
     import gmint.models.train as train_module
 
-    real_epoch = train_module._epoch
-    monkeypatch.setattr(train_module, "_epoch", lambda *a, **k: (real_epoch(*a, **k)[0], 0.0))
+    real_epoch = train_module.train_epoch
+    monkeypatch.setattr(train_module, "train_epoch", lambda *a, **k: (real_epoch(*a, **k)[0], 0.0))
     config = TrainConfig(epochs=40, optimizer="adam", lr=3e-3, seed=0, target_accuracy=0.97)
     model = train_audited(digits, digits_split, arch="small_cnn", transform=Transform(), config=config,
                           out=tmp_path / "t.pt", arch_options={"width": 0.5})

@@ -1,5 +1,6 @@
-"""The training-speed benchmark's harness on a tiny model (one timed round; no timing is asserted): its baseline is
-`_epoch`, its variants train the same model on the same batches, its rows resume, its `best` combines the gains."""
+"""The training-speed benchmark's harness on a tiny model (one timed round; no timing is asserted): its variants
+train the same model on the same batches as its baseline (the library's own step), its rows resume, its `best`
+combines the gains."""
 
 from __future__ import annotations
 
@@ -8,13 +9,11 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from benchmarks import train_speed
 from benchmarks.train_speed import BEST, DEFAULT_VARIANTS, VARIANTS, Case, Config, Trainer, Variant, best_variant
-from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, TrainConfig, _epoch
 from gmint.models.zoo import build
 
 CASE = {"arch": "small_cnn", "options": {"width": 0.25}, "image_size": 8}
@@ -25,32 +24,6 @@ def _tiny(**overrides: object) -> Config:
         "models": [CASE], "batch_size": 8, "rows": 16, "warmup": 2, "rounds": 1, "min_round_s": 0.0,
         "max_steps_per_round": 1, "compile_backend": "eager", **overrides}
     return Config(**settings)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("augment", ["none", "crop"])
-def test_baseline_is_epoch(augment: str) -> None:
-    config = _tiny(augment=augment)
-    case = config.cases()[0]
-    data, transform = train_speed.case_data(case, config, None)
-    trainer = Trainer(Variant(), case, config, data, transform)
-    prefetching = Trainer(Variant(prefetch=True), case, config, data, transform)
-    for _ in range(4):          # two epochs of two batches
-        trainer.step()
-        prefetching.step()
-    prefetching.close()
-
-    torch.manual_seed(config.seed)
-    model = build("small_cnn", 3, 10, 8, width=0.25)
-    optimizer = OPTIMIZERS.get("adam")(model.parameters(), config.lr, 0.0)
-    train = TrainConfig(batch_size=8, lr=config.lr, seed=config.seed, augment=augment)
-    epochs = [_epoch(model, data, np.arange(16), transform, optimizer, AUGMENTATIONS.get(augment), train, e, "cpu")
-              for e in range(2)]
-    losses = [(trainer.losses[2 * e] * 8 + trainer.losses[2 * e + 1] * 8) / 16 for e in range(2)]
-    assert [loss for loss, _ in epochs] == losses                     # exactly: the same steps, the same sums
-    assert sum(acc for _, acc in epochs) * 16 == trainer.correct
-    for (name, p), q in zip(trainer.model.named_parameters(), model.parameters(), strict=True):
-        assert torch.equal(p, q), name
-    assert prefetching.losses == trainer.losses                       # one batch ahead, the same batches and draws
 
 
 def test_rows_report_and_resume(tmp_path: Path) -> None:

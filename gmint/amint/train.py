@@ -35,7 +35,8 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
-from gmint.models.io import AuditedModel, fingerprint, read_checkpoint, save_checkpoint, training_finished
+from gmint.models.io import AuditedModel, fingerprint, training_finished
+from gmint.models.resumable import Progress, ResumableRun, Stateful
 from gmint.models.train import (
     AUGMENTATIONS,
     OPTIMIZERS,
@@ -44,7 +45,6 @@ from gmint.models.train import (
     TrainConfig,
     audited_record,
     refuse_divergence,
-    resumable_meta,
 )
 from gmint.models.zoo import build
 from gmint.progress import progress_bar
@@ -142,14 +142,10 @@ def train_amint(data: ImageSet, split: MembershipSplit, *, arch: str, transform:
     """
     if split.dataset != data.name:
         raise InputError(f"the split is for '{split.dataset}', the data is '{data.name}'")
-    if resume and overwrite:
-        raise InputError(f"resume continues {out}, overwrite replaces it: pass one of them")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; give a folder")
-    target = out / MODEL_FILE
-    if target.exists() and not (resume or overwrite):
-        raise InputError(f"{target} exists; pass --overwrite to replace it or --resume to continue it")
+    run = ResumableRun(out / MODEL_FILE, resume=resume, overwrite=overwrite, recipe=RECIPE, kind="aMINT training")
     rows = _Rows(*amint_rows(split))
     if len(rows.head_members) == 0 or len(rows.head_external) == 0:
         raise InputError("the split's pool needs both members and externals for the head to learn from")
@@ -169,6 +165,7 @@ def train_amint(data: ImageSet, split: MembershipSplit, *, arch: str, transform:
     optimizer = OPTIMIZERS.get(train_cfg.optimizer)(params, train_cfg.lr, train_cfg.weight_decay)
     schedule = SCHEDULES.get(train_cfg.schedule)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: schedule(epoch, train_cfg.epochs))
+    parts: dict[str, Stateful] = {"optimizer": optimizer, "scheduler": scheduler, "head_state": head}
     meta: dict[str, object] = {
         "arch": arch, "arch_args": arch_args, "dataset": data.name, "transform": transform.to_dict(),
         "split": asdict(split), "split_sha256": split.sha256, "train_config": asdict(train_cfg),
@@ -176,35 +173,31 @@ def train_amint(data: ImageSet, split: MembershipSplit, *, arch: str, transform:
         "amint_config": {**config.head_options(), "taps": list(tap_names)},
         "amint": {"head": spec.to_dict(), "head_fitted_on": "pool members and pool externals"},
     }
-    work = out / (MODEL_FILE + ".new") if overwrite and target.exists() else target
-    history: list[dict[str, float]] = []
-    start_epoch, elapsed, norms = 0, 0.0, None
-    if resume and target.exists():
-        saved = _restore(target, model, head, optimizer, scheduler, meta)
-        if saved["epochs_done"] == train_cfg.epochs and training_finished(saved) and (out / HEAD_FILE).exists():
-            finished = TrainedHead.load(out / HEAD_FILE)
-            if finished.model_fingerprint == fingerprint(model):
-                return AmintModel(AuditedModel(model.eval(), saved), finished, out)
-        history, start_epoch = saved["history"], saved["epochs_done"]  # type: ignore[assignment]
-        elapsed = float(saved.get("train_seconds", 0.0))  # type: ignore[arg-type]
-        recorded = saved.get("amint")
-        norms = recorded.get("normalisers") if isinstance(recorded, dict) else None
-    out.mkdir(parents=True, exist_ok=True)
-    collector = TapCollector(model, tap_names)
-    try:
+    progress, norms = Progress(), None
+    with run:
+        saved = run.restore(model, parts, meta)
+        if saved is not None:
+            if saved["epochs_done"] == train_cfg.epochs and training_finished(saved) and (out / HEAD_FILE).exists():
+                finished = TrainedHead.load(out / HEAD_FILE)
+                if finished.model_fingerprint == fingerprint(model):
+                    return AmintModel(AuditedModel(model.eval(), saved), finished, out)
+            progress = Progress.of(saved)
+            recorded = saved.get("amint")
+            norms = recorded.get("normalisers") if isinstance(recorded, dict) else None
+        out.mkdir(parents=True, exist_ok=True)
+        collector = TapCollector(model, tap_names)
         with torch_threads(train_cfg.threads), collector.attached(), progress_bar(
-                f"aMINT {arch}", train_cfg.epochs, enabled=show_progress, completed=start_epoch) as bar:
-            for epoch in range(start_epoch, train_cfg.epochs):
+                f"aMINT {arch}", train_cfg.epochs, enabled=show_progress, completed=progress.epochs_done) as bar:
+            for epoch in range(progress.epochs_done, train_cfg.epochs):
                 t0 = time.perf_counter()
                 stats, norms = _epoch(model, head, collector, data, rows, transform, optimizer, augment, config,
                                       epoch, device, norms)
                 refuse_divergence({k: float(v) for k, v in stats.items()}, epoch + 1)
                 scheduler.step()
-                elapsed += time.perf_counter() - t0
-                history.append({"epoch": epoch + 1, **stats})
+                progress.add(stats, time.perf_counter() - t0)
                 meta["amint"] = {**meta["amint"], "normalisers": norms}  # type: ignore[dict-item]
-                meta.update(history=history, epochs_done=epoch + 1, train_seconds=round(elapsed, 2))
-                _save(work, model, head, optimizer, scheduler, meta)
+                progress.record(meta)
+                run.save_epoch(model, parts, meta)
                 bar.advance(1, f"CE {stats['task_loss']:.3f} acc {stats['task_accuracy']:.3f} "
                                f"BCE {stats['mint_loss']:.3f} head acc {stats['mint_accuracy']:.3f}")
         model.eval()
@@ -213,12 +206,9 @@ def train_amint(data: ImageSet, split: MembershipSplit, *, arch: str, transform:
             meta["record"] = audited_record(model, data, split, transform, device=device,
                                             show_progress=show_progress)
             trained = _finished_head(model, head, data, split, transform, meta, device)
-        meta.update(train_seconds=round(elapsed, 2), seed=train_cfg.seed)
-        _save(target, model, head, optimizer, scheduler, meta)  # the finished model takes its place in one step
+        meta.update(train_seconds=round(progress.seconds, 2), seed=train_cfg.seed)
+        run.finish(model, parts, meta)  # the finished model takes its place in one step
         trained.save(out / HEAD_FILE)
-    finally:
-        if work != target:
-            work.unlink(missing_ok=True)
     return AmintModel(AuditedModel(model, meta), trained, out)
 
 
@@ -286,30 +276,3 @@ def _epoch(model: nn.Module, head: MintHead, collector: TapCollector, data: Imag
     return ({"task_loss": totals["task_loss"] / members, "task_accuracy": totals["task_correct"] / members,
              "mint_loss": totals["mint_loss"] / decided_rows, "mint_accuracy": totals["mint_correct"] / decided_rows},
             norms)
-
-
-def _save(path: Path, model: nn.Module, head: MintHead, optimizer: torch.optim.Optimizer,
-          scheduler: torch.optim.lr_scheduler.LRScheduler, meta: dict[str, object]) -> None:
-    """A gmint checkpoint of the audited model carrying the head and optimiser state a resume needs, whole or
-    not at all."""
-    save_checkpoint(path, model, meta, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                        "head_state": head.state_dict()})
-
-
-def _restore(path: Path, model: nn.Module, head: MintHead, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler, meta: dict[str, object]) -> dict[str, object]:
-    """Load a checkpoint's model, head and optimiser state into the fresh run; return its meta.
-
-    Raises:
-        InputError: not an aMINT training checkpoint, another recipe, or an inconsistent progress record.
-    """
-    payload = read_checkpoint(path)
-    saved = resumable_meta(path, payload, meta, recipe=RECIPE,
-                           parts=("state_dict", "optimizer", "scheduler", "head_state"), kind="aMINT training")
-    model.load_state_dict(payload["state_dict"])
-    head.load_state_dict(payload["head_state"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    return saved
-
-

@@ -11,10 +11,9 @@ result sits beside.
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.models.description import ModelDescription, build_architecture, select_output
-from gmint.models.io import AuditedModel, read_checkpoint, save_checkpoint, training_finished
+from gmint.models.io import AuditedModel, training_finished
+from gmint.models.resumable import Progress, ResumableRun, Stateful
 from gmint.models.zoo import build
 from gmint.progress import progress_bar
 from gmint.registry import Registry
@@ -146,7 +146,7 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = 
     data the auditor controls); they are recorded in the checkpoint and are part of the recipe a resume checks.
     With `resume=True` an interrupted run continues from its last epoch and a finished one is returned
     as it is, its file untouched. A run with `config.target_accuracy` stops at the first epoch that reaches
-    it; its record says whether the target was reached (`reached_target`). With `overwrite=True` an
+    it; its record says whether the goal was reached (`reached_target`). With `overwrite=True` an
     existing `out` is replaced only by the finished model: until then the epochs are checkpointed beside it
     (`<out>.new`), so a run that fails or is killed leaves the old model whole.
 
@@ -171,15 +171,7 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = 
     if len(members) == 0:
         raise InputError("the split has no control rows to train a negative control on; draw one with "
                          "`gmint split --control`")
-    out = Path(out)
-    if resume and overwrite:
-        raise InputError(f"resume continues {out}, overwrite replaces it: pass one of them")
-    if out.is_dir():
-        raise InputError(f"{out} is a folder; give a file name")
-    if out.exists() and not (resume or overwrite):
-        raise InputError(f"{out} exists; pass --overwrite to replace it or --resume to continue it")
-    # The model being replaced stays where it is until its successor is finished.
-    work = out.with_name(out.name + ".new") if overwrite and out.exists() else out
+    run = ResumableRun(Path(out), resume=resume, overwrite=overwrite, recipe=RECIPE, kind="training")
     c, h, _ = data.image_shape
     if description is None:
         assert arch is not None and transform is not None
@@ -198,6 +190,7 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = 
     optimizer = OPTIMIZERS.get(config.optimizer)(model.parameters(), config.lr, config.weight_decay)
     schedule = SCHEDULES.get(config.schedule)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: schedule(epoch, config.epochs))
+    parts: dict[str, Stateful] = {"optimizer": optimizer, "scheduler": scheduler}
     meta: dict[str, object] = {
         "arch": arch, "arch_args": arch_args,
         "dataset": data.name, "transform": transform.to_dict(), "split": asdict(split),
@@ -208,30 +201,28 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = 
     }
     if description is not None:  # the rest of the description: where the logits are, the input, the code's hash
         meta.update({k: v for k, v in description.to_meta().items() if k not in meta})
-    history: list[dict[str, float]] = []
-    start_epoch, elapsed = 0, 0.0
-    if resume and out.exists():
-        saved = _restore(out, model, optimizer, scheduler, meta)
-        if training_finished(saved):
-            return AuditedModel(model.eval(), saved)  # a finished run: nothing to do, the file stays as it is
-        history, start_epoch = saved["history"], saved["epochs_done"]  # type: ignore[assignment]
-        elapsed = float(saved.get("train_seconds", 0.0))  # type: ignore[arg-type]
-    meta.update(history=history, epochs_done=start_epoch, train_seconds=round(elapsed, 2))
-    try:
+    progress = Progress()
+    with run:
+        saved = run.restore(model, parts, meta)
+        if saved is not None:
+            if training_finished(saved):
+                return AuditedModel(model.eval(), saved)  # a finished run: nothing to do, the file stays as it is
+            progress = Progress.of(saved)
+        progress.record(meta)
+        start_epoch = progress.epochs_done
         with torch_threads(config.threads), progress_bar(f"train {arch.rsplit('/', 1)[-1]}", config.epochs,
                                                          enabled=show_progress, completed=start_epoch) as bar:
-            # A run killed after the epoch that reached the target, before its record, trains no further.
-            reached = start_epoch > 0 and _reached_target(model, data, members, transform, config, device)
+            # A run killed after the epoch that reached the goal, before its record, trains no further.
+            reached = start_epoch > 0 and _reached_goal(model, data, members, transform, config, device)
             for epoch in range(start_epoch, config.epochs if not reached else start_epoch):
                 t0 = time.perf_counter()
-                loss, acc = _epoch(model, data, members, transform, optimizer, augment, config, epoch, device)
+                loss, acc = train_epoch(model, data, members, transform, optimizer, augment, config, epoch, device)
                 refuse_divergence({"loss": loss}, epoch + 1)
                 scheduler.step()
-                reached = _reached_target(model, data, members, transform, config, device)
-                elapsed += time.perf_counter() - t0
-                history.append({"epoch": epoch + 1, "loss": loss, "accuracy": acc})
-                meta.update(history=history, epochs_done=epoch + 1, train_seconds=round(elapsed, 2))
-                _save(work, model, optimizer, scheduler, meta)
+                reached = _reached_goal(model, data, members, transform, config, device)
+                progress.add({"loss": loss, "accuracy": acc}, time.perf_counter() - t0)
+                progress.record(meta)
+                run.save_epoch(model, parts, meta)
                 bar.advance(config.epochs - epoch if reached else 1, f"loss {loss:.3f} acc {acc:.3f}")
                 if reached:
                     break
@@ -240,11 +231,8 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = 
             if config.target_accuracy is not None:
                 record["reached_target"] = float(reached)
             meta["record"] = record
-        meta.update(train_seconds=round(elapsed, 2), seed=config.seed)
-        _save(out, model, optimizer, scheduler, meta)  # the finished model takes out's place in one step
-    finally:
-        if work != out:  # the epochs beside the old model go, finished or not; a failed run never touched it
-            work.unlink(missing_ok=True)
+        meta.update(train_seconds=round(progress.seconds, 2), seed=config.seed)
+        run.finish(model, parts, meta)
     return AuditedModel(model, meta)
 
 
@@ -287,11 +275,11 @@ def refuse_divergence(losses: Mapping[str, float], epoch: int) -> None:
                          "loss weights) and train again")
 
 
-def _reached_target(model: nn.Module, data: ImageSet, rows: np.ndarray, transform: Transform, config: TrainConfig,
-                    device: str) -> bool:
+def _reached_goal(model: nn.Module, data: ImageSet, rows: np.ndarray, transform: Transform, config: TrainConfig,
+                  device: str) -> bool:
     """Whether the model, in eval mode, classifies `config.target_accuracy` of its training rows correctly.
     Checked after every epoch: the running accuracy an epoch reports is taken in train mode while the weights
-    move (BatchNorm on batch statistics), and can sit well below the eval-mode figure the target is about."""
+    move (BatchNorm on batch statistics), and can sit well below the eval-mode figure the goal is about."""
     if config.target_accuracy is None:
         return False
     _, accuracy = evaluate(model.eval(), data, rows, transform, device=device)
@@ -352,32 +340,44 @@ def sample_losses(model: nn.Module, data: ImageSet, rows: np.ndarray, transform:
     return np.concatenate(losses), np.concatenate(predicted)
 
 
-def _epoch(model: nn.Module, data: ImageSet, members: np.ndarray, transform: Transform,
-           optimizer: torch.optim.Optimizer, augment: Augmentation, config: TrainConfig, epoch: int,
-           device: str) -> tuple[float, float]:
+def train_epoch(model: nn.Module, data: ImageSet, members: np.ndarray, transform: Transform,
+                optimizer: torch.optim.Optimizer, augment: Augmentation, config: TrainConfig, epoch: int,
+                device: str) -> tuple[float, float]:
+    """One pass over `members` (`epoch_batches`), one `train_step` per batch: the loop every audited model
+    trains with → (mean loss, running accuracy in train mode)."""
     model.train()
+    total_loss, correct = 0.0, 0
+    for x, y in epoch_batches(data, members, transform, augment, config, epoch):
+        x, y = x.to(device), y.to(device)
+        loss, logits = train_step(model, optimizer, x, y)
+        total_loss += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+    return total_loss / len(members), correct / len(members)
+
+
+def epoch_batches(data: ImageSet, members: np.ndarray, transform: Transform, augment: Augmentation,
+                  config: TrainConfig, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Epoch `epoch`'s batches of `members` as (augmented inputs, labels), on the CPU.
+
+    The rows are shuffled by a generator seeded from the seed and the epoch alone, which the augmentation then
+    draws from, batch after batch: a resumed run, or a benchmark of the step, sees exactly the batches an
+    uninterrupted run sees."""
     gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     order = members[torch.randperm(len(members), generator=gen).numpy()]
-    total_loss, correct = 0.0, 0
     for start in range(0, len(order), config.batch_size):
         idx = order[start:start + config.batch_size]
-        x = augment(transform(data.images[idx]), gen).to(device)
-        y = torch.from_numpy(data.labels[idx]).to(device)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.item() * len(idx)
-        correct += int((logits.argmax(1) == y).sum())
-    return total_loss / len(order), correct / len(order)
+        yield augment(transform(data.images[idx]), gen), torch.from_numpy(data.labels[idx])
 
 
-def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-          scheduler: torch.optim.lr_scheduler.LRScheduler, meta: dict[str, object]) -> None:
-    """A gmint checkpoint with the optimiser and scheduler state a resume needs, written whole or not at all,
-    so a crash or a kill at any moment leaves either the previous checkpoint or the new one."""
-    save_checkpoint(out, model, meta, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+def train_step(model: Callable[[Tensor], Tensor], optimizer: torch.optim.Optimizer, x: Tensor,
+               y: Tensor) -> tuple[Tensor, Tensor]:
+    """One optimiser step on the batch's mean cross-entropy → (the loss, the logits it was computed from)."""
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
 
 
 # What a resume must find unchanged. A described model's output selector and code hash are None for zoo models.
@@ -397,61 +397,3 @@ def _training_rows(rows: Sequence[int], n: int, negative_control: bool) -> np.nd
     if len(np.unique(members)) != len(members):
         raise InputError(f"{len(members) - len(np.unique(members))} training rows are given twice")
     return np.sort(members)
-
-
-def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler, meta: dict[str, object]) -> dict[str, object]:
-    """Load a checkpoint's weights and optimiser state into the fresh run; return its meta.
-
-    Raises:
-        InputError: it was trained with another recipe (a resume would silently mix two), it is not a
-            training checkpoint, or its progress record is inconsistent.
-    """
-    payload = read_checkpoint(out)
-    saved = resumable_meta(out, payload, meta, recipe=RECIPE, parts=("state_dict", "optimizer", "scheduler"),
-                           kind="training")
-    model.load_state_dict(payload["state_dict"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    return saved
-
-
-def resumable_meta(path: Path, payload: Mapping[str, object], meta: Mapping[str, object], *,
-                   recipe: Sequence[str], parts: Sequence[str], kind: str) -> dict[str, object]:
-    """The meta of a checkpoint a run may continue: one holding `parts` (and its meta), trained with the same
-    values of the `recipe` keys as `meta`, and recording its progress consistently. Shared by every training
-    loop that resumes (audited models, aMINT).
-
-    Raises:
-        InputError: a part is missing, a recipe value differs (a resume would silently mix two recipes), or
-            the epochs done and the history disagree.
-    """
-    missing = [k for k in ("meta", *parts) if k not in payload]
-    if missing:
-        raise InputError(f"{path} is not a gmint {kind} checkpoint (no {', '.join(missing)}); it cannot be "
-                         "resumed")
-    saved = json.loads(str(payload["meta"]))
-    for key in recipe:
-        wanted = json.loads(json.dumps(meta.get(key)))
-        if saved.get(key) != wanted:
-            raise InputError(f"{path} was trained with a different {key} ({_difference(saved.get(key), wanted)}); "
-                             "it cannot be resumed with these settings: choose another output")
-    done, history = saved.get("epochs_done"), saved.get("history", [])
-    if not isinstance(done, int) or [h.get("epoch") for h in history] != list(range(1, done + 1)):
-        raise InputError(f"{path} does not record its training progress consistently (epochs_done {done}, "
-                         f"{len(history)} epochs of history); it cannot be resumed: train again with another output")
-    return saved
-
-
-def _difference(saved: object, wanted: object) -> str:
-    """'epochs 40 → 10' for the fields of two dicts that differ; 'old → new' otherwise."""
-    if isinstance(saved, dict) and isinstance(wanted, dict):
-        keys = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
-        return ", ".join(f"{k} {saved.get(k, '—')} → {wanted.get(k, '—')}" for k in keys)
-    if isinstance(saved, list) or isinstance(wanted, list):  # training rows: thousands of numbers
-        return f"{_count(saved)} → {_count(wanted)} rows, not the same set"
-    return f"{saved} → {wanted}"
-
-
-def _count(rows: object) -> str:
-    return str(len(rows)) if isinstance(rows, list) else "no given"

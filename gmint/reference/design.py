@@ -41,7 +41,7 @@ from gmint.models.description import ModelDescription
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig
 from gmint.models.zoo import ARCHITECTURES
-from gmint.reference.manifest import MODES, ReferenceSet, split_of
+from gmint.reference.manifest import MODES, ReferenceSet
 
 # Recorded by train_audited in arch_args from the data and transform, not chosen by the recipe's options.
 _DERIVED_ARCH_ARGS = ("in_channels", "num_classes", "image_size")
@@ -140,7 +140,8 @@ def reference_recipe(audited: AuditedModel, audited_path: Path, *, config: Train
         if config is not None:
             raise InputError(f"{audited_path} records the recipe it was trained with, which its reference models "
                              "are trained with: give no other")
-        own = split_of(meta)
+        own = MembershipSplit.of(meta)
+        assert own is not None  # "split" is in meta (checked above)
         if split is not None and split.sha256 != own.sha256:
             raise InputError(f"the split {split.sha256[:12]} is not the one {audited_path} was trained on "
                              f"({own.sha256[:12]}): its reference models are drawn from its own")

@@ -288,11 +288,6 @@ def reference_models(folder: Path, k: int | None = None, *, manifest: ReferenceS
     return paths
 
 
-def split_of(meta: dict[str, object]) -> MembershipSplit:
-    """The membership split a checkpoint's meta records (the audited model's, which its references share)."""
-    return MembershipSplit.from_json(json.dumps(meta["split"]))
-
-
 def set_split(manifest: ReferenceSet, audited: AuditedModel) -> MembershipSplit:
     """The split of a reference set: the one given for a model from outside (recorded in the manifest), else
     the one the audited checkpoint records.
@@ -300,11 +295,9 @@ def set_split(manifest: ReferenceSet, audited: AuditedModel) -> MembershipSplit:
     Raises:
         InputError: neither records one, or it is not the split the set was drawn on.
     """
-    if manifest.split is not None:
-        split = MembershipSplit.from_json(json.dumps(manifest.split))
-    elif "split" in audited.meta:
-        split = split_of(audited.meta)
-    else:
+    split = (MembershipSplit.from_json(json.dumps(manifest.split)) if manifest.split is not None
+             else MembershipSplit.of(audited.meta))
+    if split is None:
         raise InputError(f"neither the reference set nor {manifest.audited} records a membership split")
     if split.sha256 != manifest.split_sha256:
         raise InputError(f"the split of {manifest.audited} is not the one the reference set was drawn on")

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from gmint.data.readers.common import fit_pixels, opened_pixels
+from gmint.data.readers.common import fit_pixels
+from gmint.data.readers.pixels import opened_pixels
 from gmint.errors import InputError
 
 # The PIL formats of the files `gmint.data.readers.imagefolder` reads (IMAGE_SUFFIXES): only what the folder

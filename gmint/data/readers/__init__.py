@@ -8,7 +8,7 @@ Row order is deterministic (official part `train` before `test`, then the order 
 `sample_ids`, the row positions, are stable across machines and runs and a membership manifest can name them.
 
 One module per dataset family (`mnist`, `cifar`, `gtsrb`, `tiny_imagenet`, `imagefolder`), each registering
-its readers on import; what they share is in `common`.
+its readers on import; what they share is in `common`, and how one image file is decoded in `pixels`.
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ from gmint.data.readers.common import (
     decode_image,
     decode_set,
     image_files,
-    image_header,
     locate,
     positive_int,
     register_reader,
     subfolders,
 )
+from gmint.data.readers.pixels import image_header
 from gmint.errors import InputError
 
 _IMAGEFOLDER_SOURCES = (Source(
