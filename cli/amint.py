@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +87,9 @@ def train(arch: str = typer.Option("small_cnn", help=f"Architecture from the zoo
     if json_out:
         print_json(report.to_dict())
         return
-    meta = result.audited.meta
+    record = result.audited.record
     console.print(f"{out / MODEL_FILE}: {arch} on {data} with an aMINT head on {', '.join(result.head.spec.taps)}, "
-                  f"{meta['epochs_done']} epochs in {meta['train_seconds']} s")
+                  f"{record.epochs_done} epochs in {record.train_seconds} s")
     table = Table(title=f"aMINT on {data} (negatives: {report.protocol['negatives']})")
     table.add_column("metric")
     columns = report.columns()
@@ -150,7 +149,7 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
             candidates, source = load_image_folder(images, audited), str(images)
         index = np.arange(len(candidates))
     else:
-        manifest = MembershipSplit.from_json(json.dumps(audited.meta["split"])) if "split" in audited.meta else None
+        manifest = audited.record.split
         candidates = load_data(data, data_root, size=model_input(audited)[1])
         source = f"{data} --rows {rows}"
         index = candidate_rows(rows, manifest)

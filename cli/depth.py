@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -50,14 +49,14 @@ def depth(model: Path = typer.Option(..., help=MODEL_HELP),
     """Sweep the model's blocks: activation and gradient MINT per depth beside the loss threshold, with a plot."""
     out = out or work / "depth.png"
     audited = load_model(model, arch, torchscript, trust_pickle)
-    name = data or audited.meta.get("dataset")
+    name = data or audited.record.dataset
     if not name:
         raise InputError("--data is required for a model without gmint metadata")
     images = load_data(str(name), data_root)
     if split:
         manifest = MembershipSplit.load(split)
-    elif "split" in audited.meta:
-        manifest = MembershipSplit.from_json(json.dumps(audited.meta["split"]))
+    elif audited.record.split is not None:
+        manifest = audited.record.split
     else:
         raise InputError("--split is required for a model trained outside gmint")
     transform = model_transform(audited, None)

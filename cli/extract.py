@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import replace
@@ -67,8 +66,8 @@ def check_model_input(images: ImageSet, audited: AuditedModel, transform: Transf
 
 def check_loss(loss: str, audited: AuditedModel) -> None:
     """`bce` reads one logit per sample: on a model with one output per class it fails deep in the engines."""
-    classes = audited.meta.get("num_classes")
-    if loss == "bce" and isinstance(classes, int) and classes != 1:
+    classes = audited.record.num_classes
+    if loss == "bce" and classes is not None and classes != 1:
         raise InputError(f"--loss bce needs a model with a single output (one logit), this model has {classes} "
                          "(one per class); use --loss cross_entropy")
 
@@ -121,14 +120,14 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     budget = parse_bytes(max_memory) if max_memory else None
     audited = load_model(model, arch, torchscript, trust_pickle)
     check_loss(loss, audited)
-    name = data or audited.meta.get("dataset")
+    name = data or audited.record.dataset
     if not name:
         raise InputError("--data is required for a model without gmint metadata")
     images = as_model_classes(load_data(str(name), data_root, size=image_size, size_option="--image-size"), audited)
     if split:
         manifest = MembershipSplit.load(split)
-    elif "split" in audited.meta:
-        manifest = MembershipSplit.from_json(json.dumps(audited.meta["split"]))
+    elif audited.record.split is not None:
+        manifest = audited.record.split
     else:
         raise InputError("--split is required for a model trained outside gmint")
     if manifest.dataset != images.name:
@@ -137,7 +136,8 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     check_model_input(images, audited, transform)
     rows = split_rows(manifest)
     rank, world_size = world()
-    check_model_split(audited.meta, manifest, trained_outside=model_trained_outside_gmint)  # before any output
+    # before any output
+    check_model_split(audited.record.split, manifest, trained_outside=model_trained_outside_gmint)
     check = report_model_check(audited, images, manifest, transform, min_member_accuracy, device, seed, rank == 0)
 
     def run(shard: tuple[int, int], on_device: str) -> Path:
@@ -223,7 +223,7 @@ def list_layers(model: Path = typer.Option(..., help=MODEL_HELP),
            json_out: bool = flag("--json", "Print the layers as JSON instead.")) -> None:
     """List the model's weight layers, in the order `extract` sees them, and which presets pick them."""
     audited = load_model(model, arch, torchscript, trust_pickle)
-    name = data or audited.meta.get("dataset")
+    name = data or audited.record.dataset
     images = load_data(str(name), data_root, size=image_size, size_option="--image-size") if name else None
     example = example_input(audited, images, image_size)
     preset_parameters = preset_layers(audited.module, example)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -112,10 +111,9 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
             candidates, source = load_image_folder(images, audited, labels=labels), str(images)
         index = np.arange(len(candidates))
     else:
-        manifest = MembershipSplit.load(split) if split else (
-            MembershipSplit.from_json(json.dumps(audited.meta["split"])) if "split" in audited.meta else None)
+        manifest = MembershipSplit.load(split) if split else audited.record.split
         if split:  # another split's holdout-members would be the model's externals, and back
-            check_model_split(audited.meta, manifest, trained_outside=model_trained_outside_gmint)
+            check_model_split(audited.record.split, manifest, trained_outside=model_trained_outside_gmint)
         candidates = load_data(data, data_root, size=model_input(audited)[1])
         source = f"{data} --rows {rows}"
         index = candidate_rows(rows, manifest)

@@ -28,6 +28,8 @@ from gmint.features.store import FeatureStore
 from gmint.mint.base import TrainedMint
 from gmint.mint.threshold import best_threshold
 from gmint.mint.train import train_mint
+from gmint.models.check import ModelCheck
+from gmint.models.record import TrainingRecord
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,13 @@ class ModelGap:
     external_accuracy: float
     members_loss: float
     external_loss: float
+
+    @classmethod
+    def of(cls, measured: TrainingRecord | ModelCheck) -> ModelGap:
+        """The gap as gmint measured it on both sides: when it trained the model (its training record), or
+        before extracting the features of a model from outside (the model check)."""
+        members, external = measured.members, measured.external
+        return cls(members.accuracy, external.accuracy, members.loss, external.loss)
 
     @property
     def accuracy_gap(self) -> float:

@@ -354,8 +354,10 @@ def calibration_scores(mint: TrainedMint, store_path: Path, *, exclude: np.ndarr
 def _extraction(audited: AuditedModel, mint: TrainedMint, like: Mapping[str, object] | None) -> _Extraction:
     """The calibration store's settings (else the audited model's transform and extract's defaults)."""
     like = like or {}
-    recorded = like.get("transform") or audited.meta.get("transform")
-    transform = Transform.from_dict(dict(recorded)) if isinstance(recorded, Mapping) else Transform()
+    recorded = like.get("transform")
+    description = audited.description
+    transform = (Transform.from_dict(dict(recorded)) if isinstance(recorded, Mapping)
+                 else description.transform if description is not None else Transform())
     recorded_parameters, seed = like.get("parameters"), like.get("seed", 0)
     if mint.spec.source == "gradient":
         parameters = list(mint.spec.layers)  # exactly the classifier's layers, nothing more

@@ -18,7 +18,7 @@ import json
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -132,23 +132,23 @@ class MembershipSplit:
         return cls(**payload)
 
 
-def check_model_split(meta: Mapping[str, object], split: MembershipSplit, *, trained_outside: bool = False) -> None:
+def check_model_split(trained: MembershipSplit | None, split: MembershipSplit, *,
+                      trained_outside: bool = False) -> None:
     """Refuse to label rows with a split other than the one the audited model was trained on.
 
     The split decides each row's membership label; another split's labels call members external and
-    back, and the audit still runs to the end. A gmint checkpoint records its split (`meta["split"]`);
-    a model trained elsewhere records none (nothing to check) or one that no longer describes it, which
+    back, and the audit still runs to the end. A gmint checkpoint records its split (`trained`); a
+    model trained elsewhere records none (nothing to check) or one that no longer describes it, which
     the caller states with `trained_outside=True`.
 
     Raises:
         InputError: the hashes differ; the message names both.
     """
-    recorded = meta.get("split")
-    if recorded is None or trained_outside:
+    if trained is None or trained_outside:
         return
-    trained = MembershipSplit.from_json(json.dumps(recorded)).sha256
-    if trained != split.sha256:
-        raise InputError(f"the split {split.sha256} is not the one the audited model was trained on ({trained}): "
+    if trained.sha256 != split.sha256:
+        raise InputError(f"the split {split.sha256} is not the one the audited model was trained on "
+                         f"({trained.sha256}): "
                          "its membership labels would be wrong; use the model's own split, or pass "
                          "--model-trained-outside-gmint if the model was trained outside gmint on this split")
 

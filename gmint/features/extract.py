@@ -171,7 +171,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     (training flags, requires_grad, device), also when the extraction fails.
     """
     if split is not None:
-        check_model_split(audited.meta, split, trained_outside=trained_outside)
+        check_model_split(audited.record.split, split, trained_outside=trained_outside)
     transform = transform or audited.transform
     if split is not None and model_check is None:
         model_check = check_model(audited, data, split, transform, device=device, seed=seed)
@@ -186,8 +186,8 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
         raise InputError(f"row index outside the {len(data)} rows of {data.name}")
     audited.check_classes(data.classes)
     labels = data.labels[rows.index]
-    num_classes = audited.meta.get("num_classes")
-    if num_classes is not None and int(labels.max()) >= int(str(num_classes)):
+    num_classes = audited.record.num_classes
+    if num_classes is not None and int(labels.max()) >= num_classes:
         raise InputError(f"label {int(labels.max())} is outside the audited model's {num_classes} classes")
     model = audited.module.to(device).eval()
     example = transform(data.images[rows.index[:1]]).to(device)
@@ -213,7 +213,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
     provenance = {
         "gmint_version": __version__, "torch_version": torch.__version__,
         "h5py_version": h5py.__version__, "python": platform.python_version(),
-        "model_fingerprint": audited.fingerprint, "architecture": str(audited.meta.get("arch", "unknown")),
+        "model_fingerprint": audited.fingerprint, "architecture": audited.record.arch or "unknown",
         "layers": feature_names(names), "parameters": names, "layer_setup": layers, "source": source,
         "layer_shapes": run.shapes(model, names, reduce, example),
         "reduction": reduction, "engine": engine, "loss_function": loss, "dataset": data.name,

@@ -154,13 +154,12 @@ def _margin(accuracy: float, n: int) -> float:
 def _stated_accuracies(audited: AuditedModel) -> list[tuple[str, float]]:
     """Training accuracies recorded with the model: stated by its owner at import, or measured by gmint."""
     found = []
-    stated = audited.meta.get("stated")
-    if isinstance(stated, dict) and isinstance(stated.get("train_accuracy"), int | float):
-        found.append(("the training accuracy stated for the model", float(stated["train_accuracy"])))
-    record = audited.meta.get("record")
-    if isinstance(record, dict) and isinstance(record.get("members_accuracy"), int | float):
+    record = audited.record
+    if record.stated_train_accuracy is not None:
+        found.append(("the training accuracy stated for the model", record.stated_train_accuracy))
+    if record.training is not None:
         found.append(("the members' accuracy gmint recorded when it trained the model",
-                      float(record["members_accuracy"])))
+                      record.training.members.accuracy))
     return found
 
 
@@ -198,17 +197,18 @@ def _class_order(data: ImageSet, rows: np.ndarray, predicted: np.ndarray, accura
     """Classes the members are mostly predicted as another class, in words, where renaming them so would
     classify the members much better (a class list in another order); None otherwise."""
     labels = data.labels[rows]
-    renamed_right, moved, targets = 0, [], []
+    renamed_right, moved, predicted_as = 0, [], []
     for cls in np.unique(labels):
         counts = np.bincount(predicted[labels == cls], minlength=len(data.classes))
         top = int(counts.argmax())
         renamed_right += int(counts[top])
-        targets.append(top)
+        predicted_as.append(top)
         if top != cls:
             moved.append((data.classes[cls], data.classes[top]))
     # Only a renaming (no two classes predicted as one) is a class order; a model that predicts one class for
     # everything is untrained or fed the wrong inputs, which the other checks speak of.
-    if len(moved) < 2 or len(set(targets)) < len(targets) or renamed_right / len(rows) - accuracy < CLASS_ORDER_GAIN:
+    if (len(moved) < 2 or len(set(predicted_as)) < len(predicted_as)
+            or renamed_right / len(rows) - accuracy < CLASS_ORDER_GAIN):
         return None
     pairs = ", ".join(f"'{a}' as '{b}'" for a, b in moved[:4]) + (", …" if len(moved) > 4 else "")
     return (f"the class order looks wrong: members of {len(moved)} classes are mostly predicted as another class "

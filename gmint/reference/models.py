@@ -314,7 +314,7 @@ class ReferenceRecipe:
 
 def records_recipe(audited: AuditedModel) -> bool:
     """Whether the audited checkpoint records the recipe it was trained with (gmint trained it)."""
-    return "train_config" in audited.meta
+    return audited.record.train_config is not None
 
 
 def reference_recipe(audited: AuditedModel, audited_path: Path, *, config: TrainConfig | None = None,
@@ -330,24 +330,21 @@ def reference_recipe(audited: AuditedModel, audited_path: Path, *, config: Train
             outside no config or no split, or code that cannot be built afresh (a TorchScript file, a pickled
             module); a checkpoint that records neither a recipe nor a description.
     """
-    meta = audited.meta
-    if records_recipe(audited):
-        missing = [key for key in ("arch", "arch_args", "transform", "split") if key not in meta]
-        if missing:
+    record = audited.record
+    if record.train_config is not None:
+        own, recorded, arch = record.split, record.description, record.arch
+        if own is None or recorded is None or arch is None:
+            missing = [key for key, found in (("arch", arch), ("transform", recorded), ("split", own)) if found is None]
             raise InputError(f"{audited_path} records an incomplete training recipe ({', '.join(missing)} missing)")
         if config is not None:
             raise InputError(f"{audited_path} records the recipe it was trained with, which its reference models "
                              "are trained with: give no other")
-        own = split_of(meta)
         if split is not None and split.sha256 != own.sha256:
             raise InputError(f"the split {split.sha256[:12]} is not the one {audited_path} was trained on "
                              f"({own.sha256[:12]}): its reference models are drawn from its own")
-        arch_args = meta["arch_args"]
-        assert isinstance(arch_args, dict)
-        return ReferenceRecipe(config=TrainConfig(**meta["train_config"]),  # type: ignore[arg-type]
-                               split=own, transform=Transform.from_dict(meta["transform"]),  # type: ignore[arg-type]
-                               arch=str(meta["arch"]),
-                               arch_options={k: v for k, v in arch_args.items() if k not in _DERIVED_ARCH_ARGS})
+        return ReferenceRecipe(config=TrainConfig(**record.train_config), split=own, transform=recorded.transform,
+                               arch=arch, arch_options={k: v for k, v in record.arch_args.items()
+                                                        if k not in _DERIVED_ARCH_ARGS})
     description = audited.description
     if description is None:
         raise InputError(f"{audited_path} records no training recipe and no description of how it is built; "
@@ -385,7 +382,7 @@ def design_references(audited: AuditedModel, audited_path: Path, data: ImageSet,
             model's, or an offline design that would train on a candidate.
     """
     recipe = reference_recipe(audited, audited_path, config=config, split=split)
-    recorded = audited.meta.get("dataset")
+    recorded = audited.record.dataset
     if recorded is not None and recorded != data.name:
         raise InputError(f"{audited_path} was trained on '{recorded}', the data is '{data.name}'")
     if recipe.split.dataset != data.name:
@@ -545,8 +542,8 @@ def record_model(manifest: ReferenceSet, i: int, model: AuditedModel, path: Path
     Raises:
         InputError: a checkpoint that records no training rows, or other ones.
     """
-    rows = model.meta.get("rows")
-    if not isinstance(rows, list):
+    rows = model.record.rows
+    if rows is None:
         raise InputError(f"{path} records no training rows: it is not a reference model of the set")
     if rows_sha256(rows) != rows_sha256(manifest.rows_of(i)):
         raise InputError(f"{path} is not reference model {i} of the set: it trained on {len(rows)} rows (hash "
@@ -604,8 +601,8 @@ class _ModelJob:
                       out=self.out, rows=self.rows, resume=not self.overwrite, overwrite=self.overwrite,
                       device=self.device, show_progress=show_progress)
         model = load_audited(self.out)
-        rows = model.meta["rows"]  # train_audited records the rows it was given
-        assert isinstance(rows, list)
+        rows = model.record.rows  # train_audited records the rows it was given
+        assert rows is not None
         return ModelRecord(model.fingerprint, rows_sha256(rows))
 
 
@@ -689,11 +686,6 @@ def reference_models(folder: Path, k: int | None = None, *, manifest: ReferenceS
     return paths
 
 
-def split_of(meta: dict[str, object]) -> MembershipSplit:
-    """The membership split a checkpoint's meta records (the audited model's, which its references share)."""
-    return MembershipSplit.from_json(json.dumps(meta["split"]))
-
-
 def set_split(manifest: ReferenceSet, audited: AuditedModel) -> MembershipSplit:
     """The split of a reference set: the one given for a model from outside (recorded in the manifest), else
     the one the audited checkpoint records.
@@ -703,8 +695,8 @@ def set_split(manifest: ReferenceSet, audited: AuditedModel) -> MembershipSplit:
     """
     if manifest.split is not None:
         split = MembershipSplit.from_json(json.dumps(manifest.split))
-    elif "split" in audited.meta:
-        split = split_of(audited.meta)
+    elif audited.record.split is not None:
+        split = audited.record.split
     else:
         raise InputError(f"neither the reference set nor {manifest.audited} records a membership split")
     if split.sha256 != manifest.split_sha256:
@@ -714,4 +706,4 @@ def set_split(manifest: ReferenceSet, audited: AuditedModel) -> MembershipSplit:
 
 def train_seconds(paths: Sequence[Path]) -> list[float]:
     """Each reference model's recorded training time (seconds of its epochs)."""
-    return [float(load_audited(p).meta.get("train_seconds", 0.0)) for p in paths]  # type: ignore[arg-type]
+    return [load_audited(p).record.train_seconds or 0.0 for p in paths]

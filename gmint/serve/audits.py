@@ -291,10 +291,8 @@ def model_gap(audited: AuditedModel, store: Mapping[str, object]) -> ModelGap | 
     """The generalisation gap from a gmint checkpoint's training record, else from the check the store's
     extraction ran on the declared members and externals (a model from outside records no training); None
     without either."""
-    keys = ("members_accuracy", "external_accuracy", "members_loss", "external_loss")
-    record = audited.meta.get("record")
-    if isinstance(record, Mapping) and all(isinstance(record.get(k), int | float) for k in keys):
-        return ModelGap(*(float(record[k]) for k in keys))
+    if audited.record.training is not None:
+        return ModelGap.of(audited.record.training)
     check = store.get("model_check")
     if not isinstance(check, Mapping):
         return None
