@@ -24,7 +24,6 @@ import csv
 import inspect
 import json
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from gmint.data.split import EXTERNAL, HOLDOUT
 from gmint.data.transforms import Transform
 from gmint.errors import GmintError, InputError, StoreMismatchError
 from gmint.features.extract import Rows, extract
+from gmint.features.provenance import Provenance
 from gmint.features.store import FeatureStore
 from gmint.mint.base import TrainedMint
 from gmint.models.io import AuditedModel
@@ -107,7 +107,7 @@ class Calibration:
     sample_id: np.ndarray
     score: np.ndarray
     excluded: int          # held-out external rows dropped because they are also candidates
-    provenance: dict[str, object]
+    provenance: Provenance
     misclassified: int = 0  # held-out external rows dropped because the model misclassifies them (predicted labels)
 
 
@@ -185,10 +185,9 @@ class DataOrigin:
                    str(files_sha256) if files_sha256 is not None else None, what)
 
     @classmethod
-    def of_store(cls, provenance: Mapping[str, object], where: object) -> DataOrigin:
+    def of_store(cls, provenance: Provenance, where: object) -> DataOrigin:
         """The origin of a store's rows, from its provenance."""
-        return cls.recorded(provenance.get("dataset"), provenance.get("dataset_root"),
-                            provenance.get("dataset_files_sha256"), str(where))
+        return cls.recorded(provenance.dataset, provenance.dataset_root, provenance.dataset_files_sha256, str(where))
 
     @classmethod
     def of_classifier(cls, mint: TrainedMint) -> DataOrigin:
@@ -294,12 +293,13 @@ def _describe(data: ImageSet, row: int) -> str:
 # Calibration, scores, the set audit
 
 
-def _calibration_store(mint: TrainedMint, store_path: Path) -> dict[str, object]:
+def _calibration_store(mint: TrainedMint, store_path: Path) -> Provenance:
     """The provenance of a complete store that fits the classifier (else StoreMismatchError)."""
     with FeatureStore.open(store_path) as store:
         store.require_complete()
-        mint.spec.check(store.provenance, store.dims, str(store_path))
-        return store.provenance
+        provenance = Provenance.read(store.provenance)
+        mint.spec.check(provenance, store.dims, str(store_path))
+        return provenance
 
 
 def calibration_scores(mint: TrainedMint, store_path: Path, *, exclude: np.ndarray | None = None,
@@ -329,7 +329,7 @@ def calibration_scores(mint: TrainedMint, store_path: Path, *, exclude: np.ndarr
                              "the verdict on")
         fitted_on = DataOrigin.of_classifier(mint)
         if not same_dataset(fitted_on, DataOrigin.of_store(prov, store_path)):
-            raise InputError(f"{store_path} was read from {prov.get('dataset_root')}, the MINT classifier was fitted "
+            raise InputError(f"{store_path} was read from {prov.dataset_root}, the MINT classifier was fitted "
                              f"on rows read from {fitted_on.root}: its held-out rows cannot be checked against those "
                              "it was fitted on; calibrate on a store of the classifier's own dataset folder")
         fitted = np.isin(ids, mint.fitted_ids)
@@ -351,28 +351,25 @@ def calibration_scores(mint: TrainedMint, store_path: Path, *, exclude: np.ndarr
                        int(candidate.sum()), prov, int((~candidate & ~correct).sum()))
 
 
-def _extraction(audited: AuditedModel, mint: TrainedMint, like: Mapping[str, object] | None) -> _Extraction:
+def _extraction(audited: AuditedModel, mint: TrainedMint, like: Provenance | None) -> _Extraction:
     """The calibration store's settings (else the audited model's transform and extract's defaults)."""
-    like = like or {}
-    recorded = like.get("transform")
+    like = like or Provenance()
     description = audited.description
-    transform = (Transform.from_dict(dict(recorded)) if isinstance(recorded, Mapping)
+    transform = (Transform.from_dict(like.transform) if like.transform is not None
                  else description.transform if description is not None else Transform())
-    recorded_parameters, seed = like.get("parameters"), like.get("seed", 0)
     if mint.spec.source == "gradient":
         parameters = list(mint.spec.layers)  # exactly the classifier's layers, nothing more
-    elif isinstance(recorded_parameters, list):
-        parameters = [str(p) for p in recorded_parameters]
+    elif like.parameters is not None:
+        parameters = list(like.parameters)
     else:
         raise InputError(f"a classifier on '{mint.spec.source}' features needs the calibration store to "
                          "know which layers to extract")
     return _Extraction(transform, ",".join(parameters), mint.spec.reduction, mint.spec.source,
-                       str(like.get("engine", "vmap")), str(like.get("loss_function", "cross_entropy")),
-                       seed if isinstance(seed, int) else 0)
+                       like.engine or "vmap", like.loss_function or "cross_entropy", like.seed or 0)
 
 
 def score_samples(audited: AuditedModel, mint: TrainedMint, data: ImageSet, index: np.ndarray | None = None, *,
-                  like: Mapping[str, object] | None = None, out: Path | None = None, to_grey: bool = False,
+                  like: Provenance | None = None, out: Path | None = None, to_grey: bool = False,
                   labels: str = "true", batch_size: int = 128, device: str = "cpu",
                   show_progress: bool = False) -> SampleScores:
     """MINT membership probabilities of rows `index` of `data` (all rows by default).
@@ -432,7 +429,8 @@ def score_samples(audited: AuditedModel, mint: TrainedMint, data: ImageSet, inde
         with FeatureStore.open(path) as store:
             # Candidates may come from any source (a folder, another dataset): only the dataset name is
             # allowed to differ from what the classifier was trained on.
-            mint.spec.check({**store.provenance, "dataset": mint.spec.dataset}, store.dims, str(path))
+            mint.spec.check(replace(Provenance.read(store.provenance), dataset=mint.spec.dataset), store.dims,
+                            str(path))
             features = store.features(mint.spec.layers)
     if not np.isfinite(features).all():
         raise InputError("the candidates' Weight Modifiers contain NaN or Inf")

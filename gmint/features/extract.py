@@ -31,6 +31,7 @@ from gmint.features.engine import ENGINES
 from gmint.features.engine.base import check_chunk_size
 from gmint.features.engine.memory import max_batch_for_memory
 from gmint.features.engine.selfcheck import EngineCheckWarning, EngineDisagreement, ProvenEngine
+from gmint.features.provenance import Provenance
 from gmint.features.reduce import parse_reduction
 from gmint.features.shards import shard_bounds, shard_path
 from gmint.features.sources import SOURCES
@@ -242,7 +243,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
             store = stack.enter_context(FeatureStore.resume(out, provenance)) if resume and out.exists() else None
             if store is not None and store.complete:
                 return
-            recorded = store.provenance if store is not None else {}
+            recorded = Provenance.read(store.provenance) if store is not None else Provenance()
             first = run(model, names, reduce, *load(0, probe_batch), engine=proven, loss=loss,
                         chunk_size=probe_chunk)
             choice = proven.choice
@@ -266,8 +267,8 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
                              "sample_id": data.sample_ids[rows.index],
                              "group": data.groups[rows.index] if data.groups is not None
                              else np.full(len(labels), -1)}))
-            elif recorded.get("engine_used") != engine_used:  # both proven on this model; the record says so
-                resumed_with = {"engine_used": f"{recorded.get('engine_used')}+{engine_used}",
+            elif recorded.engine_used != engine_used:  # both proven on this model; the record says so
+                resumed_with = {"engine_used": f"{recorded.engine_used}+{engine_used}",
                                 "engine_check_resumed": chosen.get("engine_check", {})}
             done = store.done_mask()
             t0 = time.perf_counter()

@@ -11,7 +11,7 @@ class order the predictions imply, and says in words what looks wrong.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -78,6 +78,18 @@ class ModelCheck:
         """As recorded in a store's provenance (`model_check`)."""
         return {"members": asdict(self.members), "external": asdict(self.external), "warnings": list(self.warnings)}
 
+    @classmethod
+    def read(cls, recorded: object) -> ModelCheck | None:
+        """The check a store's provenance records (`to_dict`'s form); None where it records none, or records it
+        otherwise (a store from elsewhere)."""
+        if not isinstance(recorded, Mapping):
+            return None
+        fits = [_fit(recorded.get(side)) for side in ("members", "external")]
+        found = recorded.get("warnings", [])
+        if fits[0] is None or fits[1] is None or not isinstance(found, list):
+            return None
+        return cls(fits[0], fits[1], tuple(map(str, found)))
+
     def summary(self) -> str:
         """One line: both fits."""
         m, e = self.members, self.external
@@ -140,6 +152,17 @@ def check_model(audited: AuditedModel, data: ImageSet, split: MembershipSplit, t
     if renamed:
         warnings.append(renamed)
     return ModelCheck(on_members, on_external, tuple(warnings))
+
+
+def _fit(recorded: object) -> Fit | None:
+    """A `Fit` as `asdict` records it; None for anything else."""
+    if not isinstance(recorded, Mapping):
+        return None
+    rows, accuracy, loss = (recorded.get(k) for k in ("rows", "accuracy", "loss"))
+    numbers = [v for v in (accuracy, loss) if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(numbers) != 2:
+        return None
+    return Fit(int(rows) if isinstance(rows, int) else 0, float(numbers[0]), float(numbers[1]))
 
 
 def _sample(rows: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
