@@ -35,7 +35,8 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
-from gmint.models.io import AuditedModel, fingerprint, read_checkpoint, save_checkpoint, training_finished
+from gmint.models.io import AuditedModel, fingerprint, read_checkpoint, save_checkpoint
+from gmint.models.record import CheckpointRecord
 from gmint.models.train import (
     AUGMENTATIONS,
     OPTIMIZERS,
@@ -181,14 +182,14 @@ def train_amint(data: ImageSet, split: MembershipSplit, *, arch: str, transform:
     start_epoch, elapsed, norms = 0, 0.0, None
     if resume and target.exists():
         saved = _restore(target, model, head, optimizer, scheduler, meta)
-        if saved["epochs_done"] == train_cfg.epochs and training_finished(saved) and (out / HEAD_FILE).exists():
+        record = CheckpointRecord.read(saved)
+        if record.epochs_done == train_cfg.epochs and record.training is not None and (out / HEAD_FILE).exists():
             finished = TrainedHead.load(out / HEAD_FILE)
             if finished.model_fingerprint == fingerprint(model):
                 return AmintModel(AuditedModel(model.eval(), saved), finished, out)
-        history, start_epoch = saved["history"], saved["epochs_done"]  # type: ignore[assignment]
-        elapsed = float(saved.get("train_seconds", 0.0))  # type: ignore[arg-type]
-        recorded = saved.get("amint")
-        norms = recorded.get("normalisers") if isinstance(recorded, dict) else None
+        history, start_epoch = list(record.history), record.epochs_done or 0
+        elapsed = record.train_seconds or 0.0
+        norms = (record.amint or {}).get("normalisers")
     out.mkdir(parents=True, exist_ok=True)
     collector = TapCollector(model, tap_names)
     try:

@@ -291,12 +291,6 @@ def _other_gmint_file(payload: Mapping[str, Any]) -> str | None:
     return _OTHER_FILES.get(found) if isinstance(found, str) else None
 
 
-def training_finished(meta: dict[str, Any]) -> bool:
-    """Whether the meta a training run is writing records the end of the run (the cap, or the accuracy goal
-    reached): a model's training record (accuracies, loss quantiles) is written only then."""
-    return "record" in meta
-
-
 def refuse_unfinished(path: Path, record: CheckpointRecord) -> None:
     """Refuse a training checkpoint whose run stopped before its end: its weights are an accident of when it was
     killed.

@@ -28,7 +28,8 @@ from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.models.description import ModelDescription, build_architecture, select_output
-from gmint.models.io import AuditedModel, read_checkpoint, save_checkpoint, training_finished
+from gmint.models.io import AuditedModel, read_checkpoint, save_checkpoint
+from gmint.models.record import CheckpointRecord
 from gmint.models.zoo import build
 from gmint.progress import progress_bar
 from gmint.registry import Registry
@@ -212,10 +213,11 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = 
     start_epoch, elapsed = 0, 0.0
     if resume and out.exists():
         saved = _restore(out, model, optimizer, scheduler, meta)
-        if training_finished(saved):
+        recorded = CheckpointRecord.read(saved)
+        if recorded.training is not None:
             return AuditedModel(model.eval(), saved)  # a finished run: nothing to do, the file stays as it is
-        history, start_epoch = saved["history"], saved["epochs_done"]  # type: ignore[assignment]
-        elapsed = float(saved.get("train_seconds", 0.0))  # type: ignore[arg-type]
+        history, start_epoch = list(recorded.history), recorded.epochs_done or 0
+        elapsed = recorded.train_seconds or 0.0
     meta.update(history=history, epochs_done=start_epoch, train_seconds=round(elapsed, 2))
     try:
         with torch_threads(config.threads), progress_bar(f"train {arch.rsplit('/', 1)[-1]}", config.epochs,

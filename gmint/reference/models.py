@@ -63,7 +63,8 @@ from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.files import atomic_write
 from gmint.models.description import ModelDescription
-from gmint.models.io import AuditedModel, load_audited, read_checkpoint, training_finished
+from gmint.models.io import AuditedModel, load_audited, read_checkpoint
+from gmint.models.record import CheckpointRecord
 from gmint.models.train import TrainConfig, train_audited
 from gmint.models.zoo import ARCHITECTURES
 from gmint.progress import progress_bar
@@ -481,7 +482,8 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
             path = out / manifest.model_file(i)
             if path.exists() and manifest.model_file(i) in manifest.models:
                 check_model(manifest, i, load_audited(path), path)
-            elif path.exists() and training_finished(json.loads(read_checkpoint(path)["meta"])):
+            elif path.exists() and CheckpointRecord.read(
+                    json.loads(read_checkpoint(path)["meta"])).training is not None:
                 unrecorded.add(path.name)  # a finished model of a set trained before models were recorded
     manifest.save(out)
     config = recipe.config
