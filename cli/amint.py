@@ -96,9 +96,9 @@ def train(arch: str = typer.Option("small_cnn", help=f"Architecture from the zoo
     if json_out:
         print_json(report.to_dict())
         return
-    meta = result.audited.meta
+    record = result.audited.record
     console.print(f"{out / MODEL_FILE}: {arch} on {data} with an aMINT head on {', '.join(result.head.spec.taps)}, "
-                  f"{meta['epochs_done']} epochs in {meta['train_seconds']} s")
+                  f"{record.epochs_done} epochs in {record.train_seconds} s")
     table = Table(title=f"aMINT on {data} (negatives: {report.protocol['negatives']})")
     table.add_column("metric")
     columns = report.columns()

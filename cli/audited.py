@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import typer
@@ -61,7 +60,7 @@ def train(arch: str = typer.Option("small_cnn", help=f"Architecture from the zoo
     model = train_audited(images, manifest, arch=arch, transform=Transform(size=image_size), config=config,
                           out=out, arch_options=options, resume=resume, overwrite=overwrite,
                           negative_control=negative_control, device=device, show_progress=show_progress())
-    console.print(f"{out}: {arch} on {data}, {model.meta['epochs_done']} epochs in {model.meta['train_seconds']} s")
-    record = model.meta.get("record")
-    if isinstance(record, Mapping):  # accuracy and loss on members, externals (and test): always written
-        console.print("  " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()))
+    record = model.record
+    console.print(f"{out}: {arch} on {data}, {record.epochs_done} epochs in {record.train_seconds} s")
+    if record.training is not None:  # accuracy and loss on members, externals (and test): always written
+        console.print("  " + ", ".join(f"{k} {v:.4f}" for k, v in record.training.to_dict().items()))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from gmint.assess.evaluate import ModelGap
 from gmint.assess.report import format_estimate, gap_lines
 from gmint.demo import PROBES, run_demo
 from gmint.errors import InputError
@@ -33,14 +33,14 @@ def demo(out: Path = typer.Option(Path("gmint-demo"), help="Working folder for t
     check_output(out, "--out", folder=True, overwrite=overwrite)
     console.print("[bold]gmint demo: was this digit in the training set?[/]")
     cell = run_demo(out, seed=seed, epochs=epochs, show_progress=show_progress())
-    s, a, c = cell.split, _record(cell.models["audited"]), _record(cell.models["control"])
+    s, a, c = cell.split, _gap(cell.models["audited"]), _gap(cell.models["control"])
     console.print(f"Data: scikit-learn's 1,797 8x8 digits. {len(s.members)} members trained the audited CNN, "
                   f"{len(s.external)} it never saw, {len(s.control)} trained a control CNN (the negative control). "
                   f"MINT classifiers are fitted on the auditor's pool ({len(s.pool)} rows) and scored on "
                   f"{len(s.holdout)} held-out rows, half members, half external.")
-    console.print(f"Audited model: accuracy {a['members_accuracy']:.3f} on members vs {a['external_accuracy']:.3f} "
-                  f"on external; mean loss {a['members_loss']:.4f} vs {a['external_loss']:.4f}. Control model: "
-                  f"{c['members_accuracy']:.3f} vs {c['external_accuracy']:.3f} (it saw neither).")
+    console.print(f"Audited model: accuracy {a.members_accuracy:.3f} on members vs {a.external_accuracy:.3f} "
+                  f"on external; mean loss {a.members_loss:.4f} vs {a.external_loss:.4f}. Control model: "
+                  f"{c.members_accuracy:.3f} vs {c.external_accuracy:.3f} (it saw neither).")
     table = Table(title="held-out membership test; 0.5 AUC = chance")
     for col in ("signal", "accuracy", "AUC (95% interval)", "TPR @ 1% FPR (95% interval)"):
         table.add_column(col, justify="left" if col == "signal" else "right")
@@ -74,9 +74,9 @@ def demo(out: Path = typer.Option(Path("gmint-demo"), help="Working folder for t
         serve_audits(load_audits(cell.workdir), Limits(), port=port, open_browser=True)
 
 
-def _record(model: AuditedModel) -> Mapping[str, float]:
+def _gap(model: AuditedModel) -> ModelGap:
     """The model's own accuracy and mean loss on members and externals, as training recorded them."""
-    record = model.meta.get("record")
-    if not isinstance(record, Mapping):
+    record = model.record.training
+    if record is None:
         raise InputError("the model has no training record (accuracy and loss on members and externals)")
-    return record
+    return ModelGap.of(record)

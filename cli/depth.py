@@ -56,11 +56,11 @@ def depth(model: Path = typer.Option(..., help=MODEL_HELP),
     """Sweep the model's blocks: activation and gradient MINT per depth beside the loss threshold, with a plot."""
     out = out or work / "depth.png"
     audited = load_model(model, arch, torchscript, trust_pickle)
-    name = data or audited.meta.get("dataset")
+    name = data or audited.record.dataset
     if not name:
         raise InputError("--data is required for a model without gmint metadata")
     images = load_data(str(name), data_root)
-    manifest = MembershipSplit.of(audited.meta, split)
+    manifest = MembershipSplit.of(audited.record.split, split)
     if manifest is None:
         raise InputError("--split is required for a model trained outside gmint")
     transform = model_transform(audited, None)

@@ -64,8 +64,8 @@ def parse_bytes(text: str) -> int:
 
 def check_loss(loss: str, audited: AuditedModel) -> None:
     """`bce` reads one logit per sample: on a model with one output per class it fails deep in the engines."""
-    classes = audited.meta.get("num_classes")
-    if loss == "bce" and isinstance(classes, int) and classes != 1:
+    classes = audited.record.num_classes
+    if loss == "bce" and classes is not None and classes != 1:
         raise InputError(f"--loss bce needs a model with a single output (one logit), this model has {classes} "
                          "(one per class); use --loss cross_entropy")
 
@@ -120,11 +120,11 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
                                max_memory=parse_bytes(max_memory) if max_memory else None)
     audited = load_model(model, arch, torchscript, trust_pickle)
     check_loss(loss, audited)
-    name = data or audited.meta.get("dataset")
+    name = data or audited.record.dataset
     if not name:
         raise InputError("--data is required for a model without gmint metadata")
     images = as_model_classes(load_data(str(name), data_root, size=image_size, size_option="--image-size"), audited)
-    manifest = MembershipSplit.of(audited.meta, split)
+    manifest = MembershipSplit.of(audited.record.split, split)
     if manifest is None:
         raise InputError("--split is required for a model trained outside gmint")
     if manifest.dataset != images.name:
@@ -133,7 +133,8 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     check_model_input(images, audited, transform)
     rows = split_rows(manifest)
     rank, world_size = world()
-    check_model_split(audited.meta, manifest, trained_outside=model_trained_outside_gmint)  # before any output
+    # before any output
+    check_model_split(audited.record.split, manifest, trained_outside=model_trained_outside_gmint)
     check = report_model_check(audited, images, manifest, transform, min_member_accuracy, device, seed, rank == 0)
 
     def run(shard: tuple[int, int], on_device: str) -> Path:
@@ -206,7 +207,7 @@ def list_layers(model: Path = typer.Option(..., help=MODEL_HELP),
            json_out: bool = flag("--json", "Print the layers as JSON instead.")) -> None:
     """List the model's weight layers, in the order `extract` sees them, and which presets pick them."""
     audited = load_model(model, arch, torchscript, trust_pickle)
-    name = data or audited.meta.get("dataset")
+    name = data or audited.record.dataset
     images = load_data(str(name), data_root, size=image_size, size_option="--image-size") if name else None
     example = example_input(audited, images, image_size)
     presets_of = preset_parameters(audited.module, example)

@@ -142,8 +142,10 @@ def show_description(path: Path, audited: AuditedModel, json_out: bool) -> None:
     if description is None:
         raise InputError(f"{path} records no model description; import it with gmint model import")
     if json_out:
+        stated, source = audited.record.stated_train_accuracy, audited.record.source
         print_json({"model": str(path), "fingerprint": audited.fingerprint, **description.to_meta(),
-                    "stated": audited.meta.get("stated"), "source": audited.meta.get("source")})
+                    "stated": {"train_accuracy": stated} if stated is not None else None,
+                    "source": source.to_dict() if source is not None else None})
         return
     console.print(f"{path}: {describe_line(description)}")
     console.print(f"  fingerprint {audited.fingerprint[:16]}")

@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from gmint.assess.evaluate import ModelGap
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.errors import InputError
@@ -100,7 +101,7 @@ def _audited_checkpoint(model: Path) -> AuditedModel:
 def _model_data(audited: AuditedModel, model: Path, data: str | None, data_root: Path | None) -> ImageSet:
     """The data the audited model's references train and are read on, labelled in the model's classes (so the
     reference stores are labelled exactly as the audited model's): --data, else the dataset its record names."""
-    name = data or audited.meta.get("dataset")
+    name = data or audited.record.dataset
     if name is None:
         raise InputError(f"--data is required: {model} was trained outside gmint and records no dataset; give the "
                          "one its split names (and --data-root)")
@@ -176,12 +177,11 @@ def train(model: Path = typer.Option(..., help="The audited gmint checkpoint. A 
     if config is not None:
         console.print("  recipe given: " + ", ".join(f"{name} {value}" for name, value in asdict(config).items()))
     for i in range(manifest.k):
-        meta = load_audited(out / manifest.model_file(i)).meta
-        record = meta.get("record", {})
-        assert isinstance(record, dict)
-        console.print(f"  {manifest.model_file(i)}: {len(manifest.rows_of(i))} rows, {meta.get('train_seconds')} s, "
-                      f"accuracy on the audited members {record.get('members_accuracy', float('nan')):.3f}, "
-                      f"external {record.get('external_accuracy', float('nan')):.3f}")
+        record = load_audited(out / manifest.model_file(i)).record
+        gap = ModelGap.of(record.training) if record.training is not None else ModelGap(*[float("nan")] * 4)
+        console.print(f"  {manifest.model_file(i)}: {len(manifest.rows_of(i))} rows, {record.train_seconds} s, "
+                      f"accuracy on the audited members {gap.members_accuracy:.3f}, "
+                      f"external {gap.external_accuracy:.3f}")
 
 
 def _check_k(k: int | None, manifest: ReferenceSet, references: Path) -> None:

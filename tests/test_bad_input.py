@@ -17,6 +17,7 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.errors import InputError, StoreMismatchError, UnsupportedModelError
 from gmint.features.extract import Rows, extract
+from gmint.features.provenance import Provenance
 from gmint.features.store import FeatureStore, verify
 from gmint.mint import train_mint
 from gmint.mint.base import FeatureSpec
@@ -61,7 +62,7 @@ def test_mismatched_layer_dims(digits_store: Path) -> None:
     mint = train_mint(digits_store, kind="logreg", setup="combined")
     spec = FeatureSpec(**{**mint.spec.__dict__, "dims": [d + 1 for d in mint.spec.dims]})
     with FeatureStore.open(digits_store) as store, pytest.raises(StoreMismatchError, match="features, the classifier"):
-        spec.check(store.provenance, store.dims, str(digits_store))
+        spec.check(Provenance.read(store.provenance), store.dims, str(digits_store))
 
 
 def test_nonfinite_rows_are_flagged_and_left_out(tmp_path: Path) -> None:

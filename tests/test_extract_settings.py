@@ -13,6 +13,7 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError, UnknownNameError
+from gmint.features.provenance import Provenance
 from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
@@ -46,7 +47,7 @@ def test_a_listed_setup_is_kept_item_by_item() -> None:
 def test_a_store_records_its_settings_and_they_read_back(digits_store: Path) -> None:
     with FeatureStore.open(digits_store) as store:
         provenance = store.provenance
-    recorded = ExtractSettings.recorded(provenance, batch_size=7, device="cpu")
+    recorded = ExtractSettings.recorded(Provenance.read(provenance), batch_size=7, device="cpu")
     assert provenance["layer_setup"] == "combined" and provenance["reduction"] == "mean"
     assert recorded.layer_setup == tuple(provenance["parameters"]) and len(recorded.layer_setup) == 3
     assert (recorded.reduction, recorded.source, recorded.loss, recorded.seed) == ("mean", "gradient",

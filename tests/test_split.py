@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit, check_model_split, make_split, subpool_mask
 from gmint.errors import InputError
+from gmint.models.record import CheckpointRecord
 
 
 def toy(n_groups: int = 60, frames: int = 5, classes: int = 3, test: int = 0) -> ImageSet:
@@ -172,24 +173,24 @@ def test_overlapping_roles_are_refused_even_with_a_valid_hash(tmp_path: Path, di
 def test_a_split_other_than_the_models_is_refused_naming_both_hashes(digits: ImageSet) -> None:
     trained = make_split(digits, members=0.5, external=0.5, seed=0)
     meta = json.loads(json.dumps({"split": asdict(trained), "split_sha256": trained.sha256}))  # as a checkpoint
-    check_model_split(meta, trained)
+    recorded = CheckpointRecord.read(meta).split
+    check_model_split(recorded, trained)
     other = make_split(digits, members=0.5, external=0.5, seed=1)
     with pytest.raises(InputError, match=f"split {other.sha256} is not the one the audited model was trained on "
                                          rf"\({trained.sha256}\)"):
-        check_model_split(meta, other)
-    check_model_split(meta, other, trained_outside=True)  # the caller vouches for it
-    check_model_split({"format": "state-dict"}, other)     # nothing recorded: the manifest is all there is
+        check_model_split(recorded, other)
+    check_model_split(recorded, other, trained_outside=True)  # the caller vouches for it
+    check_model_split(CheckpointRecord.read({"format": "state-dict"}).split, other)  # nothing recorded
 
 
 def test_the_split_of_a_model_is_the_given_file_else_the_recorded_copy(digits: ImageSet, tmp_path: Path) -> None:
     """One lookup for every command: a manifest file wins, the checkpoint's copy comes next, else none."""
     trained = make_split(digits, members=0.5, external=0.5, seed=0)
-    meta = json.loads(json.dumps({"split": {**asdict(trained), "sha256": trained.sha256}}))  # as a checkpoint
     given = make_split(digits, members=0.5, external=0.5, seed=1)
     given.save(tmp_path / "split.json")
-    assert MembershipSplit.of(meta) == trained
-    assert MembershipSplit.of(meta, tmp_path / "split.json") == given
-    assert MembershipSplit.of({"format": "state-dict"}, tmp_path / "split.json") == given
-    assert MembershipSplit.of({"format": "state-dict"}) is None
+    assert MembershipSplit.of(trained) == trained
+    assert MembershipSplit.of(trained, tmp_path / "split.json") == given
+    assert MembershipSplit.of(None, tmp_path / "split.json") == given
+    assert MembershipSplit.of(None) is None
     with pytest.raises(InputError, match="not found"):
-        MembershipSplit.of(meta, tmp_path / "missing.json")
+        MembershipSplit.of(trained, tmp_path / "missing.json")

@@ -176,15 +176,16 @@ def evaluate_amint(amint: AmintModel, data: ImageSet, split: MembershipSplit, *,
     has_test = bool((data.part == "test").any())
     negatives = ("official test rows" if split.protocol == "paper" and has_test else "held-out external rows") + \
         " the audited model and the head never saw"
-    protocol = {"dataset": data.name, "arch": amint.audited.meta.get("arch"), "protocol": split.protocol,
-                "split_sha256": split.sha256, "split_seed": split.seed, "seed": seed, "n_boot": n_boot,
-                "taps": list(amint.head.spec.taps), "negatives": negatives,
-                "model_fingerprint": amint.head.model_fingerprint,
-                "amint_config": amint.audited.meta.get("amint_config"),
-                "train_config": amint.audited.meta.get("train_config"),
-                "train_seconds": amint.audited.meta.get("train_seconds")}
-    record = amint.audited.meta.get("record")
-    return AmintReport(protocol, dict(record) if isinstance(record, dict) else {}, tuple(readings), evaluation,
+    protocol: dict[str, object] = {
+        "dataset": data.name, "arch": amint.audited.record.arch, "protocol": split.protocol,
+        "split_sha256": split.sha256, "split_seed": split.seed, "seed": seed, "n_boot": n_boot,
+        "taps": list(amint.head.spec.taps), "negatives": negatives,
+        "model_fingerprint": amint.head.model_fingerprint,
+        "amint_config": amint.audited.record.amint_config,
+        "train_config": amint.audited.record.train_config,
+        "train_seconds": amint.audited.record.train_seconds}
+    record = amint.audited.record.training
+    return AmintReport(protocol, record.to_dict() if record is not None else {}, tuple(readings), evaluation,
                        tuple(warnings))
 
 

@@ -19,6 +19,7 @@ from gmint.assess.scoring import SUBSET_HINT, Audit, Calibration, SampleScores
 from gmint.assess.verdict import set_test
 from gmint.data.base import ImageSet
 from gmint.errors import InputError, StoreMismatchError
+from gmint.features.provenance import Provenance
 from gmint.models.io import AuditedModel
 
 
@@ -72,5 +73,5 @@ def audit_with_head(audited: AuditedModel, head: TrainedHead, data: ImageSet, in
     files = data.files[index] if data.files is not None else np.full(len(index), "")
     scores = SampleScores(data.name, ids, files, data.labels[index], outputs.score)
     calibration = Calibration(Path(head_path), head.calibration_ids[keep], head.calibration_scores[keep],
-                              int((~keep).sum()), dict(head.meta))
+                              int((~keep).sum()), Provenance.read(head.meta))
     return Audit(scores, calibration, set_test(scores.score, calibration.score, alternative=alternative))

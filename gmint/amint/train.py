@@ -35,7 +35,8 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
-from gmint.models.io import AuditedModel, fingerprint, training_finished
+from gmint.models.io import AuditedModel, fingerprint
+from gmint.models.record import CheckpointRecord
 from gmint.models.resumable import Progress, ResumableRun, Stateful
 from gmint.models.train import (
     AUGMENTATIONS,
@@ -177,13 +178,13 @@ def train_amint(data: ImageSet, split: MembershipSplit, *, arch: str, transform:
     with run:
         saved = run.restore(model, parts, meta)
         if saved is not None:
-            if saved["epochs_done"] == train_cfg.epochs and training_finished(saved) and (out / HEAD_FILE).exists():
+            record = CheckpointRecord.read(saved)
+            if record.epochs_done == train_cfg.epochs and record.training is not None and (out / HEAD_FILE).exists():
                 finished = TrainedHead.load(out / HEAD_FILE)
                 if finished.model_fingerprint == fingerprint(model):
                     return AmintModel(AuditedModel(model.eval(), saved), finished, out)
-            progress = Progress.of(saved)
-            recorded = saved.get("amint")
-            norms = recorded.get("normalisers") if isinstance(recorded, dict) else None
+            progress = Progress.of(record)
+            norms = (record.amint or {}).get("normalisers")
         out.mkdir(parents=True, exist_ok=True)
         collector = TapCollector(model, tap_names)
         with torch_threads(train_cfg.threads), collector.attached(), progress_bar(

@@ -57,8 +57,8 @@ def model_classes(audited: AuditedModel) -> list[str] | None:
     description = audited.description
     if description is not None and description.classes is not None:
         return list(description.classes)
-    count = description.num_classes if description is not None else audited.meta.get("num_classes")
-    if isinstance(count, int):
+    count = audited.record.num_classes
+    if count is not None:
         return [str(c) for c in range(count)]
     return None
 

@@ -8,7 +8,6 @@ is fitted on the auditor's pool — never on the rows being scored.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -24,10 +23,13 @@ from gmint.assess.metrics import (
 )
 from gmint.data.split import HOLDOUT, POOL, one_sided_groups
 from gmint.errors import InputError, StoreMismatchError
+from gmint.features.provenance import Provenance
 from gmint.features.store import FeatureStore
 from gmint.mint.base import TrainedMint
 from gmint.mint.threshold import best_threshold
 from gmint.mint.train import train_mint
+from gmint.models.check import ModelCheck
+from gmint.models.record import TrainingRecord
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,13 @@ class ModelGap:
     external_accuracy: float
     members_loss: float
     external_loss: float
+
+    @classmethod
+    def of(cls, measured: TrainingRecord | ModelCheck) -> ModelGap:
+        """The gap as gmint measured it on both sides: when it trained the model (its training record), or
+        before extracting the features of a model from outside (the model check)."""
+        members, external = measured.members, measured.external
+        return cls(members.accuracy, external.accuracy, members.loss, external.loss)
 
     @property
     def accuracy_gap(self) -> float:
@@ -132,7 +141,7 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
     """
     with FeatureStore.open(store_path) as store:
         store.require_complete()
-        prov = store.provenance
+        prov = Provenance.read(store.provenance)
         mint.spec.check(prov, store.dims, str(store_path))
         role, membership = store.column("role"), store.column("membership")
         ids, loss = store.column("sample_id"), store.column("loss").astype(np.float64)
@@ -163,9 +172,9 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
     return Evaluation(
         store=Path(store_path),
         rows=RowCounts(int(members.sum()), int(external.sum()), nonfinite),
-        protocol={"split_sha256": prov.get("split_sha256"), "dataset": prov.get("dataset"),
-                  "architecture": prov.get("architecture"), "reduction": prov.get("reduction"),
-                  "engine": prov.get("engine"), "source": prov.get("source"), "layers": mint.spec.layers,
+        protocol={"split_sha256": prov.split_sha256, "dataset": prov.dataset,
+                  "architecture": prov.architecture, "reduction": prov.reduction,
+                  "engine": prov.engine, "source": prov.source, "layers": mint.spec.layers,
                   "setup": mint.spec.setup, "classifier": mint.kind, "fraction": mint.record.get("fraction")},
         mint=membership_metrics(y, score, n_boot=n_boot, seed=seed, groups=units),
         loss_threshold=membership_metrics(y, -loss[held], threshold=threshold, n_boot=n_boot, seed=seed,
@@ -178,12 +187,11 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
     )
 
 
-def model_check_warnings(provenance: Mapping[str, object]) -> tuple[str, ...]:
+def model_check_warnings(provenance: Provenance) -> tuple[str, ...]:
     """What the check before extraction found wrong with the audited model's description (`model_check`), so
     every result read from the store says it again: its numbers may be of inputs the model never saw."""
-    check = provenance.get("model_check")
-    found = check.get("warnings") if isinstance(check, Mapping) else None
-    return tuple(f"audited model: {text}" for text in found) if isinstance(found, list) else ()
+    check = provenance.model_check
+    return tuple(f"audited model: {text}" for text in check.warnings) if check is not None else ()
 
 
 def evaluate_with_control(mint: TrainedMint, store_path: Path, control_store: Path, *, n_boot: int = 1000,
@@ -204,11 +212,11 @@ def evaluate_with_control(mint: TrainedMint, store_path: Path, control_store: Pa
     """
     result = evaluate_store(mint, store_path, n_boot=n_boot, seed=seed)
     with FeatureStore.open(control_store) as store:
-        prov = store.provenance
-    if prov.get("split_sha256") != mint.spec.split_sha256:
+        prov = Provenance.read(store.provenance)
+    if prov.split_sha256 != mint.spec.split_sha256:
         raise StoreMismatchError(f"{control_store} was extracted on another split; the negative control must "
                                  "use the audited model's split")
-    if prov.get("model_fingerprint") == mint.spec.model_fingerprint:
+    if prov.model_fingerprint == mint.spec.model_fingerprint:
         raise StoreMismatchError(f"{control_store} comes from the audited model itself, not from a control model")
     fitted_seed = mint.record.get("seed", seed)
     control = train_mint(control_store, kind=mint.kind, setup=mint.spec.setup,

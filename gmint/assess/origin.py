@@ -9,7 +9,6 @@ folder its rows were read from, that is said, not guessed.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from gmint.data.base import ImageSet
 from gmint.errors import GmintError, InputError
+from gmint.features.provenance import Provenance
 from gmint.mint.base import TrainedMint
 
 
@@ -49,10 +49,9 @@ class DataOrigin:
                    str(files_sha256) if files_sha256 is not None else None, what)
 
     @classmethod
-    def of_store(cls, provenance: Mapping[str, object], where: object) -> DataOrigin:
+    def of_store(cls, provenance: Provenance, where: object) -> DataOrigin:
         """The origin of a store's rows, from its provenance."""
-        return cls.recorded(provenance.get("dataset"), provenance.get("dataset_root"),
-                            provenance.get("dataset_files_sha256"), str(where))
+        return cls.recorded(provenance.dataset, provenance.dataset_root, provenance.dataset_files_sha256, str(where))
 
     @classmethod
     def of_classifier(cls, mint: TrainedMint) -> DataOrigin:

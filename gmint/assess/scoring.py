@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from gmint.data.split import EXTERNAL, HOLDOUT
 from gmint.data.transforms import Transform
 from gmint.errors import InputError, StoreMismatchError
 from gmint.features.extract import Rows, extract
+from gmint.features.provenance import Provenance
 from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.mint.base import TrainedMint
@@ -108,7 +108,7 @@ class Calibration:
     sample_id: np.ndarray
     score: np.ndarray
     excluded: int          # held-out external rows dropped because they are also candidates
-    provenance: dict[str, object]
+    provenance: Provenance
     misclassified: int = 0  # held-out external rows dropped because the model misclassifies them (predicted labels)
 
 
@@ -151,12 +151,13 @@ def _describe(data: ImageSet, row: int) -> str:
 # Calibration, scores, the set audit
 
 
-def _calibration_store(mint: TrainedMint, store_path: Path) -> dict[str, object]:
+def _calibration_store(mint: TrainedMint, store_path: Path) -> Provenance:
     """The provenance of a complete store that fits the classifier (else StoreMismatchError)."""
     with FeatureStore.open(store_path) as store:
         store.require_complete()
-        mint.spec.check(store.provenance, store.dims, str(store_path))
-        return store.provenance
+        provenance = Provenance.read(store.provenance)
+        mint.spec.check(provenance, store.dims, str(store_path))
+        return provenance
 
 
 def calibration_scores(mint: TrainedMint, store_path: Path, *, exclude: np.ndarray | None = None,
@@ -186,7 +187,7 @@ def calibration_scores(mint: TrainedMint, store_path: Path, *, exclude: np.ndarr
                              "the verdict on")
         fitted_on = DataOrigin.of_classifier(mint)
         if not same_dataset(fitted_on, DataOrigin.of_store(prov, store_path)):
-            raise InputError(f"{store_path} was read from {prov.get('dataset_root')}, the MINT classifier was fitted "
+            raise InputError(f"{store_path} was read from {prov.dataset_root}, the MINT classifier was fitted "
                              f"on rows read from {fitted_on.root}: its held-out rows cannot be checked against those "
                              "it was fitted on; calibrate on a store of the classifier's own dataset folder")
         fitted = np.isin(ids, mint.fitted_ids)
@@ -208,7 +209,7 @@ def calibration_scores(mint: TrainedMint, store_path: Path, *, exclude: np.ndarr
                        int(candidate.sum()), prov, int((~candidate & ~correct).sum()))
 
 
-def candidate_settings(audited: AuditedModel, mint: TrainedMint, like: Mapping[str, object] | None, *,
+def candidate_settings(audited: AuditedModel, mint: TrainedMint, like: Provenance | None, *,
                        side: int | None = None, batch_size: int = 128, device: str = "cpu") -> ExtractSettings:
     """How candidates are extracted: as the calibration store `like` records (else with the audited model's
     transform and the recorded defaults), over the classifier's parameters, with its reduction and source.
@@ -218,11 +219,11 @@ def candidate_settings(audited: AuditedModel, mint: TrainedMint, like: Mapping[s
     Raises:
         InputError: a classifier on features other than Weight Modifiers, and no recorded parameters to read.
     """
-    settings = ExtractSettings.recorded(like or {}, batch_size=batch_size, device=device)
+    settings = ExtractSettings.recorded(like or Provenance(), batch_size=batch_size, device=device)
     transform = settings.transform
     if transform is None:
-        recorded = audited.meta.get("transform")
-        transform = Transform.from_dict(dict(recorded)) if isinstance(recorded, Mapping) else Transform()
+        description = audited.record.description
+        transform = description.transform if description is not None else Transform()
     if transform.size is None and side is not None:
         transform = replace(transform, size=side)
     if mint.spec.source == "gradient":
@@ -237,7 +238,7 @@ def candidate_settings(audited: AuditedModel, mint: TrainedMint, like: Mapping[s
 
 
 def score_samples(audited: AuditedModel, mint: TrainedMint, data: ImageSet, index: np.ndarray | None = None, *,
-                  like: Mapping[str, object] | None = None, out: Path | None = None, to_grey: bool = False,
+                  like: Provenance | None = None, out: Path | None = None, to_grey: bool = False,
                   labels: str = "true", batch_size: int = 128, device: str = "cpu",
                   show_progress: bool = False) -> SampleScores:
     """MINT membership probabilities of rows `index` of `data` (all rows by default).
@@ -294,7 +295,8 @@ def score_samples(audited: AuditedModel, mint: TrainedMint, data: ImageSet, inde
         with FeatureStore.open(path) as store:
             # Candidates may come from any source (a folder, another dataset): only the dataset name is
             # allowed to differ from what the classifier was trained on.
-            mint.spec.check({**store.provenance, "dataset": mint.spec.dataset}, store.dims, str(path))
+            mint.spec.check(replace(Provenance.read(store.provenance), dataset=mint.spec.dataset), store.dims,
+                            str(path))
             features = store.features(mint.spec.layers)
     if not np.isfinite(features).all():
         raise InputError("the candidates' Weight Modifiers contain NaN or Inf")

@@ -3,7 +3,6 @@ a file lists, named in the membership split the model was trained on."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +27,9 @@ def audit_split(audited: AuditedModel, split: MembershipSplit | None = None, *,
     A given split must be the model's own (another split's held-out members would be the model's externals, and
     back), unless the model was trained outside gmint (see `check_model_split`).
     """
-    if split is None:
-        return MembershipSplit.from_json(json.dumps(audited.meta["split"])) if "split" in audited.meta else None
-    check_model_split(audited.meta, split, trained_outside=trained_outside)
-    return split
+    if split is not None:
+        check_model_split(audited.record.split, split, trained_outside=trained_outside)
+    return MembershipSplit.of(audited.record.split) if split is None else split
 
 
 def select_rows(rows: str, split: MembershipSplit | None, data: ImageSet) -> np.ndarray:

@@ -217,7 +217,7 @@ def plan_extraction(audited: AuditedModel, data: ImageSet, rows: Rows, settings:
         UnknownNameError: a layer setup that matches nothing on the model.
     """
     if split is not None:
-        check_model_split(audited.meta, split, trained_outside=trained_outside)
+        check_model_split(audited.record.split, split, trained_outside=trained_outside)
     transform = settings.transform or audited.transform
     if split is not None and model_check is None:
         model_check = check_model(audited, data, split, transform, device=settings.device, seed=settings.seed)
@@ -232,8 +232,8 @@ def plan_extraction(audited: AuditedModel, data: ImageSet, rows: Rows, settings:
         raise InputError(f"row index outside the {len(data)} rows of {data.name}")
     audited.check_classes(data.classes)
     labels = data.labels[rows.index]
-    num_classes = audited.meta.get("num_classes")
-    if num_classes is not None and int(labels.max()) >= int(str(num_classes)):
+    num_classes = audited.record.num_classes
+    if num_classes is not None and int(labels.max()) >= num_classes:
         raise InputError(f"label {int(labels.max())} is outside the audited model's {num_classes} classes")
     model = audited.module.to(settings.device).eval()
     example = transform(data.images[rows.index[:1]]).to(settings.device)
@@ -245,7 +245,7 @@ def plan_extraction(audited: AuditedModel, data: ImageSet, rows: Rows, settings:
     provenance = {
         "gmint_version": __version__, "torch_version": torch.__version__,
         "h5py_version": h5py.__version__, "python": platform.python_version(),
-        "model_fingerprint": audited.fingerprint, "architecture": str(audited.meta.get("arch", "unknown")),
+        "model_fingerprint": audited.fingerprint, "architecture": audited.record.arch or "unknown",
         "layers": source.names(parameters), "parameters": parameters, "layer_setup": settings.setup_text,
         "source": settings.source, "layer_shapes": source.shapes(model, parameters, reduce, example),
         "reduction": settings.reduction, "engine": settings.engine, "loss_function": settings.loss,

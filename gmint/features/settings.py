@@ -14,13 +14,13 @@ Three words, each with one meaning:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.features.engine import ENGINES, LOSSES
 from gmint.features.engine.base import check_chunk_size
+from gmint.features.provenance import Provenance
 from gmint.features.reduce import parse_reduction
 from gmint.features.sources import SOURCES
 
@@ -85,8 +85,7 @@ class ExtractSettings:
         return self.layer_setup if isinstance(self.layer_setup, str) else ",".join(self.layer_setup)
 
     @classmethod
-    def recorded(cls, provenance: Mapping[str, object], *, batch_size: int = 128, device: str = "cpu"
-                 ) -> ExtractSettings:
+    def recorded(cls, provenance: Provenance, *, batch_size: int = 128, device: str = "cpu") -> ExtractSettings:
         """The settings a store's provenance records for its features, so that other rows are extracted alike.
 
         The layer setup is the recorded parameter names themselves (older stores without them: their recorded
@@ -99,18 +98,9 @@ class ExtractSettings:
             batch_size: rows per batch for the new extraction.
             device: where the new extraction runs.
         """
-        parameters, setup = provenance.get("parameters"), provenance.get("layer_setup")
-        transform, seed = provenance.get("transform"), provenance.get("seed", 0)
-        layer_setup: str | tuple[str, ...] = "combined"
-        if isinstance(parameters, list) and parameters:
-            layer_setup = tuple(str(p) for p in parameters)
-        elif isinstance(setup, str) and setup:
-            layer_setup = setup
-        return cls(layer_setup=layer_setup,
-                   reduction=str(provenance.get("reduction", "mean")),
-                   source=str(provenance.get("source", "gradient")),
-                   engine=str(provenance.get("engine", "vmap")),
-                   loss=str(provenance.get("loss_function", "cross_entropy")),
-                   seed=seed if isinstance(seed, int) else 0, batch_size=batch_size,
-                   transform=Transform.from_dict(dict(transform)) if isinstance(transform, Mapping) else None,
-                   device=device)
+        layer_setup: str | tuple[str, ...] = provenance.parameters or provenance.layer_setup or "combined"
+        transform = provenance.transform
+        return cls(layer_setup=layer_setup, reduction=provenance.reduction or "mean", source=provenance.source,
+                   engine=provenance.engine or "vmap", loss=provenance.loss_function or "cross_entropy",
+                   seed=provenance.seed or 0, batch_size=batch_size,
+                   transform=Transform.from_dict(transform) if transform is not None else None, device=device)

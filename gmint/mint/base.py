@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from gmint.errors import InputError, StoreMismatchError
+from gmint.features.provenance import Provenance
 from gmint.files import atomic_write
 from gmint.models.io import what_file
 from gmint.registry import Registry
@@ -56,7 +57,7 @@ class FeatureSpec:
     dataset_root: str | None = None
     dataset_files_sha256: str | None = None
 
-    def check(self, provenance: dict[str, object], dims: dict[str, int], where: str) -> None:
+    def check(self, provenance: Provenance, dims: dict[str, int], where: str) -> None:
         """Raise StoreMismatchError naming the first difference between this spec and a store.
 
         Args:
@@ -64,11 +65,12 @@ class FeatureSpec:
             dims: the store's feature names → widths.
             where: the store, as the message names it.
         """
-        expected = {"source": self.source, "reduction": self.reduction,
-                    "model_fingerprint": self.model_fingerprint, "dataset": self.dataset}
-        for key, value in expected.items():
-            if provenance.get(key) != value:
-                raise StoreMismatchError(f"{where} has {key}={str(provenance.get(key))[:16]!r}, the MINT "
+        expected = {"source": (self.source, provenance.source), "reduction": (self.reduction, provenance.reduction),
+                    "model_fingerprint": (self.model_fingerprint, provenance.model_fingerprint),
+                    "dataset": (self.dataset, provenance.dataset)}
+        for key, (value, recorded) in expected.items():
+            if recorded != value:
+                raise StoreMismatchError(f"{where} has {key}={str(recorded)[:16]!r}, the MINT "
                                          f"classifier was trained on {str(value)[:16]!r}")
         missing = [n for n in self.layers if n not in dims]
         if missing:

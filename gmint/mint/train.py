@@ -20,6 +20,7 @@ import numpy as np
 from gmint.data.split import FRACTIONS, POOL, one_sided_groups, subpool_mask
 from gmint.errors import InputError, UnknownNameError
 from gmint.features.layers import match_setup
+from gmint.features.provenance import Provenance
 from gmint.features.store import FeatureStore
 from gmint.mint.base import MINT_MODELS, FeatureSpec, MintBuilder, Standardiser, TrainedMint, input_dtype
 
@@ -45,20 +46,15 @@ def setup_features(store: FeatureStore, setup: str) -> list[str]:
 
 def _recorded_presets(store: FeatureStore) -> dict[str, list[str]]:
     """Preset → feature names, as recorded at extraction for the audited model (none in older stores)."""
-    recorded = store.provenance.get("layer_presets", {})
-    if not isinstance(recorded, dict):
-        raise InputError(f"{store.path}: layer_presets is not a mapping of presets to feature names")
-    return {str(preset): [str(n) for n in features] for preset, features in recorded.items()}
+    return Provenance.read(store.provenance).layer_presets
 
 
 def _parameter_shapes(store: FeatureStore, features: list[str]) -> list[list[int]]:
     """The recorded shape behind each feature name, for classifiers that read a feature's structure: a
     Weight Modifier's parameter shape, or an activation map's (C, h, w) for an `activation-maps` store (stores
     without `parameters` are older gradient stores: feature = parameter name)."""
-    prov = store.provenance
-    shapes, parameters = prov.get("layer_shapes", {}), prov.get("parameters", store.layers)
-    if not isinstance(shapes, dict) or not isinstance(parameters, list):
-        raise InputError(f"{store.path} records no parameter shapes for its features")
+    prov = Provenance.read(store.provenance)
+    shapes, parameters = prov.layer_shapes, prov.parameters or store.layers
     parameter_of = dict(zip(store.layers, parameters, strict=True))
     missing = [n for n in features if parameter_of[n] not in shapes]
     if missing:
@@ -115,10 +111,8 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
     with FeatureStore.open(store_path) as store:
         store.require_complete()
         features = setup_features(store, setup)
-        prov = store.provenance
-        split_seed = prov.get("split_seed", 0)
-        if not isinstance(split_seed, int):
-            raise InputError(f"{store_path}: split_seed {split_seed!r} is not a whole number")
+        prov = Provenance.read(store.provenance)
+        split_seed = prov.split_seed if prov.split_seed is not None else 0
         rows = pool_rows(store, fraction, split_seed)
         nonfinite = rows & ~store.column("finite")
         if nonfinite.any():
@@ -148,19 +142,11 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
     record.update(fraction=fraction, seed=seed, excluded_nonfinite=int(nonfinite.sum()), members=int(y.sum()),
                   external=int((y == 0).sum()),
                   fit_seconds=round(time.perf_counter() - t0, 3), store=str(store_path))
-    spec = FeatureSpec(layers=features, dims=[dims[n] for n in features], reduction=str(prov["reduction"]),
-                       model_fingerprint=str(prov["model_fingerprint"]),
-                       split_sha256=str(prov.get("split_sha256", "")), dataset=str(prov["dataset"]),
-                       setup=setup, source=str(prov.get("source", "gradient")),
-                       dataset_root=_recorded(prov, "dataset_root"),
-                       dataset_files_sha256=_recorded(prov, "dataset_files_sha256"))
+    spec = FeatureSpec(layers=features, dims=[dims[n] for n in features], reduction=str(prov.reduction),
+                       model_fingerprint=prov.model_fingerprint, split_sha256=prov.split_sha256,
+                       dataset=str(prov.dataset), setup=setup, source=prov.source, dataset_root=prov.dataset_root,
+                       dataset_files_sha256=prov.dataset_files_sha256)
     return TrainedMint(kind, model, spec, scaler, ids, record)
-
-
-def _recorded(provenance: dict[str, object], key: str) -> str | None:
-    """A text the store's provenance records under `key`, or None where it has none (an older store)."""
-    value = provenance.get(key)
-    return str(value) if value is not None else None
 
 
 def _known_options(builder: MintBuilder, input_dim: int, options: dict[str, object]) -> str:

@@ -11,7 +11,7 @@ class order the predictions imply, and says in words what looks wrong.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -78,6 +78,18 @@ class ModelCheck:
         """As recorded in a store's provenance (`model_check`)."""
         return {"members": asdict(self.members), "external": asdict(self.external), "warnings": list(self.warnings)}
 
+    @classmethod
+    def read(cls, recorded: object) -> ModelCheck | None:
+        """The check a store's provenance records (`to_dict`'s form); None where it records none, or records it
+        otherwise (a store from elsewhere)."""
+        if not isinstance(recorded, Mapping):
+            return None
+        fits = [_fit(recorded.get(side)) for side in ("members", "external")]
+        found = recorded.get("warnings", [])
+        if fits[0] is None or fits[1] is None or not isinstance(found, list):
+            return None
+        return cls(fits[0], fits[1], tuple(map(str, found)))
+
     def summary(self) -> str:
         """One line: both fits."""
         m, e = self.members, self.external
@@ -142,6 +154,17 @@ def check_model(audited: AuditedModel, data: ImageSet, split: MembershipSplit, t
     return ModelCheck(on_members, on_external, tuple(warnings))
 
 
+def _fit(recorded: object) -> Fit | None:
+    """A `Fit` as `asdict` records it; None for anything else."""
+    if not isinstance(recorded, Mapping):
+        return None
+    rows, accuracy, loss = (recorded.get(k) for k in ("rows", "accuracy", "loss"))
+    numbers = [v for v in (accuracy, loss) if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(numbers) != 2:
+        return None
+    return Fit(int(rows) if isinstance(rows, int) else 0, float(numbers[0]), float(numbers[1]))
+
+
 def _sample(rows: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(rows, size, replace=False)) if len(rows) > size else rows
 
@@ -154,13 +177,12 @@ def _margin(accuracy: float, n: int) -> float:
 def _stated_accuracies(audited: AuditedModel) -> list[tuple[str, float]]:
     """Training accuracies recorded with the model: stated by its owner at import, or measured by gmint."""
     found = []
-    stated = audited.meta.get("stated")
-    if isinstance(stated, dict) and isinstance(stated.get("train_accuracy"), int | float):
-        found.append(("the training accuracy stated for the model", float(stated["train_accuracy"])))
-    record = audited.meta.get("record")
-    if isinstance(record, dict) and isinstance(record.get("members_accuracy"), int | float):
+    record = audited.record
+    if record.stated_train_accuracy is not None:
+        found.append(("the training accuracy stated for the model", record.stated_train_accuracy))
+    if record.training is not None:
         found.append(("the members' accuracy gmint recorded when it trained the model",
-                      float(record["members_accuracy"])))
+                      record.training.members.accuracy))
     return found
 
 
@@ -198,17 +220,18 @@ def _class_order(data: ImageSet, rows: np.ndarray, predicted: np.ndarray, accura
     """Classes the members are mostly predicted as another class, in words, where renaming them so would
     classify the members much better (a class list in another order); None otherwise."""
     labels = data.labels[rows]
-    renamed_right, moved, targets = 0, [], []
+    renamed_right, moved, predicted_as = 0, [], []
     for cls in np.unique(labels):
         counts = np.bincount(predicted[labels == cls], minlength=len(data.classes))
         top = int(counts.argmax())
         renamed_right += int(counts[top])
-        targets.append(top)
+        predicted_as.append(top)
         if top != cls:
             moved.append((data.classes[cls], data.classes[top]))
     # Only a renaming (no two classes predicted as one) is a class order; a model that predicts one class for
     # everything is untrained or fed the wrong inputs, which the other checks speak of.
-    if len(moved) < 2 or len(set(targets)) < len(targets) or renamed_right / len(rows) - accuracy < CLASS_ORDER_GAIN:
+    if (len(moved) < 2 or len(set(predicted_as)) < len(predicted_as)
+            or renamed_right / len(rows) - accuracy < CLASS_ORDER_GAIN):
         return None
     pairs = ", ".join(f"'{a}' as '{b}'" for a, b in moved[:4]) + (", …" if len(moved) > 4 else "")
     return (f"the class order looks wrong: members of {len(moved)} classes are mostly predicted as another class "

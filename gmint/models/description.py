@@ -90,13 +90,14 @@ class ModelDescription:
         shape = meta.get("input") or {"channels": args.get("in_channels"), "size": args.get("image_size")}
         classes, count = meta.get("classes"), meta.get("num_classes")
         return cls(arch=str(meta["arch"]), arch_args=args, transform=Transform.from_dict(meta["transform"]),
-                   input_channels=_whole(shape.get("channels")), input_size=_whole(shape.get("size")),
-                   num_classes=_whole(count), output=str(meta.get("output", TENSOR)),
+                   input_channels=whole(shape.get("channels")), input_size=whole(shape.get("size")),
+                   num_classes=whole(count), output=str(meta.get("output", TENSOR)),
                    classes=tuple(map(str, classes)) if isinstance(classes, list) else None,
                    arch_sha256=meta.get("arch_sha256"))
 
 
-def _whole(value: object) -> int | None:
+def whole(value: object) -> int | None:
+    """`value` as a whole number where a JSON number records one (a bool is not one); None otherwise."""
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
@@ -247,14 +248,14 @@ def import_factory(arch: str) -> tuple[Callable[..., Any], Path | None]:
     `package.module:factory` is imported as `python -m` would, with the working directory first on the path;
     `path/to/file.py:factory` is loaded from that file.
     """
-    target, _, attr = arch.rpartition(":")
-    if not target or not attr:
+    where, _, attr = arch.rpartition(":")
+    if not where or not attr:
         raise InputError(f"architecture must look like package.module:factory or path/to/file.py:factory, "
                          f"got '{arch}'")
-    module = _load_file(Path(target)) if target.endswith(".py") else _import(target)
+    module = _load_file(Path(where)) if where.endswith(".py") else _import(where)
     factory = getattr(module, attr, None)
     if factory is None:
-        raise InputError(f"cannot import {arch}: {target} has no '{attr}'")
+        raise InputError(f"cannot import {arch}: {where} has no '{attr}'")
     if not callable(factory):
         raise InputError(f"{arch} is a {type(factory).__name__}, not a function or class building the model")
     source = getattr(module, "__file__", None)
@@ -327,13 +328,13 @@ def canonical_arch(arch: str) -> str:
     """`arch` as recorded, so that it builds the same module from any working directory: a file path made
     absolute, and a top-level module of the user's own (`mymodels:build` beside the working directory)
     recorded as its file. Modules of packages keep their import name (their relative imports need it)."""
-    target, sep, attr = arch.rpartition(":")
+    where, sep, attr = arch.rpartition(":")
     if not sep:
         return arch
-    if target.endswith(".py"):
-        return f"{Path(target).expanduser().resolve()}:{attr}"
+    if where.endswith(".py"):
+        return f"{Path(where).expanduser().resolve()}:{attr}"
     _, source = import_factory(arch)
-    if "." not in target and source is not None and source.name != "__init__.py":
+    if "." not in where and source is not None and source.name != "__init__.py":
         return f"{source}:{attr}"
     return arch
 

@@ -21,13 +21,8 @@ from torch import nn
 from gmint.data.transforms import Transform
 from gmint.errors import DESCRIBE_HINT, InputError, UnsupportedModelError
 from gmint.files import atomic_write
-from gmint.models.description import (
-    TENSOR,
-    ModelDescription,
-    build_architecture,
-    select_output,
-    working_directory_on_path,
-)
+from gmint.models.description import ModelDescription, build_architecture, select_output, working_directory_on_path
+from gmint.models.record import CheckpointRecord
 
 # Where a TorchScript file imported with its description keeps it (an extra file of the archive).
 SCRIPT_META = "gmint/meta.json"
@@ -35,16 +30,26 @@ SCRIPT_META = "gmint/meta.json"
 
 @dataclass
 class AuditedModel:
-    """An audited model in eval mode with what is known about it (architecture, data, split, training)."""
+    """An audited model in eval mode with what is known about it (architecture, data, split, training).
+
+    Attributes:
+        module: the model.
+        meta: its checkpoint's meta as written, which saving the model again writes unchanged.
+        record: what the meta records, read once (every reader goes through it, never through `meta`).
+    """
 
     module: nn.Module
     meta: dict[str, object] = field(default_factory=dict)
+    record: CheckpointRecord = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.record = CheckpointRecord.read(self.meta)
 
     @property
     def description(self) -> ModelDescription | None:
         """How the model is built, fed and read, as its checkpoint records it; None for a model that records
         no preprocessing (a plain state dict, a TorchScript file or a pickle loaded as it is)."""
-        return ModelDescription.from_meta(self.meta)
+        return self.record.description
 
     @property
     def transform(self) -> Transform:
@@ -223,7 +228,7 @@ def load_audited(path: Path, *, arch: str | None = None, arch_args: Mapping[str,
         module = _unsafe_load(path, ("torchscript",), "a TorchScript archive",
                               lambda: torch.jit.load(str(path), map_location="cpu", _extra_files=extra))
         meta = json.loads(extra[SCRIPT_META]) if extra[SCRIPT_META] else {"format": "torchscript"}
-        return AuditedModel(select_output(refuse_nonfinite(module.eval(), path), str(meta.get("output", TENSOR))),
+        return AuditedModel(select_output(refuse_nonfinite(module.eval(), path), CheckpointRecord.read(meta).output),
                             meta)
     if trust_pickle:
         with working_directory_on_path():
@@ -239,13 +244,15 @@ def load_audited(path: Path, *, arch: str | None = None, arch_args: Mapping[str,
         raise InputError(f"{path} is {other}, not an audited model")
     if "meta" in payload and "state_dict" in payload:
         meta = json.loads(payload["meta"])
-        refuse_unfinished(path, meta)
-        recorded = dict(meta.get("arch_args") or {})
-        module = build_architecture(arch or meta["arch"], recorded if arch_args is None else arch_args,
-                                    sha256=None if arch else meta.get("arch_sha256"))
+        record = CheckpointRecord.read(meta)
+        refuse_unfinished(path, record)
+        recorded = arch or record.arch
+        if recorded is None:
+            raise InputError(f"{path} records no architecture; give the one that builds the model")
+        module = build_architecture(recorded, record.arch_args if arch_args is None else arch_args,
+                                    sha256=None if arch else record.arch_sha256)
         load_state(module, payload["state_dict"], path)
-        return AuditedModel(select_output(refuse_nonfinite(module.eval(), path), str(meta.get("output", TENSOR))),
-                            meta)
+        return AuditedModel(select_output(refuse_nonfinite(module.eval(), path), record.output), meta)
     if arch is None:
         raise InputError(f"{path} is a plain state dict; pass --arch package.module:factory to build the model")
     module = build_architecture(arch, arch_args or {})
@@ -284,22 +291,16 @@ def _other_gmint_file(payload: Mapping[str, Any]) -> str | None:
     return _OTHER_FILES.get(found) if isinstance(found, str) else None
 
 
-def training_finished(meta: dict[str, Any]) -> bool:
-    """Whether a training checkpoint's run reached its end (the cap, or the target accuracy): a model's record
-    (accuracies, loss quantiles) is written only then."""
-    return "record" in meta
-
-
-def refuse_unfinished(path: Path, meta: dict[str, Any]) -> None:
+def refuse_unfinished(path: Path, record: CheckpointRecord) -> None:
     """Refuse a training checkpoint whose run stopped before its end: its weights are an accident of when it was
     killed.
 
     Raises:
-        InputError: `meta` records training progress (`epochs_done`) but the run did not finish.
+        InputError: the checkpoint records training progress but the run did not finish.
     """
-    if "epochs_done" in meta and not training_finished(meta):
-        cap = meta.get("train_config", {}).get("epochs", "?")
-        raise InputError(f"{path} is an unfinished training run (it stopped after epoch {meta['epochs_done']} of "
+    if record.unfinished:
+        cap = (record.train_config or {}).get("epochs", "?")
+        raise InputError(f"{path} is an unfinished training run (it stopped after epoch {record.epochs_done} of "
                          f"{cap}); finish it with --resume on the command that trained it before auditing it")
 
 

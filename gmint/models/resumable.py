@@ -9,8 +9,8 @@
 - With `resume`, the weights and every optimiser part come back from the checkpoint, once its recipe is shown
   to be the run's (a resume with other settings would silently mix two recipes); shuffling seeded per epoch
   then takes the path an uninterrupted run takes.
-- The run is done when its final checkpoint, carrying the model's record (`training_finished`), takes the
-  output's place in one step.
+- The run is done when its final checkpoint, carrying the model's training record
+  (`CheckpointRecord.training`), takes the output's place in one step.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import nn
 
 from gmint.errors import InputError
 from gmint.models.io import read_checkpoint, save_checkpoint
+from gmint.models.record import CheckpointRecord
 
 
 class Stateful(Protocol):
@@ -47,10 +48,9 @@ class Progress:
     seconds: float = 0.0
 
     @classmethod
-    def of(cls, saved: Mapping[str, object]) -> Progress:
-        """The progress a checkpoint's meta records (checked consistent by `resumable_meta`)."""
-        return cls(list(saved["history"]), int(saved["epochs_done"]),  # type: ignore[call-overload]
-                   float(saved.get("train_seconds", 0.0)))  # type: ignore[arg-type]
+    def of(cls, record: CheckpointRecord) -> Progress:
+        """The progress a checkpoint records (checked consistent by `resumable_meta`)."""
+        return cls(list(record.history), record.epochs_done or 0, record.train_seconds or 0.0)
 
     def add(self, figures: Mapping[str, float], seconds: float) -> None:
         """One more epoch done, with its figures (loss, accuracy, ...) and the seconds it took."""

@@ -27,7 +27,8 @@ from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.models.description import ModelDescription, build_architecture, select_output
-from gmint.models.io import AuditedModel, training_finished
+from gmint.models.io import AuditedModel
+from gmint.models.record import CheckpointRecord
 from gmint.models.resumable import Progress, ResumableRun, Stateful
 from gmint.models.zoo import build
 from gmint.progress import progress_bar
@@ -205,9 +206,10 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = 
     with run:
         saved = run.restore(model, parts, meta)
         if saved is not None:
-            if training_finished(saved):
+            recorded = CheckpointRecord.read(saved)
+            if recorded.training is not None:
                 return AuditedModel(model.eval(), saved)  # a finished run: nothing to do, the file stays as it is
-            progress = Progress.of(saved)
+            progress = Progress.of(recorded)
         progress.record(meta)
         start_epoch = progress.epochs_done
         with torch_threads(config.threads), progress_bar(f"train {arch.rsplit('/', 1)[-1]}", config.epochs,

@@ -140,7 +140,7 @@ def reference_recipe(audited: AuditedModel, audited_path: Path, *, config: Train
         if config is not None:
             raise InputError(f"{audited_path} records the recipe it was trained with, which its reference models "
                              "are trained with: give no other")
-        own = MembershipSplit.of(meta)
+        own = audited.record.split
         assert own is not None  # "split" is in meta (checked above)
         if split is not None and split.sha256 != own.sha256:
             raise InputError(f"the split {split.sha256[:12]} is not the one {audited_path} was trained on "

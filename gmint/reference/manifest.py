@@ -296,7 +296,7 @@ def set_split(manifest: ReferenceSet, audited: AuditedModel) -> MembershipSplit:
         InputError: neither records one, or it is not the split the set was drawn on.
     """
     split = (MembershipSplit.from_json(json.dumps(manifest.split)) if manifest.split is not None
-             else MembershipSplit.of(audited.meta))
+             else audited.record.split)
     if split is None:
         raise InputError(f"neither the reference set nor {manifest.audited} records a membership split")
     if split.sha256 != manifest.split_sha256:

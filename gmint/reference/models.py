@@ -24,7 +24,8 @@ from pathlib import Path
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.errors import InputError
-from gmint.models.io import load_audited, read_checkpoint, training_finished
+from gmint.models.io import load_audited, read_checkpoint
+from gmint.models.record import CheckpointRecord
 from gmint.models.train import TrainConfig, train_audited
 from gmint.progress import progress_bar
 from gmint.reference.design import ReferenceRecipe, design_references, reference_recipe
@@ -107,7 +108,8 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
             path = out / manifest.model_file(i)
             if path.exists() and manifest.model_file(i) in manifest.models:
                 check_model(manifest, i, load_audited(path), path)
-            elif path.exists() and training_finished(json.loads(read_checkpoint(path)["meta"])):
+            elif path.exists() and CheckpointRecord.read(
+                    json.loads(read_checkpoint(path)["meta"])).training is not None:
                 unrecorded.add(path.name)  # a finished model of a set trained before models were recorded
     manifest.save(out)
     config = recipe.config
@@ -163,8 +165,8 @@ class _ModelJob:
                       out=self.out, rows=self.rows, resume=not self.overwrite, overwrite=self.overwrite,
                       device=self.device, show_progress=show_progress)
         model = load_audited(self.out)
-        rows = model.meta["rows"]  # train_audited records the rows it was given
-        assert isinstance(rows, list)
+        rows = model.record.rows  # train_audited records the rows it was given
+        assert rows is not None
         return ModelRecord(model.fingerprint, rows_sha256(rows))
 
 

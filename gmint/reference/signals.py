@@ -26,6 +26,7 @@ import numpy as np
 from gmint.data.base import ImageSet
 from gmint.errors import InputError, StoreMismatchError
 from gmint.features.extract import Rows, extract, split_rows
+from gmint.features.provenance import Provenance
 from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.models.io import load_audited
@@ -272,7 +273,7 @@ def check_store(path: Path, name: str, fingerprint: str, *, required: bool = Tru
             raise InputError(f"{path} not found; extract it with `gmint reference extract {path.parent}`")
         return
     with FeatureStore.open(path) as store:
-        recorded = str(store.provenance.get("model_fingerprint", ""))
+        recorded = Provenance.read(store.provenance).model_fingerprint
     if recorded != fingerprint:
         model = "the audited model" if name == AUDITED else f"reference model {name}.pt"
         raise InputError(f"{path} does not come from {model}: its provenance records model fingerprint "
@@ -327,15 +328,15 @@ def _read(folder: Path, names: list[str], source: str, manifest: ReferenceSet) -
             raise InputError(f"{path} not found; extract it with `gmint reference extract {folder}`")
         with FeatureStore.open(path) as store:
             store.require_complete()
-            prov = store.provenance
-            if prov.get("split_sha256") != manifest.split_sha256:
+            prov = Provenance.read(store.provenance)
+            if prov.split_sha256 != manifest.split_sha256:
                 raise InputError(f"{path} was extracted on another split than the reference set's")
             mine = {c: store.column(c) for c in ("sample_id", "membership", "role", "label", "group")}
             if not columns:
                 columns, layers, dims = mine, store.layers, [store.dims[n] for n in store.layers]
-                rows = prov.get("rows_sha256")
+                rows = prov.rows_sha256
             elif any(not np.array_equal(columns[c], mine[c]) for c in mine) or store.layers != layers or \
-                    prov.get("rows_sha256") != rows:
+                    prov.rows_sha256 != rows:
                 raise StoreMismatchError(f"{path} covers other rows or features than "
                                          f"{store_path(folder, names[0], source)}; extract both with "
                                          "`gmint reference extract`")

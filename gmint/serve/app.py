@@ -34,9 +34,11 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 import gmint
+from gmint.assess.evaluate import ModelGap
 from gmint.errors import GmintError
 from gmint.serve.audits import PublishedAudit
 from gmint.serve.limits import Limits, UploadError, check_count, check_image, display_name
@@ -73,14 +75,11 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js",
 # The API's shapes (they document /openapi.json)
 
 
-class Gap(BaseModel):
+@pydantic_dataclass(frozen=True)
+class Gap(ModelGap):
     """The audited model's own accuracy and mean loss on members and on external samples (training record)."""
 
-    members_accuracy: float
-    external_accuracy: float
-    members_loss: float
-    external_loss: float
-    accuracy_gap: float
+    accuracy_gap = computed_field(ModelGap.accuracy_gap)  # the page shows the gap itself, as `to_dict` gives it
 
 
 class ModelInput(BaseModel):

@@ -30,7 +30,6 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -38,6 +37,7 @@ from gmint.assess.candidates import PREDICTED_LABELS, model_classes, model_input
 from gmint.assess.evaluate import ModelGap
 from gmint.assess.scoring import calibration_scores
 from gmint.errors import GmintError, InputError, StoreMismatchError
+from gmint.features.provenance import Provenance
 from gmint.files import atomic_write
 from gmint.mint import TrainedMint
 from gmint.models.io import AuditedModel, load_audited, read_checkpoint
@@ -287,24 +287,14 @@ class PublishedAudit:
                 "gap": self.gap.to_dict() if self.gap is not None else None, "n_calibration": self.n_calibration}
 
 
-def model_gap(audited: AuditedModel, store: Mapping[str, object]) -> ModelGap | None:
+def model_gap(audited: AuditedModel, store: Provenance) -> ModelGap | None:
     """The generalisation gap from a gmint checkpoint's training record, else from the check the store's
     extraction ran on the declared members and externals (a model from outside records no training); None
     without either."""
-    keys = ("members_accuracy", "external_accuracy", "members_loss", "external_loss")
-    record = audited.meta.get("record")
-    if isinstance(record, Mapping) and all(isinstance(record.get(k), int | float) for k in keys):
-        return ModelGap(*(float(record[k]) for k in keys))
-    check = store.get("model_check")
-    if not isinstance(check, Mapping):
-        return None
-    members, external = check.get("members"), check.get("external")
-    values = [part.get(k) if isinstance(part, Mapping) else None
-              for k in ("accuracy", "loss") for part in (members, external)]
-    numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-    if len(numbers) != len(values):
-        return None  # a store from elsewhere may record its check otherwise: no gap rather than a failed start
-    return ModelGap(*numbers)
+    if audited.record.training is not None:
+        return ModelGap.of(audited.record.training)
+    # A store from elsewhere may record its check otherwise: no gap rather than a failed start.
+    return ModelGap.of(store.model_check) if store.model_check is not None else None
 
 
 def load_audit(folder: Path, name: str | None = None) -> PublishedAudit:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -108,9 +107,9 @@ class MembershipSplit:
         return split
 
     @classmethod
-    def of(cls, meta: Mapping[str, object], given: Path | None = None) -> MembershipSplit | None:
+    def of(cls, recorded: MembershipSplit | None, given: Path | None = None) -> MembershipSplit | None:
         """The split rows are labelled with: the manifest file `given`, else the copy the audited model's
-        checkpoint records (`meta["split"]`); None where there is neither (a model trained outside gmint).
+        checkpoint records (`recorded`); None where there is neither (a model trained outside gmint).
 
         Every command that labels rows looks its split up here, so a given manifest and a recorded one mean
         the same everywhere; whether a given one may differ from the recorded one is `check_model_split`'s
@@ -119,10 +118,7 @@ class MembershipSplit:
         Raises:
             InputError: `given` cannot be read as a manifest (see `load`).
         """
-        if given is not None:
-            return cls.load(given)
-        recorded = meta.get("split")
-        return None if recorded is None else cls.from_json(json.dumps(recorded))
+        return cls.load(given) if given is not None else recorded
 
     @classmethod
     def from_json(cls, text: str) -> MembershipSplit:
@@ -132,23 +128,23 @@ class MembershipSplit:
         return cls(**payload)
 
 
-def check_model_split(meta: Mapping[str, object], split: MembershipSplit, *, trained_outside: bool = False) -> None:
+def check_model_split(trained: MembershipSplit | None, split: MembershipSplit, *,
+                      trained_outside: bool = False) -> None:
     """Refuse to label rows with a split other than the one the audited model was trained on.
 
     The split decides each row's membership label; another split's labels call members external and
-    back, and the audit still runs to the end. A gmint checkpoint records its split (`meta["split"]`);
-    a model trained elsewhere records none (nothing to check) or one that no longer describes it, which
+    back, and the audit still runs to the end. A gmint checkpoint records its split (`trained`); a
+    model trained elsewhere records none (nothing to check) or one that no longer describes it, which
     the caller states with `trained_outside=True`.
 
     Raises:
         InputError: the hashes differ; the message names both.
     """
-    recorded = MembershipSplit.of(meta)
-    if recorded is None or trained_outside:
+    if trained is None or trained_outside:
         return
-    trained = recorded.sha256
-    if trained != split.sha256:
-        raise InputError(f"the split {split.sha256} is not the one the audited model was trained on ({trained}): "
+    if trained.sha256 != split.sha256:
+        raise InputError(f"the split {split.sha256} is not the one the audited model was trained on "
+                         f"({trained.sha256}): "
                          "its membership labels would be wrong; use the model's own split, or pass "
                          "--model-trained-outside-gmint if the model was trained outside gmint on this split")
 
