@@ -116,7 +116,7 @@ class ReferenceRecipe:
 
 def records_recipe(audited: AuditedModel) -> bool:
     """Whether the audited checkpoint records the recipe it was trained with (gmint trained it)."""
-    return "train_config" in audited.meta
+    return audited.record.train_config is not None
 
 
 def reference_recipe(audited: AuditedModel, audited_path: Path, *, config: TrainConfig | None = None,
@@ -132,26 +132,21 @@ def reference_recipe(audited: AuditedModel, audited_path: Path, *, config: Train
             outside no config or no split, or code that cannot be built afresh (a TorchScript file, a pickled
             module); a checkpoint that records neither a recipe nor a description.
     """
-    meta = audited.meta
-    if records_recipe(audited):
-        missing = [key for key in ("arch", "arch_args", "transform", "split") if key not in meta]
-        if missing:
+    record = audited.record
+    if record.train_config is not None:
+        own, recorded, arch = record.split, record.description, record.arch
+        if own is None or recorded is None or arch is None:
+            missing = [key for key, found in (("arch", arch), ("transform", recorded), ("split", own)) if found is None]
             raise InputError(f"{audited_path} records an incomplete training recipe ({', '.join(missing)} missing)")
         if config is not None:
             raise InputError(f"{audited_path} records the recipe it was trained with, which its reference models "
                              "are trained with: give no other")
-        own = audited.record.split
-        assert own is not None  # "split" is in meta (checked above)
         if split is not None and split.sha256 != own.sha256:
             raise InputError(f"the split {split.sha256[:12]} is not the one {audited_path} was trained on "
                              f"({own.sha256[:12]}): its reference models are drawn from its own")
-        arch_args, train_config, transform = meta["arch_args"], meta["train_config"], meta["transform"]
-        if not (isinstance(arch_args, dict) and isinstance(train_config, dict) and isinstance(transform, dict)):
-            raise InputError(f"{audited_path} records a malformed training recipe (its arch_args, train_config and "
-                             "transform must each be an object)")
-        return ReferenceRecipe(config=TrainConfig(**train_config), split=own, transform=Transform.from_dict(transform),
-                               arch=str(meta["arch"]),
-                               arch_options={k: v for k, v in arch_args.items() if k not in _DERIVED_ARCH_ARGS})
+        return ReferenceRecipe(config=TrainConfig(**record.train_config), split=own, transform=recorded.transform,
+                               arch=arch, arch_options={k: v for k, v in record.arch_args.items()
+                                                        if k not in _DERIVED_ARCH_ARGS})
     description = audited.description
     if description is None:
         raise InputError(f"{audited_path} records no training recipe and no description of how it is built; "
@@ -189,7 +184,7 @@ def design_references(audited: AuditedModel, audited_path: Path, data: ImageSet,
             model's, or an offline design that would train on a candidate.
     """
     recipe = reference_recipe(audited, audited_path, config=config, split=split)
-    recorded = audited.meta.get("dataset")
+    recorded = audited.record.dataset
     if recorded is not None and recorded != data.name:
         raise InputError(f"{audited_path} was trained on '{recorded}', the data is '{data.name}'")
     if recipe.split.dataset != data.name:

@@ -227,8 +227,8 @@ def record_model(manifest: ReferenceSet, i: int, model: AuditedModel, path: Path
     Raises:
         InputError: a checkpoint that records no training rows, or other ones.
     """
-    rows = model.meta.get("rows")
-    if not isinstance(rows, list):
+    rows = model.record.rows
+    if rows is None:
         raise InputError(f"{path} records no training rows: it is not a reference model of the set")
     if rows_sha256(rows) != rows_sha256(manifest.rows_of(i)):
         raise InputError(f"{path} is not reference model {i} of the set: it trained on {len(rows)} rows (hash "
