@@ -48,6 +48,9 @@ class Verb:
 VERBS = {
     "demo": Verb("demo", "demo", "Run the whole audit on scikit-learn's digits: split, train, extract, fit MINT, "
                                  "evaluate."),
+    "audit": Verb("audit", "audit", "Run a whole audit from one configuration: split, models, Weight Modifiers, "
+                                    "MINT classifiers, the loss threshold, the negative control, candidates; write "
+                                    "report.json and a self-contained report.html."),
     "split": Verb("split", "split", "Draw a seeded, class-balanced membership split (members / external, pool / "
                                     "holdout), or make one from your own lists of members and external samples."),
     "extract": Verb("extract", "extract", "Compute per-sample Weight Modifiers of the chosen layers and stream them "

@@ -13,34 +13,33 @@ from gmint_cli.options import flag
 
 
 @cli_errors
-def audit(config: Path = typer.Argument(None, help="The audit's configuration (TOML); `--describe` lists every "
-                                                   "setting.", show_default=False),
+def audit(config: Path = typer.Argument(None, help="The audit's configuration (TOML); --describe prints one with "
+                                                   "every setting.", show_default=False),
           out: Path = typer.Option(None, help="The audit's folder (default: the configuration's `out`, relative to "
                                               "the configuration file). Run again, it resumes."),
+          overwrite: bool = flag("--overwrite", "Write into a folder that holds other files or another "
+                                                "configuration's audit (what a run of the same settings left there "
+                                                "is reused)."),
           describe: bool = flag("--describe", "Print every setting with its default and meaning, as a TOML file "
                                               "to start from, and exit.")) -> None:
-    """Run a whole audit from one configuration: split, models, Weight Modifiers, MINT classifiers, baselines,
-    negative control, candidates; write report.json and a self-contained report.html."""
+    """Run a whole audit from one configuration: split, models, Weight Modifiers, MINT classifiers, the loss
+    threshold, the negative control, candidates; write report.json and a self-contained report.html."""
     from gmint.audit.config import describe as describe_config
     from gmint.audit.config import load_config, resolve
+    from gmint.audit.report import comparison_rows, comparison_table, write_report
+    from gmint.audit.run import run_audit
 
     if describe:
         typer.echo(describe_config(), nl=False)
         return
     if config is None:
-        raise InputError("give the audit's configuration file (`gmint audit --describe` prints one to start from)")
+        raise InputError("give the audit's configuration file (--describe prints one to start from)")
     settings, base = load_config(config)
     folder = out if out is not None else resolve(base, settings.out)
-    assert folder is not None
-    run_and_report(settings, base, folder, config.read_text(encoding="utf-8"))
-
-
-def run_and_report(settings: object, base: Path, folder: Path, text: str) -> None:
-    """Run the audit, print its comparison and headline, and write its report (shared with `gmint demo`)."""
-    from gmint.audit.report import comparison_rows, comparison_table, write_report
-    from gmint.audit.run import run_audit
-
-    run = run_audit(settings, base, folder, config_text=text, show_progress=show_progress(),  # type: ignore[arg-type]
+    if folder is None:
+        raise InputError(f"{config} names no output folder (its `out` setting is empty); give one with --out")
+    text = config.read_text(encoding="utf-8")
+    run = run_audit(settings, base, folder, config_text=text, overwrite=overwrite, show_progress=show_progress(),
                     on_step=lambda line: console.print(f"[dim]{escape(line)}[/]"))
     console.print(comparison_table(comparison_rows(run)))
     json_path, html = write_report(run, folder, config_text=text)

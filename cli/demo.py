@@ -6,11 +6,12 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from gmint.assess.evaluate import ModelGap
-from gmint.assess.report import format_estimate, gap_lines
-from gmint.demo import PROBES, run_demo
+from gmint.assess.report import gap_lines
+from gmint.audit.config import render
+from gmint.audit.report import comparison_rows, comparison_table, write_report
+from gmint.demo import run_demo
 from gmint.errors import InputError
 from gmint.models.io import AuditedModel
 from gmint_cli.console import cli_errors, console, show_progress
@@ -32,7 +33,8 @@ def demo(out: Path = typer.Option(Path("gmint-demo"), help="Working folder for t
     """Run the whole audit on scikit-learn's digits: split, train, extract, fit MINT, evaluate."""
     check_output(out, "--out", folder=True, overwrite=overwrite)
     console.print("[bold]gmint demo: was this digit in the training set?[/]")
-    cell = run_demo(out, seed=seed, epochs=epochs, show_progress=show_progress())
+    run = run_demo(out, seed=seed, epochs=epochs, overwrite=overwrite, show_progress=show_progress())
+    cell = run.cell
     s, a, c = cell.split, _gap(cell.models["audited"]), _gap(cell.models["control"])
     console.print(f"Data: scikit-learn's 1,797 8x8 digits. {len(s.members)} members trained the audited CNN, "
                   f"{len(s.external)} it never saw, {len(s.control)} trained a control CNN (the negative control). "
@@ -41,30 +43,23 @@ def demo(out: Path = typer.Option(Path("gmint-demo"), help="Working folder for t
     console.print(f"Audited model: accuracy {a.members_accuracy:.3f} on members vs {a.external_accuracy:.3f} "
                   f"on external; mean loss {a.members_loss:.4f} vs {a.external_loss:.4f}. Control model: "
                   f"{c.members_accuracy:.3f} vs {c.external_accuracy:.3f} (it saw neither).")
-    table = Table(title="held-out membership test; 0.5 AUC = chance")
-    for col in ("signal", "accuracy", "AUC (95% interval)", "TPR @ 1% FPR (95% interval)"):
-        table.add_column(col, justify="left" if col == "signal" else "right")
-    labels = {probe: label for label, probe in PROBES.items()}
-    results = {labels[m.probe]: m.evaluation for m in cell.measurements}
-    combined, control = cell.evaluation(PROBES["gMINT combined"]), cell.evaluation(PROBES[CONTROL])
-    rows = [(name, result.mint) for name, result in results.items() if name != CONTROL]
-    rows += [("loss threshold (baseline)", combined.loss_threshold), (CONTROL, control.mint)]
-    for name, metrics in rows:
-        table.add_row(name, f"{metrics['accuracy'].value:.3f}", format_estimate(metrics["auc"]),
-                      format_estimate(metrics["tpr_at_1pct_fpr"]))
-    console.print(table)
-    for name, result in results.items():  # collapsed scores: figures that reflect ties, not a signal
-        for text in result.warnings:
+    console.print(comparison_table(comparison_rows(run)))
+    for name, probe in run.labels.items():  # collapsed scores: figures that reflect ties, not a signal
+        for text in cell.evaluation(probe).warnings:
             console.print(f"[bold yellow]warning:[/] {escape(f'{name}: {text}')}", highlight=False)
+    combined, control = cell.evaluation(run.labels["gMINT combined"]), cell.evaluation(run.labels[CONTROL])
     for line in gap_lines(combined):
         console.print(line)
     console.print(
         f"Reading: gMINT (MEAN Weight Modifiers, MLP) reaches AUC {combined.mint['auc'].value:.3f}; thresholding "
         f"the audited model's loss gives {combined.loss_threshold['auc'].value:.3f}; the same pipeline on the "
         f"control model gives {control.mint['auc'].value:.3f}, which should sit near 0.5. Digits generalise well, "
-        "so the member/external gap, and with it any honest membership signal, is small here; the paper's "
-        "near-100% accuracies come from models trained far past generalisation (see README).")
-    console.print(f"Files: {cell.workdir}/ (split.json, audited.pt, control.pt, *.h5 stores, mint-*.pt)")
+        "so the member/external gap, and with it any honest membership signal, is small here. The paper reports "
+        "near-100% accuracies; that its models were trained far past generalisation is a hypothesis, not a "
+        "measurement (see the results in the documentation).")
+    json_path, html = write_report(run, cell.workdir, config_text=render(run.config))
+    console.print(f"Files: {cell.workdir}/ (split.json, audited.pt, control.pt, *.h5 stores, mint-*.pt); the report: "
+                  f"{html} and {json_path.name}")
     if serve:  # the web stack is imported only when it is used: it slows every other command's start
         from gmint.serve.audits import write_manifest
         from gmint.serve.limits import Limits

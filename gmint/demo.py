@@ -1,39 +1,39 @@
-"""The whole audit on scikit-learn's bundled digits, offline: the walking example of every stage."""
+"""The whole audit on scikit-learn's bundled digits, offline: `gmint audit` on a bundled configuration.
+
+`gmint/audit/demo.toml` is the configuration: a small CNN trained on 40% of the digits, a control CNN on 20%,
+MEAN Weight Modifiers of its entry, middle and output layers, an MLP MINT classifier per layer setup fitted on
+the auditor's pool, activation-MINT, the loss threshold and the negative control on the same held-out rows.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from gmint.data.base import DATASETS
-from gmint.experiment import Cell, Probe, Recipe, run_cell
-from gmint.models.train import TrainConfig
+from gmint.audit.config import AuditConfig, load_config, render
+from gmint.audit.run import AuditRun, run_audit
 
-# What the demo measures, by the name it prints: gMINT per layer setup, then activation-MINT and the
-# negative control on the combined layers.
-PROBES = {**{f"gMINT {setup}": Probe("gMINT", setup) for setup in ("entry", "middle", "output", "combined")},
-          "activation-MINT combined": Probe("activation-MINT", "combined"),
-          "negative control (gMINT combined)": Probe("negative control", "combined")}
+DEMO_CONFIG = Path(__file__).resolve().parent / "audit" / "demo.toml"
 
 
-def run_demo(workdir: Path, *, seed: int = 0, epochs: int = 40, show_progress: bool = True) -> Cell:
-    """Audit a small CNN trained on 40% of digits, with every comparison a reader needs.
+def demo_config(*, seed: int = 0, epochs: int = 40) -> AuditConfig:
+    """The bundled demo configuration, with its seed and the audited model's epochs as asked."""
+    config, _ = load_config(DEMO_CONFIG)
+    return replace(config, seed=seed, model=replace(config.model, epochs=epochs))
 
-    Steps: a seeded split (40% members, 40% external, 20% for a negative control); the audited CNN on
-    the members and a control CNN on the control rows; MEAN Weight Modifiers of the combined layers;
-    an MLP MINT classifier per layer setup fitted on the auditor's pool; activation-MINT and the
-    loss threshold on the same rows; the same gMINT pipeline on the control model (must be chance).
-    Run again in the same folder, it reuses the finished models and stores as they are (resuming a finished
-    run writes nothing to them) and prints the same figures; so does any other machine, whatever its core count.
+
+def run_demo(workdir: Path, *, seed: int = 0, epochs: int = 40, overwrite: bool = False,
+             show_progress: bool = True) -> AuditRun:
+    """Run the demo's audit in `workdir`; run again there, it reuses the finished models and stores as they are
+    and prints the same figures (so does any other machine, whatever its core count).
 
     Args:
         workdir: the demo's folder.
         seed: seeds the split, the training, the extraction, the classifiers and the bootstrap.
         epochs: training epochs of both CNNs.
+        overwrite: accept a folder that holds other files or another run's configuration.
         show_progress: progress bars for training and extraction.
-
-    Returns:
-        The cell; `PROBES` names its measurements.
     """
-    recipe = Recipe(arch="small_cnn", train=TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, seed=seed),
-                    probes=tuple(PROBES.values()), members=0.4, external=0.4, control=0.2, holdout=0.5, seed=seed)
-    return run_cell(DATASETS.get("digits")(), recipe, workdir, show_progress=show_progress)
+    config = demo_config(seed=seed, epochs=epochs)
+    return run_audit(config, DEMO_CONFIG.parent, Path(workdir), config_text=render(config), overwrite=overwrite,
+                     show_progress=show_progress)

@@ -58,9 +58,9 @@ def test_a_store_records_its_settings_and_they_read_back(digits_store: Path) -> 
 
 
 def test_an_older_record_reads_with_the_defaults_it_implies() -> None:
-    old = ExtractSettings.recorded({"layer_setup": "entry", "reduction": "l2"})
+    old = ExtractSettings.recorded(Provenance.read({"layer_setup": "entry", "reduction": "l2"}))
     assert (old.layer_setup, old.reduction, old.engine, old.transform) == ("entry", "l2", "vmap", None)
-    assert ExtractSettings.recorded({}).layer_setup == "combined"
+    assert ExtractSettings.recorded(Provenance.read({})).layer_setup == "combined"
 
 
 def test_candidate_rows_come_from_the_models_split(digits: ImageSet, digits_split: MembershipSplit,

@@ -100,7 +100,8 @@ class ReportSection:
 
     title: str = _doc("the report's title", "Membership audit")
     top: int = _doc("how many of the most exposed held-out members are shown with their images", 12)
-    slices: tuple[str, ...] = _doc("metrics per slice: class, correctness, loss_decile", ("class",))
+    slices: tuple[str, ...] = _doc("metrics per slice: class, correct (classified correctly or not), loss-decile",
+                                   ("class",))
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,33 @@ class AuditConfig:
             raise InputError(f"[candidates] alpha must lie in (0, 1), got {self.candidates.alpha}")
         if not self.features.setups:
             raise InputError("[features] setups must name at least one layer setup")
+        _check_names(self)
+
+
+def _check_names(config: AuditConfig) -> None:
+    """Every name the configuration gives is one gmint knows, so a misspelt one fails before any work."""
+    from gmint.assess.candidates import LABEL_SOURCES
+    from gmint.assess.slices import SLICERS
+    from gmint.data.base import DATASETS
+    from gmint.data.readers import load_dataset  # noqa: F401  (registers the readers)
+    from gmint.data.split import FRACTIONS, PROTOCOLS
+    from gmint.features.settings import ExtractSettings
+    from gmint.mint import MINT_MODELS
+    from gmint.models.zoo import ARCHITECTURES
+
+    DATASETS.get(config.data.dataset)
+    ExtractSettings(layer_setup=config.features.layers, reduction=config.features.reduction,
+                    engine=config.features.engine, batch_size=config.features.batch_size)
+    MINT_MODELS.get(config.mint.kind)
+    LABEL_SOURCES.get(config.candidates.labels)
+    for slicer in config.report.slices:
+        SLICERS.get(slicer)
+    if not config.model.file:
+        ARCHITECTURES.get(config.model.arch)
+    if config.split.protocol not in PROTOCOLS:
+        raise InputError(f"[split] protocol must be one of {list(PROTOCOLS)}, got '{config.split.protocol}'")
+    if config.mint.fraction not in FRACTIONS:
+        raise InputError(f"[mint] fraction must be one of {list(FRACTIONS)}, got '{config.mint.fraction}'")
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -207,23 +235,30 @@ def with_out(config: AuditConfig, out: str) -> AuditConfig:
 
 def describe() -> str:
     """Every section and setting with its default and documentation, as a commented TOML file."""
-    lines = ["# gmint audit configuration: every setting, its default and what it means."]
+    return render(AuditConfig(), documented=True)
 
-    def table(cls: type, header: str | None) -> None:
+
+def render(config: AuditConfig, *, documented: bool = False) -> str:
+    """`config` as a TOML file `load_config` reads back to it (with each setting's documentation if asked)."""
+    lines = ["# gmint audit configuration: every setting, its default and what it means."] if documented else []
+
+    def table(section: Any, header: str | None) -> None:
+        cls = type(section)
         if header:
-            lines.extend(["", f"[{header}]", f"# {(cls.__doc__ or '').strip().splitlines()[0]}"])
+            lines.extend(["", f"[{header}]"])
+            if documented:
+                lines.append(f"# {' '.join((cls.__doc__ or '').split())}")
         hints = get_type_hints(cls)
         for f in fields(cls):
-            if is_dataclass(hints[f.name]):
-                continue
-            default = getattr(cls(), f.name)
-            lines.append(f"{f.name} = {_toml(default)}  # {f.metadata['doc']}")
+            if not is_dataclass(hints[f.name]):
+                note = f"  # {f.metadata['doc']}" if documented else ""
+                lines.append(f"{f.name} = {_toml(getattr(section, f.name))}{note}")
 
-    table(AuditConfig, None)
+    table(config, None)
     hints = get_type_hints(AuditConfig)
     for f in fields(AuditConfig):
         if is_dataclass(hints[f.name]):
-            table(hints[f.name], f.name)
+            table(getattr(config, f.name), f.name)
     return "\n".join(lines) + "\n"
 
 

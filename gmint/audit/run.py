@@ -53,7 +53,7 @@ def probes(config: AuditConfig, *, control: bool) -> dict[str, Probe]:
     return named
 
 
-def run_audit(config: AuditConfig, base: Path, out: Path, *, config_text: str,
+def run_audit(config: AuditConfig, base: Path, out: Path, *, config_text: str, overwrite: bool = False,
               show_progress: bool = False, on_step: Callable[[str], None] | None = None) -> AuditRun:
     """Run the audit `config` describes (paths relative to `base`) in the folder `out`.
 
@@ -62,7 +62,9 @@ def run_audit(config: AuditConfig, base: Path, out: Path, *, config_text: str,
         base: the folder the configuration's relative paths are read from.
         out: the audit's folder (created; a run of the same configuration there is resumed).
         config_text: the configuration's text, copied into the folder as the record of what was run; a folder
-            holding another configuration's audit, or other files, is refused.
+            holding another configuration's audit, or other files, is refused unless `overwrite`.
+        overwrite: write into a folder holding other files or another configuration's audit (what it holds
+            from a run of the same settings is reused, the rest replaced).
         show_progress: progress bars for training, extraction and scoring.
         on_step: called with a line as each stage starts.
 
@@ -72,9 +74,9 @@ def run_audit(config: AuditConfig, base: Path, out: Path, *, config_text: str,
     """
     step = on_step or (lambda line: None)
     copy = out / CONFIG_COPY
-    if out.is_dir() and any(out.iterdir()) and not copy.is_file():
+    if not overwrite and out.is_dir() and any(out.iterdir()) and not copy.is_file():
         raise InputError(f"{out} holds other files than an audit's; choose an empty or new folder")
-    if copy.is_file() and copy.read_text(encoding="utf-8") != config_text:
+    if not overwrite and copy.is_file() and copy.read_text(encoding="utf-8") != config_text:
         raise InputError(f"{out} holds an audit of another configuration ({copy} differs); choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     copy.write_text(config_text, encoding="utf-8")
