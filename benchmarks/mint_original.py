@@ -20,6 +20,8 @@ stores resume in their work folder), so a killed run continues where it stopped.
     nice -n 10 python -m benchmarks.mint_original --config benchmarks/configs/mint-original-cpu.toml
     (defaults: --out benchmarks/results/mint-original-cpu.jsonl --work runs/mint-original)
     python -m benchmarks.mint_original --report-only --out benchmarks/results/mint-original-cpu.jsonl
+
+(`--report-only` also draws the depth figures again from the rows: nothing is fitted.)
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import Any
 import torch
 
 import gmint
-from gmint.assess.depth import DepthPoint, plot_depth, sweep_depth
+from gmint.assess.depth import DepthPoint, DepthSweep, plot_depth, sweep_depth
 from gmint.assess.evaluate import evaluate_store
 from gmint.assess.metrics import Estimate
 from gmint.data.readers import load_dataset
@@ -174,9 +176,24 @@ def run_cell(cfg: Mapping[str, Any], work: Path, out: Path, data_root: Path | No
         sweep = sweep_depth(audited, data, split, workdir / "depth", pool=str(cfg["depth_pool"]),
                             kinds=kinds, seed=int(cfg["seed"]), n_boot=int(cfg["n_boot"]),
                             batch_size=int(cfg["batch_size"]), on_point=write)
-        plot_depth(sweep, out.with_name(f"{out.stem}-depth-{name}.png"),
-                   title=f"{name}: MINT per block (pooled activation maps / MEAN Weight Modifiers)")
+        plot_sweep(name, sweep, out)
         append(out, {"type": "depth-done", "cell": name, "blocks": sweep.blocks, "kinds": kinds, **provenance()})
+
+
+def plot_sweep(cell: str, sweep: DepthSweep, out: Path) -> Path:
+    """The cell's depth figure beside the JSONL `out`, where the report links it."""
+    return plot_depth(sweep, out.with_name(f"{out.stem}-depth-{cell}.png"),
+                      title=f"{cell}: MINT per block (pooled activation maps / MEAN Weight Modifiers)")
+
+
+def recorded_sweeps(rows: list[dict[str, Any]]) -> dict[str, DepthSweep]:
+    """Each finished sweep as its rows record it (blocks from its last `depth-done` row, every depth point of
+    the cell), so that its figure is drawn again without fitting anything."""
+    blocks = {r["cell"]: list(r["blocks"]) for r in rows if r.get("type") == "depth-done"}
+    return {cell: DepthSweep(names, sorted((DepthPoint.from_dict(r) for r in rows
+                                            if r.get("type") == "depth" and r["cell"] == cell),
+                                           key=lambda p: (p.depth, p.source, p.kind)))
+            for cell, names in blocks.items()}
 
 
 # -- report ------------------------------------------------------------------------------------------------------
@@ -294,8 +311,12 @@ def main() -> None:
             if only and f"{cfg['dataset']}-{cfg['arch']}" not in only:
                 continue
             run_cell(cfg, args.work, args.out, args.data_root)
+    rows = read_rows(args.out)
+    if args.report_only:  # the figures follow the drawing code, not only the rows
+        for cell, sweep in recorded_sweeps(rows).items():
+            plot_sweep(cell, sweep, args.out)
     md = args.out.with_suffix(".md")
-    md.write_text(report(read_rows(args.out), args.out))
+    md.write_text(report(rows, args.out))
     print(f"wrote {md}")
 
 

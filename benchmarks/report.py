@@ -186,14 +186,31 @@ def differences(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str, st
     return grid
 
 
+def text_colour(rgba: tuple[float, ...]) -> str:
+    """'white' on a dark cell, 'black' on a light one: whichever contrasts more with the cell's colour.
+
+    Contrast is the WCAG ratio of relative luminances, (lighter + 0.05) / (darker + 0.05), luminance taken on
+    the linearised sRGB channels; white wins below a luminance of about 0.18, which the map's deep reds and
+    blues are and its pale middle is not.
+    """
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return "white" if 1.05 / (luminance + 0.05) > (luminance + 0.05) / 0.05 else "black"
+
+
 def heat_map(protocol: str, cells: list[tuple[str, str, str]], diff: np.ndarray, out: Path) -> Path:
-    fig, ax = pyplot().subplots(figsize=(10, 0.35 * len(cells) + 1.8))
+    """Ours − paper per cell, setup and fraction in points, each cell's number written in the colour that reads
+    on it (`text_colour`); the colour bar is the legend, clipped at ±50 points."""
+    fig, ax = pyplot().subplots(figsize=(10, 0.35 * len(cells) + 2.2))
     image = ax.imshow(np.ma.masked_invalid(diff), cmap="RdBu", vmin=-50, vmax=50, aspect="auto")
     ax.set_xticks(range(diff.shape[1]), [f"{s} {f}" for s in SETUPS for f in FRACTIONS], rotation=60, ha="right",
                   fontsize=7)
     ax.set_yticks(range(len(cells)), [f"{d} · {a}" for _, d, a in cells], fontsize=7)
+    ax.set_xlabel("layer setup and share of the auditor's pool fitted on (D100 / D10 / D1: 100 / 10 / 1%)")
+    ax.set_ylabel("dataset · audited architecture")
     for i, j in zip(*np.nonzero(np.isfinite(diff)), strict=True):
-        ax.text(j, i, f"{diff[i, j]:.0f}", ha="center", va="center", fontsize=6)
+        ax.text(j, i, f"{diff[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                color=text_colour(image.cmap(image.norm(diff[i, j]))))
     fig.colorbar(image, ax=ax, label="gMINT accuracy − paper (points)")
     ax.set_title(f"{protocol} protocol: ours − paper (blank: pending)")
     return save_png(fig, out)

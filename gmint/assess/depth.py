@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from gmint.assess.evaluate import evaluate_store
-from gmint.assess.metrics import Estimate
-from gmint.assess.report import pyplot, save_png
+from gmint.assess.metrics import Estimate, chance_level
+from gmint.assess.report import METRIC_LABELS, pyplot, save_png
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
@@ -39,6 +39,7 @@ from gmint.models.io import AuditedModel
 
 DEPTH_SOURCES = ("activation", "gradient")
 RESULTS = "depth.jsonl"
+DEPTH_METRICS = ("auc", "tpr_at_1pct_fpr")  # the figure's panels, left to right
 
 
 @dataclass(frozen=True)
@@ -231,26 +232,35 @@ def _drop_torn_line(path: Path) -> None:
 
 def plot_depth(sweep: DepthSweep, path: Path, *, title: str = "") -> Path:
     """AUC and TPR @ 1% FPR against depth, one line per source and kind (95% intervals as bands), the loss
-    threshold as a horizontal line; written as a PNG."""
-    fig, axes = pyplot().subplots(1, 2, figsize=(max(8.0, 0.45 * len(sweep.blocks) + 4), 4.2), sharex=True)
+    threshold dashed and chance dotted on both panels; written as a PNG.
+
+    Chance is where a score blind to membership lands (`chance_level`): AUC 0.5, and at a fixed FPR a TPR equal
+    to that FPR, so a block's line near 1% on the right panel finds members no better than a coin. Both
+    panels share one legend, in a narrow panel of its own, so that it covers no line.
+    """
+    width = max(8.0, 0.45 * len(sweep.blocks) + 4)
+    fig, (*panels, key) = pyplot().subplots(1, 3, figsize=(width + 2.5, 4.2),
+                                            gridspec_kw={"width_ratios": [1, 1, 0.45]})
     series = sorted({(p.source, p.kind) for p in sweep.points})
-    for ax, metric, label in ((axes[0], "auc", "AUC"), (axes[1], "tpr_at_1pct_fpr", "TPR @ 1% FPR")):
-        for source, kind in series:
+    for ax, metric in zip(panels, DEPTH_METRICS, strict=True):
+        for colour, (source, kind) in enumerate(series):
             points = [p for p in sweep.series(source, kind) if p.mint[metric].value is not None]
             x = [p.depth for p in points]
-            ax.plot(x, [p.mint[metric].value for p in points], marker="o", label=f"{source} MINT ({kind})")
+            ax.plot(x, [p.mint[metric].value for p in points], marker="o", color=f"C{colour}",
+                    label=f"{source} MINT ({kind})")
             ax.fill_between(x, [p.mint[metric].low for p in points], [p.mint[metric].high for p in points],
-                            alpha=0.15)
+                            color=f"C{colour}", alpha=0.15)
         baseline = sweep.loss_threshold[metric] if sweep.points else None
         if baseline is not None and baseline.value is not None:
             ax.axhline(baseline.value, color="black", linestyle="--", label="loss threshold")
-        if metric == "auc":
-            ax.axhline(0.5, color="grey", linestyle=":", label="chance")
-        ax.set_ylabel(label)
+        ax.axhline(chance_level(metric), color="grey", linestyle=":", label="chance (AUC 0.5; TPR = FPR)")
+        ax.set_ylabel(f"{METRIC_LABELS[metric]} on held-out rows")
         ax.set_xticks(range(len(sweep.blocks)))
         ax.set_xticklabels(sweep.blocks, rotation=60, ha="right", fontsize=7)
         ax.set_xlabel("block (input → output)")
-    axes[0].legend(fontsize=7, loc="best")
+    entries = {label: handle for ax in panels for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    key.legend(entries.values(), entries.keys(), loc="center left", fontsize=7, frameon=False)
+    key.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
     return save_png(fig, path)

@@ -68,6 +68,13 @@ TARGET_FPR = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
 COLLAPSE_SHARE, COLLAPSE_DECIMALS = 0.9, 6
 
 
+def chance_level(metric: str) -> float:
+    """What a score that knows nothing of membership reaches on `metric`, the line a figure draws as chance:
+    at a fixed FPR such a score finds members as often as it wrongly calls externals (TPR = that FPR); on
+    balanced rows its accuracy and AUC are 0.5."""
+    return TARGET_FPR.get(metric, 0.5)
+
+
 def externals_needed(max_fpr: float) -> int:
     """Externals needed before `max_fpr` is a false-positive rate the evaluation can reach.
 

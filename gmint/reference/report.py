@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from gmint.assess.metrics import chance_level
 from gmint.assess.report import METRIC_LABELS, format_estimate, pyplot, save_png
 from gmint.files import atomic_write
 from gmint.reference.compare import AttackResult, Comparison
 
 COLUMNS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy")
+K_METRICS = ("auc", "tpr_at_1pct_fpr")  # the K figure's panels, left to right
 
 
 def result_label(result: AttackResult) -> str:
@@ -112,41 +114,48 @@ def roc_plot(comparison: Comparison, path: Path, title: str = "") -> Path:
 
 
 def k_plot(comparison: Comparison, path: Path, title: str = "") -> Path:
-    """AUC and TPR at 1% FPR against K, one line per attack; reference-free attacks as horizontal lines."""
+    """AUC and TPR at 1% FPR against K, one line per attack (reference-free attacks as dotted horizontal
+    lines), chance dashed on both panels (`chance_level`: at 1% FPR a blind score finds 1% of members).
+
+    One legend in a narrow panel of its own serves both panels, so that it covers no line, and each attack keeps
+    one colour in both (`attack_colours`).
+    """
     ks = sorted({r.k for r in comparison.results if r.k})
-    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4.2))
-    for ax, metric in zip(axes, ("auc", "tpr_at_1pct_fpr"), strict=True):
-        for attack in dict.fromkeys(r.attack for r in comparison.results):
+    colours = attack_colours([r.attack for r in comparison.results])
+    fig, (*panels, key) = pyplot().subplots(1, 3, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1, 0.45]})
+    for ax, metric in zip(panels, K_METRICS, strict=True):
+        for attack, colour in colours.items():
             points = [(r.k, r.metrics[metric]) for r in comparison.results
                       if r.attack == attack and r.metrics is not None and r.metrics[metric].value is not None]
             if not points:
                 continue
             if points[0][0] == 0:  # no references: the same at every K
                 value = points[0][1].value
-                ax.axhline(value, linestyle=":", linewidth=1, label=attack, color=_colour(attack))
+                ax.axhline(value, linestyle=":", linewidth=1, label=attack, color=colour)
                 continue
             x = [k for k, _ in points]
             y = [float(est.value or 0.0) for _, est in points]
             low = [float(est.low if est.low is not None else v) for (_, est), v in zip(points, y, strict=True)]
             high = [float(est.high if est.high is not None else v) for (_, est), v in zip(points, y, strict=True)]
             err = [[v - lo for v, lo in zip(y, low, strict=True)], [hi - v for v, hi in zip(y, high, strict=True)]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=attack, color=_colour(attack))
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=attack, color=colour)
+        ax.axhline(chance_level(metric), linestyle="--", linewidth=1, color="grey", label="chance (AUC 0.5; TPR = FPR)")
         ax.set_xscale("log", base=2)
         if ks:
             ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("reference models K")
-        ax.set_ylabel(METRIC_LABELS[metric])
-    axes[0].legend(fontsize=7)
+        ax.set_ylabel(f"{METRIC_LABELS[metric]} on held-out rows")
+    entries = {label: handle for ax in panels for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    key.legend(entries.values(), entries.keys(), loc="center left", fontsize=7, frameon=False)
+    key.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
     return save_png(fig, path)
 
 
-_PALETTE: dict[str, str] = {}
-
-
-def _colour(attack: str) -> str:
-    """One colour per attack name across both panels."""
-    if attack not in _PALETTE:
-        _PALETTE[attack] = f"C{len(_PALETTE) % 10}"
-    return _PALETTE[attack]
+def attack_colours(attacks: list[str]) -> dict[str, tuple[float, float, float]]:
+    """One distinct colour per attack name, in order of first appearance: `tab20`'s ten strong shades first
+    (matplotlib's usual ten), then its ten light ones, so that no two attacks of one figure share a colour."""
+    shades = pyplot().colormaps["tab20"].colors
+    palette = [*shades[0::2], *shades[1::2]]
+    return {name: palette[i % len(palette)] for i, name in enumerate(dict.fromkeys(attacks))}
