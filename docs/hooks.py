@@ -1,5 +1,5 @@
-"""Build-time hooks of the documentation site: the CLI reference from the typer app, the committed benchmark
-reports as pages of the site (never copied by hand, so neither can drift)."""
+"""Build-time hooks of the documentation site: the CLI reference from the typer app, the audit's settings from
+its configuration, the committed benchmark reports as pages of the site (never copied by hand, so none drifts)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 # What of benchmarks/results/ the site serves: the reports and the figures they show.
 RESULT_SUFFIXES = (".md", ".png")
+
+
+SETTINGS_MARK = "<!-- audit-settings: filled in from `gmint.audit.config.describe()` when the site is built -->"
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
+    """Put every audit setting, with its default and documentation, where a page marks it."""
+    if SETTINGS_MARK not in markdown:
+        return markdown
+    from gmint.audit.config import describe
+
+    return markdown.replace(SETTINGS_MARK, f"```toml\n{describe()}```")
 
 
 def on_files(files: Files, config: Any) -> Files:

@@ -331,3 +331,46 @@ def test_a_library_factory_takes_its_arguments_from_the_description(tmp_path: Pa
     shown = json.loads(done.stdout)
     assert shown["num_classes"] == 10 and shown["input"] == {"channels": 3, "size": 16}
     assert shown["arch"] == "tests.test_own_model:resnet18" and shown["arch_sha256"] is not None
+
+
+AUDIT = """
+out = "audit"
+n_boot = 200
+
+[data]
+dataset = "imagefolder"
+root = "images"
+
+[split]
+members_list = "members.txt"
+external_list = "external.csv"
+
+[model]
+file = "model.pt"
+
+[features]
+setups = ["combined"]
+activation = false
+
+[candidates]
+images = "candidates"
+"""
+
+
+def test_one_configuration_audits_the_model_from_outside_as_the_verbs_do(workdir: Path, cli_audit: dict) -> None:
+    """`gmint audit` on the auditor's own lists and model file: the split, the rows, the loss threshold and the
+    model's gap are those of the verb-by-verb run, and the candidates are scored against its held-out externals."""
+    (workdir / "audit.toml").write_text(AUDIT, encoding="utf-8")
+    outcome = run("audit", workdir / "audit.toml")
+    assert outcome.code == 0, outcome.stderr
+    report = json.loads((workdir / "audit" / "report.json").read_text(encoding="utf-8"))
+    by_verbs = json.loads(cli_audit["eval"].stdout)
+    assert report["provenance"]["split_sha256"] == json.loads((workdir / "split.json").read_text())["sha256"]
+    assert report["audited_model"] == by_verbs["audited_model"]
+    assert report["signals"]["loss threshold (baseline)"] == by_verbs["loss_threshold"]
+    assert list(report["signals"]) == ["gMINT combined", "loss threshold (baseline)"]  # no control model given
+    assert report["candidates"]["n_candidates"] == N_CANDIDATES
+    with FeatureStore.open(workdir / "audit" / "audited-gradient.h5") as store, \
+            FeatureStore.open(workdir / "features.h5") as verbs:
+        np.testing.assert_array_equal(store.features(), verbs.features())
+        np.testing.assert_array_equal(store.column("membership"), verbs.column("membership"))

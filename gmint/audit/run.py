@@ -83,9 +83,9 @@ def run_audit(config: AuditConfig, base: Path, out: Path, *, config_text: str, o
     root = resolve(base, config.data.root)
     data = load_dataset(config.data.dataset, root)
     audited = _model(config, base, "file")
+    split = _split(config, base, data)  # on the folder's own reading, as `gmint split` draws it
     if audited is not None:
         data = _in_model_classes(data, audited)
-    split = _split(config, base, data)
     control = _model(config, base, "control_file")
     if control is not None and audited is None:
         raise InputError("a negative-control model is given without the audited model it controls for")
