@@ -20,7 +20,8 @@ from gmint.data.base import ImageSet
 from gmint.data.transforms import Transform
 from gmint.errors import InputError, UnsupportedModelError
 from gmint.features.engine import ENGINES, choose_engine
-from gmint.features.engine.hooks import HOOK_REDUCERS, HooksFallbackWarning, plan_hooks
+from gmint.features.engine.formulas import GRAD_FORMULAS, layer_key
+from gmint.features.engine.hooks import HooksFallbackWarning, plan_hooks
 from gmint.features.engine.selfcheck import ROUNDING_LIMIT, EngineCheckWarning
 from gmint.features.extract import Rows, extract
 from gmint.features.layers import preset_layers, resolve_layers, weight_layers
@@ -29,6 +30,9 @@ from gmint.features.sources import SOURCES
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 from tests.cli_runner import import_state_dict, run
+
+# The Linear MEAN shortcut, patched by the tests that plant a wrong engine.
+LINEAR_REDUCERS = GRAD_FORMULAS.get(layer_key(nn.Linear)).reducers
 
 
 class FunctionalReuseLinear(nn.Module):
@@ -341,8 +345,8 @@ def test_self_check_catches_a_wrong_formula_and_records_it(monkeypatch: pytest.M
     """Whatever goes wrong in the fast path, the first batch's check against the naive loop notices."""
     model, x, y = _make(KeywordInput, (6,))
     reduce = parse_reduction("mean")
-    right = HOOK_REDUCERS[(nn.Linear, "mean")]
-    monkeypatch.setitem(HOOK_REDUCERS, (nn.Linear, "mean"), lambda layer, a, g: right(layer, a, g) * 1.01)
+    right = LINEAR_REDUCERS["mean"]
+    monkeypatch.setitem(LINEAR_REDUCERS, "mean", lambda layer, a, g: right(layer, a, g) * 1.01)
     with pytest.warns(EngineCheckWarning, match="hooks engine passed over for vmap: differs from the naive loop"):
         choice, got = choose_engine(model, ["fc.weight", "head.weight"], reduce, x, y)
     assert choice.engine == "vmap"
@@ -356,8 +360,8 @@ def test_self_check_catches_a_wrong_formula_and_records_it(monkeypatch: pytest.M
 def _linear_mean_scaled_in_float32(monkeypatch: pytest.MonkeyPatch, factor: float) -> None:
     """The hooks formula for Linear MEAN, off by `factor` in float32 only: rounding, as a deep float32 net's
     batched sums give, where the formula itself is right."""
-    right = HOOK_REDUCERS[(nn.Linear, "mean")]
-    monkeypatch.setitem(HOOK_REDUCERS, (nn.Linear, "mean"),
+    right = LINEAR_REDUCERS["mean"]
+    monkeypatch.setitem(LINEAR_REDUCERS, "mean",
                         lambda layer, a, g: right(layer, a, g) * (factor if a.dtype == torch.float32 else 1.0))
 
 
@@ -396,8 +400,8 @@ def test_float32_error_beyond_rounding_is_refused_though_float64_agrees(monkeypa
 
 def test_a_formula_wrong_in_float64_too_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     model, x, y = _float32(KeywordInput, (6,))
-    right = HOOK_REDUCERS[(nn.Linear, "mean")]
-    monkeypatch.setitem(HOOK_REDUCERS, (nn.Linear, "mean"), lambda layer, a, g: right(layer, a, g) * 1.01)
+    right = LINEAR_REDUCERS["mean"]
+    monkeypatch.setitem(LINEAR_REDUCERS, "mean", lambda layer, a, g: right(layer, a, g) * 1.01)
     with pytest.warns(EngineCheckWarning, match="hooks engine passed over for vmap"):
         choice, got = choose_engine(model, ["fc.weight", "head.weight"], parse_reduction("mean"), x, y)
     hooks_trial = choice.trials[0]
@@ -472,8 +476,8 @@ def test_extraction_records_its_self_check_and_stores_exact_numbers(tmp_path: Pa
 def test_extraction_passes_over_an_engine_that_fails_its_check(tmp_path: Path, digits: ImageSet,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
-    right = HOOK_REDUCERS[(nn.Linear, "mean")]
-    monkeypatch.setitem(HOOK_REDUCERS, (nn.Linear, "mean"), lambda layer, a, g: right(layer, a, g) + 1e-3)
+    right = LINEAR_REDUCERS["mean"]
+    monkeypatch.setitem(LINEAR_REDUCERS, "mean", lambda layer, a, g: right(layer, a, g) + 1e-3)
     module = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
     with pytest.warns(EngineCheckWarning, match="hooks engine passed over for vmap"):
         provenance, _ = _extract_digits(tmp_path / "s.h5", digits, module, "auto", "combined")

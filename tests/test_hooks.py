@@ -13,7 +13,8 @@ from torch import nn
 
 from gmint.errors import InputError
 from gmint.features.engine import ENGINES, choose_engine
-from gmint.features.engine.hooks import HOOK_REDUCERS, DegenerateReductionWarning, HooksFallbackWarning
+from gmint.features.engine.formulas import GRAD_FORMULAS, formulas_for, layer_key, register_formulas
+from gmint.features.engine.hooks import DegenerateReductionWarning, HooksFallbackWarning, unsupported_parameters
 from gmint.features.engine.memory import max_batch_for_memory
 from gmint.features.reduce import parse_reduction
 from tests.problems import PROBLEMS as SHARED_PROBLEMS
@@ -263,14 +264,30 @@ def test_mean_after_zero_mean_layernorm_warns() -> None:
 def test_l2_takes_both_the_gram_and_the_materialised_path() -> None:
     """The Gram shortcut answers for small position counts and declines (None) for large ones."""
     torch.manual_seed(0)
+    conv_l2 = GRAD_FORMULAS.get(layer_key(nn.Conv2d)).reducers["l2"]
+    linear_l2 = GRAD_FORMULAS.get(layer_key(nn.Linear)).reducers["l2"]
     late, early = nn.Conv2d(8, 8, 3).double(), nn.Conv2d(2, 4, 3, padding=1).double()
-    assert HOOK_REDUCERS[(nn.Conv2d, "l2")](late, torch.randn(2, 8, 3, 3).double(),
-                                            torch.randn(2, 8, 1, 1).double()) is not None
-    assert HOOK_REDUCERS[(nn.Conv2d, "l2")](early, torch.randn(2, 2, 6, 6).double(),
-                                            torch.randn(2, 4, 6, 6).double()) is None
+    assert conv_l2(late, torch.randn(2, 8, 3, 3).double(), torch.randn(2, 8, 1, 1).double()) is not None
+    assert conv_l2(early, torch.randn(2, 2, 6, 6).double(), torch.randn(2, 4, 6, 6).double()) is None
     linear = nn.Linear(8, 8)
-    assert HOOK_REDUCERS[(nn.Linear, "l2")](linear, torch.randn(2, 2, 8), torch.randn(2, 2, 8)) is not None
-    assert HOOK_REDUCERS[(nn.Linear, "l2")](linear, torch.randn(2, 9, 8), torch.randn(2, 9, 8)) is None
+    assert linear_l2(linear, torch.randn(2, 2, 8), torch.randn(2, 2, 8)) is not None
+    assert linear_l2(linear, torch.randn(2, 9, 8), torch.randn(2, 9, 8)) is None
+
+
+def test_formulas_are_looked_up_by_exact_layer_type() -> None:
+    """A subclass may change `forward`, so it never takes its parent's formulas (its parameters go to vmap);
+    a layer type registers once."""
+
+    class Scaled(nn.Linear):
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(input)
+
+    assert formulas_for(nn.Linear(3, 2)) is GRAD_FORMULAS.get("torch.nn.modules.linear.Linear")
+    assert formulas_for(Scaled(3, 2)) is None and formulas_for(nn.LayerNorm(3)) is None
+    assert unsupported_parameters(nn.Sequential(Scaled(3, 2)), ["0.weight"]) == {
+        "0.weight": "Scaled.weight has no hook formula"}
+    with pytest.raises(ValueError, match="already registered"):
+        register_formulas(nn.Linear)(formulas_for(nn.Linear(3, 2)))  # type: ignore[arg-type]
 
 
 def test_model_state_is_untouched_and_frozen_models_work() -> None:
