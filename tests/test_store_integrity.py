@@ -21,7 +21,8 @@ from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
 from gmint.errors import IncompleteStoreError, InputError, UnknownNameError
 from gmint.features.extract import Rows, extract, split_rows
-from gmint.features.store import FeatureStore, lock_path
+from gmint.features.lock import lock_path
+from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig, train_audited
 from tests.cli_runner import run, snapshot
