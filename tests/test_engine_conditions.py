@@ -30,6 +30,7 @@ from gmint.features.sources import SOURCES
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 from tests.cli_runner import import_state_dict, run
+from tests.naive import assert_engine_equals_naive
 
 # The Linear MEAN shortcut, patched by the tests that plant a wrong engine.
 LINEAR_REDUCERS = GRAD_FORMULAS.get(layer_key(nn.Linear)).reducers
@@ -150,18 +151,6 @@ def _weights(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.dim() >= 2 and "in_proj" not in n]
 
 
-def _assert_equal_to_naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, engine: str, layers: list[str],
-                           reduction: str = "abs_mean") -> None:
-    reduce = parse_reduction(reduction)
-    ref = ENGINES.get("naive")(model, layers, reduce, x, y)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HooksFallbackWarning)
-        got = ENGINES.get(engine)(model, layers, reduce, x, y)
-    for name in layers:
-        torch.testing.assert_close(got.features[name], ref.features[name], rtol=1e-9, atol=1e-12, msg=name)
-    torch.testing.assert_close(got.loss, ref.loss, rtol=1e-9, atol=1e-12)
-
-
 CASES = [
     ("functional-reuse-linear", FunctionalReuseLinear, (6,), "outside it"),
     ("functional-reuse-conv", FunctionalReuseConv, (3, 5, 5), "outside it"),
@@ -175,7 +164,9 @@ CASES = [
 def test_fast_path_conditions_are_checked_on_the_model(case: tuple, engine: str) -> None:
     _, build, shape, _ = case
     model, x, y = _make(build, shape)
-    _assert_equal_to_naive(model, x, y, engine, _weights(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HooksFallbackWarning)  # announced: see the next test
+        assert_engine_equals_naive(model, x, y, engine, _weights(model), parse_reduction("abs_mean"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c[0])
@@ -213,13 +204,14 @@ def test_forward_hook_replacing_the_output_keeps_the_fast_path_exact(engine: str
     model, x, y = _make(OutputHook, (6,))
     with warnings.catch_warnings():
         warnings.simplefilter("error", HooksFallbackWarning)
-        _assert_equal_to_naive(model, x, y, engine, ["fc.weight", "fc.bias", "head.weight"], "mean")
+        assert_engine_equals_naive(model, x, y, engine, ["fc.weight", "fc.bias", "head.weight"],
+                                   parse_reduction("mean"))
 
 
 @pytest.mark.parametrize("engine", ["auto", "hooks", "vmap", "naive"])
 def test_layer_called_with_input_keyword(engine: str) -> None:
     model, x, y = _make(KeywordInput, (6,))
-    _assert_equal_to_naive(model, x, y, engine, ["fc.weight", "head.weight"], "mean")
+    assert_engine_equals_naive(model, x, y, engine, ["fc.weight", "head.weight"], parse_reduction("mean"))
 
 
 def test_channels_last_inside_forward_falls_back_to_the_naive_loop() -> None:
@@ -232,8 +224,8 @@ def test_channels_last_inside_forward_falls_back_to_the_naive_loop() -> None:
         choice, got = choose_engine(model, layers, reduce, x, y)
     assert choice.engine == "naive"
     assert [(t.engine, t.passed) for t in choice.trials] == [("vmap", False), ("naive", True)]
-    _assert_equal_to_naive(model, x, y, "auto", layers, "mean")
-    _assert_equal_to_naive(model, x, y, "auto", ["conv.weight", "head.weight"], "mean")  # hooks can
+    assert_engine_equals_naive(model, x, y, "auto", layers, reduce)
+    assert_engine_equals_naive(model, x, y, "auto", ["conv.weight", "head.weight"], reduce)  # hooks can
 
 
 @pytest.mark.parametrize("engine", ["auto", "hooks", "vmap", "naive"])
@@ -322,7 +314,7 @@ def test_presets_order_weights_by_first_use_not_by_module_call() -> None:
     assert weight_layers(model, x) == ["embed.weight", "attn.out_proj.weight", "head.weight"]
     assert resolve_layers(model, "output", x) == ["head.weight"]
     assert preset_layers(model, x)["middle"] == ["attn.out_proj.weight"]
-    _assert_equal_to_naive(model, x, y, "auto", resolve_layers(model, "combined", x), "mean")
+    assert_engine_equals_naive(model, x, y, "auto", resolve_layers(model, "combined", x), parse_reduction("mean"))
 
 
 def test_presets_skip_weights_the_forward_never_uses() -> None:
