@@ -26,19 +26,19 @@ def verify(path: Path) -> list[str]:
     """Every problem found in a store (empty when sound): schema, row counts, values, provenance, completeness."""
     problems: list[str] = []
     with FeatureStore.open(path) as store:
-        datasets, n = store.datasets(), len(store)
+        arrays, n = store.arrays(), len(store)
         for name in (*ROW_COLUMNS, *COMPUTED_COLUMNS, "done"):
-            if name not in datasets:
+            if name not in arrays:
                 if not (name == "group" and store.format != FORMAT):  # /2 stores have none
                     problems.append(f"dataset /{name} is missing")
-            elif datasets[name].shape != (n,):
-                problems.append(f"/{name} has shape {datasets[name].shape}, expected ({n},)")
+            elif arrays[name].shape != (n,):
+                problems.append(f"/{name} has shape {arrays[name].shape}, expected ({n},)")
         prov = store.provenance
         problems += [f"provenance attribute '{k}' is missing" for k in REQUIRED_PROVENANCE if k not in prov]
         if prov.get("n_rows", n) != n:
             problems.append(f"provenance says {prov.get('n_rows')} rows, the store has {n}")
         for name in store.layers:
-            layer = datasets.get(f"features/{name}")
+            layer = arrays.get(f"features/{name}")
             if layer is None:
                 problems.append(f"layer {name} has no dataset under /features")
             elif layer.shape[0] != n:

@@ -77,10 +77,10 @@ def _merge(out: Path, world_size: int, *, rows_sha256: str, overwrite: bool) -> 
     for path in shards:
         with FeatureStore.open(path) as store:
             store.require_complete()
-            datasets = store.datasets()
-            info.append((len(store), store.provenance, store.dims, {n: datasets[n].dtype for n in
+            arrays = store.arrays()
+            info.append((len(store), store.provenance, store.dims, {n: arrays[n].dtype for n in
                                                                      (*ROW_COLUMNS, *COMPUTED_COLUMNS, "done")
-                                                                     if n in datasets}))  # /2: no group
+                                                                     if n in arrays}))  # /2: no group
     first = info[0][1]
     for path, (_, prov, _, _) in zip(shards[1:], info[1:], strict=True):
         diff = [k for k in SPEC_KEYS if k not in PER_SHARD_KEYS and prov.get(k) != first.get(k)]

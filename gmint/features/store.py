@@ -42,8 +42,8 @@ from gmint.files import atomic_write
 
 
 @dataclass(frozen=True)
-class Dataset:
-    """One dataset of a store file, as stored."""
+class StoredArray:
+    """One array of a store file (an HDF5 dataset): its shape and element type as stored."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
@@ -343,14 +343,14 @@ class FeatureStore:
         time, so a check of every value needs no more memory than one block)."""
         return self._read(self._h5["features"][layer], start, stop)
 
-    def datasets(self) -> dict[str, Dataset]:
-        """Every dataset in the file by its path in it ('label', 'features/<layer>'), with shape and type as
+    def arrays(self) -> dict[str, StoredArray]:
+        """Every array in the file by its path in it ('label', 'features/<layer>'), with shape and type as
         stored: what a check of the layout and a join of shards look at, before any reading."""
-        found: dict[str, Dataset] = {}
+        found: dict[str, StoredArray] = {}
 
         def visit(name: str, item: object) -> None:
             if isinstance(item, h5py.Dataset):
-                found[name] = Dataset(tuple(item.shape), np.dtype(item.dtype))
+                found[name] = StoredArray(tuple(item.shape), np.dtype(item.dtype))
 
         self._h5.visititems(visit)
         return found
