@@ -31,6 +31,7 @@ from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 from tests.cli_runner import import_state_dict, run
 from tests.naive import assert_engine_equals_naive
+from tests.problems import Problem
 
 # The Linear MEAN shortcut, patched by the tests that plant a wrong engine.
 LINEAR_REDUCERS = GRAD_FORMULAS.get(layer_key(nn.Linear)).reducers
@@ -141,10 +142,8 @@ class Aliased(nn.Module):
 
 def _make(build: Callable[[], nn.Module], shape: tuple[int, ...], batch: int = 6
           ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = build().double().eval()
-    x = torch.randn(batch, *shape, dtype=torch.float64)
-    return model, x, torch.randint(0, 3, (batch,))
+    """The model as a shared `Problem` of three classes: float64, eval mode, seeded batch and labels."""
+    return Problem(build.__name__, build, shape, num_classes=3).make(batch)
 
 
 def _weights(model: nn.Module) -> list[str]:
