@@ -21,12 +21,14 @@ from gmint.errors import InputError, StoreBusyError
 from gmint.features.engine import ENGINES, LOSSES
 from gmint.features.extract import extract as run_extract
 from gmint.features.extract import rows_sha256, split_rows
+from gmint.features.h5files import REBUILD_HINT
+from gmint.features.integrity import ANOTHER_STORE_HINT, check_resumable
 from gmint.features.layers import LAYER_PRESETS, preset_parameters, weight_layers
+from gmint.features.lock import writer_pid
 from gmint.features.reduce import REDUCTIONS
 from gmint.features.settings import ExtractSettings
 from gmint.features.shards import merge_shards, run_distributed, world
 from gmint.features.sources import SOURCES
-from gmint.features.store import ANOTHER_STORE_HINT, REBUILD_HINT, check_resumable, writer_pid
 from gmint.models.check import ModelCheck, check_model
 from gmint.models.io import AuditedModel
 from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress

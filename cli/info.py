@@ -11,7 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from gmint.errors import InputError
-from gmint.features.store import REBUILD_HINT, FeatureStore, verify
+from gmint.features.h5files import REBUILD_HINT
+from gmint.features.integrity import verify
+from gmint.features.store import FeatureStore
 from gmint_cli.console import cli_errors, console, print_json
 from gmint_cli.options import flag
 

@@ -54,6 +54,12 @@ def digits_split(digits: ImageSet) -> MembershipSplit:
 
 
 @pytest.fixture(scope="session")
+def digits_control_split(digits: ImageSet) -> MembershipSplit:
+    """Digits with a control share: the rows reference models train on, never the audited model."""
+    return make_split(digits, members=0.3, external=0.3, control=0.4, seed=0)
+
+
+@pytest.fixture(scope="session")
 def audited_digits(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet,
                    digits_split: MembershipSplit) -> tuple[AuditedModel, Path]:
     path = tmp_path_factory.mktemp("audited") / "audited.pt"

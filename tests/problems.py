@@ -21,7 +21,7 @@ class Problem:
         torch.manual_seed(seed)
         model = self.build().double()
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.BatchNorm2d) and m.track_running_stats:  # without them it uses the batch's
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
         x = torch.randn(batch, *self.input_shape, dtype=torch.float64)

@@ -17,6 +17,7 @@ from gmint.amint import (
     MintHead,
     TapCollector,
     TrainedHead,
+    audit_with_head,
     evaluate_amint,
     resolve_taps,
     tap_shapes,
@@ -249,7 +250,17 @@ def test_cli_train_extract_and_score(tmp_path: Path, digits: ImageSet) -> None:
     assert result["verdict"]["n_candidates"] == 40
     assert result["verdict"]["n_calibration"] == len(head.calibration_ids)
     scores = json.loads((tmp_path / "s.json").read_text())["scores"]
-    assert len(scores) == 40 and all(0.0 <= s["score"] <= 1.0 for s in scores)
+    ids, got = np.array([s["sample_id"] for s in scores]), np.array([s["score"] for s in scores])
+    split = load_audited(out / "audited.pt").meta["split"]
+    holdout_members = np.intersect1d(split["holdout"], split["members"])  # digits: row ids are sample ids
+    assert len(ids) == 40 and np.isin(ids, holdout_members).all() and not np.isin(ids, head.fitted_ids).any()
+    # each score is the head's P(member) of that very row, as the library computes it
+    audit = audit_with_head(load_audited(out / "audited.pt"), head, digits, ids, head_path=out / "head.pt")
+    np.testing.assert_allclose(got, audit.scores.score, rtol=1e-6)
+    # the verdict's U counts the (candidate, calibration) pairs the candidate wins, ties half
+    calibration = head.calibration_scores[~np.isin(head.calibration_ids, ids)]
+    wins = (got[:, None] > calibration[None, :]).sum() + 0.5 * (got[:, None] == calibration[None, :]).sum()
+    assert result["verdict"]["statistic"] == pytest.approx(wins)
     (tmp_path / "rows.json").write_text(json.dumps([int(head.fitted_ids[0])]))
     code, text = invoke("amint", "score", "--model", out / "audited.pt", "--head", out / "head.pt", "--data", "digits",
                         "--rows", tmp_path / "rows.json", "--out", tmp_path / "t.csv")

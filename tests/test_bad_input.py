@@ -17,8 +17,9 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.errors import InputError, StoreMismatchError, UnsupportedModelError
 from gmint.features.extract import Rows, extract
+from gmint.features.integrity import verify
 from gmint.features.provenance import Provenance
-from gmint.features.store import FeatureStore, verify
+from gmint.features.store import FeatureStore
 from gmint.mint import train_mint
 from gmint.mint.base import FeatureSpec
 from gmint.models.io import AuditedModel, load_audited

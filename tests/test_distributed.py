@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from gmint.errors import InputError, StoreBusyError
+from gmint.features.integrity import verify
+from gmint.features.lock import WriterLock
 from gmint.features.shards import merge_shards, shard_bounds, shard_path
-from gmint.features.store import FeatureStore, WriterLock, verify
+from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 
 pytestmark = pytest.mark.slow

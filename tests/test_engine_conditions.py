@@ -20,7 +20,8 @@ from gmint.data.base import ImageSet
 from gmint.data.transforms import Transform
 from gmint.errors import InputError, UnsupportedModelError
 from gmint.features.engine import ENGINES, choose_engine
-from gmint.features.engine.hooks import HOOK_REDUCERS, HooksFallbackWarning, plan_hooks
+from gmint.features.engine.formulas import GRAD_FORMULAS, layer_key
+from gmint.features.engine.hooks import HooksFallbackWarning, plan_hooks
 from gmint.features.engine.selfcheck import ROUNDING_LIMIT, EngineCheckWarning
 from gmint.features.extract import Rows, extract
 from gmint.features.layers import preset_parameters, resolve_parameters, weight_layers
@@ -30,6 +31,11 @@ from gmint.features.sources import SOURCES
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 from tests.cli_runner import import_state_dict, run
+from tests.naive import assert_engine_equals_naive
+from tests.problems import Problem
+
+# The Linear MEAN shortcut, patched by the tests that plant a wrong engine.
+LINEAR_REDUCERS = GRAD_FORMULAS.get(layer_key(nn.Linear)).reducers
 
 
 class FunctionalReuseLinear(nn.Module):
@@ -137,26 +143,12 @@ class Aliased(nn.Module):
 
 def _make(build: Callable[[], nn.Module], shape: tuple[int, ...], batch: int = 6
           ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = build().double().eval()
-    x = torch.randn(batch, *shape, dtype=torch.float64)
-    return model, x, torch.randint(0, 3, (batch,))
+    """The model as a shared `Problem` of three classes: float64, eval mode, seeded batch and labels."""
+    return Problem(build.__name__, build, shape, num_classes=3).make(batch)
 
 
 def _weights(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.dim() >= 2 and "in_proj" not in n]
-
-
-def _assert_equal_to_naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, engine: str, layers: list[str],
-                           reduction: str = "abs_mean") -> None:
-    reduce = parse_reduction(reduction)
-    ref = ENGINES.get("naive")(model, layers, reduce, x, y)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HooksFallbackWarning)
-        got = ENGINES.get(engine)(model, layers, reduce, x, y)
-    for name in layers:
-        torch.testing.assert_close(got.features[name], ref.features[name], rtol=1e-9, atol=1e-12, msg=name)
-    torch.testing.assert_close(got.loss, ref.loss, rtol=1e-9, atol=1e-12)
 
 
 CASES = [
@@ -172,7 +164,9 @@ CASES = [
 def test_fast_path_conditions_are_checked_on_the_model(case: tuple, engine: str) -> None:
     _, build, shape, _ = case
     model, x, y = _make(build, shape)
-    _assert_equal_to_naive(model, x, y, engine, _weights(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HooksFallbackWarning)  # announced: see the next test
+        assert_engine_equals_naive(model, x, y, engine, _weights(model), parse_reduction("abs_mean"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c[0])
@@ -210,13 +204,14 @@ def test_forward_hook_replacing_the_output_keeps_the_fast_path_exact(engine: str
     model, x, y = _make(OutputHook, (6,))
     with warnings.catch_warnings():
         warnings.simplefilter("error", HooksFallbackWarning)
-        _assert_equal_to_naive(model, x, y, engine, ["fc.weight", "fc.bias", "head.weight"], "mean")
+        assert_engine_equals_naive(model, x, y, engine, ["fc.weight", "fc.bias", "head.weight"],
+                                   parse_reduction("mean"))
 
 
 @pytest.mark.parametrize("engine", ["auto", "hooks", "vmap", "naive"])
 def test_layer_called_with_input_keyword(engine: str) -> None:
     model, x, y = _make(KeywordInput, (6,))
-    _assert_equal_to_naive(model, x, y, engine, ["fc.weight", "head.weight"], "mean")
+    assert_engine_equals_naive(model, x, y, engine, ["fc.weight", "head.weight"], parse_reduction("mean"))
 
 
 def test_channels_last_inside_forward_falls_back_to_the_naive_loop() -> None:
@@ -229,8 +224,8 @@ def test_channels_last_inside_forward_falls_back_to_the_naive_loop() -> None:
         choice, got = choose_engine(model, layers, reduce, x, y)
     assert choice.engine == "naive"
     assert [(t.engine, t.passed) for t in choice.trials] == [("vmap", False), ("naive", True)]
-    _assert_equal_to_naive(model, x, y, "auto", layers, "mean")
-    _assert_equal_to_naive(model, x, y, "auto", ["conv.weight", "head.weight"], "mean")  # hooks can
+    assert_engine_equals_naive(model, x, y, "auto", layers, reduce)
+    assert_engine_equals_naive(model, x, y, "auto", ["conv.weight", "head.weight"], reduce)  # hooks can
 
 
 @pytest.mark.parametrize("engine", ["auto", "hooks", "vmap", "naive"])
@@ -319,7 +314,7 @@ def test_presets_order_weights_by_first_use_not_by_module_call() -> None:
     assert weight_layers(model, x) == ["embed.weight", "attn.out_proj.weight", "head.weight"]
     assert resolve_parameters(model, "output", x) == ["head.weight"]
     assert preset_parameters(model, x)["middle"] == ["attn.out_proj.weight"]
-    _assert_equal_to_naive(model, x, y, "auto", resolve_parameters(model, "combined", x), "mean")
+    assert_engine_equals_naive(model, x, y, "auto", resolve_parameters(model, "combined", x), parse_reduction("mean"))
 
 
 def test_presets_skip_weights_the_forward_never_uses() -> None:
@@ -342,8 +337,8 @@ def test_self_check_catches_a_wrong_formula_and_records_it(monkeypatch: pytest.M
     """Whatever goes wrong in the fast path, the first batch's check against the naive loop notices."""
     model, x, y = _make(KeywordInput, (6,))
     reduce = parse_reduction("mean")
-    right = HOOK_REDUCERS[(nn.Linear, "mean")]
-    monkeypatch.setitem(HOOK_REDUCERS, (nn.Linear, "mean"), lambda layer, a, g: right(layer, a, g) * 1.01)
+    right = LINEAR_REDUCERS["mean"]
+    monkeypatch.setitem(LINEAR_REDUCERS, "mean", lambda layer, a, g: right(layer, a, g) * 1.01)
     with pytest.warns(EngineCheckWarning, match="hooks engine passed over for vmap: differs from the naive loop"):
         choice, got = choose_engine(model, ["fc.weight", "head.weight"], reduce, x, y)
     assert choice.engine == "vmap"
@@ -357,8 +352,8 @@ def test_self_check_catches_a_wrong_formula_and_records_it(monkeypatch: pytest.M
 def _linear_mean_scaled_in_float32(monkeypatch: pytest.MonkeyPatch, factor: float) -> None:
     """The hooks formula for Linear MEAN, off by `factor` in float32 only: rounding, as a deep float32 net's
     batched sums give, where the formula itself is right."""
-    right = HOOK_REDUCERS[(nn.Linear, "mean")]
-    monkeypatch.setitem(HOOK_REDUCERS, (nn.Linear, "mean"),
+    right = LINEAR_REDUCERS["mean"]
+    monkeypatch.setitem(LINEAR_REDUCERS, "mean",
                         lambda layer, a, g: right(layer, a, g) * (factor if a.dtype == torch.float32 else 1.0))
 
 
@@ -397,8 +392,8 @@ def test_float32_error_beyond_rounding_is_refused_though_float64_agrees(monkeypa
 
 def test_a_formula_wrong_in_float64_too_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     model, x, y = _float32(KeywordInput, (6,))
-    right = HOOK_REDUCERS[(nn.Linear, "mean")]
-    monkeypatch.setitem(HOOK_REDUCERS, (nn.Linear, "mean"), lambda layer, a, g: right(layer, a, g) * 1.01)
+    right = LINEAR_REDUCERS["mean"]
+    monkeypatch.setitem(LINEAR_REDUCERS, "mean", lambda layer, a, g: right(layer, a, g) * 1.01)
     with pytest.warns(EngineCheckWarning, match="hooks engine passed over for vmap"):
         choice, got = choose_engine(model, ["fc.weight", "head.weight"], parse_reduction("mean"), x, y)
     hooks_trial = choice.trials[0]
@@ -473,8 +468,8 @@ def test_extraction_records_its_self_check_and_stores_exact_numbers(tmp_path: Pa
 def test_extraction_passes_over_an_engine_that_fails_its_check(tmp_path: Path, digits: ImageSet,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
-    right = HOOK_REDUCERS[(nn.Linear, "mean")]
-    monkeypatch.setitem(HOOK_REDUCERS, (nn.Linear, "mean"), lambda layer, a, g: right(layer, a, g) + 1e-3)
+    right = LINEAR_REDUCERS["mean"]
+    monkeypatch.setitem(LINEAR_REDUCERS, "mean", lambda layer, a, g: right(layer, a, g) + 1e-3)
     module = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
     with pytest.warns(EngineCheckWarning, match="hooks engine passed over for vmap"):
         provenance, _ = _extract_digits(tmp_path / "s.h5", digits, module, "auto", "combined")

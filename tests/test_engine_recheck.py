@@ -13,13 +13,12 @@ from torch import nn
 
 from gmint.data.base import ImageSet
 from gmint.data.transforms import Transform
-from gmint.features.engine.naive import naive_gradients
 from gmint.features.engine.selfcheck import EngineCheckWarning
 from gmint.features.extract import Rows, extract
-from gmint.features.reduce import parse_reduction
 from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
+from tests.naive import naive_mean
 
 PLAIN = {"size": None, "mean": [0.0], "std": [1.0]}
 LAYERS = ["fc.weight", "head.weight"]
@@ -62,13 +61,6 @@ def _extract(tmp_path: Path, digits: ImageSet, module: nn.Module, rows: np.ndarr
         return store.provenance, features, [str(w.message) for w in caught if w.category is EngineCheckWarning]
 
 
-def _naive_mean(module: nn.Module, digits: ImageSet, rows: np.ndarray) -> dict[str, np.ndarray]:
-    x = Transform.from_dict(PLAIN)(digits.images[rows])
-    grads, _, _ = naive_gradients(module, LAYERS, x, torch.from_numpy(digits.labels[rows]))
-    mean = parse_reduction("mean", 0)
-    return {n: mean(g, n).numpy() for n, g in grads.items()}
-
-
 def test_a_model_that_mixes_only_later_batches_is_caught_and_extracted_again(tmp_path: Path,
                                                                               digits: ImageSet) -> None:
     torch.manual_seed(0)
@@ -80,7 +72,7 @@ def test_a_model_that_mixes_only_later_batches_is_caught_and_extracted_again(tmp
     assert provenance["engine_used"] == "vmap" and provenance["engine_restarts"] == said
     recheck = provenance["engine_recheck"]
     assert isinstance(recheck, dict) and max(recheck["rows"]) >= 40  # the last batch is always re-checked
-    expected = _naive_mean(module, digits, rows)
+    expected = naive_mean(module, digits, rows, Transform.from_dict(PLAIN), LAYERS)
     for name in LAYERS:  # every row exact, the bright ones of the last batch included
         np.testing.assert_allclose(features[name], expected[name], rtol=1e-4, atol=1e-7)
 
@@ -109,6 +101,6 @@ def test_a_per_sample_engine_is_exact_on_the_mixing_model_from_the_start(tmp_pat
     module = MixesBrightBatches(threshold)
     provenance, features, said = _extract(tmp_path, digits, module, rows, engine=engine)
     assert said == [] and provenance["engine_used"] == engine
-    expected = _naive_mean(module, digits, rows)
+    expected = naive_mean(module, digits, rows, Transform.from_dict(PLAIN), LAYERS)
     for name in LAYERS:
         np.testing.assert_allclose(features[name], expected[name], rtol=1e-4, atol=1e-7)

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gmint.features.engine import ENGINES
 from gmint.features.engine.hooks import HooksFallbackWarning
 from gmint.features.reduce import parse_reduction
+from tests.naive import assert_engine_equals_naive
 
 REDUCTIONS = ("mean", "l2", "abs_mean", "flat", "project:6")
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -67,15 +67,10 @@ def token_problems(draw: st.DrawFn) -> tuple[nn.Module, torch.Tensor, torch.Tens
 def _all_engines_equal_the_naive_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str) -> None:
     layers = [n for n, _ in model.named_parameters()]
     reduce = parse_reduction(reduction, seed=2)
-    ref = ENGINES.get("naive")(model, layers, reduce, x, y)
     for engine in ("hooks", "vmap", "auto"):
         with warnings.catch_warnings():
             warnings.simplefilter("error", HooksFallbackWarning)  # every drawn shape takes the fast path
-            got = ENGINES.get(engine)(model, layers, reduce, x, y, chunk_size=2)
-        for name in layers:
-            torch.testing.assert_close(got.features[name], ref.features[name], rtol=1e-7, atol=1e-12,
-                                       msg=f"{engine} {name}")
-        torch.testing.assert_close(got.loss, ref.loss)
+            assert_engine_equals_naive(model, x, y, engine, layers, reduce, rtol=1e-7, chunk_size=2)
 
 
 @SETTINGS

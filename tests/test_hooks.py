@@ -13,14 +13,18 @@ from torch import nn
 
 from gmint.errors import InputError
 from gmint.features.engine import ENGINES, choose_engine
-from gmint.features.engine.hooks import HOOK_REDUCERS, DegenerateReductionWarning, HooksFallbackWarning
+from gmint.features.engine.formulas import GRAD_FORMULAS, formulas_for, layer_key, register_formulas
+from gmint.features.engine.hooks import DegenerateReductionWarning, HooksFallbackWarning, unsupported_parameters
 from gmint.features.engine.memory import max_batch_for_memory
 from gmint.features.reduce import parse_reduction
+from tests.naive import assert_engine_equals_naive
 from tests.problems import PROBLEMS as SHARED_PROBLEMS
 from tests.problems import Problem
 
 M = TypeVar("M", bound=nn.Module)
 REDUCTIONS = ["mean", "abs_mean", "std", "l2", "max", "flat", "project:16"]
+# How close the hooks engine must come to the naive loop in these float64 tests.
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-10}
 
 
 def _randomise_norms(model: M) -> M:
@@ -87,28 +91,17 @@ def _hook_params(model: nn.Module) -> list[str]:
             for pn, _ in m.named_parameters(recurse=False)]
 
 
-def _assert_same(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    assert list(got) == list(expected)
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-10, msg=name)
-
-
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.id)
 def test_hooks_matches_vmap_and_naive(problem: Problem, reduction: str) -> None:
     model, x, y = problem.make()
     layers = _hook_params(model)
     reduce = parse_reduction(reduction, seed=5)
-    ref = ENGINES.get("naive")(model, layers, reduce, x, y)
-    via_vmap = ENGINES.get("vmap")(model, layers, reduce, x, y, chunk_size=4)
+    assert_engine_equals_naive(model, x, y, "vmap", layers, reduce, **TOLERANCE, chunk_size=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", HooksFallbackWarning)     # the fast path, no fallback
-        got = ENGINES.get("hooks")(model, layers, reduce, x, y, chunk_size=4)
-    _assert_same(via_vmap.features, ref.features)
-    _assert_same(got.features, ref.features)
+        got = assert_engine_equals_naive(model, x, y, "hooks", layers, reduce, **TOLERANCE, chunk_size=4)
     assert got.features[layers[0]].dtype == torch.float64
-    torch.testing.assert_close(got.loss, ref.loss)
-    assert torch.equal(got.pred, ref.pred)
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "nll", "bce"])
@@ -119,11 +112,7 @@ def test_hooks_losses(loss: str) -> None:
     model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, classes), *final).double().eval()
     x, y = torch.randn(5, 5, dtype=torch.float64), torch.randint(0, max(classes, 2), (5,))
     layers, reduce = _hook_params(model), parse_reduction("flat")
-    ref = ENGINES.get("naive")(model, layers, reduce, x, y, loss=loss)
-    got = ENGINES.get("hooks")(model, layers, reduce, x, y, loss=loss)
-    _assert_same(got.features, ref.features)
-    torch.testing.assert_close(got.loss, ref.loss)
-    assert torch.equal(got.pred, ref.pred)
+    assert_engine_equals_naive(model, x, y, "hooks", layers, reduce, **TOLERANCE, loss=loss)
 
 
 class ModifiesInputInPlace(nn.Module):
@@ -209,13 +198,10 @@ def test_fallback_to_vmap_is_exact_and_announced(case: tuple, reduction: str) ->
     x = torch.randn(6, *shape, dtype=torch.float64)
     y = torch.randint(0, 5, (6,))
     reduce = parse_reduction(reduction, seed=1)
-    ref = ENGINES.get("naive")(model, layers, reduce, x, y)
     with pytest.warns(HooksFallbackWarning, match=reason) as record:
-        got = ENGINES.get("hooks")(model, layers, reduce, x, y, chunk_size=4)
+        assert_engine_equals_naive(model, x, y, "hooks", layers, reduce, **TOLERANCE, chunk_size=4)
     fallen = {str(w.message).split()[2] for w in record if w.category is HooksFallbackWarning}
     assert fallen == expected_fallback
-    _assert_same(got.features, ref.features)
-    torch.testing.assert_close(got.loss, ref.loss)
 
 
 def test_stale_input_is_not_used() -> None:
@@ -239,13 +225,10 @@ def test_auto_takes_vmap_for_unsupported_layers_and_hooks_otherwise() -> None:
     reduce = parse_reduction("mean")
     with warnings.catch_warnings():
         warnings.simplefilter("error", HooksFallbackWarning)
-        got = ENGINES.get("auto")(model, ["norm.weight", "head.weight"], reduce, x, y)
-        fast = ENGINES.get("auto")(model, ["head.weight", "head.bias"], reduce, x, y)
+        assert_engine_equals_naive(model, x, y, "auto", ["norm.weight", "head.weight"], reduce, **TOLERANCE)
+        assert_engine_equals_naive(model, x, y, "auto", ["head.weight", "head.bias"], reduce, **TOLERANCE)
     assert choose_engine(model, ["norm.weight", "head.weight"], reduce, x, y)[0].engine == "vmap"
     assert choose_engine(model, ["head.weight", "head.bias"], reduce, x, y)[0].engine == "hooks"
-    ref = ENGINES.get("naive")(model, ["norm.weight", "head.weight", "head.bias"], reduce, x, y)
-    _assert_same(got.features, {n: ref.features[n] for n in ["norm.weight", "head.weight"]})
-    _assert_same(fast.features, {n: ref.features[n] for n in ["head.weight", "head.bias"]})
 
 
 def test_mean_after_zero_mean_layernorm_warns() -> None:
@@ -263,14 +246,30 @@ def test_mean_after_zero_mean_layernorm_warns() -> None:
 def test_l2_takes_both_the_gram_and_the_materialised_path() -> None:
     """The Gram shortcut answers for small position counts and declines (None) for large ones."""
     torch.manual_seed(0)
+    conv_l2 = GRAD_FORMULAS.get(layer_key(nn.Conv2d)).reducers["l2"]
+    linear_l2 = GRAD_FORMULAS.get(layer_key(nn.Linear)).reducers["l2"]
     late, early = nn.Conv2d(8, 8, 3).double(), nn.Conv2d(2, 4, 3, padding=1).double()
-    assert HOOK_REDUCERS[(nn.Conv2d, "l2")](late, torch.randn(2, 8, 3, 3).double(),
-                                            torch.randn(2, 8, 1, 1).double()) is not None
-    assert HOOK_REDUCERS[(nn.Conv2d, "l2")](early, torch.randn(2, 2, 6, 6).double(),
-                                            torch.randn(2, 4, 6, 6).double()) is None
+    assert conv_l2(late, torch.randn(2, 8, 3, 3).double(), torch.randn(2, 8, 1, 1).double()) is not None
+    assert conv_l2(early, torch.randn(2, 2, 6, 6).double(), torch.randn(2, 4, 6, 6).double()) is None
     linear = nn.Linear(8, 8)
-    assert HOOK_REDUCERS[(nn.Linear, "l2")](linear, torch.randn(2, 2, 8), torch.randn(2, 2, 8)) is not None
-    assert HOOK_REDUCERS[(nn.Linear, "l2")](linear, torch.randn(2, 9, 8), torch.randn(2, 9, 8)) is None
+    assert linear_l2(linear, torch.randn(2, 2, 8), torch.randn(2, 2, 8)) is not None
+    assert linear_l2(linear, torch.randn(2, 9, 8), torch.randn(2, 9, 8)) is None
+
+
+def test_formulas_are_looked_up_by_exact_layer_type() -> None:
+    """A subclass may change `forward`, so it never takes its parent's formulas (its parameters go to vmap);
+    a layer type registers once."""
+
+    class Scaled(nn.Linear):
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(input)
+
+    assert formulas_for(nn.Linear(3, 2)) is GRAD_FORMULAS.get("torch.nn.modules.linear.Linear")
+    assert formulas_for(Scaled(3, 2)) is None and formulas_for(nn.LayerNorm(3)) is None
+    assert unsupported_parameters(nn.Sequential(Scaled(3, 2)), ["0.weight"]) == {
+        "0.weight": "Scaled.weight has no hook formula"}
+    with pytest.raises(ValueError, match="already registered"):
+        register_formulas(nn.Linear)(formulas_for(nn.Linear(3, 2)))  # type: ignore[arg-type]
 
 
 def test_model_state_is_untouched_and_frozen_models_work() -> None:
@@ -282,7 +281,8 @@ def test_model_state_is_untouched_and_frozen_models_work() -> None:
     for p in model.parameters():
         p.requires_grad_(True)
     ref = ENGINES.get("naive")(model, layers, parse_reduction("flat"), x, y)
-    _assert_same(got.features, ref.features)
+    for name in layers:
+        torch.testing.assert_close(got.features[name], ref.features[name], **TOLERANCE)
     assert all(p.grad is None for p in model.parameters())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 

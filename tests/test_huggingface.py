@@ -16,7 +16,7 @@ from gmint.data.base import ImageSet
 from gmint.data.transforms import Transform
 from gmint.features.store import FeatureStore
 from tests.cli_runner import run
-from tests.test_tied_weights import _naive_mean
+from tests.naive import naive_mean
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'gmint[hf]')")
 
@@ -100,7 +100,7 @@ def test_a_vit_from_transformers_is_imported_extracted_and_audited(tmp_path: Pat
         check = store.provenance["model_check"]
     assert sorted(ids[membership == 1]) == MEMBERS and sorted(ids[membership == 0]) == EXTERNAL
     assert len(layers) == 3 and len(rows) == 6  # combined: entry, middle and output weights; 3 members, 3 externals
-    expected = _naive_mean(model, digits, ids[rows], TRANSFORM, layers)
+    expected = naive_mean(model, digits, ids[rows], TRANSFORM, layers)
     for name in layers:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-6, err_msg=name)
 

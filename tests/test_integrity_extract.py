@@ -15,12 +15,18 @@ from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 
 
+@pytest.fixture(scope="module")
+def other_split(digits: ImageSet) -> MembershipSplit:
+    """A split of digits the session's audited model was not trained on."""
+    return make_split(digits, members=0.1, external=0.1, holdout=0.5, seed=1)
+
+
 def test_a_split_the_model_was_not_trained_on_is_refused_before_anything_is_written(
-        tmp_path: Path, digits: ImageSet, digits_split: MembershipSplit,
+        tmp_path: Path, digits: ImageSet, digits_split: MembershipSplit, other_split: MembershipSplit,
         audited_digits: tuple[AuditedModel, Path]) -> None:
     """With another split's labels members are called external and back, and the audit would run to the
     end on them; only a caller who says the model was trained outside gmint may pass another split."""
-    other = make_split(digits, members=0.1, external=0.1, holdout=0.5, seed=1)
+    other = other_split
     out = tmp_path / "other.h5"
     with pytest.raises(InputError, match=f"split {other.sha256} is not the one the audited model was trained on "
                                          rf"\({digits_split.sha256}\)"):
@@ -33,11 +39,11 @@ def test_a_split_the_model_was_not_trained_on_is_refused_before_anything_is_writ
 
 
 def test_cli_names_both_hashes_and_the_flag_that_accepts_another_split(
-        tmp_path: Path, digits: ImageSet, digits_split: MembershipSplit,
+        tmp_path: Path, digits_split: MembershipSplit, other_split: MembershipSplit,
         audited_digits: tuple[AuditedModel, Path]) -> None:
     from tests.cli_runner import invoke
 
-    other = make_split(digits, members=0.1, external=0.1, holdout=0.5, seed=1)
+    other = other_split
     other.save(tmp_path / "other.json")
     args = ("extract", "--model", audited_digits[1], "--split", tmp_path / "other.json", "--out", tmp_path / "x.h5")
     code, out = invoke(*args)

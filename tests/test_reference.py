@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gmint.data.base import ImageSet
-from gmint.data.split import MembershipSplit, make_split
+from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.models.io import load_audited
@@ -198,9 +198,10 @@ def test_paired_halves_balance_every_even_prefix() -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet) -> tuple[Path, MembershipSplit]:
+def setup(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet,
+          digits_control_split: MembershipSplit) -> tuple[Path, MembershipSplit]:
     folder = tmp_path_factory.mktemp("reference")
-    split = make_split(digits, members=0.3, external=0.3, control=0.4, seed=0)
+    split = digits_control_split
     split.save(folder / "split.json")
     train_audited(digits, split, arch="small_cnn", transform=Transform(), config=TINY, out=folder / "audited.pt",
                   arch_options={"width": 0.25})
@@ -298,12 +299,18 @@ def test_cli_trains_extracts_and_compares(setup: tuple[Path, MembershipSplit], t
     by = {(r["attack"], r["k"]): r for r in payload["results"]}
     assert sorted(by) == [("lira-offline", 1), ("lira-offline", 2), ("loss", 0), ("rmia", 1), ("rmia", 2)]
     assert by[("lira-offline", 1)]["unresolved"] == "needs ≥ 2 reference models out of each scored row, has 1"
-    assert 0.0 <= by[("rmia", 2)]["metrics"]["auc"]["value"] <= 1.0
     assert by[("loss", 0)]["metrics"]["tpr_at_0.1pct_fpr"]["unresolved"].startswith("needs ≥ 1,000 externals")
     assert sorted(p.name for p in report.iterdir()) == ["comparison.json", "comparison.md", "roc_log.png",
                                                        "scores.csv", "vs_k.png"]
     header = (report / "scores.csv").read_text().splitlines()[0]
     assert header == "sample_id,membership,loss,lira-offline (K=2),rmia (K=1),rmia (K=2)"
+    # RMIA's AUC is the share of (member, external) pairs whose member scores higher (ties half), over the rows
+    # the report lists
+    table = np.loadtxt(report / "scores.csv", delimiter=",", skiprows=1)
+    members, external = table[table[:, 1] == 1, 5], table[table[:, 1] == 0, 5]
+    assert len(members) and len(external) and len(members) + len(external) == len(table)
+    wins = (members[:, None] > external[None, :]).mean() + 0.5 * (members[:, None] == external[None, :]).mean()
+    assert by[("rmia", 2)]["metrics"]["auc"]["value"] == pytest.approx(wins, abs=1e-12)
     # gmint eval shows the same attacks beside the classifier's own result, with every model of the set
     mint = tmp_path / "mint.pt"
     assert run("train", refs / "audited-gradient.h5", "--out", mint).code == 0

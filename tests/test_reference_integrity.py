@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from gmint.data.base import ImageSet
-from gmint.data.split import make_split
+from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.models.io import load_audited
 from gmint.models.train import TrainConfig, train_audited
@@ -33,11 +33,11 @@ from tests.cli_runner import run, snapshot
 
 
 @pytest.fixture(scope="module")
-def audited(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet) -> Path:
+def audited(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet,
+            digits_control_split: MembershipSplit) -> Path:
     folder = tmp_path_factory.mktemp("integrity")
-    split = make_split(digits, members=0.3, external=0.3, control=0.4, seed=0)
-    train_audited(digits, split, arch="small_cnn", transform=Transform(), config=TrainConfig(epochs=1, batch_size=64),
-                  out=folder / "audited.pt", arch_options={"width": 0.25})
+    train_audited(digits, digits_control_split, arch="small_cnn", transform=Transform(),
+                  config=TrainConfig(epochs=1, batch_size=64), out=folder / "audited.pt", arch_options={"width": 0.25})
     return folder / "audited.pt"
 
 

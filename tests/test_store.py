@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from gmint.errors import IncompleteStoreError, InputError, StoreMismatchError
-from gmint.features.store import FORMAT, FeatureStore, verify
+from gmint.features.integrity import verify
+from gmint.features.schema import FORMAT
+from gmint.features.store import FeatureStore
 
 PROVENANCE = {"model_fingerprint": "abc", "layers": ["a.weight", "b.weight"], "reduction": "mean",
               "engine": "vmap", "dataset": "toy", "seed": 3, "split_sha256": "s", "n_rows": 10,
@@ -190,7 +192,9 @@ def test_codes_are_spelled_out_in_the_file(tmp_path: Path, features: dict[str, n
 KILLED_AFTER_A_BATCH = textwrap.dedent("""
     import os, signal, sys, time
     import numpy as np
-    from gmint.features.store import FORMAT, FeatureStore, verify
+    from gmint.features.integrity import verify
+    from gmint.features.schema import FORMAT
+    from gmint.features.store import FeatureStore
     columns = {"membership": np.zeros(10), "role": np.zeros(10), "label": np.zeros(10), "sample_id": np.arange(10)}
     store = FeatureStore.create(sys.argv[1], columns=columns, dims={"a.weight": 4}, provenance={})
     time.sleep(0.5)

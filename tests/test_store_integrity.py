@@ -17,12 +17,13 @@ import torch
 
 from gmint.assess.depth import RESULTS, read_points
 from gmint.data.base import ImageSet
-from gmint.data.split import MembershipSplit, make_split
+from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import IncompleteStoreError, InputError, UnknownNameError
 from gmint.features.extract import Rows, extract, split_rows
+from gmint.features.lock import lock_path
 from gmint.features.settings import ExtractSettings
-from gmint.features.store import FeatureStore, lock_path
+from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig, train_audited
 from tests.cli_runner import run, snapshot
@@ -242,12 +243,12 @@ def test_a_bad_line_in_the_middle_of_depth_jsonl_is_damage(tmp_path: Path,
 
 
 @pytest.fixture(scope="module")
-def reference_folder(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet) -> Path:
+def reference_folder(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet,
+                     digits_control_split: MembershipSplit) -> Path:
     """An audited model with one reference model, its stores extracted by `gmint reference extract`."""
     folder = tmp_path_factory.mktemp("refs")
-    split = make_split(digits, members=0.3, external=0.3, control=0.4, seed=0)
-    train_audited(digits, split, arch="small_cnn", transform=Transform(), config=TrainConfig(epochs=1, batch_size=64),
-                  out=folder / "audited.pt", arch_options={"width": 0.25})
+    train_audited(digits, digits_control_split, arch="small_cnn", transform=Transform(),
+                  config=TrainConfig(epochs=1, batch_size=64), out=folder / "audited.pt", arch_options={"width": 0.25})
     trained = run("reference", "train", "--model", folder / "audited.pt", "--k", 1, "--out", folder / "refs")
     assert trained.code == 0, trained.stderr
     extracted = run("reference", "extract", folder / "refs", "--batch-size", 512)

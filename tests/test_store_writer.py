@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from gmint.errors import IncompleteStoreError, StoreBusyError
-from gmint.features.store import REQUIRED_PROVENANCE, FeatureStore, lock_path, verify, writer_pid
+from gmint.features.integrity import REQUIRED_PROVENANCE, verify
+from gmint.features.lock import lock_path, writer_pid
+from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 from tests.cli_runner import invoke
 

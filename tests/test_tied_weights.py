@@ -27,6 +27,7 @@ from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
 from gmint.models.io import AuditedModel
 from tests.cli_runner import import_state_dict, run
+from tests.naive import naive_mean
 from tests.problems import Problem
 
 
@@ -118,14 +119,6 @@ def test_an_engine_given_the_other_name_of_a_tied_weight_names_the_canonical_one
 PLAIN = {"size": None, "mean": [0.0], "std": [1.0]}
 
 
-def _naive_mean(module: nn.Module, digits: ImageSet, ids: np.ndarray, transform: Transform,
-                layers: list[str]) -> dict[str, np.ndarray]:
-    """The naive loop's reduced (mean per output filter) Weight Modifiers of the dataset rows `ids`."""
-    x, y = transform(digits.images[ids]), torch.from_numpy(digits.labels[ids])
-    ref = ENGINES.get("naive")(module, layers, parse_reduction("mean"), x, y)
-    return {n: f.numpy() for n, f in ref.features.items()}
-
-
 def test_extraction_stores_the_tied_weight_under_its_canonical_name(tmp_path: Path, digits: ImageSet) -> None:
     torch.manual_seed(0)
     module = TiedDigits().eval()
@@ -141,7 +134,7 @@ def test_extraction_stores_the_tied_weight_under_its_canonical_name(tmp_path: Pa
         assert store.provenance["layer_presets"]["middle"] == ["encode.weight"]  # type: ignore[index]
         ids = store.column("sample_id")
         got = {n: store.features([n]) for n in store.layers}
-    ref = _naive_mean(module, digits, ids, Transform.from_dict(PLAIN), list(got))
+    ref = naive_mean(module, digits, ids, Transform.from_dict(PLAIN), list(got))
     for name, expected in ref.items():
         np.testing.assert_allclose(got[name], expected, rtol=1e-4, atol=1e-7)
 
@@ -175,6 +168,6 @@ def test_cli_extracts_a_tied_model_selected_by_its_other_name(tmp_path: Path, di
         ids = store.column("sample_id")
         got = {n: store.features([n]) for n in store.layers}
         transform = Transform.from_dict(store.provenance["transform"])  # type: ignore[arg-type]
-    ref = _naive_mean(module, digits, ids, transform, list(got))
+    ref = naive_mean(module, digits, ids, transform, list(got))
     for name, expected in ref.items():
         np.testing.assert_allclose(got[name], expected, rtol=1e-4, atol=1e-7)

@@ -19,18 +19,18 @@ import h5py
 import numpy as np
 
 from gmint.errors import GmintError, InputError, StoreMismatchError
-from gmint.features.store import (
+from gmint.features.lock import WriterLock
+from gmint.features.schema import (
     COMPUTED_COLUMNS,
     FORMAT,
     LIBVER,
     READABLE_FORMATS,
     ROW_COLUMNS,
     SPEC_KEYS,
-    FeatureStore,
-    WriterLock,
     describe_codes,
     encode_attribute,
 )
+from gmint.features.store import FeatureStore
 from gmint.files import atomic_write
 
 # Keys that differ between shards by design.
@@ -77,9 +77,10 @@ def _merge(out: Path, world_size: int, *, rows_sha256: str, overwrite: bool) -> 
     for path in shards:
         with FeatureStore.open(path) as store:
             store.require_complete()
-            info.append((len(store), store.provenance, store.dims, {n: store._h5[n].dtype for n in
+            arrays = store.arrays()
+            info.append((len(store), store.provenance, store.dims, {n: arrays[n].dtype for n in
                                                                      (*ROW_COLUMNS, *COMPUTED_COLUMNS, "done")
-                                                                     if n in store._h5}))  # /2: no group
+                                                                     if n in arrays}))  # /2: no group
     first = info[0][1]
     for path, (_, prov, _, _) in zip(shards[1:], info[1:], strict=True):
         diff = [k for k in SPEC_KEYS if k not in PER_SHARD_KEYS and prov.get(k) != first.get(k)]

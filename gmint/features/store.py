@@ -1,18 +1,8 @@
 """Feature stores: one HDF5 file per extraction, written in appended batches, readable by any HDF5 tool.
 
-Layout:
-    /features/<parameter name>   (N, d) float32, chunked, gzip — one dataset per selected layer
-    /membership (N,) int8        1 member, 0 external, -1 unknown (samples being scored)
-    /role       (N,) int8        0 auditor's pool (may fit a MINT classifier), 1 held out, -1 n/a
-                                 (both spell their codes out in a `codes` attribute)
-    /label      (N,) int64       true class; /sample_id (N,) int64 row of the dataset
-    /loss       (N,) float32     the audited model's loss; /pred (N,) int64 its predicted class
-    /finite     (N,) bool        every feature and the loss are finite (NaN/Inf rows are kept, flagged,
-                                 and left out of training and evaluation with a warning)
-    /done       (N,) bool        row written and flushed (resume skips these)
-    /seconds    (1,) float64     wall seconds spent writing, over every run that worked on the store
-    attrs: provenance (one attribute per key, JSON for lists/dicts), complete (and, once complete,
-           rows_written and timing)
+The file's layout and codes are in `gmint.features.schema`; the one-writer rule in `gmint.features.lock`;
+how files are opened in `gmint.features.h5files`; `verify`, the resume checks and the salvage of a crashed
+store in `gmint.features.integrity`.
 
 Writing happens in HDF5 single-writer/multiple-reader (SWMR) mode, so `gmint info` can read a store
 while extraction is still writing it, and the file stays consistent if the writer dies. SWMR forbids
@@ -22,56 +12,41 @@ A crash loses at most the batch in flight: features are written and flushed befo
 and `complete` is set only after the last row. Every reader refuses an incomplete store, and one whose file
 does not bear its complete mark out (cut short, rows or layers missing: `FeatureStore.damage`); a resume
 refuses such a file too, rather than take it for finished.
-
-One writer per store: a writer (create, resume, salvage, join) holds an exclusive lock on the sidecar
-`<store>.lock`, which names its PID; the kernel drops the lock when the writer closes or dies. A second
-writer is refused, and readers ask the lock who is writing. HDF5's own file locking is off on both
-sides (the sidecar lock replaces it for writers; SWMR needs none for readers), so no reader can make
-the writer fail when it reopens the file to finish it.
-
-Files use the HDF5 1.10 format (the oldest that SWMR accepts, and no newer), so HDF5 1.10 tools
-(h5dump, h5ls) and PyTables read them.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import h5py
 import numpy as np
 
-from gmint.errors import IncompleteStoreError, InputError, StoreBusyError, StoreMismatchError
+from gmint.errors import IncompleteStoreError, InputError, StoreMismatchError
+from gmint.features.h5files import REBUILD_HINT, read_dataset, reader_file, writer_file
+from gmint.features.lock import WriterLock, writer_pid
+from gmint.features.schema import (
+    CHUNK_BYTES,
+    COMPUTED_COLUMNS,
+    FORMAT,
+    ROW_COLUMNS,
+    decode_attribute,
+    describe_codes,
+    encode_attribute,
+)
 from gmint.files import atomic_write
 
-FORMAT = "gmint-feature-store/3"  # /2: per-row `finite` flags; /3: per-row `group` ids
-# /2 stores lack only /group, which reads as -1 (no group): they are read as they are, not extracted again.
-READABLE_FORMATS = ("gmint-feature-store/2", FORMAT)
-ROW_COLUMNS = {"membership": np.int8, "role": np.int8, "label": np.int64, "sample_id": np.int64, "group": np.int64}
-COMPUTED_COLUMNS = {"loss": np.float32, "pred": np.int64, "finite": bool}
-# Provenance keys that must agree for a resumed extraction to continue the same store.
-SPEC_KEYS = ("model_fingerprint", "layers", "source", "reduction", "engine", "loss_function", "dataset",
-             "split_sha256", "transform", "seed", "n_rows", "rows_sha256")
-CHUNK_BYTES = 1 << 20
-# What the integer codes of the per-row columns mean, written beside them for readers without gmint.
-CODES = {"membership": {1: "member", 0: "external", -1: "unknown"},
-         "role": {0: "auditor's pool", 1: "holdout", -1: "n/a"},
-         "group": {-1: "none (other values: the dataset's group, e.g. a GTSRB track)"}}
-# Library-version bounds for every file written: SWMR needs the 1.10 superblock; anything newer locks out
-# HDF5 1.10 tools and PyTables.
-LIBVER = ("v110", "v110")
-# How long a writer retries the lock before refusing: a reader asking who writes holds it for microseconds.
-LOCK_WAIT_S = 0.5
-# Remedies for a file no resume can continue, in the library's terms (the CLI names its own options instead).
-REBUILD_HINT = "remove it, or extract it again with overwrite"
-ANOTHER_STORE_HINT = "extract into another file"
+
+@dataclass(frozen=True)
+class StoredArray:
+    """One array of a store file (an HDF5 dataset): its shape and element type as stored."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
 
 
 class FeatureStore:
@@ -107,7 +82,7 @@ class FeatureStore:
                 raise InputError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
             n = len(columns["sample_id"])
             with atomic_write(path) as tmp:
-                with _h5file(tmp, "w") as h5:
+                with writer_file(tmp, "w") as h5:
                     for name, dtype in ROW_COLUMNS.items():
                         given = columns[name] if name != "group" else columns.get(name, np.full(n, -1))
                         h5.create_dataset(name, data=np.asarray(given, dtype=dtype))
@@ -126,7 +101,7 @@ class FeatureStore:
                     for key, value in provenance.items():
                         h5.attrs[key] = encode_attribute(value)
                     h5.attrs["complete"] = False
-                h5 = held.enter_context(_h5file(tmp, "r+"))
+                h5 = held.enter_context(writer_file(tmp, "r+"))
                 h5.swmr_mode = True  # before the file appears under its name, so readers only ever see it in SWMR
             held.pop_all()
             return cls(path, h5, lock)
@@ -142,20 +117,22 @@ class FeatureStore:
         see every flushed row. Such a store is salvaged: its rows are copied into a fresh file that
         atomically replaces it.
         """
+        from gmint.features import integrity  # it checks stores through this class, so it imports this module
+
         path = Path(path)
         if not path.exists():
             raise InputError(f"feature store {path} not found")
         with ExitStack() as held:
             lock = held.enter_context(WriterLock(path))
-            complete = _check_resumable(path, provenance)
+            complete = integrity.check_resume(path, provenance)
             if complete:  # nothing to write: leave the file untouched
-                h5 = _open_h5(path, held=True)
+                h5 = reader_file(path, held=True)
             else:
                 try:
-                    h5 = _h5file(path, "r+")
+                    h5 = writer_file(path, "r+")
                 except OSError:  # we hold the lock, so no live writer flagged it: a dead one did
-                    _salvage(path)
-                    h5 = _h5file(path, "r+")
+                    integrity.salvage(path)
+                    h5 = writer_file(path, "r+")
                 h5.swmr_mode = True
             held.pop_all()
             return cls(path, h5, lock)
@@ -164,7 +141,7 @@ class FeatureStore:
     def open(cls, path: Path) -> FeatureStore:
         """Read-only access (complete or not, also while a writer is still at work; readers call
         `require_complete`)."""
-        return cls(Path(path), _open_h5(Path(path)))
+        return cls(Path(path), reader_file(Path(path)))
 
     def close(self) -> None:
         """Close the file and release the writer lock, if this handle holds it."""
@@ -219,7 +196,7 @@ class FeatureStore:
         if extract_seconds is not None:
             extra["extract_seconds"] = round(self._earlier + extract_seconds, 3)
         self._h5.close()
-        self._h5 = _h5file(self.path, "r+")
+        self._h5 = writer_file(self.path, "r+")
         for key, value in extra.items():
             self._h5.attrs[key] = encode_attribute(value)
         self._h5.attrs["rows_written"] = int(done.sum())
@@ -236,6 +213,11 @@ class FeatureStore:
         the mark out (see `damage`). The mark alone is not enough: a file cut short, a joined store missing a
         shard or one edited by hand may carry it."""
         return self.marked_complete and self.damage() is None
+
+    @property
+    def format(self) -> str:
+        """The format the file declares: `FORMAT`, or an older one this gmint still reads."""
+        return str(self._h5.attrs["format"])
 
     @property
     def marked_complete(self) -> bool:
@@ -334,8 +316,8 @@ class FeatureStore:
                     "finish it with `gmint extract ... --resume`")
             raise IncompleteStoreError(f"{self.path} is incomplete ({self.rows_written} of {len(self)} rows); {todo}")
 
-    def _read(self, dataset: h5py.Dataset) -> np.ndarray:
-        return _read_all(self.path, dataset)
+    def _read(self, dataset: h5py.Dataset, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return read_dataset(self.path, dataset, start, stop)
 
     def column(self, name: str) -> np.ndarray:
         """(N,) one per-row column (membership, role, label, sample_id, group, loss, pred, finite, done)."""
@@ -356,116 +338,29 @@ class FeatureStore:
             parts = [p[rows] for p in parts]
         return np.concatenate(parts, axis=1)
 
+    def feature_rows(self, layer: str, start: int, stop: int) -> np.ndarray:
+        """(stop - start, d) float32: rows [start, stop) of one layer's features, read from disk (a block at a
+        time, so a check of every value needs no more memory than one block)."""
+        return self._read(self._h5["features"][layer], start, stop)
 
-REQUIRED_PROVENANCE = ("gmint_version", "torch_version", "model_fingerprint", "layers", "source", "reduction",
-                       "engine", "dataset", "split_sha256", "seed", "n_rows")
+    def arrays(self) -> dict[str, StoredArray]:
+        """Every array in the file by its path in it ('label', 'features/<layer>'), with shape and type as
+        stored: what a check of the layout and a join of shards look at, before any reading."""
+        found: dict[str, StoredArray] = {}
 
+        def visit(name: str, item: object) -> None:
+            if isinstance(item, h5py.Dataset):
+                found[name] = StoredArray(tuple(item.shape), np.dtype(item.dtype))
 
-def verify(path: Path) -> list[str]:
-    """Every problem found in a store (empty when sound): schema, row counts, values, provenance, completeness."""
-    problems: list[str] = []
-    with FeatureStore.open(path) as store:
-        h5, n = store._h5, len(store)
-        for name in (*ROW_COLUMNS, *COMPUTED_COLUMNS, "done"):
-            if name not in h5:
-                if not (name == "group" and h5.attrs.get("format") != FORMAT):  # /2 stores have none
-                    problems.append(f"dataset /{name} is missing")
-            elif h5[name].shape != (n,):
-                problems.append(f"/{name} has shape {h5[name].shape}, expected ({n},)")
-        prov = store.provenance
-        problems += [f"provenance attribute '{k}' is missing" for k in REQUIRED_PROVENANCE if k not in prov]
-        if prov.get("n_rows", n) != n:
-            problems.append(f"provenance says {prov.get('n_rows')} rows, the store has {n}")
-        for name in store.layers:
-            if name not in h5["features"]:
-                problems.append(f"layer {name} has no dataset under /features")
-            elif h5["features"][name].shape[0] != n:
-                problems.append(f"/features/{name} has {h5['features'][name].shape[0]} rows, expected {n}")
-        if problems:
-            return problems
-        for name, codes in CODES.items():
-            if name == "group":  # any id ≥ 0, or -1
-                bad, allowed_text = int((store.column(name) < -1).sum()), "-1 and the ids ≥ 0"
-            else:
-                allowed = tuple(sorted(codes))
-                bad, allowed_text = int(np.isin(store.column(name), allowed, invert=True).sum()), str(allowed)
-            if bad:
-                problems.append(f"{bad} rows have a {name} outside {allowed_text}")
-        done = store.done_mask()
-        nonfinite = int((done & ~store.column("finite")).sum())
-        if nonfinite:
-            problems.append(f"{nonfinite} rows have NaN or Inf features or loss (flagged; excluded from fits)")
-        for name in store.layers:  # read every value once: corrupt chunks only show when read
-            ds, unflagged, finite = h5["features"][name], 0, store.column("finite")
-            for start in range(0, n, 65536):
-                block = _read_all(store.path, ds, start, start + 65536)
-                flagged = finite[start:start + 65536]
-                unflagged += int((~np.isfinite(block).all(axis=1) & flagged).sum())
-            if unflagged:
-                problems.append(f"layer {name}: {unflagged} rows hold NaN/Inf without being flagged")
-        if not store.marked_complete:
-            pid = store.writer
-            todo = f"being written by PID {pid}" if pid else "continue with --resume"
-            problems.append(f"incomplete: {int(done.sum())} of {n} rows written ({todo})")
-        elif not done.all():
-            problems.append(f"marked complete but {int((~done).sum())} rows are not written")
-    return problems
+        self._h5.visititems(visit)
+        return found
 
-
-def _read_all(path: Path, dataset: h5py.Dataset, start: int = 0, stop: int | None = None) -> np.ndarray:
-    try:
-        return dataset[start:stop]
-    except OSError as exc:  # truncated or corrupt chunks surface only when read
-        raise InputError(f"{path} is damaged: reading {dataset.name} failed ({exc})") from None
-
-
-def check_resumable(path: Path) -> None:
-    """Refuse, before any work, a file at `path` that no resume can continue: one HDF5 cannot read, one that
-    is not a feature store, or a damaged store (see `FeatureStore.damage`). A sound store, finished or not,
-    passes; whether it belongs to the same extraction is checked when `FeatureStore.resume` opens it.
-
-    Raises:
-        InputError: the file cannot be resumed (the message says why and how to rebuild it).
-        StoreBusyError: another process is writing it.
-    """
-    with WriterLock(Path(path)):
-        _check_resumable(Path(path), {})
-
-
-def _check_resumable(path: Path, provenance: Mapping[str, object]) -> bool:
-    """Whether the store at `path` is complete, after refusing one that is unreadable, damaged or from another
-    extraction than `provenance` describes (the caller holds `path`'s writer lock, so no one else writes it:
-    the file is read as it lies on disk, never through a live writer's eyes)."""
-    with FeatureStore(path, _open_h5(path, held=True)) as old:
-        damage = old.damage()
-        if damage is not None:
-            raise InputError(f"{path} is damaged ({damage}); it cannot be resumed: {REBUILD_HINT}")
-        theirs = old.provenance
-        diff = [k for k in SPEC_KEYS if k in provenance and theirs.get(k) != _roundtrip(provenance[k])]
-        if diff:
-            raise StoreMismatchError(f"{path} was written by a different extraction (differs in "
-                                     f"{', '.join(diff)}); {ANOTHER_STORE_HINT}, or {REBUILD_HINT}")
-        return old.complete
-
-
-def _salvage(path: Path) -> None:
-    """Copy a crashed store's rows into a new file and put it in the old one's place (the caller holds
-    `path`'s writer lock). A row that cannot be read refuses the salvage and leaves the file as it was."""
-    tmp = path.with_name(path.name + ".salvage")
-    try:
-        _copy_rows(path, tmp)
-    except OSError as exc:  # corrupt chunks surface only when read
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"{path} is damaged (its writer died and {_why(exc)}); it cannot be resumed: "
-                         f"{REBUILD_HINT}") from None
-    tmp.replace(path)
-
-
-def _copy_rows(path: Path, tmp: Path) -> None:
-    """Every dataset and attribute of the crashed store at `path` into a new store at `tmp`."""
-    with h5py.File(path, "r", swmr=True, locking=False) as old:
+    def copy_into(self, path: Path) -> None:
+        """Every dataset and attribute of this store into a new store at `path`, done flags last: a salvage of
+        a file its writer left flagged "open for write". A chunk that cannot be read raises OSError."""
+        old = self._h5
         done = old["done"][:]
-        with FeatureStore.create(tmp, overwrite=True,
+        with FeatureStore.create(path, overwrite=True,
                                  columns={name: old[name][:] for name in ROW_COLUMNS if name in old},  # /2: no group
                                  dims={name: ds.shape[1] for name, ds in old["features"].items()},
                                  provenance={k: decode_attribute(v) for k, v in old.attrs.items()
@@ -479,186 +374,3 @@ def _copy_rows(path: Path, tmp: Path) -> None:
             new._h5.flush()
             new._h5["done"][:] = done
             new._h5.flush()
-
-
-def _h5file(path: Path, mode: str) -> h5py.File:
-    """Open for writing: 1.10 format; no HDF5 file lock, which a reader's open could make fail (the
-    writer lock keeps out other writers)."""
-    return h5py.File(path, mode, libver=LIBVER, locking=False)
-
-
-def _open_h5(path: Path, *, held: bool = False) -> h5py.File:
-    """A reader's handle on the store at `path`. `held`: the caller holds the writer lock, so no live
-    process writes the file and it is read as it lies on disk."""
-    if not path.exists():
-        raise InputError(f"feature store {path} not found")
-    # A store being written (or whose writer died) is read as an SWMR reader: a plain one may find it
-    # flagged "open for write", or its end not yet extended. Only then: an SWMR reader skips HDF5's check
-    # that the file is as long as it records and retries failing reads with back-off, so a file cut short
-    # may open showing its complete mark, or hang.
-    tail = f"; it cannot be resumed: {REBUILD_HINT}" if held else ""
-    try:
-        h5 = _open_swmr(path, tail) if not held and writer_pid(path) else h5py.File(path, "r", locking=False)
-    except OSError as exc:
-        # A flagged file whose writer is gone: HDF5 checks its length first, so this one is whole.
-        if "already open for write" not in str(exc) and (held or not writer_pid(path)):
-            raise InputError(f"{path} is not a readable HDF5 feature store ({_why(exc)}){tail}") from None
-        h5 = _open_swmr(path, tail, held=held)
-    found = h5.attrs.get("format")
-    if found not in READABLE_FORMATS:
-        h5.close()
-        if isinstance(found, str) and found.startswith(FORMAT.split("/")[0]):
-            raise InputError(f"{path} is a {found} store; this gmint reads {FORMAT}: {REBUILD_HINT}")
-        raise InputError(f"{path} is not a gmint feature store (format attribute missing or different){tail}")
-    return h5
-
-
-def _open_swmr(path: Path, tail: str = "", *, held: bool = False) -> h5py.File:
-    """An SWMR reader's handle. A live writer leaves SWMR mode for a moment to set the final attributes,
-    and nothing can read the file then: wait that moment out (`held`: the caller is the writer, so there
-    is no such moment to wait for)."""
-    deadline = time.monotonic() + 2.0
-    while True:
-        try:
-            return h5py.File(path, "r", swmr=True, locking=False)
-        except OSError as exc:
-            pid = None if held else writer_pid(path)
-            if pid is None:
-                raise InputError(f"{path} is not a readable HDF5 feature store ({_why(exc)}){tail}") from None
-            if time.monotonic() > deadline:
-                raise InputError(f"{path} is being written by PID {pid} and cannot be read now; try again") from None
-            time.sleep(0.02)
-
-
-def _why(exc: OSError) -> str:
-    """Why HDF5 could not read a file, in words: a file cut short says how much of it is left."""
-    text = str(exc)
-    cut = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", text)
-    if cut:
-        return f"cut short: {cut.group(1)} of its {cut.group(2)} bytes are left"
-    if "file signature not found" in text:
-        return "not an HDF5 file"
-    inner = re.findall(r"\(([^()]+)\)", text)
-    return inner[-1] if inner else exc.__class__.__name__
-
-
-def describe_codes(h5: h5py.File) -> None:
-    """Spell out the integer codes of /membership, /role and /group in a `codes` attribute on each."""
-    for name, codes in CODES.items():
-        if name in h5:  # a join of /2 shards has no /group
-            h5[name].attrs["codes"] = ", ".join(f"{code} {meaning}" for code, meaning in codes.items())
-
-
-def lock_path(path: Path) -> Path:
-    """The writer lock file beside the store at `path`."""
-    return Path(path).with_name(Path(path).name + ".lock")
-
-
-class WriterLock:
-    """The one-writer-per-store rule: an exclusive flock on `<store>.lock`, which holds the writer's PID.
-
-    The kernel drops the lock when the writer dies, so a crashed run never blocks the next one. The
-    file is removed on release while still locked; whoever opened it meanwhile finds it gone and
-    locks a new one, so two writers never hold locks on different files.
-
-    Raises:
-        StoreBusyError: another process holds the lock.
-    """
-
-    def __init__(self, store: Path) -> None:
-        self.path = lock_path(store)
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pid = _pid_in(fd)
-                    os.close(fd)
-                    raise StoreBusyError(f"{store} is being written by PID {pid}; only one process may write "
-                                         "a store: wait for it to finish or stop it") from None
-                os.close(fd)
-                time.sleep(0.02)
-                continue
-            if _same_file(fd, self.path):
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd: int | None = fd
-
-    def release(self) -> None:
-        """Give up the lock and remove its file (the kernel also drops the lock if the process dies)."""
-        if self._fd is None:
-            return
-        if _same_file(self._fd, self.path):
-            self.path.unlink()
-        os.close(self._fd)
-        self._fd = None
-
-    def __enter__(self) -> WriterLock:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.release()
-
-
-def writer_pid(path: Path) -> int | None:
-    """PID of the process writing the store at `path` now; None when no live process holds its lock."""
-    try:
-        fd = os.open(lock_path(path), os.O_RDONLY)
-    except (FileNotFoundError, NotADirectoryError):  # no lock, or no folder it could be in
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below
-    except BlockingIOError:
-        return _pid_in(fd)
-    else:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _pid_in(fd: int) -> int:
-    """The PID a lock holder wrote (it writes it right after locking: wait for it briefly; 0 if never)."""
-    for _ in range(50):
-        text = os.pread(fd, 32, 0).strip()
-        if text.isdigit():
-            return int(text)
-        time.sleep(0.01)
-    return 0
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        return os.path.samestat(os.stat(path), os.fstat(fd))
-    except FileNotFoundError:
-        return False
-
-
-def encode_attribute(value: object) -> object:
-    """A provenance value as an HDF5 attribute: scalars and strings as they are, anything else as JSON."""
-    if isinstance(value, str):
-        return str(value)  # np.str_ would be stored as a fixed-width array h5py cannot convert
-    if isinstance(value, (int, float, bool, np.integer, np.floating, np.bool_)):
-        return value
-    return json.dumps(value)
-
-
-def decode_attribute(value: object) -> object:
-    """The inverse of `encode_attribute`."""
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _roundtrip(value: object) -> object:
-    """The value as it reads back from HDF5 attributes (tuples become lists, etc.)."""
-    return decode_attribute(encode_attribute(value))

@@ -1,22 +1,8 @@
 """Fast engine: one batched forward and backward; reductions computed from activations and output gradients.
 
-Per sample b, with a the layer's input and g = ∂L_b/∂(layer output) (in eval mode samples do not
-interact, so the gradient of the summed loss w.r.t. a sample's own output is that sample's g):
-
-- Linear, input (B, T, I) (T = 1 for 2-D input; middle dims flattened): WM_b = Σ_t g_bt a_btᵀ (O × I).
-  `mean`: MEAN_bo = Σ_t g_bto · mean_i(a_bti). On 2-D input that is the bias gradient g_bo times
-  mean(a_b) — nearly redundant, and rounding noise when a comes out of a zero-mean LayerNorm (warned).
-  `l2`: ‖WM_bo‖² = Σ_{t,t'} g_bto g_bt'o (a_bt·a_bt') (Gram trick; |g_bo|·‖a_b‖ for T = 1), used when
-  T·(I + O) < O·I, else the WM is materialised.
-- Conv2d with G groups (C_g = C/G inputs and F_g = F/G filters per group), U = unfold(a) (B, C·kh·kw, P):
-  WM_b[f] = Σ_p g_bfp U_b[group(f)]p. `mean`: MEAN_bf = Σ_p g_bfp · m_b,group(f),p where m is the mean of
-  U over a group's C_g·kh·kw rows = the group's channel-mean input averaged over each kernel window —
-  a depthwise conv of (B, G, H, W) with a ones/(kh·kw) kernel; the unfold never exists.
-  `l2`: the per-group P × P Gram of U when P·(C_g·kh·kw + F_g) < F_g·C_g·kh·kw (small late maps),
-  else the WM is materialised.
-- Biases: the per-sample bias gradient is g summed over positions (tokens, pixels); any reduction.
-- Every other (layer, reduction) pair — abs_mean, std, max, flat, project:<d>, user reductions —
-  materialises that layer's WM only, batched (einsum), `chunk_size` samples at a time.
+What each layer type's parameters and reductions are computed from (its input and output gradient) is
+registered per layer type on `GRAD_FORMULAS` (`gmint.features.engine.formulas`, with the maths); this
+module captures those inputs and gradients, checks that the formulas apply, and falls back where not.
 
 The formulas hold under conditions `plan_hooks` checks on the model at hand, with two small probe
 batches: each selected parameter is a Linear/Conv2d weight or bias used exactly once, by its own module
@@ -28,21 +14,14 @@ fail are computed by the `vmap` engine (one warning each); a model that mixes sa
 whole. Per batch, output gradients are taken at each layer's gradient edge recorded before any user
 forward hook ran (our capture hook is prepended), so hooks that replace the output and in-place ops on it
 afterwards (ReLU(inplace=True)) cannot change them; captured inputs are checked with version counters.
-
-Reductions that cancel (MEAN, and L2 by the Gram trick) are accumulated in float64 from the layer's own
-float32 inputs and output gradients, so their error stays at the naive loop's level, not above it where a
-filter's mean is small beside its entries.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.func import functional_call
@@ -57,6 +36,7 @@ from gmint.features.engine.base import (
     register_engine,
     sample_mixing_modules,
 )
+from gmint.features.engine.formulas import formulas_for
 from gmint.features.engine.vmap import vmap_engine
 from gmint.features.reduce import NamedReduction, Reduction
 from gmint.features.tracing import ParameterUses
@@ -70,146 +50,6 @@ class DegenerateReductionWarning(UserWarning):
     """A reduction is numerically meaningless for a layer (e.g. MEAN of a Linear fed by a LayerNorm)."""
 
 
-# (layer, a, g) → (B, *param.shape): a parameter's per-sample gradient from its layer's input a and
-# output gradient g. The tables are keyed by layer type, so each function is only called with its own type
-# (hence `Any` for the layer here and the exact type in each function's signature).
-Gradient = Callable[[Any, Tensor, Tensor], Tensor]
-# (layer, a, g) → (B, d): a weight's reduced Weight Modifier without materialising it, or None where
-# materialising is cheaper.
-HookReducer = Callable[[Any, Tensor, Tensor], Tensor | None]
-# a → why a reduction is meaningless for a layer fed with a, or None.
-Degeneracy = Callable[[Tensor], str | None]
-
-GRADIENTS: dict[tuple[type[nn.Module], str], Gradient] = {}         # keyed by (layer type, parameter)
-HOOK_REDUCERS: dict[tuple[type[nn.Module], str], HookReducer] = {}  # keyed by (layer type, reduction)
-DEGENERATE: dict[tuple[type[nn.Module], str], Degeneracy] = {}      # keyed by (layer type, reduction)
-# Whether a layer's input is batched the way its formulas assume.
-BATCHED: dict[type[nn.Module], Callable[[Tensor], bool]] = {
-    nn.Linear: lambda a: a.dim() >= 2,
-    nn.Conv2d: lambda a: a.dim() == 4,
-}
-
-Fn = TypeVar("Fn", bound=Callable)
-# Where a reduction sums terms that cancel, it is accumulated in this type (see the module docstring).
-ACCUMULATE = torch.float64
-
-
-def _register(table: dict[tuple[type[nn.Module], str], Fn], layer_type: type[nn.Module],
-              name: str) -> Callable[[Fn], Fn]:
-    def add(fn: Fn) -> Fn:
-        if (layer_type, name) in table:
-            raise ValueError(f"({layer_type.__name__}, {name}) is already registered")
-        table[(layer_type, name)] = fn
-        return fn
-
-    return add
-
-
-def _tokens(t: Tensor) -> Tensor:
-    """(B, ..., n) → (B, T, n): a Linear's positions (1 for 2-D input) as one axis."""
-    return t.reshape(t.shape[0], -1, t.shape[-1])
-
-
-@_register(GRADIENTS, nn.Linear, "weight")
-def _linear_weight(layer: nn.Linear, a: Tensor, g: Tensor) -> Tensor:
-    """(B, O, I) = Σ_t g_t a_tᵀ."""
-    return torch.einsum("bto,bti->boi", _tokens(g), _tokens(a))
-
-
-@_register(GRADIENTS, nn.Linear, "bias")
-def _linear_bias(layer: nn.Linear, a: Tensor, g: Tensor) -> Tensor:
-    """(B, O) = Σ_t g_t."""
-    return _tokens(g).sum(dim=1)
-
-
-@_register(HOOK_REDUCERS, nn.Linear, "mean")
-def _linear_mean(layer: nn.Linear, a: Tensor, g: Tensor) -> Tensor:
-    """(B, O) = Σ_t g_to · mean_i(a_ti), accumulated in float64."""
-    wide = torch.einsum("bto,bt->bo", _tokens(g).to(ACCUMULATE), _tokens(a).mean(dim=-1, dtype=ACCUMULATE))
-    return wide.to(g.dtype)
-
-
-@_register(HOOK_REDUCERS, nn.Linear, "l2")
-def _linear_l2(layer: nn.Linear, a: Tensor, g: Tensor) -> Tensor | None:
-    """(B, O) = sqrt(Σ_{t,t'} g_to g_t'o a_t·a_t'), when the T × T Gram is cheaper than the WM."""
-    a, g = _tokens(a), _tokens(g)
-    tokens, inputs, outputs = a.shape[1], a.shape[2], g.shape[2]
-    if tokens * (inputs + outputs) >= inputs * outputs:
-        return None
-    a, wide = a.to(ACCUMULATE), g.to(ACCUMULATE)
-    gram = a @ a.transpose(1, 2)                                   # (B, T, T)
-    return ((gram @ wide) * wide).sum(dim=1).clamp_min(0).sqrt().to(g.dtype)
-
-
-@_register(DEGENERATE, nn.Linear, "mean")
-def _zero_mean_input(a: Tensor) -> str | None:
-    """MEAN = Σ_t g_t · mean(a_t) is rounding noise when every position's input has mean ≈ 0 relative
-    to its scale (a LayerNorm output without bias)."""
-    a = _tokens(a)
-    rms = a.pow(2).mean(dim=-1).sqrt()
-    if (a.mean(dim=-1).abs() <= 1e-5 * rms).all() and (rms > 0).any():
-        return ("its input has zero mean at every position (e.g. a LayerNorm output), so MEAN = bias "
-                "gradient × mean(input) is rounding noise; use 'flat', 'project:<d>' or 'l2' for this layer")
-    return None
-
-
-def _conv_padded(layer: nn.Conv2d, a: Tensor) -> tuple[Tensor, tuple[int, int]]:
-    """The input padded as the conv pads it when F.unfold cannot ('same'/'valid', reflect, ...)."""
-    if layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
-        return a, layer.padding  # type: ignore[return-value]
-    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
-    return F.pad(a, layer._reversed_padding_repeated_twice, mode=mode), (0, 0)
-
-
-def _unfold(layer: nn.Conv2d, a: Tensor) -> Tensor:
-    """(B, G, C_g·kh·kw, P): each group's input patches, rows in the weight's (c, kh, kw) order."""
-    a, padding = _conv_padded(layer, a)
-    u = F.unfold(a, layer.kernel_size, layer.dilation, padding, layer.stride)
-    return u.reshape(u.shape[0], layer.groups, -1, u.shape[2])
-
-
-def _per_group(layer: nn.Conv2d, g: Tensor) -> Tensor:
-    """(B, F, Ho, Wo) → (B, G, F_g, P)."""
-    return g.reshape(g.shape[0], layer.groups, -1, g.shape[2] * g.shape[3])
-
-
-@_register(GRADIENTS, nn.Conv2d, "weight")
-def _conv2d_weight(layer: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor:
-    """(B, F, C_g, kh, kw) = Σ_p g_fp U_p, per group."""
-    wm = torch.einsum("bgfp,bgkp->bgfk", _per_group(layer, g), _unfold(layer, a))
-    return wm.reshape(a.shape[0], *layer.weight.shape)
-
-
-@_register(GRADIENTS, nn.Conv2d, "bias")
-def _conv2d_bias(layer: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor:
-    """(B, F) = Σ_p g_fp."""
-    return g.sum(dim=(2, 3))
-
-
-@_register(HOOK_REDUCERS, nn.Conv2d, "mean")
-def _conv2d_mean(layer: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor:
-    """(B, F) = Σ_p g_fp · (window average of the group's channel-mean input)_p, accumulated in float64."""
-    batch, groups = a.shape[0], layer.groups
-    m = a.reshape(batch, groups, -1, *a.shape[2:]).mean(dim=2, dtype=ACCUMULATE)
-    m, padding = _conv_padded(layer, m)
-    kh, kw = layer.kernel_size
-    window = m.new_full((groups, 1, kh, kw), 1.0 / (kh * kw))
-    m = F.conv2d(m, window, None, layer.stride, padding, layer.dilation, groups)   # (B, G, Ho, Wo)
-    wide = torch.einsum("bgfp,bgp->bgf", _per_group(layer, g).to(ACCUMULATE), m.flatten(2))
-    return wide.reshape(batch, -1).to(g.dtype)
-
-
-@_register(HOOK_REDUCERS, nn.Conv2d, "l2")
-def _conv2d_l2(layer: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor | None:
-    """(B, F) = sqrt(Σ_{p,p'} g_fp g_fp' U_p·U_p'), when the P × P Gram is cheaper than the WM."""
-    g = _per_group(layer, g)
-    filters, positions = g.shape[2], g.shape[3]
-    rows = layer.weight[0].numel()                                   # C_g·kh·kw
-    if positions * (rows + filters) >= filters * rows:
-        return None
-    u, wide = _unfold(layer, a.to(ACCUMULATE)), g.to(ACCUMULATE)
-    gram = u.transpose(2, 3) @ u                                      # (B, G, P, P)
-    return ((wide @ gram) * wide).sum(dim=3).clamp_min(0).sqrt().reshape(a.shape[0], -1).to(g.dtype)
 
 
 def unsupported_parameters(model: nn.Module, layers: list[str]) -> dict[str, str]:
@@ -226,7 +66,8 @@ def unsupported_parameters(model: nn.Module, layers: list[str]) -> dict[str, str
     for name in layers:
         _, module, kind = owners[name]
         others = [other for other, holder in holders[id(getattr(module, kind))] if holder is not module]
-        if (type(module), kind) not in GRADIENTS:
+        formulas = formulas_for(module)
+        if formulas is None or kind not in formulas.gradients:
             reasons[name] = f"{type(module).__name__}.{kind} has no hook formula"
         elif others:
             reasons[name] = (f"the parameter is shared with {', '.join(others)} (tied), so its gradient sums "
@@ -265,7 +106,8 @@ class Capture:
         assert self.a is not None
         if self.edge is None:
             return "its output does not require grad (computed under no_grad?)"
-        if not BATCHED[type(layer)](self.a) or self.a.shape[0] != batch:
+        formulas = formulas_for(layer)
+        if formulas is None or not formulas.batched(self.a) or self.a.shape[0] != batch:
             return f"its input {tuple(self.a.shape)} does not carry the batch of {batch} on dim 0"
         if self.a._version != self.a_version:
             return "its input was modified in place after the layer ran"
@@ -493,14 +335,17 @@ def hooks_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: T
 def _reduce(name: str, layer: nn.Module, kind: str, a: Tensor, g: Tensor, reduction: Reduction,
             chunk_size: int | None) -> Tensor:
     """One parameter's (B, d) features: an exact shortcut where registered, else materialise and reduce."""
-    key = (type(layer), reduction.name) if isinstance(reduction, NamedReduction) else None
-    if kind == "weight" and key is not None:
-        if key in DEGENERATE and (why := DEGENERATE[key](a)):
-            warnings.warn(f"reduction '{key[1]}' is degenerate for {name}: {why}", DegenerateReductionWarning,
-                          stacklevel=3)
-        if key in HOOK_REDUCERS and (reduced := HOOK_REDUCERS[key](layer, a, g)) is not None:
+    formulas = formulas_for(layer)
+    assert formulas is not None  # `unsupported_parameters` sent every other layer to vmap
+    if kind == "weight" and isinstance(reduction, NamedReduction):
+        degenerate = formulas.degenerate.get(reduction.name)
+        if degenerate is not None and (why := degenerate(a)):
+            warnings.warn(f"reduction '{reduction.name}' is degenerate for {name}: {why}",
+                          DegenerateReductionWarning, stacklevel=3)
+        reducer = formulas.reducers.get(reduction.name)
+        if reducer is not None and (reduced := reducer(layer, a, g)) is not None:
             return reduced
-    gradient = GRADIENTS[(type(layer), kind)]
+    gradient = formulas.gradients[kind]
     step = chunk_size or len(a)
     return torch.cat([reduction(gradient(layer, a[i:i + step], g[i:i + step]), name)
                       for i in range(0, len(a), step)])

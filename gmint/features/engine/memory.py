@@ -9,8 +9,8 @@ Basis (the same on every device; nothing is allocated beyond two tiny forward pa
 - the forward's own transient peak, which dominates when the graph is small (e.g. only the output layer
   selected): five times the largest module output — its input, itself and the layout copies of CPU
   (oneDNN) kernels;
-- materialised Weight Modifiers where a reduction has no shortcut (`GRADIENTS`/`HOOK_REDUCERS` in
-  `gmint.features.engine.hooks`): per sample the WM plus, for Conv2d, the unfolded input — for at most
+- materialised Weight Modifiers where a reduction has no shortcut (the `reducers` of `GRAD_FORMULAS` in
+  `gmint.features.engine.formulas`): per sample the WM plus, for Conv2d, the unfolded input — for at most
   `chunk_size` samples at once.
 Checked against the peak heap of the hooks engine at batch 128 on CPU (zoo small CNN and ResNet-18 ×0.25,
 entry/middle/output/combined, MEAN): the estimate is 1.02–2.1× the measured peak, never below it.
@@ -27,7 +27,8 @@ from torch.autograd.graph import saved_tensors_hooks
 
 from gmint.errors import InputError
 from gmint.features.engine.base import check_auditable
-from gmint.features.engine.hooks import HOOK_REDUCERS, Capture, traced_forward, unsupported_parameters
+from gmint.features.engine.formulas import formulas_for
+from gmint.features.engine.hooks import Capture, traced_forward, unsupported_parameters
 from gmint.features.reduce import NamedReduction, Reduction
 
 
@@ -70,7 +71,7 @@ def _materialised_bytes(module: nn.Module, kind: str, capture: Capture, reductio
     """Per-sample bytes of the Weight Modifier (and unfold) materialised for one parameter: none for a
     hook shortcut, the WM for a vmap fallback, the WM plus the unfolded input for a Conv2d weight."""
     if fast and kind == "weight" and isinstance(reduction, NamedReduction) \
-            and (type(module), reduction.name) in HOOK_REDUCERS:
+            and (formulas := formulas_for(module)) is not None and reduction.name in formulas.reducers:
         return 0
     param = getattr(module, kind)
     count = param.numel()
