@@ -2,7 +2,9 @@
 
 Next to the MINT metrics every evaluation reports the audited model's own accuracy and loss on the
 same members and externals (its generalisation gap) and a loss-threshold baseline whose threshold
-is fitted on the auditor's pool — never on the rows being scored.
+is fitted on the auditor's pool — never on the rows being scored. The classifier is compared with that
+baseline on the same rows (a paired bootstrap interval of the AUC difference), and its error rates bound
+ε from below at a threshold chosen on the pool.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from gmint.assess.metrics import (
+    EpsilonBound,
     Estimate,
     balance,
     control_off_chance,
+    epsilon_lower_bound,
+    epsilon_threshold,
     membership_metrics,
+    paired_auc_difference,
     resampling_unit,
     score_collapse,
 )
@@ -86,6 +92,8 @@ class Evaluation:
     `protocol` records what was evaluated (split hash, dataset, architecture, reduction, engine, source,
     layers, setup, classifier, data fraction), as the store's provenance and the classifier give them.
     `intervals` says what the bootstrap resampled: rows, or whole groups where rows come in groups.
+    `versus_loss` is AUC(classifier) − AUC(loss threshold) on the same resampled rows, and `epsilon` the
+    empirical ε lower bound of the classifier's held-out error rates (None in results read from before).
     """
 
     store: Path
@@ -98,6 +106,8 @@ class Evaluation:
     warnings: tuple[str, ...] = ()
     negative_control: NegativeControl | None = None
     intervals: str = "rows"
+    versus_loss: Estimate | None = None
+    epsilon: EpsilonBound | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The JSON of report.json and `gmint eval --json`: everything but the per-row scores (scores.csv)."""
@@ -106,6 +116,10 @@ class Evaluation:
             "mint": _metrics_dict(self.mint), "loss_threshold": _metrics_dict(self.loss_threshold),
             "audited_model": self.audited_model.to_dict(), "intervals": self.intervals,
             "warnings": list(self.warnings)}
+        if self.versus_loss is not None:
+            result["auc_minus_loss_threshold"] = self.versus_loss.to_dict()
+        if self.epsilon is not None:
+            result["epsilon"] = self.epsilon.to_dict()
         if self.negative_control is not None:
             result.update(negative_control=_metrics_dict(self.negative_control.metrics),
                           negative_control_model=self.negative_control.model.to_dict(),
@@ -153,13 +167,20 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
                              "fit the MINT classifier; evaluate on rows it was never fitted on")
         held = held[balance(membership[held], seed)]
         y = membership[held]
-        features = store.features(mint.spec.layers, np.isin(np.arange(len(role)), held))
+        inputs = mint.inputs(store, np.isin(np.arange(len(role)), held))
         pool = role == POOL
-    score = mint.predict_proba(features, labels[held])
-    threshold = best_threshold(membership[pool], -loss[pool]) if len(np.unique(membership[pool])) == 2 else 0.0
+        scored_pool = pool & finite & np.isin(membership, (0, 1))
+        pool_inputs = mint.inputs(store, scored_pool)
+    score = mint.predict_proba(inputs, labels[held])
+    both_sides = len(np.unique(membership[pool])) == 2
+    threshold = best_threshold(membership[pool], -loss[pool]) if both_sides else 0.0
     members, external = y == 1, y == 0
     units = one_sided_groups(y, groups[held])
     collapsed = {"MINT classifier": score_collapse(score), "loss threshold": score_collapse(-loss[held])}
+    epsilon = None
+    if len(np.unique(membership[scored_pool])) == 2:  # the decision threshold is the pool's, never the rows'
+        pool_score = mint.predict_proba(pool_inputs, labels[scored_pool])
+        epsilon = epsilon_lower_bound(y, score, epsilon_threshold(membership[scored_pool], pool_score))
     return Evaluation(
         store=Path(store_path),
         rows=RowCounts(int(members.sum()), int(external.sum()), nonfinite),
@@ -175,6 +196,8 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
         scores=RowScores(ids[held], y, score),
         warnings=(*model_check_warnings(prov), *(f"{name}: {text}" for name, text in collapsed.items() if text)),
         intervals=resampling_unit(units),
+        versus_loss=paired_auc_difference(y, score, -loss[held], n_boot=n_boot, seed=seed, groups=units),
+        epsilon=epsilon,
     )
 
 

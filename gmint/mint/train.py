@@ -21,7 +21,7 @@ from gmint.data.split import FRACTIONS, POOL, one_sided_groups, subpool_mask
 from gmint.errors import InputError, UnknownNameError
 from gmint.features.layers import match_setup
 from gmint.features.store import FeatureStore
-from gmint.mint.base import MINT_MODELS, FeatureSpec, MintBuilder, Standardiser, TrainedMint, input_dtype
+from gmint.mint.base import MINT_MODELS, FeatureSpec, MintBuilder, Standardiser, TrainedMint, input_dtype, read_inputs
 
 
 def setup_features(store: FeatureStore, setup: str) -> list[str]:
@@ -125,7 +125,8 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
             warnings.warn(f"{int(nonfinite.sum())} pool rows of {store_path} have NaN/Inf features and are left "
                           "out of the fit", stacklevel=2)
         rows &= ~nonfinite
-        x = store.features(features, rows)
+        signals = [str(name) for name in getattr(builder, "row_signals", ())]  # e.g. the loss, beside the features
+        x = read_inputs(store, features, signals, rows)
         y = store.column("membership")[rows].astype(np.int64)
         labels = store.column("label")[rows]
         ids = store.column("sample_id")[rows]
@@ -134,11 +135,14 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
         needs_shapes = getattr(builder, "needs_shapes", False)  # a flag, or a function of the options
         if needs_shapes(options) if callable(needs_shapes) else needs_shapes:  # classifiers reading each shape
             options.setdefault("shapes", _parameter_shapes(store, features))
+        if getattr(builder, "needs_blocks", False):  # classifiers reading each feature's width (per-layer norms)
+            options.setdefault("blocks", [dims[n] for n in features] + [1] * len(signals))
         if options.get("label_aware"):  # the one-hot true class is an input: as many columns as classes
             options.setdefault("classes", int(store.column("label").max()) + 1)
     if len(np.unique(y)) < 2:
         raise InputError(f"the {fraction} pool has only one class (members or external); cannot fit")
-    scaler = Standardiser.fit(x)
+    # A classifier that fits its own representation (per cross-validation fold) takes its inputs as they are.
+    scaler = Standardiser.fit(x) if getattr(builder, "standardised", True) else Standardiser.identity(x.shape[1])
     try:
         model = builder(x.shape[1], **options)
     except TypeError as exc:  # an option the classifier does not take, or a value it cannot use
@@ -153,7 +157,7 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
                        split_sha256=str(prov.get("split_sha256", "")), dataset=str(prov["dataset"]),
                        setup=setup, source=str(prov.get("source", "gradient")),
                        dataset_root=_recorded(prov, "dataset_root"),
-                       dataset_files_sha256=_recorded(prov, "dataset_files_sha256"))
+                       dataset_files_sha256=_recorded(prov, "dataset_files_sha256"), signals=signals)
     return TrainedMint(kind, model, spec, scaler, ids, record)
 
 
