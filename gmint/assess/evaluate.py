@@ -187,7 +187,8 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
         protocol={"split_sha256": prov.get("split_sha256"), "dataset": prov.get("dataset"),
                   "architecture": prov.get("architecture"), "reduction": prov.get("reduction"),
                   "engine": prov.get("engine"), "source": prov.get("source"), "layers": mint.spec.layers,
-                  "setup": mint.spec.setup, "classifier": mint.kind, "fraction": mint.record.get("fraction")},
+                  "setup": mint.spec.setup, "classifier": mint.kind, "fraction": mint.record.get("fraction"),
+                  **_selection(mint.record)},
         mint=membership_metrics(y, score, n_boot=n_boot, seed=seed, groups=units),
         loss_threshold=membership_metrics(y, -loss[held], threshold=threshold, n_boot=n_boot, seed=seed,
                                           groups=units),
@@ -199,6 +200,15 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
         versus_loss=paired_auc_difference(y, score, -loss[held], n_boot=n_boot, seed=seed, groups=units),
         epsilon=epsilon,
     )
+
+
+def _selection(record: Mapping[str, object]) -> dict[str, object]:
+    """The classifier's model selection on the pool (chosen candidate, cross-validation scores), where it made
+    one, and the refits of a fit that collapsed; empty for classifiers that record neither."""
+    keys = ("chosen", "cv_auc", "folds", "fold_unit", "cv")
+    selection = {key: record[key] for key in keys if key in record}
+    refits = record.get("refits")
+    return {**({"model_selection": selection} if selection else {}), **({"refits": refits} if refits else {})}
 
 
 def model_check_warnings(provenance: Mapping[str, object]) -> tuple[str, ...]:
