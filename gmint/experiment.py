@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gmint.assess.evaluate import Evaluation, evaluate_store
+from gmint.assess.metrics import SeedSpread, seed_spread
 from gmint.data.base import ImageSet
 from gmint.data.split import FRACTIONS, MembershipSplit, make_split
 from gmint.data.transforms import Transform
@@ -114,6 +115,10 @@ class Measurement:
     fit_rows: int
     seconds: float
     seed_metrics: tuple[dict[str, float | None], ...] = ()
+
+    def over_seeds(self, metric: str) -> SeedSpread:
+        """A metric's median over the classifier seeds with its range: the figure to report, not seed 0's."""
+        return seed_spread([m[metric] for m in self.seed_metrics] or [self.evaluation.mint[metric].value])
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from gmint.assess.metrics import (
     paired_auc_difference,
     roc_points,
     score_collapse,
+    seed_spread,
     tpr_at_fpr,
 )
 from gmint.data.split import one_sided_groups
@@ -240,3 +241,10 @@ def test_paired_auc_difference_resamples_both_scores_on_the_same_rows() -> None:
     groups = np.repeat(np.arange(100), 4)
     grouped = paired_auc_difference(y, base + 1.0 * y, base, n_boot=200, groups=groups)
     assert grouped.value == better.value and grouped.low != better.low
+
+
+def test_seed_spread_reports_the_median_with_the_range() -> None:
+    spread = seed_spread([0.51, 0.66, 0.60, None, 0.62, 0.50])
+    assert (spread.median, spread.low, spread.high, spread.seeds) == (0.60, 0.50, 0.66, 5)
+    assert str(spread) == "0.600 (median of 5 seeds, range 0.500–0.660)"
+    assert seed_spread([None]).median is None

@@ -16,7 +16,7 @@ rates at a threshold chosen on the auditor's pool, never on the rows that bound 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -280,6 +280,37 @@ def epsilon_lower_bound(membership: np.ndarray, score: np.ndarray, threshold: fl
     value = float(epsilon_from_rates(np.asarray(fpr_high), np.asarray(fnr_high), delta))
     return EpsilonBound(value, confidence, delta, float(threshold), fp / external, fn / members, fpr_high, fnr_high,
                         members, external)
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """A metric over a classifier's fitting seeds on the same rows: the median is the figure to report, the
+    range beside it. One seed's value alone is a draw, not the classifier's result: fits of the same recipe
+    can differ by more than the row bootstrap's interval."""
+
+    median: float | None
+    low: float | None
+    high: float | None
+    seeds: int
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form."""
+        return {"median": self.median, "min": self.low, "max": self.high, "seeds": self.seeds}
+
+    def __str__(self) -> str:
+        if self.median is None or self.low is None or self.high is None:
+            return "n/a"
+        if self.seeds == 1:
+            return f"{self.median:.3f} (1 seed)"
+        return f"{self.median:.3f} (median of {self.seeds} seeds, range {self.low:.3f}–{self.high:.3f})"
+
+
+def seed_spread(values: Sequence[float | None]) -> SeedSpread:
+    """The median and range of a metric's values over seeds (those the rows resolve; None where none do)."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return SeedSpread(None, None, None, len(values))
+    return SeedSpread(float(np.median(known)), float(min(known)), float(max(known)), len(known))
 
 
 def resampling_unit(groups: np.ndarray | None) -> str:
