@@ -20,7 +20,7 @@ def run_demo(workdir: Path, *, seed: int = 0, epochs: int = 40, show_progress: b
 
     Steps: a seeded split (40% members, 40% external, 20% for a negative control); the audited CNN on
     the members and a control CNN on the control rows; MEAN Weight Modifiers of the combined layers;
-    an MLP MINT classifier per layer setup fitted on the auditor's pool; activation-MINT and the
+    a gmint MINT classifier per layer setup fitted on the auditor's pool; activation-MINT and the
     loss threshold on the same rows; the same gMINT pipeline on the control model (must be chance).
     Run again in the same folder, it reuses the finished models and stores as they are (resuming a finished
     run writes nothing to them) and prints the same figures; so does any other machine, whatever its core count.

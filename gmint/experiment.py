@@ -21,7 +21,7 @@ from gmint.data.split import FRACTIONS, MembershipSplit, make_split
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.features.extract import extract, split_rows
-from gmint.mint import train_mint
+from gmint.mint import DEFAULT_KIND, train_mint
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig, train_audited
 
@@ -91,7 +91,7 @@ class Recipe:
     reduction: str = "mean"
     engine: str = "auto"
     batch_size: int = 128
-    kind: str = "mlp"
+    kind: str = DEFAULT_KIND
     n_boot: int = 1000
     # Classifiers fitted per probe, with seeds seed, seed + 1, ...: the spread over them is uncertainty the
     # row bootstrap (which holds the classifier fixed) does not see. The first is the probe's measurement.

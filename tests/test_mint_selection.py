@@ -123,3 +123,15 @@ def test_classifier_files_without_signals_still_load(tmp_path: Path, digits_stor
     payload["meta"] = json.dumps(meta)
     torch.save(payload, tmp_path / "old.pt")
     assert TrainedMint.load(tmp_path / "old.pt").spec.signals == []
+
+
+def test_calibration_scores_read_the_row_signals_too(digits_store: Path) -> None:
+    from gmint.assess.scoring import calibration_scores
+
+    only = [Candidate("logreg", "signed_log", {"c": 1.0}, reads="signals").to_dict()]
+    mint = train_mint(digits_store, kind="gmint", setup="output", seed=0, options={"grid": only})
+    calibration = calibration_scores(mint, digits_store)
+    with FeatureStore.open(digits_store) as store:
+        rows = np.isin(store.column("sample_id"), calibration.sample_id)
+        expected = mint.predict_proba(mint.inputs(store, rows))
+    np.testing.assert_allclose(np.sort(calibration.score), np.sort(expected), rtol=1e-6)

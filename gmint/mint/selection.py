@@ -76,7 +76,7 @@ READS = ("all", "signals")
 GRID = (Candidate("logreg", "signed_log", {"c": 0.01}), Candidate("logreg", "signed_log", {"c": 0.1}),
         Candidate("logreg", "signed_log", {"c": 1.0}), Candidate("logreg", "linear", {"c": 0.1}),
         Candidate("logreg", "signed_log", {"c": 1.0}, reads="signals"),
-        Candidate("mlp", "signed_log", {"hidden": [64], "weight_decay": 1e-4, "lr": 1e-3}),
+        Candidate("mlp", "signed_log", {"hidden": [64], "weight_decay": 1e-3, "lr": 3e-3}),
         Candidate("mlp", "signed_log", {"hidden": [32], "weight_decay": 1e-2, "lr": 3e-3}))
 
 

@@ -67,9 +67,11 @@ def _parameter_shapes(store: FeatureStore, features: list[str]) -> list[list[int
     return [list(shapes[parameter_of[n]]) for n in features]
 
 
-# The classifier `gmint train` fits when none is named. See the README's classifier section for the measurements
-# behind the choice.
-DEFAULT_KIND = "mlp"
+# The classifier `gmint train` fits when none is named. Measured over 5 seeds on the same held-out rows (combined
+# layers): on an MNIST MobileNet cell (1,000 members) gmint reached median AUC 0.981 (range 0.979-0.984) where
+# the paper's form (mlp) reached 0.873 (0.864-0.886) and the loss threshold 0.961; on digits, gmint 0.568 (all
+# seeds), mlp 0.561 (0.549-0.565), the loss threshold 0.568.
+DEFAULT_KIND = "gmint"
 
 
 # A data fraction kept at one row per stratum may hold several times the rows it names; past this ratio it says so.
