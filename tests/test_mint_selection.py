@@ -135,3 +135,10 @@ def test_calibration_scores_read_the_row_signals_too(digits_store: Path) -> None
         rows = np.isin(store.column("sample_id"), calibration.sample_id)
         expected = mint.predict_proba(mint.inputs(store, rows))
     np.testing.assert_allclose(np.sort(calibration.score), np.sort(expected), rtol=1e-6)
+
+
+def test_per_class_refuses_a_base_that_reads_row_signals(digits_store: Path) -> None:
+    from gmint.errors import InputError
+
+    with pytest.raises(InputError, match="per_class cannot wrap gmint"):
+        train_mint(digits_store, kind="per_class", setup="output", options={"base": "gmint"})
