@@ -51,7 +51,8 @@ def demo(out: Path = typer.Option(Path("gmint-demo"), help="Working folder for t
     for line in gap_lines(combined):
         console.print(line)
     console.print(
-        f"Reading: gMINT (MEAN Weight Modifiers, MLP) reaches AUC {combined.mint['auc'].value:.3f}; thresholding "
+        f"Reading: gMINT (MEAN Weight Modifiers with the loss, gmint classifier) reaches AUC "
+        f"{combined.mint['auc'].value:.3f}; thresholding "
         f"the audited model's loss gives {combined.loss_threshold['auc'].value:.3f}; the same pipeline on the "
         f"control model gives {control.mint['auc'].value:.3f}, which should sit near 0.5. Digits generalise well, "
         "so the member/external gap, and with it any honest membership signal, is small here. The paper reports "

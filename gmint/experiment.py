@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gmint.assess.evaluate import Evaluation, evaluate_store
+from gmint.assess.metrics import SeedSpread, seed_spread
 from gmint.data.base import ImageSet
 from gmint.data.split import FRACTIONS, MembershipSplit, make_split
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.features.extract import extract, split_rows
 from gmint.features.settings import ExtractSettings
-from gmint.mint import train_mint
+from gmint.mint import DEFAULT_KIND, train_mint
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig, train_audited
 
@@ -92,7 +93,7 @@ class Recipe:
     image_size: int | None = None
     arch_options: Mapping[str, object] = field(default_factory=dict)
     extraction: ExtractSettings = ExtractSettings()
-    kind: str = "mlp"
+    kind: str = DEFAULT_KIND
     n_boot: int = 1000
     # Classifiers fitted per probe, with seeds seed, seed + 1, ...: the spread over them is uncertainty the
     # row bootstrap (which holds the classifier fixed) does not see. The first is the probe's measurement.
@@ -121,6 +122,10 @@ class Measurement:
     fit_rows: int
     seconds: float
     seed_metrics: tuple[dict[str, float | None], ...] = ()
+
+    def over_seeds(self, metric: str) -> SeedSpread:
+        """A metric's median over the classifier seeds with its range: the figure to report, not seed 0's."""
+        return seed_spread([m[metric] for m in self.seed_metrics] or [self.evaluation.mint[metric].value])
 
 
 @dataclass(frozen=True)

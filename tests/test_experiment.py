@@ -77,7 +77,7 @@ def test_evaluation_json_keeps_its_shape_and_the_control_matches_the_cells(run: 
     cell, _ = run
     plain = cell.evaluation(GRADIENT).to_dict()
     assert list(plain) == ["store", "rows", "protocol", "mint", "loss_threshold", "audited_model", "intervals",
-                           "warnings"]
+                           "warnings", "auc_minus_loss_threshold", "epsilon"]
     assert list(plain["rows"]) == ["members", "external", "excluded_nonfinite"]
     gap = plain["audited_model"]
     assert gap["accuracy_gap"] == gap["members_accuracy"] - gap["external_accuracy"]
@@ -140,5 +140,5 @@ def test_grouped_rows_get_intervals_that_resample_whole_groups(digits: ImageSet,
     held_groups = len(np.unique(grouped.groups[cell.split.holdout]))
     assert evaluation.intervals == f"whole groups ({held_groups} groups of rows)"
     assert evaluation.to_dict()["intervals"] == evaluation.intervals
-    assert str(TrainedMint.load(cell.workdir / GRADIENT.mint_file).record["validation"]).startswith("whole groups")
+    assert TrainedMint.load(cell.workdir / GRADIENT.mint_file).record["fold_unit"] == "whole groups"
     assert run_cell(digits, recipe, tmp_path / "rows").evaluation(GRADIENT).intervals == "rows"

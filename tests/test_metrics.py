@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import beta
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from gmint.assess.metrics import (
@@ -12,11 +13,16 @@ from gmint.assess.metrics import (
     auc,
     balance,
     balanced_accuracy,
+    clopper_pearson_upper,
     control_off_chance,
+    epsilon_lower_bound,
+    epsilon_threshold,
     externals_needed,
     membership_metrics,
+    paired_auc_difference,
     roc_points,
     score_collapse,
+    seed_spread,
     tpr_at_fpr,
 )
 from gmint.data.split import one_sided_groups
@@ -184,3 +190,61 @@ def test_copies_of_a_row_are_resampled_as_one_row() -> None:
 def test_groups_are_resampled_only_where_each_sits_on_one_side(groups: np.ndarray, why: str | None) -> None:
     y = np.r_[np.ones(30), np.zeros(30)].astype(int)
     assert (one_sided_groups(y, groups) is None) == (why is not None)
+
+
+def test_clopper_pearson_upper_bound_by_hand() -> None:
+    # no errors in n: the bound solves (1 - p)^n = 1 - confidence
+    assert clopper_pearson_upper(0, 50, 0.975) == pytest.approx(1 - 0.025 ** (1 / 50))
+    assert clopper_pearson_upper(3, 50, 0.975) == pytest.approx(beta.ppf(0.975, 4, 47))
+    assert clopper_pearson_upper(50, 50, 0.975) == 1.0
+
+
+def test_epsilon_of_perfectly_separated_scores_is_the_clopper_pearson_bound() -> None:
+    n = 100
+    y = np.r_[np.ones(n), np.zeros(n)].astype(int)
+    s = np.r_[np.linspace(0.6, 1.0, n), np.linspace(0.0, 0.4, n)]
+    bound = epsilon_lower_bound(y, s, threshold=0.5, confidence=0.95)
+    u = 1 - 0.025 ** (1 / n)  # each error rate 0 of n, one-sided at 97.5% (both hold together at 95%)
+    assert bound.fpr == bound.fnr == 0
+    assert bound.fpr_high == pytest.approx(u) and bound.fnr_high == pytest.approx(u)
+    assert bound.value == pytest.approx(np.log((1 - u) / u))  # ≈ 3.28 for 100 rows a side
+    with_delta = epsilon_lower_bound(y, s, threshold=0.5, confidence=0.95, delta=0.1)
+    assert with_delta.value == pytest.approx(np.log((0.9 - u) / u))
+
+
+def test_epsilon_is_zero_where_scores_carry_nothing() -> None:
+    y = np.r_[np.ones(200), np.zeros(200)].astype(int)
+    s = np.tile(np.linspace(0, 1, 200), 2)  # members and externals score alike
+    assert epsilon_lower_bound(y, s, threshold=0.5).value == 0.0
+    assert "no ε lower bound" in epsilon_lower_bound(y, s, threshold=0.5).conclusion
+    with pytest.raises(InputError, match="confidence"):
+        epsilon_lower_bound(y, s, threshold=0.5, confidence=1.0)
+
+
+def test_epsilon_threshold_is_the_best_on_the_rows_it_is_given() -> None:
+    y = np.r_[np.ones(100), np.zeros(100)].astype(int)
+    s = np.r_[np.linspace(0.6, 1.0, 100), np.linspace(0.0, 0.4, 100)]
+    t = epsilon_threshold(y, s)
+    assert 0.4 < t <= 0.6  # any threshold between the sides separates them
+    assert epsilon_lower_bound(y, s, t).value == pytest.approx(epsilon_lower_bound(y, s, 0.5).value)
+
+
+def test_paired_auc_difference_resamples_both_scores_on_the_same_rows() -> None:
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(200), np.zeros(200)].astype(int)
+    base = rng.normal(size=400) + 0.3 * y
+    same = paired_auc_difference(y, base, base, n_boot=200)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)  # a pairing error would spread this
+    better = paired_auc_difference(y, base + 1.0 * y, base, n_boot=200)
+    assert better.value == pytest.approx(auc(y, base + 1.0 * y) - auc(y, base))
+    assert better.low is not None and better.low > 0
+    groups = np.repeat(np.arange(100), 4)
+    grouped = paired_auc_difference(y, base + 1.0 * y, base, n_boot=200, groups=groups)
+    assert grouped.value == better.value and grouped.low != better.low
+
+
+def test_seed_spread_reports_the_median_with_the_range() -> None:
+    spread = seed_spread([0.51, 0.66, 0.60, None, 0.62, 0.50])
+    assert (spread.median, spread.low, spread.high, spread.seeds) == (0.60, 0.50, 0.66, 5)
+    assert str(spread) == "0.600 (median of 5 seeds, range 0.500–0.660)"
+    assert seed_spread([None]).median is None

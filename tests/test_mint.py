@@ -295,7 +295,7 @@ def test_an_unknown_classifier_option_is_named_with_the_classifier_and_what_it_t
                                                                                     digits_store: Path) -> None:
     from tests.cli_runner import run
 
-    done = run("train", digits_store, "--options", '{"hiden": [8]}', "--out", tmp_path / "m.pt")
+    done = run("train", digits_store, "--kind", "mlp", "--options", '{"hiden": [8]}', "--out", tmp_path / "m.pt")
     assert done.code == 1 and done.stderr.count("\n") == 1
     assert "unknown option hiden for the mlp classifier; it takes lr," in done.stderr and "hidden" in done.stderr
     assert "MlpMint" not in done.stderr and not (tmp_path / "m.pt").exists()

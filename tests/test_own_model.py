@@ -181,7 +181,7 @@ def test_the_cli_audit_equals_the_same_audit_declared_through_the_library(workdi
             np.testing.assert_array_equal(lib.column(column), cli.column(column))
         for layer in lib.layers:
             np.testing.assert_array_equal(lib.features([layer]), cli.features([layer]))
-    mint = train_mint(tmp_path / "lib.h5", kind="mlp", setup="all", fraction="D100", seed=0)
+    mint = train_mint(tmp_path / "lib.h5", setup="all", fraction="D100", seed=0)  # the default, as the CLI
     ours = evaluate_store(mint, tmp_path / "lib.h5", n_boot=200, seed=0).to_dict()
     theirs = json.loads(cli_audit["eval"].stdout)
     for key in ("mint", "loss_threshold", "audited_model", "intervals", "rows"):

@@ -2,22 +2,29 @@
 
 Next to the MINT metrics every evaluation reports the audited model's own accuracy and loss on the
 same members and externals (its generalisation gap) and a loss-threshold baseline whose threshold
-is fitted on the auditor's pool — never on the rows being scored.
+is fitted on the auditor's pool — never on the rows being scored. The classifier is compared with that
+baseline on the same rows (a paired bootstrap interval of the AUC difference), and its error rates bound
+ε from below at a threshold chosen on the pool.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from gmint.assess.metrics import (
+    EpsilonBound,
     Estimate,
     balance,
     control_off_chance,
+    epsilon_lower_bound,
+    epsilon_threshold,
     membership_metrics,
+    paired_auc_difference,
     resampling_unit,
     score_collapse,
 )
@@ -95,6 +102,8 @@ class Evaluation:
     `protocol` records what was evaluated (split hash, dataset, architecture, reduction, engine, source,
     layers, setup, classifier, data fraction), as the store's provenance and the classifier give them.
     `intervals` says what the bootstrap resampled: rows, or whole groups where rows come in groups.
+    `versus_loss` is AUC(classifier) − AUC(loss threshold) on the same resampled rows, and `epsilon` the
+    empirical ε lower bound of the classifier's held-out error rates (None in results read from before).
     """
 
     store: Path
@@ -107,6 +116,8 @@ class Evaluation:
     warnings: tuple[str, ...] = ()
     negative_control: NegativeControl | None = None
     intervals: str = "rows"
+    versus_loss: Estimate | None = None
+    epsilon: EpsilonBound | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The JSON of report.json and `gmint eval --json`: everything but the per-row scores (scores.csv)."""
@@ -115,6 +126,10 @@ class Evaluation:
             "mint": _metrics_dict(self.mint), "loss_threshold": _metrics_dict(self.loss_threshold),
             "audited_model": self.audited_model.to_dict(), "intervals": self.intervals,
             "warnings": list(self.warnings)}
+        if self.versus_loss is not None:
+            result["auc_minus_loss_threshold"] = self.versus_loss.to_dict()
+        if self.epsilon is not None:
+            result["epsilon"] = self.epsilon.to_dict()
         if self.negative_control is not None:
             result.update(negative_control=_metrics_dict(self.negative_control.metrics),
                           negative_control_model=self.negative_control.model.to_dict(),
@@ -162,20 +177,28 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
                              "fit the MINT classifier; evaluate on rows it was never fitted on")
         held = held[balance(membership[held], seed)]
         y = membership[held]
-        features = store.features(mint.spec.layers, np.isin(np.arange(len(role)), held))
+        inputs = mint.inputs(store, np.isin(np.arange(len(role)), held))
         pool = role == POOL
-    score = mint.predict_proba(features, labels[held])
-    threshold = best_threshold(membership[pool], -loss[pool]) if len(np.unique(membership[pool])) == 2 else 0.0
+        scored_pool = pool & finite & np.isin(membership, (0, 1))
+        pool_inputs = mint.inputs(store, scored_pool)
+    score = mint.predict_proba(inputs, labels[held])
+    both_sides = len(np.unique(membership[pool])) == 2
+    threshold = best_threshold(membership[pool], -loss[pool]) if both_sides else 0.0
     members, external = y == 1, y == 0
     units = one_sided_groups(y, groups[held])
     collapsed = {"MINT classifier": score_collapse(score), "loss threshold": score_collapse(-loss[held])}
+    epsilon = None
+    if len(np.unique(membership[scored_pool])) == 2:  # the decision threshold is the pool's, never the rows'
+        pool_score = mint.predict_proba(pool_inputs, labels[scored_pool])
+        epsilon = epsilon_lower_bound(y, score, epsilon_threshold(membership[scored_pool], pool_score))
     return Evaluation(
         store=Path(store_path),
         rows=RowCounts(int(members.sum()), int(external.sum()), nonfinite),
         protocol={"split_sha256": prov.split_sha256, "dataset": prov.dataset,
                   "architecture": prov.architecture, "reduction": prov.reduction,
                   "engine": prov.engine, "source": prov.source, "layers": mint.spec.layers,
-                  "setup": mint.spec.setup, "classifier": mint.kind, "fraction": mint.record.get("fraction")},
+                  "setup": mint.spec.setup, "classifier": mint.kind, "fraction": mint.record.get("fraction"),
+                  **_selection(mint.record)},
         mint=membership_metrics(y, score, n_boot=n_boot, seed=seed, groups=units),
         loss_threshold=membership_metrics(y, -loss[held], threshold=threshold, n_boot=n_boot, seed=seed,
                                           groups=units),
@@ -184,7 +207,18 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
         scores=RowScores(ids[held], y, score),
         warnings=(*model_check_warnings(prov), *(f"{name}: {text}" for name, text in collapsed.items() if text)),
         intervals=resampling_unit(units),
+        versus_loss=paired_auc_difference(y, score, -loss[held], n_boot=n_boot, seed=seed, groups=units),
+        epsilon=epsilon,
     )
+
+
+def _selection(record: Mapping[str, object]) -> dict[str, object]:
+    """The classifier's model selection on the pool (chosen candidate, cross-validation scores), where it made
+    one, and the refits of a fit that collapsed; empty for classifiers that record neither."""
+    keys = ("chosen", "cv_auc", "folds", "fold_unit", "cv")
+    selection = {key: record[key] for key in keys if key in record}
+    refits = record.get("refits")
+    return {**({"model_selection": selection} if selection else {}), **({"refits": refits} if refits else {})}
 
 
 def model_check_warnings(provenance: Provenance) -> tuple[str, ...]:

@@ -63,12 +63,45 @@ def gap_lines(result: Evaluation) -> list[str]:
     ]
 
 
+def reading_lines(result: Evaluation) -> list[str]:
+    """The classifier against the loss threshold on the same rows, its ε lower bound, and the model selection
+    it made on the pool (each where the result has it)."""
+    lines = []
+    if result.versus_loss is not None:
+        d = result.versus_loss
+        lines.append(f"AUC(MINT classifier) − AUC(loss threshold) on the same rows: {format_estimate(d)} "
+                     f"(paired bootstrap, resampling {result.intervals}); "
+                     + _difference_reading(d))
+    if result.epsilon is not None:
+        e = result.epsilon
+        lines.append(f"empirical ε lower bound: {e.value:.3f} at {e.confidence:.0%} confidence, δ = {e.delta:g} "
+                     f"(held-out FPR {e.fpr:.3f}, FNR {e.fnr:.3f} at the pool's threshold {e.threshold:.4g}; "
+                     f"Clopper–Pearson upper bounds {e.fpr_high:.3f}, {e.fnr_high:.3f}): {e.conclusion}")
+    selection = result.protocol.get("model_selection")
+    if isinstance(selection, dict):
+        lines.append(f"model chosen on the pool by {selection.get('folds')}-fold cross-validation over "
+                     f"{selection.get('fold_unit')}: {selection.get('chosen')} (mean fold AUC "
+                     f"{selection.get('cv_auc')})")
+    return lines
+
+
+def _difference_reading(d: Estimate) -> str:
+    """Whether a paired AUC-difference interval shows the classifier above, below or level with the baseline."""
+    if d.low is None or d.high is None:
+        return "no interval"
+    if d.low > 0:
+        return "the classifier reads more than the loss"
+    if d.high < 0:
+        return "the classifier reads less than the loss"
+    return "no difference the rows can show"
+
+
 def print_result(result: Evaluation, console: Console | None = None) -> None:
-    """The table, the gap and every warning, on the terminal."""
+    """The table, the gap, the comparison with the loss threshold, the ε bound and every warning."""
     console = console or Console()
     console.print(result_table(result))
-    for line in gap_lines(result):
-        console.print(line)
+    for line in (*gap_lines(result), *reading_lines(result)):
+        console.print(line, highlight=False)
     for warning in result.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
 
@@ -89,12 +122,25 @@ def write_report(result: Evaluation, out_dir: Path) -> list[Path]:
              "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {label} | {' | '.join(format_estimate(metrics[k]) for metrics in columns.values())} |"
               for k, label in METRIC_LABELS.items()]
-    lines += ["", *(f"- **Warning:** {w}" for w in result.warnings), *(f"- {line}" for line in gap_lines(result)),
-              "", "Protocol: " + ", ".join(f"{k}={v}" for k, v in result.protocol.items()), ""]
+    lines += ["", *(f"- **Warning:** {w}" for w in result.warnings),
+              *(f"- {line}" for line in (*gap_lines(result), *reading_lines(result))), *_selection_table(result),
+              "", "Protocol: " + ", ".join(f"{k}={v}" for k, v in result.protocol.items()
+                                          if k not in ("model_selection", "refits")), ""]
     (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
     paths = [out_dir / n for n in ("report.json", "report.md", "scores.csv")]
     label = f"{result.protocol.get('classifier')} MINT on {result.protocol.get('source', 'gradient')} features"
     return paths + _roc_plots(scores.membership, np.asarray(scores.score, np.float64), out_dir, label)
+
+
+def _selection_table(result: Evaluation) -> list[str]:
+    """Markdown: each candidate's cross-validation AUC on the pool, where the classifier chose among several."""
+    selection = result.protocol.get("model_selection")
+    cv = selection.get("cv") if isinstance(selection, dict) else None
+    if not isinstance(cv, list):
+        return []
+    rows = [f"| {c.get('candidate')} | {c.get('auc_mean')} | {c.get('auc_std')} |" for c in cv if isinstance(c, dict)]
+    return ["", "Model selection on the pool (mean and spread of the fold AUCs):", "",
+            "| candidate | mean AUC | std |", "|---|---|---|", *rows]
 
 
 def _roc_plots(membership: np.ndarray, score: np.ndarray, out_dir: Path, label: str) -> list[Path]:

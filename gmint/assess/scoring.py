@@ -203,7 +203,7 @@ def calibration_scores(mint: TrainedMint, store_path: Path, *, exclude: np.ndarr
         if not keep.any():
             raise InputError(f"the audited model misclassifies every held-out external row of {store_path} left to "
                              "calibrate predicted labels on")
-        features = store.features(mint.spec.layers, rows)[keep]
+        features = mint.inputs(store, rows)[keep]
         labels = store.column("label")[rows][keep]
     return Calibration(Path(store_path), ids[keep], mint.predict_proba(features, labels).astype(np.float64),
                        int(candidate.sum()), prov, int((~candidate & ~correct).sum()))
@@ -297,7 +297,7 @@ def score_samples(audited: AuditedModel, mint: TrainedMint, data: ImageSet, inde
             # allowed to differ from what the classifier was trained on.
             mint.spec.check(replace(Provenance.read(store.provenance), dataset=mint.spec.dataset), store.dims,
                             str(path))
-            features = store.features(mint.spec.layers)
+            features = mint.inputs(store, np.ones(len(store), bool))
     if not np.isfinite(features).all():
         raise InputError("the candidates' Weight Modifiers contain NaN or Inf")
     files = scored.files if scored.files is not None else np.full(len(index), "")

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from gmint.errors import InputError, StoreMismatchError
+from gmint.errors import GmintError, InputError, StoreMismatchError
 from gmint.features.provenance import Provenance
 from gmint.files import atomic_write
 from gmint.models.io import what_file
@@ -35,6 +35,34 @@ def check_scores(membership: np.ndarray, score: np.ndarray) -> None:
         raise InputError("scores contain NaN or Inf")
 
 
+class CollapsedFitError(GmintError):
+    """A MINT classifier that scores every row (nearly) alike however it is refitted: it would rank rows by
+    how ties break, not by membership."""
+
+
+# A fit has collapsed when its logits on its own rows spread less than this (probabilities within about 2.5e-4
+# of each other: no threshold separates anything) ...
+MIN_LOGIT_STD = 1e-3
+# ... or when this share of its rows get one identical score (a ReLU network whose units are dead on most
+# inputs maps them all to its last bias; rounded at SPREAD_DECIMALS so float noise does not hide the tie).
+MAX_TIED_SHARE, SPREAD_DECIMALS = 0.5, 6
+
+
+def score_spread(logits: np.ndarray) -> str | None:
+    """Why a classifier's logits on its own training rows show a collapsed fit, or None where they spread."""
+    logits = np.asarray(logits, np.float64)
+    if not np.isfinite(logits).all():
+        return "its scores contain NaN or Inf"
+    std = float(logits.std())
+    if std < MIN_LOGIT_STD:
+        return f"its logits' standard deviation is {std:.2g} (< {MIN_LOGIT_STD:g})"
+    _, counts = np.unique(np.round(logits, SPREAD_DECIMALS), return_counts=True)
+    share = counts.max() / len(logits)
+    if share >= MAX_TIED_SHARE:
+        return f"{share:.0%} of the rows get one identical score (>= {MAX_TIED_SHARE:.0%})"
+    return None
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """What a classifier's input columns mean; a store must match it to be scored.
@@ -43,7 +71,9 @@ class FeatureSpec:
     saved classifier files) and `dims` their widths; `setup` is the layer setup they were chosen with (what
     the user wrote, e.g. `combined`). `dataset_root` and `dataset_files_sha256` are the store's record of the
     folder its rows were read from (`ImageSet.root`, `ImageSet.files_sha256`; "" where there is none): what
-    its fitted sample ids are rows of. None in classifiers saved before gmint recorded them.
+    its fitted sample ids are rows of. None in classifiers saved before gmint recorded them. `signals` are
+    the per-row signals (`ROW_SIGNALS`) a classifier reads after the features, one column each (none in
+    classifiers saved before there were any).
     """
 
     layers: list[str]
@@ -56,6 +86,7 @@ class FeatureSpec:
     source: str = "gradient"
     dataset_root: str | None = None
     dataset_files_sha256: str | None = None
+    signals: list[str] = field(default_factory=list)
 
     def check(self, provenance: Provenance, dims: dict[str, int], where: str) -> None:
         """Raise StoreMismatchError naming the first difference between this spec and a store.
@@ -81,6 +112,46 @@ class FeatureSpec:
                                          f"expects {d}")
 
 
+class RowReader(Protocol):
+    """What a per-row signal is read from: a feature store's row columns."""
+
+    def column(self, name: str) -> np.ndarray:
+        """One row column of the store, all rows."""
+
+
+class FeatureReader(RowReader, Protocol):
+    """A feature store as a classifier reads it: row columns and features."""
+
+    def features(self, layers: list[str] | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        """(n, Σ d) features of `layers` for the rows of a boolean mask."""
+
+
+# Per-row signals every store holds beside its features, by name: a classifier that declares `row_signals`
+# reads them as extra columns (what a loss threshold reads, beside the Weight Modifiers).
+ROW_SIGNALS: Registry[Callable[[RowReader], np.ndarray]] = Registry("row signal")
+
+
+@ROW_SIGNALS.register("loss")
+def _loss(store: RowReader) -> np.ndarray:
+    """The audited model's loss on the row."""
+    return store.column("loss").astype(np.float32)
+
+
+@ROW_SIGNALS.register("correct")
+def _correct(store: RowReader) -> np.ndarray:
+    """1 where the audited model classified the row correctly, else 0."""
+    return (store.column("pred") == store.column("label")).astype(np.float32)
+
+
+def read_inputs(store: FeatureReader, layers: list[str], signals: list[str], rows: np.ndarray) -> np.ndarray:
+    """(n, d) a classifier's raw inputs for a store's `rows` (a boolean mask): features, then row signals."""
+    features = store.features(layers, rows)
+    if not signals:
+        return features
+    columns = [ROW_SIGNALS.get(name)(store)[rows][:, None] for name in signals]
+    return np.concatenate([features, *columns], axis=1)
+
+
 @dataclass
 class Standardiser:
     """Per-column (x - mean) / std, fitted on the classifier's training rows only."""
@@ -95,6 +166,11 @@ class Standardiser:
         # Constant columns (e.g. a filter that never receives gradient) would divide by zero.
         std = np.where(std > 0, std, 1.0)
         return cls(x.mean(axis=0).astype(np.float32), std.astype(np.float32))
+
+    @classmethod
+    def identity(cls, width: int) -> Standardiser:
+        """Columns passed on as they are: for a classifier that fits its own representation per fold."""
+        return cls(np.zeros(width, np.float32), np.ones(width, np.float32))
 
     def __call__(self, x: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
         """(n, d) raw features → (n, d) standardised, as `dtype`: a network's float32, or float64 for a classifier
@@ -165,8 +241,12 @@ class TrainedMint:
     fitted_ids: np.ndarray
     record: dict[str, object]
 
+    def inputs(self, store: FeatureReader, rows: np.ndarray) -> np.ndarray:
+        """(n, d) raw inputs of a store's `rows` (a boolean mask): the spec's features, then its row signals."""
+        return read_inputs(store, self.spec.layers, self.spec.signals, rows)
+
     def predict_proba(self, features: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-        """(n,) P(member) for raw (unstandardised) features in the spec's column order, and the rows'
+        """(n,) P(member) for raw (unstandardised) inputs in the spec's column order (`inputs`), and the rows'
         true classes (needed by class-specific classifiers)."""
         return self.model.predict_proba(self.scaler(features, input_dtype(self.model)), labels)
 
@@ -201,7 +281,7 @@ class TrainedMint:
         if not isinstance(meta, dict) or meta.get("format") != "gmint-mint/1":
             raise InputError(f"{path} is not a gmint MINT classifier: it is {what_file(path)}")
         spec = FeatureSpec(**meta["spec"])
-        model = MINT_MODELS.get(meta["kind"])(sum(spec.dims), **meta["config"])
+        model = MINT_MODELS.get(meta["kind"])(sum(spec.dims) + len(spec.signals), **meta["config"])
         model.load_state(payload["state"])
         scaler = Standardiser(payload["scaler_mean"].numpy(), payload["scaler_std"].numpy())
         return cls(meta["kind"], model, spec, scaler, payload["fitted_ids"].numpy(), meta["record"])

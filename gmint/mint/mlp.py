@@ -25,7 +25,11 @@ class MlpNetwork:
 
 @MINT_MODELS.register("mlp")
 class MlpMint(NeuralMint[MlpNetwork]):
-    """Linear-ReLU-Dropout blocks of widths `hidden`, one logit."""
+    """Linear-ReLU-Dropout blocks of widths `hidden`, one logit.
+
+    Hidden layers start He-initialised for ReLU with a small positive bias, so every unit is active on some
+    rows from the first step (a network of dead units outputs its last bias for every row).
+    """
 
     KIND = "mlp"
     NETWORK = MlpNetwork
@@ -34,6 +38,9 @@ class MlpMint(NeuralMint[MlpNetwork]):
         layers: list[nn.Module] = []
         width = self.input_dim + self.label_classes
         for h in self.network.hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(self.network.dropout)]
+            linear = nn.Linear(width, h)
+            nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+            nn.init.constant_(linear.bias, 0.01)
+            layers += [linear, nn.ReLU(), nn.Dropout(self.network.dropout)]
             width = h
         return nn.Sequential(*layers, nn.Linear(width, 1))

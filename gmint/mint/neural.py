@@ -1,8 +1,11 @@
 """What the neural MINT classifiers share: Adam + BCE training with early stopping, prediction, state.
 
 Early stopping watches the loss on a seeded, stratified validation part of the training rows and
-keeps the best weights, so the number of epochs is not tuned on evaluation data. Subclasses only say
-which network to build (`_build`).
+keeps the best weights, so the number of epochs is not tuned on evaluation data; it never stops, nor keeps
+weights, before `min_epochs`: on a weak signal the class-weighted validation loss can be lowest at the
+first epoch, and weights kept from there score every row alike. A fit whose scores do not spread over its
+own rows (`base.score_spread`) is fitted again with the next seed and a lower learning rate, and refused
+after REFITS more; the refits are recorded. Subclasses only say which network to build (`_build`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmint.errors import InputError
+from gmint.mint.base import CollapsedFitError, score_spread
 from gmint.threads import torch_threads
 
 if TYPE_CHECKING:
@@ -32,6 +36,11 @@ class Training:
     max_epochs: int = 200
     patience: int = 15
     val_fraction: float = 0.2
+    min_epochs: int = 20
+
+
+# Fits after the first whose scores did not spread: each with the next seed and a third of the learning rate.
+REFITS = 2
 
 
 # A subclass's network options: a dataclass whose defaults are the network's.
@@ -49,17 +58,18 @@ class NeuralMint(Generic[NetworkT]):
     KIND: str  # the classifier's name in MINT_MODELS, which messages use
 
     def __init__(self, input_dim: int, *, lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 256,
-                 max_epochs: int = 200, patience: int = 15, val_fraction: float = 0.2, **network: object) -> None:
+                 max_epochs: int = 200, patience: int = 15, val_fraction: float = 0.2, min_epochs: int = 20,
+                 **network: object) -> None:
         defaults = self.NETWORK()
         known = sorted(f.name for f in fields(defaults))
         unknown = set(network) - set(known)
         if unknown:
             raise InputError(f"unknown option{'s' * (len(unknown) > 1)} {', '.join(sorted(unknown))} for the "
                              f"{self.KIND} classifier; it takes lr, weight_decay, batch_size, max_epochs, patience, "
-                             f"val_fraction and {', '.join(known)}")
+                             f"val_fraction, min_epochs and {', '.join(known)}")
         self.input_dim = input_dim
         self.training = Training(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
-                                 patience=patience, val_fraction=val_fraction)
+                                 patience=patience, val_fraction=val_fraction, min_epochs=min_epochs)
         self.network: NetworkT = replace(defaults, **network)
         self.net = self._build()
 
@@ -100,8 +110,28 @@ class NeuralMint(Generic[NetworkT]):
         `labels` (each row's true class) are read only by a label-aware network; with `groups`, the
         validation part is whole groups.
         """
-        with torch_threads(1):  # bit-reproducible whatever the core count, and fastest for a small net
-            return self._fit(self._inputs(x, labels), y, seed, groups)
+        inputs, asked = self._inputs(x, labels), self.training
+        refits: list[dict[str, object]] = []
+        try:
+            for attempt in range(REFITS + 1):
+                lr = asked.lr / 3**attempt
+                self.training = replace(asked, lr=lr)
+                with torch_threads(1):  # bit-reproducible whatever the core count, and fastest for a small net
+                    record = self._fit(inputs, y, seed + attempt, groups)
+                    problem = score_spread(self._logits(inputs))
+                if problem is None:
+                    return {**record, "refits": refits} if refits else record
+                refits.append({"seed": seed + attempt, "lr": lr, "scores": problem})
+        finally:
+            self.training = asked  # the options asked for, as `config` records them
+        raise CollapsedFitError(f"the {self.KIND} classifier scored its training rows (nearly) alike in "
+                                f"{len(refits)} fits (seeds {seed} to {seed + REFITS}, learning rate down to "
+                                f"{refits[-1]['lr']:.2g}): {refits[-1]['scores']}")
+
+    @torch.no_grad()
+    def _logits(self, inputs: np.ndarray) -> np.ndarray:
+        self.net.eval()
+        return self.net(torch.from_numpy(np.asarray(inputs, np.float32))).squeeze(1).double().numpy()
 
     def _fit(self, x: np.ndarray, y: np.ndarray, seed: int, groups: np.ndarray | None) -> dict[str, object]:
         hp = self.training
@@ -140,6 +170,8 @@ class NeuralMint(Generic[NetworkT]):
             with torch.no_grad():
                 val_loss = F.binary_cross_entropy_with_logits(self.net(xv).squeeze(1), yv,
                                                               pos_weight=pos_weight).item()
+            if epoch + 1 < hp.min_epochs:
+                continue
             if val_loss < best - 1e-6:
                 best, best_epoch, stale = val_loss, epoch + 1, 0
                 best_state = {k: v.clone() for k, v in self.net.state_dict().items()}

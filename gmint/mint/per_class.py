@@ -28,6 +28,9 @@ class PerClassMint:
                  shapes: list[list[int]] | None = None) -> None:
         if base == "per_class":
             raise InputError("per_class needs a base classifier such as mlp or logreg")
+        if getattr(MINT_MODELS.get(base), "row_signals", ()):  # its inputs are more than the features it is given
+            raise InputError(f"per_class cannot wrap {base}, which reads the store's row signals beside the features; "
+                             "choose a base such as mlp or logreg")
         self.input_dim, self.base, self.base_options = input_dim, base, dict(base_options or {})
         if shapes is not None:  # handed on to a base that reads them (train_mint offers them only then)
             self.base_options.setdefault("shapes", shapes)

@@ -22,7 +22,7 @@ from gmint.errors import InputError, UnknownNameError
 from gmint.features.layers import match_setup
 from gmint.features.provenance import Provenance
 from gmint.features.store import FeatureStore
-from gmint.mint.base import MINT_MODELS, FeatureSpec, MintBuilder, Standardiser, TrainedMint, input_dtype
+from gmint.mint.base import MINT_MODELS, FeatureSpec, MintBuilder, Standardiser, TrainedMint, input_dtype, read_inputs
 
 
 def setup_features(store: FeatureStore, setup: str) -> list[str]:
@@ -63,6 +63,13 @@ def _parameter_shapes(store: FeatureStore, features: list[str]) -> list[list[int
     return [list(shapes[parameter_of[n]]) for n in features]
 
 
+# The classifier `gmint train` fits when none is named. Measured over 5 seeds on the same held-out rows (combined
+# layers): on an MNIST MobileNet cell (1,000 members) gmint reached median AUC 0.981 (range 0.979-0.984) where
+# the paper's form (mlp) reached 0.873 (0.864-0.886) and the loss threshold 0.961; on digits, gmint 0.568 (all
+# seeds), mlp 0.561 (0.549-0.565), the loss threshold 0.568.
+DEFAULT_KIND = "gmint"
+
+
 # A data fraction kept at one row per stratum may hold several times the rows it names; past this ratio it says so.
 FLOOR_WARNING = 1.5
 
@@ -94,13 +101,13 @@ def pool_rows(store: FeatureStore, fraction: str, split_seed: int) -> np.ndarray
     return mask
 
 
-def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fraction: str = "D100",
+def train_mint(store_path: Path, *, kind: str = DEFAULT_KIND, setup: str = "all", fraction: str = "D100",
                seed: int = 0, options: dict[str, object] | None = None) -> TrainedMint:
     """Fit a MINT classifier of `kind` on the pool rows of a complete store.
 
     Args:
         store_path: a complete feature store.
-        kind: a name in MINT_MODELS (`mlp`, `logreg`, ...).
+        kind: a name in MINT_MODELS (`gmint`, `mlp`, `logreg`, ...).
         setup: which of the store's features feed the classifier (see `setup_features`).
         fraction: D100 / D10 / D1 of the auditor's pool.
         seed: seeds initialisation, validation split and shuffling; recorded.
@@ -119,7 +126,8 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
             warnings.warn(f"{int(nonfinite.sum())} pool rows of {store_path} have NaN/Inf features and are left "
                           "out of the fit", stacklevel=2)
         rows &= ~nonfinite
-        x = store.features(features, rows)
+        signals = [str(name) for name in getattr(builder, "row_signals", ())]  # e.g. the loss, beside the features
+        x = read_inputs(store, features, signals, rows)
         y = store.column("membership")[rows].astype(np.int64)
         labels = store.column("label")[rows]
         ids = store.column("sample_id")[rows]
@@ -128,11 +136,14 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
         needs_shapes = getattr(builder, "needs_shapes", False)  # a flag, or a function of the options
         if needs_shapes(options) if callable(needs_shapes) else needs_shapes:  # classifiers reading each shape
             options.setdefault("shapes", _parameter_shapes(store, features))
+        if getattr(builder, "needs_blocks", False):  # classifiers reading each feature's width (per-layer norms)
+            options.setdefault("blocks", [dims[n] for n in features] + [1] * len(signals))
         if options.get("label_aware"):  # the one-hot true class is an input: as many columns as classes
             options.setdefault("classes", int(store.column("label").max()) + 1)
     if len(np.unique(y)) < 2:
         raise InputError(f"the {fraction} pool has only one class (members or external); cannot fit")
-    scaler = Standardiser.fit(x)
+    # A classifier that fits its own representation (per cross-validation fold) takes its inputs as they are.
+    scaler = Standardiser.fit(x) if getattr(builder, "standardised", True) else Standardiser.identity(x.shape[1])
     try:
         model = builder(x.shape[1], **options)
     except TypeError as exc:  # an option the classifier does not take, or a value it cannot use
@@ -145,7 +156,7 @@ def train_mint(store_path: Path, *, kind: str = "mlp", setup: str = "all", fract
     spec = FeatureSpec(layers=features, dims=[dims[n] for n in features], reduction=str(prov.reduction),
                        model_fingerprint=prov.model_fingerprint, split_sha256=prov.split_sha256,
                        dataset=str(prov.dataset), setup=setup, source=prov.source, dataset_root=prov.dataset_root,
-                       dataset_files_sha256=prov.dataset_files_sha256)
+                       dataset_files_sha256=prov.dataset_files_sha256, signals=signals)
     return TrainedMint(kind, model, spec, scaler, ids, record)
 
 

@@ -1,0 +1,144 @@
+"""The gmint classifier (representation + model selection on the pool) and fits that cannot collapse silently."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gmint.assess.evaluate import evaluate_store
+from gmint.assess.report import write_report
+from gmint.features.store import FeatureStore
+from gmint.mint import MINT_MODELS, TrainedMint, train_mint
+from gmint.mint.base import CollapsedFitError, score_spread
+from gmint.mint.representation import Representation, representation_width
+from gmint.mint.selection import GRID, Candidate, folds_of
+
+
+def test_representation_adds_block_norms_and_bends_each_column_by_its_own_scale() -> None:
+    x = np.array([[1.0, 0.0, 100.0], [3.0, 4.0, -300.0], [0.0, 0.0, 1.0], [2.0, 2.0, 0.0]])
+    rep = Representation.fit(x, (2, 1), "signed_log")
+    assert rep.width == representation_width((2, 1)) == 4  # one norm (the 2-wide block), then 3 columns
+    norms = np.array([1.0, 5.0, 0.0, np.sqrt(8.0)])
+    raw = np.column_stack([norms, x])
+    scale = np.median(np.abs(raw), axis=0)
+    scale = np.where(scale > 0, scale, np.abs(raw).mean(axis=0))
+    bent = np.sign(raw) * np.log1p(np.abs(raw) / scale)
+    expected = (bent - bent.mean(axis=0)) / bent.std(axis=0)
+    np.testing.assert_allclose(rep(x), expected, rtol=1e-5, atol=1e-6)
+    # fitted on these rows only: other rows go through the same scale, mean and std
+    np.testing.assert_allclose(rep(x[:1]), expected[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_representation_keeps_a_heavy_tail_from_dominating() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.lognormal(0, 4, size=(500, 1)) * rng.choice([-1, 1], size=(500, 1))  # spans many decades
+    z = Representation.fit(x, (1,), "signed_log")(x)
+    plain = Representation.fit(x, (1,), "linear")(x)
+    assert np.abs(z).max() < 5 < np.abs(plain).max()
+
+
+def test_score_spread_finds_constant_and_tied_scores() -> None:
+    assert score_spread(np.linspace(-1, 1, 100)) is None
+    assert "standard deviation" in str(score_spread(np.full(100, 0.3) + 1e-6 * np.arange(100) / 100))
+    tied = np.r_[np.full(60, 0.537), np.linspace(-2, 2, 40)]  # a network whose units are dead on most rows
+    assert "60%" in str(score_spread(tied))
+
+
+def test_a_fit_that_cannot_spread_is_refitted_then_refused() -> None:
+    x = np.zeros((80, 3), np.float32)  # nothing to learn: every row looks alike
+    y = np.r_[np.ones(40), np.zeros(40)].astype(np.int64)
+    model = MINT_MODELS.get("mlp")(3, max_epochs=3, min_epochs=1)
+    with pytest.raises(CollapsedFitError, match="3 fits"):
+        model.fit(x, y, seed=0)
+    assert model.config()["lr"] == 1e-3  # the options asked for stay recorded
+
+
+def test_early_stopping_waits_for_min_epochs() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 4)).astype(np.float32)
+    y = (rng.random(120) < 0.5).astype(np.int64)  # no signal: the validation loss is lowest early
+    record = MINT_MODELS.get("mlp")(4, min_epochs=12, patience=2).fit(x, y, seed=0)
+    assert record["best_epoch"] >= 12
+    assert record["epochs_run"] >= 12
+
+
+def test_grouped_folds_keep_groups_whole() -> None:
+    y = np.repeat([1, 0] * 10, 3)
+    groups = np.repeat(np.arange(20), 3)
+    for train, held in folds_of(y, groups, 4, seed=0):
+        assert not set(groups[train]) & set(groups[held])
+        assert set(y[held]) == {0, 1}
+
+
+def test_gmint_reads_the_loss_beside_the_features_and_records_its_choice(tmp_path: Path, digits_store: Path) -> None:
+    mint = train_mint(digits_store, kind="gmint", setup="combined", seed=0)
+    assert mint.spec.signals == ["loss", "correct"]
+    record = mint.record
+    assert record["chosen"] in [c.name for c in GRID]
+    assert len(record["cv"]) == len(GRID)  # type: ignore[arg-type]
+    best = max(c["auc_mean"] for c in record["cv"] if c["auc_mean"] is not None)  # type: ignore[union-attr]
+    assert record["cv_auc"] == best
+    mint.save(tmp_path / "g.pt")
+    loaded = TrainedMint.load(tmp_path / "g.pt")
+    with FeatureStore.open(digits_store) as store:
+        rows = np.ones(len(store), bool)
+        x = loaded.inputs(store, rows)
+        assert x.shape[1] == sum(mint.spec.dims) + 2
+        np.testing.assert_allclose(x[:, -2], store.column("loss"))
+    np.testing.assert_allclose(loaded.predict_proba(x), mint.predict_proba(x), rtol=1e-6)
+    assert loaded.model.config()["chosen"] == Candidate.from_dict(mint.model.config()["chosen"]).to_dict()
+
+
+def test_gmint_on_the_loss_alone_ranks_as_the_loss_does(digits_store: Path) -> None:
+    only = [Candidate("logreg", "signed_log", {"c": 1.0}, reads="signals").to_dict()]
+    mint = train_mint(digits_store, kind="gmint", setup="output", seed=0, options={"grid": only})
+    result = evaluate_store(mint, digits_store, n_boot=50)
+    assert result.mint["auc"].value == pytest.approx(result.loss_threshold["auc"].value, abs=0.01)
+
+
+def test_eval_report_carries_the_paired_difference_epsilon_and_selection(tmp_path: Path, digits_store: Path) -> None:
+    mint = train_mint(digits_store, kind="gmint", setup="output", seed=0)
+    result = evaluate_store(mint, digits_store, n_boot=50)
+    assert result.versus_loss is not None and result.epsilon is not None
+    assert result.versus_loss.value == pytest.approx(result.mint["auc"].value - result.loss_threshold["auc"].value)
+    write_report(result, tmp_path / "r")
+    saved = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert saved["auc_minus_loss_threshold"]["value"] == pytest.approx(result.versus_loss.value)
+    assert saved["epsilon"]["epsilon_lower_bound"] == pytest.approx(result.epsilon.value)
+    assert saved["protocol"]["model_selection"]["chosen"] == mint.record["chosen"]
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "empirical ε lower bound" in text and "Model selection on the pool" in text
+
+
+def test_classifier_files_without_signals_still_load(tmp_path: Path, digits_store: Path) -> None:
+    mint = train_mint(digits_store, kind="logreg", setup="output", seed=0)
+    mint.save(tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    meta = json.loads(payload["meta"])
+    del meta["spec"]["signals"]  # as written before classifiers read row signals
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, tmp_path / "old.pt")
+    assert TrainedMint.load(tmp_path / "old.pt").spec.signals == []
+
+
+def test_calibration_scores_read_the_row_signals_too(digits_store: Path) -> None:
+    from gmint.assess.scoring import calibration_scores
+
+    only = [Candidate("logreg", "signed_log", {"c": 1.0}, reads="signals").to_dict()]
+    mint = train_mint(digits_store, kind="gmint", setup="output", seed=0, options={"grid": only})
+    calibration = calibration_scores(mint, digits_store)
+    with FeatureStore.open(digits_store) as store:
+        rows = np.isin(store.column("sample_id"), calibration.sample_id)
+        expected = mint.predict_proba(mint.inputs(store, rows))
+    np.testing.assert_allclose(np.sort(calibration.score), np.sort(expected), rtol=1e-6)
+
+
+def test_per_class_refuses_a_base_that_reads_row_signals(digits_store: Path) -> None:
+    from gmint.errors import InputError
+
+    with pytest.raises(InputError, match="per_class cannot wrap gmint"):
+        train_mint(digits_store, kind="per_class", setup="output", options={"base": "gmint"})
