@@ -13,8 +13,8 @@ from gmint_cli.options import flag
 
 
 @cli_errors
-def audit(config: Path = typer.Argument(None, help="The audit's configuration (TOML); --describe prints one with "
-                                                   "every setting.", show_default=False),
+def audit(config: Path = typer.Argument(None, help="The audit's configuration (TOML); default: none, for --describe, "
+                                                   "which prints one with every setting.", show_default=False),
           out: Path = typer.Option(None, help="The audit's folder (default: the configuration's `out`, relative to "
                                               "the configuration file). Run again, it resumes."),
           overwrite: bool = flag("--overwrite", "Write into a folder that holds other files or another "

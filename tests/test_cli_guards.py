@@ -24,6 +24,7 @@ from PIL import Image
 from torch import nn
 from typer.main import get_command
 
+from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.mint import train_mint
 from gmint.models.io import AuditedModel, load_audited
@@ -381,11 +382,13 @@ def test_overwrite_keeps_the_old_model_when_training_fails_midway(work: Path, tm
     assert load_audited(old).meta["epochs_done"] == 1 and "1 epochs" in out
 
 
-def test_demo_prints_unresolved_tpr_as_na_and_every_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_prints_unresolved_tpr_as_na_and_every_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            digits: ImageSet) -> None:
     import gmint_cli.demo as demo_cli
     from gmint.assess.evaluate import Evaluation, ModelGap, RowCounts, RowScores
     from gmint.assess.metrics import Estimate
-    from gmint.demo import PROBES
+    from gmint.audit.run import AuditRun, probes
+    from gmint.demo import demo_config
     from gmint.experiment import Cell, Measurement
 
     def est(value: float | None) -> Estimate:
@@ -402,11 +405,18 @@ def test_demo_prints_unresolved_tpr_as_na_and_every_warning(tmp_path: Path, monk
     split = MembershipSplit("digits", "grouped", 0, members=list(range(160)), external=list(range(160, 320)),
                             pool=[*range(120), *range(160, 280)], holdout=[*range(120, 160), *range(280, 320)],
                             control=list(range(320, 400)))
-    measured = (Measurement(PROBES["gMINT combined"], result(None, ("MINT classifier: all 80 scores are 0.5: [sic]",)),
+    config = demo_config()
+    labels = probes(config, control=True)
+    measured = (Measurement(labels["gMINT combined"], result(None, ("MINT classifier: all 80 scores are 0.5: [sic]",)),
                             tmp_path / "m.pt", 240, 0.0),
-                Measurement(PROBES["negative control (gMINT combined)"], result(0.02, ()), tmp_path / "c.pt", 240, 0.0))
+                Measurement(labels["negative control (gMINT combined)"], result(0.02, ()), tmp_path / "c.pt", 240,
+                            0.0))
     models = {role: AuditedModel(nn.Identity(), {"record": record}) for role in ("audited", "control")}
-    monkeypatch.setattr(demo_cli, "run_demo", lambda *a, **k: Cell(tmp_path, split, models, measured))
+    shown = {"gMINT combined": labels["gMINT combined"],
+             "negative control (gMINT combined)": labels["negative control (gMINT combined)"]}
+    audit = AuditRun(config, Cell(tmp_path, split, models, measured), shown, None, digits)
+    monkeypatch.setattr(demo_cli, "run_demo", lambda *a, **k: audit)
+    monkeypatch.setattr(demo_cli, "write_report", lambda *a, **k: (tmp_path / "report.json", tmp_path / "report.html"))
     code, out, err = run("demo", "--out", tmp_path / "d")
     assert code == 0 and err == "", err
     assert "n/a (needs ≥ 100 externals, has 40)" in out and "0.020 [-0.030, 0.070]" in out
