@@ -42,11 +42,13 @@ SIGNALS = {"gMINT": Signal("audited", "gradient", ""),
 
 @dataclass(frozen=True)
 class Probe:
-    """One MINT classifier of a cell: a signal, the layer setup it reads, the fraction of the pool it fits on."""
+    """One MINT classifier of a cell: a signal, the layer setup it reads, the fraction of the pool it fits on,
+    and its classifier kind where it is not the recipe's (the paper's MLP beside gmint's default, say)."""
 
     signal: str
     setup: str
     fraction: str = "D100"
+    kind: str | None = None
 
     def __post_init__(self) -> None:
         if self.signal not in SIGNALS:
@@ -66,8 +68,10 @@ class Probe:
 
     @property
     def mint_file(self) -> str:
-        """The classifier's file name: mint-combined.pt, mint-activation-combined.pt, mint-entry-D10.pt, ..."""
-        parts = ("mint", SIGNALS[self.signal].tag, self.setup, "" if self.fraction == "D100" else self.fraction)
+        """The classifier's file name: mint-combined.pt, mint-activation-combined.pt, mint-entry-D10.pt,
+        mint-combined-mlp.pt (a kind of its own), ..."""
+        parts = ("mint", SIGNALS[self.signal].tag, self.setup, "" if self.fraction == "D100" else self.fraction,
+                 self.kind or "")
         return "-".join(p for p in parts if p) + ".pt"
 
 
@@ -204,12 +208,13 @@ def run_cell(data: ImageSet, recipe: Recipe, workdir: Path, *, split: Membership
                                   out=workdir / f"{probe.model}-{probe.source}.h5", split=split, resume=True,
                                   trained_outside=trained_outside, show_progress=show_progress)
         t0 = time.perf_counter()
-        mint = train_mint(stores[key], kind=recipe.kind, setup=probe.setup, fraction=probe.fraction, seed=recipe.seed)
+        kind = probe.kind or recipe.kind
+        mint = train_mint(stores[key], kind=kind, setup=probe.setup, fraction=probe.fraction, seed=recipe.seed)
         mint.save(workdir / probe.mint_file)
         evaluation = evaluate_store(mint, stores[key], n_boot=recipe.n_boot, seed=recipe.seed)
         spread = [_points(evaluation)]
         for seed in range(recipe.seed + 1, recipe.seed + recipe.mint_seeds):
-            other = train_mint(stores[key], kind=recipe.kind, setup=probe.setup, fraction=probe.fraction, seed=seed)
+            other = train_mint(stores[key], kind=kind, setup=probe.setup, fraction=probe.fraction, seed=seed)
             # the same held-out rows (balanced with the recipe's seed): only the classifier's seed differs
             spread.append(_points(evaluate_store(other, stores[key], n_boot=1, seed=recipe.seed)))
         measured = Measurement(probe, evaluation, workdir / probe.mint_file, len(mint.fitted_ids),

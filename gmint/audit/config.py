@@ -80,7 +80,10 @@ class FeaturesSection:
 class MintSection:
     """The MINT classifiers."""
 
-    kind: str = _doc("the classifier kind (`gmint train --help` lists them)", "mlp")
+    kind: str = _doc("the classifier kind: gmint (per-layer log-norms, signed-log features, loss and correctness, "
+                     "chosen by cross-validation on the pool), mlp (the paper's form), ...", "gmint")
+    paper_form: bool = _doc("also fit the paper's form (MEAN features, MLP) on the widest setup, reported beside",
+                            True)
     fraction: str = _doc("the share of the auditor's pool it is fitted on: D100, D10 or D1", "D100")
     seeds: int = _doc("classifiers fitted per setup with successive seeds; the spread is reported", 1)
 

@@ -26,6 +26,8 @@ from gmint.models.io import AuditedModel, load_audited
 from gmint.models.train import TrainConfig
 
 CONFIG_COPY = "audit.toml"
+# The paper's own MINT classifier: an MLP on MEAN Weight Modifiers.
+PAPER_KIND = "mlp"
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,15 @@ class AuditRun:
 
 
 def probes(config: AuditConfig, *, control: bool) -> dict[str, Probe]:
-    """The probes an audit measures, by the name its report gives them: gMINT per layer setup, activation-MINT
-    and the negative control on the extracted layers."""
+    """The probes an audit measures, by the name its report gives them: gMINT per layer setup, the paper's form
+    on the widest setup, activation-MINT and the negative control on the extracted layers."""
     fraction = config.mint.fraction
     named = {f"gMINT {setup}": Probe("gMINT", setup, fraction) for setup in config.features.setups}
     last = config.features.setups[-1]
-    if config.features.activation:
-        named[f"activation-MINT {last}"] = Probe("activation-MINT", last, fraction)
+    if config.mint.paper_form and config.mint.kind != PAPER_KIND:
+        named[f"gMINT {last} (the paper's MLP)"] = Probe("gMINT", last, fraction, kind=PAPER_KIND)
+    if config.features.activation:  # the original MINT, in its own form: an MLP on the activations
+        named[f"activation-MINT {last}"] = Probe("activation-MINT", last, fraction, kind=PAPER_KIND)
     if control:
         named[f"negative control (gMINT {last})"] = Probe("negative control", last, fraction)
     return named
