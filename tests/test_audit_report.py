@@ -70,8 +70,14 @@ def audit(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet) -> Path:
 
 def test_the_report_records_every_signal_and_the_configuration(audit: Path) -> None:
     report = json.loads((audit / "report.json").read_text(encoding="utf-8"))
-    assert list(report["signals"]) == ["gMINT output", "gMINT combined", "loss threshold (baseline)",
-                                       "negative control (gMINT combined)"]
+    assert list(report["signals"]) == ["gMINT output", "gMINT combined", "gMINT combined (the paper's MLP)",
+                                       "loss threshold (baseline)", "negative control (gMINT combined)"]
+    # beside the loss threshold: the paired difference and the ε bound of every classifier, the threshold's none
+    assert set(report["versus_loss_threshold"]) == set(report["epsilon"]) == set(report["signals"]) - {
+        "loss threshold (baseline)"}
+    versus = report["versus_loss_threshold"]["gMINT combined"]
+    assert versus["ci95_low"] <= versus["value"] <= versus["ci95_high"]
+    assert report["epsilon"]["gMINT combined"]["epsilon_lower_bound"] >= 0
     assert report["candidates"]["n_candidates"] == 12 and report["headline"] == report["candidates"]["conclusion"]
     assert report["evidence"] == report["candidates"]["rejects_h0"]
     assert report["provenance"]["seed"] == 3 and len(report["provenance"]["split_sha256"]) == 64

@@ -368,7 +368,8 @@ def test_one_configuration_audits_the_model_from_outside_as_the_verbs_do(workdir
     assert report["provenance"]["split_sha256"] == json.loads((workdir / "split.json").read_text())["sha256"]
     assert report["audited_model"] == by_verbs["audited_model"]
     assert report["signals"]["loss threshold (baseline)"] == by_verbs["loss_threshold"]
-    assert list(report["signals"]) == ["gMINT combined", "loss threshold (baseline)"]  # no control model given
+    assert list(report["signals"]) == ["gMINT combined", "gMINT combined (the paper's MLP)",
+                                       "loss threshold (baseline)"]  # no control model given
     assert report["candidates"]["n_candidates"] == N_CANDIDATES
     with FeatureStore.open(workdir / "audit" / "audited-gradient.h5") as store, \
             FeatureStore.open(workdir / "features.h5") as verbs:

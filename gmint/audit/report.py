@@ -48,6 +48,11 @@ def _main_probe(run: AuditRun) -> Probe:
     return run.labels[f"gMINT {run.config.features.setups[-1]}"]
 
 
+def _main_name(run: AuditRun) -> str:
+    """The name the report gives its reference signal."""
+    return f"gMINT {run.config.features.setups[-1]}"
+
+
 def _loss_curve(run: AuditRun) -> RocCurve:
     """The loss threshold's held-out scores: lower loss reads as member (the threshold's own direction)."""
     evaluation = run.cell.evaluation(_main_probe(run))
@@ -65,15 +70,19 @@ def write_report(run: AuditRun, out: Path, *, config_text: str = "") -> tuple[Pa
               for name, _ in comparison_rows(run)]
     roc = roc_figure(curves, figures / "roc.png", title="every signal on the same held-out rows")
     rows = comparison_rows(run)
-    header = ("signal", *(METRIC_LABELS[k] + (" (95% interval)" if k != "accuracy" else "") for k in SHOWN_METRICS))
+    header = ("signal", *(METRIC_LABELS[k] + (" (95% interval)" if k != "accuracy" else "") for k in SHOWN_METRICS),
+              "AUC − loss threshold (paired 95% interval)", "ε lower bound (95%)")
     table = Table("Held-out membership test: every signal on the same rows (AUC 0.5 = chance)", header,
-                  tuple((name, *(_cell(metrics[k], k) for k in SHOWN_METRICS)) for name, metrics in rows))
+                  tuple((name, *(_cell(metrics[k], k) for k in SHOWN_METRICS), *_beside_loss(run, name))
+                        for name, metrics in rows))
     sections = [Section("Every signal, side by side", (
         "Each MINT classifier is fitted on the auditor's pool only and scored on held-out rows it never saw; the "
         "loss threshold is fitted on the same pool; the negative control runs the same pipeline on a model that "
-        "never saw the members and should sit near chance.",), (table,), (Figure(roc, "ROC of every signal; the "
-                                                                              "log panel starts where the held-out "
-                                                                              "externals resolve the rate."),))]
+        "never saw the members and should sit near chance. The AUC difference with the loss threshold is measured on "
+        "the same resampled rows; the ε lower bound reads the held-out error rates at a threshold chosen on the pool "
+        "(Clopper–Pearson bounds).", *((f"{_main_name(run)}: {main.epsilon.conclusion}.",) if main.epsilon else ())),
+        (table,), (Figure(roc, "ROC of every signal; the log panel starts where the held-out externals resolve "
+                          "the rate."),))]
     slices = evaluate_slices(slice_rows(main, main.store), run.config.report.slices, n_boot=run.config.n_boot,
                              seed=run.config.seed) if run.config.report.slices else []
     if slices:
@@ -101,6 +110,9 @@ def write_report(run: AuditRun, out: Path, *, config_text: str = "") -> tuple[Pa
     html = write_html(page, out / "report.html")
     payload = {"headline": headline, "evidence": evidence, "signals": {
         name: {k: v.to_dict() for k, v in metrics.items()} for name, metrics in rows},
+        "versus_loss_threshold": {name: run.cell.evaluation(probe).to_dict().get("auc_minus_loss_threshold")
+                                  for name, probe in run.labels.items()},
+        "epsilon": {name: run.cell.evaluation(probe).to_dict().get("epsilon") for name, probe in run.labels.items()},
         "audited_model": main.audited_model.to_dict(), "rows": {"members": main.rows.members,
                                                                "external": main.rows.external},
         "slices": [s.to_dict() for s in slices], "exposed": [vars(r) for r in exposed],
@@ -110,6 +122,16 @@ def write_report(run: AuditRun, out: Path, *, config_text: str = "") -> tuple[Pa
     with atomic_write(json_path) as tmp:
         Path(tmp).write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     return json_path, html
+
+
+def _beside_loss(run: AuditRun, name: str) -> tuple[str, str]:
+    """A signal's AUC difference with the loss threshold on the same resampled rows, and its ε lower bound."""
+    if name not in run.labels:
+        return "—", "—"
+    evaluation = run.cell.evaluation(run.labels[name])
+    versus = format_estimate(evaluation.versus_loss) if evaluation.versus_loss is not None else "n/a"
+    epsilon = f"{evaluation.epsilon.value:.2f}" if evaluation.epsilon is not None else "n/a"
+    return versus, epsilon
 
 
 def _cell(estimate: Estimate, key: str) -> str:
@@ -141,7 +163,7 @@ def _headline(run: AuditRun, rows: list[tuple[str, dict[str, Estimate]]]) -> tup
         alpha = run.config.candidates.alpha
         return run.candidates.conclusion(alpha), run.candidates.verdict.rejects(alpha)
     metrics = dict(rows)
-    name = f"gMINT {run.config.features.setups[-1]}"
+    name = _main_name(run)
     auc, loss = metrics[name]["auc"], metrics[LOSS_THRESHOLD]["auc"]
     control = next((m["auc"] for n, m in rows if n.startswith("negative control")), None)
     text = (f"{name} tells held-out members from externals at AUC {format_estimate(auc)}; the loss threshold "
