@@ -173,9 +173,9 @@ def run_cell(cfg: Mapping[str, Any], work: Path, out: Path, data_root: Path | No
             print(f"[{name}] depth {point.depth:2d} {point.block:14s} {point.source:10s} AUC "
                   f"{point.mint['auc'].value:.3f}", flush=True)
 
+        extraction = ExtractSettings(seed=int(cfg["seed"]), batch_size=int(cfg["batch_size"]))
         sweep = sweep_depth(audited, data, split, workdir / "depth", pool=str(cfg["depth_pool"]),
-                            kinds=kinds, seed=int(cfg["seed"]), n_boot=int(cfg["n_boot"]),
-                            batch_size=int(cfg["batch_size"]), on_point=write)
+                            extraction=extraction, kinds=kinds, n_boot=int(cfg["n_boot"]), on_point=write)
         plot_sweep(name, sweep, out)
         append(out, {"type": "depth-done", "cell": name, "blocks": sweep.blocks, "kinds": kinds, **provenance()})
 

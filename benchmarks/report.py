@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.grid import FRACTIONS, SETUPS, grid_cells
+from gmint.assess.figures import pyplot, save_png
 from gmint.assess.metrics import Estimate, control_off_chance
-from gmint.assess.report import pyplot, save_png
 
 PAPER_DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "gtsrb": "GTSRB", "tiny_imagenet": "Tiny ImageNet"}
 PAPER_ARCHS = {"mobilenet": "MobileNet", "resnet50": "ResNet50", "resnet101": "ResNet100",

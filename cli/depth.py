@@ -13,6 +13,7 @@ from gmint.data.split import MembershipSplit
 from gmint.errors import InputError
 from gmint.features.extract import split_rows
 from gmint.features.layers import MODULE_PRESETS, resolve_modules
+from gmint.features.settings import ExtractSettings
 from gmint.mint import MINT_MODELS
 from gmint_cli.console import cli_errors, console, print_json, show_progress
 from gmint_cli.inputs import (
@@ -82,9 +83,9 @@ def depth(model: Path = typer.Option(..., help=MODEL_HELP),
     if "activation" not in source_names and all(parse_kind(k)[0] == "map_cnn" for k in kind_names):
         raise InputError("map_cnn fits activation maps only, and --sources has no activation: no classifier would "
                          "be fitted; add activation to --sources or choose another --kinds")
-    sweep = sweep_depth(audited, images, manifest, work, blocks=chosen, pool=pool, transform=transform,
-                        kinds=kind_names, sources=source_names, seed=seed,
-                        n_boot=n_boot, batch_size=batch_size, show_progress=show_progress())
+    extraction = ExtractSettings(transform=transform, seed=seed, batch_size=batch_size)
+    sweep = sweep_depth(audited, images, manifest, work, blocks=chosen, pool=pool, extraction=extraction,
+                        kinds=kind_names, sources=source_names, n_boot=n_boot, show_progress=show_progress())
     if not sweep.points:
         raise InputError(f"the sweep produced no point: none of the {len(chosen)} selected blocks has "
                          f"{' or '.join(f'{s} features' for s in source_names)} to fit on; see --list")

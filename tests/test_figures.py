@@ -199,3 +199,25 @@ def test_grid_roc_figure_is_labelled_with_chance(tmp_path: Path, drawn: Callable
     (panel,) = figure.panels
     assert (panel.xlabel, panel.ylabel) == ("false-positive rate", "true-positive rate")
     assert "chance" in figure.legend and len(figure.legend) == 5
+
+
+def test_the_roc_of_every_signal_names_each_auc_and_starts_its_log_axis_where_externals_resolve_it(
+        tmp_path: Path, drawn: Callable[[ModuleType], list[Drawn]]) -> None:
+    import gmint.assess.figures as figures
+
+    seen = drawn(figures)
+    rng = np.random.default_rng(0)
+    membership = np.repeat([1, 0], 250)
+    curves = [figures.RocCurve("separating", membership, membership + rng.normal(0, 0.8, 500)),
+              figures.RocCurve("chance", membership, rng.normal(0, 1, 500))]
+    png = figures.roc_figure(curves, tmp_path / "roc.png", title="synthetic")
+    assert_readable_png(png, (900, 1300), (450, 650))
+    (legend,) = {d.legend for d in seen}
+    expected = [f"{c.label} (AUC {c.auc:.3f})" for c in curves]
+    assert legend == (*expected, "chance")  # one legend, on the linear panel; the log panel shares its colours
+    assert curves[0].auc > 0.7 and 0.4 < curves[1].auc < 0.6
+    (shown,) = seen
+    assert all(p.xlabel.startswith("false-positive rate") and p.ylabel.startswith("true-positive rate")
+               for p in shown.panels)
+    with pytest.raises(Exception, match="members and externals"):
+        figures.roc_figure([figures.RocCurve("one side", np.ones(4, int), np.arange(4.0))], tmp_path / "x.png")

@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from gmint.assess.evaluate import evaluate_store
+from gmint.assess.figures import pyplot, save_png
 from gmint.assess.metrics import Estimate, chance_level
-from gmint.assess.report import METRIC_LABELS, pyplot, save_png
+from gmint.assess.report import METRIC_LABELS
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
-from gmint.data.transforms import Transform
 from gmint.errors import InputError
 from gmint.features.extract import extract, split_rows
 from gmint.features.layers import resolve_modules, weight_layers
@@ -99,9 +99,9 @@ def block_parameters(model: torch.nn.Module, block: str, example: torch.Tensor) 
 
 
 def sweep_depth(audited: AuditedModel, data: ImageSet, split: MembershipSplit, workdir: Path, *,
-                blocks: str | Sequence[str] = "blocks", pool: str = "pool:4x4", transform: Transform | None = None,
-                kinds: Sequence[str] = ("mlp",), sources: Sequence[str] = DEPTH_SOURCES, seed: int = 0,
-                n_boot: int = 200, batch_size: int = 128, engine: str = "auto",
+                blocks: str | Sequence[str] = "blocks", pool: str = "pool:4x4",
+                extraction: ExtractSettings = ExtractSettings(), kinds: Sequence[str] = ("mlp",),
+                sources: Sequence[str] = DEPTH_SOURCES, n_boot: int = 200,
                 on_point: Callable[[DepthPoint], None] | None = None, show_progress: bool = False) -> DepthSweep:
     """Fit and evaluate a MINT classifier per block, source and classifier kind; resume what `workdir` holds.
 
@@ -112,14 +112,13 @@ def sweep_depth(audited: AuditedModel, data: ImageSet, split: MembershipSplit, w
         workdir: where the stores (`activation-maps.h5`, `gradient.h5`) and `depth.jsonl` go.
         blocks: a module setup (default: every block), see `gmint.features.layers.resolve_modules`.
         pool: the activation maps' reduction (`pool:<h>x<w>` bounds storage; `flat` keeps whole maps).
-        transform: preprocessing (default: the one recorded with the audited model).
+        extraction: how the stores are extracted: its transform (None: the audited model's own), engine, batch
+            size and device; its seed also seeds the classifiers, the balancing of held-out rows and the bootstrap,
+            so one seed drives the sweep. Its layer setup, reduction and source are the sweep's own per store.
         kinds: MINT classifier kinds fitted at each point (`mlp`; `map_cnn` reads activation maps only); a kind
             followed by `+label` is fitted label-aware (the one-hot true class as an input), e.g. `mlp+label`.
         sources: `activation`, `gradient` or both.
-        seed: seeds the classifiers, the balancing of held-out rows and the bootstrap.
         n_boot: bootstrap replicates of each interval.
-        batch_size: rows per extraction batch.
-        engine: where the gradient engine search starts.
         on_point: called with each new point once it is written.
         show_progress: progress bars for the extractions.
 
@@ -133,7 +132,7 @@ def sweep_depth(audited: AuditedModel, data: ImageSet, split: MembershipSplit, w
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model = audited.module.eval()
-    transform = transform or audited.transform
+    transform, seed = extraction.transform or audited.transform, extraction.seed
     rows = split_rows(split)
     example = transform(data.images[rows.index[:1]])
     chosen = resolve_modules(model, blocks, example)
@@ -141,8 +140,8 @@ def sweep_depth(audited: AuditedModel, data: ImageSet, split: MembershipSplit, w
     _check_sweep(workdir, audited.fingerprint, pool, chosen)
     _drop_torn_line(workdir / RESULTS)  # the next point must start a line of its own
     def store(name: str, layers: list[str], source: str, reduction: str) -> Path:
-        settings = ExtractSettings(layer_setup=tuple(layers), source=source, reduction=reduction, engine=engine,
-                                   transform=transform, seed=seed, batch_size=batch_size)
+        settings = replace(extraction, layer_setup=tuple(layers), source=source, reduction=reduction,
+                           transform=transform)
         return extract(audited, data, rows, settings, out=workdir / name, split=split, resume=True,
                        show_progress=show_progress)
 

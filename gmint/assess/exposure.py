@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from gmint.assess.evaluate import Evaluation
-from gmint.assess.report import pyplot, save_png
+from gmint.assess.figures import pyplot, save_png
 from gmint.assess.scoring import SampleScores
 from gmint.assess.slices import slice_rows
 from gmint.data.base import ImageSet

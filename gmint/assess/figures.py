@@ -10,12 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gmint.assess.metrics import auc
-from gmint.assess.report import pyplot, save_png
 from gmint.errors import InputError
+from gmint.files import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -66,3 +71,24 @@ def roc_figure(curves: Sequence[RocCurve], path: Path, *, title: str = "") -> Pa
     if title:
         fig.suptitle(title, fontsize=10)
     return save_png(fig, path)
+
+
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on its file-only backend (no display needed), imported only when a plot is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig: Figure, path: Path, dpi: int = 120) -> Path:
+    """Lay the figure out and write it as a PNG, whole or not at all (its folder created), then free it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
+    return path

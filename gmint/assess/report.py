@@ -5,19 +5,15 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from gmint.assess.evaluate import Evaluation
+from gmint.assess.figures import RocCurve, roc_figure
 from gmint.assess.metrics import Estimate
-from gmint.files import atomic_write
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from gmint.assess.slices import slice_rows
 
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "auc": "AUC",
                  "tpr_at_1pct_fpr": "TPR @ 1% FPR", "tpr_at_0.1pct_fpr": "TPR @ 0.1% FPR"}
@@ -107,7 +103,7 @@ def print_result(result: Evaluation, console: Console | None = None) -> None:
 
 
 def write_report(result: Evaluation, out_dir: Path) -> list[Path]:
-    """report.json, report.md, scores.csv, roc.png and roc_log.png under `out_dir`."""
+    """report.json, report.md, scores.csv and roc.png (the classifier beside the loss threshold) under `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(result.to_dict(), indent=2))
@@ -129,7 +125,11 @@ def write_report(result: Evaluation, out_dir: Path) -> list[Path]:
     (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
     paths = [out_dir / n for n in ("report.json", "report.md", "scores.csv")]
     label = f"{result.protocol.get('classifier')} MINT on {result.protocol.get('source', 'gradient')} features"
-    return paths + _roc_plots(scores.membership, np.asarray(scores.score, np.float64), out_dir, label)
+    held_out = slice_rows(result, result.store)  # each scored row's loss, read from the store
+    curves = [RocCurve(label, scores.membership, np.asarray(scores.score, np.float64)),
+              RocCurve("loss threshold", held_out.membership, -held_out.loss)]
+    return [*paths, roc_figure(curves, out_dir / "roc.png", title="the classifier and the loss threshold on the "
+                               "same held-out rows")]
 
 
 def _selection_table(result: Evaluation) -> list[str]:
@@ -141,45 +141,3 @@ def _selection_table(result: Evaluation) -> list[str]:
     rows = [f"| {c.get('candidate')} | {c.get('auc_mean')} | {c.get('auc_std')} |" for c in cv if isinstance(c, dict)]
     return ["", "Model selection on the pool (mean and spread of the fold AUCs):", "",
             "| candidate | mean AUC | std |", "|---|---|---|", *rows]
-
-
-def _roc_plots(membership: np.ndarray, score: np.ndarray, out_dir: Path, label: str) -> list[Path]:
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(membership, score)
-    paths = []
-    for name, log in (("roc.png", False), ("roc_log.png", True)):
-        fig, ax = pyplot().subplots(figsize=(4.5, 4.5))
-        ax.plot(fpr, tpr, label=label)
-        ax.plot([1e-4, 1], [1e-4, 1], "--", color="grey", label="chance")
-        if log:
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlim(1e-3, 1)
-            ax.set_ylim(1e-3, 1)
-        ax.set_xlabel("false-positive rate (external called member)")
-        ax.set_ylabel("true-positive rate (members found)")
-        ax.legend(loc="lower right")
-        paths.append(save_png(fig, out_dir / name))
-    return paths
-
-
-def pyplot() -> ModuleType:
-    """matplotlib.pyplot on its file-only backend (no display needed), imported only when a plot is drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_png(fig: Figure, path: Path, dpi: int = 120) -> Path:
-    """Lay the figure out and write it as a PNG, whole or not at all (its folder created), then free it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    pyplot().close(fig)
-    return path

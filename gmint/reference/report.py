@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from gmint.assess.figures import pyplot, save_png
 from gmint.assess.metrics import chance_level
-from gmint.assess.report import METRIC_LABELS, format_estimate, pyplot, save_png
+from gmint.assess.report import METRIC_LABELS, format_estimate
 from gmint.files import atomic_write
 from gmint.reference.compare import AttackResult, Comparison
 
