@@ -5,7 +5,8 @@ shared by every cell, and overrides per dataset and per architecture. Each cell 
 audited model (to a target member accuracy, with the epochs as a cap) and a negative-control model that saw
 neither side, extracts MEAN Weight Modifiers of the combined layers once per model, and fits one MINT
 classifier per layer setup and data fraction on the auditor's pool — with several classifier seeds — and
-scores them on held-out rows beside the loss threshold and the negative control.
+scores them on held-out rows beside the loss threshold and the negative control. A row keeps every seed's point
+figures and states their median, the figure to report: one seed alone can be a fit that stopped at chance.
 
 Every row records the code (gmint's version and commit, torch's version), a hash of the cell's settings and
 of its split; a cell's finished rows are skipped when the same command runs again, rows of another config are
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 import gmint
-from gmint.assess.metrics import roc_points
+from gmint.assess.metrics import SeedSpread, roc_points, seed_spread
 from gmint.data.readers import load_dataset
 from gmint.experiment import Cell, Probe, Recipe, run_cell
 from gmint.features.settings import ExtractSettings
@@ -197,10 +198,10 @@ def run_grid_cell(cell: GridCell, workdir: Path, out: Path, *, data_root: Path |
     def write(result: Cell) -> None:
         row = grid_row(cell, result, version)
         append_row(out, row)
-        mint, baseline = row["mint"], row["loss_threshold"]
+        accuracy, auc = over_seeds(row, "accuracy"), over_seeds(row, "auc")
         print(f"[{cell.name}] {row['signal']:16s} {row['setup']:8s} {row['fraction']:4s}: acc "
-              f"{mint['accuracy']['value']:.3f} AUC {mint['auc']['value']:.3f} (loss threshold AUC "
-              f"{baseline['auc']['value']:.3f})", flush=True)
+              f"{accuracy.median:.3f} AUC {auc.median:.3f} (median of {auc.seeds} seeds; loss threshold AUC "
+              f"{row['loss_threshold']['auc']['value']:.3f})", flush=True)
 
     run_cell(data, recipe, workdir / cell.protocol / f"{cell.dataset}-{cell.arch}", on_measurement=write,
              show_progress=show_progress)
@@ -220,11 +221,14 @@ def grid_row(cell: GridCell, result: Cell, version: Json) -> Json:
     row: Json = {
         "cell": cell.name, "protocol": cell.protocol, "dataset": cell.dataset, "arch": cell.arch,
         "signal": probe.signal, "setup": probe.setup, "fraction": probe.fraction,
-        "layers": evaluation.protocol["layers"], "image_size": cell.settings.get("image_size"),
+        "layers": evaluation.protocol["layers"], "classifier": evaluation.protocol["classifier"],
+        "image_size": cell.settings.get("image_size"),
         "arch_options": dict(cell.settings.get("arch_options", {})),
         "split": {"members": len(split.members), "external": len(split.external), "pool": len(split.pool),
                   "holdout": len(split.holdout), "sha256": split.sha256, "seed": split.seed},
-        "mint": {k: v.to_dict() for k, v in evaluation.mint.items()}, "intervals": evaluation.intervals,
+        "mint": {k: v.to_dict() for k, v in evaluation.mint.items()},
+        "mint_over_seeds": {k: measured.over_seeds(k).to_dict() for k in evaluation.mint},
+        "intervals": evaluation.intervals,
         "mint_seeds": {"seeds": list(range(split.seed, split.seed + len(measured.seed_metrics))),
                        **{name: [m[name] for m in measured.seed_metrics] for name in measured.seed_metrics[0]}},
         "loss_threshold": {k: v.to_dict() for k, v in evaluation.loss_threshold.items()},
@@ -242,6 +246,24 @@ def grid_row(cell: GridCell, result: Cell, version: Json) -> Json:
         row["roc"] = {"mint": roc_summary(scores.membership, scores.score),
                       "loss_threshold": roc_summary(scores.membership, baseline)}
     return row
+
+
+def over_seeds(row: Json, metric: str) -> SeedSpread:
+    """A row's headline figure for `metric`: the median over its classifier seeds, with their range.
+
+    Rows state it in `mint_over_seeds`; rows written before they did are read by computing it from their seed
+    points (`mint_seeds`), which every grid row keeps.
+    """
+    stated = row.get("mint_over_seeds", {}).get(metric)
+    if stated is None:
+        return seed_spread(row["mint_seeds"][metric])
+    return SeedSpread(stated["median"], stated["min"], stated["max"], stated["seeds"])
+
+
+def classifier(row: Json) -> str | None:
+    """The MINT classifier kind a row fitted; None for rows written before the grid recorded it, which all fitted
+    the paper's MLP (the only kind the grid fitted then)."""
+    return row.get("classifier")
 
 
 def roc_summary(membership: np.ndarray, score: np.ndarray) -> Json:

@@ -4,10 +4,12 @@
         --config benchmarks/configs/grid-cpu.toml --out benchmarks/results/grid-cpu.md
 
 Per protocol, in the paper's layout (dataset × architecture × layer setup, D100/D10/D1): gMINT's accuracy with
-the paper's beside it, then AUC and TPR at 1% FPR with their bootstrap intervals, each with the range over the
-MINT classifier's seeds; a table of what explains each cell (the audited model's accuracy, epochs, whether it
-memorised its members, loss quantiles, the loss threshold and the negative control on the same rows); a heat map
-of ours − paper per protocol and one ROC plot per dataset. Cells the results do not hold yet read "pending".
+the paper's beside it, then AUC and TPR at 1% FPR with their bootstrap intervals, each the median over the MINT
+classifier's seeds with their range beside it (one seed alone can be a fit stuck at chance); a table of what
+explains each cell (the audited model's accuracy, epochs, whether it memorised its members, loss quantiles, the
+loss threshold and the negative control on the same rows); a heat map of ours − paper per protocol and one ROC
+plot per dataset; and, over the whole grid, how many probes have a seed whose fit collapsed to chance. Cells the
+results do not hold yet read "pending".
 """
 
 from __future__ import annotations
@@ -18,20 +20,30 @@ import hashlib
 import json
 import tomllib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.grid import FRACTIONS, SETUPS, grid_cells
+from benchmarks.grid import FRACTIONS, SETUPS, classifier, grid_cells, over_seeds
 from gmint.assess.figures import pyplot, save_png
 from gmint.assess.metrics import Estimate, control_off_chance
+from gmint.mint import DEFAULT_KIND
 
 PAPER_DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "gtsrb": "GTSRB", "tiny_imagenet": "Tiny ImageNet"}
 PAPER_ARCHS = {"mobilenet": "MobileNet", "resnet50": "ResNet50", "resnet101": "ResNet100",
                "densenet121": "DenseNet121", "xception": "Xception", "vit": "ViT"}
 Row = dict[str, Any]
 PaperTable = dict[tuple[str, str, str, str], float]
+# A seed's fit counts as collapsed when it reads at most AT_CHANCE while another seed of the same probe reaches
+# REACHED, on the same held-out rows. On the grid's 1,000 balanced held-out rows one standard error of a chance
+# accuracy is 0.016: AT_CHANCE lies within it of 0.5, REACHED six of them above, so the two seeds disagree on
+# whether there is a signal at all, which row noise cannot explain.
+AT_CHANCE = 0.51
+REACHED = 0.60
+SPREAD_POINTS = (5, 10)  # seed ranges wider than these (in points: 0.05, 0.10) are counted
+COLLAPSE_METRICS = {"accuracy": ("accuracy",), "AUC": ("auc",), "accuracy or AUC": ("accuracy", "auc")}
 
 
 def paper_table(path: Path) -> PaperTable:
@@ -70,12 +82,34 @@ def point(est: Estimate, percent: bool = False) -> str:
 
 
 def seed_range(row: Row, metric: str, percent: bool = False) -> str:
-    """'seeds 0.90–0.93': the range of a metric over the classifier's seeds ('' for one seed)."""
-    values = [v for v in row.get("mint_seeds", {}).get(metric, []) if v is not None]
-    if len(values) < 2:
+    """'0.90–0.93': the range of a metric over the classifier's seeds ('' for one seed)."""
+    spread = over_seeds(row, metric)
+    if spread.seeds < 2 or spread.low is None or spread.high is None:
         return ""
     k, fmt = (100.0, ".1f") if percent else (1.0, ".3f")
-    return f"{min(values) * k:{fmt}}–{max(values) * k:{fmt}}"
+    return f"{spread.low * k:{fmt}}–{spread.high * k:{fmt}}"
+
+
+def headline(row: Row, metric: str, percent: bool = False) -> str:
+    """A row's figure for `metric`: the median over its classifier seeds ('0.912', or '91.2' in %), or n/a."""
+    median = over_seeds(row, metric).median
+    if median is None:
+        return unresolved(metrics(row["mint"])[metric])
+    return f"{median * 100:.1f}" if percent else f"{median:.3f}"
+
+
+def table_entry(row: Row, metric: str, percent: bool) -> str:
+    """A table's entry: the median over seeds with their range; accuracy alone, AUC and TPR with the bootstrap
+    interval of the first seed's fit (the only one bootstrapped), named as that seed's where its figure is not
+    the median: '0.912 [0.880, 0.940] (seeds 0.90–0.93)', '0.640 (seeds 0.500–0.700; seed 0: 0.500 [0.46,
+    0.54])'."""
+    est, median = metrics(row["mint"])[metric], headline(row, metric, percent)
+    first = point(est, percent)
+    spread = seed_range(row, metric, percent)
+    seed_zero = first if percent else ci(est)
+    if median == first:
+        return seed_zero + (f" (seeds {spread})" if spread else "")
+    return f"{median} (seeds {spread}; seed {row['mint_seeds']['seeds'][0]}: {seed_zero})"
 
 
 def metrics(row_metrics: Mapping[str, Any]) -> dict[str, Estimate]:
@@ -108,13 +142,7 @@ def layout_table(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str, s
             for fraction in FRACTIONS:
                 row = rows.get((name, "gMINT", setup, fraction))
                 ref = paper_value(paper, dataset, arch, setup, fraction)
-                if row is None:
-                    text = "pending"
-                else:
-                    est = metrics(row["mint"])[metric]
-                    text = point(est, percent) if percent else ci(est)
-                    spread = seed_range(row, metric, percent)
-                    text += f" (seeds {spread})" if spread else ""
+                text = "pending" if row is None else table_entry(row, metric, percent)
                 if percent:
                     text += f" · paper {ref:.2f}" if ref is not None else " · paper —"
                 entries.append(text)
@@ -143,16 +171,14 @@ def baseline_table(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str,
             return "/".join(f"{record[k]:.2g}" for k in keys) if all(k in record for k in keys) else "—"
 
         lt = metrics(row["loss_threshold"])
-        mint = metrics(row["mint"])
-        nc = (f"{point(metrics(control['mint'])['accuracy'], True)} / {point(metrics(control['mint'])['auc'])}"
-              if control else "pending")
+        nc = f"{headline(control, 'accuracy', True)} / {headline(control, 'auc')}" if control else "pending"
         extraction = row.get("extraction", {})
         fit = "/".join(str(r["fit_rows"]) if (r := rows.get((name, "gMINT", "combined", f))) else "—"
                        for f in FRACTIONS)
         out.append(f"| {name} | {model['epochs_done']} of {model['train_config']['epochs']} | {memorised(row)} | "
                    f"{accs} | {quantiles('members')} | {quantiles('external')} | {quantiles('test')} | "
                    f"{point(lt['accuracy'], True)} / {point(lt['auc'])} / {point(lt['tpr_at_1pct_fpr'])} | "
-                   f"{point(mint['auc'])} | {nc} | {fit} | {row.get('intervals', 'rows')} | "
+                   f"{headline(row, 'auc')} | {nc} | {fit} | {row.get('intervals', 'rows')} | "
                    f"{extraction.get('rows_per_second') or '—'} | "
                    f"{model['train_seconds']:.0f} |")
     return [*out, ""]
@@ -173,14 +199,87 @@ def controls_off_chance(cells: list[tuple[str, str, str]], rows: Iterable[Row]) 
             "on one side of chance is a protocol that leaks.", "", *found, ""]
 
 
+@dataclass(frozen=True)
+class Collapses:
+    """How a grid's probes spread over their classifier seeds, for one or more metrics (a probe counts where any
+    of them does)."""
+
+    probes: int
+    collapsed: int        # a seed at AT_CHANCE or below while another reaches REACHED
+    first_collapsed: int  # of those, the first seed's figure (the one a row measures itself) is at chance
+    wider_than: tuple[int, ...]  # probes whose seed range is wider than each of SPREAD_POINTS
+
+
+def count_collapses(rows: list[Row], names: tuple[str, ...]) -> Collapses:
+    """Collapses counted over `rows` on the metrics `names` (e.g. ("accuracy", "auc"))."""
+    collapsed = first = 0
+    wider = [0] * len(SPREAD_POINTS)
+    for row in rows:
+        spreads = {name: over_seeds(row, name) for name in names}
+        at_chance = [name for name, s in spreads.items() if s.low is not None and s.high is not None
+                     and s.low <= AT_CHANCE and s.high >= REACHED]
+        collapsed += bool(at_chance)
+        first += any((v := metrics(row["mint"])[name].value) is not None and v <= AT_CHANCE for name in at_chance)
+        widths = [round(100 * (s.high - s.low), 6)  # in points, rounded: 0.55 − 0.50 is not wider than 5
+                  for s in spreads.values() if s.low is not None and s.high is not None]
+        for i, points in enumerate(SPREAD_POINTS):
+            wider[i] += any(width > points for width in widths)
+    return Collapses(len(rows), collapsed, first, tuple(wider))
+
+
+def collapsed_fits(cells: list[tuple[str, str, str]], rows: Iterable[Row], config_path: Path,
+                   out: Path) -> list[str]:
+    """The section "Collapsed fits in this grid": over the gMINT probes of `cells`, how many have a seed whose fit
+    stopped at chance while another found the signal, how many stated such a seed as their figure before the
+    median did, how wide the seed ranges run; which classifier fitted the rows, and the command that measures
+    gmint's default where they do not hold it (`config_path`, and a results file named after `out`)."""
+    names = {name for name, _, _ in cells}
+    probes = [r for r in rows if r["cell"] in names and r["signal"] == "gMINT"]
+    if not probes:
+        return []
+    counts = {label: count_collapses(probes, metric) for label, metric in COLLAPSE_METRICS.items()}
+    widths = " | ".join(f"seed range > {p} points" for p in SPREAD_POINTS)
+    table = [f"| metric | a seed ≤ {AT_CHANCE:.2f}, another ≥ {REACHED:.2f} | of those, the first seed at chance "
+             f"| {widths} |",
+             "|---|---|---|" + "---|" * len(SPREAD_POINTS),
+             *(f"| {label} | {c.collapsed} | {c.first_collapsed} | " + " | ".join(map(str, c.wider_than)) + " |"
+               for label, c in counts.items())]
+    unrecorded = sum(classifier(r) is None for r in probes)
+    default = sum(classifier(r) == DEFAULT_KIND for r in probes)
+    before = f"All {unrecorded}" if unrecorded == len(probes) else f"{unrecorded} of the {len(probes)}"
+    results = out.with_name(f"{out.stem}-{DEFAULT_KIND}.jsonl")
+    lines = ["## Collapsed fits in this grid", "",
+             f"A MINT classifier's fit collapses when it stops at chance where the same recipe with another seed "
+             f"finds the signal: on the same held-out rows one seed reads ≤ {AT_CHANCE:.2f} while another reaches "
+             f"≥ {REACHED:.2f}. Over the {len(probes)} gMINT probes of these rows (negative controls sit at chance by "
+             "design and are left out):", "", *table, "",
+             "Stated alone, the first seed's figure (the one each row measures itself) would be a collapsed fit in "
+             + ", ".join(f"{c.first_collapsed} probes on {label}" for label, c in counts.items())
+             + "; the tables state the median.", ""]
+    if unrecorded:
+        lines += [f"{before} rows were measured before gmint's fits stopped collapsing and before its default "
+                  f"classifier (`{DEFAULT_KIND}`, chosen by cross-validation on the pool): they show the paper's "
+                  "form, an MLP on MEAN features, as fitted then.", ""]
+    if default:
+        lines += [f"{default} of the {len(probes)} rows fitted the default classifier (`{DEFAULT_KIND}`).", ""]
+    else:
+        lines += [f"The default classifier (`{DEFAULT_KIND}`) is not in these rows. Measuring it needs the grid's "
+                  "stores, which are not kept with the results: rerunning the grid regenerates them (it trains the "
+                  "models and extracts the stores again, then fits the default) into a new results file, since a "
+                  "run into this one skips every finished probe:", "", "```bash",
+                  f"python -m benchmarks.grid --config {config_path} --out {results}", "```", ""]
+    return lines
+
+
 def differences(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str, str, str], Row],
                 paper: PaperTable) -> np.ndarray:
-    """(cells, setups × fractions) of ours − paper in accuracy points; NaN where either is missing."""
+    """(cells, setups × fractions) of ours (the median over seeds) − paper in accuracy points; NaN where either is
+    missing."""
     grid = np.full((len(cells), len(SETUPS) * len(FRACTIONS)), np.nan)
     for i, (name, dataset, arch) in enumerate(cells):
         for j, (setup, fraction) in enumerate((s, f) for s in SETUPS for f in FRACTIONS):
             row, ref = rows.get((name, "gMINT", setup, fraction)), paper_value(paper, dataset, arch, setup, fraction)
-            value = metrics(row["mint"])["accuracy"].value if row else None
+            value = over_seeds(row, "accuracy").median if row else None
             if value is not None and ref is not None:
                 grid[i, j] = 100 * value - ref
     return grid
@@ -199,8 +298,8 @@ def text_colour(rgba: tuple[float, ...]) -> str:
 
 
 def heat_map(protocol: str, cells: list[tuple[str, str, str]], diff: np.ndarray, out: Path) -> Path:
-    """Ours − paper per cell, setup and fraction in points, each cell's number written in the colour that reads
-    on it (`text_colour`); the colour bar is the legend, clipped at ±50 points."""
+    """Ours (the median over classifier seeds) − paper per cell, setup and fraction in points, each cell's number
+    written in the colour that reads on it (`text_colour`); the colour bar is the legend, clipped at ±50 points."""
     fig, ax = pyplot().subplots(figsize=(10, 0.35 * len(cells) + 2.2))
     image = ax.imshow(np.ma.masked_invalid(diff), cmap="RdBu", vmin=-50, vmax=50, aspect="auto")
     ax.set_xticks(range(diff.shape[1]), [f"{s} {f}" for s in SETUPS for f in FRACTIONS], rotation=60, ha="right",
@@ -211,7 +310,7 @@ def heat_map(protocol: str, cells: list[tuple[str, str, str]], diff: np.ndarray,
     for i, j in zip(*np.nonzero(np.isfinite(diff)), strict=True):
         ax.text(j, i, f"{diff[i, j]:.0f}", ha="center", va="center", fontsize=6,
                 color=text_colour(image.cmap(image.norm(diff[i, j]))))
-    fig.colorbar(image, ax=ax, label="gMINT accuracy − paper (points)")
+    fig.colorbar(image, ax=ax, label="gMINT accuracy (median over seeds) − paper (points)")
     ax.set_title(f"{protocol} protocol: ours − paper (blank: pending)")
     return save_png(fig, out)
 
@@ -243,9 +342,10 @@ def environment(rows: list[Row]) -> list[str]:
     return [f"- Code: commit(s) {', '.join(commits) or '—'}; {'; '.join(versions) or '—'}."]
 
 
-def report(rows: list[Row], paper: PaperTable, config: Mapping[str, Any], config_text: str,
-           out: Path) -> dict[str, Any]:
-    """Write the Markdown report `out`, its JSON twin and PNGs beside it; return the JSON summary."""
+def report(rows: list[Row], paper: PaperTable, config: Mapping[str, Any], config_text: str, out: Path, *,
+           config_path: Path) -> dict[str, Any]:
+    """Write the Markdown report `out`, its JSON twin and PNGs beside it; return the JSON summary. `config_path`
+    is where `config` was read from, for the command that reruns the grid."""
     cells = grid_cells(config)
     indexed = index_rows(rows)
     figures = out.with_name(out.stem + "-figures")
@@ -260,8 +360,11 @@ def report(rows: list[Row], paper: PaperTable, config: Mapping[str, Any], config
         "audited models were trained 300 epochs on 11,000–40,000 members at full width; these on 1,000 members "
         "at reduced width (see the config), each until it classified 99% of its members correctly or hit the "
         "epoch cap (memorised ✓ / ✗). Intervals are 95% bootstrap intervals (resampling rows, or whole tracks "
-        "where a row says so: frames of one sign are not independent); \"seeds\" is the range over "
-        "the MINT classifier's training seeds on the same rows. Under the `paper` protocol the held-out "
+        "where a row says so: frames of one sign are not independent). Every table states the median over the "
+        "MINT classifier's training seeds on the same rows, with their range (\"seeds\") beside it; the "
+        "interval is the first seed's fit's, the only one bootstrapped, and is named as that seed's where its "
+        "figure is not the median (how often one seed's fit collapsed to chance: \"Collapsed fits in this grid\" at "
+        "the end). Under the `paper` protocol the held-out "
         "externals come from the official test part where there is one (MNIST, CIFAR-10, Tiny ImageNet); "
         "GTSRB has none, and is split by frame under `paper` and by track (physical sign) under `grouped`, "
         "where member and external tracks are drawn as same-class pairs so that every class is level between "
@@ -296,10 +399,11 @@ def report(rows: list[Row], paper: PaperTable, config: Mapping[str, Any], config
         for name, dataset, arch in mine:
             summary["cells"][name] = {
                 f"{setup}/{fraction}": {
-                    "ours_accuracy": metrics(r["mint"])["accuracy"].value if (r := indexed.get(
+                    "ours_accuracy": over_seeds(r, "accuracy").median if (r := indexed.get(
                         (name, "gMINT", setup, fraction))) else None,
                     "paper_accuracy": paper_value(paper, dataset, arch, setup, fraction)}
                 for setup in SETUPS for fraction in FRACTIONS}
+    lines += collapsed_fits([(c.name, c.dataset, c.arch) for c in cells], rows, config_path, out)
     out.write_text("\n".join(lines))
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -314,7 +418,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [json.loads(line) for line in args.grid.read_text().splitlines() if line.strip()]
     text = args.config.read_text()
-    report(rows, paper_table(args.paper), tomllib.loads(text), text, args.out)
+    report(rows, paper_table(args.paper), tomllib.loads(text), text, args.out, config_path=args.config)
 
 
 if __name__ == "__main__":

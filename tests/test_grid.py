@@ -13,6 +13,7 @@ import pytest
 import benchmarks.grid as grid
 from benchmarks.grid import GridCell, grid_cells, grid_recipe, run_grid_cell, train_config
 from gmint.experiment import Probe
+from gmint.mint import DEFAULT_KIND
 from gmint.models.train import TrainConfig
 
 CONFIGS = Path(__file__).parents[1] / "benchmarks/configs"
@@ -84,6 +85,9 @@ def test_grid_rows_record_their_provenance_and_a_rerun_adds_only_missing_rows(
     # the spread over classifier seeds: the first seed is the row's own measurement
     assert first["mint_seeds"]["seeds"] == [0, 1]
     assert first["mint_seeds"]["auc"][0] == first["mint"]["auc"]["value"]
+    # and their median, the figure reported, stated beside it; the classifier the row fitted
+    assert first["mint_over_seeds"]["auc"]["median"] == pytest.approx(np.median(first["mint_seeds"]["auc"]))
+    assert first["mint_over_seeds"]["auc"]["seeds"] == 2 and first["classifier"] == DEFAULT_KIND
     assert first["extraction"]["rows"] == first["split"]["pool"] + first["split"]["holdout"]
     roc = first["roc"]["mint"]
     assert roc["fpr"][0] == 0.0 and roc["fpr"][-1] == 1.0 and roc["tpr"][-1] == 1.0
@@ -133,7 +137,7 @@ def _smoke(datasets: list[str], tmp_path: Path, data_root: Path | None) -> tuple
         run_grid_cell(cell, tmp_path / "work", out, data_root=data_root, show_progress=False)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     paper = paper_table(PAPER) if PAPER.exists() else {}
-    report(rows, paper, config, text, tmp_path / "report.md")
+    report(rows, paper, config, text, tmp_path / "report.md", config_path=CONFIGS / "grid-smoke.toml")
     return rows, (tmp_path / "report.md").read_text()
 
 
@@ -149,6 +153,7 @@ def test_smoke_grid_on_digits_reports_every_probe(tmp_path: Path) -> None:
     assert len(rows) == len(grid.PROBES)
     _assert_finite(rows)
     assert "Cells finished: 1 of 1" in text and "| digits | mobilenet |" in text
+    assert "## Collapsed fits in this grid" in text and "measured before" not in text
     assert (tmp_path / "report-figures" / "paper-digits-roc.png").stat().st_size > 0
     summary = json.loads((tmp_path / "report.json").read_text())
     assert summary["cells"]["paper/digits-mobilenet"]["combined/D100"]["paper_accuracy"] is None
