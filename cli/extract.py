@@ -18,7 +18,7 @@ from gmint.assess.candidates import model_classes, model_input, relabel
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.data.transforms import Transform
-from gmint.errors import InputError, StoreBusyError
+from gmint.errors import InputError, Remedy, StoreBusyError
 from gmint.features.engine import ENGINES, LOSSES
 from gmint.features.extract import extract as run_extract
 from gmint.features.extract import rows_sha256, split_rows
@@ -26,17 +26,16 @@ from gmint.features.layers import LAYER_PRESETS, preset_layers, weight_layers
 from gmint.features.reduce import REDUCTIONS
 from gmint.features.shards import merge_shards, run_distributed, world
 from gmint.features.sources import SOURCES
-from gmint.features.store import ANOTHER_STORE_HINT, REBUILD_HINT, check_resumable, writer_pid
+from gmint.features.store import check_resumable, writer_pid
 from gmint.models.check import ModelCheck, check_model
 from gmint.models.io import AuditedModel
-from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
+from gmint_cli.console import cli_errors, console, print_json, remedies, show_progress
 from gmint_cli.inputs import ARCH_HELP, MODEL_HELP, TORCHSCRIPT_HELP, TRUST_PICKLE_HELP, load_data, load_model
 from gmint_cli.options import choices, device_option, flag
 from gmint_cli.outputs import check_output
 
-# Remedies the library names in its own terms, and this command's option that carries each out.
-OPTION_HINTS = {REBUILD_HINT: "pass --overwrite to extract it again in its place",
-                ANOTHER_STORE_HINT: "choose another --out"}
+# A store this command is to continue, refused: it can be extracted again in its place.
+REBUILD_IN_PLACE = {Remedy.REBUILD_STORE: "pass --overwrite to extract it again in its place"}
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
@@ -116,7 +115,7 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     # A file no resume can continue is refused before the model is even loaded (under torchrun --out is the
     # join of the shards, which rank 0 checks when it joins them).
     if resume and out.is_file() and world()[1] == 1:
-        with option_hints(OPTION_HINTS):
+        with remedies(REBUILD_IN_PLACE):
             check_resumable(out)
     budget = parse_bytes(max_memory) if max_memory else None
     audited = load_model(model, arch, torchscript, trust_pickle)
@@ -141,7 +140,7 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     check = report_model_check(audited, images, manifest, transform, min_member_accuracy, device, seed, rank == 0)
 
     def run(shard: tuple[int, int], on_device: str) -> Path:
-        with option_hints(OPTION_HINTS):
+        with remedies(REBUILD_IN_PLACE):
             return run_extract(audited, images, rows, out=out, layers=setup, reduction=reduction, engine=engine,
                                source=source, transform=transform, loss=loss, batch_size=batch_size,
                                chunk_size=chunk_size, seed=seed, split=manifest, model_check=check,

@@ -90,7 +90,7 @@ def _audited_checkpoint(model: Path) -> AuditedModel:
     except InputError as exc:
         if kind not in ("torch", "pickle"):
             raise
-        raise InputError(f"{exc}; for a model from outside, {NEEDS_CHECKPOINT} (a pickled module with "
+        raise InputError(f"{exc.message}; for a model from outside, {NEEDS_CHECKPOINT} (a pickled module with "
                          "--trust-pickle and --arch)") from None
     if not ("meta" in payload and "state_dict" in payload):
         raise InputError(f"{model} is a plain state dict, not a gmint checkpoint; {NEEDS_CHECKPOINT} (--arch, "

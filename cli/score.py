@@ -10,22 +10,13 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from gmint.assess.candidates import (
-    LABEL_SOURCES,
-    PREDICTED_HINT,
-    TO_GREY_HINT,
-    holdout_rows,
-    load_image_folder,
-    model_input,
-    read_row_ids,
-    subsample,
-)
+from gmint.assess.candidates import LABEL_SOURCES, holdout_rows, load_image_folder, model_input, read_row_ids, subsample
 from gmint.assess.exposure import contact_sheet, exposed_candidates, write_csv
-from gmint.assess.scoring import SUBSET_HINT, Audit, audit_set, write_scores
+from gmint.assess.scoring import Audit, audit_set, write_scores
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.errors import InputError
 from gmint.mint import TrainedMint
-from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
+from gmint_cli.console import cli_errors, console, print_json, show_progress
 from gmint_cli.inputs import (
     ARCH_HELP,
     MODEL_HELP,
@@ -39,10 +30,6 @@ from gmint_cli.options import choices, device_option, flag
 from gmint_cli.outputs import check_output
 
 ROW_CHOICES = ("holdout-members", "holdout-external")
-# The library's remedies, in the words of this command's options.
-OPTION_HINTS = {TO_GREY_HINT: "convert them explicitly with --to-grey (luma)",
-                SUBSET_HINT: "audit a subset of them (--sample N)",
-                PREDICTED_HINT: "label them with the audited model's predictions (--labels predicted)"}
 
 
 @cli_errors
@@ -108,7 +95,7 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
     classifier = TrainedMint.load(mint)
     audited = load_model(model, arch, torchscript, trust_pickle)
     if images is not None:
-        with size_hint(None), option_hints(OPTION_HINTS):
+        with size_hint(None):
             candidates, source = load_image_folder(images, audited, labels=labels), str(images)
         index = np.arange(len(candidates))
     else:
@@ -125,7 +112,7 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
                              f"{candidates.name} (0 to {len(candidates) - 1})")
     if sample is not None:
         index = subsample(index, sample, seed)
-    with tempfile.TemporaryDirectory(prefix="gmint-score-") as tmp, option_hints(OPTION_HINTS):
+    with tempfile.TemporaryDirectory(prefix="gmint-score-") as tmp:
         kept = features or (Path(tmp) / "candidates.h5" if top else None)  # --top reads the losses there
         result = audit_set(audited, classifier, candidates, index, calibration=store, out=kept, to_grey=to_grey,
                            labels=labels, batch_size=batch_size, device=device, show_progress=show_progress())

@@ -34,7 +34,7 @@ from gmint.amint.taps import TapCollector, resolve_taps, tap_shapes
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.models.io import AuditedModel, fingerprint, read_checkpoint, save_checkpoint, training_finished
 from gmint.models.train import (
     AUGMENTATIONS,
@@ -149,7 +149,7 @@ def train_amint(data: ImageSet, split: MembershipSplit, *, arch: str, transform:
         raise InputError(f"{out} is a file; give a folder")
     target = out / MODEL_FILE
     if target.exists() and not (resume or overwrite):
-        raise InputError(f"{target} exists; pass --overwrite to replace it or --resume to continue it")
+        raise InputError(f"{target} exists", Remedy.RESUME_OR_OVERWRITE)
     rows = _Rows(*amint_rows(split))
     if len(rows.head_members) == 0 or len(rows.head_external) == 0:
         raise InputError("the split's pool needs both members and externals for the head to learn from")

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gmint.data.base import ImageSet
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.files import atomic_write
 
 FRACTIONS = {"D100": 1.0, "D10": 0.1, "D1": 0.01}
@@ -38,8 +38,6 @@ MEMBER, EXTERNAL = 1, 0
 POOL, HOLDOUT = 0, 1
 # Columns of a CSV list file that name its items, should a header name one; else the first column is read.
 LIST_COLUMNS = ("file", "path", "sample_id", "row")
-# The remedy for a group on both lists, in the library's terms; the CLI puts its own option in its place.
-PAPER_HINT = "use the paper protocol"
 # Offenders an error message quotes: enough to find the pattern, short enough for one line.
 _QUOTED = 3
 
@@ -149,8 +147,7 @@ def check_model_split(meta: Mapping[str, object], split: MembershipSplit, *, tra
     trained = MembershipSplit.from_json(json.dumps(recorded)).sha256
     if trained != split.sha256:
         raise InputError(f"the split {split.sha256} is not the one the audited model was trained on ({trained}): "
-                         "its membership labels would be wrong; use the model's own split, or pass "
-                         "--model-trained-outside-gmint if the model was trained outside gmint on this split")
+                         "its membership labels would be wrong", Remedy.OWN_SPLIT)
 
 
 def one_sided_groups(membership: np.ndarray, groups: np.ndarray) -> np.ndarray | None:
@@ -407,7 +404,7 @@ def _grouped_roles(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_
         available = int(pair_rows.sum())
         raise InputError(f"the grouped protocol pairs each member group with an external group of the same "
                          f"class: the train part has {len(ranked)} such pairs ({available} rows a side), fewer "
-                         f"than the {target} asked for; ask for fewer, or use --protocol paper")
+                         f"than the {target} asked for; ask for fewer", Remedy.PAPER_PROTOCOL)
     taken = ranked[:_prefix_length(pair_rows, target)]
 
     def rows_of(unit_index: np.ndarray) -> np.ndarray:
@@ -541,7 +538,7 @@ def _refuse_split_groups(groups: np.ndarray, members: _Listed, external: _Listed
         more = f", and so do {_plural(len(shared) - 1, 'other group')}" if len(shared) > 1 else ""
         raise InputError(f"group {int(group)} has rows on both lists ({_quote([member])} a member, "
                          f"{_quote([external_key])} external){more}; the grouped protocol keeps each group on "
-                         f"one side: list a group on one side only, or {PAPER_HINT}")
+                         f"one side: list a group on one side only", Remedy.PAPER_PROTOCOL)
 
 
 def _refuse_control_groups(groups: np.ndarray, control: _Listed, candidates: tuple[_Listed, _Listed]) -> None:
@@ -555,7 +552,7 @@ def _refuse_control_groups(groups: np.ndarray, control: _Listed, candidates: tup
             theirs = side.keys[int(np.flatnonzero(groups[side.rows] == group)[0])]
             raise InputError(f"group {int(group)} has rows on the control list ({_quote([mine])}) and the {role} "
                              f"list ({_quote([theirs])}); the grouped protocol keeps each group on one list: list "
-                             f"it on one only, or {PAPER_HINT}")
+                             "it on one only", Remedy.PAPER_PROTOCOL)
 
 
 class _Units(NamedTuple):

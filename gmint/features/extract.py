@@ -26,7 +26,7 @@ from torch import nn
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.data.transforms import Transform
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.features.engine import ENGINES
 from gmint.features.engine.base import check_chunk_size
 from gmint.features.engine.memory import max_batch_for_memory
@@ -34,7 +34,7 @@ from gmint.features.engine.selfcheck import EngineCheckWarning, EngineDisagreeme
 from gmint.features.reduce import parse_reduction
 from gmint.features.shards import shard_bounds, shard_path
 from gmint.features.sources import SOURCES
-from gmint.features.store import REBUILD_HINT, FeatureStore
+from gmint.features.store import FeatureStore
 from gmint.models.check import ModelCheck, check_model
 from gmint.models.io import AuditedModel
 from gmint.progress import progress_bar
@@ -257,7 +257,7 @@ def extract(audited: AuditedModel, data: ImageSet, rows: Rows, *, out: Path, lay
             widths = {n: int(f.shape[1]) for n, f in first.features.items()}
             if store is not None and store.dims != widths:  # same provenance, other widths: only damage does that
                 raise InputError(f"{out} is damaged (its layers hold {store.dims} features per row, this extraction "
-                                 f"computes {widths}); it cannot be resumed: {REBUILD_HINT}")
+                                 f"computes {widths}); it cannot be resumed", Remedy.REBUILD_STORE)
             if store is None:
                 store = stack.enter_context(FeatureStore.create(
                     out, overwrite=overwrite, provenance=provenance, chunk_rows=batch_size,

@@ -48,7 +48,7 @@ from types import TracebackType
 import h5py
 import numpy as np
 
-from gmint.errors import IncompleteStoreError, InputError, StoreBusyError, StoreMismatchError
+from gmint.errors import IncompleteStoreError, InputError, Remedy, StoreBusyError, StoreMismatchError
 from gmint.files import atomic_write
 
 FORMAT = "gmint-feature-store/3"  # /2: per-row `finite` flags; /3: per-row `group` ids
@@ -69,9 +69,6 @@ CODES = {"membership": {1: "member", 0: "external", -1: "unknown"},
 LIBVER = ("v110", "v110")
 # How long a writer retries the lock before refusing: a reader asking who writes holds it for microseconds.
 LOCK_WAIT_S = 0.5
-# Remedies for a file no resume can continue, in the library's terms (the CLI names its own options instead).
-REBUILD_HINT = "remove it, or extract it again with overwrite"
-ANOTHER_STORE_HINT = "extract into another file"
 
 
 class FeatureStore:
@@ -104,7 +101,7 @@ class FeatureStore:
         with ExitStack() as held:
             lock = held.enter_context(WriterLock(path))
             if path.exists() and not overwrite:
-                raise InputError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
+                raise InputError(f"{path} exists", Remedy.RESUME_OR_OVERWRITE)
             n = len(columns["sample_id"])
             with atomic_write(path) as tmp:
                 with _h5file(tmp, "w") as h5:
@@ -323,16 +320,16 @@ class FeatureStore:
         """Refuse a damaged store (see `damage`), saying what is wrong with it and how to rebuild it."""
         damage = self.damage()
         if damage is not None:
-            raise InputError(f"{self.path} is damaged ({damage}); {REBUILD_HINT}")
+            raise InputError(f"{self.path} is damaged ({damage})", Remedy.REBUILD_STORE)
 
     def require_complete(self) -> None:
         """Refuse a damaged store, and an unfinished one saying whether a live process is still writing it."""
         self.require_sound()
         if not self.marked_complete:
             pid = self.writer
-            todo = (f"it is being written by PID {pid}; wait for it to finish" if pid else
-                    "finish it with `gmint extract ... --resume`")
-            raise IncompleteStoreError(f"{self.path} is incomplete ({self.rows_written} of {len(self)} rows); {todo}")
+            busy = f"; it is being written by PID {pid}; wait for it to finish" if pid else ""
+            raise IncompleteStoreError(f"{self.path} is incomplete ({self.rows_written} of {len(self)} rows){busy}",
+                                       None if pid else Remedy.RESUME_EXTRACTION)
 
     def _read(self, dataset: h5py.Dataset) -> np.ndarray:
         return _read_all(self.path, dataset)
@@ -439,12 +436,12 @@ def _check_resumable(path: Path, provenance: Mapping[str, object]) -> bool:
     with FeatureStore(path, _open_h5(path, held=True)) as old:
         damage = old.damage()
         if damage is not None:
-            raise InputError(f"{path} is damaged ({damage}); it cannot be resumed: {REBUILD_HINT}")
+            raise InputError(f"{path} is damaged ({damage}); it cannot be resumed", Remedy.REBUILD_STORE)
         theirs = old.provenance
         diff = [k for k in SPEC_KEYS if k in provenance and theirs.get(k) != _roundtrip(provenance[k])]
         if diff:
             raise StoreMismatchError(f"{path} was written by a different extraction (differs in "
-                                     f"{', '.join(diff)}); {ANOTHER_STORE_HINT}, or {REBUILD_HINT}")
+                                     f"{', '.join(diff)})", Remedy.ANOTHER_STORE_OR_REBUILD)
         return old.complete
 
 
@@ -456,8 +453,8 @@ def _salvage(path: Path) -> None:
         _copy_rows(path, tmp)
     except OSError as exc:  # corrupt chunks surface only when read
         tmp.unlink(missing_ok=True)
-        raise InputError(f"{path} is damaged (its writer died and {_why(exc)}); it cannot be resumed: "
-                         f"{REBUILD_HINT}") from None
+        raise InputError(f"{path} is damaged (its writer died and {_why(exc)}); it cannot be resumed",
+                         Remedy.REBUILD_STORE) from None
     tmp.replace(path)
 
 
@@ -496,20 +493,21 @@ def _open_h5(path: Path, *, held: bool = False) -> h5py.File:
     # flagged "open for write", or its end not yet extended. Only then: an SWMR reader skips HDF5's check
     # that the file is as long as it records and retries failing reads with back-off, so a file cut short
     # may open showing its complete mark, or hang.
-    tail = f"; it cannot be resumed: {REBUILD_HINT}" if held else ""
+    tail, remedy = ("; it cannot be resumed", Remedy.REBUILD_STORE) if held else ("", None)
     try:
         h5 = _open_swmr(path, tail) if not held and writer_pid(path) else h5py.File(path, "r", locking=False)
     except OSError as exc:
         # A flagged file whose writer is gone: HDF5 checks its length first, so this one is whole.
         if "already open for write" not in str(exc) and (held or not writer_pid(path)):
-            raise InputError(f"{path} is not a readable HDF5 feature store ({_why(exc)}){tail}") from None
+            raise InputError(f"{path} is not a readable HDF5 feature store ({_why(exc)}){tail}", remedy) from None
         h5 = _open_swmr(path, tail, held=held)
     found = h5.attrs.get("format")
     if found not in READABLE_FORMATS:
         h5.close()
         if isinstance(found, str) and found.startswith(FORMAT.split("/")[0]):
-            raise InputError(f"{path} is a {found} store; this gmint reads {FORMAT}: {REBUILD_HINT}")
-        raise InputError(f"{path} is not a gmint feature store (format attribute missing or different){tail}")
+            raise InputError(f"{path} is a {found} store; this gmint reads {FORMAT}", Remedy.REBUILD_STORE)
+        raise InputError(f"{path} is not a gmint feature store (format attribute missing or different){tail}",
+                         remedy)
     return h5
 
 
@@ -524,7 +522,8 @@ def _open_swmr(path: Path, tail: str = "", *, held: bool = False) -> h5py.File:
         except OSError as exc:
             pid = None if held else writer_pid(path)
             if pid is None:
-                raise InputError(f"{path} is not a readable HDF5 feature store ({_why(exc)}){tail}") from None
+                raise InputError(f"{path} is not a readable HDF5 feature store ({_why(exc)}){tail}",
+                                 Remedy.REBUILD_STORE if held else None) from None
             if time.monotonic() > deadline:
                 raise InputError(f"{path} is being written by PID {pid} and cannot be read now; try again") from None
             time.sleep(0.02)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.models.description import ModelDescription, build_architecture, select_output
 from gmint.models.io import AuditedModel, read_checkpoint, save_checkpoint, training_finished
 from gmint.models.zoo import build
@@ -169,15 +169,14 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = 
     else:
         members = np.asarray(split.control if negative_control else split.members)
     if len(members) == 0:
-        raise InputError("the split has no control rows to train a negative control on; draw one with "
-                         "`gmint split --control`")
+        raise InputError("the split has no control rows to train a negative control on", Remedy.CONTROL_ROWS)
     out = Path(out)
     if resume and overwrite:
         raise InputError(f"resume continues {out}, overwrite replaces it: pass one of them")
     if out.is_dir():
         raise InputError(f"{out} is a folder; give a file name")
     if out.exists() and not (resume or overwrite):
-        raise InputError(f"{out} exists; pass --overwrite to replace it or --resume to continue it")
+        raise InputError(f"{out} exists", Remedy.RESUME_OR_OVERWRITE)
     # The model being replaced stays where it is until its successor is finished.
     work = out.with_name(out.name + ".new") if overwrite and out.exists() else out
     c, h, _ = data.image_shape

@@ -362,7 +362,7 @@ def _lira_online(signals: ReferenceSignals, task: Task, *, global_variance: bool
     needed = 1 if global_variance else 2
     if len(used) and int(n_in[used].min()) == 0:
         raise NotApplicable("needs reference models trained on each scored row: an online reference set "
-                            "(`gmint reference train --mode online`)")
+                            "(reference models trained in online mode)")
     _require(n_in[used], needed, "trained on")
     _require(n_out[used], needed, "out of")
     params: dict[str, object] = {"signal": "phi = log(p_y / (1 - p_y))",
@@ -484,7 +484,7 @@ def _rmia(signals: ReferenceSignals, task: Task, *, online: bool) -> Scored:
     if online:
         if len(used) and int(o.inclusion[:, used].sum(axis=0).min()) == 0:
             raise NotApplicable("needs reference models trained on each scored row: an online reference set "
-                                "(`gmint reference train --mode online`)")
+                                "(reference models trained in online mode)")
         z = _population(o, np.ones(len(o.sample_id), bool), options.population, task.seed)
         a: float | None = None
         params["pr_x"] = "mean over all reference models"
@@ -523,7 +523,7 @@ def rmia_online(signals: ReferenceSignals, task: Task) -> Scored:
 
 def _gradient(signals: ReferenceSignals) -> GradientSignals:
     if signals.gradient is None:
-        raise NotApplicable("needs the gradient stores (`gmint reference extract`)")
+        raise NotApplicable("needs the reference set's gradient stores, extracted from its models")
     return signals.gradient
 
 

@@ -60,7 +60,7 @@ import numpy as np
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.files import atomic_write
 from gmint.models.description import ModelDescription
 from gmint.models.io import AuditedModel, load_audited, read_checkpoint, training_finished
@@ -216,8 +216,8 @@ class ReferenceSet:
         try:
             payload = json.loads(path.read_text())
         except FileNotFoundError:
-            raise InputError(f"{folder} holds no reference set ({MANIFEST} not found); train one with "
-                             "`gmint reference train`") from None
+            raise InputError(f"{folder} holds no reference set ({MANIFEST} not found)",
+                             Remedy.TRAIN_REFERENCES) from None
         except IsADirectoryError:
             raise InputError(f"{path} is a folder, not a reference manifest") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -277,8 +277,8 @@ def reference_pool(split: MembershipSplit, mode: str) -> np.ndarray:
     if mode not in MODES:
         raise InputError(f"unknown reference mode '{mode}'; choose from {list(MODES)}")
     if not split.control:
-        raise InputError("the split has no control (population) rows for reference models to train on; draw one "
-                         "with `gmint split --control`")
+        raise InputError("the split has no control (population) rows for reference models to train on",
+                         Remedy.CONTROL_ROWS)
     rows = split.control if mode == "offline" else split.control + split.members + split.external
     return np.unique(np.asarray(rows, np.int64))
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from gmint.data.base import ImageSet
-from gmint.errors import InputError, StoreMismatchError
+from gmint.errors import InputError, Remedy, StoreMismatchError
 from gmint.features.extract import Rows, extract, split_rows
 from gmint.features.store import FeatureStore
 from gmint.models.io import load_audited
@@ -243,8 +243,8 @@ def model_fingerprints(folder: Path, manifest: ReferenceSet, names: list[str]) -
     if missing:
         raise InputError(f"{Path(folder) / MANIFEST} records no fingerprint of {', '.join(missing)} (a set trained "
                          "before gmint "
-                         "recorded its models), so its stores cannot be checked against them; extract the set "
-                         "again (`gmint reference extract`), which records them from the checkpoints")
+                         "recorded its models), so its stores cannot be checked against them",
+                         Remedy.EXTRACT_REFERENCES)
     return {name: manifest.audited_fingerprint if name == AUDITED else manifest.models[f"{name}.pt"].fingerprint
             for name in names}
 
@@ -263,7 +263,7 @@ def check_store(path: Path, name: str, fingerprint: str, *, required: bool = Tru
     """
     if not path.exists():
         if required:
-            raise InputError(f"{path} not found; extract it with `gmint reference extract {path.parent}`")
+            raise InputError(f"{path} not found", Remedy.EXTRACT_REFERENCES)
         return
     with FeatureStore.open(path) as store:
         recorded = str(store.provenance.get("model_fingerprint", ""))
@@ -318,7 +318,7 @@ def _read(folder: Path, names: list[str], source: str, manifest: ReferenceSet) -
     for name in names:
         path = store_path(folder, name, source)
         if not path.exists():
-            raise InputError(f"{path} not found; extract it with `gmint reference extract {folder}`")
+            raise InputError(f"{path} not found", Remedy.EXTRACT_REFERENCES)
         with FeatureStore.open(path) as store:
             store.require_complete()
             prov = store.provenance
@@ -331,8 +331,8 @@ def _read(folder: Path, names: list[str], source: str, manifest: ReferenceSet) -
             elif any(not np.array_equal(columns[c], mine[c]) for c in mine) or store.layers != layers or \
                     prov.get("rows_sha256") != rows:
                 raise StoreMismatchError(f"{path} covers other rows or features than "
-                                         f"{store_path(folder, names[0], source)}; extract both with "
-                                         "`gmint reference extract`")
+                                         f"{store_path(folder, names[0], source)}",
+                                         Remedy.EXTRACT_REFERENCES)
             losses.append(store.column("loss").astype(np.float64))
             finite.append(store.column("finite"))
             if source == "gradient":
