@@ -10,16 +10,18 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
+from typer.main import get_command
 
 from gmint.errors import GmintError, InputError, Remedy
 from gmint_cli.app import app
 from gmint_cli.console import REMEDIES, explain
 
 LIBRARY = Path(__file__).resolve().parents[1] / "gmint"
-FLAG = re.compile(r"--[a-z]")
+FLAG = re.compile(r"--[a-z][a-z-]*")
 
 
 def command_paths(group: typer.Typer) -> list[str]:
@@ -76,9 +78,19 @@ def test_library_errors_name_no_option_or_command(path: Path) -> None:
     assert not offending, "\n".join(offending)
 
 
-def test_every_remedy_has_command_line_words() -> None:
+def options(command: Any) -> set[str]:
+    """Every option of `command` and of the commands under it."""
+    own = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    return own.union(*(options(sub) for sub in getattr(command, "commands", {}).values()))
+
+
+def test_every_remedy_has_command_line_words_naming_real_options() -> None:
     assert set(REMEDIES) == set(Remedy)
-    assert all(FLAG.search(words) or "GMINT_" in words for words in REMEDIES.values())
+    assert all(words != remedy.value for remedy, words in REMEDIES.items())
+    named = {flag for words in REMEDIES.values() for flag in FLAG.findall(words)}
+    assert named and named <= options(get_command(app))
+    quoted = [f"gmint {text}" for words in REMEDIES.values() for text in re.findall(r"`gmint ([^`]*)`", words)]
+    assert quoted and all(COMMAND.match(command) for command in quoted), quoted
 
 
 def test_a_remedy_is_named_in_library_terms_and_in_the_verbs_words() -> None:
