@@ -43,7 +43,7 @@ REMEDIES: Mapping[Remedy, str] = {
     Remedy.LIST_LAYERS: "see `gmint layers`",
     Remedy.LIST_MODULES: "see `gmint depth --list`",
     Remedy.TRAIN_REFERENCES: "train one with `gmint reference train`",
-    Remedy.EXTRACT_REFERENCES: "extract the set's stores with `gmint reference extract`, which records its models",
+    Remedy.EXTRACT_REFERENCES: "extract the set's stores with `gmint reference extract`",
 }
 # For verbs that continue a training run from the checkpoint they wrote: they have no option to load anything
 # else there, so a file of another kind at --out is only to be left alone.

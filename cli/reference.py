@@ -12,7 +12,7 @@ import typer
 
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.models.io import AuditedModel, file_kind, load_audited, read_checkpoint
 from gmint.models.train import TrainConfig
 from gmint.reference import (
@@ -29,7 +29,7 @@ from gmint.reference.compare import Comparison
 from gmint.reference.models import INITS, MODES, records_recipe
 from gmint.reference.report import comparison_table, write_comparison
 from gmint_cli import audited as audited_cli
-from gmint_cli.console import cli_errors, console, print_json, show_progress
+from gmint_cli.console import cli_errors, console, print_json, remedies, show_progress
 from gmint_cli.extract import as_model_classes
 from gmint_cli.inputs import load_data
 from gmint_cli.options import choices, device_option, flag, json_object
@@ -38,6 +38,9 @@ from gmint_cli.outputs import check_output
 app = typer.Typer(no_args_is_help=True)
 DEFAULT_ATTACKS = ("loss", "gmint", "negative-control", "lira-offline", "lira-offline-global", "rmia",
                    "gmint-calibrated", "gmint-calibrated-norms", "gmint-concat")
+# A reference set's store that cannot be read is extracted again by this group's own command, which extracts
+# every store of the set that is missing.
+REFERENCE_STORES = {Remedy.REBUILD_STORE: "remove it and run `gmint reference extract` again"}
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 # The TrainConfig fields given as options, and the option of each; the seed is --train-seed here, as --seed
 # seeds the halves.
@@ -219,12 +222,13 @@ def extract(references: Path = typer.Argument(..., help="A folder from `gmint re
     audited = Path(manifest.audited)
     images = _model_data(load_audited(audited), audited, manifest.dataset, data_root)
     settings = ExtractSettings(layers=layers, reduction=reduction, engine=engine, batch_size=batch_size, seed=seed)
-    for path in extract_references(images, references, k=k, settings=settings, device=device,
-                                   show_progress=show_progress()):
-        console.print(f"{path}")
+    with remedies(REFERENCE_STORES):
+        for path in extract_references(images, references, k=k, settings=settings, device=device,
+                                       show_progress=show_progress()):
+            console.print(f"{path}")
 
 
-def _option_hints(comparison: Comparison) -> list[str]:
+def _how_to_give_options(comparison: Comparison) -> list[str]:
     """For each attack that one of its options would let run, how to give it with --options (its range is in
     the attack's own line of the table)."""
     hints = {}
@@ -269,14 +273,15 @@ def attack(references: Path = typer.Argument(..., help="A folder whose stores `g
     for value in ks:
         _check_k(value, manifest, references)
     needs_gradient = any(ATTACKS.get(n).gradient for n in names)
-    signals = load_signals(references, k=max(ks), gradient=needs_gradient)
+    with remedies(REFERENCE_STORES):
+        signals = load_signals(references, k=max(ks), gradient=needs_gradient)
     comparison = compare_attacks(signals, names, ks, n_boot=n_boot, seed=seed, options=per_attack)
     written = write_comparison(comparison, report, title=f"{references} ({manifest.mode})") if report else []
     if json_out:
         print_json({**comparison.to_dict(), **({"report_files": list(map(str, written))} if report else {})})
         return
     console.print(comparison_table(comparison))
-    for hint in _option_hints(comparison):
+    for hint in _how_to_give_options(comparison):
         console.print(hint, highlight=False)
     for path in written:
         console.print(f"wrote {path}")

@@ -39,7 +39,7 @@ class Remedy(enum.Enum):
     LIST_LAYERS = "list the model's weight layers (weight_layers)"
     LIST_MODULES = "list the model's modules (module_presets)"
     TRAIN_REFERENCES = "train a reference set into it"
-    EXTRACT_REFERENCES = "extract the reference set's stores (reference signals), which records its models"
+    EXTRACT_REFERENCES = "extract the reference set's stores (extract_references)"
 
 
 class GmintError(Exception):

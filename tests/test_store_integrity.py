@@ -266,3 +266,17 @@ def test_reference_extract_refuses_a_store_cut_short(tmp_path: Path, reference_f
     line = one_error(refused.stderr)
     assert f"{cut} is not a readable HDF5 feature store (cut short" in line and "complete" not in line
     assert snapshot(refs) == before
+
+
+def test_a_damaged_reference_store_names_the_reference_extraction(tmp_path: Path, reference_folder: Path) -> None:
+    refs = tmp_path / "refs"
+    shutil.copytree(reference_folder, refs)
+    with h5py.File(refs / "audited-gradient.h5", "r+") as h5:
+        damage_rows(h5)
+    before = snapshot(refs)
+    for args in (("extract", refs, "--batch-size", 512), ("attack", refs, "--attacks", "gmint")):
+        refused = run("reference", *args)
+        line = one_error(refused.stderr)
+        assert refused.code == 1 and "audited-gradient.h5 is damaged (marked complete, but 5 of" in line, line
+        assert line.endswith("; remove it and run `gmint reference extract` again"), line
+    assert snapshot(refs) == before

@@ -243,8 +243,8 @@ def model_fingerprints(folder: Path, manifest: ReferenceSet, names: list[str]) -
     if missing:
         raise InputError(f"{Path(folder) / MANIFEST} records no fingerprint of {', '.join(missing)} (a set trained "
                          "before gmint "
-                         "recorded its models), so its stores cannot be checked against them",
-                         Remedy.EXTRACT_REFERENCES)
+                         "recorded its models), so its stores cannot be checked against them; extracting the set "
+                         "again records them from the checkpoints", Remedy.EXTRACT_REFERENCES)
     return {name: manifest.audited_fingerprint if name == AUDITED else manifest.models[f"{name}.pt"].fingerprint
             for name in names}
 
