@@ -264,7 +264,7 @@ def attack(references: Path = typer.Argument(..., help="A folder whose stores `g
     try:
         attack_options(names, per_attack)  # every option checked before anything is read
     except InputError as exc:
-        raise InputError(f"--options: {exc}") from None
+        raise InputError(f"--options: {exc.message}", exc.remedy) from None
     manifest = ReferenceSet.load(references)
     try:
         ks = [int(v) for v in k.split(",")] if k else [manifest.k]

@@ -166,6 +166,6 @@ def candidate_rows(rows: str, split: MembershipSplit | None) -> np.ndarray:
     try:
         return read_row_ids(Path(rows))
     except InputError as exc:
-        raise InputError(f"--rows: {exc}") from None
+        raise InputError(f"--rows: {exc.message}", exc.remedy) from None
 
 

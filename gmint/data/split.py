@@ -117,7 +117,7 @@ class MembershipSplit:
         except TypeError as exc:
             raise InputError(f"split manifest {path} has the wrong fields ({exc})") from None
         except InputError as exc:
-            raise InputError(f"split manifest {path}: {exc}") from None
+            raise InputError(f"split manifest {path}: {exc.message}", exc.remedy) from None
         if recorded != split.sha256:
             raise InputError(f"split manifest {path} was modified after it was written (hash mismatch)")
         return split
