@@ -38,9 +38,11 @@ from gmint_cli.outputs import check_output
 app = typer.Typer(no_args_is_help=True)
 DEFAULT_ATTACKS = ("loss", "gmint", "negative-control", "lira-offline", "lira-offline-global", "rmia",
                    "gmint-calibrated", "gmint-calibrated-norms", "gmint-concat")
-# A reference set's store that cannot be read is extracted again by this group's own command, which extracts
-# every store of the set that is missing.
-REFERENCE_STORES = {Remedy.REBUILD_STORE: "remove it and run `gmint reference extract` again"}
+# A reference set's store that cannot be continued is extracted again by this group's own command, which
+# extracts every store of the set that is missing; the set's stores have fixed names, so there is no other file.
+REFERENCE_STORES = {Remedy.REBUILD_STORE: "remove it and run `gmint reference extract` again",
+                    Remedy.ANOTHER_STORE_OR_REBUILD: "extract with the settings it records, or remove it and run "
+                                                     "`gmint reference extract` again"}
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 # The TrainConfig fields given as options, and the option of each; the seed is --train-seed here, as --seed
 # seeds the halves.

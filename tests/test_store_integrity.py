@@ -280,3 +280,18 @@ def test_a_damaged_reference_store_names_the_reference_extraction(tmp_path: Path
         assert refused.code == 1 and "audited-gradient.h5 is damaged (marked complete, but 5 of" in line, line
         assert line.endswith("; remove it and run `gmint reference extract` again"), line
     assert snapshot(refs) == before
+
+
+def test_reference_stores_of_other_settings_name_no_option_extract_lacks(tmp_path: Path,
+                                                                         reference_folder: Path) -> None:
+    refs = tmp_path / "refs"
+    shutil.copytree(reference_folder, refs)
+    before = snapshot(refs)
+    args = ["reference", "extract", refs, "--reduction", "l2", "--batch-size", 512]
+    refused = run(*args)
+    line = one_error(refused.stderr)
+    assert refused.code == 1 and "was written by a different extraction (differs in reduction)" in line, line
+    assert line.endswith("; extract with the settings it records, or remove it and run `gmint reference extract` "
+                         "again"), line
+    assert snapshot(refs) == before
+    assert snapshot(refs) == before
