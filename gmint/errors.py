@@ -12,7 +12,9 @@ import enum
 
 
 class Remedy(enum.Enum):
-    """What the user can do about an error; the value is the phrase in the library's terms."""
+    """What the user can do about an error; the value is the phrase in the library's terms (argument names in
+    parentheses, so a reader of the library knows what to pass). A phrase that begins with "or" is the other way
+    out beside advice the message itself gives ("put each under <folder>/<class name>/; or label them ...")."""
 
     RESUME_OR_OVERWRITE = "replace it (overwrite) or continue it (resume)"
     OVERWRITE = "replace it (overwrite)"

@@ -88,7 +88,7 @@ def load_image_folder(folder: Path, audited: AuditedModel, *, labels: str = "tru
     if loose and not source.predicts:
         if not classed:
             raise InputError(f"{folder} has no class folders: put each image under {folder}/<class name>/ (the "
-                             f"label is needed to compute its Weight Modifier)", Remedy.PREDICTED_LABELS)
+                             "label is needed to compute its Weight Modifier)", Remedy.PREDICTED_LABELS)
         raise InputError(f"{len(loose)} images at the top of {folder} are in no class folder (e.g. "
                          f"{loose[0].name}): put each under {folder}/<class name>/", Remedy.PREDICTED_LABELS)
     if not classed and not loose:

@@ -538,7 +538,7 @@ def _refuse_split_groups(groups: np.ndarray, members: _Listed, external: _Listed
         more = f", and so do {_plural(len(shared) - 1, 'other group')}" if len(shared) > 1 else ""
         raise InputError(f"group {int(group)} has rows on both lists ({_quote([member])} a member, "
                          f"{_quote([external_key])} external){more}; the grouped protocol keeps each group on "
-                         f"one side: list a group on one side only", Remedy.PAPER_PROTOCOL)
+                         "one side: list a group on one side only", Remedy.PAPER_PROTOCOL)
 
 
 def _refuse_control_groups(groups: np.ndarray, control: _Listed, candidates: tuple[_Listed, _Listed]) -> None:
