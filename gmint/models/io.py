@@ -267,7 +267,7 @@ def refuse_nonfinite(module: nn.Module, path: Path) -> nn.Module:
 
 
 # What other gmint files are, by what their payload holds: loading one as a model must say what it is.
-_OTHER_FILES = {"gmint-mint/1": "a MINT classifier (gmint train)", "gmint-amint-head/1": "an aMINT head"}
+_OTHER_FILES = {"gmint-mint/1": "a MINT classifier", "gmint-amint-head/1": "an aMINT head"}
 
 
 def _other_gmint_file(payload: Mapping[str, Any]) -> str | None:
