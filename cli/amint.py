@@ -18,11 +18,11 @@ from gmint.assess.selection import ROW_SELECTIONS, audit_split, select_rows
 from gmint.data.base import DATASETS
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.models.io import load_audited
 from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
 from gmint.models.zoo import ARCHITECTURES
-from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
+from gmint_cli.console import OWN_CHECKPOINTS, cli_errors, console, print_json, remedies, show_progress
 from gmint_cli.inputs import load_data, size_hint
 from gmint_cli.options import (
     choices,
@@ -35,9 +35,11 @@ from gmint_cli.options import (
     positive,
 )
 from gmint_cli.outputs import check_output
-from gmint_cli.verdict import OPTION_HINTS, ROWS_HELP, ROWS_HINTS, print_set_verdict
+from gmint_cli.verdict import ROWS_HELP, print_set_verdict
 
 app = typer.Typer(no_args_is_help=True)
+# Candidates without a class cannot be scored by the head: it reads each one's true class.
+TRUE_CLASSES = {Remedy.PREDICTED_LABELS: "the aMINT head reads each candidate's true class"}
 
 
 @app.command("train")
@@ -87,9 +89,10 @@ def train(arch: str = typer.Option("small_cnn", help=f"Architecture from the zoo
     images = load_data(data, data_root, size=image_size, size_option="--image-size")
     manifest = MembershipSplit.load(split) if split else make_split(images, seed=seed)
     transform = Transform(size=image_size)
-    result = train_amint(images, manifest, arch=arch, transform=transform, config=config, out=out,
-                         arch_options=options, taps=taps, resume=resume, overwrite=overwrite, device=device,
-                         show_progress=show_progress())
+    with remedies(OWN_CHECKPOINTS):
+        result = train_amint(images, manifest, arch=arch, transform=transform, config=config, out=out,
+                             arch_options=options, taps=taps, resume=resume, overwrite=overwrite, device=device,
+                             show_progress=show_progress())
     report = evaluate_amint(result, images, manifest, transform=transform, passive=passive, overwrite=overwrite,
                             n_boot=n_boot, seed=seed, device=device, show_progress=show_progress())
     written = write_amint_report(report, out)
@@ -152,19 +155,17 @@ def score(model: Path = typer.Option(..., help=f"The aMINT-trained audited model
     trained = TrainedHead.load(head)
     audited = load_audited(model)
     if images is not None:
-        with size_hint(None):
+        with size_hint(None), remedies(TRUE_CLASSES):
             candidates, source = load_image_folder(images, audited), str(images)
         index = np.arange(len(candidates))
     else:
         candidates = load_data(data, data_root, size=model_input(audited)[1])
         source = f"{data} --rows {rows}"
-        with option_hints(ROWS_HINTS):
-            index = select_rows(rows, audit_split(audited), candidates)
+        index = select_rows(rows, audit_split(audited), candidates, named="--rows")
     if sample is not None:
         index = subsample(index, sample, seed)
-    with option_hints(OPTION_HINTS):
-        result = audit_with_head(audited, trained, candidates, index, head_path=head, to_grey=to_grey,
-                                 batch_size=batch_size, device=device)
+    result = audit_with_head(audited, trained, candidates, index, head_path=head, to_grey=to_grey,
+                             batch_size=batch_size, device=device)
     write_scores(result, out, alpha=alpha)
     v, cal = result.verdict, result.calibration
     if json_out:

@@ -11,7 +11,7 @@ from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
 from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig, train_audited
 from gmint.models.zoo import ARCHITECTURES
-from gmint_cli.console import cli_errors, console, show_progress
+from gmint_cli.console import OWN_CHECKPOINTS, cli_errors, console, remedies, show_progress
 from gmint_cli.inputs import load_data
 from gmint_cli.options import choices, data_root_option, device_option, flag, json_object, positive
 from gmint_cli.outputs import check_output
@@ -57,9 +57,10 @@ def train(arch: str = typer.Option("small_cnn", help=f"Architecture from the zoo
     images = load_data(data, data_root, size=image_size, size_option="--image-size")
     manifest = MembershipSplit.load(split) if split else make_split(images, seed=seed)
     # With --overwrite the old model stays at --out until the new one is finished: a failed run keeps it.
-    model = train_audited(images, manifest, arch=arch, transform=Transform(size=image_size), config=config,
-                          out=out, arch_options=options, resume=resume, overwrite=overwrite,
-                          negative_control=negative_control, device=device, show_progress=show_progress())
+    with remedies(OWN_CHECKPOINTS):
+        model = train_audited(images, manifest, arch=arch, transform=Transform(size=image_size), config=config,
+                              out=out, arch_options=options, resume=resume, overwrite=overwrite,
+                              negative_control=negative_control, device=device, show_progress=show_progress())
     record = model.record
     console.print(f"{out}: {arch} on {data}, {record.epochs_done} epochs in {record.train_seconds} s")
     if record.training is not None:  # accuracy and loss on members, externals (and test): always written

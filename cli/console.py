@@ -14,11 +14,43 @@ import typer
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
-from gmint.errors import DESCRIBE_HINT, ROOT_HINT, GmintError
+from gmint.errors import GmintError, Remedy
 
-# Remedies the library names in its own terms, and the command that carries each out.
-HINTS = {DESCRIBE_HINT: "describe it once with `gmint model import` (its code, preprocessing, output and classes)",
-         ROOT_HINT: "pass --data-root or set GMINT_DATA"}
+# Every remedy the library names, in the words of the command line: the options (or the command, in `backticks`)
+# that carry it out. A verb whose option differs names its own with `remedies`.
+REMEDIES: Mapping[Remedy, str] = {
+    Remedy.RESUME_OR_OVERWRITE: "pass --overwrite to replace it or --resume to continue it",
+    Remedy.OVERWRITE: "pass --overwrite to replace it",
+    Remedy.REBUILD_STORE: "extract it again with `gmint extract ... --overwrite`",
+    Remedy.ANOTHER_STORE_OR_REBUILD: "choose another --out, or pass --overwrite to extract it again in its place",
+    Remedy.RESUME_EXTRACTION: "finish it with `gmint extract ... --resume`",
+    Remedy.RESUME_TRAINING: "finish it with --resume on the command that trained it before auditing it",
+    Remedy.DESCRIBE_MODEL: "describe it once with `gmint model import` (its code, preprocessing, output and classes)",
+    Remedy.DATA_ROOT: "pass --data-root or set GMINT_DATA",
+    Remedy.RESIZE: "resize them to one size first (this command does not resize)",
+    Remedy.TORCHSCRIPT: "pass --torchscript",
+    Remedy.TRUST_PICKLE: "pass --trust-pickle only if you trust its source",
+    Remedy.NOT_A_PICKLE: "load it without --trust-pickle",
+    Remedy.ARCHITECTURE: "pass --arch package.module:factory to build the model",
+    Remedy.NAIVE_ENGINE: "use --engine naive for them (or load the model from its Python code with --arch)",
+    Remedy.OWN_SPLIT: "use the model's own split, or pass --model-trained-outside-gmint if the model was trained "
+                      "outside gmint on this split",
+    Remedy.PAPER_PROTOCOL: "or pass --protocol paper",
+    Remedy.CONTROL_ROWS: "draw one with `gmint split --control`",
+    Remedy.PREDICTED_LABELS: "or label them with the audited model's predictions (--labels predicted)",
+    Remedy.TO_GREY: "convert them explicitly with --to-grey (luma) if that is what it was trained on",
+    Remedy.SUBSET: "audit a subset of them (--sample N)",
+    Remedy.LIST_LAYERS: "see `gmint layers`",
+    Remedy.LIST_MODULES: "see `gmint depth --list`",
+    Remedy.TRAIN_REFERENCES: "train one with `gmint reference train`",
+    Remedy.EXTRACT_REFERENCES: "extract the set's stores with `gmint reference extract`",
+}
+# For verbs that continue a training run from the checkpoint they wrote: they have no option to load anything
+# else there, so a file of another kind at --out is only to be left alone.
+OWN_CHECKPOINTS: Mapping[Remedy, str] = {
+    Remedy.TORCHSCRIPT: "choose another --out",
+    Remedy.TRUST_PICKLE: "gmint reads checkpoints of tensors only; choose another --out",
+}
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,19 +98,23 @@ def one_line_warnings() -> Iterator[None]:
         warnings.showwarning = before
 
 
+def explain(exc: GmintError, words: Mapping[Remedy, str] = REMEDIES) -> str:
+    """`exc`'s message with its remedy in the command line's words (`words`, else the REMEDIES table's)."""
+    if exc.remedy is None:
+        return exc.message
+    return f"{exc.message}; {words.get(exc.remedy, REMEDIES[exc.remedy])}"
+
+
 @contextmanager
-def option_hints(hints: Mapping[str, str]) -> Iterator[None]:
-    """Name a verb's own options where the library's errors name a remedy in library terms: each phrase of
-    `hints` found in an error is replaced by the option that carries it out (as HINTS does for every verb)."""
+def remedies(words: Mapping[Remedy, str]) -> Iterator[None]:
+    """A verb's own words for the remedies in `words`, for the errors raised inside (where its option differs
+    from the REMEDIES table's, or it has none): such an error is raised again with those words in its text."""
     try:
         yield
     except GmintError as exc:
-        text = str(exc)
-        for phrase, option in hints.items():
-            text = text.replace(phrase, option)
-        if text == str(exc):
+        if exc.remedy not in words:
             raise
-        raise type(exc)(text) from None
+        raise type(exc)(explain(exc, words)) from None
 
 
 def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -87,10 +123,9 @@ def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            with option_hints(HINTS):
-                return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except GmintError as exc:
-            print_error(str(exc))
+            print_error(explain(exc))
         except OSError as exc:  # disk full, permissions, a path the checks could not foresee
             print_error(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
         raise typer.Exit(1)

@@ -17,12 +17,11 @@ from gmint.assess.candidates import model_input
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.data.transforms import Transform
-from gmint.errors import InputError, StoreBusyError
+from gmint.errors import InputError, Remedy, StoreBusyError
 from gmint.features.engine import ENGINES, LOSSES
 from gmint.features.extract import extract as run_extract
 from gmint.features.extract import rows_sha256, split_rows
-from gmint.features.h5files import REBUILD_HINT
-from gmint.features.integrity import ANOTHER_STORE_HINT, check_resumable
+from gmint.features.integrity import check_resumable
 from gmint.features.layers import LAYER_PRESETS, preset_parameters, weight_layers
 from gmint.features.lock import writer_pid
 from gmint.features.reduce import REDUCTIONS
@@ -31,7 +30,7 @@ from gmint.features.shards import merge_shards, run_distributed, world
 from gmint.features.sources import SOURCES
 from gmint.models.check import ModelCheck, check_model
 from gmint.models.io import AuditedModel
-from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
+from gmint_cli.console import cli_errors, console, print_json, remedies, show_progress
 from gmint_cli.inputs import (
     ARCH_HELP,
     MODEL_HELP,
@@ -46,9 +45,8 @@ from gmint_cli.inputs import (
 from gmint_cli.options import choices, data_root_option, device_option, flag
 from gmint_cli.outputs import check_output
 
-# Remedies the library names in its own terms, and this command's option that carries each out.
-OPTION_HINTS = {REBUILD_HINT: "pass --overwrite to extract it again in its place",
-                ANOTHER_STORE_HINT: "choose another --out"}
+# A store this command is to continue, refused: it can be extracted again in its place.
+REBUILD_IN_PLACE = {Remedy.REBUILD_STORE: "pass --overwrite to extract it again in its place"}
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
@@ -114,7 +112,7 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     # A file no resume can continue is refused before the model is even loaded (under torchrun --out is the
     # join of the shards, which rank 0 checks when it joins them).
     if resume and out.is_file() and world()[1] == 1:
-        with option_hints(OPTION_HINTS):
+        with remedies(REBUILD_IN_PLACE):
             check_resumable(out)
     # Unknown names are refused here, before the model is loaded; the transform is the model's (see below).
     settings = ExtractSettings(layer_setup=setup, reduction=reduction, source=source, engine=engine, loss=loss,
@@ -140,7 +138,7 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     check = report_model_check(audited, images, manifest, transform, min_member_accuracy, device, seed, rank == 0)
 
     def run(shard: tuple[int, int], on_device: str) -> Path:
-        with option_hints(OPTION_HINTS):
+        with remedies(REBUILD_IN_PLACE):
             return run_extract(audited, images, rows, replace(settings, transform=transform, device=on_device),
                                out=out, split=manifest, model_check=check,
                                trained_outside=model_trained_outside_gmint, resume=resume, overwrite=overwrite,

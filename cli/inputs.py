@@ -13,11 +13,10 @@ from gmint.assess.candidates import model_classes, model_input, relabel
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.readers import load_dataset
 from gmint.data.transforms import Transform
-from gmint.errors import GmintError, InputError
+from gmint.errors import GmintError, InputError, Remedy
 from gmint.models.io import AuditedModel, load_audited
+from gmint_cli.console import remedies
 
-# The image readers' hint for folders of mixed sizes; each verb rewrites it to name its own option.
-READER_SIZE_HINT = "give a size N to resize every image to NxN"
 MODEL_HELP = "Audited model: a gmint checkpoint, a state dict (with --arch) or TorchScript (--torchscript)."
 ARCH_HELP = "package.module:factory building the model for a state dict (default: the checkpoint's own)."
 TORCHSCRIPT_HELP = "--model is a TorchScript file."
@@ -53,14 +52,8 @@ def _reader_options(name: str) -> tuple[str, ...]:
 @contextmanager
 def size_hint(option: str | None) -> Iterator[None]:
     """Name the verb's own option (or say what to do where it has none) when images of mixed sizes are read."""
-    try:
+    with remedies({Remedy.RESIZE: f"pass {option} N to resize every image to NxN"} if option else {}):
         yield
-    except InputError as exc:
-        if READER_SIZE_HINT not in str(exc):
-            raise
-        hint = (f"pass {option} N to resize every image to NxN" if option
-                else "resize them to one size first (this command does not resize)")
-        raise InputError(str(exc).replace(READER_SIZE_HINT, hint)) from None
 
 
 def model_transform(audited: AuditedModel, image_size: int | None) -> Transform:

@@ -13,7 +13,7 @@ import typer
 from gmint.assess.evaluate import ModelGap
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.features.settings import ExtractSettings
 from gmint.models.io import AuditedModel, file_kind, load_audited, read_checkpoint
 from gmint.models.train import TrainConfig
@@ -32,12 +32,17 @@ from gmint.reference.design import records_recipe
 from gmint.reference.manifest import INITS, MODES
 from gmint.reference.report import comparison_table, write_comparison
 from gmint_cli import audited as audited_cli
-from gmint_cli.console import cli_errors, console, print_json, show_progress
+from gmint_cli.console import cli_errors, console, print_json, remedies, show_progress
 from gmint_cli.inputs import as_model_classes, load_data
 from gmint_cli.options import DEFAULT_ATTACKS, choices, data_root_option, device_option, flag, json_object
 from gmint_cli.outputs import check_output
 
 app = typer.Typer(no_args_is_help=True)
+# A reference set's store that cannot be continued is extracted again by this group's own command, which
+# extracts every store of the set that is missing; the set's stores have fixed names, so there is no other file.
+REFERENCE_STORES = {Remedy.REBUILD_STORE: "remove it and run `gmint reference extract` again",
+                    Remedy.ANOTHER_STORE_OR_REBUILD: "extract with the settings it records, or remove it and run "
+                                                     "`gmint reference extract` again"}
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 # The TrainConfig fields given as options, and the option of each; the seed is --train-seed here, as --seed
 # seeds the halves.
@@ -90,7 +95,7 @@ def _audited_checkpoint(model: Path) -> AuditedModel:
     except InputError as exc:
         if kind not in ("torch", "pickle"):
             raise
-        raise InputError(f"{exc}; for a model from outside, {NEEDS_CHECKPOINT} (a pickled module with "
+        raise InputError(f"{exc.message}; for a model from outside, {NEEDS_CHECKPOINT} (a pickled module with "
                          "--trust-pickle and --arch)") from None
     if not ("meta" in payload and "state_dict" in payload):
         raise InputError(f"{model} is a plain state dict, not a gmint checkpoint; {NEEDS_CHECKPOINT} (--arch, "
@@ -217,12 +222,13 @@ def extract(references: Path = typer.Argument(..., help="A folder from `gmint re
     images = _model_data(load_audited(audited), audited, manifest.dataset, data_root)
     settings = ExtractSettings(layer_setup=layers, reduction=reduction, engine=engine, batch_size=batch_size,
                                seed=seed, device=device)
-    for path in extract_references(images, references, k=k, extraction=ReferenceExtraction(settings),
-                                   show_progress=show_progress()):
-        console.print(f"{path}")
+    with remedies(REFERENCE_STORES):
+        for path in extract_references(images, references, k=k, extraction=ReferenceExtraction(settings),
+                                       show_progress=show_progress()):
+            console.print(f"{path}")
 
 
-def _option_hints(comparison: Comparison) -> list[str]:
+def _how_to_give_options(comparison: Comparison) -> list[str]:
     """For each attack that one of its options would let run, how to give it with --options (its range is in
     the attack's own line of the table)."""
     hints = {}
@@ -258,7 +264,7 @@ def attack(references: Path = typer.Argument(..., help="A folder whose stores `g
     try:
         attack_options(names, per_attack)  # every option checked before anything is read
     except InputError as exc:
-        raise InputError(f"--options: {exc}") from None
+        raise InputError(f"--options: {exc.message}", exc.remedy) from None
     manifest = ReferenceSet.load(references)
     try:
         ks = [int(v) for v in k.split(",")] if k else [manifest.k]
@@ -267,14 +273,15 @@ def attack(references: Path = typer.Argument(..., help="A folder whose stores `g
     for value in ks:
         _check_k(value, manifest, references)
     needs_gradient = any(ATTACKS.get(n).gradient for n in names)
-    signals = load_signals(references, k=max(ks), gradient=needs_gradient)
+    with remedies(REFERENCE_STORES):
+        signals = load_signals(references, k=max(ks), gradient=needs_gradient)
     comparison = compare_attacks(signals, names, ks, n_boot=n_boot, seed=seed, options=per_attack)
     written = write_comparison(comparison, report, title=f"{references} ({manifest.mode})") if report else []
     if json_out:
         print_json({**comparison.to_dict(), **({"report_files": list(map(str, written))} if report else {})})
         return
     console.print(comparison_table(comparison))
-    for hint in _option_hints(comparison):
+    for hint in _how_to_give_options(comparison):
         console.print(hint, highlight=False)
     for path in written:
         console.print(f"wrote {path}")

@@ -16,7 +16,7 @@ from gmint.assess.selection import ROW_SELECTIONS, audit_split, select_rows
 from gmint.data.split import MembershipSplit
 from gmint.errors import InputError
 from gmint.mint import TrainedMint
-from gmint_cli.console import cli_errors, console, option_hints, print_json, show_progress
+from gmint_cli.console import cli_errors, console, print_json, show_progress
 from gmint_cli.inputs import (
     ARCH_HELP,
     MODEL_HELP,
@@ -28,7 +28,7 @@ from gmint_cli.inputs import (
 )
 from gmint_cli.options import choices, data_root_option, device_option, flag
 from gmint_cli.outputs import check_output
-from gmint_cli.verdict import OPTION_HINTS, ROWS_HELP, ROWS_HINTS, print_set_verdict
+from gmint_cli.verdict import ROWS_HELP, print_set_verdict
 
 
 @cli_errors
@@ -92,7 +92,7 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
     classifier = TrainedMint.load(mint)
     audited = load_model(model, arch, torchscript, trust_pickle)
     if images is not None:
-        with size_hint(None), option_hints(OPTION_HINTS):
+        with size_hint(None):
             candidates, source = load_image_folder(images, audited, labels=labels), str(images)
         index = np.arange(len(candidates))
     else:
@@ -100,11 +100,10 @@ def score(model: Path = typer.Option(..., help=MODEL_HELP),
                                trained_outside=model_trained_outside_gmint)
         candidates = load_data(data, data_root, size=model_input(audited)[1])
         source = f"{data} --rows {rows}"
-        with option_hints(ROWS_HINTS):
-            index = select_rows(rows, manifest, candidates)
+        index = select_rows(rows, manifest, candidates, named="--rows")
     if sample is not None:
         index = subsample(index, sample, seed)
-    with tempfile.TemporaryDirectory(prefix="gmint-score-") as tmp, option_hints(OPTION_HINTS):
+    with tempfile.TemporaryDirectory(prefix="gmint-score-") as tmp:
         kept = features or (Path(tmp) / "candidates.h5" if top else None)  # --top reads the losses there
         result = audit_set(audited, classifier, candidates, index, calibration=store, out=kept, to_grey=to_grey,
                            labels=labels, batch_size=batch_size, device=device, show_progress=show_progress())

@@ -10,9 +10,9 @@ from pathlib import Path
 import typer
 
 from gmint.data.base import DATASETS
-from gmint.data.split import PAPER_HINT, PROTOCOLS, MembershipSplit, make_split, read_item_list, split_from_lists
+from gmint.data.split import PROTOCOLS, MembershipSplit, make_split, read_item_list, split_from_lists
 from gmint.errors import InputError
-from gmint_cli.console import cli_errors, console, print_json
+from gmint_cli.console import cli_errors, console, explain, print_json
 from gmint_cli.inputs import load_data
 from gmint_cli.options import choices, data_root_option, json_flag, overwrite_flag
 from gmint_cli.outputs import check_output
@@ -107,14 +107,13 @@ def given(ctx: typer.Context, name: str) -> bool:
 @contextmanager
 def list_errors(members_list: Path, external_list: Path, control_list: Path | None = None) -> Iterator[None]:
     """Name the options and files where the library speaks of `the members list`, `the external list`, `the
-    control list` and of the paper protocol."""
+    control list`."""
     try:
         yield
     except InputError as exc:
-        message = (str(exc).replace("the members list", f"--members-list {members_list}")
+        message = (explain(exc).replace("the members list", f"--members-list {members_list}")
                    .replace("the external list", f"--external-list {external_list}")
-                   .replace("the control list", f"--control-list {control_list}")
-                   .replace(PAPER_HINT, "pass --protocol paper"))
+                   .replace("the control list", f"--control-list {control_list}"))
         raise InputError(message) from None
 
 

@@ -1,21 +1,14 @@
-"""What `gmint score` and `gmint amint score` share: their candidate-row option, the library's remedies in their
-options' words, and how a set verdict is printed."""
+"""What `gmint score` and `gmint amint score` share: their candidate-row option and how a set verdict is
+printed."""
 
 from __future__ import annotations
 
-from gmint.assess.candidates import PREDICTED_HINT, TO_GREY_HINT
-from gmint.assess.scoring import SUBSET_HINT, Audit
-from gmint.assess.selection import ROW_SELECTIONS, ROWS_PHRASE
+from gmint.assess.scoring import Audit
+from gmint.assess.selection import ROW_SELECTIONS
 from gmint_cli.console import console
 
 ROWS_HELP = (f"{' | '.join(ROW_SELECTIONS)} of the model's split, or a JSON file listing row ids of --data "
              "(default: none).")
-# The library's remedies, in the words of these commands' options.
-OPTION_HINTS = {TO_GREY_HINT: "convert them explicitly with --to-grey (luma)",
-                SUBSET_HINT: "audit a subset of them (--sample N)",
-                PREDICTED_HINT: "label them with the audited model's predictions (--labels predicted)"}
-# Where the candidate rows are chosen, the library's name for them is these commands' option.
-ROWS_HINTS = {ROWS_PHRASE: "--rows"}
 
 
 def print_set_verdict(result: Audit, source: str, calibration: str, score_name: str, alpha: float) -> None:

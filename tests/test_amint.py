@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from gmint.amint.train import AmintModel
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
-from gmint.errors import InputError, StoreMismatchError
+from gmint.errors import InputError, Remedy, StoreMismatchError
 from gmint.features.store import FeatureStore
 from gmint.models.architectures import CPU_SCALE
 from gmint.models.io import load_audited
@@ -170,7 +171,7 @@ def test_resume_continues_to_the_same_weights(tmp_path: Path, digits: ImageSet, 
         load_audited(tmp_path / "cut" / "audited.pt")
     assert not (tmp_path / "cut" / "head.pt").exists()
     monkeypatch.setattr(amint_train, "_epoch", real_epoch)
-    with pytest.raises(InputError, match="exists; pass --overwrite to replace it or --resume"):
+    with pytest.raises(InputError, match=re.escape(f"exists; {Remedy.RESUME_OR_OVERWRITE.value}")):
         train_amint(digits, small_split, out=tmp_path / "cut", **common)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="different amint_config"):
         train_amint(digits, small_split, out=tmp_path / "cut", resume=True,

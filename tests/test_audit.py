@@ -14,20 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gmint.assess.candidates import (
-    TO_GREY_HINT,
-    holdout_rows,
-    load_image_folder,
-    match_channels,
-    read_row_ids,
-    subsample,
-)
-from gmint.assess.scoring import SUBSET_HINT, audit_set, calibration_scores, score_samples
+from gmint.assess.candidates import holdout_rows, load_image_folder, match_channels, read_row_ids, subsample
+from gmint.assess.scoring import audit_set, calibration_scores, score_samples
 from gmint.assess.verdict import set_test
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.features.extract import Rows, extract
 from gmint.features.settings import ExtractSettings
 from gmint.mint import TrainedMint, train_mint
@@ -258,7 +251,7 @@ def test_colour_images_for_a_grey_model_need_an_explicit_conversion(
     folder = load_image_folder(_write_folder(tmp_path / "rgb", digits, np.arange(8), colour=True),
                                audited_digits[0])
     assert folder.images.shape[-1] == 3
-    with pytest.raises(InputError, match=f"takes greyscale; {re.escape(TO_GREY_HINT)} if") as err:
+    with pytest.raises(InputError, match=f"takes greyscale; {re.escape(Remedy.TO_GREY.value)}$") as err:
         score_samples(audited_digits[0], mint, folder)
     assert "\n" not in str(err.value) and "--" not in str(err.value)  # the library names no CLI option
     assert len(score_samples(audited_digits[0], mint, folder, to_grey=True)) == 8
@@ -294,7 +287,7 @@ def test_one_candidate_gets_its_exact_rank_p_value() -> None:
 def test_every_calibration_row_a_candidate_is_refused_naming_the_remedy(
         mint: TrainedMint, digits_store: Path, digits_split: MembershipSplit) -> None:
     external = digits_split.external
-    with pytest.raises(InputError, match=f"leaving nothing to calibrate on; {SUBSET_HINT}$"):
+    with pytest.raises(InputError, match=f"leaving nothing to calibrate on; {Remedy.SUBSET.value}$"):
         calibration_scores(mint, digits_store, exclude=_holdout(digits_split, external))
     left = calibration_scores(mint, digits_store, exclude=_holdout(digits_split, external)[:7])
     assert left.excluded == 7 and len(left.score) == len(_holdout(digits_split, external)) - 7

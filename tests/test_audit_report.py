@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gmint.audit.config import AuditConfig, describe, load_config
 from gmint.data.base import ImageSet
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
+from gmint_cli.console import REMEDIES
 from tests.cli_runner import run
 
 CONFIG = """
@@ -116,6 +118,20 @@ def test_a_wrong_configuration_is_refused_in_one_line(tmp_path: Path, text: str,
     outcome = run("audit", path)
     assert outcome.code == 1 and len(outcome.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "audit").exists()
+
+
+def test_what_to_do_is_said_in_the_configurations_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stages' remedies name the audit's settings, not the options of other verbs it has none of."""
+    monkeypatch.delenv("GMINT_DATA", raising=False)
+    (tmp_path / "no-root.toml").write_text('out = "a"\n[data]\ndataset = "mnist"\n', encoding="utf-8")
+    torch.jit.script(torch.nn.Linear(64, 10)).save(str(tmp_path / "scripted.pt"))
+    (tmp_path / "scripted.toml").write_text('out = "b"\n[model]\nfile = "scripted.pt"\n', encoding="utf-8")
+    expected = {"no-root.toml": "error: no data root given; set root in [data] or GMINT_DATA",
+                "scripted.toml": f"error: {tmp_path / 'scripted.pt'} is a TorchScript archive, not a checkpoint; "
+                                 f"{REMEDIES[Remedy.DESCRIBE_MODEL]}"}
+    for name, line in expected.items():
+        outcome = run("audit", tmp_path / name)
+        assert outcome.code == 1 and outcome.stderr.strip() == line, outcome.stderr
 
 
 def test_the_described_configuration_is_every_default(tmp_path: Path) -> None:

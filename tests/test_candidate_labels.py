@@ -13,20 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from gmint.assess.candidates import (
-    FOLDER,
-    PREDICTED_HINT,
-    UNLABELLED,
-    label_candidates,
-    load_image_folder,
-    relabel,
-    unlabelled,
-)
+from gmint.assess.candidates import FOLDER, UNLABELLED, label_candidates, load_image_folder, relabel, unlabelled
 from gmint.assess.scoring import audit_set, score_samples, write_scores
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.features.store import FeatureStore
 from gmint.mint import TrainedMint, train_mint
 from gmint.models.io import AuditedModel
@@ -95,14 +87,15 @@ def test_a_flat_folder_needs_predicted_labels_and_is_said_so(tmp_path: Path, dig
                                                              audited_digits: tuple[AuditedModel, Path]) -> None:
     audited = audited_digits[0]
     flat = _save(tmp_path / "flat", digits, np.arange(6))
-    with pytest.raises(InputError, match=f"has no class folders: .*, or {re.escape(PREDICTED_HINT)}$") as err:
+    predicted = re.escape(Remedy.PREDICTED_LABELS.value)
+    with pytest.raises(InputError, match=f"has no class folders: .*; {predicted}$") as err:
         load_image_folder(flat, audited)
     assert "--" not in str(err.value)  # the library names no CLI option
     data = load_image_folder(flat, audited, labels="predicted")
     assert data.name == FOLDER and data.classes == (UNLABELLED,) and unlabelled(data).all()
     assert data.root == flat.resolve()
-    with pytest.raises(InputError, match=f"^6 candidates have no class \\(e.g. 0.png\\); give each its class, or "
-                                         f"{re.escape(PREDICTED_HINT)}$"):
+    with pytest.raises(InputError, match=f"^6 candidates have no class \\(e.g. 0.png\\); give each its class; "
+                                         f"{re.escape(Remedy.PREDICTED_LABELS.value)}$"):
         label_candidates(audited, data, np.arange(6), Transform())
     # Images in class folders beside loose ones: the loose ones are never skipped silently.
     _save(tmp_path / "flat", digits, np.arange(6, 9), classed=True)

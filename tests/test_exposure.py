@@ -30,7 +30,7 @@ def test_top_k_is_the_true_top_k_with_ties_by_row_id() -> None:
     assert [r.rank for r in got] == list(range(1, 26))
     assert all(r.label == r.sample_id % 10 and r.loss == pytest.approx(2 * r.score) for r in got)
     assert len(top_k(ids[:3], score[:3], ids[:3], score[:3], 10)) == 3
-    with pytest.raises(InputError, match="--top needs a positive number of records, got 0"):
+    with pytest.raises(InputError, match="the exposure list needs a positive number of records, got 0"):
         top_k(ids, score, ids, score, 0)
 
 

@@ -238,7 +238,7 @@ def test_cnn_does_not_depend_on_filter_order() -> None:
 
 
 def test_cnn_needs_flat_features(digits_store: Path) -> None:
-    with pytest.raises(InputError, match="--reduction flat"):
+    with pytest.raises(InputError, match="extracted with reduction flat"):
         train_mint(digits_store, kind="cnn", setup="combined")
 
 

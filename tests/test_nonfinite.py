@@ -58,5 +58,5 @@ def test_a_model_with_non_finite_weights_is_refused_by_every_verb(tmp_path: Path
 def test_a_mint_classifier_given_as_a_model_is_named_for_what_it_is(tmp_path: Path, digits_store: Path) -> None:
     assert run("train", digits_store, "--out", tmp_path / "mint.pt").code == 0
     done = run("layers", "--model", tmp_path / "mint.pt")
-    assert done.code == 1 and "is a MINT classifier (gmint train), not an audited model" in done.stderr
+    assert done.code == 1 and "is a MINT classifier, not an audited model" in done.stderr
     assert json.loads(torch.load(tmp_path / "mint.pt", weights_only=True)["meta"])["format"] == "gmint-mint/1"

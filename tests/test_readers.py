@@ -615,7 +615,7 @@ def test_load_dataset_names_and_options(tmp_path: Path) -> None:
         load_dataset("svhn", tmp_path)
     with pytest.raises(InputError, match="dataset 'gtsrb' has no option 'sise'; its options: size, roi"):
         load_dataset("gtsrb", tmp_path, sise=32)
-    with pytest.raises(InputError, match="no data root given: give the data root"):
+    with pytest.raises(InputError, match="no data root given; give the data root"):
         load_dataset("mnist")
     digits = load_dataset("digits")  # embedded: no root, no cache
     assert len(digits) == 1797 and not (tmp_path / "cache").exists()
@@ -759,4 +759,4 @@ def test_the_cli_names_its_option_only_where_no_data_root_was_given(tmp_path: Pa
     empty = run("split", "--data", "mnist", "--data-root", tmp_path, "--out", tmp_path / "s.json")
     assert empty.code == 1 and "under the data root" in empty.stderr and "--data-root" not in empty.stderr
     missing = run("split", "--data", "mnist", "--out", tmp_path / "s.json")
-    assert missing.code == 1 and "no data root given: pass --data-root or set GMINT_DATA" in missing.stderr
+    assert missing.code == 1 and "no data root given; pass --data-root or set GMINT_DATA" in missing.stderr

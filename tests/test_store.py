@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from gmint.errors import IncompleteStoreError, InputError, StoreMismatchError
+from gmint.errors import IncompleteStoreError, InputError, Remedy, StoreMismatchError
 from gmint.features.integrity import verify
 from gmint.features.schema import FORMAT
 from gmint.features.store import FeatureStore
@@ -77,8 +77,9 @@ def test_incomplete_store_is_refused_and_resumable(tmp_path: Path, features: dic
     with FeatureStore.open(path) as store:
         assert not store.complete
         assert store.done_mask().tolist() == [True] * 6 + [False] * 4
-        with pytest.raises(IncompleteStoreError, match="--resume"):
+        with pytest.raises(IncompleteStoreError, match=r"is incomplete \(6 of 10 rows\)") as caught:
             store.require_complete()
+        assert caught.value.remedy is Remedy.RESUME_EXTRACTION
     with FeatureStore.resume(path, PROVENANCE) as store:
         store.write(6, {k: v[6:] for k, v in features.items()}, loss=np.arange(6, 10, dtype=np.float32),
                     pred=np.zeros(4, np.int64))
@@ -105,8 +106,9 @@ def test_existing_file_is_not_overwritten(tmp_path: Path, features: dict[str, np
     path = tmp_path / "s.h5"
     write_in_chunks(path, features, chunk=5)
     before = path.read_bytes()
-    with pytest.raises(InputError, match="--overwrite"):
+    with pytest.raises(InputError, match="s.h5 exists") as caught:
         FeatureStore.create(path, columns=make_columns(10), dims={"a.weight": 4}, provenance=PROVENANCE)
+    assert caught.value.remedy is Remedy.RESUME_OR_OVERWRITE
     assert path.read_bytes() == before
 
 

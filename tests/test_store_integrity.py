@@ -54,7 +54,7 @@ def test_a_store_cut_short_is_refused_not_reported_complete(tmp_path: Path, digi
     assert "t.h5 is not a readable HDF5 feature store (cut short" in line and "--overwrite" in line
     assert "complete" not in line and "PID" not in line
     # The library's own resume (what `gmint reference extract` calls) refuses it too, naming no flag.
-    with pytest.raises(InputError, match=r"cut short: \d+ of its \d+ bytes are left\); it cannot be resumed: "
+    with pytest.raises(InputError, match=r"cut short: \d+ of its \d+ bytes are left\); it cannot be resumed; "
                                          "remove it, or extract it again with overwrite$"):
         extract(audited_digits[0], digits, split_rows(digits_split), out=cut, split=digits_split, resume=True)
     assert snapshot(tmp_path) == before
@@ -119,7 +119,7 @@ def test_cli_refuses_a_damaged_store_before_loading_the_model(tmp_path: Path, di
     refused = run("extract", "--model", audited_digits[1], "--out", path, "--resume")
     assert refused.code == 1 and refused.stdout == ""
     assert one_error(refused.stderr).endswith("is damaged (marked complete, but 5 of 1796 rows are not written); "
-                                              "it cannot be resumed: pass --overwrite to extract it again in its "
+                                              "it cannot be resumed; pass --overwrite to extract it again in its "
                                               "place")
     assert snapshot(tmp_path) == before
 
@@ -162,7 +162,7 @@ def test_resume_onto_a_text_file_says_it_is_no_store(tmp_path: Path,
     refused = run("extract", "--model", audited_digits[1], "--out", text, "--resume")
     assert refused.code == 1 and refused.stdout == ""
     assert one_error(refused.stderr) == (f"error: {text} is not a readable HDF5 feature store (not an HDF5 file); "
-                                         "it cannot be resumed: pass --overwrite to extract it again in its place")
+                                         "it cannot be resumed; pass --overwrite to extract it again in its place")
     assert snapshot(tmp_path) == before and not lock_path(text).exists()
     with pytest.raises(InputError, match="not a readable HDF5 feature store") as caught:
         FeatureStore.resume(text, {})
@@ -268,4 +268,33 @@ def test_reference_extract_refuses_a_store_cut_short(tmp_path: Path, reference_f
     assert refused.code == 1
     line = one_error(refused.stderr)
     assert f"{cut} is not a readable HDF5 feature store (cut short" in line and "complete" not in line
+    assert snapshot(refs) == before
+
+
+def test_a_damaged_reference_store_names_the_reference_extraction(tmp_path: Path, reference_folder: Path) -> None:
+    refs = tmp_path / "refs"
+    shutil.copytree(reference_folder, refs)
+    with h5py.File(refs / "audited-gradient.h5", "r+") as h5:
+        damage_rows(h5)
+    before = snapshot(refs)
+    for args in (("extract", refs, "--batch-size", 512), ("attack", refs, "--attacks", "gmint")):
+        refused = run("reference", *args)
+        line = one_error(refused.stderr)
+        assert refused.code == 1 and "audited-gradient.h5 is damaged (marked complete, but 5 of" in line, line
+        assert line.endswith("; remove it and run `gmint reference extract` again"), line
+    assert snapshot(refs) == before
+
+
+def test_reference_stores_of_other_settings_name_no_option_extract_lacks(tmp_path: Path,
+                                                                         reference_folder: Path) -> None:
+    refs = tmp_path / "refs"
+    shutil.copytree(reference_folder, refs)
+    before = snapshot(refs)
+    args = ["reference", "extract", refs, "--reduction", "l2", "--batch-size", 512]
+    refused = run(*args)
+    line = one_error(refused.stderr)
+    assert refused.code == 1 and "was written by a different extraction (differs in reduction)" in line, line
+    assert line.endswith("; extract with the settings it records, or remove it and run `gmint reference extract` "
+                         "again"), line
+    assert snapshot(refs) == before
     assert snapshot(refs) == before

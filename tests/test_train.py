@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
-from gmint.errors import InputError, UnknownNameError
+from gmint.errors import InputError, Remedy, UnknownNameError
 from gmint.models.io import load_audited, read_checkpoint
 from gmint.models.train import TrainConfig, train_audited
 
@@ -62,8 +63,9 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path, digits: ImageSet,
 def test_existing_checkpoint_needs_resume(tmp_path: Path, digits: ImageSet, digits_split: MembershipSplit) -> None:
     path = tmp_path / "m.pt"
     path.write_bytes(b"x")
-    with pytest.raises(InputError, match="--resume"):
+    with pytest.raises(InputError, match="m.pt exists") as caught:
         train_audited(digits, digits_split, arch="small_cnn", transform=Transform(), config=CONFIG, out=path)
+    assert caught.value.remedy is Remedy.RESUME_OR_OVERWRITE
     with pytest.raises(UnknownNameError, match="augmentation"):
         train_audited(digits, digits_split, arch="small_cnn", transform=Transform(),
                       config=replace(CONFIG, augment="mixup"), out=tmp_path / "n.pt")
@@ -189,7 +191,7 @@ def test_overwrite_replaces_a_model_only_with_a_finished_one(tmp_path: Path, dig
     path, config = tmp_path / "m.pt", replace(CONFIG, epochs=2)
     train_audited(digits, digits_split, config=replace(config, epochs=1), out=path, **COMMON)
     old = path.read_bytes()
-    with pytest.raises(InputError, match=r"m.pt exists; pass --overwrite to replace it or --resume to continue it$"):
+    with pytest.raises(InputError, match=rf"m.pt exists; {re.escape(Remedy.RESUME_OR_OVERWRITE.value)}$"):
         train_audited(digits, digits_split, config=config, out=path, **COMMON)
     with pytest.raises(InputError, match="pass one of them"):
         train_audited(digits, digits_split, config=config, out=path, resume=True, overwrite=True, **COMMON)

@@ -160,7 +160,7 @@ class TrainedHead:
         except Exception:  # corrupt or foreign file: many exception types; say what the file is instead
             raise InputError(f"{path} is not a gmint aMINT head: it is {what_file(path)}") from None
         if not isinstance(meta, dict) or meta.get("format") != HEAD_FORMAT:
-            raise InputError(f"{path} is not a gmint aMINT head (an `gmint amint train` output's head.pt)")
+            raise InputError(f"{path} is not a gmint aMINT head (the head.pt an aMINT training writes)")
         module = MintHead(HeadSpec.from_dict(meta["spec"]))
         module.load_state_dict(payload["state_dict"])
         return cls(module.eval(), meta, payload["fitted_ids"].numpy(), payload["calibration_ids"].numpy(),

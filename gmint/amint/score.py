@@ -15,10 +15,10 @@ import numpy as np
 from gmint.amint.forward import forward_rows
 from gmint.amint.head import TrainedHead
 from gmint.assess.candidates import match_channels, model_input
-from gmint.assess.scoring import SUBSET_HINT, Audit, Calibration, SampleScores
+from gmint.assess.scoring import Audit, Calibration, SampleScores
 from gmint.assess.verdict import set_test
 from gmint.data.base import ImageSet
-from gmint.errors import InputError, StoreMismatchError
+from gmint.errors import InputError, Remedy, StoreMismatchError
 from gmint.features.provenance import Provenance
 from gmint.models.io import AuditedModel
 
@@ -61,8 +61,8 @@ def audit_with_head(audited: AuditedModel, head: TrainedHead, data: ImageSet, in
                              f"say nothing about membership (e.g. sample id {int(ids[np.flatnonzero(fitted)[0]])})")
     keep = ~np.isin(head.calibration_ids, ids) if same else np.ones(len(head.calibration_ids), bool)
     if not keep.any():
-        raise InputError(f"every calibration row of {head_path} is a candidate, leaving nothing to calibrate on; "
-                         f"{SUBSET_HINT}")
+        raise InputError(f"every calibration row of {head_path} is a candidate, leaving nothing to calibrate on",
+                         Remedy.SUBSET)
     channels, side = model_input(audited)
     data = match_channels(data, channels, to_grey=to_grey)
     transform = audited.transform

@@ -67,7 +67,7 @@ def resolve_taps(model: nn.Module, arch: str | None, taps: str | Sequence[str] |
     if taps is None or (isinstance(taps, str) and not taps.strip()):
         if arch is None or arch not in TAP_PRESETS:
             raise InputError(f"no tap preset for {'this model' if arch is None else repr(arch)} (presets: "
-                             f"{', '.join(TAP_PRESETS.names())}); name the modules to tap, e.g. --taps layer2,layer3")
+                             f"{', '.join(TAP_PRESETS.names())}); name the modules to tap (taps), e.g. layer2,layer3")
         names = TAP_PRESETS.get(arch)(model)
     else:
         names = tuple(t.strip() for t in (taps.split(",") if isinstance(taps, str) else taps) if t.strip())

@@ -20,7 +20,7 @@ import torch
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.features.engine.base import predictions
 from gmint.features.layers import weight_layers
 from gmint.models.io import AuditedModel
@@ -28,11 +28,6 @@ from gmint.registry import Registry
 
 # ITU-R 601-2 luma, the weights PIL uses for mode "L".
 LUMA = np.array([0.299, 0.587, 0.114])
-# The remedy `match_channels` names for colour candidates of a greyscale model; callers with an option of
-# their own for it (the CLI's --to-grey) put its name in this phrase's place.
-TO_GREY_HINT = "convert them explicitly (to_grey: luma)"
-# The remedy named for candidates without a class; the CLI puts its --labels option in this phrase's place.
-PREDICTED_HINT = "label them with the audited model's predictions (labels: predicted)"
 # The dataset name of a candidate folder: never a registered dataset's, so its row positions are never taken
 # for rows of the audit's dataset.
 FOLDER = "candidate folder"
@@ -93,9 +88,9 @@ def load_image_folder(folder: Path, audited: AuditedModel, *, labels: str = "tru
     if loose and not source.predicts:
         if not classed:
             raise InputError(f"{folder} has no class folders: put each image under {folder}/<class name>/ (the "
-                             f"label is needed to compute its Weight Modifier), or {PREDICTED_HINT}")
+                             "label is needed to compute its Weight Modifier)", Remedy.PREDICTED_LABELS)
         raise InputError(f"{len(loose)} images at the top of {folder} are in no class folder (e.g. "
-                         f"{loose[0].name}): put each under {folder}/<class name>/, or {PREDICTED_HINT}")
+                         f"{loose[0].name}): put each under {folder}/<class name>/", Remedy.PREDICTED_LABELS)
     if not classed and not loose:
         raise InputError(f"{folder} holds no images and no class folders")
     _, side = model_input(audited)
@@ -121,7 +116,7 @@ def _stack(classed: ImageSet, loose: ImageSet) -> ImageSet:
     a, b = classed.images, loose.images
     if a.shape[1:3] != b.shape[1:3]:
         raise InputError(f"the images in class folders are {a.shape[2]}x{a.shape[1]} but those at the top are "
-                         f"{b.shape[2]}x{b.shape[1]}; give a size N to resize every image to NxN")
+                         f"{b.shape[2]}x{b.shape[1]}", Remedy.RESIZE)
     if a.shape[3] != b.shape[3]:  # grey beside colour: all colour, as the imagefolder reader would read them
         a, b = (np.repeat(a, 3, axis=-1), b) if a.shape[3] == 1 else (a, np.repeat(b, 3, axis=-1))
     n = len(a) + len(b)
@@ -215,8 +210,8 @@ def check_labels(data: ImageSet, index: np.ndarray, labels: str) -> np.ndarray:
     missing = unlabelled(data)[index]
     if missing.any() and not source.predicts:
         where = f" (e.g. {data.files[index][missing][0]})" if data.files is not None else ""
-        raise InputError(f"{int(missing.sum())} candidates have no class{where}; give each its class, or "
-                         f"{PREDICTED_HINT}")
+        raise InputError(f"{int(missing.sum())} candidates have no class{where}; give each its class",
+                         Remedy.PREDICTED_LABELS)
     return missing
 
 
@@ -268,8 +263,8 @@ def match_channels(data: ImageSet, channels: int | None, *, to_grey: bool = Fals
         if (rgb == rgb[..., :1]).all():
             return replace(data, images=np.ascontiguousarray(rgb[..., :1]))
         if not to_grey:
-            raise InputError(f"the candidate images are colour (RGB) but the audited model takes greyscale; "
-                             f"{TO_GREY_HINT} if that is what it was trained on")
+            raise InputError("the candidate images are colour (RGB) but the audited model takes greyscale",
+                             Remedy.TO_GREY)
         grey = np.rint(rgb.astype(np.float64) @ LUMA).clip(0, 255).astype(np.uint8)[..., None]
         return replace(data, images=grey)
     raise InputError(f"the candidate images have {have} channels, the audited model takes {channels}")

@@ -55,7 +55,7 @@ def top_k(sample_id: np.ndarray, score: np.ndarray, label: np.ndarray, loss: np.
         InputError: k below 1, or columns of different lengths.
     """
     if k < 1:
-        raise InputError(f"--top needs a positive number of records, got {k}")
+        raise InputError(f"the exposure list needs a positive number of records, got {k}")
     n = len(sample_id)
     if any(len(a) != n for a in (score, label, loss)) or (mask is not None and len(mask) != n):
         raise InputError("top-K: every column must have one value per row")

@@ -136,7 +136,7 @@ def _files_of(origin: DataOrigin, side: int | None) -> dict[Path, int]:
             data = load_dataset(origin.dataset, origin.root)
     except GmintError as exc:
         raise InputError(f"cannot tell which candidates inside {origin.root} are rows of {origin.what}: "
-                         f"{exc}") from None
+                         f"{exc.message}", exc.remedy) from None
     if origin.files_sha256 is not None and data.files_sha256() != origin.files_sha256:
         raise InputError(f"{origin.root} has changed since {origin.what} was written: its files differ, so its "
                          f"{origin.dataset} row ids no longer name the same files; extract the store again from the "

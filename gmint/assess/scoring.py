@@ -42,7 +42,7 @@ from gmint.assess.verdict import SetVerdict, set_test
 from gmint.data.base import ImageSet
 from gmint.data.split import EXTERNAL, HOLDOUT
 from gmint.data.transforms import Transform
-from gmint.errors import InputError, StoreMismatchError
+from gmint.errors import InputError, Remedy, StoreMismatchError
 from gmint.features.extract import Rows, extract
 from gmint.features.provenance import Provenance
 from gmint.features.settings import ExtractSettings
@@ -50,9 +50,6 @@ from gmint.features.store import FeatureStore
 from gmint.mint.base import TrainedMint
 from gmint.models.io import AuditedModel
 
-# The remedy named when every calibration row is also a candidate; callers with an option of their own
-# for it (the CLI's --sample) put its name in this phrase's place.
-SUBSET_HINT = "audit a subset of them"
 # The columns of a scores CSV, one row per candidate (`SampleScores.records`).
 SCORE_COLUMNS = ("sample_id", "file", "label", "class", "label_source", "score")
 
@@ -199,7 +196,7 @@ def calibration_scores(mint: TrainedMint, store_path: Path, *, exclude: np.ndarr
         keep = ~candidate & correct
         if not (~candidate).any():
             raise InputError(f"every held-out external row of {store_path} is a candidate, leaving nothing to "
-                             f"calibrate on; {SUBSET_HINT}")
+                             "calibrate on", Remedy.SUBSET)
         if not keep.any():
             raise InputError(f"the audited model misclassifies every held-out external row of {store_path} left to "
                              "calibrate predicted labels on")

@@ -15,7 +15,7 @@ from gmint.models.io import AuditedModel
 
 # Candidate rows named by their place in the audited model's split; anything else names a JSON file of row ids.
 ROW_SELECTIONS = ("holdout-members", "holdout-external")
-# How this module's errors name a row selection; callers with an option for it put the option's name in its place.
+# How this module's errors name a row selection, unless the caller names it otherwise (after its own option).
 ROWS_PHRASE = "candidate rows"
 
 
@@ -32,9 +32,16 @@ def audit_split(audited: AuditedModel, split: MembershipSplit | None = None, *,
     return MembershipSplit.of(audited.record.split) if split is None else split
 
 
-def select_rows(rows: str, split: MembershipSplit | None, data: ImageSet) -> np.ndarray:
+def select_rows(rows: str, split: MembershipSplit | None, data: ImageSet, *, named: str = ROWS_PHRASE) -> np.ndarray:
     """The rows of `data` that `rows` names: a name in ROW_SELECTIONS (the split's held-out members or externals)
     or a JSON file listing row ids.
+
+    Args:
+        rows: the selection's name, or the path of the JSON file.
+        split: the membership split the selection is taken from (None: the model records none).
+        data: the dataset whose rows are selected.
+        named: how the errors name the selection: a caller that takes it from an option of its own names that
+            option, so the message points at what the user typed.
 
     Raises:
         InputError: a split selection without a split, a file that is missing or lists no valid ids, or a row
@@ -42,19 +49,19 @@ def select_rows(rows: str, split: MembershipSplit | None, data: ImageSet) -> np.
     """
     if rows in ROW_SELECTIONS:
         if split is None:
-            raise InputError(f"{ROWS_PHRASE} {rows}: the audited model records no membership split to take them "
+            raise InputError(f"{named} {rows}: the audited model records no membership split to take them "
                              "from")
         index = holdout_rows(split, members=rows == "holdout-members")
     elif not Path(rows).is_file():
-        raise InputError(f"{ROWS_PHRASE} must be {' or '.join(ROW_SELECTIONS)} or a JSON file of row ids; "
+        raise InputError(f"{named} must be {' or '.join(ROW_SELECTIONS)} or a JSON file of row ids; "
                          f"{rows} not found")
     else:
         try:
             index = read_row_ids(Path(rows))
         except InputError as exc:
-            raise InputError(f"{ROWS_PHRASE}: {exc}") from None
+            raise InputError(f"{named}: {exc.message}", exc.remedy) from None
     outside = index[(index < 0) | (index >= len(data))]
     if len(outside):
-        raise InputError(f"{ROWS_PHRASE} {rows}: row {int(outside[0])} is outside the {len(data)} rows of "
+        raise InputError(f"{named} {rows}: row {int(outside[0])} is outside the {len(data)} rows of "
                          f"{data.name} (0 to {len(data) - 1})")
     return index

@@ -96,7 +96,7 @@ def parse_slicers(text: str) -> list[str]:
     """`class,correct,loss-decile` → the slicer names, each checked against SLICERS."""
     names = [s.strip() for s in text.split(",") if s.strip()]
     if not names:
-        raise InputError(f"--slices needs one or more of {SLICERS.names()}, comma-separated")
+        raise InputError(f"slices need one or more of {SLICERS.names()}, comma-separated")
     for name in names:
         SLICERS.get(name)
     return list(dict.fromkeys(names))

@@ -26,14 +26,14 @@ from torch import nn
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.data.transforms import Transform
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.features.engine.memory import max_batch_for_memory
 from gmint.features.engine.selfcheck import EngineCheckWarning, EngineDisagreement, ProvenEngine
 from gmint.features.reduce import NamedReduction, parse_reduction
 from gmint.features.settings import ExtractSettings
 from gmint.features.shards import shard_bounds, shard_path
 from gmint.features.sources import SOURCES, Source
-from gmint.features.store import REBUILD_HINT, FeatureStore
+from gmint.features.store import FeatureStore
 from gmint.models.check import ModelCheck, check_model
 from gmint.models.io import AuditedModel
 from gmint.progress import progress_bar
@@ -298,7 +298,7 @@ def _stream(plan: Plan, proven: ProvenEngine, *, resume: bool, overwrite: bool, 
         widths = {n: int(f.shape[1]) for n, f in first.features.items()}
         if store is not None and store.dims != widths:  # same provenance, other widths: only damage does that
             raise InputError(f"{out} is damaged (its layers hold {store.dims} features per row, this extraction "
-                             f"computes {widths}); it cannot be resumed: {REBUILD_HINT}")
+                             f"computes {widths}); it cannot be resumed", Remedy.REBUILD_STORE)
         if store is None:
             store = stack.enter_context(FeatureStore.create(out, overwrite=overwrite, provenance=provenance,
                                                             chunk_rows=batch_size, dims=widths,

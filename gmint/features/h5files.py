@@ -14,12 +14,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.features.lock import writer_pid
 from gmint.features.schema import FORMAT, LIBVER, READABLE_FORMATS
-
-# Remedies for a file no resume can continue, in the library's terms (the CLI names its own options instead).
-REBUILD_HINT = "remove it, or extract it again with overwrite"
 
 
 def writer_file(path: Path, mode: str) -> h5py.File:
@@ -37,20 +34,22 @@ def reader_file(path: Path, *, held: bool = False) -> h5py.File:
     # flagged "open for write", or its end not yet extended. Only then: an SWMR reader skips HDF5's check
     # that the file is as long as it records and retries failing reads with back-off, so a file cut short
     # may open showing its complete mark, or hang.
-    tail = f"; it cannot be resumed: {REBUILD_HINT}" if held else ""
+    tail, remedy = ("; it cannot be resumed", Remedy.REBUILD_STORE) if held else ("", None)
     try:
         h5 = _open_swmr(path, tail) if not held and writer_pid(path) else h5py.File(path, "r", locking=False)
     except OSError as exc:
         # A flagged file whose writer is gone: HDF5 checks its length first, so this one is whole.
         if "already open for write" not in str(exc) and (held or not writer_pid(path)):
-            raise InputError(f"{path} is not a readable HDF5 feature store ({why_unreadable(exc)}){tail}") from None
+            raise InputError(f"{path} is not a readable HDF5 feature store ({why_unreadable(exc)}){tail}",
+                             remedy) from None
         h5 = _open_swmr(path, tail, held=held)
     found = h5.attrs.get("format")
     if found not in READABLE_FORMATS:
         h5.close()
         if isinstance(found, str) and found.startswith(FORMAT.split("/")[0]):
-            raise InputError(f"{path} is a {found} store; this gmint reads {FORMAT}: {REBUILD_HINT}")
-        raise InputError(f"{path} is not a gmint feature store (format attribute missing or different){tail}")
+            raise InputError(f"{path} is a {found} store; this gmint reads {FORMAT}", Remedy.REBUILD_STORE)
+        raise InputError(f"{path} is not a gmint feature store (format attribute missing or different){tail}",
+                         remedy)
     return h5
 
 
@@ -65,7 +64,8 @@ def _open_swmr(path: Path, tail: str = "", *, held: bool = False) -> h5py.File:
         except OSError as exc:
             pid = None if held else writer_pid(path)
             if pid is None:
-                raise InputError(f"{path} is not a readable HDF5 feature store ({why_unreadable(exc)}){tail}") from None
+                raise InputError(f"{path} is not a readable HDF5 feature store ({why_unreadable(exc)}){tail}",
+                                 Remedy.REBUILD_STORE if held else None) from None
             if time.monotonic() > deadline:
                 raise InputError(f"{path} is being written by PID {pid} and cannot be read now; try again") from None
             time.sleep(0.02)

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gmint.errors import InputError, StoreMismatchError
-from gmint.features.h5files import REBUILD_HINT, reader_file, why_unreadable
+from gmint.errors import InputError, Remedy, StoreMismatchError
+from gmint.features.h5files import reader_file, why_unreadable
 from gmint.features.lock import WriterLock
 from gmint.features.schema import CODES, COMPUTED_COLUMNS, FORMAT, ROW_COLUMNS, SPEC_KEYS, roundtrip
 from gmint.features.store import FeatureStore
 
-# The remedy for a file another extraction wrote, in the library's terms (the CLI names its own option).
-ANOTHER_STORE_HINT = "extract into another file"
 # Provenance every store records; `verify` names each one missing.
 REQUIRED_PROVENANCE = ("gmint_version", "torch_version", "model_fingerprint", "layers", "source", "reduction",
                        "engine", "dataset", "split_sha256", "seed", "n_rows")
@@ -94,12 +92,12 @@ def check_resume(path: Path, provenance: Mapping[str, object]) -> bool:
     with FeatureStore(path, reader_file(path, held=True)) as old:
         damage = old.damage()
         if damage is not None:
-            raise InputError(f"{path} is damaged ({damage}); it cannot be resumed: {REBUILD_HINT}")
+            raise InputError(f"{path} is damaged ({damage}); it cannot be resumed", Remedy.REBUILD_STORE)
         theirs = old.provenance
         diff = [k for k in SPEC_KEYS if k in provenance and theirs.get(k) != roundtrip(provenance[k])]
         if diff:
             raise StoreMismatchError(f"{path} was written by a different extraction (differs in "
-                                     f"{', '.join(diff)}); {ANOTHER_STORE_HINT}, or {REBUILD_HINT}")
+                                     f"{', '.join(diff)})", Remedy.ANOTHER_STORE_OR_REBUILD)
         return old.complete
 
 
@@ -112,6 +110,6 @@ def salvage(path: Path) -> None:
             old.copy_into(tmp)
     except OSError as exc:  # corrupt chunks surface only when read
         tmp.unlink(missing_ok=True)
-        raise InputError(f"{path} is damaged (its writer died and {why_unreadable(exc)}); it cannot be resumed: "
-                         f"{REBUILD_HINT}") from None
+        raise InputError(f"{path} is damaged (its writer died and {why_unreadable(exc)}); it cannot be resumed",
+                         Remedy.REBUILD_STORE) from None
     tmp.replace(path)

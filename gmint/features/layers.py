@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from gmint.errors import UnknownNameError
+from gmint.errors import Remedy, UnknownNameError
 from gmint.features.tracing import ParameterUses
 from gmint.registry import Registry
 
@@ -151,7 +151,7 @@ def resolve_parameters(model: nn.Module, setup: str | Sequence[str],
         if not found:
             raise UnknownNameError(
                 f"layer '{item}' matches no parameter; use a preset {LAYER_PRESETS.names()} or a "
-                f"parameter name such as {weights[0]!r} (see `gmint layers`)")
+                f"parameter name such as {weights[0]!r}", Remedy.LIST_LAYERS)
     order = {n: i for i, n in enumerate(weights + unused)}
     names = list(dict.fromkeys(aliases.get(n, n) for found in matches.values() for n in found))
     return sorted(names, key=lambda n: order.get(n, len(order)))
@@ -262,7 +262,7 @@ def resolve_modules(model: nn.Module, setup: str | Sequence[str],
         if not found:
             blocks = presets["blocks"]
             raise UnknownNameError(f"module '{item}' matches no module; use a preset {list(MODULE_PRESETS)} or a "
-                                   f"module name such as {blocks[len(blocks) // 2]!r} (see `gmint depth --list`)")
+                                   f"module name such as {blocks[len(blocks) // 2]!r}", Remedy.LIST_MODULES)
         silent = [n for n in found if n not in called]
         if silent and not any(n in called for n in found):
             raise UnknownNameError(f"module '{silent[0]}' returns no batch of tensors in the forward pass; choose "

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from gmint.errors import GmintError, InputError, StoreMismatchError
+from gmint.errors import GmintError, InputError, Remedy, StoreMismatchError
 from gmint.features.lock import WriterLock
 from gmint.features.schema import (
     COMPUTED_COLUMNS,
@@ -53,7 +53,7 @@ def shard_bounds(n_rows: int, batch_size: int, rank: int, world_size: int) -> tu
     n_batches = -(-n_rows // batch_size)
     if n_batches < world_size:
         raise InputError(f"{world_size} processes but only {n_batches} batches of {batch_size} rows; "
-                         "use fewer processes or a smaller --batch-size")
+                         "use fewer processes or a smaller batch size")
     blocks = np.array_split(np.arange(n_batches), world_size)[rank]
     return int(blocks[0]) * batch_size, min(n_rows, (int(blocks[-1]) + 1) * batch_size)
 
@@ -89,7 +89,7 @@ def _merge(out: Path, world_size: int, *, rows_sha256: str, overwrite: bool) -> 
     if out.exists() and not overwrite:
         if _joins(out, shards, first, rows_sha256):
             return out
-        raise InputError(f"{out} exists; pass --overwrite to replace it")
+        raise InputError(f"{out} exists", Remedy.OVERWRITE)
     n = sum(length for length, *_ in info)
     offsets = np.cumsum([0] + [length for length, *_ in info])
     dims, dtypes = info[0][2], info[0][3]

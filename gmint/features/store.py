@@ -26,8 +26,8 @@ from types import TracebackType
 import h5py
 import numpy as np
 
-from gmint.errors import IncompleteStoreError, InputError, StoreMismatchError
-from gmint.features.h5files import REBUILD_HINT, read_dataset, reader_file, writer_file
+from gmint.errors import IncompleteStoreError, InputError, Remedy, StoreMismatchError
+from gmint.features.h5files import read_dataset, reader_file, writer_file
 from gmint.features.lock import WriterLock, writer_pid
 from gmint.features.schema import (
     CHUNK_BYTES,
@@ -79,7 +79,7 @@ class FeatureStore:
         with ExitStack() as held:
             lock = held.enter_context(WriterLock(path))
             if path.exists() and not overwrite:
-                raise InputError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
+                raise InputError(f"{path} exists", Remedy.RESUME_OR_OVERWRITE)
             n = len(columns["sample_id"])
             with atomic_write(path) as tmp:
                 with writer_file(tmp, "w") as h5:
@@ -305,16 +305,16 @@ class FeatureStore:
         """Refuse a damaged store (see `damage`), saying what is wrong with it and how to rebuild it."""
         damage = self.damage()
         if damage is not None:
-            raise InputError(f"{self.path} is damaged ({damage}); {REBUILD_HINT}")
+            raise InputError(f"{self.path} is damaged ({damage})", Remedy.REBUILD_STORE)
 
     def require_complete(self) -> None:
         """Refuse a damaged store, and an unfinished one saying whether a live process is still writing it."""
         self.require_sound()
         if not self.marked_complete:
             pid = self.writer
-            todo = (f"it is being written by PID {pid}; wait for it to finish" if pid else
-                    "finish it with `gmint extract ... --resume`")
-            raise IncompleteStoreError(f"{self.path} is incomplete ({self.rows_written} of {len(self)} rows); {todo}")
+            busy = f"; it is being written by PID {pid}; wait for it to finish" if pid else ""
+            raise IncompleteStoreError(f"{self.path} is incomplete ({self.rows_written} of {len(self)} rows){busy}",
+                                       None if pid else Remedy.RESUME_EXTRACTION)
 
     def _read(self, dataset: h5py.Dataset, start: int = 0, stop: int | None = None) -> np.ndarray:
         return read_dataset(self.path, dataset, start, stop)

@@ -65,8 +65,8 @@ class CnnMint(NeuralMint[CnnNetwork]):
         shapes = [list(s) for s in self.network.shapes]
         expected = sum(math.prod(s) for s in shapes)
         if not shapes or expected != self.input_dim:
-            raise InputError(f"the CNN MINT classifier needs unreduced Weight Modifiers (extract with --reduction "
-                             f"flat): the layers hold {expected} values, the features have {self.input_dim}")
+            raise InputError(f"the CNN MINT classifier needs unreduced Weight Modifiers (extracted with "
+                             f"reduction flat): the layers hold {expected} values, the features have {self.input_dim}")
         channels, hidden = int(self.network.channels), int(self.network.hidden)
         return nn.Sequential(FilterEncoder(shapes, channels), nn.Linear(2 * channels * len(shapes), hidden),
                              nn.ReLU(), nn.Dropout(float(self.network.dropout)), nn.Linear(hidden, 1))

@@ -91,8 +91,8 @@ class MapCnnMint(NeuralMint[MapCnnNetwork]):
         shapes = [list(s) for s in self.network.shapes]
         expected = sum(math.prod(s) for s in shapes)
         if not shapes or expected != self.input_dim:
-            raise InputError(f"the map CNN MINT classifier needs activation maps (extract with --source "
-                             f"activation-maps and --reduction flat or pool:<h>x<w>): the recorded shapes hold "
+            raise InputError(f"the map CNN MINT classifier needs activation maps (extracted with source "
+                             f"activation-maps and reduction flat or pool:<h>x<w>): the recorded shapes hold "
                              f"{expected} values, the features have {self.input_dim}")
         channels, hidden, classes = int(self.network.channels), int(self.network.hidden), self.label_classes
         return nn.Sequential(MapEncoder(shapes, channels, classes),

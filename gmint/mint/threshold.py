@@ -34,7 +34,7 @@ class ThresholdMint:
     def __init__(self, input_dim: int) -> None:
         if input_dim != 1:
             raise InputError(f"the threshold classifier takes one signal, got {input_dim} feature columns; "
-                             "choose one with --setup (e.g. loss, confidence, entropy, grad_norm)")
+                             "choose one as its setup (e.g. loss, confidence, entropy, grad_norm)")
         self.direction, self.threshold = 1.0, 0.0
 
     def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None,

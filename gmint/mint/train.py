@@ -39,7 +39,7 @@ def setup_features(store: FeatureStore, setup: str) -> list[str]:
     for item, found in matches.items():
         if not found or not set(found) <= set(features):
             raise UnknownNameError(f"layer setup '{item}' is not in {store.path} (it holds {features}; "
-                                   f"extract with --layers {item} or combined)")
+                                   f"extract it with layers {item} or combined)")
     order = {n: i for i, n in enumerate(features)}
     return sorted(dict.fromkeys(n for found in matches.values() for n in found), key=order.__getitem__)
 
@@ -59,7 +59,7 @@ def _parameter_shapes(store: FeatureStore, features: list[str]) -> list[list[int
     missing = [n for n in features if parameter_of[n] not in shapes]
     if missing:
         raise InputError(f"{store.path} records no shape for {missing[0]}; this classifier reads the features' "
-                         "structure (Weight Modifiers extracted with --reduction flat, or --source activation-maps)")
+                         "structure (Weight Modifiers extracted with reduction flat, or source activation-maps)")
     return [list(shapes[parameter_of[n]]) for n in features]
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from gmint.data.transforms import Transform
-from gmint.errors import DESCRIBE_HINT, InputError, UnsupportedModelError
+from gmint.errors import InputError, Remedy, UnsupportedModelError
 from gmint.files import atomic_write
 from gmint.models.description import ModelDescription, build_architecture, select_output, working_directory_on_path
 from gmint.models.record import CheckpointRecord
@@ -61,8 +61,8 @@ class AuditedModel:
         """
         description = self.description
         if description is None:
-            raise InputError(f"the audited model records no preprocessing (image size, mean, std), and auditing "
-                             f"it with guessed inputs would measure the wrong thing; {DESCRIBE_HINT}")
+            raise InputError("the audited model records no preprocessing (image size, mean, std), and auditing "
+                             "it with guessed inputs would measure the wrong thing", Remedy.DESCRIBE_MODEL)
         return description.transform
 
     def check_classes(self, classes: Sequence[str]) -> None:
@@ -178,18 +178,17 @@ def _model_file(path: Path) -> Path:
     return path
 
 
-def read_checkpoint(path: Path, *, hints: bool = False) -> dict[str, Any]:
+def read_checkpoint(path: Path) -> dict[str, Any]:
     """The raw checkpoint dict, loaded with weights_only=True; its entries are the caller's to check.
 
     Args:
-        path: a gmint checkpoint or a plain state dict.
-        hints: name load_audited's options (--torchscript, --trust-pickle) for files that need them; off
-            for callers without those options (resuming training).
+        path: a gmint checkpoint or a plain state dict (a TorchScript archive or a pickled module is refused,
+            naming how load_audited would read it: a caller that cannot read it so says otherwise).
     """
     path = _model_file(path)
     kind = file_kind(path)
     if kind == "torchscript":
-        raise InputError(f"{path} is a TorchScript archive, not a checkpoint{'; pass --torchscript' if hints else ''}")
+        raise InputError(f"{path} is a TorchScript archive, not a checkpoint", Remedy.TORCHSCRIPT)
     if kind not in ("torch", "pickle"):
         raise InputError(f"{path} is not a gmint checkpoint or state dict: it is {FILE_KINDS[kind]}")
     try:
@@ -197,8 +196,7 @@ def read_checkpoint(path: Path, *, hints: bool = False) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" in str(exc):
             raise InputError(f"{path} holds pickled Python objects (e.g. a whole module), which can run arbitrary "
-                             "code when loaded; " + ("pass --trust-pickle only if you trust its source" if hints
-                                                     else "gmint reads checkpoints of tensors only")) from None
+                             "code when loaded", Remedy.TRUST_PICKLE) from None
         raise InputError(f"{path} is a damaged checkpoint ({exc})") from None
     except Exception as exc:  # torch raises many types for corrupt files
         raise InputError(f"{path} is a damaged checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
@@ -235,10 +233,10 @@ def load_audited(path: Path, *, arch: str | None = None, arch_args: Mapping[str,
             module = _unsafe_load(path, ("torch", "pickle"), "a pickled module",
                                   lambda: torch.load(path, map_location="cpu", weights_only=False))
         if not isinstance(module, nn.Module):
-            raise InputError(f"{path} holds a {type(module).__name__}, not a pickled nn.Module"
-                             f"{'; load it without --trust-pickle' if isinstance(module, dict) else ''}")
+            raise InputError(f"{path} holds a {type(module).__name__}, not a pickled nn.Module",
+                             Remedy.NOT_A_PICKLE if isinstance(module, dict) else None)
         return AuditedModel(refuse_nonfinite(module.eval(), path), {"format": "pickled-module"})
-    payload = read_checkpoint(path, hints=True)
+    payload = read_checkpoint(path)
     other = _other_gmint_file(payload)
     if other:
         raise InputError(f"{path} is {other}, not an audited model")
@@ -254,7 +252,7 @@ def load_audited(path: Path, *, arch: str | None = None, arch_args: Mapping[str,
         load_state(module, payload["state_dict"], path)
         return AuditedModel(select_output(refuse_nonfinite(module.eval(), path), record.output), meta)
     if arch is None:
-        raise InputError(f"{path} is a plain state dict; pass --arch package.module:factory to build the model")
+        raise InputError(f"{path} is a plain state dict", Remedy.ARCHITECTURE)
     module = build_architecture(arch, arch_args or {})
     load_state(module, payload, path)
     return AuditedModel(refuse_nonfinite(module.eval(), path),
@@ -276,7 +274,7 @@ def refuse_nonfinite(module: nn.Module, path: Path) -> nn.Module:
 
 
 # What other gmint files are, by what their payload holds: loading one as a model must say what it is.
-_OTHER_FILES = {"gmint-mint/1": "a MINT classifier (gmint train)", "gmint-amint-head/1": "an aMINT head"}
+_OTHER_FILES = {"gmint-mint/1": "a MINT classifier", "gmint-amint-head/1": "an aMINT head"}
 
 
 def _other_gmint_file(payload: Mapping[str, Any]) -> str | None:
@@ -301,7 +299,7 @@ def refuse_unfinished(path: Path, record: CheckpointRecord) -> None:
     if record.unfinished:
         cap = (record.train_config or {}).get("epochs", "?")
         raise InputError(f"{path} is an unfinished training run (it stopped after epoch {record.epochs_done} of "
-                         f"{cap}); finish it with --resume on the command that trained it before auditing it")
+                         f"{cap})", Remedy.RESUME_TRAINING)
 
 
 def _unsafe_load(path: Path, kinds: tuple[str, ...], wanted: str, load: Callable[[], Any]) -> Any:

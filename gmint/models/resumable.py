@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.models.io import read_checkpoint, save_checkpoint
 from gmint.models.record import CheckpointRecord
 
@@ -88,7 +88,7 @@ class ResumableRun:
         if path.is_dir():
             raise InputError(f"{path} is a folder; give a file name")
         if path.exists() and not (resume or overwrite):
-            raise InputError(f"{path} exists; pass --overwrite to replace it or --resume to continue it")
+            raise InputError(f"{path} exists", Remedy.RESUME_OR_OVERWRITE)
         self.path, self.recipe, self.kind = path, tuple(recipe), kind
         self.resuming = resume and path.exists()
         # The checkpoint being replaced stays where it is until its successor is finished.

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.models.description import ModelDescription, build_architecture, select_output
 from gmint.models.io import AuditedModel
 from gmint.models.record import CheckpointRecord
@@ -170,8 +170,7 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = 
     else:
         members = np.asarray(split.control if negative_control else split.members)
     if len(members) == 0:
-        raise InputError("the split has no control rows to train a negative control on; draw one with "
-                         "`gmint split --control`")
+        raise InputError("the split has no control rows to train a negative control on", Remedy.CONTROL_ROWS)
     run = ResumableRun(Path(out), resume=resume, overwrite=overwrite, recipe=RECIPE, kind="training")
     c, h, _ = data.image_shape
     if description is None:

@@ -81,7 +81,7 @@ class CalibratedOptions(MintOptions):
 
 def _gradient(signals: ReferenceSignals) -> GradientSignals:
     if signals.gradient is None:
-        raise NotApplicable("needs the gradient stores (`gmint reference extract`)")
+        raise NotApplicable("needs the reference set's gradient stores, extracted from its models")
     return signals.gradient
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.models.description import ModelDescription
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig
@@ -79,8 +79,8 @@ def reference_pool(split: MembershipSplit, mode: str) -> np.ndarray:
     if mode not in MODES:
         raise InputError(f"unknown reference mode '{mode}'; choose from {list(MODES)}")
     if not split.control:
-        raise InputError("the split has no control (population) rows for reference models to train on; draw one "
-                         "with `gmint split --control`")
+        raise InputError("the split has no control (population) rows for reference models to train on",
+                         Remedy.CONTROL_ROWS)
     rows = split.control if mode == "offline" else split.control + split.members + split.external
     return np.unique(np.asarray(rows, np.int64))
 

@@ -98,7 +98,7 @@ def _lira_online(signals: ReferenceSignals, task: Task, *, global_variance: bool
     needed = 1 if global_variance else 2
     if len(used) and int(n_in[used].min()) == 0:
         raise NotApplicable("needs reference models trained on each scored row: an online reference set "
-                            "(`gmint reference train --mode online`)")
+                            "(reference models trained in online mode)")
     require_models(n_in[used], needed, "trained on")
     require_models(n_out[used], needed, "out of")
     params: dict[str, object] = {"signal": "phi = log(p_y / (1 - p_y))",

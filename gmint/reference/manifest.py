@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from gmint.data.split import MembershipSplit
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.files import atomic_write
 from gmint.models.io import AuditedModel, load_audited
 
@@ -175,8 +175,8 @@ class ReferenceSet:
         try:
             payload = json.loads(path.read_text())
         except FileNotFoundError:
-            raise InputError(f"{folder} holds no reference set ({MANIFEST} not found); train one with "
-                             "`gmint reference train`") from None
+            raise InputError(f"{folder} holds no reference set ({MANIFEST} not found)",
+                             Remedy.TRAIN_REFERENCES) from None
         except IsADirectoryError:
             raise InputError(f"{path} is a folder, not a reference manifest") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -158,7 +158,7 @@ def _rmia(signals: ReferenceSignals, task: Task, *, online: bool) -> Scored:
     if online:
         if len(used) and int(o.inclusion[:, used].sum(axis=0).min()) == 0:
             raise NotApplicable("needs reference models trained on each scored row: an online reference set "
-                                "(`gmint reference train --mode online`)")
+                                "(reference models trained in online mode)")
         z = _population(o, np.ones(len(o.sample_id), bool), options.population, task.seed)
         a: float | None = None
         params["pr_x"] = "mean over all reference models"

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from gmint.data.base import ImageSet
-from gmint.errors import InputError, StoreMismatchError
+from gmint.errors import InputError, Remedy, StoreMismatchError
 from gmint.features.extract import Rows, extract, split_rows
 from gmint.features.provenance import Provenance
 from gmint.features.settings import ExtractSettings
@@ -250,8 +250,8 @@ def model_fingerprints(folder: Path, manifest: ReferenceSet, names: list[str]) -
     if missing:
         raise InputError(f"{Path(folder) / MANIFEST} records no fingerprint of {', '.join(missing)} (a set trained "
                          "before gmint "
-                         "recorded its models), so its stores cannot be checked against them; extract the set "
-                         "again (`gmint reference extract`), which records them from the checkpoints")
+                         "recorded its models), so its stores cannot be checked against them; extracting the set "
+                         "again records them from the checkpoints", Remedy.EXTRACT_REFERENCES)
     return {name: manifest.audited_fingerprint if name == AUDITED else manifest.models[f"{name}.pt"].fingerprint
             for name in names}
 
@@ -270,7 +270,7 @@ def check_store(path: Path, name: str, fingerprint: str, *, required: bool = Tru
     """
     if not path.exists():
         if required:
-            raise InputError(f"{path} not found; extract it with `gmint reference extract {path.parent}`")
+            raise InputError(f"{path} not found", Remedy.EXTRACT_REFERENCES)
         return
     with FeatureStore.open(path) as store:
         recorded = Provenance.read(store.provenance).model_fingerprint
@@ -325,7 +325,7 @@ def _read(folder: Path, names: list[str], source: str, manifest: ReferenceSet) -
     for name in names:
         path = store_path(folder, name, source)
         if not path.exists():
-            raise InputError(f"{path} not found; extract it with `gmint reference extract {folder}`")
+            raise InputError(f"{path} not found", Remedy.EXTRACT_REFERENCES)
         with FeatureStore.open(path) as store:
             store.require_complete()
             prov = Provenance.read(store.provenance)
@@ -338,8 +338,8 @@ def _read(folder: Path, names: list[str], source: str, manifest: ReferenceSet) -
             elif any(not np.array_equal(columns[c], mine[c]) for c in mine) or store.layers != layers or \
                     prov.rows_sha256 != rows:
                 raise StoreMismatchError(f"{path} covers other rows or features than "
-                                         f"{store_path(folder, names[0], source)}; extract both with "
-                                         "`gmint reference extract`")
+                                         f"{store_path(folder, names[0], source)}",
+                                         Remedy.EXTRACT_REFERENCES)
             losses.append(store.column("loss").astype(np.float64))
             finite.append(store.column("finite"))
             if source == "gradient":

@@ -21,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from gmint.assess.candidates import PREDICTED_LABELS, TO_GREY_HINT, TRUE_LABELS, UNLABELLED
+from gmint.assess.candidates import PREDICTED_LABELS, TRUE_LABELS, UNLABELLED
 from gmint.assess.scoring import Audit, audit_set
 from gmint.data.base import ImageSet
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.serve.audits import PublishedAudit
 from gmint.serve.limits import CheckedImage, UploadError
 
 # The dataset name uploads are scored under: never a dataset's own name, so their positions (0, 1, ...) are
 # never taken for rows of the store or of the pool.
 UPLOADS = "uploads"
-TO_GREY_REMEDY = "tick “convert colour images to grey” (to_grey=true)"
+TO_GREY_REMEDY = "tick “convert colour images to grey” (to_grey=true) if that is what it was trained on"
 # The label that asks for the audited model's prediction instead of a class (a class so named is refused
 # when the audit is loaded, so the two never meet).
 PREDICTED = PREDICTED_LABELS.name
@@ -211,8 +211,8 @@ def score_uploads(audit: PublishedAudit, images: Sequence[CheckedImage], labels:
                 result = audit_set(audit.audited, audit.mint, data, calibration=audit.store,
                                    out=Path(tmp) / "candidates.h5", to_grey=to_grey, labels=source.name)
         except InputError as exc:
-            if TO_GREY_HINT in str(exc):
-                raise UploadError(str(exc).replace(TO_GREY_HINT, TO_GREY_REMEDY)) from None
+            if exc.remedy is Remedy.TO_GREY:
+                raise UploadError(f"{exc.message}; {TO_GREY_REMEDY}") from None
             raise
     scored = tuple(ImageScore(image.name, str(record["class"]), str(record["label_source"]), float(score))
                    for image, record, score in zip(images, result.scores.records(), result.scores.score, strict=True))

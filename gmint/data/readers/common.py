@@ -21,7 +21,7 @@ from PIL import Image
 
 from gmint.data.base import DATASETS, ImageSet, Reader
 from gmint.data.readers.pixels import decode_pixels
-from gmint.errors import ROOT_HINT, InputError
+from gmint.errors import InputError, Remedy
 from gmint.progress import progress_bar
 from gmint.registry import Registry
 
@@ -41,7 +41,7 @@ def resolve_root(root: Path | str | None) -> Path:
     if root is None:
         root = os.environ.get("GMINT_DATA") or None
         if root is None:
-            raise InputError(f"no data root given: {ROOT_HINT}")
+            raise InputError("no data root given", Remedy.DATA_ROOT)
     path = Path(root).expanduser().resolve()
     if not path.is_dir():  # given, so no advice to give one: only what is wrong with it
         raise InputError(f"data root {path} {'is a file, not a folder' if path.exists() else 'does not exist'}")

@@ -22,7 +22,7 @@ from gmint.data.readers.common import (
     subfolders,
 )
 from gmint.data.readers.pixels import image_header
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 
 _IMAGEFOLDER_SOURCES = (Source(
     "folders", ("",),
@@ -84,8 +84,8 @@ def read_entries(name: str, folder: Path, entries: Sequence[Entry], classes: tup
         odd = next((i for i, (_, dims) in enumerate(headers) if dims != (w, h)), None)
         if odd is not None:
             ow, oh = headers[odd][1]
-            raise InputError(f"{name}: {entries[odd][1]} is {ow}x{oh} but {entries[0][1]} is {w}x{h}; "
-                             "give a size N to resize every image to NxN")
+            raise InputError(f"{name}: {entries[odd][1]} is {ow}x{oh} but {entries[0][1]} is {w}x{h}",
+                             Remedy.RESIZE)
         shape = (h, w, channels)
     else:
         shape = (size, size, channels)

@@ -6,7 +6,7 @@ one from the auditor's own lists of files or row ids (`split_from_lists`, `read_
 """
 
 from gmint.data.split.draw import make_split
-from gmint.data.split.lists import LIST_COLUMNS, PAPER_HINT, read_item_list, split_from_lists
+from gmint.data.split.lists import LIST_COLUMNS, read_item_list, split_from_lists
 from gmint.data.split.record import (
     DISJOINT,
     EXTERNAL,
@@ -21,6 +21,6 @@ from gmint.data.split.record import (
     subpool_mask,
 )
 
-__all__ = ["DISJOINT", "EXTERNAL", "FRACTIONS", "HOLDOUT", "LIST_COLUMNS", "MEMBER", "PAPER_HINT", "POOL",
+__all__ = ["DISJOINT", "EXTERNAL", "FRACTIONS", "HOLDOUT", "LIST_COLUMNS", "MEMBER", "POOL",
            "PROTOCOLS", "MembershipSplit", "check_model_split", "make_split", "one_sided_groups", "read_item_list",
            "split_from_lists", "subpool_mask"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from gmint.data.base import ImageSet
 from gmint.data.split.record import FRACTIONS, PROTOCOLS, MembershipSplit, subpool_mask
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 
 
 def make_split(data: ImageSet, *, members: float | int = 0.5, external: float | int = 0.5,
@@ -150,7 +150,7 @@ def _grouped_roles(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_
         available = int(pair_rows.sum())
         raise InputError(f"the grouped protocol pairs each member group with an external group of the same "
                          f"class: the train part has {len(ranked)} such pairs ({available} rows a side), fewer "
-                         f"than the {target} asked for; ask for fewer, or use --protocol paper")
+                         f"than the {target} asked for; ask for fewer", Remedy.PAPER_PROTOCOL)
     taken = ranked[:prefix_length(pair_rows, target)]
 
     def rows_of(unit_index: np.ndarray) -> np.ndarray:

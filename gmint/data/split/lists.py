@@ -23,12 +23,10 @@ import numpy as np
 from gmint.data.base import ImageSet
 from gmint.data.split.draw import Roles, build_manifest, check_request, prefix_length, rank_keys
 from gmint.data.split.record import MembershipSplit
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 
 # Columns of a CSV list file that name its items, should a header name one; else the first column is read.
 LIST_COLUMNS = ("file", "path", "sample_id", "row")
-# The remedy for a group on both lists, in the library's terms; the CLI puts its own option in its place.
-PAPER_HINT = "use the paper protocol"
 # Offenders an error message quotes: enough to find the pattern, short enough for one line.
 _QUOTED = 3
 
@@ -255,7 +253,7 @@ def _refuse_split_groups(groups: np.ndarray, members: _Listed, external: _Listed
         more = f", and so do {_plural(len(shared) - 1, 'other group')}" if len(shared) > 1 else ""
         raise InputError(f"group {int(group)} has rows on both lists ({_quote([member])} a member, "
                          f"{_quote([external_key])} external){more}; the grouped protocol keeps each group on "
-                         f"one side: list a group on one side only, or {PAPER_HINT}")
+                         "one side: list a group on one side only", Remedy.PAPER_PROTOCOL)
 
 
 def _refuse_control_groups(groups: np.ndarray, control: _Listed, candidates: tuple[_Listed, _Listed]) -> None:
@@ -269,7 +267,7 @@ def _refuse_control_groups(groups: np.ndarray, control: _Listed, candidates: tup
             theirs = side.keys[int(np.flatnonzero(groups[side.rows] == group)[0])]
             raise InputError(f"group {int(group)} has rows on the control list ({_quote([mine])}) and the {role} "
                              f"list ({_quote([theirs])}); the grouped protocol keeps each group on one list: list "
-                             f"it on one only, or {PAPER_HINT}")
+                             "it on one only", Remedy.PAPER_PROTOCOL)
 
 
 class _Units(NamedTuple):

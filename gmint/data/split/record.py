@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gmint.errors import InputError
+from gmint.errors import InputError, Remedy
 from gmint.files import atomic_write
 
 FRACTIONS = {"D100": 1.0, "D10": 0.1, "D1": 0.01}
@@ -101,7 +101,7 @@ class MembershipSplit:
         except TypeError as exc:
             raise InputError(f"split manifest {path} has the wrong fields ({exc})") from None
         except InputError as exc:
-            raise InputError(f"split manifest {path}: {exc}") from None
+            raise InputError(f"split manifest {path}: {exc.message}", exc.remedy) from None
         if recorded != split.sha256:
             raise InputError(f"split manifest {path} was modified after it was written (hash mismatch)")
         return split
@@ -145,8 +145,7 @@ def check_model_split(trained: MembershipSplit | None, split: MembershipSplit, *
     if trained.sha256 != split.sha256:
         raise InputError(f"the split {split.sha256} is not the one the audited model was trained on "
                          f"({trained.sha256}): "
-                         "its membership labels would be wrong; use the model's own split, or pass "
-                         "--model-trained-outside-gmint if the model was trained outside gmint on this split")
+                         "its membership labels would be wrong", Remedy.OWN_SPLIT)
 
 
 def one_sided_groups(membership: np.ndarray, groups: np.ndarray) -> np.ndarray | None:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from gmint.errors import UnsupportedModelError
+from gmint.errors import Remedy, UnsupportedModelError
 from gmint.features.engine.base import (
     LOSSES,
     EngineResult,
@@ -38,8 +38,7 @@ def vmap_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: Te
     """
     y = checked_batch(model, layers, y, chunk_size)
     if isinstance(model, torch.jit.ScriptModule):
-        raise UnsupportedModelError("torch.func cannot run TorchScript models; use --engine naive for them "
-                                    "(or load the model from its Python code with --arch)")
+        raise UnsupportedModelError("torch.func cannot run TorchScript models", Remedy.NAIVE_ENGINE)
     loss_fn = LOSSES.get(loss)
     params = {n: p.detach() for n, p in model.named_parameters() if n in set(layers)}
 
