@@ -48,10 +48,11 @@ def test_score_spread_finds_constant_and_tied_scores() -> None:
     assert "60%" in str(score_spread(tied))
 
 
-def test_a_fit_that_cannot_spread_is_refitted_then_refused() -> None:
-    x = np.zeros((80, 3), np.float32)  # nothing to learn: every row looks alike
+def test_a_fit_that_cannot_spread_is_refitted_then_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = np.random.default_rng(0).normal(size=(80, 3)).astype(np.float32)  # rows that differ ...
     y = np.r_[np.ones(40), np.zeros(40)].astype(np.int64)
     model = MINT_MODELS.get("mlp")(3, max_epochs=3, min_epochs=1)
+    monkeypatch.setattr(model, "_logits", lambda inputs: np.zeros(len(inputs)))  # ... a net that scores them alike
     with pytest.raises(CollapsedFitError, match="3 fits"):
         model.fit(x, y, seed=0)
     assert model.config()["lr"] == 1e-3  # the options asked for stay recorded
@@ -142,3 +143,11 @@ def test_per_class_refuses_a_base_that_reads_row_signals(digits_store: Path) -> 
 
     with pytest.raises(InputError, match="per_class cannot wrap gmint"):
         train_mint(digits_store, kind="per_class", setup="output", options={"base": "gmint"})
+
+
+def test_rows_alike_in_every_input_are_scored_alike_without_being_called_a_collapse() -> None:
+    from gmint.mint.base import score_spread
+
+    alike = np.zeros((40, 3))
+    assert score_spread(np.zeros(40), alike) is None  # nothing to tell apart: one score is chance, not a collapse
+    assert score_spread(np.zeros(40), np.arange(120.0).reshape(40, 3)) is not None  # inputs vary, scores do not

@@ -48,9 +48,15 @@ MIN_LOGIT_STD = 1e-3
 MAX_TIED_SHARE, SPREAD_DECIMALS = 0.5, 6
 
 
-def score_spread(logits: np.ndarray) -> str | None:
-    """Why a classifier's logits on its own training rows show a collapsed fit, or None where they spread."""
+def score_spread(logits: np.ndarray, inputs: np.ndarray | None = None) -> str | None:
+    """Why a classifier's logits on its own training rows show a collapsed fit, or None where they spread.
+
+    Rows whose `inputs` are all alike carry nothing to tell apart: one score for all of them is the right reading
+    (chance), not a collapse, and is accepted.
+    """
     logits = np.asarray(logits, np.float64)
+    if inputs is not None and len(inputs) and not np.ptp(np.asarray(inputs, np.float64), axis=0).any():
+        return None
     if not np.isfinite(logits).all():
         return "its scores contain NaN or Inf"
     std = float(logits.std())

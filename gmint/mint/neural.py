@@ -118,7 +118,7 @@ class NeuralMint(Generic[NetworkT]):
                 self.training = replace(asked, lr=lr)
                 with torch_threads(1):  # bit-reproducible whatever the core count, and fastest for a small net
                     record = self._fit(inputs, y, seed + attempt, groups)
-                    problem = score_spread(self._logits(inputs))
+                    problem = score_spread(self._logits(inputs), inputs)
                 if problem is None:
                     return {**record, "refits": refits} if refits else record
                 refits.append({"seed": seed + attempt, "lr": lr, "scores": problem})

@@ -196,7 +196,8 @@ class SelectedMint:
                 continue
             try:
                 rep, model, record = self._fit_one(score.candidate, x, y, seed, groups)
-                problem = score_spread(_logit(model.predict_proba(rep(self._columns(score.candidate, x)))))
+                columns = self._columns(score.candidate, x)
+                problem = score_spread(_logit(model.predict_proba(rep(columns))), columns)
             except CollapsedFitError as exc:
                 problem = str(exc)
             if problem is None:
