@@ -49,7 +49,7 @@ def build_demo(work: Path, seed: int, epochs: int) -> None:
     """The demo audit in `work` (reused when it is there) and its audit.json."""
     from gmint.demo import run_demo
     from gmint.serve.audits import MANIFEST, write_manifest
-    from gmint_cli.serve import DEMO_MANIFEST
+    from gmint_cli.serving import DEMO_MANIFEST
 
     if not (work / MANIFEST).is_file():
         run_demo(work, seed=seed, epochs=epochs, show_progress=False)

@@ -72,7 +72,7 @@ def demo(out: Path = typer.Option(Path("gmint-demo"), help="Working folder for t
     if serve:  # the web stack is imported only when it is used: it slows every other command's start
         from gmint.serve.audits import write_manifest
         from gmint.serve.limits import Limits
-        from gmint_cli.serve import DEMO_MANIFEST, load_audits, serve_audits
+        from gmint_cli.serving import DEMO_MANIFEST, load_audits, serve_audits
 
         write_manifest(cell.workdir, DEMO_MANIFEST)
         serve_audits(load_audits(cell.workdir), Limits(), port=port, open_browser=True)

@@ -28,7 +28,7 @@ from gmint.data.base import ImageSet
 from gmint.errors import InputError, StoreMismatchError
 from gmint.serve.audits import MANIFEST, MANIFEST_BYTES, PublishedAudit, find_audits, json_depth, read_manifest
 from gmint.serve.limits import Limits
-from gmint_cli.serve import process_start, sweep_upload_folders
+from gmint_cli.serving import process_start, sweep_upload_folders
 from tests.cli_runner import run
 
 with warnings.catch_warnings():  # starlette's note about its httpx client, not about gmint

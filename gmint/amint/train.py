@@ -78,7 +78,7 @@ class AmintConfig:
         if self.head_channels < 1 or self.head_hidden < 1:
             raise InputError(f"head widths must be at least 1, got {self.head_channels}, {self.head_hidden}")
         if getattr(self.train, "target_accuracy", None) is not None:
-            raise InputError("aMINT training runs all its epochs: a target member accuracy would stop the head "
+            raise InputError("aMINT training runs all its epochs: a member-accuracy goal would stop the head "
                              "mid-way; leave target_accuracy unset")
 
     def head_options(self) -> dict[str, object]:

@@ -144,14 +144,14 @@ def _grouped_roles(train: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_
         keys.append(rank_keys(count, rng))
     ranked = np.concatenate(pairs)[np.argsort(np.concatenate(keys), kind="stable")]
     smaller = 0 if n_members <= n_external else 1  # the side whose count decides how many pairs
-    target = min(n_members, n_external)
+    wanted = min(n_members, n_external)
     pair_rows = sizes[ranked[:, smaller]]
-    if not len(ranked) or target - pair_rows.sum() > sizes.max() / 2:
+    if not len(ranked) or wanted - pair_rows.sum() > sizes.max() / 2:
         available = int(pair_rows.sum())
         raise InputError(f"the grouped protocol pairs each member group with an external group of the same "
                          f"class: the train part has {len(ranked)} such pairs ({available} rows a side), fewer "
-                         f"than the {target} asked for; ask for fewer", Remedy.PAPER_PROTOCOL)
-    taken = ranked[:prefix_length(pair_rows, target)]
+                         f"than the {wanted} asked for; ask for fewer", Remedy.PAPER_PROTOCOL)
+    taken = ranked[:prefix_length(pair_rows, wanted)]
 
     def rows_of(unit_index: np.ndarray) -> np.ndarray:
         return np.sort(train[np.isin(unit_of, units[unit_index])])
