@@ -130,14 +130,16 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
     if shard is not None:
         manifest = _shard_start(out, manifest, shard)
     indices = shard.models(manifest.k) if shard is not None else list(range(manifest.k))
-    if existing and resume or shard is not None:
+    if (existing and resume) or shard is not None:
         for i in indices:
             path = out / manifest.model_file(i)
             if path.exists() and manifest.model_file(i) in manifest.models:
                 check_model(manifest, i, load_audited(path), path)
             elif (shard is None and path.exists()
                   and training_finished(json.loads(read_checkpoint(path)["meta"]))):
-                unrecorded.add(path.name)  # a finished model of a set trained before models were recorded
+                # a finished model of a set trained before models were recorded (a shard records its models
+                # from the start: one it finished without a record was killed before it, and is recorded below)
+                unrecorded.add(path.name)
 
     def save(manifest: ReferenceSet) -> None:
         """Write the set's manifest, or the shard's own."""
