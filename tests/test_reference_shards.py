@@ -89,10 +89,12 @@ def test_a_shard_writes_only_its_own_models_and_manifest(half: Path) -> None:
     assert own.k == K and sorted(own.models) == ["ref-00.pt", "ref-02.pt"]
 
 
-def test_two_shards_one_after_the_other_are_the_set_one_process_trains(half: Path, whole: Path,
-                                                                        tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_two_shards_one_after_the_other_are_the_set_one_process_trains(half: Path, whole: Path, tmp_path: Path,
+                                                                        workers: int) -> None:
     out = Path(shutil.copytree(half, tmp_path / "refs"))
-    assert "every shard has finished: merged into" in train(half.parent / "audited.pt", out, "--shard", "1/2")
+    assert "every shard has finished: merged into" in train(half.parent / "audited.pt", out, "--shard", "1/2",
+                                                            "--workers", workers)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in whole.iterdir())  # shard files gone
     assert (out / MANIFEST).read_bytes() == (whole / MANIFEST).read_bytes()  # the manifest has no timing fields
     assert fingerprints(out) == fingerprints(whole)
