@@ -44,6 +44,7 @@ REMEDIES: Mapping[Remedy, str] = {
     Remedy.LIST_MODULES: "see `gmint depth --list`",
     Remedy.TRAIN_REFERENCES: "train one with `gmint reference train`",
     Remedy.EXTRACT_REFERENCES: "extract the set's stores with `gmint reference extract`",
+    Remedy.MERGE_SHARDS: "merge them with `gmint reference merge FOLDER`",
 }
 # For verbs that continue a training run from the checkpoint they wrote: they have no option to load anything
 # else there, so a file of another kind at --out is only to be left alone.

@@ -1,9 +1,11 @@
-"""`gmint reference train|extract|attack`: reference models, their stores, and the attacks side by side."""
+"""`gmint reference train|merge|extract|attack`: reference models, their stores, and the attacks side by side."""
 
 from __future__ import annotations
 
 import inspect
 import json
+import os
+from collections.abc import Iterable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.errors import InputError, Remedy
 from gmint.features.settings import ExtractSettings
+from gmint.features.shards import world
 from gmint.models.io import AuditedModel, file_kind, load_audited, read_checkpoint
 from gmint.models.train import TrainConfig
 from gmint.reference import (
@@ -29,7 +32,7 @@ from gmint.reference import (
 )
 from gmint.reference.compare import Comparison
 from gmint.reference.design import records_recipe
-from gmint.reference.manifest import INITS, MODES
+from gmint.reference.manifest import INITS, MANIFEST, MODES, Shard, merge_references
 from gmint.reference.report import comparison_table, write_comparison
 from gmint_cli import audited as audited_cli
 from gmint_cli.console import cli_errors, console, print_json, remedies, show_progress
@@ -154,11 +157,22 @@ def train(model: Path = typer.Option(..., help="The audited gmint checkpoint. A 
           workers: int = typer.Option(1, min=1, help="Models trained at once, each in its own process (each on "
                                                      "its recipe's threads); the weights are the same for any "
                                                      "number."),
+          shard: str = typer.Option(None, help="Train only shard INDEX/COUNT of the set (e.g. 0/4: models 0, 4, "
+                                               "8, ...), one process of a job array sharing --out; every shard "
+                                               "resumes, and the last to finish merges the set (default: under "
+                                               "torchrun, its rank of WORLD_SIZE; else every model)."),
           resume: bool = flag("--resume", "Continue (or grow to a larger --k) the set in --out."),
           overwrite: bool = flag("--overwrite", "Replace a set of another design in --out.")) -> None:
     """Train K reference models with the audited model's recipe, one checkpoint each, resumable."""
-    check_output(out, "--out", folder=True, overwrite=overwrite, resume=resume,
+    rank, world_size = world()
+    part = Shard.parse(shard) if shard is not None else Shard(rank, world_size) if world_size > 1 else None
+    if part is not None and overwrite:
+        raise InputError("--shard and --overwrite: a shard cannot replace the set its sibling shards share; remove "
+                         f"{out} first, or choose another --out")
+    check_output(out, "--out", folder=True, overwrite=overwrite, resume=resume or part is not None,
                  inputs={"--model": model, "--split": split})
+    if part is not None and shard is None and device == "cuda":  # under torchrun: this rank's own GPU
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
     config = _given_recipe({"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
                             "weight_decay": weight_decay, "schedule": schedule, "augment": augment, "seed": train_seed,
                             "threads": threads, "target_accuracy": target_accuracy}, recipe)
@@ -175,18 +189,41 @@ def train(model: Path = typer.Option(..., help="The audited gmint checkpoint. A 
                          "give the split of your lists, with control rows (`gmint split --control-list`)")
     manifest = train_references(_model_data(audited, model, data, data_root), model, out, mode=mode, k=k, seed=seed,
                                 init=init, config=config, split=MembershipSplit.load(split) if split else None,
-                                resume=resume, overwrite=overwrite, device=device, workers=workers,
+                                resume=resume, overwrite=overwrite, device=device, workers=workers, shard=part,
                                 show_progress=show_progress())
+    merged = len(manifest.models) == manifest.k and (out / MANIFEST).exists()
     console.print(f"{out}: {manifest.k} {manifest.mode} reference models on halves of {len(manifest.pool)} pool rows "
-                  f"({manifest.grouped_by}s drawn whole)")
+                  f"({manifest.grouped_by}s drawn whole)"
+                  + (f"; shard {part} trained {len(part.models(manifest.k))} of them" if part is not None else ""))
     if config is not None:
         console.print("  recipe given: " + ", ".join(f"{name} {value}" for name, value in asdict(config).items()))
-    for i in range(manifest.k):
+    _print_models(out, manifest, part.models(manifest.k) if part is not None else range(manifest.k))
+    if part is not None:
+        console.print(f"  every shard has finished: merged into {out / MANIFEST}" if merged else
+                      f"  {MANIFEST} is written when the last shard finishes (or by `gmint reference merge {out}`)")
+
+
+def _print_models(out: Path, manifest: ReferenceSet, indices: Iterable[int]) -> None:
+    """One line per reference model: its rows, training time and accuracies."""
+    for i in indices:
         record = load_audited(out / manifest.model_file(i)).record
         gap = ModelGap.of(record.training) if record.training is not None else ModelGap(*[float("nan")] * 4)
         console.print(f"  {manifest.model_file(i)}: {len(manifest.rows_of(i))} rows, {record.train_seconds} s, "
                       f"accuracy on the audited members {gap.members_accuracy:.3f}, "
                       f"external {gap.external_accuracy:.3f}")
+
+
+@app.command("merge")
+@cli_errors
+def merge(references: Path = typer.Argument(..., help="A folder the shards of `gmint reference train --shard` "
+                                                      "trained into.")) -> None:
+    """Merge a set trained in shards into its references.json, after checking every model against its record.
+
+    The last shard to finish does this itself; this is for a shard that ended before the others finished (or a
+    merge that was interrupted). A folder already merged is left as it is."""
+    manifest = merge_references(references)
+    console.print(f"{references / MANIFEST}: {manifest.k} {manifest.mode} reference models, each checked against "
+                  "its record")
 
 
 def _check_k(k: int | None, manifest: ReferenceSet, references: Path) -> None:

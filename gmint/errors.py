@@ -42,6 +42,7 @@ class Remedy(enum.Enum):
     LIST_MODULES = "list the model's modules (module_presets)"
     TRAIN_REFERENCES = "train a reference set into it"
     EXTRACT_REFERENCES = "extract the reference set's stores (extract_references)"
+    MERGE_SHARDS = "merge the shards' records into the set (merge_references)"
 
 
 class GmintError(Exception):

@@ -3,7 +3,9 @@
 The design (which rows each model trains on, the recipe) is gmint.reference.design's, the manifest that records
 every model as it finishes gmint.reference.manifest's. Each model checkpoints every epoch, so a killed run
 resumes; models trained in worker processes are seeded and trained alone, so their weights are those of a
-sequential run, and the workers end with the process that started them.
+sequential run, and the workers end with the process that started them. A set may also be trained in shards,
+processes that share the folder (a job array, a torchrun launch; see gmint.reference.manifest's `Shard`): each
+trains its own models, seeded as in one run, so the merged set is the one a single process trains.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from gmint.data.base import ImageSet
@@ -35,8 +37,13 @@ from gmint.reference.manifest import (
     MANIFEST,
     ModelRecord,
     ReferenceSet,
+    Shard,
     check_model,
+    gather_shards,
+    merge_if_complete,
     rows_sha256,
+    save_shard,
+    shard_manifests,
     warn_recorded,
 )
 
@@ -49,7 +56,8 @@ _PR_SET_PDEATHSIG = 1  # prctl option from <linux/prctl.h>: a signal for this pr
 def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str = "offline", k: int = 4,
                      seed: int = 0, init: str = "audited", config: TrainConfig | None = None,
                      split: MembershipSplit | None = None, resume: bool = False, overwrite: bool = False,
-                     device: str = "cpu", workers: int = 1, show_progress: bool = False) -> ReferenceSet:
+                     device: str = "cpu", workers: int = 1, shard: Shard | None = None,
+                     show_progress: bool = False) -> ReferenceSet:
     """Train K reference models with the audited checkpoint's recipe into the folder `out`.
 
     The recipe (architecture and its options, preprocessing, TrainConfig, split) is read from the audited
@@ -59,6 +67,11 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
     (`ModelRecord`); each model checkpoints every epoch, and `resume=True` continues a killed run, reusing
     finished models once each is found to be the one recorded; it also grows a set to a larger K (the first
     models are the same).
+
+    With a `shard`, only that shard's models are trained, recorded in the shard's own manifest; the shard
+    always resumes (its siblings share the folder), and the one that finds every model of the set recorded
+    merges the shards into references.json (see gmint.reference.manifest). Every shard must be given the same
+    options; the merged set equals the one a single process trains.
 
     Args:
         data: the dataset the audited model was trained on (a model from outside's: labelled in its classes).
@@ -76,23 +89,34 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
         workers: models trained at once, each in its own process (on a machine with cores to spare: each
             model uses its recipe's threads); the weights are the same for any number. A worker ends when the
             process that started it does, however it ends.
+        shard: the shard of the set this process trains (None: every model).
         show_progress: one bar over the models, and (with one worker) each model's own.
+
+    Returns:
+        The set's manifest; for a shard, its own (its models recorded) unless it merged the set.
 
     Raises:
         InputError: an existing set without `resume`/`overwrite` or of another design (another recipe
             among them), a finished model that is not the one recorded, or a set that cannot be drawn (see
-            design_references).
+            design_references); for a shard, `overwrite`, more shards than models, or sibling shards that
+            draw another set or are split another number of ways.
     """
     out = Path(out)
     if resume and overwrite:
         raise InputError(f"resume continues {out}, overwrite replaces it: pass one of them")
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
+    if shard is not None and overwrite:
+        raise InputError(f"a shard cannot replace the set in {out}, which its sibling shards share: remove it "
+                         "first, or choose another folder")
+    if shard is not None and shard.count > k:
+        raise InputError(f"{shard.count} shards for {k} reference models: each shard trains at least one model")
     audited = load_audited(audited_path)
     manifest = design_references(audited, audited_path, data, mode=mode, k=k, seed=seed, init=init, config=config,
                                  split=split)
     recipe = reference_recipe(audited, audited_path, config=config, split=split)
     existing = (out / MANIFEST).exists()
+    resume = resume or shard is not None
     if existing and not (resume or overwrite):
         raise InputError(f"{out} holds a reference set; resume it to continue, or overwrite it to replace it")
     unrecorded: set[str] = set()
@@ -104,18 +128,32 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
                              "another folder or overwrite it")
         # a smaller K is the prefix of the set already drawn; a larger one keeps the first models' records
         manifest = old if old.k > manifest.k else replace(manifest, models=old.models)
-        for i in range(manifest.k):
+    if shard is not None:
+        manifest = _shard_start(out, manifest, shard)
+    indices = shard.models(manifest.k) if shard is not None else list(range(manifest.k))
+    if (existing and resume) or shard is not None:
+        for i in indices:
             path = out / manifest.model_file(i)
             if path.exists() and manifest.model_file(i) in manifest.models:
                 check_model(manifest, i, load_audited(path), path)
-            elif path.exists() and CheckpointRecord.read(
-                    json.loads(read_checkpoint(path)["meta"])).training is not None:
-                unrecorded.add(path.name)  # a finished model of a set trained before models were recorded
-    manifest.save(out)
+            elif (shard is None and path.exists()
+                  and CheckpointRecord.read(json.loads(read_checkpoint(path)["meta"])).training is not None):
+                # a finished model of a set trained before models were recorded (a shard records its models
+                # from the start: one it finished without a record was killed before it, and is recorded below)
+                unrecorded.add(path.name)
+
+    def save(manifest: ReferenceSet) -> None:
+        """Write the set's manifest, or the shard's own."""
+        if shard is None:
+            manifest.save(out)
+        else:
+            save_shard(out, manifest, shard)
+
+    save(manifest)
     config = recipe.config
     jobs = [_ModelJob(recipe=replace(recipe, config=replace(config, seed=manifest.model_seed(i, config.seed))),
                       out=out / manifest.model_file(i), rows=manifest.rows_of(i).tolist(), overwrite=overwrite,
-                      device=device) for i in range(manifest.k)]
+                      device=device) for i in indices]
     done = manifest
 
     def record(i: int, finished: ModelRecord) -> None:
@@ -129,22 +167,49 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
             return
         how = FROM_CHECKPOINT if path.name in unrecorded else AT_TRAINING
         done = done.with_record(i, replace(finished, recorded=how))
-        done.save(out)
+        save(done)
 
-    with progress_bar(f"reference models ({mode})", manifest.k, enabled=show_progress) as bar:
+    with progress_bar(f"reference models ({mode})", len(jobs), enabled=show_progress) as bar:
         if workers == 1:
-            for i, job in enumerate(jobs):
+            for i, job in zip(indices, jobs, strict=True):
                 record(i, job.run(data, show_progress=show_progress))
                 bar.advance(1, job.out.name)
         else:
-            def finished(i: int, result: ModelRecord) -> None:
-                record(i, result)
-                bar.advance(1, jobs[i].out.name)
+            def finished(position: int, result: ModelRecord) -> None:
+                record(indices[position], result)
+                bar.advance(1, jobs[position].out.name)
 
             _train_in_workers(jobs, data, workers, finished)
     warn_recorded(out, sorted(name for name, r in done.models.items() if name in unrecorded and
                               r.recorded == FROM_CHECKPOINT))
+    if shard is not None:
+        return merge_if_complete(out) or done
     return done
+
+
+def _shard_start(out: Path, manifest: ReferenceSet, shard: Shard) -> ReferenceSet:
+    """The manifest a shard starts from: the set drawn, with the records its own models already have (in its
+    manifest, or in the references.json of an earlier merge), once the folder's other shards are found to
+    train the same set.
+
+    Raises:
+        InputError: shards split another number of ways, or sibling shards that draw another set.
+    """
+    others = sorted({s.count for s in shard_manifests(out)} - {shard.count})
+    if others:
+        raise InputError(f"{out} holds shards of a set split {' and '.join(map(str, others))} ways, not merged; "
+                         f"finish that set with as many shards, or choose another folder (this is shard {shard})")
+    records = manifest.models
+    if any(s.count == shard.count for s in shard_manifests(out)):
+        state = gather_shards(out)
+        if replace(state.manifest, models={}) != replace(manifest, models={}):
+            drawn, asked = asdict(state.manifest), asdict(manifest)
+            keys = [key for key, value in asked.items() if key != "models" and drawn[key] != value]
+            raise InputError(f"the shards in {out} draw another reference set than shard {shard} "
+                             f"({', '.join(keys)} differ); every shard of a set must be given the same options")
+        records = state.manifest.models
+    own = {manifest.model_file(i) for i in shard.models(manifest.k)}
+    return replace(manifest, models={name: r for name, r in records.items() if name in own})
 
 
 @dataclass(frozen=True)
