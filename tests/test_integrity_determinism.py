@@ -49,8 +49,9 @@ def test_the_demo_twice_in_one_folder_prints_the_same_figures_and_keeps_its_mode
         code, out = invoke("demo", "--out", tmp_path, "--epochs", 2, "--overwrite")  # into the non-empty folder
         assert code == 0, out
         outputs.append(out)
-        files.append({p.name: p.read_bytes() for p in sorted(tmp_path.iterdir()) if not p.name.startswith("mint-")})
+        files.append({p.name: p.read_bytes() for p in sorted(tmp_path.iterdir())
+                      if p.is_file() and not p.name.startswith("mint-")})
     assert outputs[0] == outputs[1]
     assert set(files[0]) == {"split.json", "audited.pt", "control.pt", "audited-gradient.h5", "audited-activation.h5",
-                             "control-gradient.h5"}
+                             "control-gradient.h5", "audit.toml", "report.json", "report.html"}
     assert files[0] == files[1]
