@@ -307,7 +307,7 @@ def test_json_prints_only_json(work: Path, tmp_path: Path) -> None:
                          "--report", tmp_path / "report")
     assert code == 0 and err == ""
     result = json.loads(out)
-    assert "auc" in result["mint"] and len(result["report_files"]) == 5
+    assert "auc" in result["mint"] and len(result["report_files"]) == 4  # json, md, csv and one ROC of every signal
     assert all(Path(p).is_file() for p in result["report_files"])
 
 
@@ -409,11 +409,12 @@ def test_demo_prints_unresolved_tpr_as_na_and_every_warning(tmp_path: Path, monk
     labels = probes(config, control=True)
     measured = (Measurement(labels["gMINT combined"], result(None, ("MINT classifier: all 80 scores are 0.5: [sic]",)),
                             tmp_path / "m.pt", 240, 0.0),
+                Measurement(labels["gMINT combined (the paper's MLP)"], result(0.03, ()), tmp_path / "p.pt", 240, 0.0),
                 Measurement(labels["negative control (gMINT combined)"], result(0.02, ()), tmp_path / "c.pt", 240,
                             0.0))
     models = {role: AuditedModel(nn.Identity(), {"record": record}) for role in ("audited", "control")}
-    shown = {"gMINT combined": labels["gMINT combined"],
-             "negative control (gMINT combined)": labels["negative control (gMINT combined)"]}
+    shown = {name: labels[name] for name in ("gMINT combined", "gMINT combined (the paper's MLP)",
+                                             "negative control (gMINT combined)")}
     audit = AuditRun(config, Cell(tmp_path, split, models, measured), shown, None, digits)
     monkeypatch.setattr(demo_cli, "run_demo", lambda *a, **k: audit)
     monkeypatch.setattr(demo_cli, "write_report", lambda *a, **k: (tmp_path / "report.json", tmp_path / "report.html"))

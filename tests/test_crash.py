@@ -106,7 +106,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_store(
         with FeatureStore.open(out) as store:
             if not store.complete:
                 interrupted += 1
-                with pytest.raises(IncompleteStoreError, match="--resume"):
+                with pytest.raises(IncompleteStoreError, match="finish its extraction"):
                     store.require_complete()
                 written = store.rows_written
                 assert 0 <= written < len(store)

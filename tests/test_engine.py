@@ -107,7 +107,7 @@ def test_torchscript_models_run_on_the_naive_engine_and_vmap_says_why_not() -> N
     ref = ENGINES.get("naive")(model, layers, parse_reduction("mean"), x, y)
     for name in layers:
         torch.testing.assert_close(got.features[name], ref.features[name])
-    with pytest.raises(UnsupportedModelError, match="engine naive"):
+    with pytest.raises(UnsupportedModelError, match="with the naive engine"):
         ENGINES.get("vmap")(scripted, layers, parse_reduction("mean"), x, y)
 
 
