@@ -192,3 +192,12 @@ def test_the_html_report_opens_offline_with_the_verdict_first_and_embedded_figur
     assert scripts == 0
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]  # type: ignore[attr-defined]
     assert errors == []
+
+
+def test_a_configuration_whose_model_cannot_load_leaves_no_folder_behind(tmp_path: Path) -> None:
+    """A corrected configuration must not then be refused as 'another configuration's audit'."""
+    path = tmp_path / "bad-model.toml"
+    path.write_text('[model]\nfile = "missing.pt"\n', encoding="utf-8")
+    outcome = run("audit", path)
+    assert outcome.code == 1 and "missing.pt" in outcome.stderr and len(outcome.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "audit").exists()

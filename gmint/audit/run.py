@@ -82,8 +82,6 @@ def run_audit(config: AuditConfig, base: Path, out: Path, *, config_text: str, o
         raise InputError(f"{out} holds other files than an audit's; choose an empty or new folder")
     if not overwrite and copy.is_file() and copy.read_text(encoding="utf-8") != config_text:
         raise InputError(f"{out} holds an audit of another configuration ({copy} differs); choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
-    copy.write_text(config_text, encoding="utf-8")
     root = resolve(base, config.data.root)
     data = load_dataset(config.data.dataset, root)
     audited = _model(config, base, "file")
@@ -106,6 +104,10 @@ def run_audit(config: AuditConfig, base: Path, out: Path, *, config_text: str, o
                                                reduction=config.features.reduction, engine=config.features.engine,
                                                batch_size=config.features.batch_size), kind=config.mint.kind,
                     n_boot=config.n_boot, mint_seeds=config.mint.seeds, device=config.device)
+    # Written once every input has loaded: a configuration whose data or model cannot be read leaves no folder
+    # behind that a corrected one would then be refused.
+    out.mkdir(parents=True, exist_ok=True)
+    copy.write_text(config_text, encoding="utf-8")
     step("split, models, stores and classifiers")
     cell = run_cell(data, recipe, out, split=split, models=models, trained_outside=config.model.trained_outside,
                     show_progress=show_progress)
