@@ -37,6 +37,7 @@ from gmint.models.io import load_audited
 from gmint.models.train import train_audited
 from gmint.reference import (
     ATTACKS,
+    ReferenceDraw,
     ReferenceExtraction,
     compare_attacks,
     extract_references,
@@ -97,8 +98,9 @@ def run_cell(cell: Mapping[str, Any], defaults: Mapping[str, Any], workdir: Path
             if not todo:
                 continue
             t0 = time.perf_counter()
-            train_references(data, audited_path, refs, mode=mode, k=max(k, min(workers, ks[-1])),
-                             seed=int(cfg["seed"]), init=str(cfg["init"]), resume=(refs / "references.json").exists(),
+            train_references(data, audited_path, refs, ReferenceDraw(mode=mode, k=max(k, min(workers, ks[-1])),
+                                                                     seed=int(cfg["seed"]), init=str(cfg["init"])),
+                             resume=(refs / "references.json").exists(),
                              workers=workers, show_progress=show_progress)
             trained = time.perf_counter() - t0
             extract_references(data, refs, k=k, extraction=settings, show_progress=show_progress)

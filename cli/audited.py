@@ -60,7 +60,8 @@ def train(arch: str = typer.Option("small_cnn", help=f"Architecture from the zoo
     with remedies(OWN_CHECKPOINTS):
         model = train_audited(images, manifest, arch=arch, transform=Transform(size=image_size), config=config,
                               out=out, arch_options=options, resume=resume, overwrite=overwrite,
-                              negative_control=negative_control, device=device, show_progress=show_progress())
+                              trained_on="control" if negative_control else "members", device=device,
+                              show_progress=show_progress())
     record = model.record
     console.print(f"{out}: {arch} on {data}, {record.epochs_done} epochs in {record.train_seconds} s")
     if record.training is not None:  # accuracy and loss on members, externals (and test): always written

@@ -22,6 +22,7 @@ from gmint.models.io import AuditedModel, file_kind, load_audited, read_checkpoi
 from gmint.models.train import TrainConfig
 from gmint.reference import (
     ATTACKS,
+    ReferenceDraw,
     ReferenceExtraction,
     ReferenceSet,
     attack_options,
@@ -187,8 +188,9 @@ def train(model: Path = typer.Option(..., help="The audited gmint checkpoint. A 
     if not records_recipe(audited) and split is None:
         raise InputError(f"--split is required: {model} was trained outside gmint and records no membership split; "
                          "give the split of your lists, with control rows (`gmint split --control-list`)")
-    manifest = train_references(_model_data(audited, model, data, data_root), model, out, mode=mode, k=k, seed=seed,
-                                init=init, config=config, split=MembershipSplit.load(split) if split else None,
+    manifest = train_references(_model_data(audited, model, data, data_root), model, out,
+                                ReferenceDraw(mode=mode, k=k, seed=seed, init=init), config=config,
+                                split=MembershipSplit.load(split) if split else None,
                                 resume=resume, overwrite=overwrite, device=device, workers=workers, shard=part,
                                 show_progress=show_progress())
     merged = len(manifest.models) == manifest.k and (out / MANIFEST).exists()

@@ -192,7 +192,8 @@ def run_cell(data: ImageSet, recipe: Recipe, workdir: Path, *, split: Membership
         models = {role: train_audited(data, split, arch=recipe.arch, transform=Transform(size=recipe.image_size),
                                       config=recipe.train, out=workdir / f"{role}.pt",
                                       arch_options=dict(recipe.arch_options), resume=True,
-                                      negative_control=role == "control", device=recipe.device,
+                                      trained_on="control" if role == "control" else "members",
+                                      device=recipe.device,
                                       show_progress=show_progress)
                   for role in roles}
     missing = [role for role in roles if role not in models]

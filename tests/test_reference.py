@@ -14,10 +14,10 @@ import torch
 from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
-from gmint.errors import InputError
+from gmint.errors import InputError, UnknownNameError
 from gmint.models.io import load_audited
 from gmint.models.train import TrainConfig, train_audited
-from gmint.reference import ATTACKS, NotApplicable, ReferenceSet, Task, compare_attacks, train_references
+from gmint.reference import ATTACKS, NotApplicable, ReferenceDraw, ReferenceSet, Task, compare_attacks, train_references
 from gmint.reference.calibrated import calibrate
 from gmint.reference.design import candidate_rows, paired_halves
 from gmint.reference.lira import logit_confidence
@@ -211,7 +211,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, digits: ImageSet,
 def test_offline_reference_models_never_train_on_a_candidate(setup: tuple[Path, MembershipSplit],
                                                               digits: ImageSet) -> None:
     folder, split = setup
-    manifest = train_references(digits, folder / "audited.pt", folder / "offline", mode="offline", k=2)
+    manifest = train_references(digits, folder / "audited.pt", folder / "offline", ReferenceDraw("offline", k=2))
     candidates = candidate_rows(split)
     assert not manifest.included(candidates).any()
     for i in range(2):
@@ -230,11 +230,11 @@ def test_models_trained_in_worker_processes_equal_the_sequential_ones(setup: tup
     """Each model is seeded and trained alone, so two workers give the weights of the sequential loop; a pool
     also resumes a set it only half trained, keeping the finished model's file."""
     folder, _ = setup
-    sequential = train_references(digits, folder / "audited.pt", tmp_path / "one", mode="online", k=3)
-    train_references(digits, folder / "audited.pt", tmp_path / "two", mode="online", k=1)
+    sequential = train_references(digits, folder / "audited.pt", tmp_path / "one", ReferenceDraw("online", k=3))
+    train_references(digits, folder / "audited.pt", tmp_path / "two", ReferenceDraw("online", k=1))
     first = (tmp_path / "two" / sequential.model_file(0)).read_bytes()
-    parallel = train_references(digits, folder / "audited.pt", tmp_path / "two", mode="online", k=3, workers=2,
-                                resume=True)
+    parallel = train_references(digits, folder / "audited.pt", tmp_path / "two", ReferenceDraw("online", k=3),
+                                workers=2, resume=True)
     assert parallel == sequential and (tmp_path / "two" / sequential.model_file(0)).read_bytes() == first
     for i in range(3):
         one = load_audited(tmp_path / "one" / sequential.model_file(i))
@@ -243,7 +243,7 @@ def test_models_trained_in_worker_processes_equal_the_sequential_ones(setup: tup
         for a, b in zip(one.module.state_dict().values(), two.module.state_dict().values(), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(InputError, match="workers must be at least 1"):
-        train_references(digits, folder / "audited.pt", tmp_path / "two", mode="online", k=3, workers=0,
+        train_references(digits, folder / "audited.pt", tmp_path / "two", ReferenceDraw("online", k=3), workers=0,
                          resume=True)
 
 
@@ -252,8 +252,8 @@ def test_online_reference_models_hold_each_candidate_in_half(setup: tuple[Path, 
     from gmint.reference.design import design_references
 
     folder, split = setup
-    manifest = design_references(load_audited(folder / "audited.pt"), folder / "audited.pt", digits, mode="online",
-                                 k=4)
+    manifest = design_references(load_audited(folder / "audited.pt"), folder / "audited.pt", digits,
+                                 ReferenceDraw("online", k=4))
     np.testing.assert_array_equal(manifest.included(candidate_rows(split)).sum(axis=0), 2)
 
 
@@ -272,14 +272,19 @@ def test_training_rows_are_part_of_the_resume_recipe(tmp_path: Path, digits: Ima
                                                      digits_split: MembershipSplit) -> None:
     common = {"arch": "small_cnn", "transform": Transform(), "arch_options": {"width": 0.25},
               "config": TrainConfig(epochs=1)}
-    train_audited(digits, digits_split, out=tmp_path / "r.pt", rows=[5, 3, 9, 11], **common)  # type: ignore[arg-type]
-    assert load_audited(tmp_path / "r.pt").meta["rows"] == [3, 5, 9, 11]
+    train_audited(digits, digits_split, out=tmp_path / "r.pt", trained_on=[5, 3, 9, 11], **common)  # type: ignore[arg-type]
+    meta = load_audited(tmp_path / "r.pt").meta
+    assert meta["rows"] == [3, 5, 9, 11] and meta["trained_on"] == "rows"
     with pytest.raises(InputError, match=r"different rows \(4 → 3 rows, not the same set\)"):
-        train_audited(digits, digits_split, out=tmp_path / "r.pt", rows=[3, 5, 9], resume=True, **common)  # type: ignore[arg-type]
+        train_audited(digits, digits_split, out=tmp_path / "r.pt", trained_on=[3, 5, 9], resume=True, **common)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="given twice"):
-        train_audited(digits, digits_split, out=tmp_path / "s.pt", rows=[3, 3], **common)  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="pass one of them"):
-        train_audited(digits, digits_split, out=tmp_path / "s.pt", rows=[3], negative_control=True, **common)  # type: ignore[arg-type]
+        train_audited(digits, digits_split, out=tmp_path / "s.pt", trained_on=[3, 3], **common)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="no training rows given"):
+        train_audited(digits, digits_split, out=tmp_path / "s.pt", trained_on=[], **common)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=rf"must lie in 0\.\.{len(digits) - 1}"):
+        train_audited(digits, digits_split, out=tmp_path / "s.pt", trained_on=[3, len(digits)], **common)  # type: ignore[arg-type]
+    with pytest.raises(UnknownNameError, match="unknown training rows 'rows'"):  # what given rows are recorded as
+        train_audited(digits, digits_split, out=tmp_path / "s.pt", trained_on="rows", **common)  # type: ignore[arg-type]
     assert not (tmp_path / "s.pt").exists()
 
 

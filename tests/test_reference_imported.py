@@ -170,14 +170,17 @@ def test_train_audited_takes_a_zoo_architecture_or_a_description(tmp_path: Path,
     split = split_from_lists(digits, list(range(40)), list(range(40, 80)), control=list(range(80, 120)))
     description = load_audited(work / "model.pt").description
     assert description is not None
-    with pytest.raises(InputError, match="give one of them"):
-        train_audited(digits, split, arch="small_cnn", description=description, config=TrainConfig(epochs=1),
-                      out=tmp_path / "m.pt")
+    for zoo in ({"transform": Transform()}, {"arch_options": {"width": 0.5}}):  # a description has its own
+        with pytest.raises(InputError, match="give one of them"):
+            train_audited(digits, split, arch=description, config=TrainConfig(epochs=1), out=tmp_path / "m.pt",
+                          **zoo)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="give one of them"):  # a zoo architecture is fed through its transform
+        train_audited(digits, split, arch="small_cnn", config=TrainConfig(epochs=1), out=tmp_path / "m.pt")
     with pytest.raises(InputError, match="not the model's in its order"):  # digits are named 0-9, the model's not
-        train_audited(digits, split, description=description, config=TrainConfig(epochs=1), out=tmp_path / "m.pt")
+        train_audited(digits, split, arch=description, config=TrainConfig(epochs=1), out=tmp_path / "m.pt")
     other = ModelDescription(**{**description.__dict__, "num_classes": 3, "classes": None})
     with pytest.raises(InputError, match="3 outputs"):
-        train_audited(digits, split, description=other, config=TrainConfig(epochs=1), out=tmp_path / "m.pt")
+        train_audited(digits, split, arch=other, config=TrainConfig(epochs=1), out=tmp_path / "m.pt")
     assert not (tmp_path / "m.pt").exists()
 
 

@@ -88,9 +88,9 @@ def test_negative_control_saw_neither_side(tmp_path: Path, digits: ImageSet) -> 
     split = make_split(digits, members=0.4, external=0.4, control=0.2, seed=0)
     assert split.control and not set(split.control) & (set(split.members) | set(split.external))
     model = train_audited(digits, split, arch="small_cnn", transform=Transform(),
-                          config=TrainConfig(epochs=1), out=tmp_path / "c.pt", negative_control=True,
+                          config=TrainConfig(epochs=1), out=tmp_path / "c.pt", trained_on="control",
                           arch_options={"width": 0.25})
     assert model.meta["trained_on"] == "control"
     with pytest.raises(InputError, match="no control rows"):
         train_audited(digits, make_split(digits, seed=0), arch="small_cnn", transform=Transform(),
-                      config=TrainConfig(epochs=1), out=tmp_path / "d.pt", negative_control=True)
+                      config=TrainConfig(epochs=1), out=tmp_path / "d.pt", trained_on="control")

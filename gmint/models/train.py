@@ -47,6 +47,10 @@ Schedule = Callable[[int, int], float]
 SCHEDULES: Registry[Schedule] = Registry("schedule")
 SCHEDULES.register("constant")(lambda epoch, epochs: 1.0)
 SCHEDULES.register("cosine")(lambda epoch, epochs: 0.5 * (1 + float(np.cos(np.pi * epoch / epochs))))
+# The split's rows a model trains on, by the name its checkpoint records as `trained_on` (given rows: `rows`).
+TRAINING_ROLES: Registry[Callable[[MembershipSplit], list[int]]] = Registry("training rows")
+TRAINING_ROLES.register("members")(lambda split: split.members)
+TRAINING_ROLES.register("control")(lambda split: split.control)  # a negative control
 
 
 @AUGMENTATIONS.register("none")
@@ -128,23 +132,24 @@ class TrainConfig:
         return cls(**values)  # type: ignore[arg-type]
 
 
-def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = None,
+def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | ModelDescription,
                   transform: Transform | None = None, config: TrainConfig, out: Path,
-                  arch_options: dict[str, object] | None = None, description: ModelDescription | None = None,
-                  resume: bool = False, overwrite: bool = False, negative_control: bool = False,
-                  rows: Sequence[int] | None = None, device: str = "cpu",
+                  arch_options: dict[str, object] | None = None, resume: bool = False, overwrite: bool = False,
+                  trained_on: str | Sequence[int] = "members", device: str = "cpu",
                   show_progress: bool = False) -> AuditedModel:
     """Train `arch` on the split's members, checkpointing to `out` every epoch; return it with its record.
 
-    The model is a zoo architecture (`arch`, `arch_options`, fed through `transform`), built for the data's
-    channels, classes and image size, or the architecture a `description` states (a model from outside: its own
-    factory and arguments, its preprocessing, where its logits are), built exactly as described; its checkpoint
-    then records the description too, so it loads, and is fed, as the model it was described from.
+    The model is a zoo architecture (`arch` by name, with `arch_options`, fed through `transform`), built for the
+    data's channels, classes and image size, or the architecture a description states (`arch` a
+    `ModelDescription`: a model from outside, its own factory and arguments, its preprocessing, where its logits
+    are), built exactly as described; its checkpoint then records the description too, so it loads, and is fed,
+    as the model it was described from.
 
-    With `negative_control=True` the model is trained on the split's `control` rows instead: it saw
-    neither the members nor the externals, so auditing it with the same pipeline must give chance.
-    With `rows` it is trained on exactly those dataset rows (a reference model of gmint.reference, trained on
-    data the auditor controls); they are recorded in the checkpoint and are part of the recipe a resume checks.
+    `trained_on` chooses the training rows, and is recorded as the checkpoint's `trained_on`: `members` (the
+    split's), `control` (the split's control rows: a negative control, which saw neither the members nor the
+    externals, so auditing it with the same pipeline must give chance), or exactly the dataset rows given (a
+    reference model of gmint.reference, trained on data the auditor controls; recorded as `rows`, part of the
+    recipe a resume checks).
     With `resume=True` an interrupted run continues from its last epoch and a finished one is returned
     as it is, its file untouched. A run with `config.target_accuracy` stops at the first epoch that reaches
     it; its record says whether the goal was reached (`reached_target`). With `overwrite=True` an
@@ -154,27 +159,29 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = 
     Raises:
         InputError: before any file is written, for an existing `out` without `resume` or `overwrite`, both
             of them, or a checkpoint trained with another recipe (architecture, data, split, transform,
-            TrainConfig, rows), `rows` together with `negative_control`, rows that are empty, repeated or
-            outside the data, a zoo `arch` and a `description` both or neither, or a description whose
-            classes or input the data does not fit.
+            TrainConfig, rows), rows that are empty, repeated or outside the data, a zoo `arch` without its
+            `transform` or a description with one (or with `arch_options`), or a description whose classes or
+            input the data does not fit.
+        UnknownNameError: `trained_on` names neither `members` nor `control`.
     """
     if split.dataset != data.name:
         raise InputError(f"the split is for '{split.dataset}', the data is '{data.name}'")
-    zoo = arch is not None or transform is not None or bool(arch_options)
-    if (description is not None) == zoo or description is None and (arch is None or transform is None):
+    description = arch if isinstance(arch, ModelDescription) else None
+    if (transform is None) if description is None else (transform is not None or bool(arch_options)):
         raise InputError("a model to train is a zoo architecture with its transform, or a model description: "
                          "give one of them")
     augment = AUGMENTATIONS.get(config.augment)
-    if rows is not None:
-        members = _training_rows(rows, len(data), negative_control)
+    given_rows = not isinstance(trained_on, str)
+    if isinstance(trained_on, str):
+        members = np.asarray(TRAINING_ROLES.get(trained_on)(split))
     else:
-        members = np.asarray(split.control if negative_control else split.members)
+        members = _training_rows(trained_on, len(data))
     if len(members) == 0:
         raise InputError("the split has no control rows to train a negative control on", Remedy.CONTROL_ROWS)
     run = ResumableRun(Path(out), resume=resume, overwrite=overwrite, recipe=RECIPE, kind="training")
     c, h, _ = data.image_shape
     if description is None:
-        assert arch is not None and transform is not None
+        assert isinstance(arch, str) and transform is not None
         size = transform.size or h
         arch_args = {"arch": arch, "in_channels": c, "num_classes": len(data.classes), "image_size": size,
                      **(arch_options or {})}
@@ -196,8 +203,8 @@ def train_audited(data: ImageSet, split: MembershipSplit, *, arch: str | None = 
         "dataset": data.name, "transform": transform.to_dict(), "split": asdict(split),
         "split_sha256": split.sha256, "train_config": asdict(config), "num_classes": len(data.classes),
         "classes": list(data.classes),
-        "trained_on": "rows" if rows is not None else "control" if negative_control else "members",
-        **({"rows": [int(r) for r in members]} if rows is not None else {}),
+        "trained_on": "rows" if given_rows else trained_on,
+        **({"rows": [int(r) for r in members]} if given_rows else {}),
     }
     if description is not None:  # the rest of the description: where the logits are, the input, the code's hash
         meta.update({k: v for k, v in description.to_meta().items() if k not in meta})
@@ -386,10 +393,8 @@ RECIPE = ("arch", "arch_args", "dataset", "split_sha256", "train_config", "trans
           "output", "arch_sha256")
 
 
-def _training_rows(rows: Sequence[int], n: int, negative_control: bool) -> np.ndarray:
+def _training_rows(rows: Sequence[int], n: int) -> np.ndarray:
     """Given training rows as a sorted int64 array: the same set trains the same model in whatever order."""
-    if negative_control:
-        raise InputError("rows and negative_control both choose the training rows: pass one of them")
     members = np.asarray(rows, dtype=np.int64).reshape(-1)
     if len(members) == 0:
         raise InputError("no training rows given")

@@ -41,10 +41,41 @@ from gmint.models.description import ModelDescription
 from gmint.models.io import AuditedModel
 from gmint.models.train import TrainConfig
 from gmint.models.zoo import ARCHITECTURES
-from gmint.reference.manifest import MODES, ReferenceSet
+from gmint.reference.manifest import INITS, MODES, ReferenceSet
 
 # Recorded by train_audited in arch_args from the data and transform, not chosen by the recipe's options.
 _DERIVED_ARCH_ARGS = ("in_channels", "num_classes", "image_size")
+
+
+@dataclass(frozen=True)
+class ReferenceDraw:
+    """How a reference set is drawn: which pool, how many halves, from which seed, and how each model starts.
+
+    One value for the four choices the manifest records (ReferenceSet's `mode`, `k`, `seed`, `init`), so the
+    set asked for is checked once, before any model is read or trained, and a resume compares like with like.
+
+    Attributes:
+        mode: `offline` (pool = the split's control rows) or `online` (pool = control ∪ candidates).
+        k: number of reference models.
+        seed: seeds the halves.
+        init: `audited` (every model starts from the audited model's seed) or `fresh` (each from its own).
+
+    Raises:
+        InputError: an unknown mode or init, or fewer than one model.
+    """
+
+    mode: str = "offline"
+    k: int = 4
+    seed: int = 0
+    init: str = "audited"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"unknown reference mode '{self.mode}'; choose from {list(MODES)}")
+        if self.k < 1:
+            raise InputError(f"the number of reference models must be at least 1, got {self.k}")
+        if self.init not in INITS:
+            raise InputError(f"unknown reference init '{self.init}'; choose from {list(INITS)}")
 
 
 def paired_halves(units: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -163,19 +194,15 @@ def reference_recipe(audited: AuditedModel, audited_path: Path, *, config: Train
     return ReferenceRecipe(config=config, split=split, description=description, given=True)
 
 
-def design_references(audited: AuditedModel, audited_path: Path, data: ImageSet, *, mode: str, k: int,
-                      seed: int = 0, init: str = "audited", config: TrainConfig | None = None,
-                      split: MembershipSplit | None = None) -> ReferenceSet:
+def design_references(audited: AuditedModel, audited_path: Path, data: ImageSet, draw: ReferenceDraw, *,
+                      config: TrainConfig | None = None, split: MembershipSplit | None = None) -> ReferenceSet:
     """The manifest of K reference models for an audited gmint checkpoint (nothing is trained).
 
     Args:
         audited: the audited checkpoint.
         audited_path: where it is (recorded).
         data: the data the reference models train on (a model from outside's: labelled in its classes).
-        mode: `offline` or `online` (see ReferenceSet).
-        k: number of reference models.
-        seed: seeds the halves.
-        init: `audited` or `fresh` (see ReferenceSet).
+        draw: how the set is drawn (its mode, K, seed and init).
         config: the TrainConfig of a model from outside (see `reference_recipe`).
         split: the membership split of a model from outside (see `reference_recipe`).
 
@@ -191,10 +218,10 @@ def design_references(audited: AuditedModel, audited_path: Path, data: ImageSet,
         raise InputError(f"the split is for '{recipe.split.dataset}', the data is '{data.name}'")
     audited.check_classes(data.classes)
     split = recipe.split
-    pool = reference_pool(split, mode)
+    pool = reference_pool(split, draw.mode)
     units = data.groups[pool] if data.groups is not None else pool
-    inclusion = paired_halves(units, k, seed)
-    manifest = ReferenceSet(mode=mode, k=k, seed=seed, init=init, audited=str(audited_path),
+    inclusion = paired_halves(units, draw.k, draw.seed)
+    manifest = ReferenceSet(mode=draw.mode, k=draw.k, seed=draw.seed, init=draw.init, audited=str(audited_path),
                             audited_fingerprint=audited.fingerprint, dataset=data.name,
                             split_sha256=split.sha256, pool=[int(r) for r in pool],
                             inclusion=inclusion.astype(int).tolist(),

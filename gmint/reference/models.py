@@ -30,7 +30,7 @@ from gmint.models.io import load_audited, read_checkpoint
 from gmint.models.record import CheckpointRecord
 from gmint.models.train import TrainConfig, train_audited
 from gmint.progress import progress_bar
-from gmint.reference.design import ReferenceRecipe, design_references, reference_recipe
+from gmint.reference.design import ReferenceDraw, ReferenceRecipe, design_references, reference_recipe
 from gmint.reference.manifest import (
     AT_TRAINING,
     FROM_CHECKPOINT,
@@ -53,16 +53,16 @@ PARENT_POLL_SECONDS = 0.5
 _PR_SET_PDEATHSIG = 1  # prctl option from <linux/prctl.h>: a signal for this process when its parent dies
 
 
-def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str = "offline", k: int = 4,
-                     seed: int = 0, init: str = "audited", config: TrainConfig | None = None,
-                     split: MembershipSplit | None = None, resume: bool = False, overwrite: bool = False,
-                     device: str = "cpu", workers: int = 1, shard: Shard | None = None,
+def train_references(data: ImageSet, audited_path: Path, out: Path, draw: ReferenceDraw = ReferenceDraw(), *,
+                     config: TrainConfig | None = None, split: MembershipSplit | None = None, resume: bool = False,
+                     overwrite: bool = False, device: str = "cpu", workers: int = 1, shard: Shard | None = None,
                      show_progress: bool = False) -> ReferenceSet:
     """Train K reference models with the audited checkpoint's recipe into the folder `out`.
 
     The recipe (architecture and its options, preprocessing, TrainConfig, split) is read from the audited
     checkpoint, or for a model from outside its description with the `config` and `split` given (see
-    `reference_recipe`); only the training rows (a half of the pool) and, with `init="fresh"`, the seed differ.
+    `reference_recipe`); only the training rows (a half of the pool) and, with `draw.init="fresh"`, the seed
+    differ.
     The manifest is written before the first model and again as each model finishes, with its record
     (`ModelRecord`); each model checkpoints every epoch, and `resume=True` continues a killed run, reusing
     finished models once each is found to be the one recorded; it also grows a set to a larger K (the first
@@ -77,10 +77,7 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
         data: the dataset the audited model was trained on (a model from outside's: labelled in its classes).
         audited_path: the audited gmint checkpoint.
         out: the reference folder.
-        mode: `offline` or `online` (see gmint.reference.design).
-        k: number of reference models.
-        seed: seeds the halves.
-        init: `audited` or `fresh` (see ReferenceSet).
+        draw: how the set is drawn: its mode, K, seed and init (see ReferenceDraw).
         config: the TrainConfig of a model from outside (refused for a model that records its own).
         split: the membership split of a model from outside (for one gmint trained: its own, or None).
         resume: continue (or grow) the set in `out`.
@@ -109,11 +106,11 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
     if shard is not None and overwrite:
         raise InputError(f"a shard cannot replace the set in {out}, which its sibling shards share: remove it "
                          "first, or choose another folder")
-    if shard is not None and shard.count > k:
-        raise InputError(f"{shard.count} shards for {k} reference models: each shard trains at least one model")
+    if shard is not None and shard.count > draw.k:
+        raise InputError(f"{shard.count} shards for {draw.k} reference models: each shard trains at least one "
+                         "model")
     audited = load_audited(audited_path)
-    manifest = design_references(audited, audited_path, data, mode=mode, k=k, seed=seed, init=init, config=config,
-                                 split=split)
+    manifest = design_references(audited, audited_path, data, draw, config=config, split=split)
     recipe = reference_recipe(audited, audited_path, config=config, split=split)
     existing = (out / MANIFEST).exists()
     resume = resume or shard is not None
@@ -169,7 +166,7 @@ def train_references(data: ImageSet, audited_path: Path, out: Path, *, mode: str
         done = done.with_record(i, replace(finished, recorded=how))
         save(done)
 
-    with progress_bar(f"reference models ({mode})", len(jobs), enabled=show_progress) as bar:
+    with progress_bar(f"reference models ({draw.mode})", len(jobs), enabled=show_progress) as bar:
         if workers == 1:
             for i, job in zip(indices, jobs, strict=True):
                 record(i, job.run(data, show_progress=show_progress))
@@ -225,10 +222,11 @@ class _ModelJob:
     def run(self, data: ImageSet, *, show_progress: bool = False) -> ModelRecord:
         """Train (or resume, or keep a finished) model; its record, read back from the file written."""
         recipe = self.recipe
-        train_audited(data, recipe.split, arch=recipe.arch, transform=recipe.transform,
-                      arch_options=recipe.arch_options, description=recipe.description, config=recipe.config,
-                      out=self.out, rows=self.rows, resume=not self.overwrite, overwrite=self.overwrite,
-                      device=self.device, show_progress=show_progress)
+        arch = recipe.description or recipe.arch
+        assert arch is not None  # reference_recipe gives a zoo architecture or a description
+        train_audited(data, recipe.split, arch=arch, transform=recipe.transform, arch_options=recipe.arch_options,
+                      config=recipe.config, out=self.out, trained_on=self.rows, resume=not self.overwrite,
+                      overwrite=self.overwrite, device=self.device, show_progress=show_progress)
         model = load_audited(self.out)
         rows = model.record.rows  # train_audited records the rows it was given
         assert rows is not None
