@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from gmint.assess.candidates import model_input
+from gmint.assess.candidates import in_model_classes, model_input
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit, check_model_split
 from gmint.data.transforms import Transform
@@ -36,7 +36,6 @@ from gmint_cli.inputs import (
     MODEL_HELP,
     TORCHSCRIPT_HELP,
     TRUST_PICKLE_HELP,
-    as_model_classes,
     check_model_input,
     load_data,
     load_model,
@@ -123,7 +122,7 @@ def extract(model: Path = typer.Option(..., help=MODEL_HELP),
     name = data or audited.record.dataset
     if not name:
         raise InputError("--data is required for a model without gmint metadata")
-    images = as_model_classes(load_data(str(name), data_root, size=image_size, size_option="--image-size"), audited)
+    images = in_model_classes(load_data(str(name), data_root, size=image_size, size_option="--image-size"), audited)
     manifest = MembershipSplit.of(audited.record.split, split)
     if manifest is None:
         raise InputError("--split is required for a model trained outside gmint")

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from gmint.assess.candidates import model_classes, model_input, relabel
+from gmint.assess.candidates import model_input
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.readers import load_dataset
 from gmint.data.transforms import Transform
@@ -76,10 +76,3 @@ def check_model_input(images: ImageSet, audited: AuditedModel, transform: Transf
     if side is not None and seen != (side, side):
         raise InputError(f"the audited model takes {side}x{side} images, those of {images.name} would reach it as "
                          f"{seen[0]}x{seen[1]}; pass --image-size {side} to resize them")
-
-
-def as_model_classes(images: ImageSet, audited: AuditedModel) -> ImageSet:
-    """The dataset labelled in the audited model's class indices, matched by class name (or by index where the
-    data's classes are named 0, 1, …); a class the model does not know is refused."""
-    classes = model_classes(audited)
-    return relabel(images, classes) if classes is not None and tuple(classes) != images.classes else images

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from gmint.assess.candidates import in_model_classes
 from gmint.assess.evaluate import ModelGap
 from gmint.data.base import DATASETS, ImageSet
 from gmint.data.split import MembershipSplit
@@ -37,7 +38,7 @@ from gmint.reference.manifest import INITS, MANIFEST, MODES, Shard, merge_refere
 from gmint.reference.report import comparison_table, write_comparison
 from gmint_cli import audited as audited_cli
 from gmint_cli.console import cli_errors, console, print_json, remedies, show_progress
-from gmint_cli.inputs import as_model_classes, load_data
+from gmint_cli.inputs import load_data
 from gmint_cli.options import DEFAULT_ATTACKS, choices, data_root_option, device_option, flag, json_object
 from gmint_cli.outputs import check_output
 
@@ -114,7 +115,7 @@ def _model_data(audited: AuditedModel, model: Path, data: str | None, data_root:
     if name is None:
         raise InputError(f"--data is required: {model} was trained outside gmint and records no dataset; give the "
                          "one its split names (and --data-root)")
-    return as_model_classes(load_data(str(name), data_root), audited)
+    return in_model_classes(load_data(str(name), data_root), audited)
 
 
 @app.command("train")

@@ -128,6 +128,13 @@ def _stack(classed: ImageSet, loose: ImageSet) -> ImageSet:
                     classes=(*classed.classes, UNLABELLED), files=files)
 
 
+def in_model_classes(data: ImageSet, audited: AuditedModel) -> ImageSet:
+    """The dataset labelled in the audited model's class indices, matched by class name (or by index where the
+    data's classes are named 0, 1, …); a class the model does not know is refused (see `relabel`)."""
+    classes = model_classes(audited)
+    return relabel(data, classes) if classes is not None and tuple(classes) != data.classes else data
+
+
 def relabel(data: ImageSet, classes: Sequence[str] | None) -> ImageSet:
     """Map a folder's class folders onto the audited model's labels (a folder may hold only some classes).
 

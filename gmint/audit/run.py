@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gmint.assess.candidates import load_image_folder, model_classes, relabel
+from gmint.assess.candidates import in_model_classes, load_image_folder
 from gmint.assess.scoring import Audit, audit_set
 from gmint.audit.config import AuditConfig, resolve
 from gmint.data.base import ImageSet
@@ -87,7 +87,7 @@ def run_audit(config: AuditConfig, base: Path, out: Path, *, config_text: str, o
     audited = _model(config, base, "file")
     split = _split(config, base, data)  # on the folder's own reading, as `gmint split` draws it
     if audited is not None:
-        data = _in_model_classes(data, audited)
+        data = in_model_classes(data, audited)
     control = _model(config, base, "control_file")
     if control is not None and audited is None:
         raise InputError("a negative-control model is given without the audited model it controls for")
@@ -121,12 +121,6 @@ def run_audit(config: AuditConfig, base: Path, out: Path, *, config_text: str, o
 def _model(config: AuditConfig, base: Path, key: str) -> AuditedModel | None:
     path = resolve(base, getattr(config.model, key))
     return None if path is None else load_audited(path)
-
-
-def _in_model_classes(data: ImageSet, audited: AuditedModel) -> ImageSet:
-    """The dataset labelled in the model's class order, where the model records its class names."""
-    classes = model_classes(audited)
-    return relabel(data, classes) if classes is not None and tuple(classes) != data.classes else data
 
 
 def _split(config: AuditConfig, base: Path, data: ImageSet) -> MembershipSplit | None:
