@@ -74,7 +74,8 @@ from gmint.data.readers import load_dataset
 from gmint.data.transforms import Transform
 from gmint.files import atomic_write
 from gmint.models.architectures import CPU_SCALE
-from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, TrainConfig, epoch_batches, train_step
+from gmint.models.augment import AUGMENTATIONS
+from gmint.models.train import OPTIMIZERS, TrainConfig, epoch_batches, train_step
 from gmint.models.zoo import build
 from gmint.registry import Registry
 from gmint.threads import torch_threads

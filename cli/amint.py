@@ -19,8 +19,9 @@ from gmint.data.base import DATASETS
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
 from gmint.errors import InputError, Remedy
+from gmint.models.augment import AUGMENTATIONS
 from gmint.models.io import load_audited
-from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
+from gmint.models.train import OPTIMIZERS, SCHEDULES, TrainConfig
 from gmint.models.zoo import ARCHITECTURES
 from gmint_cli.console import OWN_CHECKPOINTS, cli_errors, console, print_json, remedies, show_progress
 from gmint_cli.inputs import load_data, size_hint

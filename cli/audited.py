@@ -9,7 +9,8 @@ import typer
 from gmint.data.base import DATASETS
 from gmint.data.split import MembershipSplit, make_split
 from gmint.data.transforms import Transform
-from gmint.models.train import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig, train_audited
+from gmint.models.augment import AUGMENTATIONS
+from gmint.models.train import OPTIMIZERS, SCHEDULES, TrainConfig, train_audited
 from gmint.models.zoo import ARCHITECTURES
 from gmint_cli.console import OWN_CHECKPOINTS, cli_errors, console, remedies, show_progress
 from gmint_cli.inputs import load_data

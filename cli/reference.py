@@ -34,8 +34,9 @@ from gmint.reference import (
 )
 from gmint.reference.compare import Comparison
 from gmint.reference.design import records_recipe
-from gmint.reference.manifest import INITS, MANIFEST, MODES, Shard, merge_references
+from gmint.reference.manifest import INITS, MANIFEST, MODES
 from gmint.reference.report import comparison_table, write_comparison
+from gmint.reference.shards import Shard, merge_references
 from gmint_cli import audited as audited_cli
 from gmint_cli.console import cli_errors, console, print_json, remedies, show_progress
 from gmint_cli.inputs import load_data

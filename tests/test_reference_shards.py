@@ -19,7 +19,8 @@ from gmint.errors import InputError
 from gmint.models.io import load_audited
 from gmint.models.train import TrainConfig, train_audited
 from gmint.reference import ReferenceSet
-from gmint.reference.manifest import MANIFEST, Shard
+from gmint.reference.manifest import MANIFEST
+from gmint.reference.shards import Shard
 from tests.cli_runner import run, snapshot
 
 K = 4

@@ -35,18 +35,11 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError
+from gmint.models.augment import AUGMENTATIONS, Augmentation
 from gmint.models.io import AuditedModel, fingerprint
 from gmint.models.record import CheckpointRecord
 from gmint.models.resumable import Progress, ResumableRun, Stateful
-from gmint.models.train import (
-    AUGMENTATIONS,
-    OPTIMIZERS,
-    SCHEDULES,
-    Augmentation,
-    TrainConfig,
-    audited_record,
-    refuse_divergence,
-)
+from gmint.models.train import OPTIMIZERS, SCHEDULES, TrainConfig, audited_record, refuse_divergence
 from gmint.models.zoo import build
 from gmint.progress import progress_bar
 from gmint.threads import torch_threads

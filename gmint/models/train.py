@@ -26,6 +26,7 @@ from gmint.data.base import ImageSet
 from gmint.data.split import MembershipSplit
 from gmint.data.transforms import Transform
 from gmint.errors import InputError, Remedy
+from gmint.models.augment import AUGMENTATIONS, Augmentation
 from gmint.models.description import ModelDescription, build_architecture, select_output
 from gmint.models.io import AuditedModel
 from gmint.models.record import CheckpointRecord
@@ -35,8 +36,6 @@ from gmint.progress import progress_bar
 from gmint.registry import Registry
 from gmint.threads import torch_threads
 
-Augmentation = Callable[[Tensor, torch.Generator], Tensor]
-AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.register("adam")(lambda params, lr, weight_decay: torch.optim.Adam(params, lr=lr,
                                                                               weight_decay=weight_decay))
@@ -51,29 +50,6 @@ SCHEDULES.register("cosine")(lambda epoch, epochs: 0.5 * (1 + float(np.cos(np.pi
 TRAINING_ROLES: Registry[Callable[[MembershipSplit], list[int]]] = Registry("training rows")
 TRAINING_ROLES.register("members")(lambda split: split.members)
 TRAINING_ROLES.register("control")(lambda split: split.control)  # a negative control
-
-
-@AUGMENTATIONS.register("none")
-def _no_augmentation(x: Tensor, gen: torch.Generator) -> Tensor:
-    return x
-
-
-@AUGMENTATIONS.register("crop")
-def _random_crop(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Random translation by up to 1/8 of the side (reflect padding), per sample."""
-    pad = max(1, x.shape[-1] // 8)
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    offsets = torch.randint(0, 2 * pad + 1, (len(x), 2), generator=gen)
-    h, w = x.shape[-2:]
-    return torch.stack([p[:, i:i + h, j:j + w] for p, (i, j) in zip(padded, offsets.tolist(), strict=True)])
-
-
-@AUGMENTATIONS.register("flip-crop")
-def _flip_crop(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Random crop, then horizontal flip with probability 1/2 (natural images only; not for digits)."""
-    x = _random_crop(x, gen)
-    flip = torch.rand(len(x), generator=gen) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 @dataclass(frozen=True)

@@ -37,15 +37,11 @@ from gmint.reference.manifest import (
     MANIFEST,
     ModelRecord,
     ReferenceSet,
-    Shard,
     check_model,
-    gather_shards,
-    merge_if_complete,
     rows_sha256,
-    save_shard,
-    shard_manifests,
     warn_recorded,
 )
+from gmint.reference.shards import Shard, gather_shards, merge_if_complete, save_shard, shard_manifests
 
 # How often a training worker looks whether the process that started it is still alive (seconds): a worker
 # outlives a killed parent by at most this, where the kernel does not end it at once (see `_exit_with_parent`).
