@@ -40,3 +40,16 @@ def test_the_walk_counts_every_kind_of_parameter_but_self() -> None:
     assert _too_long(f"class C:\n    def m(self, {names}, *, b, c): ...", "x.py") == []  # 12 without self
     assert _too_long(f"def f({names}, /, b, *args, c, **kwargs): ...", "x.py") == ["x.py:1 f (14)"]
     assert _too_long(f"async def g(cls, {names}, b, c, d): ...", "x.py") == ["x.py:1 g (13)"]
+
+
+# The most lines a module of the library or the command line holds: past it, it holds more than one concern.
+MAX_MODULE_LINES = 400
+CLI = PACKAGE.parent / "cli"
+
+
+def test_no_module_of_the_library_or_the_command_line_is_over_400_lines() -> None:
+    files = sorted([*PACKAGE.rglob("*.py"), *CLI.rglob("*.py")])
+    assert any(p.parent == CLI for p in files)  # the command line is read too, where the checkout has it
+    long = [f"{p.relative_to(PACKAGE.parent)} ({n})" for p in files
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by concern): {long}"
