@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table as RichTable
 
-from gmint.assess.exposure import contact_sheet, exposed_members
+from gmint.assess.exposure import contact_sheet, top_k
 from gmint.assess.figures import RocCurve, roc_figure
 from gmint.assess.metrics import Estimate
 from gmint.assess.report import METRIC_LABELS, format_estimate, gap_lines
@@ -45,7 +45,7 @@ def comparison_rows(run: AuditRun) -> list[tuple[str, dict[str, Estimate]]]:
 
 def _main_probe(run: AuditRun) -> Probe:
     """The report's reference signal: gMINT on the last (widest) layer setup."""
-    return run.labels[f"gMINT {run.config.features.setups[-1]}"]
+    return run.labels[_main_name(run)]
 
 
 def _main_name(run: AuditRun) -> str:
@@ -53,23 +53,18 @@ def _main_name(run: AuditRun) -> str:
     return f"gMINT {run.config.features.setups[-1]}"
 
 
-def _loss_curve(run: AuditRun) -> RocCurve:
-    """The loss threshold's held-out scores: lower loss reads as member (the threshold's own direction)."""
-    evaluation = run.cell.evaluation(_main_probe(run))
-    rows = slice_rows(evaluation, evaluation.store)
-    return RocCurve(LOSS_THRESHOLD, rows.membership, -rows.loss)
-
-
 def write_report(run: AuditRun, out: Path, *, config_text: str = "") -> tuple[Path, Path]:
     """report.json and report.html (with its figures as PNGs beside them) in `out`."""
     figures = out / "figures"
     main = run.cell.evaluation(_main_probe(run))
-    curves = [_loss_curve(run) if name == LOSS_THRESHOLD else
+    held_out = slice_rows(main, main.store)  # the main rows' class, correctness and loss, read from the store once
+    rows = comparison_rows(run)
+    # The loss threshold's scores: lower loss reads as member (the threshold's own direction).
+    curves = [RocCurve(name, held_out.membership, -held_out.loss) if name == LOSS_THRESHOLD else
               RocCurve(name, run.cell.evaluation(run.labels[name]).scores.membership,
                        np.asarray(run.cell.evaluation(run.labels[name]).scores.score, np.float64))
-              for name, _ in comparison_rows(run)]
+              for name, _ in rows]
     roc = roc_figure(curves, figures / "roc.png", title="every signal on the same held-out rows")
-    rows = comparison_rows(run)
     header = ("signal", *(METRIC_LABELS[k] + (" (95% interval)" if k != "accuracy" else "") for k in SHOWN_METRICS),
               "AUC − loss threshold (paired 95% interval)", "ε lower bound (95%)")
     table = Table("Held-out membership test: every signal on the same rows (AUC 0.5 = chance)", header,
@@ -83,7 +78,7 @@ def write_report(run: AuditRun, out: Path, *, config_text: str = "") -> tuple[Pa
         "(Clopper–Pearson bounds).", *((f"{_main_name(run)}: {main.epsilon.conclusion}.",) if main.epsilon else ())),
         (table,), (Figure(roc, "ROC of every signal; the log panel starts where the held-out externals resolve "
                           "the rate."),))]
-    slices = evaluate_slices(slice_rows(main, main.store), run.config.report.slices, n_boot=run.config.n_boot,
+    slices = evaluate_slices(held_out, run.config.report.slices, n_boot=run.config.n_boot,
                              seed=run.config.seed) if run.config.report.slices else []
     if slices:
         sections.append(Section("Per slice", ("The main gMINT classifier's metrics on each slice of the held-out "
@@ -93,7 +88,9 @@ def write_report(run: AuditRun, out: Path, *, config_text: str = "") -> tuple[Pa
                                                              "note"),
                                        tuple((s.slicer, s.name, str(s.members), str(s.external),
                                               format_estimate(s.metrics["auc"]), s.note) for s in slices)),)))
-    exposed = exposed_members(main, main.store, run.config.report.top) if run.config.report.top else []
+    top = run.config.report.top
+    exposed = top_k(held_out.sample_id, held_out.score, held_out.label, held_out.loss, top,
+                    mask=held_out.membership == 1) if top else []
     if exposed:
         sheet = contact_sheet(exposed, run.data, figures / "exposed.png", title="most exposed held-out members")
         sections.append(Section("The most exposed records", (
