@@ -22,7 +22,7 @@ from gmint.assess.report import METRIC_LABELS, format_estimate, gap_lines
 from gmint.assess.scoring import Audit
 from gmint.assess.slices import evaluate_slices, slice_rows
 from gmint.audit.html import Figure, Page, Section, Table, write_html
-from gmint.audit.run import AuditRun
+from gmint.audit.run import AuditRun, main_signal
 from gmint.experiment import Probe
 from gmint.features.store import FeatureStore
 from gmint.files import atomic_write
@@ -45,12 +45,7 @@ def comparison_rows(run: AuditRun) -> list[tuple[str, dict[str, Estimate]]]:
 
 def _main_probe(run: AuditRun) -> Probe:
     """The report's reference signal: gMINT on the last (widest) layer setup."""
-    return run.labels[_main_name(run)]
-
-
-def _main_name(run: AuditRun) -> str:
-    """The name the report gives its reference signal."""
-    return f"gMINT {run.config.features.setups[-1]}"
+    return run.labels[main_signal(run.config)]
 
 
 def write_report(run: AuditRun, out: Path, *, config_text: str = "") -> tuple[Path, Path]:
@@ -75,7 +70,8 @@ def write_report(run: AuditRun, out: Path, *, config_text: str = "") -> tuple[Pa
         "loss threshold is fitted on the same pool; the negative control runs the same pipeline on a model that "
         "never saw the members and should sit near chance. The AUC difference with the loss threshold is measured on "
         "the same resampled rows; the ε lower bound reads the held-out error rates at a threshold chosen on the pool "
-        "(Clopper–Pearson bounds).", *((f"{_main_name(run)}: {main.epsilon.conclusion}.",) if main.epsilon else ())),
+        "(Clopper–Pearson bounds).",
+        *((f"{main_signal(run.config)}: {main.epsilon.conclusion}.",) if main.epsilon else ())),
         (table,), (Figure(roc, "ROC of every signal; the log panel starts where the held-out externals resolve "
                           "the rate."),))]
     slices = evaluate_slices(held_out, run.config.report.slices, n_boot=run.config.n_boot,
@@ -160,7 +156,7 @@ def _headline(run: AuditRun, rows: list[tuple[str, dict[str, Estimate]]]) -> tup
         alpha = run.config.candidates.alpha
         return run.candidates.conclusion(alpha), run.candidates.verdict.rejects(alpha)
     metrics = dict(rows)
-    name = _main_name(run)
+    name = main_signal(run.config)
     auc, loss = metrics[name]["auc"], metrics[LOSS_THRESHOLD]["auc"]
     control = next((m["auc"] for n, m in rows if n.startswith("negative control")), None)
     text = (f"{name} tells held-out members from externals at AUC {format_estimate(auc)}; the loss threshold "

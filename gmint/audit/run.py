@@ -42,6 +42,11 @@ class AuditRun:
     data: ImageSet
 
 
+def main_signal(config: AuditConfig) -> str:
+    """The name of the audit's reference signal: gMINT on the widest (last) layer setup, which scores candidates."""
+    return f"gMINT {config.features.setups[-1]}"
+
+
 def probes(config: AuditConfig, *, control: bool) -> dict[str, Probe]:
     """The probes an audit measures, by the name its report gives them: gMINT per layer setup, the paper's form
     on the widest setup, activation-MINT and the negative control on the extracted layers."""
@@ -49,7 +54,7 @@ def probes(config: AuditConfig, *, control: bool) -> dict[str, Probe]:
     named = {f"gMINT {setup}": Probe("gMINT", setup, fraction) for setup in config.features.setups}
     last = config.features.setups[-1]
     if config.mint.paper_form and config.mint.kind != PAPER_KIND:
-        named[f"gMINT {last} (the paper's MLP)"] = Probe("gMINT", last, fraction, kind=PAPER_KIND)
+        named[f"{main_signal(config)} (the paper's MLP)"] = Probe("gMINT", last, fraction, kind=PAPER_KIND)
     if config.features.activation:  # the original MINT, in its own form: an MLP on the activations
         named[f"activation-MINT {last}"] = Probe("activation-MINT", last, fraction, kind=PAPER_KIND)
     if control:
@@ -151,7 +156,7 @@ def _candidates(config: AuditConfig, base: Path, cell: Cell, named: dict[str, Pr
     folder = resolve(base, config.candidates.images)
     assert folder is not None
     audited = cell.models["audited"]
-    probe = named[f"gMINT {config.features.setups[-1]}"]
+    probe = named[main_signal(config)]
     measurement = next(m for m in cell.measurements if m.probe == probe)
     mint = TrainedMint.load(measurement.mint)
     images = load_image_folder(folder, audited, labels=config.candidates.labels)
