@@ -43,15 +43,19 @@ from gmint.data.readers import load_dataset
 from gmint.experiment import Cell, Probe, Recipe, run_cell
 from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
+from gmint.mint import DEFAULT_KIND
 from gmint.models.train import TrainConfig
 
 SETUPS = ("entry", "middle", "output", "combined")
 FRACTIONS = ("D100", "D10", "D1")
 PROBES = (*(Probe("gMINT", setup, fraction) for setup in SETUPS for fraction in FRACTIONS),
           *(Probe("negative control", setup) for setup in SETUPS))
+# The classifier kinds a cell fits when its config names none: gmint's default. The CPU grid names both the
+# default and the paper's MLP ("mlp"), so every probe is measured both ways on the same rows.
+CLASSIFIERS = (DEFAULT_KIND,)
 ROC_POINTS = 101  # a curve is kept at this many false-positive rates (log-spaced from 1e-3, and 0 and 1)
 CELL_KEYS = ("members", "external", "control", "holdout", "seed", "engine", "batch_size", "image_size",
-             "arch_options", "data_options", "mint_seeds", "n_boot", "train", "protocols", "device")
+             "arch_options", "data_options", "mint_seeds", "n_boot", "train", "protocols", "device", "classifiers")
 
 Json = dict[str, Any]
 
@@ -113,10 +117,22 @@ def _overlay(*tables: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def grid_probes(cell: GridCell) -> tuple[Probe, ...]:
+    """Every probe of the grid once per classifier kind the cell's config names (`classifiers`), kind by kind."""
+    kinds = cell.settings.get("classifiers", CLASSIFIERS)
+    return tuple(replace(probe, kind=str(kind)) for kind in kinds for probe in PROBES)
+
+
+def probe_key(signal: str, setup: str, fraction: str, kind: str) -> tuple[str, str, str, str]:
+    """What identifies a row within its cell."""
+    return signal, setup, fraction, kind
+
+
 def grid_recipe(cell: GridCell) -> Recipe:
-    """A cell's settings as the experiment's recipe (every probe of the grid)."""
+    """A cell's settings as the experiment's recipe (every probe of the grid, per classifier kind)."""
     s = cell.settings
-    return Recipe(arch=cell.arch, train=train_config(s.get("train", {})), probes=PROBES, members=s["members"],
+    return Recipe(arch=cell.arch, train=train_config(s.get("train", {})), probes=grid_probes(cell),
+                  members=s["members"],
                   external=s["external"], control=s["control"], holdout=float(s.get("holdout", 0.5)),
                   protocol=cell.protocol, seed=int(s.get("seed", 0)), image_size=s.get("image_size"),
                   arch_options=dict(s.get("arch_options", {})),
@@ -168,8 +184,8 @@ def append_row(path: Path, row: Json) -> None:
         os.fsync(fh.fileno())
 
 
-def finished_probes(cell: GridCell, rows: list[Json], version: Json) -> set[tuple[str, str, str]]:
-    """(signal, setup, fraction) of the cell's rows already in the results.
+def finished_probes(cell: GridCell, rows: list[Json], version: Json) -> set[tuple[str, str, str, str]]:
+    """`probe_key`s of the cell's rows already in the results.
 
     Raises:
         ValueError: they were measured with other settings (mixing them would make one cell of two configs).
@@ -180,17 +196,19 @@ def finished_probes(cell: GridCell, rows: list[Json], version: Json) -> set[tupl
         raise ValueError(f"{cell.name}: the results file holds rows measured with other settings (config "
                          f"{sorted(configs)} vs {cell.config_sha256}); remove them or write to another --out")
     commits = {r["code"]["commit"] for r in mine} - {version["commit"]}
-    if commits and len(mine) < len(PROBES):
+    if commits and len(mine) < len(grid_probes(cell)):
         print(f"[{cell.name}] keeps {len(mine)} rows measured at commit(s) {sorted(commits)}; this run is at "
               f"{version['commit']}: the cell will mix code versions", file=sys.stderr)
-    return {(r["signal"], r["setup"], r["fraction"]) for r in mine}
+    return {probe_key(r["signal"], r["setup"], r["fraction"], classifier(r)) for r in mine}
 
 
 def run_grid_cell(cell: GridCell, workdir: Path, out: Path, *, data_root: Path | None, show_progress: bool) -> None:
     """Measure the probes of `cell` that `out` does not hold yet; append one row per probe as it finishes."""
     version = code_version()
     done = finished_probes(cell, read_rows(out), version)
-    recipe = replace(grid_recipe(cell), probes=tuple(p for p in PROBES if (p.signal, p.setup, p.fraction) not in done))
+    recipe = grid_recipe(cell)
+    recipe = replace(recipe, probes=tuple(p for p in recipe.probes
+                                          if probe_key(p.signal, p.setup, p.fraction, str(p.kind)) not in done))
     if not recipe.probes:
         return
     data = load_dataset(cell.dataset, data_root, **dict(cell.settings.get("data_options", {})))
@@ -199,8 +217,8 @@ def run_grid_cell(cell: GridCell, workdir: Path, out: Path, *, data_root: Path |
         row = grid_row(cell, result, version)
         append_row(out, row)
         accuracy, auc = over_seeds(row, "accuracy"), over_seeds(row, "auc")
-        print(f"[{cell.name}] {row['signal']:16s} {row['setup']:8s} {row['fraction']:4s}: acc "
-              f"{accuracy.median:.3f} AUC {auc.median:.3f} (median of {auc.seeds} seeds; loss threshold AUC "
+        print(f"[{cell.name}] {row['signal']:16s} {row['setup']:8s} {row['fraction']:4s} {row['classifier']:5s}: "
+              f"acc {accuracy.median:.3f} AUC {auc.median:.3f} (median of {auc.seeds} seeds; loss threshold AUC "
               f"{row['loss_threshold']['auc']['value']:.3f})", flush=True)
 
     run_cell(data, recipe, workdir / cell.protocol / f"{cell.dataset}-{cell.arch}", on_measurement=write,
@@ -239,7 +257,12 @@ def grid_row(cell: GridCell, result: Cell, version: Json) -> Json:
                        "rows_per_second": round(rows / seconds, 1) if seconds else None},
         "mint_seconds": measured.seconds, "fit_rows": measured.fit_rows,
         "config_sha256": cell.config_sha256, "code": version,
+        **{key: evaluation.protocol[key] for key in ("model_selection", "refits") if key in evaluation.protocol},
     }
+    if evaluation.versus_loss is not None:  # the first seed's fit against the loss threshold, on the same rows
+        row["auc_minus_loss_threshold"] = evaluation.versus_loss.to_dict()
+    if evaluation.epsilon is not None:
+        row["epsilon"] = evaluation.epsilon.to_dict()
     if with_roc:
         scores = evaluation.scores
         baseline = -np.array([loss[i] for i in scores.sample_id.tolist()])
@@ -260,10 +283,10 @@ def over_seeds(row: Json, metric: str) -> SeedSpread:
     return SeedSpread(stated["median"], stated["min"], stated["max"], stated["seeds"])
 
 
-def classifier(row: Json) -> str | None:
-    """The MINT classifier kind a row fitted; None for rows written before the grid recorded it, which all fitted
+def classifier(row: Json) -> str:
+    """The MINT classifier kind a row fitted; "mlp" for rows written before the grid recorded it, which all fitted
     the paper's MLP (the only kind the grid fitted then)."""
-    return row.get("classifier")
+    return str(row.get("classifier") or "mlp")
 
 
 def roc_summary(membership: np.ndarray, score: np.ndarray) -> Json:

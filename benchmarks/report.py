@@ -244,7 +244,7 @@ def collapsed_fits(cells: list[tuple[str, str, str]], rows: Iterable[Row], confi
              "|---|---|---|" + "---|" * len(SPREAD_POINTS),
              *(f"| {label} | {c.collapsed} | {c.first_collapsed} | " + " | ".join(map(str, c.wider_than)) + " |"
                for label, c in counts.items())]
-    unrecorded = sum(classifier(r) is None for r in probes)
+    unrecorded = sum("classifier" not in r for r in probes)
     default = sum(classifier(r) == DEFAULT_KIND for r in probes)
     before = f"All {unrecorded}" if unrecorded == len(probes) else f"{unrecorded} of the {len(probes)}"
     results = out.with_name(f"{out.stem}-{DEFAULT_KIND}.jsonl")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,10 @@ def test_cpu_config_is_the_papers_whole_grid_plus_gtsrb_grouped() -> None:
     assert (tiny.image_size, dict(tiny.arch_options), tiny.protocol) == (32, {"width": 0.5}, "paper")
     assert tiny.mint_seeds == 5
     assert tiny.train == TrainConfig(epochs=100, batch_size=64, optimizer="adam", lr=1e-4, target_accuracy=0.99)
-    assert len(tiny.probes) == 4 * 3 + 4
+    # every probe with gmint's default classifier and again with the paper's MLP
+    assert len(tiny.probes) == 2 * (4 * 3 + 4)
+    assert [p.kind for p in tiny.probes] == ["gmint"] * 16 + ["mlp"] * 16
+    assert tiny.probes[16:] == tuple(replace(p, kind="mlp") for p in tiny.probes[:16])
     assert grid_recipe(by_name["grouped/gtsrb-resnet101"]).protocol == "grouped"
 
 
@@ -89,6 +93,11 @@ def test_grid_rows_record_their_provenance_and_a_rerun_adds_only_missing_rows(
     assert first["mint_over_seeds"]["auc"]["median"] == pytest.approx(np.median(first["mint_seeds"]["auc"]))
     assert first["mint_over_seeds"]["auc"]["seeds"] == 2 and first["classifier"] == DEFAULT_KIND
     assert first["extraction"]["rows"] == first["split"]["pool"] + first["split"]["holdout"]
+    # the paired comparison with the loss threshold on the same rows, and the ε lower bound
+    versus = first["auc_minus_loss_threshold"]
+    assert versus["value"] == pytest.approx(first["mint"]["auc"]["value"] - first["loss_threshold"]["auc"]["value"])
+    assert versus["ci95_low"] <= versus["value"] <= versus["ci95_high"]
+    assert first["epsilon"]["epsilon_lower_bound"] >= 0 and first["epsilon"]["confidence"] == 0.95
     roc = first["roc"]["mint"]
     assert roc["fpr"][0] == 0.0 and roc["fpr"][-1] == 1.0 and roc["tpr"][-1] == 1.0
     assert np.all(np.diff(roc["tpr"]) >= 0) and "roc" not in rows[1]
@@ -98,6 +107,18 @@ def test_grid_rows_record_their_provenance_and_a_rerun_adds_only_missing_rows(
     assert again[:2] == rows[:2] and len(again) == 3
     assert {k: v for k, v in again[2].items() if k != "mint_seconds"} == {
         k: v for k, v in rows[2].items() if k != "mint_seconds"}
+
+
+def test_a_cell_measures_each_probe_with_each_classifier_it_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grid, "PROBES", (Probe("gMINT", "output"),))
+    out = tmp_path / "grid.jsonl"
+    run_grid_cell(_digits_cell(classifiers=["gmint", "mlp"], mint_seeds=1), tmp_path / "work", out, data_root=None,
+                  show_progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["classifier"] for r in rows] == ["gmint", "mlp"]
+    assert rows[0]["split"] == rows[1]["split"] and rows[0]["loss_threshold"] == rows[1]["loss_threshold"]
+    assert "model_selection" in rows[0] and "model_selection" not in rows[1]  # the default chose on the pool
 
 
 def test_rows_of_another_config_are_refused_not_mixed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

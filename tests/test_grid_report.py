@@ -43,7 +43,7 @@ def test_a_row_without_a_stated_median_is_read_from_its_seed_points() -> None:
     assert (spread.median, spread.low, spread.high, spread.seeds) == (0.62, 0.48, 0.70, 5)
     stated = {**ROWS[0], "mint_over_seeds": {"accuracy": {"median": 0.6, "min": 0.4, "max": 0.8, "seeds": 3}}}
     assert (over_seeds(stated, "accuracy").median, over_seeds(stated, "accuracy").seeds) == (0.6, 3)
-    assert classifier(ROWS[0]) is None and classifier({**ROWS[0], "classifier": "gmint"}) == "gmint"
+    assert classifier(ROWS[0]) == "mlp" and classifier({**ROWS[0], "classifier": "gmint"}) == "gmint"
 
 
 def test_tables_state_the_median_and_name_seed_zero_where_it_is_another_figure() -> None:
