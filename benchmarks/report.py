@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.grid import FRACTIONS, SETUPS, classifier, grid_cells, over_seeds
+from benchmarks.versus_loss import Key, versus_section
 from gmint.assess.figures import pyplot, save_png
 from gmint.assess.metrics import Estimate, control_off_chance
 from gmint.mint import DEFAULT_KIND
@@ -44,6 +45,18 @@ AT_CHANCE = 0.51
 REACHED = 0.60
 SPREAD_POINTS = (5, 10)  # seed ranges wider than these (in points: 0.05, 0.10) are counted
 COLLAPSE_METRICS = {"accuracy": ("accuracy",), "AUC": ("auc",), "accuracy or AUC": ("accuracy", "auc")}
+# How the report names each classifier kind; the default first, the paper's form beside it.
+KIND_NAMES = {DEFAULT_KIND: "gmint's default", "mlp": "the paper's MLP"}
+
+
+def kinds_in(rows: Iterable[Row]) -> tuple[str, ...]:
+    """The classifier kinds the rows fitted, in KIND_NAMES' order (others after them, by name)."""
+    present = {classifier(r) for r in rows}
+    return (*(k for k in KIND_NAMES if k in present), *sorted(present - set(KIND_NAMES)))
+
+
+def kind_name(kind: str) -> str:
+    return KIND_NAMES.get(kind, f"`{kind}`")
 
 
 def paper_table(path: Path) -> PaperTable:
@@ -117,9 +130,9 @@ def metrics(row_metrics: Mapping[str, Any]) -> dict[str, Estimate]:
     return {name: Estimate.from_dict(est) for name, est in row_metrics.items()}
 
 
-def index_rows(rows: Iterable[Row]) -> dict[tuple[str, str, str, str], Row]:
-    """(cell, signal, setup, fraction) → row."""
-    return {(r["cell"], r["signal"], r["setup"], r["fraction"]): r for r in rows}
+def index_rows(rows: Iterable[Row]) -> dict[Key, Row]:
+    """(cell, signal, setup, fraction, classifier kind) → row."""
+    return {(r["cell"], r["signal"], r["setup"], r["fraction"], classifier(r)): r for r in rows}
 
 
 def memorised(row: Row) -> str:
@@ -128,19 +141,20 @@ def memorised(row: Row) -> str:
     return "" if reached is None else ("✓" if reached else "✗")
 
 
-def layout_table(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str, str, str], Row],
-                 paper: PaperTable, metric: str) -> list[str]:
-    """One protocol's table in the paper's layout; accuracy cells carry the paper's figure beside ours."""
+def layout_table(cells: list[tuple[str, str, str]], rows: dict[Key, Row], paper: PaperTable, metric: str,
+                 kind: str) -> list[str]:
+    """One protocol's table of one classifier kind in the paper's layout; accuracy cells carry the paper's figure
+    beside ours."""
     percent = metric == "accuracy"
     head = "| dataset | architecture | memorised | setup | " + " | ".join(FRACTIONS) + " |"
     out = [head, "|---|---|---|---|" + "---|" * len(FRACTIONS)]
     for name, dataset, arch in cells:
-        first = rows.get((name, "gMINT", "combined", "D100"))
+        first = rows.get((name, "gMINT", "combined", "D100", kind))
         mark = memorised(first) if first else "pending"
         for setup in SETUPS:
             entries = []
             for fraction in FRACTIONS:
-                row = rows.get((name, "gMINT", setup, fraction))
+                row = rows.get((name, "gMINT", setup, fraction, kind))
                 ref = paper_value(paper, dataset, arch, setup, fraction)
                 text = "pending" if row is None else table_entry(row, metric, percent)
                 if percent:
@@ -150,15 +164,16 @@ def layout_table(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str, s
     return [*out, ""]
 
 
-def baseline_table(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str, str, str], Row]) -> list[str]:
-    """What explains each cell: the audited model, its losses, the loss threshold and the negative control."""
+def baseline_table(cells: list[tuple[str, str, str]], rows: dict[Key, Row], kinds: tuple[str, ...]) -> list[str]:
+    """What explains each cell: the audited model, its losses, the loss threshold and the negative control (for
+    each classifier kind, separated by ' · ')."""
     out = ["| cell | epochs | memorised | accuracy members / external / test | loss q10/q50/q90 members | "
            "external | test | loss threshold acc % / AUC / TPR@1% | gMINT combined AUC | negative control "
            "combined acc % / AUC | fit rows D100/D10/D1 | intervals resample | extraction rows/s | train s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, _, _ in cells:
-        row = rows.get((name, "gMINT", "combined", "D100"))
-        control = rows.get((name, "negative control", "combined", "D100"))
+        row = next((r for k in kinds if (r := rows.get((name, "gMINT", "combined", "D100", k)))), None)
+        controls = [rows.get((name, "negative control", "combined", "D100", k)) for k in kinds]
         if row is None:
             out.append(f"| {name} | pending |" + " |" * 12)
             continue
@@ -171,14 +186,17 @@ def baseline_table(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str,
             return "/".join(f"{record[k]:.2g}" for k in keys) if all(k in record for k in keys) else "—"
 
         lt = metrics(row["loss_threshold"])
-        nc = f"{headline(control, 'accuracy', True)} / {headline(control, 'auc')}" if control else "pending"
+        nc = " · ".join(f"{headline(c, 'accuracy', True)} / {headline(c, 'auc')}" if c else "pending"
+                        for c in controls)
+        combined = " · ".join(headline(r, "auc") if (r := rows.get((name, "gMINT", "combined", "D100", k)))
+                              else "pending" for k in kinds)
         extraction = row.get("extraction", {})
-        fit = "/".join(str(r["fit_rows"]) if (r := rows.get((name, "gMINT", "combined", f))) else "—"
-                       for f in FRACTIONS)
+        fit = "/".join(str(r["fit_rows"]) if (r := rows.get((name, "gMINT", "combined", f, classifier(row))))
+                       else "—" for f in FRACTIONS)
         out.append(f"| {name} | {model['epochs_done']} of {model['train_config']['epochs']} | {memorised(row)} | "
                    f"{accs} | {quantiles('members')} | {quantiles('external')} | {quantiles('test')} | "
                    f"{point(lt['accuracy'], True)} / {point(lt['auc'])} / {point(lt['tpr_at_1pct_fpr'])} | "
-                   f"{headline(row, 'auc')} | {nc} | {fit} | {row.get('intervals', 'rows')} | "
+                   f"{combined} | {nc} | {fit} | {row.get('intervals', 'rows')} | "
                    f"{extraction.get('rows_per_second') or '—'} | "
                    f"{model['train_seconds']:.0f} |")
     return [*out, ""]
@@ -189,7 +207,7 @@ def controls_off_chance(cells: list[tuple[str, str, str]], rows: Iterable[Row]) 
     many of them chance alone would give (one in twenty 95% intervals)."""
     names = {name for name, _, _ in cells}
     controls = [r for r in rows if r["cell"] in names and r["signal"] == "negative control"]
-    found = [f"- {r['cell']} {r['setup']} {r['fraction']}: {text}" for r in controls
+    found = [f"- {r['cell']} {r['setup']} {r['fraction']} ({kind_name(classifier(r))}): {text}" for r in controls
              if (text := control_off_chance(metrics(r["mint"])["auc"]))]
     if not found:
         return []
@@ -229,21 +247,26 @@ def count_collapses(rows: list[Row], names: tuple[str, ...]) -> Collapses:
 
 def collapsed_fits(cells: list[tuple[str, str, str]], rows: Iterable[Row], config_path: Path,
                    out: Path) -> list[str]:
-    """The section "Collapsed fits in this grid": over the gMINT probes of `cells`, how many have a seed whose fit
-    stopped at chance while another found the signal, how many stated such a seed as their figure before the
-    median did, how wide the seed ranges run; which classifier fitted the rows, and the command that measures
-    gmint's default where they do not hold it (`config_path`, and a results file named after `out`)."""
+    """The section "Collapsed fits in this grid": over the gMINT probes of `cells`, per classifier kind, how many
+    have a seed whose fit stopped at chance while another found the signal, how many stated such a seed as their
+    figure before the median did, how wide the seed ranges run; and, where the rows do not hold gmint's default,
+    the command that measures it (`config_path`, and a results file named after `out`)."""
     names = {name for name, _, _ in cells}
     probes = [r for r in rows if r["cell"] in names and r["signal"] == "gMINT"]
     if not probes:
         return []
-    counts = {label: count_collapses(probes, metric) for label, metric in COLLAPSE_METRICS.items()}
     widths = " | ".join(f"seed range > {p} points" for p in SPREAD_POINTS)
-    table = [f"| metric | a seed ≤ {AT_CHANCE:.2f}, another ≥ {REACHED:.2f} | of those, the first seed at chance "
-             f"| {widths} |",
-             "|---|---|---|" + "---|" * len(SPREAD_POINTS),
-             *(f"| {label} | {c.collapsed} | {c.first_collapsed} | " + " | ".join(map(str, c.wider_than)) + " |"
-               for label, c in counts.items())]
+    table = [f"| classifier | metric | a seed ≤ {AT_CHANCE:.2f}, another ≥ {REACHED:.2f} | of those, the first seed "
+             f"at chance | {widths} |", "|---|---|---|---|" + "---|" * len(SPREAD_POINTS)]
+    within = []
+    for kind in kinds_in(probes):
+        mine = [r for r in probes if classifier(r) == kind]
+        for label, metric in COLLAPSE_METRICS.items():
+            c = count_collapses(mine, metric)
+            table.append(f"| {kind_name(kind)} | {label} | {c.collapsed} | {c.first_collapsed} | "
+                         + " | ".join(map(str, c.wider_than)) + " |")
+        narrow = len(mine) - c.wider_than[0]  # c: accuracy or AUC, the last of COLLAPSE_METRICS
+        within.append(f"{kind_name(kind)}: {narrow} of {len(mine)} ({100 * narrow / len(mine):.0f}%)")
     unrecorded = sum("classifier" not in r for r in probes)
     default = sum(classifier(r) == DEFAULT_KIND for r in probes)
     before = f"All {unrecorded}" if unrecorded == len(probes) else f"{unrecorded} of the {len(probes)}"
@@ -253,16 +276,13 @@ def collapsed_fits(cells: list[tuple[str, str, str]], rows: Iterable[Row], confi
              f"finds the signal: on the same held-out rows one seed reads ≤ {AT_CHANCE:.2f} while another reaches "
              f"≥ {REACHED:.2f}. Over the {len(probes)} gMINT probes of these rows (negative controls sit at chance by "
              "design and are left out):", "", *table, "",
-             "Stated alone, the first seed's figure (the one each row measures itself) would be a collapsed fit in "
-             + ", ".join(f"{c.first_collapsed} probes on {label}" for label, c in counts.items())
-             + "; the tables state the median.", ""]
+             f"Probes whose seeds all lie within {SPREAD_POINTS[0]} points of each other in accuracy and AUC: "
+             + "; ".join(within) + ". The tables state the median over seeds, never the first seed alone.", ""]
     if unrecorded:
         lines += [f"{before} rows were measured before gmint's fits stopped collapsing and before its default "
                   f"classifier (`{DEFAULT_KIND}`, chosen by cross-validation on the pool): they show the paper's "
                   "form, an MLP on MEAN features, as fitted then.", ""]
-    if default:
-        lines += [f"{default} of the {len(probes)} rows fitted the default classifier (`{DEFAULT_KIND}`).", ""]
-    else:
+    if not default:
         lines += [f"The default classifier (`{DEFAULT_KIND}`) is not in these rows. Measuring it needs the grid's "
                   "stores, which are not kept with the results: rerunning the grid regenerates them (it trains the "
                   "models and extracts the stores again, then fits the default) into a new results file, since a "
@@ -271,14 +291,15 @@ def collapsed_fits(cells: list[tuple[str, str, str]], rows: Iterable[Row], confi
     return lines
 
 
-def differences(cells: list[tuple[str, str, str]], rows: dict[tuple[str, str, str, str], Row],
-                paper: PaperTable) -> np.ndarray:
-    """(cells, setups × fractions) of ours (the median over seeds) − paper in accuracy points; NaN where either is
-    missing."""
+def differences(cells: list[tuple[str, str, str]], rows: dict[Key, Row], paper: PaperTable,
+                kind: str) -> np.ndarray:
+    """(cells, setups × fractions) of ours (`kind`'s median over seeds) − paper in accuracy points; NaN where either
+    is missing."""
     grid = np.full((len(cells), len(SETUPS) * len(FRACTIONS)), np.nan)
     for i, (name, dataset, arch) in enumerate(cells):
         for j, (setup, fraction) in enumerate((s, f) for s in SETUPS for f in FRACTIONS):
-            row, ref = rows.get((name, "gMINT", setup, fraction)), paper_value(paper, dataset, arch, setup, fraction)
+            row = rows.get((name, "gMINT", setup, fraction, kind))
+            ref = paper_value(paper, dataset, arch, setup, fraction)
             value = over_seeds(row, "accuracy").median if row else None
             if value is not None and ref is not None:
                 grid[i, j] = 100 * value - ref
@@ -297,7 +318,8 @@ def text_colour(rgba: tuple[float, ...]) -> str:
     return "white" if 1.05 / (luminance + 0.05) > (luminance + 0.05) / 0.05 else "black"
 
 
-def heat_map(protocol: str, cells: list[tuple[str, str, str]], diff: np.ndarray, out: Path) -> Path:
+def heat_map(protocol: str, cells: list[tuple[str, str, str]], diff: np.ndarray, out: Path,
+             kind: str = "") -> Path:
     """Ours (the median over classifier seeds) − paper per cell, setup and fraction in points, each cell's number
     written in the colour that reads on it (`text_colour`); the colour bar is the legend, clipped at ±50 points."""
     fig, ax = pyplot().subplots(figsize=(10, 0.35 * len(cells) + 2.2))
@@ -311,18 +333,25 @@ def heat_map(protocol: str, cells: list[tuple[str, str, str]], diff: np.ndarray,
         ax.text(j, i, f"{diff[i, j]:.0f}", ha="center", va="center", fontsize=6,
                 color=text_colour(image.cmap(image.norm(diff[i, j]))))
     fig.colorbar(image, ax=ax, label="gMINT accuracy (median over seeds) − paper (points)")
-    ax.set_title(f"{protocol} protocol: ours − paper (blank: pending)")
+    ax.set_title(f"{protocol} protocol, {kind_name(kind) if kind else 'gMINT'}: ours − paper (blank: pending)",
+                 fontsize=9)
     return save_png(fig, out)
 
 
-def roc_plot(dataset: str, protocol: str, rows: list[Row], out: Path) -> Path:
-    fig, ax = pyplot().subplots(figsize=(5.5, 4.5))
-    for i, row in enumerate(rows):
-        for curve, style, label in (("mint", "-", "gMINT"), ("loss_threshold", ":", "loss")):
-            roc = row["roc"][curve]
-            est = metrics(row[curve])["auc"]
+KIND_STYLES = ("-", "--", "-.")  # line styles of the classifier kinds, in kinds_in order; the loss threshold ':'
+
+
+def roc_plot(dataset: str, protocol: str, cells: list[list[Row]], out: Path) -> Path:
+    """One dataset's ROC curves (log FPR) at combined D100: per cell, each classifier kind's curve (the cell's
+    rows, in kinds_in order) and the loss threshold's, in the cell's colour."""
+    fig, ax = pyplot().subplots(figsize=(6, 5))
+    for i, rows in enumerate(cells):
+        curves = [(row["roc"]["mint"], metrics(row["mint"])["auc"], style, kind_name(classifier(row)))
+                  for row, style in zip(rows, KIND_STYLES, strict=False)]
+        curves.append((rows[0]["roc"]["loss_threshold"], metrics(rows[0]["loss_threshold"])["auc"], ":", "loss"))
+        for roc, est, style, label in curves:
             ax.plot(np.maximum(roc["fpr"], 1e-3), roc["tpr"], style, color=f"C{i}",
-                    label=f"{row['arch']} {label} (AUC {point(est)})")
+                    label=f"{rows[0]['arch']} {label} (AUC {point(est)})")
     chance = np.logspace(-3, 0, 50)
     ax.plot(chance, chance, color="grey", lw=0.5, label="chance")
     ax.set_xscale("log")
@@ -352,7 +381,9 @@ def report(rows: list[Row], paper: PaperTable, config: Mapping[str, Any], config
     figures.mkdir(parents=True, exist_ok=True)
     expected = {c.name: c.config_sha256 for c in cells}
     stale = sorted({r["cell"] for r in rows if expected.get(r["cell"]) not in (None, r["config_sha256"])})
-    done = {r["cell"] for r in rows if (r["cell"], "negative control", "combined", "D100") in indexed}
+    kinds = kinds_in(rows) or (DEFAULT_KIND,)
+    done = {r["cell"] for r in rows if all((r["cell"], "negative control", "combined", "D100", k) in indexed
+                                           for k in kinds)}
     lines = [
         "# gMINT's Table 2 on CPU, beside the paper", "",
         "Every figure is measured on held-out rows the MINT classifier never saw; accuracy is on a balanced set "
@@ -368,7 +399,12 @@ def report(rows: list[Row], paper: PaperTable, config: Mapping[str, Any], config
         "externals come from the official test part where there is one (MNIST, CIFAR-10, Tiny ImageNet); "
         "GTSRB has none, and is split by frame under `paper` and by track (physical sign) under `grouped`, "
         "where member and external tracks are drawn as same-class pairs so that every class is level between "
-        "them in the pool and in the holdout.", "",
+        "them in the pool and in the holdout. "
+        f"Classifiers: {', '.join(kind_name(k) for k in kinds)}"
+        + (f" — {kind_name(DEFAULT_KIND)} (`{DEFAULT_KIND}`) reads the Weight Modifiers as per-layer log-norms and "
+           "signed logs beside the per-sample loss and correctness, with the model chosen by cross-validation on "
+           "the pool; the paper's MLP (`mlp`) is the paper's form, an MLP on MEAN features, fitted on the same pool "
+           "and scored on the same rows" if DEFAULT_KIND in kinds else "") + ".", "",
         f"- Cells finished: {len(done)} of {len(cells)}; rows: {len(rows)}.",
         f"- Config sha256: {hashlib.sha256(config_text.encode()).hexdigest()[:16]} (each row also records its "
         "cell's settings hash).",
@@ -377,30 +413,36 @@ def report(rows: list[Row], paper: PaperTable, config: Mapping[str, Any], config
     summary: dict[str, Any] = {"cells": {}, "config_sha256": hashlib.sha256(config_text.encode()).hexdigest()[:16]}
     for protocol in dict.fromkeys(c.protocol for c in cells):
         mine = [(c.name, c.dataset, c.arch) for c in cells if c.protocol == protocol]
-        diff = differences(mine, indexed, paper)
-        heat = heat_map(protocol, mine, diff, figures / f"{protocol}-minus-paper.png")
-        finite = diff[np.isfinite(diff)]
         lines += [f"## `{protocol}` protocol", "",
-                  f"Ours − paper over {finite.size} filled entries (cell × setup × fraction): median "
-                  f"{np.median(finite):+.1f} points, "
-                  f"{int((finite >= -1).sum())} within 1 point or above." if finite.size else "No cell yet.", "",
-                  f"![ours − paper]({figures.name}/{heat.name})", "",
-                  "### Accuracy % (ours · paper)", "", *layout_table(mine, indexed, paper, "accuracy"),
-                  "### AUC [95% CI]", "", *layout_table(mine, indexed, paper, "auc"),
-                  "### TPR at 1% FPR [95% CI]", "", *layout_table(mine, indexed, paper, "tpr_at_1pct_fpr"),
-                  "### What explains each cell", "", *baseline_table(mine, indexed),
+                  *versus_section([n for n, _, _ in mine], rows, indexed, kinds, KIND_NAMES)]
+        for kind in kinds:
+            diff = differences(mine, indexed, paper, kind)
+            heat = heat_map(protocol, mine, diff, figures / f"{protocol}-{kind}-minus-paper.png", kind)
+            finite = diff[np.isfinite(diff)]
+            title = kind_name(kind)
+            lines += [f"### {title[0].upper() + title[1:]}", "",
+                      f"Ours − paper over {finite.size} filled entries (cell × setup × fraction): median "
+                      f"{np.median(finite):+.1f} points, "
+                      f"{int((finite >= -1).sum())} within 1 point or above." if finite.size else "No cell yet.", "",
+                      f"![ours − paper]({figures.name}/{heat.name})", "",
+                      f"#### Accuracy % (ours · paper), {title}", "",
+                      *layout_table(mine, indexed, paper, "accuracy", kind),
+                      f"#### AUC [95% CI], {title}", "", *layout_table(mine, indexed, paper, "auc", kind),
+                      f"#### TPR at 1% FPR [95% CI], {title}", "",
+                      *layout_table(mine, indexed, paper, "tpr_at_1pct_fpr", kind)]
+        lines += ["### What explains each cell", "", *baseline_table(mine, indexed, kinds),
                   *controls_off_chance(mine, rows)]
         for dataset in dict.fromkeys(d for _, d, _ in mine):
-            with_roc = [indexed[(n, "gMINT", "combined", "D100")] for n, d, _ in mine
-                        if d == dataset and "roc" in indexed.get((n, "gMINT", "combined", "D100"), {})]
+            with_roc = [curves for n, d, _ in mine if d == dataset and (curves := [
+                row for k in kinds if "roc" in (row := indexed.get((n, "gMINT", "combined", "D100", k), {}))])]
             if with_roc:
                 plot = roc_plot(dataset, protocol, with_roc, figures / f"{protocol}-{dataset}-roc.png")
                 lines += [f"![ROC {dataset}]({figures.name}/{plot.name})", ""]
         for name, dataset, arch in mine:
             summary["cells"][name] = {
                 f"{setup}/{fraction}": {
-                    "ours_accuracy": over_seeds(r, "accuracy").median if (r := indexed.get(
-                        (name, "gMINT", setup, fraction))) else None,
+                    **{f"ours_accuracy_{kind}": over_seeds(r, "accuracy").median if (r := indexed.get(
+                        (name, "gMINT", setup, fraction, kind))) else None for kind in kinds},
                     "paper_accuracy": paper_value(paper, dataset, arch, setup, fraction)}
                 for setup in SETUPS for fraction in FRACTIONS}
     lines += collapsed_fits([(c.name, c.dataset, c.arch) for c in cells], rows, config_path, out)

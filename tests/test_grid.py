@@ -195,7 +195,8 @@ def test_smoke_grid_on_each_real_dataset_sits_beside_the_paper(dataset: str, tmp
     assert protocols == ({"paper", "grouped"} if dataset == "gtsrb" else {"paper"})
     summary = json.loads((tmp_path / "report.json").read_text())
     for cell in summary["cells"].values():  # every gMINT figure has the paper's beside it
-        assert all(v["paper_accuracy"] is not None and v["ours_accuracy"] is not None for v in cell.values())
+        assert all(v["paper_accuracy"] is not None and v[f"ours_accuracy_{DEFAULT_KIND}"] is not None
+                   for v in cell.values())
     assert text.count("· paper ") == 12 * len(protocols)
 
 

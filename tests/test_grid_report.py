@@ -56,7 +56,7 @@ def test_tables_state_the_median_and_name_seed_zero_where_it_is_another_figure()
 
 def test_ours_minus_paper_is_taken_from_the_median() -> None:
     paper = {("MNIST", "MobileNet", "combined", "D100"): 100.0}
-    diff = differences([CELL], {(CELL[0], "gMINT", "combined", "D100"): ROWS[0]}, paper)
+    diff = differences([CELL], {(CELL[0], "gMINT", "combined", "D100", "mlp"): ROWS[0]}, paper, "mlp")
     assert diff[0, 9] == pytest.approx(62.0 - 100.0)  # combined D100: the 10th of 4 setups × 3 fractions
     assert np.isnan(diff[0, :9]).all()
 
@@ -78,12 +78,15 @@ def test_collapse_section_counts_the_grids_gmint_probes_and_says_how_to_measure_
     config, out = Path("benchmarks/configs/grid-cpu.toml"), Path("benchmarks/results/grid-cpu.md")
     text = "\n".join(collapsed_fits([CELL], ROWS + others, config, out))
     assert "Over the 4 gMINT probes of these rows" in text
-    assert "| accuracy | 2 | 1 | 3 | 2 |" in text and "| accuracy or AUC | 3 | 2 | 3 | 2 |" in text
+    assert "| the paper's MLP | accuracy | 2 | 1 | 3 | 2 |" in text
+    assert "| the paper's MLP | accuracy or AUC | 3 | 2 | 3 | 2 |" in text
+    # rows 3 and 4 are within 5 points in AUC, but none in both accuracy and AUC but row 3 (exactly 5 points)
+    assert "the paper's MLP: 1 of 4 (25%)" in text
     assert "All 4 rows were measured before" in text and "an MLP on MEAN features" in text
     assert (f"python -m benchmarks.grid --config benchmarks/configs/grid-cpu.toml --out "
             f"benchmarks/results/grid-cpu-{DEFAULT_KIND}.jsonl") in text
     measured = [{**r, "classifier": DEFAULT_KIND} for r in ROWS]
     text = "\n".join(collapsed_fits([CELL], measured, config, out))
-    assert f"4 of the 4 rows fitted the default classifier (`{DEFAULT_KIND}`)" in text
+    assert "| gmint's default | accuracy | 2 | 1 | 3 | 2 |" in text
     assert "measured before" not in text and "python -m benchmarks.grid" not in text
     assert collapsed_fits([CELL], others, config, out) == []
