@@ -45,8 +45,9 @@ from gmint.reference import (
     train_references,
 )
 from gmint.reference.compare import AttackResult, Comparison
+from gmint.reference.lira import LOSS_ATTACK
 from gmint.reference.manifest import MODES
-from gmint.reference.report import k_plot, write_comparison
+from gmint.reference.report import VERSUS_LOSS_LABEL, k_plot, write_comparison
 
 CALIBRATED = ("gmint-calibrated", "gmint-calibrated-norms")
 REFERENCE_ATTACKS = ("lira-offline", "lira-offline-global", "lira-online", "lira-online-global", "rmia",
@@ -157,7 +158,9 @@ def report(rows: list[dict[str, Any]], config: Mapping[str, Any] | None, figures
              "them), with bootstrap 95% intervals; a TPR at an FPR is given only where the held-out externals "
              "resolve it. Attacks fit only on the auditor's pool. K reference models are the first K of one set "
              "drawn in complementary pairs of halves of the population (offline: the split's control rows, "
-             "disjoint from every candidate).", ""]
+             "disjoint from every candidate). \"AUC − loss threshold\" resamples the attack and the loss "
+             "threshold on the same rows (paired: an interval above 0 says the attack reads more than the loss "
+             "threshold on these rows); rows measured before it was recorded say \"not recorded\".", ""]
     for cell in cells:
         mine = [r for r in rows if r["cell"] == cell]
         first = mine[0]
@@ -171,17 +174,18 @@ def report(rows: list[dict[str, Any]], config: Mapping[str, Any] | None, figures
             seconds = max((r["reference_train_seconds"] for r in at), key=len, default=[])
             lines += [f"### {mode} reference models", "", _audited_line(at[0]), "",
                       "Training seconds of each reference model: " + ", ".join(f"{s:.0f}" for s in seconds), "",
-                      "| attack | K | AUC | TPR @ 1% FPR | TPR @ 0.1% FPR |", "|---|---|---|---|---|"]
+                      f"| attack | K | AUC | TPR @ 1% FPR | TPR @ 0.1% FPR | {VERSUS_LOSS_LABEL} |",
+                      "|---|---|---|---|---|---|"]
             for r in sorted(at, key=lambda r: (list(dict.fromkeys(x["attack"] for x in at)).index(r["attack"]),
                                                r["k"])):
                 m = r.get("metrics")
                 if m is None:
-                    lines.append(f"| {r['attack']} | {r['k'] or '—'} | n/a: {r['unresolved']} | | |")
+                    lines.append(f"| {r['attack']} | {r['k'] or '—'} | n/a: {r['unresolved']} | | | |")
                     continue
                 tpr01 = m["tpr_at_0.1pct_fpr"]
                 lines.append(f"| {r['attack']} | {r['k'] or '—'} | {_fmt(m['auc'])} | {_fmt(m['tpr_at_1pct_fpr'])} | "
                              + (_fmt(tpr01) if tpr01.get("value") is not None else f"n/a ({tpr01['unresolved']})")
-                             + " |")
+                             + f" | {versus_loss_cell(r)} |")
             lines += ["", *aim_lines(at), ""]
             ks = sorted({r["k"] for r in at if r["k"]})
             if ks:
@@ -197,6 +201,14 @@ def report(rows: list[dict[str, Any]], config: Mapping[str, Any] | None, figures
             lines += ["## Pending", "", "Parts of the config not measured yet (run them with `--only NAME`, "
                       "`--modes` and `--ks`; rows append to the same JSONL):", "", *pending, ""]
     return "\n".join(lines)
+
+
+def versus_loss_cell(row: Mapping[str, Any]) -> str:
+    """A row's AUC − loss threshold, paired on the same rows: "—" for the loss threshold itself, "not recorded"
+    for a row written before comparisons measured it (two separate AUCs would not give its interval)."""
+    if row["attack"] == LOSS_ATTACK:
+        return "—"
+    return _fmt(row["auc_minus_loss_threshold"]) if "auc_minus_loss_threshold" in row else "not recorded"
 
 
 def _audited_line(row: Mapping[str, Any]) -> str:

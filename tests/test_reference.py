@@ -305,6 +305,7 @@ def test_cli_trains_extracts_and_compares(setup: tuple[Path, MembershipSplit], t
     assert sorted(by) == [("lira-offline", 1), ("lira-offline", 2), ("loss", 0), ("rmia", 1), ("rmia", 2)]
     assert by[("lira-offline", 1)]["unresolved"] == "needs ≥ 2 reference models out of each scored row, has 1"
     assert by[("loss", 0)]["metrics"]["tpr_at_0.1pct_fpr"]["unresolved"].startswith("needs ≥ 1,000 externals")
+    assert "auc_minus_loss_threshold" in by[("rmia", 2)] and "auc_minus_loss_threshold" not in by[("loss", 0)]
     assert sorted(p.name for p in report.iterdir()) == ["comparison.json", "comparison.md", "roc_log.png",
                                                        "scores.csv", "vs_k.png"]
     header = (report / "scores.csv").read_text().splitlines()[0]

@@ -4,7 +4,9 @@ The rows are those `gmint eval` scores: the held-out candidates (role 1) whose s
 model, balanced by the same seeded subsampling; attacks fit only on the auditor's pool. Each figure is an
 `Estimate` of gmint.assess.metrics (bootstrap 95% interval; a TPR at an FPR only where the externals resolve
 it). An attack that cannot run with K models (too few out of a row, an online attack on an offline set) is
-kept in the table with the reason.
+kept in the table with the reason. Every other attack is also set against the loss threshold (`loss`, which reads
+no reference model) on the same rows: AUC(attack) − AUC(loss threshold) with a paired bootstrap interval, the
+figure that says whether an attack reads more than the one-line baseline beyond noise.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gmint.assess.metrics import Estimate, balance, membership_metrics, resampling_unit
+from gmint.assess.metrics import Estimate, balance, membership_metrics, paired_auc_difference, resampling_unit
 from gmint.data.split import HOLDOUT, POOL, one_sided_groups
 from gmint.errors import InputError
 from gmint.reference.base import ATTACKS, NotApplicable, Task, attack_options, positions
+from gmint.reference.lira import LOSS_ATTACK
 from gmint.reference.signals import ReferenceSignals
 
 
@@ -26,7 +29,9 @@ from gmint.reference.signals import ReferenceSignals
 class AttackResult:
     """One attack at one K: its metrics (None with `unresolved` where it could not run, and `needs_option` where
     one of its options, given, would let it run), its parameters, the seconds it took and its scores on the
-    evaluation rows. K is 0 for attacks that read no reference model."""
+    evaluation rows. K is 0 for attacks that read no reference model. `versus_loss` is AUC(attack) − AUC(loss
+    threshold) on the same resampled rows (None for the loss threshold itself and where the attack could not
+    run)."""
 
     attack: str
     k: int
@@ -36,6 +41,7 @@ class AttackResult:
     score: np.ndarray | None = None
     unresolved: str = ""
     needs_option: str = ""
+    versus_loss: Estimate | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The JSON form (without the per-row scores)."""
@@ -43,6 +49,8 @@ class AttackResult:
                                      "seconds": self.seconds}
         if self.metrics is not None:
             result["metrics"] = {name: est.to_dict() for name, est in self.metrics.items()}
+            if self.versus_loss is not None:
+                result["auc_minus_loss_threshold"] = self.versus_loss.to_dict()
         else:
             result["unresolved"] = self.unresolved
             if self.needs_option:
@@ -93,7 +101,8 @@ def evaluation_rows(signals: ReferenceSignals, seed: int) -> tuple[np.ndarray, n
 
 def compare_attacks(signals: ReferenceSignals, attacks: Sequence[str], ks: Sequence[int], *, n_boot: int = 1000,
                     seed: int = 0, options: Mapping[str, Mapping[str, object]] | None = None) -> Comparison:
-    """Run each attack at each K (once for attacks that read no reference model) on the same rows.
+    """Run each attack at each K (once for attacks that read no reference model) on the same rows, each set
+    against the loss threshold on those rows (`AttackResult.versus_loss`; the bootstrap as the metrics').
 
     Args:
         signals: the folder's signals with at least max(ks) reference models.
@@ -119,6 +128,8 @@ def compare_attacks(signals: ReferenceSignals, attacks: Sequence[str], ks: Seque
     fit, ids, membership = evaluation_rows(signals, seed)
     o = signals.output
     groups = None if o.group is None else one_sided_groups(membership, o.group[positions(o.sample_id, ids)])
+    # the baseline every attack is set against: it reads no reference model, so it is scored whether chosen or not
+    loss = ATTACKS.get(LOSS_ATTACK)(signals.first(1), Task(fit, ids, seed)).score
     results = []
     for name in attacks:
         attack = ATTACKS.get(name)
@@ -132,7 +143,9 @@ def compare_attacks(signals: ReferenceSignals, attacks: Sequence[str], ks: Seque
                 continue
             metrics = membership_metrics(membership, scored.score, threshold=scored.threshold, n_boot=n_boot,
                                          seed=seed, groups=groups)
+            versus = None if name == LOSS_ATTACK else paired_auc_difference(
+                membership, scored.score, loss, n_boot=n_boot, seed=seed, groups=groups)
             results.append(AttackResult(name, k, metrics, {**scored.params, "threshold": scored.threshold},
-                                        round(time.perf_counter() - t0, 3), scored.score))
+                                        round(time.perf_counter() - t0, 3), scored.score, versus_loss=versus))
     intervals = resampling_unit(groups)
     return Comparison(signals.mode, ids, membership, tuple(results), len(fit), seed, intervals)

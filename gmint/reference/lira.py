@@ -36,6 +36,9 @@ from gmint.reference.signals import ReferenceSignals
 # The smallest positive float32: a loss stored as 0 (p_y rounded to 1) is read as this, so φ stays finite (≈103).
 MIN_LOSS = float(np.nextafter(np.float32(0), np.float32(1)))
 
+# The loss threshold's name in ATTACKS: the baseline every other attack of a comparison is set against.
+LOSS_ATTACK = "loss"
+
 
 def logit_confidence(loss: np.ndarray) -> np.ndarray:
     """φ = log(p_y / (1 − p_y)) from the cross-entropy loss ℓ = −log p_y, without forming p_y:
@@ -44,7 +47,7 @@ def logit_confidence(loss: np.ndarray) -> np.ndarray:
     return -loss - np.log(-expm1(-loss))
 
 
-@register_attack("loss", references=False)
+@register_attack(LOSS_ATTACK, references=False)
 def loss_attack(signals: ReferenceSignals, task: Task) -> Scored:
     """−loss of the audited model."""
     o = signals.output
