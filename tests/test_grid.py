@@ -213,6 +213,6 @@ def test_report_lists_negative_controls_off_chance_with_what_chance_alone_gives(
     lines = controls_off_chance([("grouped/a", "gtsrb", "mobilenet")], rows)
     assert lines[2].startswith("1 of 2 control probes have an AUC interval that excludes 0.5; chance alone would "
                                "give about 0.1.")
-    assert lines[4].startswith("- grouped/a entry D100: its AUC 0.400 [0.360, 0.440] is below chance")
+    assert lines[4].startswith("- grouped/a entry D100 (the paper's MLP): its AUC 0.400 [0.360, 0.440] is below chance")
     assert not any("paper/b" in line for line in lines)  # another protocol's cells are reported with it
     assert controls_off_chance([("grouped/a", "gtsrb", "mobilenet")], rows[1:2]) == []
