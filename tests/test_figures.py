@@ -189,16 +189,22 @@ def test_heat_map_labels_its_axes_and_writes_each_number_readably(
 def test_grid_roc_figure_is_labelled_with_chance(tmp_path: Path, drawn: Callable[[ModuleType], list[Drawn]]) -> None:
     seen = drawn(grid_report)
     fpr = np.linspace(0, 1, 21)
-    rows = [{"arch": arch, "roc": {"mint": {"fpr": fpr.tolist(), "tpr": (fpr ** power).tolist()},
-                                   "loss_threshold": {"fpr": fpr.tolist(), "tpr": np.sqrt(fpr).tolist()}},
-             "mint": {"auc": _est(0.8).to_dict()}, "loss_threshold": {"auc": _est(0.66).to_dict()}}
-            for arch, power in (("mobilenet", 0.3), ("vit", 0.5))]
-    png = grid_report.roc_plot("cifar10", "paper", rows, tmp_path / "roc.png")
+
+    def row(arch: str, kind: str, power: float) -> dict[str, object]:
+        return {"arch": arch, "classifier": kind,
+                "roc": {"mint": {"fpr": fpr.tolist(), "tpr": (fpr ** power).tolist()},
+                        "loss_threshold": {"fpr": fpr.tolist(), "tpr": np.sqrt(fpr).tolist()}},
+                "mint": {"auc": _est(0.8).to_dict()}, "loss_threshold": {"auc": _est(0.66).to_dict()}}
+
+    cells = [[row("mobilenet", "gmint", 0.3), row("mobilenet", "mlp", 0.4)], [row("vit", "gmint", 0.5)]]
+    png = grid_report.roc_plot("cifar10", "paper", cells, tmp_path / "roc.png")
     assert_readable_png(png, width=(600, 720), height=(500, 600))
     (figure,) = seen
     (panel,) = figure.panels
     assert (panel.xlabel, panel.ylabel) == ("false-positive rate", "true-positive rate")
-    assert "chance" in figure.legend and len(figure.legend) == 5
+    # each cell's classifiers and its loss threshold, and chance
+    assert "chance" in figure.legend and len(figure.legend) == 3 + 2 + 1
+    assert "mobilenet the paper's MLP (AUC 0.800)" in figure.legend and "vit loss (AUC 0.660)" in figure.legend
 
 
 def test_the_roc_of_every_signal_names_each_auc_and_starts_its_log_axis_where_externals_resolve_it(

@@ -8,7 +8,14 @@ Which classifier reads them (logistic regression or a small MLP, their options, 
 k-fold cross-validation on the pool rows it is fitted on: folds are stratified, and whole groups where rows
 come in groups, so no held-out row ever informs the choice. The grid is small on purpose: it must run in
 seconds on the digits demo, and a wider one would only fit the folds' noise on pools of a few hundred rows.
-The choice, every candidate's fold AUCs and any refit are saved in the classifier file's record.
+
+The candidate that reads the loss and correctness alone is the floor: a candidate that also reads the Weight
+Modifiers replaces it only where it beats it on the same folds by more than one standard error of the fold-by-fold
+difference (the one-standard-error rule, measured paired). On a pool of a few dozen rows the best fold mean is
+often a Weight-Modifier reader that only fitted the folds' noise, and it then reads below the loss it was given on
+rows it never saw; the rule keeps the loss there, and leaves the choice to the fold means wherever the pool can
+tell the candidates apart. The choice, every candidate's fold AUCs and any refit are saved in the classifier
+file's record.
 """
 
 from __future__ import annotations
@@ -100,6 +107,30 @@ class CvScore:
                 "fold_auc": [round(a, 4) for a in self.fold_auc]}
 
 
+RULE = "the loss and correctness alone unless another candidate beats them by one paired standard error"
+
+
+def ranked(scores: list[CvScore]) -> list[CvScore]:
+    """The order candidates are tried in: those that beat the loss-and-correctness candidate beyond fold noise
+    (`beats`), best fold mean first; then that candidate; then the rest, best fold mean first. Without such a
+    candidate (or where it could not be fitted), plain fold-mean order. Ties keep the grid's order."""
+    by_mean = sorted(scores, key=lambda s: -s.mean)  # stable: the grid's earlier (simpler) candidate wins ties
+    floor = next((s for s in scores if s.candidate.reads == "signals" and s.fold_auc), None)
+    if floor is None:
+        return by_mean
+    ahead = [s for s in by_mean if s is not floor and beats(s, floor)]
+    return [*ahead, floor, *(s for s in by_mean if s is not floor and s not in ahead)]
+
+
+def beats(score: CvScore, floor: CvScore) -> bool:
+    """Whether `score` is ahead of `floor` on the same folds by more than one standard error of their fold-by-fold
+    difference."""
+    if len(score.fold_auc) != len(floor.fold_auc) or len(score.fold_auc) < 2:
+        return False
+    diff = np.subtract(score.fold_auc, floor.fold_auc)
+    return bool(diff.mean() > diff.std(ddof=1) / np.sqrt(len(diff)))
+
+
 def folds_of(y: np.ndarray, groups: np.ndarray | None, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The k stratified (train, held-out) index pairs of the pool rows; whole groups where `groups` is given.
 
@@ -189,9 +220,8 @@ class SelectedMint:
                     break
                 fold_auc.append(_auc(y[held], model.predict_proba(rep(self._columns(candidate, x[held])))))
             scores.append(CvScore(candidate, tuple(fold_auc)))
-        ranked = sorted(scores, key=lambda s: -s.mean)  # stable: the grid's earlier (simpler) candidate wins ties
         refits: list[dict[str, object]] = []
-        for score in ranked:
+        for score in ranked(scores):
             if not score.fold_auc:
                 continue
             try:
@@ -202,8 +232,8 @@ class SelectedMint:
                 problem = str(exc)
             if problem is None:
                 self.chosen, self.representation, self.model = score.candidate, rep, model
-                return {"chosen": score.candidate.name, "cv_auc": round(score.mean, 4), "folds": self.folds,
-                        "fold_unit": "rows" if groups is None else "whole groups",
+                return {"chosen": score.candidate.name, "cv_auc": round(score.mean, 4), "rule": RULE,
+                        "folds": self.folds, "fold_unit": "rows" if groups is None else "whole groups",
                         "cv": [s.to_dict() for s in scores], "refits": refits, "fit": record, "train_rows": len(y)}
             refits.append({"candidate": score.candidate.name, "scores": problem})
         raise CollapsedFitError(f"no candidate of the gmint classifier's grid scored the pool rows apart "
