@@ -153,8 +153,8 @@ def train_config(table: Mapping[str, Any]) -> TrainConfig:
 
 
 def code_version() -> Json:
-    """The code measured: gmint's version and commit (marked when gmint or benchmarks have uncommitted changes),
-    torch's version."""
+    """The code measured: gmint's version and commit (marked when gmint or benchmarks have uncommitted changes;
+    results being written are not code), torch's version."""
     root = Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> str:
@@ -165,7 +165,8 @@ def code_version() -> Json:
             return ""
 
     return {"gmint": gmint.__version__, "commit": git("rev-parse", "--short=10", "HEAD") or None,
-            "uncommitted_changes": bool(git("status", "--porcelain", "--", "gmint", "benchmarks")),
+            "uncommitted_changes": bool(git("status", "--porcelain", "--", "gmint", "benchmarks",
+                                            ":!benchmarks/results")),
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()}
 
 
