@@ -46,7 +46,7 @@ def train(store: Path = typer.Argument(..., help="A complete feature store."),
                   f"{fraction}: {r['members']} members + {r['external']} external, {r['fit_seconds']} s")
     if "chosen" in r:
         console.print(f"chosen by {r['folds']}-fold cross-validation on the pool: {r['chosen']} (mean fold AUC "
-                      f"{r['cv_auc']})", highlight=False)
+                      f"{r['cv_auc']})" + (f"; rule: {r['rule']}" if r.get("rule") else ""), highlight=False)
     refits = r.get("refits")
     if isinstance(refits, list) and refits:
         console.print(f"refitted after {len(refits)} fit(s) whose scores did not spread", highlight=False)

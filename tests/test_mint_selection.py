@@ -137,6 +137,7 @@ def test_eval_report_carries_the_paired_difference_epsilon_and_selection(tmp_pat
     assert saved["protocol"]["model_selection"]["chosen"] == mint.record["chosen"]
     text = (tmp_path / "r" / "report.md").read_text()
     assert "empirical ε lower bound" in text and "Model selection on the pool" in text
+    assert f"rule: {mint.record['rule']}" in text
 
 
 def test_classifier_files_without_signals_still_load(tmp_path: Path, digits_store: Path) -> None:

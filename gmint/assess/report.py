@@ -77,7 +77,7 @@ def reading_lines(result: Evaluation) -> list[str]:
     if isinstance(selection, dict):
         lines.append(f"model chosen on the pool by {selection.get('folds')}-fold cross-validation over "
                      f"{selection.get('fold_unit')}: {selection.get('chosen')} (mean fold AUC "
-                     f"{selection.get('cv_auc')})")
+                     f"{selection.get('cv_auc')})" + (f"; rule: {selection['rule']}" if selection.get("rule") else ""))
     return lines
 
 
