@@ -4,6 +4,7 @@ later row's float32 rounding is judged as the first batch's is."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import re
 import time
@@ -129,7 +130,10 @@ def test_float32_rounding_past_the_tolerance_on_a_later_batch_passes_the_float64
     rows = np.arange(80, dtype=np.int64)  # 5 batches: 1, 2 and 4 (the last) re-checked
     module = MixesBrightBatches(threshold=float("inf"))
     _linear_mean_scaled_after_the_first_batch(monkeypatch, 1.02, in_float64=False)
+    deepcopy, copies = copy.deepcopy, []
+    monkeypatch.setattr(copy, "deepcopy", lambda obj, *args: copies.append(obj) or deepcopy(obj, *args))
     provenance, _, said = _extract(tmp_path, digits, module, rows)
+    assert [c for c in copies if c is module] == [module]  # one float64 copy for the three trials
     assert said == [] and provenance["engine_used"] == "hooks" and "engine_restarts" not in provenance
     check = provenance["engine_check"]
     assert isinstance(check, dict) and check["trials"][0]["passed"] and check["trials"][0]["float64_error"] is None
