@@ -466,9 +466,6 @@ class UnrecheckedEngine(ProvenEngine):
     """`extract`'s engine with its first-batch proof but without the re-checks of later batches: timed beside the
     shipped one (`extract_unrechecked`), it measures what proving the engine through the whole run costs."""
 
-    def __init__(self, requested: str = "auto", *, seed: int = 0, share: float = 0.0) -> None:
-        super().__init__(requested, seed=seed, share=0.0)
-
     def _recheck(self, *args: object) -> None:
         """No re-check (the last batch's included)."""
 

@@ -21,6 +21,15 @@ loop to √ε of float64 — its formula is then right on this model — and its
 `ROUNDING_LIMIT` (3.5e-3, ten times float32's tolerance, still far below a wrong formula's error) of the
 float64 value. Both errors are recorded. Half precision, whose tolerance is above that limit, gets no
 such allowance.
+
+The engine is proven through the run too: a model can mix or reorder its batch only from a later batch on (a
+sort, a rescale by the batch maximum that bites later), which the first batch's check cannot see. So one row of
+batches 0, 1, 2, 4, 8, … (counted from the extraction's first row) and of the last batch is recomputed by the
+naive loop and judged as the first batch's rows are: within the tolerance, or else through the float64 trial on
+that row. The schedule is a function of the batch index alone and the row is drawn by the seeded generator from
+the batch's first row, so two runs of one extraction check the same rows and end on the same engine (a schedule
+by measured time did not); the geometric spacing keeps the cost to ⌊log₂ n⌋ + 3 naive rows of an n-batch run.
+A row that fails raises `EngineDisagreement`, and the extraction starts again on the next engine.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -42,10 +51,6 @@ from gmint.features.reduce import Reduction
 
 CHECK_ROWS = 4
 ROUNDING_LIMIT = 3.5e-3  # rounding accepted once the formula is proven in float64 (10 × float32's √ε)
-# Through the run, the share of the engine's time spent re-checking one random row of a later batch against
-# the naive loop (and the last batch always): a model can mix or reorder its batch only from its second batch on
-# (a sort, a rescale by the batch maximum that bites later), which the first batch's check cannot see.
-RECHECK_SHARE = 0.02
 
 
 class EngineCheckWarning(UserWarning):
@@ -56,10 +61,9 @@ class EngineDisagreement(Exception):
     """The chosen engine disagreed with the naive loop on a later batch: every row it computed is suspect, so
     the extraction starts again on the next engine (`replacement`)."""
 
-    def __init__(self, engine: str, replacement: str, row: int, error: float, limit: float) -> None:
-        super().__init__(f"the {engine} engine disagreed with the naive loop on row {row} ({error:.3g} against a "
-                         f"tolerance of {limit:.3g}) after agreeing on the first batch; every row is extracted "
-                         f"again with the {replacement} engine")
+    def __init__(self, engine: str, replacement: str, row: int, why: str) -> None:
+        super().__init__(f"the {engine} engine disagreed with the naive loop on row {row} ({why}) after agreeing on "
+                         f"the first batch; every row is extracted again with the {replacement} engine")
         self.engine, self.replacement = engine, replacement
 
 
@@ -73,6 +77,25 @@ class Trial:
     max_error: float | None
     note: str = ""
     float64_error: float | None = None  # the float64 trial's error against the float64 naive loop, if run
+    rounding_error: float | None = None  # and the engine's own features' distance from the float64 value
+
+
+class _Float64:
+    """The float64 copy of the model every float64 trial of an extraction runs on: made when a trial first needs
+    it (a candidate of the first batch, or a re-checked row of a later one, missing its dtype's tolerance) and
+    kept, so the model is copied at most once."""
+
+    def __init__(self) -> None:
+        self._copy: nn.Module | str | None = None
+
+    def of(self, model: nn.Module) -> nn.Module | str:
+        """The copy of `model`, or (one line) why the model cannot be put in float64."""
+        if self._copy is None:
+            try:
+                self._copy = copy.deepcopy(model).double()
+            except Exception as exc:  # the verdict in the model's own dtype stands
+                self._copy = _one_line(exc)
+        return self._copy
 
 
 @dataclass(frozen=True)
@@ -85,18 +108,12 @@ class EngineChoice:
     tolerance: float
     trials: tuple[Trial, ...]
     plan: Plan | None = None
+    float64: _Float64 = field(default_factory=_Float64, repr=False, compare=False)  # for the later batches' trials
 
     def run(self, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor, *,
             loss: str = "cross_entropy", chunk_size: int | None = 64) -> EngineResult:
         """One batch on the chosen engine, with the plan it made when it was chosen."""
         return _run(self.engine, self.plan, model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
-
-    @property
-    def limit(self) -> float:
-        """The error a later batch's re-checked row may have: the tolerance the choice was made with, or the
-        rounding limit where the chosen engine passed through its float64 trial."""
-        chosen = next((t for t in self.trials if t.engine == self.engine and t.passed), None)
-        return ROUNDING_LIMIT if chosen is not None and chosen.float64_error is not None else self.tolerance
 
     @property
     def fallbacks(self) -> dict[str, str]:
@@ -105,8 +122,8 @@ class EngineChoice:
 
     def provenance(self) -> dict[str, object]:
         """The record a store keeps: which engine ran, which were tried, how well each agreed."""
-        trials = [{**vars(t), "max_error": _finite(t.max_error), "float64_error": _finite(t.float64_error)}
-                  for t in self.trials]
+        trials = [{**vars(t), "max_error": _finite(t.max_error), "float64_error": _finite(t.float64_error),
+                   "rounding_error": _finite(t.rounding_error)} for t in self.trials]
         return {"engine_used": self.engine, "engine_fallbacks": self.fallbacks,
                 "engine_check": {"reference": "naive", "rows": list(self.rows), "tolerance": self.tolerance,
                                  "trials": trials}}
@@ -146,10 +163,8 @@ def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: 
     # Row 0 is always checked: its reference, computed first, refuses a model that cannot run, once.
     first_row = _Reference.compute(model, layers, reduction, x[:1], y[:1], loss)
     trials: list[Trial] = []
-    reference: _Reference | None = None
-    rows: tuple[int, ...] = ()
-    tolerance = 0.0
-    float64: _Float64Copy | str | None = None  # made once, when a candidate first misses the tolerance
+    check: _Check | None = None
+    float64 = _Float64()
     for position, engine in enumerate(chain):
         last = position == len(chain) - 1
         try:
@@ -167,53 +182,71 @@ def choose_engine(model: nn.Module, layers: list[str], reduction: Reduction, x: 
         if engine == "naive":
             trials.append(Trial(engine, True, 0.0, "the definition"))
         else:
-            if reference is None:
+            if check is None:
                 rows = _check_rows(result.loss, check_rows)
                 others = list(rows[1:])  # rows[0] is row 0, whose reference is computed already
-                reference = first_row.joined(_Reference.compute(model, layers, reduction, x[others], y[others], loss)
-                                             if others else None)
-                tolerance = math.sqrt(torch.finfo(reference.dtype).eps)
-            error = reference.error(result, rows)
-            if error <= tolerance:
-                trials.append(Trial(engine, True, error))
-            else:
-                if float64 is None and reference.dtype != torch.float64:
-                    float64 = _Float64Copy.make(model, layers, reduction, x, y, rows, loss)
-                trials.append(_float64_trial(engine, float64, layers, reduction, rows, loss=loss,
-                                             chunk_size=chunk_size, result=result, error=error,
-                                             tolerance=tolerance, reference=reference))
+                check = _Check(model, layers, reduction, x, y, rows, first_row.joined(
+                    _Reference.compute(model, layers, reduction, x[others], y[others], loss) if others else None),
+                    float64, loss, chunk_size)
+            trials.append(check.judge(engine, result))
             if not trials[-1].passed:
                 _notice(engine, chain[position + 1], trials[-1].note)
                 continue
-        return EngineChoice(requested, engine, rows, tolerance, tuple(trials), plans.get(engine)), result
+        rows, tolerance = (check.rows, check.tolerance) if check is not None else ((), 0.0)
+        return EngineChoice(requested, engine, rows, tolerance, tuple(trials), plans.get(engine), float64), result
     raise AssertionError("the naive loop ends every candidate list")  # pragma: no cover
 
 
-def _float64_trial(engine: str, float64: _Float64Copy | str | None, layers: list[str], reduction: Reduction,
-                   rows: tuple[int, ...], *, loss: str, chunk_size: int | None, result: EngineResult, error: float,
-                   tolerance: float, reference: _Reference) -> Trial:
-    """The trial of a candidate that missed the tolerance in its own dtype: passed only if, on the float64
-    copy of the model, it agrees with the float64 naive loop on the checked rows, and its own result is within
-    `ROUNDING_LIMIT` of the float64 value (see the module's docstring). `float64` is None for a float64 model
-    (no second trial) or says why no copy could run."""
-    failed = f"differs from the naive loop by {error:.2g} (tolerance {tolerance:.2g})"
-    if float64 is None:
-        return Trial(engine, False, error, failed)
-    if isinstance(float64, str):
-        return Trial(engine, False, error, f"{failed}; no float64 trial: {float64}")
-    try:
-        prepare = ENGINES.get(engine).prepare
-        got = _run(engine, prepare(float64.model, layers, float64.x) if prepare else None, float64.model, layers,
-                   reduction, float64.x, float64.y, loss=loss, chunk_size=chunk_size)
-    except Exception as exc:  # an engine that cannot run in float64 keeps the float32 verdict
-        return Trial(engine, False, error, f"{failed}; no float64 trial: {_one_line(exc)}")
-    exact = float64.reference
-    formula = exact.error(got, tuple(range(len(rows))))
-    rounding = exact.error(result, rows)
-    detail = (f"{failed}; in float64 by {formula:.2g}, and its own result is {rounding:.2g} from the float64 value "
-              f"(the naive loop's {exact.distance(reference):.2g})")
-    passed = formula <= math.sqrt(torch.finfo(torch.float64).eps) and rounding <= ROUNDING_LIMIT
-    return Trial(engine, passed, error, ("rounding: " if passed else "") + detail, formula)
+@dataclass
+class _Check:
+    """Rows of one batch checked against the naive loop, and the rule an engine's result on them is judged by (see
+    the module's docstring): within the tolerance of their dtype, or else through the float64 trial. The first
+    batch's candidates share one check, a later batch's re-checked row has its own; the float64 rows are made once
+    per check, on the extraction's one float64 copy of the model."""
+
+    model: nn.Module
+    layers: list[str]
+    reduction: Reduction
+    x: Tensor
+    y: Tensor
+    rows: tuple[int, ...]
+    reference: _Reference  # the naive loop's, of `rows`
+    float64: _Float64
+    loss: str
+    chunk_size: int | None
+    _wide: _Float64Rows | str | None = field(default=None, init=False)
+
+    @property
+    def tolerance(self) -> float:
+        """√ε of the reference's dtype."""
+        return math.sqrt(torch.finfo(self.reference.dtype).eps)
+
+    def judge(self, engine: str, result: EngineResult) -> Trial:
+        """The trial of `engine`'s `result` for the whole batch (its checked rows are judged)."""
+        error = self.reference.error(result, self.rows)
+        if error <= self.tolerance:
+            return Trial(engine, True, error)
+        failed = f"differs from the naive loop by {error:.2g} (tolerance {self.tolerance:.2g})"
+        if self.reference.dtype == torch.float64:  # no wider dtype to try
+            return Trial(engine, False, error, failed)
+        if self._wide is None:
+            self._wide = _Float64Rows.make(self.float64.of(self.model), self.layers, self.reduction,
+                                           self.x, self.y, self.rows, self.loss)
+        wide = self._wide
+        if isinstance(wide, str):
+            return Trial(engine, False, error, f"{failed}; no float64 trial: {wide}")
+        try:
+            prepare = ENGINES.get(engine).prepare
+            got = _run(engine, prepare(wide.model, self.layers, wide.x) if prepare else None, wide.model,
+                       self.layers, self.reduction, wide.x, wide.y, loss=self.loss, chunk_size=self.chunk_size)
+        except Exception as exc:  # an engine that cannot run in float64 keeps the verdict in its own dtype
+            return Trial(engine, False, error, f"{failed}; no float64 trial: {_one_line(exc)}")
+        formula = wide.reference.error(got, tuple(range(len(self.rows))))
+        rounding = wide.reference.error(result, self.rows)
+        detail = (f"{failed}; in float64 by {formula:.2g}, and its own result is {rounding:.2g} from the float64 "
+                  f"value (the naive loop's {wide.reference.distance(self.reference):.2g})")
+        passed = formula <= math.sqrt(torch.finfo(torch.float64).eps) and rounding <= ROUNDING_LIMIT
+        return Trial(engine, passed, error, ("rounding: " if passed else "") + detail, formula, rounding)
 
 
 def _finite(value: float | None) -> float | None:
@@ -283,9 +316,9 @@ class _Reference:
 
 
 @dataclass(frozen=True)
-class _Float64Copy:
-    """A float64 copy of the model, the checked rows in float64 and the float64 naive loop's features on them:
-    made once per choice, for every candidate that needs a float64 trial."""
+class _Float64Rows:
+    """The checked rows in float64, on the float64 copy of the model, and the float64 naive loop's features on
+    them."""
 
     model: nn.Module
     x: Tensor
@@ -293,15 +326,16 @@ class _Float64Copy:
     reference: _Reference
 
     @classmethod
-    def make(cls, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor,
-             rows: tuple[int, ...], loss: str) -> _Float64Copy | str:
-        """The copy, or (one line) why the model cannot run in float64."""
+    def make(cls, wide: nn.Module | str, layers: list[str], reduction: Reduction, x: Tensor, y: Tensor,
+             rows: tuple[int, ...], loss: str) -> _Float64Rows | str:
+        """The rows on the float64 copy `wide`, or (one line) why the model cannot run in float64."""
+        if isinstance(wide, str):
+            return wide
         picked = list(rows)
         try:
-            wide = copy.deepcopy(model).double()
             xs = x[picked].double() if x.is_floating_point() else x[picked]
             return cls(wide, xs, y[picked], _Reference.compute(wide, layers, reduction, xs, y[picked], loss))
-        except Exception as exc:  # the float32 verdict stands
+        except Exception as exc:  # the verdict in the model's own dtype stands
             return _one_line(exc)
 
 
@@ -325,20 +359,26 @@ def _notice(engine: str, replacement: str, why: str) -> None:
     warnings.warn(f"{engine} engine passed over for {replacement}: {why}", EngineCheckWarning, stacklevel=3)
 
 
+def rechecked(batch: int) -> bool:
+    """Whether a row of a later batch is re-checked, from its index in the extraction (counted from 0): batches 0
+    (when computed again after the first check), 1, 2, 4, 8, … (the last batch is re-checked whatever its index).
+    A function of the index alone, so the same rows are re-checked in every run of an extraction."""
+    return batch & (batch - 1) == 0
+
+
 class ProvenEngine:
     """An engine (same call as `vmap_engine`) that chooses itself with `choose_engine` on its first batch and
-    runs that choice on every later one, re-checking one random row of later batches against the naive loop
-    while the checks stay within `share` of the engine's time, and always on the last batch: what an
-    extraction hands to its feature source. The extraction says where each batch sits with `at`."""
+    runs that choice on every later one, re-checking one row of the batches `rechecked` names and of the last
+    batch as the first batch was checked (see the module's docstring): what an extraction hands to its feature
+    source. The extraction says where each batch sits with `at`."""
 
-    def __init__(self, requested: str = "auto", *, seed: int = 0, share: float = RECHECK_SHARE) -> None:
+    def __init__(self, requested: str = "auto", *, seed: int = 0) -> None:
         self.requested = requested
+        self.seed = seed
         self.choice: EngineChoice | None = None
-        self.share = share
-        self._rng = random.Random(seed)
         self._engine_seconds = 0.0
         self._check_seconds = 0.0
-        self._checked: list[tuple[int, float]] = []
+        self._checked: list[tuple[int, Trial]] = []
         self._start, self._last = 0, False
 
     def at(self, start: int, *, last: bool) -> ProvenEngine:
@@ -361,31 +401,37 @@ class ProvenEngine:
         t0 = time.perf_counter()
         result = self.choice.run(model, layers, reduction, x, y, loss=loss, chunk_size=chunk_size)
         self._engine_seconds += time.perf_counter() - t0
-        if self.choice.engine != "naive" and len(y) and (
-                self._last or self._check_seconds < self.share * self._engine_seconds):
-            self._recheck(self.choice, model, layers, reduction, x, y, result, loss)
+        # Every batch but the last holds the same number of rows, so a batch's index is its start over its length.
+        if self.choice.engine != "naive" and len(y) and (self._last or rechecked(self._start // len(y))):
+            self._recheck(self.choice, model, layers, reduction, x, y, result, loss, chunk_size)
         return result
 
     def _recheck(self, choice: EngineChoice, model: nn.Module, layers: list[str], reduction: Reduction, x: Tensor,
-                 y: Tensor, result: EngineResult, loss: str) -> None:
+                 y: Tensor, result: EngineResult, loss: str, chunk_size: int | None) -> None:
         t0 = time.perf_counter()
-        row = self._rng.randrange(len(y))
-        reference = _Reference.compute(model, layers, reduction, x[row:row + 1], labels(y)[row:row + 1], loss)
-        picked = EngineResult({n: f[row:row + 1] for n, f in result.features.items()}, result.loss[row:row + 1],
-                              result.pred[row:row + 1])
-        error = reference.error(picked, (0,))
+        row = random.Random(f"{self.seed}/{self._start}").randrange(len(y))
+        y = labels(y)
+        reference = _Reference.compute(model, layers, reduction, x[row:row + 1], y[row:row + 1], loss)
+        trial = _Check(model, layers, reduction, x, y, (row,), reference, choice.float64, loss,
+                       chunk_size).judge(choice.engine, result)
         self._check_seconds += time.perf_counter() - t0
-        self._checked.append((self._start + row, error))
-        if error > choice.limit:
+        self._checked.append((self._start + row, trial))
+        if not trial.passed:
             following = candidates(choice.engine, model)
             raise EngineDisagreement(choice.engine, following[1] if len(following) > 1 else "naive",
-                                     self._start + row, error, choice.limit)
+                                     self._start + row, trial.note)
 
     def record(self) -> dict[str, object]:
-        """What the re-checks found, for the store's provenance (`engine_recheck`)."""
-        errors = [e for _, e in self._checked]
-        return {"rows": [r for r, _ in self._checked], "max_error": _finite(max(errors)) if errors else None,
-                "check_seconds": round(self._check_seconds, 4), "engine_seconds": round(self._engine_seconds, 4)}
+        """What the re-checks found, for the store's provenance (`engine_recheck`): the rows, the worst error
+        against the naive loop in the model's dtype, each float64 trial (a row past that dtype's tolerance)
+        with both its errors, and the seconds spent."""
+        errors = [t.max_error for _, t in self._checked if t.max_error is not None]
+        float64 = [{"row": row, "error": _finite(t.max_error), "float64_error": _finite(t.float64_error),
+                    "rounding_error": _finite(t.rounding_error)} for row, t in self._checked
+                   if t.float64_error is not None]
+        return {"rows": [row for row, _ in self._checked], "max_error": _finite(max(errors)) if errors else None,
+                "float64_trials": float64, "check_seconds": round(self._check_seconds, 4),
+                "engine_seconds": round(self._engine_seconds, 4)}
 
 
 @register_engine("auto", rank=None, torchscript=True)
