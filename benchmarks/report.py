@@ -420,7 +420,7 @@ def report(rows: list[Row], paper: PaperTable, config: Mapping[str, Any], config
             heat = heat_map(protocol, mine, diff, figures / f"{protocol}-{kind}-minus-paper.png", kind)
             finite = diff[np.isfinite(diff)]
             title = kind_name(kind)
-            lines += [f"### {title[0].upper() + title[1:]}", "",
+            lines += [f"### With {title}", "",
                       f"Ours − paper over {finite.size} filled entries (cell × setup × fraction): median "
                       f"{np.median(finite):+.1f} points, "
                       f"{int((finite >= -1).sum())} within 1 point or above." if finite.size else "No cell yet.", "",
