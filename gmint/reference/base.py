@@ -8,7 +8,7 @@ The attacks live one family to a module (`lira`, `rmia`, `calibrated`), each reg
 outside its range, is refused before anything runs.
 
 The helpers below are the arithmetic the families share: finding the task's rows in the signals, the mean and
-spread over the reference models that count for a row, and the threshold read on the auditor's pool.
+spread over the reference models that count for a row, and the thresholds read on the auditor's pool.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gmint.assess.metrics import epsilon_threshold
 from gmint.errors import InputError
 from gmint.mint.threshold import best_threshold
 from gmint.reference.options import AttackOptions, OptionsT
@@ -74,11 +75,17 @@ class Task:
 @dataclass(frozen=True)
 class Scored:
     """An attack's scores for the task's rows (higher: member), the threshold its accuracy is read at, and
-    every parameter it used or fitted."""
+    every parameter it used or fitted.
+
+    `epsilon_threshold` is the decision threshold whose empirical ε lower bound is largest on the auditor's pool
+    (`pool_epsilon_threshold`): the scored rows' ε bound is read at it, since a threshold chosen on the rows it
+    bounds would overstate ε. None where the attack has no pool scores with both sides to choose it from.
+    """
 
     score: np.ndarray
     threshold: float
     params: dict[str, object]
+    epsilon_threshold: float | None = None
 
 
 AttackFn = Callable[[ReferenceSignals, Task], Scored]
@@ -195,8 +202,17 @@ def _pool_threshold(score_fit: np.ndarray, membership_fit: np.ndarray) -> float:
     return best_threshold(membership_fit, score_fit)
 
 
-def score_and_threshold(score_all: np.ndarray, membership: np.ndarray, fit: np.ndarray,
-                        rows: np.ndarray) -> tuple[np.ndarray, float]:
-    """The scores of the scored `rows`, and the threshold read on the `fit` rows (the auditor's pool), from one
-    score per row of the signals."""
-    return score_all[rows], _pool_threshold(score_all[fit], membership[fit])
+def pool_epsilon_threshold(membership_fit: np.ndarray, score_fit: np.ndarray) -> float | None:
+    """The threshold whose ε lower bound is largest on the auditor's pool (None where the pool lacks a side)."""
+    if len(np.unique(membership_fit)) < 2:
+        return None
+    return epsilon_threshold(membership_fit, score_fit)
+
+
+def scored_on_pool(score_all: np.ndarray, membership: np.ndarray, fit: np.ndarray, rows: np.ndarray,
+                   params: dict[str, object]) -> Scored:
+    """The scores of the scored `rows`, with the balanced-accuracy and the ε thresholds read on the `fit` rows
+    (the auditor's pool), from one score per row of the signals."""
+    pool_score, pool_membership = score_all[fit], membership[fit]
+    return Scored(score_all[rows], _pool_threshold(pool_score, pool_membership), params,
+                  pool_epsilon_threshold(pool_membership, pool_score))

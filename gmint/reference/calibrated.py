@@ -21,7 +21,7 @@ per_sample_min.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from gmint.reference.base import (
     Scored,
     Task,
     masked_mean_std,
+    pool_epsilon_threshold,
     positions,
     register_attack,
     require_models,
@@ -85,10 +86,14 @@ def _gradient(signals: ReferenceSignals) -> GradientSignals:
     return signals.gradient
 
 
-def fit_mint_scores(x: np.ndarray, g: GradientSignals, fit: np.ndarray, rows: np.ndarray, task: Task
-                    ) -> tuple[np.ndarray, dict[str, object]]:
+def fit_mint_scores(x: np.ndarray, g: GradientSignals, fit: np.ndarray, rows: np.ndarray, task: Task) -> Scored:
     """Fit a MINT classifier (option `kind`, default mlp; `mint_options`) on the fit rows of `x`, standardised
-    on them, as `gmint train` does; return P(member) of the scored rows and the fit's record."""
+    on them, as `gmint train` does; return P(member) of the scored rows, read at 0.5, with the fit's record.
+
+    Its ε threshold is chosen on its P(member) of the pool rows it was fitted on, as `gmint eval` chooses it:
+    those rows are not the scored ones, so the scored rows' Clopper–Pearson bound holds (a classifier that fits
+    its pool too closely may be given a poorer threshold, and so a smaller bound, never an overstated one).
+    """
     chosen = task.options_as(MintOptions)
     kind, options = chosen.kind, dict(chosen.mint_options)
     fit = fit[g.finite[fit]]
@@ -101,16 +106,19 @@ def fit_mint_scores(x: np.ndarray, g: GradientSignals, fit: np.ndarray, rows: np
     dtype = input_dtype(model)
     record = model.fit(scaler(x[fit], dtype), y, seed=task.seed, labels=g.label[fit], groups=groups)
     score = model.predict_proba(scaler(x[rows], dtype), g.label[rows])
-    return score, {"kind": kind, "mint_options": options, "fit_rows": int(len(fit)), "features": int(x.shape[1]),
-                   "fit": {k: v for k, v in record.items() if isinstance(v, int | float | str)}}
+    pool_score = model.predict_proba(scaler(x[fit], dtype), g.label[fit])
+    return Scored(score, 0.5, {"kind": kind, "mint_options": options, "fit_rows": int(len(fit)),
+                               "features": int(x.shape[1]),
+                               "fit": {k: v for k, v in record.items() if isinstance(v, int | float | str)}},
+                  pool_epsilon_threshold(y, pool_score))
 
 
 def _mint_attack(signals: ReferenceSignals, task: Task, features: Features) -> Scored:
     g = _gradient(signals)
     fit, rows = positions(g.sample_id, task.fit), positions(g.sample_id, task.score)
     x, params = features(g, np.union1d(fit, rows))
-    score, record = fit_mint_scores(x, g, fit, rows, task)
-    return Scored(score, 0.5, {**params, **record})
+    scored = fit_mint_scores(x, g, fit, rows, task)
+    return replace(scored, params={**params, **scored.params})
 
 
 @register_attack("gmint", references=False, gradient=True, options=MintOptions)

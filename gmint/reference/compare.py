@@ -6,7 +6,9 @@ model, balanced by the same seeded subsampling; attacks fit only on the auditor'
 it). An attack that cannot run with K models (too few out of a row, an online attack on an offline set) is
 kept in the table with the reason. Every other attack is also set against the loss threshold (`loss`, which reads
 no reference model) on the same rows: AUC(attack) − AUC(loss threshold) with a paired bootstrap interval, the
-figure that says whether an attack reads more than the one-line baseline beyond noise.
+figure that says whether an attack reads more than the one-line baseline beyond noise. And each attack's held-out
+error rates bound ε empirically (`EpsilonBound`, as `gmint eval` gives it for a MINT classifier), at the decision
+threshold the attack chose on the auditor's pool.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gmint.assess.metrics import Estimate, balance, membership_metrics, paired_auc_difference, resampling_unit
+from gmint.assess.metrics import (
+    EpsilonBound,
+    Estimate,
+    balance,
+    epsilon_lower_bound,
+    membership_metrics,
+    paired_auc_difference,
+    resampling_unit,
+)
 from gmint.data.split import HOLDOUT, POOL, one_sided_groups
 from gmint.errors import InputError
 from gmint.reference.base import ATTACKS, NotApplicable, Task, attack_options, positions
@@ -31,7 +41,8 @@ class AttackResult:
     one of its options, given, would let it run), its parameters, the seconds it took and its scores on the
     evaluation rows. K is 0 for attacks that read no reference model. `versus_loss` is AUC(attack) − AUC(loss
     threshold) on the same resampled rows (None for the loss threshold itself and where the attack could not
-    run)."""
+    run), and `epsilon` the empirical ε lower bound of the attack's error rates on those rows at the threshold it
+    chose on the pool (None where it could not run or had no pool scores to choose one from)."""
 
     attack: str
     k: int
@@ -42,6 +53,7 @@ class AttackResult:
     unresolved: str = ""
     needs_option: str = ""
     versus_loss: Estimate | None = None
+    epsilon: EpsilonBound | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The JSON form (without the per-row scores)."""
@@ -51,6 +63,8 @@ class AttackResult:
             result["metrics"] = {name: est.to_dict() for name, est in self.metrics.items()}
             if self.versus_loss is not None:
                 result["auc_minus_loss_threshold"] = self.versus_loss.to_dict()
+            if self.epsilon is not None:
+                result["epsilon"] = self.epsilon.to_dict()
         else:
             result["unresolved"] = self.unresolved
             if self.needs_option:
@@ -102,7 +116,8 @@ def evaluation_rows(signals: ReferenceSignals, seed: int) -> tuple[np.ndarray, n
 def compare_attacks(signals: ReferenceSignals, attacks: Sequence[str], ks: Sequence[int], *, n_boot: int = 1000,
                     seed: int = 0, options: Mapping[str, Mapping[str, object]] | None = None) -> Comparison:
     """Run each attack at each K (once for attacks that read no reference model) on the same rows, each set
-    against the loss threshold on those rows (`AttackResult.versus_loss`; the bootstrap as the metrics').
+    against the loss threshold on those rows (`AttackResult.versus_loss`; the bootstrap as the metrics') and its
+    ε lower bound read at the threshold it chose on the pool (`AttackResult.epsilon`).
 
     Args:
         signals: the folder's signals with at least max(ks) reference models.
@@ -145,7 +160,11 @@ def compare_attacks(signals: ReferenceSignals, attacks: Sequence[str], ks: Seque
                                          seed=seed, groups=groups)
             versus = None if name == LOSS_ATTACK else paired_auc_difference(
                 membership, scored.score, loss, n_boot=n_boot, seed=seed, groups=groups)
+            # the pool's threshold, never one chosen on the rows it bounds (that would overstate ε)
+            epsilon = None if scored.epsilon_threshold is None else epsilon_lower_bound(
+                membership, scored.score, scored.epsilon_threshold)
             results.append(AttackResult(name, k, metrics, {**scored.params, "threshold": scored.threshold},
-                                        round(time.perf_counter() - t0, 3), scored.score, versus_loss=versus))
+                                        round(time.perf_counter() - t0, 3), scored.score, versus_loss=versus,
+                                        epsilon=epsilon))
     intervals = resampling_unit(groups)
     return Comparison(signals.mode, ids, membership, tuple(results), len(fit), seed, intervals)

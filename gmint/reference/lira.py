@@ -29,7 +29,7 @@ from gmint.reference.base import (
     positions,
     register_attack,
     require_models,
-    score_and_threshold,
+    scored_on_pool,
 )
 from gmint.reference.signals import ReferenceSignals
 
@@ -52,8 +52,7 @@ def loss_attack(signals: ReferenceSignals, task: Task) -> Scored:
     """−loss of the audited model."""
     o = signals.output
     fit, rows = positions(o.sample_id, task.fit), positions(o.sample_id, task.score)
-    score, threshold = score_and_threshold(-o.audited_loss, o.membership, fit, rows)
-    return Scored(score, threshold, {"score": "-loss"})
+    return scored_on_pool(-o.audited_loss, o.membership, fit, rows, {"score": "-loss"})
 
 
 def _lira_offline(signals: ReferenceSignals, task: Task, *, global_variance: bool) -> Scored:
@@ -75,8 +74,7 @@ def _lira_offline(signals: ReferenceSignals, task: Task, *, global_variance: boo
     else:
         params["variance"] = "per sample"
     z = (phi - mu) / (sigma + SIGMA_FLOOR)
-    score, threshold = score_and_threshold(z, o.membership, fit, rows)
-    return Scored(score, threshold, params)
+    return scored_on_pool(z, o.membership, fit, rows, params)
 
 
 @register_attack("lira-offline")
@@ -121,8 +119,7 @@ def _lira_online(signals: ReferenceSignals, task: Task, *, global_variance: bool
     # largest finite values, and inf − inf (both Gaussians impossible) as 0, so the rows still rank.
     params["nonfinite_rows"] = int((~np.isfinite(score_all[used])).sum())
     score_all = np.nan_to_num(score_all, nan=0.0, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
-    score, threshold = score_and_threshold(score_all, o.membership, fit, rows)
-    return Scored(score, threshold, params)
+    return scored_on_pool(score_all, o.membership, fit, rows, params)
 
 
 @register_attack("lira-online")

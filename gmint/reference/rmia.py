@@ -28,7 +28,7 @@ from gmint.reference.base import (
     positions,
     register_attack,
     require_models,
-    score_and_threshold,
+    scored_on_pool,
 )
 from gmint.reference.options import AttackOptions, number, option, whole
 from gmint.reference.signals import OutputSignals, ReferenceSignals
@@ -179,8 +179,7 @@ def _rmia(signals: ReferenceSignals, task: Task, *, online: bool) -> Scored:
     score = rmia_scores(ratio[used], ratio[z], gamma)
     score_all = np.zeros(len(o.sample_id))
     score_all[used] = score
-    score, threshold = score_and_threshold(score_all, o.membership, fit, rows)
-    return Scored(score, threshold, params)
+    return scored_on_pool(score_all, o.membership, fit, rows, params)
 
 
 @register_attack("rmia", options=RmiaOptions)
