@@ -47,7 +47,7 @@ from gmint.reference import (
 from gmint.reference.compare import AttackResult, Comparison
 from gmint.reference.lira import LOSS_ATTACK
 from gmint.reference.manifest import MODES
-from gmint.reference.report import VERSUS_LOSS_LABEL, k_plot, write_comparison
+from gmint.reference.report import EPSILON_LABEL, VERSUS_LOSS_LABEL, k_plot, write_comparison
 
 CALIBRATED = ("gmint-calibrated", "gmint-calibrated-norms")
 REFERENCE_ATTACKS = ("lira-offline", "lira-offline-global", "lira-online", "lira-online-global", "rmia",
@@ -160,7 +160,10 @@ def report(rows: list[dict[str, Any]], config: Mapping[str, Any] | None, figures
              "drawn in complementary pairs of halves of the population (offline: the split's control rows, "
              "disjoint from every candidate). \"AUC − loss threshold\" resamples the attack and the loss "
              "threshold on the same rows (paired: an interval above 0 says the attack reads more than the loss "
-             "threshold on these rows); rows measured before it was recorded say \"not recorded\".", ""]
+             f"threshold on these rows). \"{EPSILON_LABEL}\" is the empirical ε lower bound of the attack's held-out "
+             "error rates at the threshold it chose on the pool: for a model trained without differential privacy, "
+             "a measured floor on its leakage, not a guarantee. Rows measured before a figure was recorded say "
+             "\"not recorded\".", ""]
     for cell in cells:
         mine = [r for r in rows if r["cell"] == cell]
         first = mine[0]
@@ -174,18 +177,18 @@ def report(rows: list[dict[str, Any]], config: Mapping[str, Any] | None, figures
             seconds = max((r["reference_train_seconds"] for r in at), key=len, default=[])
             lines += [f"### {mode} reference models", "", _audited_line(at[0]), "",
                       "Training seconds of each reference model: " + ", ".join(f"{s:.0f}" for s in seconds), "",
-                      f"| attack | K | AUC | TPR @ 1% FPR | TPR @ 0.1% FPR | {VERSUS_LOSS_LABEL} |",
-                      "|---|---|---|---|---|---|"]
+                      f"| attack | K | AUC | TPR @ 1% FPR | TPR @ 0.1% FPR | {VERSUS_LOSS_LABEL} | {EPSILON_LABEL} |",
+                      "|---|---|---|---|---|---|---|"]
             for r in sorted(at, key=lambda r: (list(dict.fromkeys(x["attack"] for x in at)).index(r["attack"]),
                                                r["k"])):
                 m = r.get("metrics")
                 if m is None:
-                    lines.append(f"| {r['attack']} | {r['k'] or '—'} | n/a: {r['unresolved']} | | | |")
+                    lines.append(f"| {r['attack']} | {r['k'] or '—'} | n/a: {r['unresolved']} | | | | |")
                     continue
                 tpr01 = m["tpr_at_0.1pct_fpr"]
                 lines.append(f"| {r['attack']} | {r['k'] or '—'} | {_fmt(m['auc'])} | {_fmt(m['tpr_at_1pct_fpr'])} | "
                              + (_fmt(tpr01) if tpr01.get("value") is not None else f"n/a ({tpr01['unresolved']})")
-                             + f" | {versus_loss_cell(r)} |")
+                             + f" | {versus_loss_cell(r)} | {epsilon_cell(r)} |")
             lines += ["", *aim_lines(at), ""]
             ks = sorted({r["k"] for r in at if r["k"]})
             if ks:
@@ -209,6 +212,11 @@ def versus_loss_cell(row: Mapping[str, Any]) -> str:
     if row["attack"] == LOSS_ATTACK:
         return "—"
     return _fmt(row["auc_minus_loss_threshold"]) if "auc_minus_loss_threshold" in row else "not recorded"
+
+
+def epsilon_cell(row: Mapping[str, Any]) -> str:
+    """A row's ε lower bound to 2 decimals, "not recorded" for a row written before comparisons measured it."""
+    return f"{row['epsilon']['epsilon_lower_bound']:.2f}" if "epsilon" in row else "not recorded"
 
 
 def _audited_line(row: Mapping[str, Any]) -> str:

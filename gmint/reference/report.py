@@ -15,7 +15,7 @@ import numpy as np
 from rich.table import Table
 
 from gmint.assess.figures import pyplot, save_png
-from gmint.assess.metrics import chance_level
+from gmint.assess.metrics import EPSILON_CONFIDENCE, chance_level
 from gmint.assess.report import METRIC_LABELS, format_estimate
 from gmint.files import atomic_write
 from gmint.reference.compare import AttackResult, Comparison
@@ -23,6 +23,7 @@ from gmint.reference.compare import AttackResult, Comparison
 COLUMNS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy")
 K_METRICS = ("auc", "tpr_at_1pct_fpr")  # the K figure's panels, left to right
 VERSUS_LOSS_LABEL = "AUC − loss threshold [95%]"  # the paired difference's column (AttackResult.versus_loss)
+EPSILON_LABEL = f"ε ≥ ({EPSILON_CONFIDENCE:.0%})"  # the empirical ε lower bound's column (AttackResult.epsilon)
 
 
 def result_label(result: AttackResult) -> str:
@@ -31,22 +32,25 @@ def result_label(result: AttackResult) -> str:
 
 
 def _cells(result: AttackResult) -> list[str]:
-    """The metric columns, then the paired difference with the loss threshold ("—" for the loss threshold)."""
+    """The metric columns, the paired difference with the loss threshold ("—" for the loss threshold), then the
+    ε lower bound ("—" where the attack had no pool threshold to read it at)."""
     if result.metrics is None:
-        return [f"n/a ({result.unresolved})"] + [""] * len(COLUMNS)
+        return [f"n/a ({result.unresolved})"] + [""] * (len(COLUMNS) + 1)
     versus = "—" if result.versus_loss is None else format_estimate(result.versus_loss)
-    return [format_estimate(result.metrics[c]) for c in COLUMNS] + [versus]
+    epsilon = "—" if result.epsilon is None else f"{result.epsilon.value:.2f}"
+    return [format_estimate(result.metrics[c]) for c in COLUMNS] + [versus, epsilon]
 
 
 def comparison_table(comparison: Comparison, title: str = "membership attacks side by side") -> Table:
-    """One row per attack and K: AUC, TPR at 1% and 0.1% FPR, balanced accuracy, each with its 95% interval, and
-    AUC(attack) − AUC(loss threshold) on the same rows with its paired interval."""
+    """One row per attack and K: AUC, TPR at 1% and 0.1% FPR, balanced accuracy, each with its 95% interval,
+    AUC(attack) − AUC(loss threshold) on the same rows with its paired interval, and the ε lower bound."""
     table = Table(title=title)
     table.add_column("attack")
     table.add_column("K", justify="right")
     for c in COLUMNS:
         table.add_column(METRIC_LABELS[c], justify="right")
     table.add_column(VERSUS_LOSS_LABEL, justify="right")
+    table.add_column(EPSILON_LABEL, justify="right")
     for r in comparison.results:
         table.add_row(r.attack, str(r.k) if r.k else "—", *_cells(r))
     return table
@@ -58,10 +62,14 @@ def comparison_markdown(comparison: Comparison) -> str:
     assert isinstance(rows, dict)
     lines = [f"Held-out rows: {rows['members']} members, {rows['external']} external (balanced); attacks fitted on "
              f"{rows['fit_rows']} pool rows; reference set: {comparison.mode}; 95% intervals resample "
-             f"{comparison.intervals}; the last column resamples both attacks on the same rows (an interval above 0: "
-             "the attack reads more than the loss threshold on these rows).", "",
-             "| attack | K | " + " | ".join([*(METRIC_LABELS[c] for c in COLUMNS), VERSUS_LOSS_LABEL]) + " |",
-             "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+             f"{comparison.intervals}; \"{VERSUS_LOSS_LABEL}\" resamples both attacks on the same rows (an interval "
+             f"above 0: the attack reads more than the loss threshold on these rows); \"{EPSILON_LABEL}\" is the "
+             "empirical ε lower bound of the attack's error rates on these rows at the threshold it chose on the "
+             "pool (for a model trained without differential privacy, a measured floor on its leakage, not a "
+             "guarantee).", "",
+             "| attack | K | " + " | ".join([*(METRIC_LABELS[c] for c in COLUMNS), VERSUS_LOSS_LABEL, EPSILON_LABEL])
+             + " |",
+             "|---|---|" + "---|" * (len(COLUMNS) + 2)]
     lines += [f"| {r.attack} | {r.k or '—'} | " + " | ".join(_cells(r)) + " |" for r in comparison.results]
     return "\n".join(lines) + "\n"
 
