@@ -20,9 +20,10 @@ from gmint.data.base import ImageSet
 from gmint.data.transforms import Transform
 from gmint.errors import InputError, UnsupportedModelError
 from gmint.features.engine import ENGINES, choose_engine
+from gmint.features.engine.agreement import ROUNDING_LIMIT
 from gmint.features.engine.formulas import GRAD_FORMULAS, layer_key
 from gmint.features.engine.hooks import HooksFallbackWarning, plan_hooks
-from gmint.features.engine.selfcheck import ROUNDING_LIMIT, EngineCheckWarning
+from gmint.features.engine.selfcheck import EngineCheckWarning
 from gmint.features.extract import Rows, extract
 from gmint.features.layers import preset_parameters, resolve_parameters, weight_layers
 from gmint.features.reduce import parse_reduction

@@ -18,9 +18,10 @@ from torch import nn
 
 from gmint.data.base import ImageSet
 from gmint.data.transforms import Transform
-from gmint.features.engine import selfcheck
+from gmint.features.engine import agreement
+from gmint.features.engine.agreement import ROUNDING_LIMIT
 from gmint.features.engine.formulas import GRAD_FORMULAS, layer_key
-from gmint.features.engine.selfcheck import ROUNDING_LIMIT, EngineCheckWarning, rechecked
+from gmint.features.engine.selfcheck import EngineCheckWarning, rechecked
 from gmint.features.extract import Rows, extract
 from gmint.features.settings import ExtractSettings
 from gmint.features.store import FeatureStore
@@ -189,8 +190,8 @@ def test_an_engine_may_round_as_far_as_twice_the_naive_loop_itself_does(
     rows = np.arange(80, dtype=np.int64)
     module = MixesBrightBatches(threshold=float("inf"))
     _linear_mean_scaled_after_the_first_batch(monkeypatch, 1.2, in_float64=False)
-    monkeypatch.setattr(selfcheck._Reference, "distance", lambda self, other: 0.008)
-    assert selfcheck.rounding_limit(0.008) == 0.016 and selfcheck.rounding_limit(1e-4) == ROUNDING_LIMIT
+    monkeypatch.setattr(agreement.Reference, "distance", lambda self, other: 0.008)
+    assert agreement.rounding_limit(0.008) == 0.016 and agreement.rounding_limit(1e-4) == ROUNDING_LIMIT
     provenance, _, said = _extract(tmp_path, digits, module, rows)
     assert said == [] and provenance["engine_used"] == "hooks" and "engine_restarts" not in provenance
     trials = provenance["engine_recheck"]["float64_trials"]  # type: ignore[index]
