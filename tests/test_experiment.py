@@ -140,5 +140,9 @@ def test_grouped_rows_get_intervals_that_resample_whole_groups(digits: ImageSet,
     held_groups = len(np.unique(grouped.groups[cell.split.holdout]))
     assert evaluation.intervals == f"whole groups ({held_groups} groups of rows)"
     assert evaluation.to_dict()["intervals"] == evaluation.intervals
+    # the ε bound counts each group once: its rows err together, and Clopper–Pearson needs independent trials
+    scored_groups = len(np.unique(grouped.groups[evaluation.scores.sample_id]))
+    assert evaluation.epsilon is not None
+    assert evaluation.epsilon.members + evaluation.epsilon.external == scored_groups < len(evaluation.scores.score)
     assert TrainedMint.load(cell.workdir / GRADIENT.mint_file).record["fold_unit"] == "whole groups"
     assert run_cell(digits, recipe, tmp_path / "rows").evaluation(GRADIENT).intervals == "rows"

@@ -79,4 +79,8 @@ def test_section_counts_cells_and_names_each_cell_below_with_its_pool_selection(
     assert below[-2] == (f"- {CELLS[0]}: -0.050 [-0.090, -0.010] below; on the pool, logreg c=0.1 signed_log "
                          "(CV 0.831; loss and correctness alone 0.810), fitted on 1000 rows.")
     assert below_cells(CELLS, index_rows(rows), "mlp", "the paper's MLP") == []
+    # cells are named for the default alone: the paper's form reads no loss
+    rows.append(_row(CELLS[0], "mlp", (-0.05, -0.09, -0.01)))
+    text = "\n".join(versus_section(CELLS, rows, index_rows(rows), ("gmint", "mlp"), KIND_NAMES))
+    assert "Cells where gmint's default reads below" in text and "Cells where the paper's MLP" not in text
     assert versus_section(CELLS, [], {}, ("gmint",), KIND_NAMES) == []

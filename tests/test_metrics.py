@@ -212,6 +212,20 @@ def test_epsilon_of_perfectly_separated_scores_is_the_clopper_pearson_bound() ->
     assert with_delta.value == pytest.approx(np.log((0.9 - u) / u))
 
 
+def test_epsilon_of_rows_in_groups_counts_each_group_once() -> None:
+    """100 rows a side in 10 groups of 10 (frames of one sign err together): the bound is that of 10 independent
+    rows a side, far below the 3.28 the 100 rows counted one by one would claim."""
+    n, size = 10, 10
+    y = np.r_[np.ones(n * size), np.zeros(n * size)].astype(int)
+    s = np.r_[np.linspace(0.6, 1.0, n * size), np.linspace(0.0, 0.4, n * size)]
+    groups = np.repeat(np.arange(2 * n), size)
+    bound = epsilon_lower_bound(y, s, threshold=0.5, groups=groups)
+    u = 1 - 0.025 ** (1 / n)
+    assert (bound.members, bound.external) == (n, n)
+    assert bound.value == pytest.approx(np.log((1 - u) / u))  # ≈ 1.0
+    assert bound.value < epsilon_lower_bound(y, s, threshold=0.5).value - 2
+
+
 def test_epsilon_is_zero_where_scores_carry_nothing() -> None:
     y = np.r_[np.ones(200), np.zeros(200)].astype(int)
     s = np.tile(np.linspace(0, 1, 200), 2)  # members and externals score alike

@@ -190,7 +190,7 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
     epsilon = None
     if len(np.unique(membership[scored_pool])) == 2:  # the decision threshold is the pool's, never the rows'
         pool_score = mint.predict_proba(pool_inputs, labels[scored_pool])
-        epsilon = epsilon_lower_bound(y, score, epsilon_threshold(membership[scored_pool], pool_score))
+        epsilon = epsilon_lower_bound(y, score, epsilon_threshold(membership[scored_pool], pool_score), groups=units)
     return Evaluation(
         store=Path(store_path),
         rows=RowCounts(int(members.sum()), int(external.sum()), nonfinite),

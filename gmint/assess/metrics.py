@@ -268,8 +268,14 @@ def epsilon_threshold(membership: np.ndarray, score: np.ndarray, *, confidence: 
 
 
 def epsilon_lower_bound(membership: np.ndarray, score: np.ndarray, threshold: float, *,
-                        confidence: float = EPSILON_CONFIDENCE, delta: float = 0.0) -> EpsilonBound:
+                        confidence: float = EPSILON_CONFIDENCE, delta: float = 0.0,
+                        groups: np.ndarray | None = None) -> EpsilonBound:
     """The ε lower bound from rows' error rates at a `threshold` chosen elsewhere (see `epsilon_threshold`).
+
+    Clopper–Pearson bounds hold for independent trials. Where rows come in groups (`groups`, as the bootstrap
+    draws them: frames of one physical sign), rows of a group err together, and counting each would narrow the
+    bounds and overstate ε; the bound is then taken on one row per group (its first), the groups being
+    independent draws.
 
     Raises:
         InputError: a confidence outside (0, 1) or a δ outside [0, 1).
@@ -278,6 +284,9 @@ def epsilon_lower_bound(membership: np.ndarray, score: np.ndarray, threshold: fl
         raise InputError(f"the ε bound needs a confidence in (0, 1) and δ in [0, 1), got {confidence} and {delta}")
     membership, score = np.asarray(membership), np.asarray(score, np.float64)
     check_scores(membership, score)
+    if groups is not None:
+        first = np.sort(np.unique(np.asarray(groups), return_index=True)[1])
+        membership, score = membership[first], score[first]
     called = score >= threshold
     members, external = int((membership == 1).sum()), int((membership == 0).sum())
     fn, fp = int((~called[membership == 1]).sum()), int(called[membership == 0].sum())

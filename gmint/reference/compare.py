@@ -162,7 +162,7 @@ def compare_attacks(signals: ReferenceSignals, attacks: Sequence[str], ks: Seque
                 membership, scored.score, loss, n_boot=n_boot, seed=seed, groups=groups)
             # the pool's threshold, never one chosen on the rows it bounds (that would overstate ε)
             epsilon = None if scored.epsilon_threshold is None else epsilon_lower_bound(
-                membership, scored.score, scored.epsilon_threshold)
+                membership, scored.score, scored.epsilon_threshold, groups=groups)
             results.append(AttackResult(name, k, metrics, {**scored.params, "threshold": scored.threshold},
                                         round(time.perf_counter() - t0, 3), scored.score, versus_loss=versus,
                                         epsilon=epsilon))
