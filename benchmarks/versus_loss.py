@@ -73,8 +73,8 @@ def selection_text(row: Row) -> str:
 
 def cell_table(cells: Iterable[str], rows: Mapping[Key, Row], kinds: tuple[str, ...], names: Mapping[str, str],
                setup: str = "combined", fraction: str = "D100") -> list[str]:
-    """Per cell, at one setup and fraction: each classifier's AUC (median over seeds) and TPR at 1% FPR, its
-    paired difference with the loss threshold and the verdict, the loss threshold's own figures, the default's
+    """Per cell, at one setup and fraction: each classifier's AUC and TPR at 1% FPR (medians over seeds), its first
+    seed's paired difference with the loss threshold and the verdict, the loss threshold's own figures, the default's
     ε lower bound and what its model selection chose."""
     head = ["cell", *(f"{names[k]}: AUC (seeds) · TPR@1% · − loss threshold [95%]" for k in kinds),
             "loss threshold AUC · TPR@1%", f"ε ≥ ({names[kinds[0]]})", f"{names[kinds[0]]} chose"]
@@ -90,9 +90,10 @@ def cell_table(cells: Iterable[str], rows: Mapping[Key, Row], kinds: tuple[str, 
             if row is None:
                 entries.append("pending")
                 continue
-            auc = over_seeds(row, "auc")
+            auc, tpr = over_seeds(row, "auc"), over_seeds(row, "tpr_at_1pct_fpr").median
             spread = f" ({auc.low:.3f}–{auc.high:.3f})" if auc.seeds > 1 else ""
-            entries.append(f"{auc.median:.3f}{spread} · {tpr_text(row['mint'])} · {difference_text(row)}")
+            entries.append(f"{auc.median:.3f}{spread} · {'n/a' if tpr is None else f'{tpr:.3f}'} · "
+                           f"{difference_text(row)}")
         loss = present[0]["loss_threshold"]
         first = mine[kinds[0]]
         out.append(f"| {cell} | " + " | ".join(entries) + f" | {loss['auc']['value']:.3f} · {tpr_text(loss)} | "

@@ -21,7 +21,8 @@ def _row(cell: str, kind: str, diff: tuple[float, float, float] | None, *, setup
         "mint": {"auc": {"value": auc, "ci95_low": auc - 0.05, "ci95_high": auc + 0.05},
                  "tpr_at_1pct_fpr": {"value": None, "ci95_low": None, "ci95_high": None,
                                      "unresolved": "needs ≥ 100 externals, has 50"}},
-        "mint_seeds": {"seeds": [0, 1, 2], "auc": [auc, auc - 0.01, auc + 0.02]},
+        "mint_seeds": {"seeds": [0, 1, 2], "auc": [auc, auc - 0.01, auc + 0.02],
+                       "tpr_at_1pct_fpr": [None, None, None]},
         "loss_threshold": loss, "fit_rows": 1000, **extra}
     if diff is not None:
         row["auc_minus_loss_threshold"] = {"value": diff[0], "ci95_low": diff[1], "ci95_high": diff[2]}
