@@ -48,10 +48,11 @@ def test_cell_table_gives_each_classifier_beside_the_loss_threshold_and_marks_pe
     rows = [_row(CELLS[0], "gmint", (0.05, 0.01, 0.09), model_selection=SELECTION,
                  epsilon={"epsilon_lower_bound": 1.234}),
             _row(CELLS[0], "mlp", (-0.05, -0.09, -0.01))]
+    rows[1]["mint_seeds"]["tpr_at_1pct_fpr"] = [0.1, 0.3, 0.2]  # the median is stated, not the first seed's
     lines = cell_table(CELLS, index_rows(rows), ("gmint", "mlp"), KIND_NAMES)
     mnist = next(line for line in lines if line.startswith(f"| {CELLS[0]} |"))
     assert "| 0.850 (0.840–0.870) · n/a · +0.050 [+0.010, +0.090] above |" in mnist
-    assert "| 0.750 (0.740–0.770) · n/a · -0.050 [-0.090, -0.010] below |" in mnist
+    assert "| 0.750 (0.740–0.770) · 0.200 · -0.050 [-0.090, -0.010] below |" in mnist
     assert "| 0.800 · 0.040 | 1.23 |" in mnist  # the loss threshold's AUC and TPR, the default's ε
     assert "logreg c=0.1 signed_log (CV 0.831; loss and correctness alone 0.810)" in mnist
     assert f"| {CELLS[1]} | pending |" in "\n".join(lines)
