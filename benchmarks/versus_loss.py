@@ -22,7 +22,7 @@ from gmint.mint import DEFAULT_KIND
 Row = dict[str, Any]
 Key = tuple[str, str, str, str, str]  # cell, signal, setup, fraction, classifier kind
 VERDICTS = ("above", "level", "below")
-SIGNALS_ONLY = "(signals only)"  # the name of the default's candidate that reads the loss and correctness alone
+LOSS_ALONE = "(loss only)"  # the end of the name of the default's candidate that reads the loss alone (its floor)
 
 
 def paired(row: Row) -> Estimate | None:
@@ -61,14 +61,14 @@ def tpr_text(block: Mapping[str, Any]) -> str:
 
 
 def selection_text(row: Row) -> str:
-    """What the default's cross-validation on the pool chose, with its CV AUC beside the loss-and-correctness
-    candidate's: the measured reason a probe reads what it reads."""
+    """What the default's cross-validation on the pool chose, with its CV AUC beside the loss-alone candidate's:
+    the measured reason a probe reads what it reads."""
     selection = row.get("model_selection")
     if not selection:
         return "—"
-    alone = next((c["auc_mean"] for c in selection.get("cv", []) if c["candidate"].endswith(SIGNALS_ONLY)), None)
+    alone = next((c["auc_mean"] for c in selection.get("cv", []) if c["candidate"].endswith(LOSS_ALONE)), None)
     text = f"{selection['chosen']} (CV {selection['cv_auc']:.3f}"
-    return text + (f"; loss and correctness alone {alone:.3f})" if alone is not None else ")")
+    return text + (f"; the loss alone {alone:.3f})" if alone is not None else ")")
 
 
 def cell_table(cells: Iterable[str], rows: Mapping[Key, Row], kinds: tuple[str, ...], names: Mapping[str, str],
@@ -140,7 +140,7 @@ def below_cells(cells: Iterable[str], rows: Mapping[Key, Row], kind: str, name: 
     if not found:
         return []
     return [f"Cells where {name} reads below the loss threshold at combined D100, with its cross-validation on the "
-            "pool beside the held-out difference (a pool score above the loss-and-correctness candidate's that the "
+            "pool beside the held-out difference (a pool score above the loss-alone candidate's that the "
             "held-out rows do not bear out is a selection the pool's size could not settle):", "", *found, ""]
 
 

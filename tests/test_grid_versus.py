@@ -31,7 +31,7 @@ def _row(cell: str, kind: str, diff: tuple[float, float, float] | None, *, setup
 
 SELECTION = {"chosen": "logreg c=0.1 signed_log", "cv_auc": 0.8312,
              "cv": [{"candidate": "logreg c=0.1 signed_log", "auc_mean": 0.8312},
-                    {"candidate": "logreg c=1.0 signed_log (signals only)", "auc_mean": 0.8105}]}
+                    {"candidate": "threshold direction=smaller linear (loss only)", "auc_mean": 0.8105}]}
 
 
 def test_the_verdict_is_the_paired_interval_against_zero_and_absent_without_one() -> None:
@@ -54,7 +54,7 @@ def test_cell_table_gives_each_classifier_beside_the_loss_threshold_and_marks_pe
     assert "| 0.850 (0.840–0.870) · n/a · +0.050 [+0.010, +0.090] above |" in mnist
     assert "| 0.750 (0.740–0.770) · 0.200 · -0.050 [-0.090, -0.010] below |" in mnist
     assert "| 0.800 · 0.040 | 1.23 |" in mnist  # the loss threshold's AUC and TPR, the default's ε
-    assert "logreg c=0.1 signed_log (CV 0.831; loss and correctness alone 0.810)" in mnist
+    assert "logreg c=0.1 signed_log (CV 0.831; the loss alone 0.810)" in mnist
     assert f"| {CELLS[1]} | pending |" in "\n".join(lines)
 
 
@@ -79,7 +79,7 @@ def test_section_counts_cells_and_names_each_cell_below_with_its_pool_selection(
     assert "the paper's MLP, combined D100: above the loss threshold in 0 of 1 cells, level in 1, below in 0." in text
     below = below_cells(CELLS, index_rows(rows), "gmint", "gmint's default")
     assert below[-2] == (f"- {CELLS[0]}: -0.050 [-0.090, -0.010] below; on the pool, logreg c=0.1 signed_log "
-                         "(CV 0.831; loss and correctness alone 0.810), fitted on 1000 rows.")
+                         "(CV 0.831; the loss alone 0.810), fitted on 1000 rows.")
     assert below_cells(CELLS, index_rows(rows), "mlp", "the paper's MLP") == []
     # cells are named for the default alone: the paper's form reads no loss
     rows.append(_row(CELLS[0], "mlp", (-0.05, -0.09, -0.01)))

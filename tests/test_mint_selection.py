@@ -11,11 +11,12 @@ import torch
 
 from gmint.assess.evaluate import evaluate_store
 from gmint.assess.report import write_report
+from gmint.errors import InputError
 from gmint.features.store import FeatureStore
 from gmint.mint import MINT_MODELS, TrainedMint, train_mint
 from gmint.mint.base import CollapsedFitError, score_spread
 from gmint.mint.representation import Representation, representation_width
-from gmint.mint.selection import GRID, Candidate, CvScore, folds_of, ranked
+from gmint.mint.selection import GRID, LOSS_FLOOR, Candidate, CvScore, folds_of, ranked
 
 
 def test_representation_adds_block_norms_and_bends_each_column_by_its_own_scale() -> None:
@@ -69,14 +70,13 @@ def test_early_stopping_waits_for_min_epochs() -> None:
 
 def _scores(**folds: tuple[float, ...]) -> list[CvScore]:
     """CV scores of the default grid's logreg (`wm`), its loss-and-correctness reader (`loss`) and an MLP (`mlp`)."""
-    candidates = {"wm": GRID[0], "loss": next(c for c in GRID if c.reads == "signals"),
-                  "mlp": next(c for c in GRID if c.kind == "mlp")}
+    candidates = {"wm": GRID[1], "loss": LOSS_FLOOR, "mlp": next(c for c in GRID if c.kind == "mlp")}
     return [CvScore(candidates[name], auc) for name, auc in folds.items()]
 
 
 def test_the_loss_stays_unless_another_candidate_beats_it_beyond_fold_noise() -> None:
     def order(scores: list[CvScore]) -> list[str]:
-        return ["loss" if s.candidate.reads == "signals" else s.candidate.kind for s in ranked(scores)]
+        return ["loss" if s.candidate.reads == "loss" else s.candidate.kind for s in ranked(scores)]
 
     # ahead on the fold mean (0.05) but by less than one standard error of the paired fold differences (0.078)
     noisy = _scores(wm=(0.90, 0.60, 0.85, 0.65), loss=(0.70, 0.70, 0.70, 0.70), mlp=(0.5, 0.5, 0.5, 0.5))
@@ -89,6 +89,29 @@ def test_the_loss_stays_unless_another_candidate_beats_it_beyond_fold_noise() ->
     assert order(mixed) == ["logreg", "loss", "mlp"]
     # the loss reader collapsed in cross-validation: the fold means alone decide
     assert order(_scores(wm=(0.6, 0.6), loss=(), mlp=(0.7, 0.7))) == ["mlp", "logreg", "loss"]
+
+
+def test_the_loss_floor_ranks_held_out_rows_exactly_as_the_loss_threshold(digits_store: Path) -> None:
+    """On 20 pool rows (D1) the default keeps the loss: its held-out AUC is the loss threshold's to the last digit,
+    its paired difference exactly 0 (a reader fitted on the loss in float32, or learning its direction from 20
+    rows, would not be)."""
+    mint = train_mint(digits_store, setup="combined", fraction="D1", seed=0)
+    assert mint.record["chosen"] == LOSS_FLOOR.name
+    result = evaluate_store(mint, digits_store, n_boot=50)
+    assert result.mint["auc"].value == result.loss_threshold["auc"].value
+    assert result.versus_loss is not None and (result.versus_loss.value, result.versus_loss.low,
+                                               result.versus_loss.high) == (0.0, 0.0, 0.0)
+
+
+def test_a_fixed_direction_is_kept_where_the_pool_says_otherwise() -> None:
+    x = np.r_[np.linspace(1.0, 2.0, 10), np.linspace(0.0, 1.0, 10)][:, None]  # members' losses larger here
+    y = np.r_[np.ones(10), np.zeros(10)].astype(int)
+    learnt, fixed = MINT_MODELS.get("threshold")(1), MINT_MODELS.get("threshold")(1, direction="smaller")
+    assert learnt.fit(x, y, seed=0)["direction"] == "larger is member"
+    assert fixed.fit(x, y, seed=0)["direction"] == "smaller is member" and fixed.config() == {"direction": "smaller"}
+    assert np.all(np.diff(fixed.predict_proba(np.sort(x, axis=0))) <= 0)  # ranks as −x does
+    with pytest.raises(InputError, match="direction"):
+        MINT_MODELS.get("threshold")(1, direction="up")
 
 
 def test_grouped_folds_keep_groups_whole() -> None:

@@ -74,10 +74,11 @@ class Representation:
         std = bent.std(axis=0)
         return cls(tuple(blocks), transform, scale, bent.mean(axis=0), np.where(std > 0, std, 1.0))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """(n, Σ blocks) raw rows → (n, width) float32 inputs of the classifier."""
+    def __call__(self, x: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
+        """(n, Σ blocks) raw rows → (n, width) inputs of the classifier, as `dtype` (float32 for a network,
+        float64 for a reader that ranks one signal as it is)."""
         bent = TRANSFORMS.get(self.transform)(_with_norms(np.asarray(x, np.float64), self.blocks), self.scale)
-        return ((bent - self.mean) / self.std).astype(np.float32)
+        return ((bent - self.mean) / self.std).astype(dtype)
 
     @property
     def width(self) -> int:

@@ -9,13 +9,14 @@ k-fold cross-validation on the pool rows it is fitted on: folds are stratified, 
 come in groups, so no held-out row ever informs the choice. The grid is small on purpose: it must run in
 seconds on the digits demo, and a wider one would only fit the folds' noise on pools of a few hundred rows.
 
-The candidate that reads the loss and correctness alone is the floor: a candidate that also reads the Weight
-Modifiers replaces it only where it beats it on the same folds by more than one standard error of the fold-by-fold
-difference (the one-standard-error rule, measured paired). On a pool of a few dozen rows the best fold mean is
-often a Weight-Modifier reader that only fitted the folds' noise, and it then reads below the loss it was given on
-rows it never saw; the rule keeps the loss there, and leaves the choice to the fold means wherever the pool can
-tell the candidates apart. The choice, every candidate's fold AUCs and any refit are saved in the classifier
-file's record.
+The floor is the loss threshold itself: a candidate that reads the loss alone, smaller meaning member, ranked in
+float64 as the loss is, so it reads exactly what the loss threshold reads. Any other candidate (the loss with
+correctness, or with the Weight Modifiers) replaces it only where it beats it on the same folds by more than one
+standard error of the fold-by-fold difference (the one-standard-error rule, measured paired). On a pool of a few
+dozen rows the best fold mean is often a reader that only fitted the folds' noise, and it then reads below the
+loss it was given on rows it never saw (a logistic regression on 20 rows learnt the loss backwards); the rule
+keeps the loss there, and leaves the choice to the fold means wherever the pool can tell the candidates apart.
+The choice, every candidate's fold AUCs and any refit are saved in the classifier file's record.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from gmint.errors import InputError
-from gmint.mint.base import MINT_MODELS, CollapsedFitError, MintClassifier, score_spread
+from gmint.mint.base import MINT_MODELS, CollapsedFitError, MintClassifier, input_dtype, score_spread
 from gmint.mint.representation import Representation, representation_width
 
 
@@ -72,15 +73,17 @@ class Candidate:
         return cls(str(d["kind"]), str(d["transform"]), dict(options), str(d.get("reads", "all")))
 
 
-# What a candidate reads: every input column, or the row signals alone (the last columns).
-READS = ("all", "signals")
+# What a candidate reads: every input column, the row signals alone (the last columns), or the loss alone (the
+# first of them).
+READS = ("all", "signals", "loss")
 
 
-# Regularisation strengths a decade apart for the linear reader (the log-norms make it strong on its own), one
-# unbent linear reader to let the folds say whether the signed log helps, one on the row signals alone (where
-# the Weight Modifiers only add noise on a small pool), and two small MLPs (width, weight
-# decay and learning rate varied together) for signal a linear reader cannot combine.
-GRID = (Candidate("logreg", "signed_log", {"c": 0.01}), Candidate("logreg", "signed_log", {"c": 0.1}),
+# The loss threshold (the floor), regularisation strengths a decade apart for the linear reader (the log-norms
+# make it strong on its own), one unbent linear reader to let the folds say whether the signed log helps, one on
+# the row signals alone (where the Weight Modifiers only add noise on a small pool), and two small MLPs (width,
+# weight decay and learning rate varied together) for signal a linear reader cannot combine.
+LOSS_FLOOR = Candidate("threshold", "linear", {"direction": "smaller"}, reads="loss")
+GRID = (LOSS_FLOOR, Candidate("logreg", "signed_log", {"c": 0.01}), Candidate("logreg", "signed_log", {"c": 0.1}),
         Candidate("logreg", "signed_log", {"c": 1.0}), Candidate("logreg", "linear", {"c": 0.1}),
         Candidate("logreg", "signed_log", {"c": 1.0}, reads="signals"),
         Candidate("mlp", "signed_log", {"hidden": [64], "weight_decay": 1e-3, "lr": 3e-3}),
@@ -107,15 +110,16 @@ class CvScore:
                 "fold_auc": [round(a, 4) for a in self.fold_auc]}
 
 
-RULE = "the loss and correctness alone unless another candidate beats them by one paired standard error"
+RULE = "the loss alone unless another candidate beats it by one paired standard error"
 
 
 def ranked(scores: list[CvScore]) -> list[CvScore]:
-    """The order candidates are tried in: those that beat the loss-and-correctness candidate beyond fold noise
-    (`beats`), best fold mean first; then that candidate; then the rest, best fold mean first. Without such a
-    candidate (or where it could not be fitted), plain fold-mean order. Ties keep the grid's order."""
+    """The order candidates are tried in: those that beat the loss-alone candidate beyond fold noise (`beats`),
+    best fold mean first; then that candidate; then the rest, best fold mean first. Without such a candidate (a
+    grid recorded without one, or one that could not be fitted), plain fold-mean order. Ties keep the grid's
+    order."""
     by_mean = sorted(scores, key=lambda s: -s.mean)  # stable: the grid's earlier (simpler) candidate wins ties
-    floor = next((s for s in scores if s.candidate.reads == "signals" and s.fold_auc), None)
+    floor = next((s for s in scores if s.candidate.reads == "loss" and s.fold_auc), None)
     if floor is None:
         return by_mean
     ahead = [s for s in by_mean if s is not floor and beats(s, floor)]
@@ -152,6 +156,12 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(y, score))
 
 
+def _read(rep: Representation, model: MintClassifier, columns: np.ndarray) -> np.ndarray:
+    """(n,) P(member) of a reader on raw columns, at the precision it takes them in (float64 for the loss
+    threshold, whose ranking must be the loss's own) and returns them in."""
+    return np.asarray(model.predict_proba(rep(columns, input_dtype(model))), np.float64)
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
     return np.log(p / (1 - p))
@@ -183,12 +193,19 @@ class SelectedMint:
         self.representation: Representation | None = None
         self.model = self._reader(self.chosen)
 
+    def _span(self, candidate: Candidate) -> slice:
+        """Which input blocks the candidate reads: all, the row signals' (the last ones, one column each), or the
+        loss's (the first of them)."""
+        first = len(self.blocks) - self.signals
+        return {"all": slice(0, len(self.blocks)), "signals": slice(first, len(self.blocks)),
+                "loss": slice(first, first + 1)}[candidate.reads]
+
     def _blocks(self, candidate: Candidate) -> tuple[int, ...]:
-        """The input blocks the candidate reads: all, or the row signals' (the last ones, one column each)."""
-        return self.blocks if candidate.reads == "all" else self.blocks[len(self.blocks) - self.signals:]
+        return self.blocks[self._span(candidate)]
 
     def _columns(self, candidate: Candidate, x: np.ndarray) -> np.ndarray:
-        return x if candidate.reads == "all" else x[:, x.shape[1] - self.signals:]
+        span, edges = self._span(candidate), np.cumsum((0, *self.blocks))
+        return x[:, edges[span.start]:edges[span.stop]]
 
     def _reader(self, candidate: Candidate) -> MintClassifier:
         return MINT_MODELS.get(candidate.kind)(representation_width(self._blocks(candidate)), **candidate.options)
@@ -198,7 +215,7 @@ class SelectedMint:
         x = self._columns(candidate, x)
         rep = Representation.fit(x, self._blocks(candidate), candidate.transform)
         model = self._reader(candidate)
-        record = model.fit(rep(x), y, seed=seed, groups=groups)
+        record = model.fit(rep(x, input_dtype(model)), y, seed=seed, groups=groups)
         return rep, model, record
 
     def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None,
@@ -218,7 +235,7 @@ class SelectedMint:
                 except CollapsedFitError:
                     fold_auc = []
                     break
-                fold_auc.append(_auc(y[held], model.predict_proba(rep(self._columns(candidate, x[held])))))
+                fold_auc.append(_auc(y[held], _read(rep, model, self._columns(candidate, x[held]))))
             scores.append(CvScore(candidate, tuple(fold_auc)))
         refits: list[dict[str, object]] = []
         for score in ranked(scores):
@@ -227,7 +244,7 @@ class SelectedMint:
             try:
                 rep, model, record = self._fit_one(score.candidate, x, y, seed, groups)
                 columns = self._columns(score.candidate, x)
-                problem = score_spread(_logit(model.predict_proba(rep(columns))), columns)
+                problem = score_spread(_logit(_read(rep, model, columns)), columns)
             except CollapsedFitError as exc:
                 problem = str(exc)
             if problem is None:
@@ -243,7 +260,7 @@ class SelectedMint:
         """(n,) P(member) for raw inputs (features, then row signals)."""
         if self.representation is None:
             raise InputError("the gmint classifier has not been fitted")
-        return np.asarray(self.model.predict_proba(self.representation(self._columns(self.chosen, x))), np.float32)
+        return _read(self.representation, self.model, self._columns(self.chosen, x))
 
     def state(self) -> dict[str, torch.Tensor]:
         """The representation's tensors (`representation/...`) and the chosen reader's (`reader/...`)."""

@@ -1,8 +1,10 @@
 """Threshold classifier: the classic one-signal attack (loss, confidence, entropy, gradient norm).
 
 Fitted on the auditor's pool like any MINT classifier: it learns which direction means "member"
-(larger or smaller) and the threshold of best balanced accuracy, so the 0.5 decision of
-`predict_proba` is that threshold. Needs exactly one feature column (`--setup loss`, ...).
+(larger or smaller), unless its `direction` option fixes it, and the threshold of best balanced accuracy, so the
+0.5 decision of `predict_proba` is that threshold. Needs exactly one feature column (`--setup loss`, ...).
+A fixed direction is what the loss threshold assumes (members' losses are smaller): a pool of a few dozen rows
+can otherwise learn it backwards.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ def best_threshold(membership: np.ndarray, score: np.ndarray) -> float:
     return float(min(thresholds[best], np.finfo(np.float64).max))
 
 
+# The direction option: learnt on the pool, or fixed (the sign that means "member").
+DIRECTIONS: dict[str, float | None] = {"fitted": None, "smaller": -1.0, "larger": 1.0}
+
+
 @MINT_MODELS.register("threshold")
 class ThresholdMint:
     """P(member) = sigmoid(direction · (x − threshold)) on one standardised signal, in float64 throughout so
@@ -31,17 +37,22 @@ class ThresholdMint:
 
     input_dtype = np.float64
 
-    def __init__(self, input_dim: int) -> None:
+    def __init__(self, input_dim: int, *, direction: str = "fitted") -> None:
         if input_dim != 1:
             raise InputError(f"the threshold classifier takes one signal, got {input_dim} feature columns; "
                              "choose one as its setup (e.g. loss, confidence, entropy, grad_norm)")
-        self.direction, self.threshold = 1.0, 0.0
+        if direction not in DIRECTIONS:
+            raise InputError(f"the threshold classifier's direction is one of {list(DIRECTIONS)}, got {direction!r}")
+        self.fixed = direction
+        self.direction, self.threshold = DIRECTIONS[direction] or 1.0, 0.0
 
     def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int, labels: np.ndarray | None = None,
             groups: np.ndarray | None = None) -> dict[str, object]:
-        """Choose the direction by AUC and the threshold of best balanced accuracy; nothing random."""
+        """Choose the direction by AUC (unless it is fixed) and the threshold of best balanced accuracy; nothing
+        random."""
         signal = x[:, 0].astype(np.float64)
-        self.direction = 1.0 if roc_auc_score(y, signal) >= 0.5 else -1.0
+        fixed = DIRECTIONS[self.fixed]
+        self.direction = fixed if fixed is not None else 1.0 if roc_auc_score(y, signal) >= 0.5 else -1.0
         self.threshold = best_threshold(y, self.direction * signal)
         return {"direction": "larger is member" if self.direction > 0 else "smaller is member",
                 "threshold": self.threshold, "train_rows": len(y)}
@@ -61,5 +72,5 @@ class ThresholdMint:
         self.direction, self.threshold = float(state["direction"]), float(state["threshold"])
 
     def config(self) -> dict[str, object]:
-        """Nothing: the classifier has no options."""
-        return {}
+        """The fixed direction, where there is one (files without it learnt theirs)."""
+        return {} if self.fixed == "fitted" else {"direction": self.fixed}
