@@ -110,6 +110,9 @@ def test_a_fixed_direction_is_kept_where_the_pool_says_otherwise() -> None:
     assert learnt.fit(x, y, seed=0)["direction"] == "larger is member"
     assert fixed.fit(x, y, seed=0)["direction"] == "smaller is member" and fixed.config() == {"direction": "smaller"}
     assert np.all(np.diff(fixed.predict_proba(np.sort(x, axis=0))) <= 0)  # ranks as −x does
+    again = MINT_MODELS.get("threshold")(1, **fixed.config())
+    again.load_state(fixed.state())  # a reloaded classifier scores exactly as the fitted one
+    np.testing.assert_array_equal(again.predict_proba(x * 1.001), fixed.predict_proba(x * 1.001))
     with pytest.raises(InputError, match="direction"):
         MINT_MODELS.get("threshold")(1, direction="up")
 

@@ -64,8 +64,10 @@ class ThresholdMint:
         return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
 
     def state(self) -> dict[str, torch.Tensor]:
-        """Direction and threshold."""
-        return {"direction": torch.tensor(self.direction), "threshold": torch.tensor(self.threshold)}
+        """Direction and threshold, in float64: a threshold rounded to float32 would move the 0.5 decision and
+        every probability of a reloaded classifier."""
+        return {"direction": torch.tensor(self.direction, dtype=torch.float64),
+                "threshold": torch.tensor(self.threshold, dtype=torch.float64)}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Put back direction and threshold."""
