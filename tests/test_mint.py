@@ -198,7 +198,7 @@ def test_options_a_classifier_does_not_take_are_input_errors(digits_store: Path)
     with pytest.raises(InputError, match=r"^logreg MINT classifier: .*unexpected keyword argument 'bogus'; its "
                                          r"options: c, max_iter$"):
         train_mint(digits_store, kind="logreg", setup="combined", options={"bogus": 1})
-    with pytest.raises(InputError, match=r"^threshold MINT classifier: .*'bogus'; it takes no options$"):
+    with pytest.raises(InputError, match=r"^threshold MINT classifier: .*'bogus'; its options: direction$"):
         train_mint(digits_store, kind="threshold", setup="combined", options={"bogus": 1})
     with pytest.raises(InputError, match=r"^per_class MINT classifier: .*'bogus'$"):  # the base's option
         train_mint(digits_store, kind="per_class", setup="combined",
