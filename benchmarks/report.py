@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.grid import FRACTIONS, SETUPS, classifier, grid_cells, over_seeds
+from benchmarks.grid import FRACTIONS, PROBES, SETUPS, classifier, grid_cells, over_seeds
 from benchmarks.versus_loss import Key, versus_section
 from gmint.assess.figures import pyplot, save_png
 from gmint.assess.metrics import Estimate, control_off_chance
@@ -382,8 +382,8 @@ def report(rows: list[Row], paper: PaperTable, config: Mapping[str, Any], config
     expected = {c.name: c.config_sha256 for c in cells}
     stale = sorted({r["cell"] for r in rows if expected.get(r["cell"]) not in (None, r["config_sha256"])})
     kinds = kinds_in(rows) or (DEFAULT_KIND,)
-    done = {r["cell"] for r in rows if all((r["cell"], "negative control", "combined", "D100", k) in indexed
-                                           for k in kinds)}
+    done = {r["cell"] for r in rows if all((r["cell"], p.signal, p.setup, p.fraction, k) in indexed
+                                           for p in PROBES for k in kinds)}
     lines = [
         "# gMINT's Table 2 on CPU, beside the paper", "",
         "Every figure is measured on held-out rows the MINT classifier never saw; accuracy is on a balanced set "
