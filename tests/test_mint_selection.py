@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from gmint.assess.evaluate import evaluate_store
 from gmint.assess.report import write_report
@@ -15,6 +17,7 @@ from gmint.errors import InputError
 from gmint.features.store import FeatureStore
 from gmint.mint import MINT_MODELS, TrainedMint, train_mint
 from gmint.mint.base import CollapsedFitError, score_spread
+from gmint.mint.neural import NeuralMint, decision_cut
 from gmint.mint.representation import Representation, representation_width
 from gmint.mint.selection import GRID, LOSS_FLOOR, Candidate, CvScore, folds_of, ranked
 
@@ -66,6 +69,46 @@ def test_early_stopping_waits_for_min_epochs() -> None:
     record = MINT_MODELS.get("mlp")(4, min_epochs=12, patience=2).fit(x, y, seed=0)
     assert record["best_epoch"] >= 12
     assert record["epochs_run"] >= 12
+
+
+@pytest.mark.parametrize(("membership", "logits", "cut"), [
+    ([0, 0, 1, 1], [-3.0, -2.0, -1.5, -1.0], -1.75),  # every row below 0: the cut moves to where they part
+    ([0, 1, 0, 1], [1.0, 2.0, 3.0, 4.0], 1.5),  # 1.5 and 3.5 separate equally well: the one nearer 0
+    ([1, 1, 0, 0], [1.0, 2.0, 3.0, 4.0], None),  # no cut beats chance: the network's own decision stays
+    ([1, 1], [1.0, 2.0], None),  # one side only
+])
+def test_the_decision_cut_is_the_best_balanced_one_between_scores(membership: list[int], logits: list[float],
+                                                                  cut: float | None) -> None:
+    assert decision_cut(np.array(membership), np.array(logits)) == cut
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """A network that training cannot move (lr 0): logit = x − 10, below 0.5 for every row here."""
+
+
+class _FixedMint(NeuralMint[_Fixed]):
+    NETWORK, KIND = _Fixed, "fixed"
+
+    def _build(self) -> torch.nn.Module:
+        linear = torch.nn.Linear(1, 1)
+        torch.nn.init.ones_(linear.weight)
+        torch.nn.init.constant_(linear.bias, -10.0)
+        return torch.nn.Sequential(linear)
+
+
+def test_a_network_decides_where_its_validation_rows_part_not_at_its_training_loss_midpoint() -> None:
+    rng = np.random.default_rng(0)
+    y = (np.arange(200) % 2).astype(np.int64)
+    x = (y + 0.1 * rng.normal(size=200)).astype(np.float32)[:, None]  # members near 1, externals near 0
+    model = _FixedMint(1, lr=0.0, max_epochs=2, min_epochs=1)
+    assert (model.predict_proba(x) < 0.5).all()  # before: every row "external", an accuracy of 0.5
+    cut = model.fit(x, y, seed=0)["decision_cut"]
+    assert isinstance(cut, float) and -9.9 < cut < -9.1  # where the validation rows part, near x = 0.5
+    fresh_y = (np.arange(400) % 2).astype(np.int64)
+    fresh = (fresh_y + 0.1 * rng.normal(size=400)).astype(np.float32)[:, None]
+    assert ((model.predict_proba(fresh) >= 0.5) == fresh_y).mean() > 0.99
+    assert roc_auc_score(fresh_y, model.predict_proba(fresh)) == roc_auc_score(fresh_y, fresh[:, 0])
 
 
 def _scores(**folds: tuple[float, ...]) -> list[CvScore]:
