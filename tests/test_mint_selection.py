@@ -73,13 +73,14 @@ def test_early_stopping_waits_for_min_epochs() -> None:
 
 @pytest.mark.parametrize(("membership", "logits", "cut"), [
     ([0, 0, 1, 1], [-3.0, -2.0, -1.5, -1.0], -1.75),  # every row below 0: the cut moves to where they part
-    ([0, 1, 0, 1], [1.0, 2.0, 3.0, 4.0], 1.5),  # 1.5 and 3.5 separate equally well: the one nearer 0
-    ([1, 1, 0, 0], [1.0, 2.0, 3.0, 4.0], None),  # no cut beats chance: the network's own decision stays
+    ([0, 1, 0, 1], [1.0, 2.0, 3.0, 4.0], 2.5),  # one member above of two, one external below of two
+    ([0, 0, 0, 1, 1, 1, 1, 1, 1], [1, 2, 3, 4, 5, 6, 7, 8, 9], 3.5),  # 3 externals weigh as 6 members
     ([1, 1], [1.0, 2.0], None),  # one side only
+    ([0, 1], [1.0, 1.0], None),  # nothing to cut between
 ])
-def test_the_decision_cut_is_the_best_balanced_one_between_scores(membership: list[int], logits: list[float],
-                                                                  cut: float | None) -> None:
-    assert decision_cut(np.array(membership), np.array(logits)) == cut
+def test_the_decision_cut_is_where_as_many_members_fall_above_as_externals_below(
+        membership: list[int], logits: list[float], cut: float | None) -> None:
+    assert decision_cut(np.array(membership), np.array(logits, np.float64)) == cut
 
 
 @dataclass(frozen=True)
