@@ -306,20 +306,21 @@ def main() -> None:
     torch.set_num_threads(1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     defaults = dict(config["defaults"])
-    if args.ks:
-        try:
-            defaults["ks"] = [int(k) for k in args.ks.split(",")]
-        except ValueError:
-            parser.error(f"--ks takes whole numbers separated by commas, e.g. 1,2,4; got {args.ks!r}")
+    try:
+        ks = [int(k) for k in args.ks.split(",")] if args.ks else None
+    except ValueError:
+        parser.error(f"--ks takes whole numbers separated by commas, e.g. 1,2,4; got {args.ks!r}")
     machine = {key: value for key, value in machine_info(1, torch.device("cpu")).items()
                if key in ("cpu", "cpu_isa", "cores", "torch", "python", "gmint", "commit", "uncommitted_changes",
                           "date")}
     for cell in config["cells"]:
         if args.only and cell_name({**defaults, **cell}) not in args.only:
             continue
-        if modes:
+        if modes:  # the command line overrides a cell's own modes and ks as well as the defaults
             cell = {**cell, "modes": modes}
-        run_cell(cell, {**defaults, "ks": defaults["ks"]}, args.workdir, args.out, figures, data_root=args.data_root,
+        if ks:
+            cell = {**cell, "ks": ks}
+        run_cell(cell, defaults, args.workdir, args.out, figures, data_root=args.data_root,
                  show_progress=args.progress, machine=machine, workers=args.workers)
 
 

@@ -205,3 +205,19 @@ def test_reference_rows_of_another_audited_model_are_found() -> None:
     assert rows_of_another_model(rows, "c", ["offline"], "bb", record) == 1  # the fingerprint decides where kept
     assert rows_of_another_model(rows, "c", ["offline"], "aa", {**record, "members_accuracy": 0.9674}) == 1
     assert rows_of_another_model(rows, "c", ["offline", "online"], "aa", record) == 1
+
+
+def test_reference_command_line_ks_and_modes_override_a_cells_own(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import reference
+
+    config = tmp_path / "c.toml"
+    config.write_text('[defaults]\nmodes = ["offline", "online"]\nks = [1, 2]\n\n'
+                      '[[cells]]\ndataset = "cifar10"\narch = "small_cnn"\nks = [1, 2, 4, 8, 16]\n')
+    ran: list[tuple[dict[str, object], dict[str, object]]] = []
+    monkeypatch.setattr(reference, "run_cell", lambda cell, defaults, *a, **k: ran.append((cell, defaults)))
+    monkeypatch.setattr("sys.argv", ["reference", "--config", str(config), "--out", str(tmp_path / "r.jsonl"),
+                                     "--ks", "1,4", "--modes", "offline"])
+    reference.main()
+    (cell, defaults), = ran
+    assert {**defaults, **cell}["ks"] == [1, 4] and {**defaults, **cell}["modes"] == ["offline"]
