@@ -75,10 +75,12 @@ def test_early_stopping_waits_for_min_epochs() -> None:
     ([0, 0, 1, 1], [-3.0, -2.0, -1.5, -1.0], -1.75),  # every row below 0: the cut moves to where they part
     ([0, 1, 0, 1], [1.0, 2.0, 3.0, 4.0], 2.5),  # one member above of two, one external below of two
     ([0, 0, 0, 1, 1, 1, 1, 1, 1], [1, 2, 3, 4, 5, 6, 7, 8, 9], 3.5),  # 3 externals weigh as 6 members
+    ([0, 0, 1, 1], [-1.0, -0.5, 0.5, 1.0], None),  # 0 already parts them: the network's decision stays
+    ([0, 0, 0, 0, 1, 1, 1, 1], [-4, -3, -2, 1, -1, 2, 3, 4], None),  # 1 in 4 above, 3 in 4 above: not lopsided
     ([1, 1], [1.0, 2.0], None),  # one side only
     ([0, 1], [1.0, 1.0], None),  # nothing to cut between
 ])
-def test_the_decision_cut_is_where_as_many_members_fall_above_as_externals_below(
+def test_a_lopsided_decision_moves_to_where_as_many_members_fall_above_as_externals_below(
         membership: list[int], logits: list[float], cut: float | None) -> None:
     assert decision_cut(np.array(membership), np.array(logits, np.float64)) == cut
 
