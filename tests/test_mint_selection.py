@@ -19,7 +19,7 @@ from gmint.mint import MINT_MODELS, TrainedMint, train_mint
 from gmint.mint.base import CollapsedFitError, score_spread
 from gmint.mint.neural import NeuralMint, decision_cut
 from gmint.mint.representation import Representation, representation_width
-from gmint.mint.selection import GRID, LOSS_FLOOR, Candidate, CvScore, folds_of, ranked
+from gmint.mint.selection import GRID, LOSS_FLOOR, MIN_GAIN, Candidate, CvScore, beats, folds_of, ranked
 
 
 def test_representation_adds_block_norms_and_bends_each_column_by_its_own_scale() -> None:
@@ -135,6 +135,28 @@ def test_the_loss_stays_unless_another_candidate_beats_it_beyond_fold_noise() ->
     assert order(mixed) == ["logreg", "loss", "mlp"]
     # the loss reader collapsed in cross-validation: the fold means alone decide
     assert order(_scores(wm=(0.6, 0.6), loss=(), mlp=(0.7, 0.7))) == ["mlp", "logreg", "loss"]
+
+
+def test_a_gain_below_the_minimum_keeps_the_loss_however_steady() -> None:
+    """CIFAR-10 ResNet-101's pool in the grid: a reader on the loss and correctness ahead on every fold by
+    +0.0002 on the mean, far beyond one standard error (0.0001); held out it read 0.0004 below the loss."""
+    loss = (0.9750, 0.9704, 0.9656, 0.9780)
+    steady_hair = _scores(wm=(0.9755, 0.9705, 0.9658, 0.9780), loss=loss, mlp=(0.9, 0.9, 0.9, 0.9))
+    assert beats(steady_hair[0], steady_hair[1], min_gain=0.0)  # the standard error alone would let it through
+    assert [s.candidate.reads for s in ranked(steady_hair)][0] == "loss"
+    assert ranked(steady_hair, min_gain=0.0)[0].candidate is GRID[1]
+    # the same steadiness with a gain at the minimum replaces the loss
+    steady_gain = _scores(wm=tuple(a + MIN_GAIN + 0.0002 * (i % 2) for i, a in enumerate(loss)), loss=loss)
+    assert ranked(steady_gain)[0].candidate is GRID[1]
+
+
+def test_the_minimum_gain_is_an_option_recorded_with_the_choice(digits_store: Path) -> None:
+    mint = train_mint(digits_store, kind="gmint", setup="output", seed=0, options={"min_gain": 0.5 - 1e-9})
+    assert mint.record["chosen"] == LOSS_FLOOR.name and mint.record["min_gain"] == pytest.approx(0.5)
+    assert "at least 0.5 AUC" in str(mint.record["rule"]) and mint.model.config()["min_gain"] == pytest.approx(0.5)
+    for bad in (-0.1, 0.5, "0.01", True):
+        with pytest.raises(InputError, match="minimum AUC gain"):
+            MINT_MODELS.get("gmint")(4, blocks=[2, 1, 1], min_gain=bad)
 
 
 def test_the_loss_floor_ranks_held_out_rows_exactly_as_the_loss_threshold(digits_store: Path) -> None:

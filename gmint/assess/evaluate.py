@@ -215,7 +215,7 @@ def evaluate_store(mint: TrainedMint, store_path: Path, *, n_boot: int = 1000, s
 def _selection(record: Mapping[str, object]) -> dict[str, object]:
     """The classifier's model selection on the pool (chosen candidate, cross-validation scores), where it made
     one, and the refits of a fit that collapsed; empty for classifiers that record neither."""
-    keys = ("chosen", "cv_auc", "rule", "folds", "fold_unit", "cv")
+    keys = ("chosen", "cv_auc", "rule", "min_gain", "folds", "fold_unit", "cv")
     selection = {key: record[key] for key in keys if key in record}
     refits = record.get("refits")
     return {**({"model_selection": selection} if selection else {}), **({"refits": refits} if refits else {})}
