@@ -142,7 +142,8 @@ def beats(score: CvScore, floor: CvScore, min_gain: float = MIN_GAIN) -> bool:
     if len(score.fold_auc) != len(floor.fold_auc) or len(score.fold_auc) < 2:
         return False
     diff = np.subtract(score.fold_auc, floor.fold_auc)
-    return bool(diff.mean() > diff.std(ddof=1) / np.sqrt(len(diff)) and diff.mean() >= min_gain)
+    gain = diff.mean()
+    return bool(gain > diff.std(ddof=1) / np.sqrt(len(diff)) and gain >= min_gain)
 
 
 def folds_of(y: np.ndarray, groups: np.ndarray | None, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
